@@ -1,0 +1,667 @@
+"""The ``Celery`` Flask extension.
+
+One ``Celery`` object may serve several Flask apps: everything that belongs to one app (its own
+``celery.Celery`` instance, settings, allowlist, local processes, monitor service) lives in an
+:class:`AppState` stored in ``app.extensions["celerymon"]``. The extension object itself only
+keeps what the decorators collected (tasks, schedules, allowlist entries) and weak references to
+the apps it was initialised with.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import inspect as pyinspect
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import celery as celery_pkg
+from celery import states
+from celery.app.task import Context
+from celery.app.task import Task as CeleryTask
+from celery.utils import uuid
+from flask import Flask, current_app, has_app_context
+from kombu.exceptions import EncodeError
+from werkzeug.local import LocalProxy
+
+from . import config as config_mod
+from .dispatch import DISPATCH_TASK_NAME, Allowlist, reference_of, run_reference
+from .errors import (
+    AlreadyRegisteredError,
+    ConfigurationError,
+    NotInitializedError,
+    SubmitError,
+    TaskNotFound,
+)
+from .futures import Future, FuturePool, ResultWatcher
+from .schedule import ScheduleEntry, make_schedule
+
+if TYPE_CHECKING:
+    from .monitor.service import MonitorService
+    from .processes import LocalProcesses
+
+log = logging.getLogger(__name__)
+
+EXTENSION_KEY = "celerymon"
+
+#: keywords of submit()/map() that are sending options, not arguments of the function
+RESERVED_OPTIONS = ("queue", "countdown", "eta", "priority", "expires")
+
+
+def _current_task() -> CeleryTask | None:
+    return celery_pkg._state.get_current_task()
+
+
+#: The task running in this thread (``current_task.request.id`` is its id); falsy outside a task.
+current_task: CeleryTask = LocalProxy(_current_task)  # type: ignore[assignment]
+
+
+class AppContextTask(CeleryTask):
+    """Base of every task of an app: runs inside that Flask app's context.
+
+    A task called while the app context is already pushed (eager or nested calls) reuses it.
+    ``apply_async`` records the task as PENDING (with name, arguments and queue when
+    ``result_extended`` is on) before publishing, so ``celery.get(id)`` can tell a queued task
+    from an id nobody sent, and the monitor can retry it with its original arguments.
+    """
+
+    abstract = True
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        flask_app: Flask | None = getattr(self.app, "flask_app", None)
+        if flask_app is None or (
+            has_app_context() and current_app._get_current_object() is flask_app  # type: ignore[attr-defined]
+        ):
+            return super().__call__(*args, **kwargs)
+        with flask_app.app_context():
+            return super().__call__(*args, **kwargs)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
+                    **options: Any) -> Any:
+        conf = self.app.conf
+        if not conf.task_always_eager and not options.get("ignore_result", self.ignore_result):
+            task_id = task_id or uuid()
+            _record_pending(self, task_id, args, kwargs, options)
+        return super().apply_async(args, kwargs, task_id=task_id, **options)
+
+
+def _record_pending(task: CeleryTask, task_id: str, args: Any, kwargs: Any,
+                    options: dict[str, Any]) -> None:
+    backend = task.backend
+    if not getattr(backend, "persistent", True) or type(backend).__name__ == "DisabledBackend":
+        return
+    queue = options.get("queue") or getattr(task, "queue", None)
+    request = Context(
+        task=options.get("shadow") or task.name,
+        args=list(args or ()),
+        kwargs=dict(kwargs or {}),
+        delivery_info={"routing_key": queue} if queue else {},
+        children=[],
+        parent_id=options.get("parent_id"),
+        group=options.get("group_id"),
+    )
+    try:
+        backend.store_result(task_id, None, states.PENDING, request=request)
+    except Exception:  # noqa: BLE001 - never block a send on the bookkeeping write
+        log.warning("could not record task %s as PENDING in the result backend", task_id,
+                    exc_info=True)
+
+
+class AppState:
+    """Everything flask_celerymon keeps for one Flask app (``app.extensions["celerymon"]``)."""
+
+    def __init__(self, app: Flask, extension: Celery, settings: config_mod.Settings,
+                 celery_app: celery_pkg.Celery, allowlist: Allowlist) -> None:
+        self.app = app
+        self.extension = extension
+        self.settings = settings
+        self.celery_app = celery_app
+        self.allowlist = allowlist
+        self.watcher = ResultWatcher(celery_app)
+        self.dispatch_task: CeleryTask = celery_app.tasks[DISPATCH_TASK_NAME]
+        self._lock = threading.RLock()
+        self._processes: LocalProcesses | None = None
+        self._monitor: MonitorService | None = None
+
+    @property
+    def eager(self) -> bool:
+        return bool(self.celery_app.conf.task_always_eager)
+
+    @property
+    def processes(self) -> LocalProcesses:
+        """The local worker/beat/monitor processes of this app (created on first use)."""
+        with self._lock:
+            if self._processes is None:
+                from .processes import LocalProcesses
+
+                self._processes = LocalProcesses(self)
+            return self._processes
+
+    @property
+    def monitor(self) -> MonitorService:
+        """The monitor service of this app (created on first use, not started)."""
+        with self._lock:
+            if self._monitor is None:
+                from .monitor.service import MonitorService
+                from .monitor.settings import MonitorSettings
+
+                self._monitor = MonitorService(
+                    self.celery_app,
+                    MonitorSettings.from_config(self.settings.own, self.settings.instance_path),
+                )
+            return self._monitor
+
+    def ensure_local_processes(self) -> None:
+        """Start the configured local processes on first send, when the config asks for it."""
+        if self.eager or not self.settings["CELERY_START_LOCAL_WORKERS"]:
+            return
+        if self._processes is not None and self._processes.started:
+            return
+        self.processes.start()
+
+    def shutdown(self) -> None:
+        """Stop local processes, the monitor service and the result watcher of this app."""
+        self.watcher.stop()
+        if self._monitor is not None:
+            self._monitor.stop()
+        if self._processes is not None:
+            self._processes.stop()
+
+
+class TaskProxy:
+    """What ``@celery.task`` returns: the function, plus Celery's task API for the current app.
+
+    Calling it runs the function directly. ``delay``, ``apply_async``, ``s`` and every other
+    attribute of a Celery task resolve against the app in the current app context (or the only
+    app the extension serves), so the decorator works before ``init_app`` (factory pattern).
+    """
+
+    def __init__(self, extension: Celery, fn: Callable[..., Any], options: dict[str, Any]) -> None:
+        functools.update_wrapper(self, fn)
+        self._extension = extension
+        self._fn = fn
+        self._options = options
+        self.name: str = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn(*args, **kwargs)
+
+    def bound(self, state: AppState | None = None) -> CeleryTask:
+        """The Celery task object of this function in the given (or current) app."""
+        state = state or self._extension._state()
+        return state.celery_app.tasks[self.name]
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.bound(), name)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+
+class TaskRegistry:
+    """``celery.task``: a decorator, and a lookup of registered tasks by short or full name."""
+
+    def __init__(self, extension: Celery) -> None:
+        self._extension = extension
+        self._tasks: dict[str, TaskProxy] = {}
+
+    def __call__(self, fn: Callable[..., Any] | None = None, **options: Any) -> Any:
+        if fn is not None and not callable(fn):
+            raise TypeError(f"@celery.task takes a function, not {fn!r}")
+
+        def decorate(func: Callable[..., Any]) -> TaskProxy:
+            proxy = TaskProxy(self._extension, func, options)
+            if proxy.name in self._tasks and self._tasks[proxy.name]._fn is not func:
+                log.warning("task %s registered twice; the later definition wins", proxy.name)
+            self._tasks[proxy.name] = proxy
+            for state in self._extension._states():
+                self._extension._register_task(state, proxy)
+            return proxy
+
+        return decorate(fn) if fn is not None else decorate
+
+    def __getattr__(self, name: str) -> TaskProxy:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no task named {name!r} is registered with celery.task") from None
+
+    def __getitem__(self, name: str) -> TaskProxy:
+        if name in self._tasks:
+            return self._tasks[name]
+        matches = [p for p in self._tasks.values() if p.__name__ == name]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            raise KeyError(f"{name!r} is ambiguous: {sorted(p.name for p in matches)}")
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        try:
+            self[name]  # type: ignore[index]
+        except KeyError:
+            return False
+        return True
+
+    def __iter__(self) -> Iterator[TaskProxy]:
+        return iter(list(self._tasks.values()))
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+
+class _Commands:
+    """``celery.inspect`` / ``celery.control``: Celery's remote-control API returning dicts."""
+
+    def __init__(self, extension: Celery, kind: str) -> None:
+        self._extension = extension
+        self._kind = kind
+
+    def __getattr__(self, method: str) -> Callable[..., dict[str, Any]]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+        probe = self._target(None, 1.0)
+        fn = getattr(probe, method, None)
+        if fn is None or not callable(fn) or method in _NOT_COMMANDS:
+            raise AttributeError(f"celery.{self._kind} has no method {method!r}")
+
+        def call(*args: Any, destination: Any = None, timeout: float = 1.0, **kwargs: Any
+                 ) -> dict[str, Any]:
+            target = self._target(destination, timeout)
+            bound = getattr(target, method)
+            if self._kind == "control":
+                params = pyinspect.signature(bound).parameters
+                if "reply" in params:
+                    kwargs.setdefault("reply", True)
+                if "timeout" in params:
+                    kwargs.setdefault("timeout", timeout)
+                if "destination" in params and destination is not None:
+                    kwargs.setdefault("destination", _destination(destination))
+            return _merge(bound(*args, **kwargs))
+
+        call.__name__ = method
+        call.__doc__ = fn.__doc__
+        return call
+
+    def _target(self, destination: Any, timeout: float) -> Any:
+        capp = self._extension._state().celery_app
+        if self._kind == "inspect":
+            return capp.control.inspect(destination=_destination(destination), timeout=timeout)
+        return capp.control
+
+
+_NOT_COMMANDS = frozenset({"app", "mailbox", "inspect", "Mailbox", "election"})
+
+
+def _destination(destination: Any) -> list[str] | None:
+    if destination is None:
+        return None
+    return [destination] if isinstance(destination, str) else list(destination)
+
+
+def _merge(reply: Any) -> dict[str, Any]:
+    """Celery answers with a dict, a list of one-key dicts, or None: always give a dict."""
+    if reply is None:
+        return {}
+    if isinstance(reply, dict):
+        return reply
+    merged: dict[str, Any] = {}
+    if isinstance(reply, list):
+        for item in reply:
+            if isinstance(item, dict):
+                merged.update(item)
+    return merged
+
+
+class Celery:
+    """The flask_celerymon extension.
+
+    ``Celery(app)`` or ``celery = Celery(); celery.init_app(app)``. ``base_task`` is the class
+    every task of the app derives from (it gets the app-context behaviour mixed in).
+    """
+
+    def __init__(self, app: Flask | None = None, base_task: type[CeleryTask] | None = None
+                 ) -> None:
+        if base_task is not None and not (
+            isinstance(base_task, type) and issubclass(base_task, CeleryTask)
+        ):
+            raise TypeError(f"base_task must be a subclass of celery.Task, not {base_task!r}")
+        self.base_task = base_task
+        self.task = TaskRegistry(self)
+        self.inspect = _Commands(self, "inspect")
+        self.control = _Commands(self, "control")
+        self._schedules: dict[str, ScheduleEntry] = {}
+        self._allowed: list[str] = []
+        self._apps: list[weakref.ref[Flask]] = []
+        self._apps_lock = threading.Lock()
+        if app is not None:
+            self.init_app(app)
+
+    # -- registration -------------------------------------------------------------------
+    def init_app(self, app: Flask) -> None:
+        """Configure a Celery app for ``app`` from its ``CELERY_*`` config keys.
+
+        Raises :class:`ConfigurationError` for a bad value and :class:`AlreadyRegisteredError`
+        when called twice for one app.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise AlreadyRegisteredError(
+                f"flask_celerymon is already initialised on app {app.name!r}; call init_app() "
+                "once per app, or create the app anew (e.g. from a factory) to re-initialise"
+            )
+        settings = config_mod.load(app.config, app.instance_path)
+        celery_app = self._make_celery(app, settings)
+        allowlist = self._make_allowlist(app, settings)
+        _register_dispatch(celery_app, allowlist)
+        state = AppState(app, self, settings, celery_app, allowlist)
+        app.extensions[EXTENSION_KEY] = state
+        for proxy in self.task:
+            self._register_task(state, proxy)
+        for entry in self._schedules.values():
+            celery_app.conf.beat_schedule[entry.name] = entry.as_beat_entry()
+        with self._apps_lock:
+            self._apps = [r for r in self._apps if r() is not None]
+            self._apps.append(weakref.ref(app))
+        self._init_cli(app)
+        self._init_monitor(app, state)
+
+    def _make_celery(self, app: Flask, settings: config_mod.Settings) -> celery_pkg.Celery:
+        base = self.base_task or CeleryTask
+        task_cls = type(f"FlaskTask[{app.name}]", (AppContextTask, base), {"abstract": True})
+        celery_app = celery_pkg.Celery(app.import_name, task_cls=task_cls, set_as_current=False)
+        conf: dict[str, Any] = {
+            "task_serializer": "json",
+            "result_serializer": "json",
+            "accept_content": ["json"],
+            "result_accept_content": ["json"],
+            "task_track_started": True,
+            "task_send_sent_event": True,
+            "worker_send_task_events": True,
+            "result_extended": True,
+            "task_store_eager_result": True,
+            "broker_connection_retry_on_startup": True,
+            "worker_hijack_root_logger": False,
+        }
+        conf.update(settings.celery)
+        if conf.get("task_always_eager"):
+            conf.setdefault("result_backend", "cache+memory://")
+            conf.setdefault("broker_url", "memory://")
+        elif not conf.get("broker_url"):
+            from .embedded import embedded_settings
+
+            conf.update({k: v for k, v in embedded_settings(settings).items() if k not in conf})
+        else:
+            conf.setdefault("result_backend", _default_backend(conf["broker_url"]))
+        conf["beat_schedule"] = dict(conf.get("beat_schedule") or {})
+        celery_app.conf.update(conf)
+        celery_app.flask_app = app  # read by AppContextTask
+        return celery_app
+
+    def _make_allowlist(self, app: Flask, settings: config_mod.Settings) -> Allowlist:
+        entries = settings["CELERY_SUBMIT_ALLOWLIST"]
+        if entries is None:
+            package = app.import_name.partition(".")[0]
+            entries = [] if package in ("__main__", "__mp_main__") else [package]
+        try:
+            allowlist = Allowlist(list(entries) + self._allowed)
+        except ValueError as exc:
+            raise ConfigurationError(f"CELERY_SUBMIT_ALLOWLIST: {exc}") from None
+        return allowlist
+
+    def _register_task(self, state: AppState, proxy: TaskProxy) -> None:
+        options = dict(proxy._options)
+        options["name"] = proxy.name
+        state.celery_app.task(**options)(proxy._fn)
+
+    def _init_cli(self, app: Flask) -> None:
+        try:
+            from .cli import celery_group
+        except ImportError:  # the CLI module is optional while it is being built
+            return
+        if "celery" not in app.cli.commands:
+            app.cli.add_command(celery_group)
+
+    def _init_monitor(self, app: Flask, state: AppState) -> None:
+        if not state.settings["CELERY_MONITOR_BLUEPRINT"]:
+            return
+        try:
+            from .web import init_monitor
+        except ImportError:
+            return
+        init_monitor(app, state)
+
+    def allow(self, entry: str | Callable[..., Any]) -> None:
+        """Let workers run ``entry`` through submit(): a module prefix, ``"mod:func"``, or a function."""
+        ref = entry if isinstance(entry, str) else reference_of(entry)
+        Allowlist([ref])  # validates
+        self._allowed.append(ref)
+        for state in self._states():
+            state.allowlist.add(ref)
+
+    def schedule(self, every: Any = None, *, name: str | None = None, args: Iterable[Any] = (),
+                 kwargs: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
+                 **crontab_kw: Any) -> Callable[[Callable[..., Any]], TaskProxy]:
+        """Run the decorated function periodically under beat.
+
+        ``every`` is seconds, a ``timedelta``, a ``crontab`` or ``solar``; or give crontab
+        keywords (``hour=0, minute=0``). Raises :class:`ConfigurationError` for both or neither.
+        """
+        when = make_schedule(every, **crontab_kw)
+
+        def decorate(fn: Callable[..., Any]) -> TaskProxy:
+            proxy = fn if isinstance(fn, TaskProxy) else self.task(fn)
+            entry = ScheduleEntry(
+                name=name or proxy.name, task=proxy.name, schedule=when, args=tuple(args),
+                kwargs=dict(kwargs or {}), options=dict(options or {}),
+            )
+            self._schedules[entry.name] = entry
+            for state in self._states():
+                state.celery_app.conf.beat_schedule[entry.name] = entry.as_beat_entry()
+            return proxy
+
+        return decorate
+
+    # -- which app ----------------------------------------------------------------------
+    def _states(self) -> list[AppState]:
+        with self._apps_lock:
+            apps = [r() for r in self._apps]
+        return [a.extensions[EXTENSION_KEY] for a in apps if a is not None
+                and EXTENSION_KEY in a.extensions]
+
+    def _state(self, app: Flask | None = None) -> AppState:
+        if app is None and has_app_context():
+            app = current_app._get_current_object()  # type: ignore[attr-defined]
+        if app is not None:
+            state = app.extensions.get(EXTENSION_KEY)
+            if state is None or state.extension is not self:
+                raise NotInitializedError(
+                    f"flask_celerymon is not initialised on app {app.name!r}; call "
+                    "celery.init_app(app) first"
+                )
+            return state
+        states_ = self._states()
+        if len(states_) == 1:
+            return states_[0]
+        if not states_:
+            raise NotInitializedError(
+                "flask_celerymon is not initialised on any app; call celery.init_app(app) first"
+            )
+        raise NotInitializedError(
+            "this Celery extension serves several apps; push an app context "
+            "(with app.app_context(): ...) to choose one"
+        )
+
+    def get_app(self, app: Flask | None = None) -> celery_pkg.Celery:
+        """The ``celery.Celery`` instance of ``app`` (default: the current app)."""
+        return self._state(app).celery_app
+
+    @property
+    def app(self) -> celery_pkg.Celery:
+        """The ``celery.Celery`` instance of the current app."""
+        return self._state().celery_app
+
+    @property
+    def monitor(self) -> MonitorService:
+        """The monitor service of the current app."""
+        return self._state().monitor
+
+    # -- sending work -------------------------------------------------------------------
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on a worker; return a :class:`Future`.
+
+        ``queue``, ``countdown``, ``eta``, ``priority`` and ``expires`` are sending options, not
+        arguments. Raises :class:`SubmitError` for a lambda, closure, ``__main__`` function, a
+        function that is not on the allowlist, a bad option or arguments that cannot be sent.
+        """
+        state = self._state()
+        options = _pop_options(kwargs)
+        sig = self._signature(state, fn, args, kwargs)
+        state.ensure_local_processes()
+        return self._send(state, sig, options)
+
+    def map(self, fn: Callable[..., Any], *iterables: Any, **kwargs: Any) -> FuturePool:
+        """Send one call per positional argument as a single group; return a :class:`FuturePool`.
+
+        Each positional argument holds the arguments of one call (a list/tuple is unpacked, any
+        other value is the single argument); keyword arguments are passed to every call, except
+        the sending options (``queue`` ...) which apply to the whole group.
+        """
+        state = self._state()
+        options = _pop_options(kwargs)
+        sigs = [
+            self._signature(state, fn, tuple(a) if isinstance(a, (list, tuple)) else (a,), kwargs)
+            for a in iterables
+        ]
+        state.ensure_local_processes()
+        task_ids = [uuid() for _ in sigs]
+        for sig, task_id in zip(sigs, task_ids):
+            sig.set(task_id=task_id)
+        try:
+            group_result = celery_pkg.group(sigs, app=state.celery_app).apply_async(**options)
+        except EncodeError as exc:
+            raise _encode_error(exc) from None
+        futures = [Future(r, state.watcher, name=s.options.get("shadow") or s.task)
+                   for r, s in zip(group_result.results, sigs)]
+        return FuturePool(futures, group_id=group_result.id)
+
+    def get(self, task_id: str) -> Future:
+        """The :class:`Future` of a task sent by this app. Raises :class:`TaskNotFound`."""
+        if not isinstance(task_id, str) or not task_id:
+            raise TypeError(f"get() takes a task id string, not {task_id!r}")
+        state = self._state()
+        result = state.celery_app.AsyncResult(task_id)
+        meta = result.backend.get_task_meta(task_id)
+        if meta.get("status") == states.PENDING and not meta.get("task_id"):
+            raise TaskNotFound(
+                f"no task with id {task_id!r} is known to the result backend: it was not sent "
+                "by this app, or its result has expired"
+            )
+        return Future(result, state.watcher, name=meta.get("name"))
+
+    def _signature(self, state: AppState, fn: Callable[..., Any], args: tuple[Any, ...],
+                   kwargs: dict[str, Any]) -> Any:
+        if isinstance(fn, TaskProxy):
+            return fn.bound(state).s(*args, **kwargs)
+        if isinstance(fn, CeleryTask):
+            return fn.s(*args, **kwargs)
+        ref = reference_of(fn)
+        if not state.allowlist.allows(ref):
+            raise SubmitError(
+                f"{ref} is not on the submit allowlist {state.allowlist!r}; add its module to "
+                "CELERY_SUBMIT_ALLOWLIST or call celery.allow() for it"
+            )
+        if state.eager:
+            _check_serializable(state, ref, args, kwargs)
+        return state.dispatch_task.s(ref, list(args), dict(kwargs)).set(shadow=ref)
+
+    def _send(self, state: AppState, sig: Any, options: dict[str, Any]) -> Future:
+        try:
+            result = sig.apply_async(**options)
+        except EncodeError as exc:
+            raise _encode_error(exc) from None
+        return Future(result, state.watcher, name=sig.options.get("shadow") or sig.task)
+
+    # -- workers ------------------------------------------------------------------------
+    def status(self, timeout: float = 1.0) -> dict[str, str]:
+        """``{"name@host": "OK"}`` for every worker answering a ping within ``timeout``."""
+        replies = self._state().celery_app.control.inspect(timeout=timeout).ping() or {}
+        return {name: "OK" if (r or {}).get("ok") == "pong" else str(r) for name, r in
+                sorted(replies.items())}
+
+    def start(self, timeout: float | None = None) -> None:
+        """Start the configured local workers, beat and monitor; wait until workers answer."""
+        self._state().processes.start(timeout=timeout)
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the local processes started by :meth:`start` (or by the first submit)."""
+        self._state().processes.stop(timeout=timeout)
+
+    @property
+    def processes(self) -> dict[str, Any]:
+        """The local processes of the current app by name."""
+        return self._state().processes.processes
+
+
+def _register_dispatch(celery_app: celery_pkg.Celery, allowlist: Allowlist) -> None:
+    def dispatch(ref: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        return run_reference(allowlist, ref, args, kwargs)
+
+    def shadow_name(task: Any, args: Any, kwargs: Any, options: Any) -> str | None:
+        return args[0] if args and isinstance(args[0], str) else None
+
+    celery_app.task(name=DISPATCH_TASK_NAME, shadow_name=shadow_name)(dispatch)
+
+
+def _default_backend(broker_url: str) -> str:
+    """The result backend used when none is configured: the broker itself when it can store."""
+    scheme = broker_url.partition("://")[0]
+    if scheme in ("redis", "rediss", "redis+socket"):
+        return broker_url
+    if scheme == "memory":
+        return "cache+memory://"
+    return "rpc://"
+
+
+def _pop_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    options = {k: kwargs.pop(k) for k in RESERVED_OPTIONS if k in kwargs}
+    checks: dict[str, tuple[Callable[[Any], bool], str]] = {
+        "queue": (lambda v: isinstance(v, str) and v != "", "a queue name"),
+        "countdown": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
+        "eta": (lambda v: isinstance(v, dt.datetime), "a datetime"),
+        "priority": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255,
+                     "an integer 0-255"),
+        "expires": (lambda v: isinstance(v, dt.datetime) or (_is_number(v) and v > 0),
+                    "a datetime or a number of seconds > 0"),
+    }
+    for key, value in options.items():
+        valid, what = checks[key]
+        if not valid(value):
+            raise SubmitError(f"submit option {key}= must be {what}, not {value!r}")
+    return options
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_serializable(state: AppState, ref: str, args: Any, kwargs: Any) -> None:
+    """Eager mode never serialises; fail the same way a real send would."""
+    from kombu.serialization import dumps
+
+    try:
+        dumps((args, kwargs), serializer=state.celery_app.conf.task_serializer)
+    except EncodeError as exc:
+        raise _encode_error(exc, ref) from None
+
+
+def _encode_error(exc: Exception, ref: str | None = None) -> SubmitError:
+    what = f"the arguments of {ref}" if ref else "the task arguments"
+    return SubmitError(
+        f"{what} cannot be serialised as JSON ({exc}); pass plain data (ids, strings, numbers, "
+        "lists, dicts), or opt in to pickle with CELERY_ALLOW_PICKLE = True"
+    )

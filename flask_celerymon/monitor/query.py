@@ -1,0 +1,332 @@
+"""The task search language and the filters of a task query.
+
+The language is Flower's (``docs/tasks_filter.rst`` and its datatable search box)::
+
+    add                       substring of name, worker, state, args, kwargs or result,
+                              or a prefix of the uuid
+    "two words"               a quoted phrase is one term
+    name:add  worker:w1       substring of the task name / worker hostname
+    state:failure             exact state, any case
+    args:42  result:ok        substring of args / result repr
+    kwargs:user=7             exact keyword value (``'user': 7`` or ``'user': '7'``)
+    kwargs:user               substring of the kwargs repr
+    a b                       implicit AND
+    a AND b, a OR b, ( )      explicit operators (upper case), AND binds tighter than OR
+
+Substring terms (bare, ``args:``, ``result:``, ``kwargs:`` without ``=``) need at least
+3 characters, as in Flower, so the SQLite store can answer them from a trigram index. Matching
+is case-sensitive except for ``state:``. There is no negation.
+
+:func:`parse` turns a string into a tree of :class:`Term`, :class:`And` and :class:`Or` and
+raises :class:`SearchError` (a ``ValueError``) with a message fit for the user when the string
+is not valid. :func:`compile_python` and :func:`compile_sql` turn a tree into a predicate over
+in-memory tasks or an SQL condition over the history store.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+from ..errors import CeleryMonError
+
+MIN_TERM = 3
+
+#: Qualifiers and what they match.
+QUALIFIERS = ("name", "state", "worker", "args", "kwargs", "result")
+
+#: Columns ``sort_by`` accepts (a leading ``-`` sorts descending).
+SORT_KEYS = ("name", "state", "received", "started", "runtime", "timestamp", "succeeded", "sent")
+
+STATES = (
+    "PENDING",
+    "RECEIVED",
+    "STARTED",
+    "SUCCESS",
+    "FAILURE",
+    "RETRY",
+    "REVOKED",
+    "REJECTED",
+    "IGNORED",
+)
+
+
+class SearchError(CeleryMonError, ValueError):
+    """A search string or a filter value is not valid; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Term:
+    """One search term. ``field`` is ``any``, a qualifier, or ``kwarg`` (then ``key`` is set)."""
+
+    field: str
+    value: str
+    key: str | None = None
+
+
+@dataclass(frozen=True)
+class And:
+    items: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    items: tuple[Node, ...]
+
+
+Node = Union[Term, And, Or]
+
+_TOKEN = re.compile(
+    r"""
+    (?P<ws>\s+)
+  | (?P<lp>\()
+  | (?P<rp>\))
+  | (?P<word>(?:[^\s()"]|"(?:\\.|[^"\\])*")+)
+  | (?P<bad>")
+    """,
+    re.VERBOSE,
+)
+
+
+def _unquote(text: str) -> str:
+    """Remove the quotes of quoted parts and their backslash escapes."""
+    if '"' not in text:
+        return text
+    out = []
+    for m in re.finditer(r'"((?:\\.|[^"\\])*)"|([^"]+)', text):
+        if m.group(1) is not None:
+            out.append(re.sub(r"\\(.)", r"\1", m.group(1)))
+        else:
+            out.append(m.group(2))
+    return "".join(out)
+
+
+def _tokens(text: str) -> list[tuple[str, str]]:
+    toks: list[tuple[str, str]] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if m is None or m.lastgroup == "bad":
+            raise SearchError(f"unterminated quote at position {pos + 1} in search {text!r}")
+        pos = m.end()
+        kind = m.lastgroup or ""
+        if kind != "ws":
+            toks.append((kind, m.group()))
+    return toks
+
+
+def _term(raw: str) -> Term:
+    if raw in ("AND", "OR"):
+        raise SearchError(f"{raw} needs a term on both sides")
+    qualifier, sep, rest = raw.partition(":")
+    if sep and qualifier in QUALIFIERS:
+        value = _unquote(rest)
+        if not value:
+            raise SearchError(f"{qualifier}: needs a value, e.g. {qualifier}:something")
+        if qualifier == "state":
+            return Term("state", value.upper())
+        if qualifier == "kwargs" and "=" in value:
+            key, _, kval = (p.strip() for p in value.partition("="))
+            if not key:
+                raise SearchError(f"kwargs:{value} needs a keyword name before '='")
+            return Term("kwarg", kval, key)
+        if qualifier in ("args", "kwargs", "result") and len(value) < MIN_TERM:
+            raise SearchError(
+                f"{qualifier}:{value} is too short: substring terms need at least "
+                f"{MIN_TERM} characters"
+            )
+        return Term(qualifier, value)
+    value = _unquote(raw)
+    if len(value) < MIN_TERM:
+        raise SearchError(
+            f"search term {value!r} is too short: terms need at least {MIN_TERM} characters"
+        )
+    return Term("any", value)
+
+
+def parse(text: str | None) -> Node | None:
+    """Parse a search string; None for an empty one. Raises :class:`SearchError`."""
+    if text is None or not text.strip():
+        return None
+    if len(text) > 1000:
+        raise SearchError("search is too long: at most 1000 characters")
+    toks = _tokens(text)
+    pos = 0
+
+    def peek() -> tuple[str, str] | None:
+        return toks[pos] if pos < len(toks) else None
+
+    def parse_or(depth: int) -> Node:
+        nonlocal pos
+        items = [parse_and(depth)]
+        while (t := peek()) is not None and t == ("word", "OR"):
+            pos += 1
+            if peek() is None or peek()[0] == "rp":  # type: ignore[index]
+                raise SearchError("OR needs a term on both sides")
+            items.append(parse_and(depth))
+        return items[0] if len(items) == 1 else Or(tuple(items))
+
+    def parse_and(depth: int) -> Node:
+        nonlocal pos
+        items = [parse_unary(depth)]
+        while (t := peek()) is not None and t[0] != "rp" and t != ("word", "OR"):
+            if t == ("word", "AND"):
+                pos += 1
+                nxt = peek()
+                if nxt is None or nxt[0] == "rp" or nxt == ("word", "OR"):
+                    raise SearchError("AND needs a term on both sides")
+            items.append(parse_unary(depth))
+        return items[0] if len(items) == 1 else And(tuple(items))
+
+    def parse_unary(depth: int) -> Node:
+        nonlocal pos
+        t = peek()
+        if t is None:
+            raise SearchError("search ends where a term was expected")
+        kind, raw = t
+        if kind == "lp":
+            if depth >= 20:
+                raise SearchError("search nests parentheses too deeply (20 levels at most)")
+            pos += 1
+            if peek() is not None and peek()[0] == "rp":  # type: ignore[index]
+                raise SearchError("empty parentheses in search")
+            node = parse_or(depth + 1)
+            if peek() is None or peek()[0] != "rp":  # type: ignore[index]
+                raise SearchError("missing ')' in search")
+            pos += 1
+            return node
+        if kind == "rp":
+            raise SearchError("unbalanced ')' in search")
+        pos += 1
+        return _term(raw)
+
+    node = parse_or(0)
+    if pos != len(toks):
+        raise SearchError("unbalanced ')' in search")
+    return node
+
+
+# -- evaluation over in-memory tasks --------------------------------------------------------
+
+
+def kwarg_pattern(key: str, value: str) -> re.Pattern[str]:
+    """A regex finding ``key=value`` in a kwargs repr (``{'key': value}`` or quoted value)."""
+    k = re.escape(key)
+    v = re.escape(value)
+    return re.compile(rf"""['"]{k}['"]: (?:'{v}'|"{v}"|{v})(?=,|\}}|$)""")
+
+
+def compile_python(node: Node | None) -> Callable[[Sequence[Any]], list[Any]]:
+    """A function filtering a sequence of task records by the tree ``node``.
+
+    Records need the attributes ``uuid name state worker args kwargs result`` as strings
+    (``""`` for unknown). The filter is generated code, a single list comprehension with the
+    search terms bound as constants, so a scan of 100k tasks stays in the low milliseconds.
+    """
+    if node is None:
+        return list
+    consts: dict[str, Any] = {}
+
+    def const(value: Any) -> str:
+        name = f"_c{len(consts)}"
+        consts[name] = value
+        return name
+
+    def gen(n: Node) -> str:
+        if isinstance(n, And):
+            return "(" + " and ".join(gen(i) for i in n.items) + ")"
+        if isinstance(n, Or):
+            return "(" + " or ".join(gen(i) for i in n.items) + ")"
+        c = const(n.value)
+        if n.field == "any":
+            return (
+                f"({c} in t.args or {c} in t.kwargs or {c} in t.result or {c} in t.name"
+                f" or {c} in t.worker or {c} in t.state or t.uuid.startswith({c}))"
+            )
+        if n.field == "state":
+            return f"t.state == {c}"
+        if n.field == "kwarg":
+            r = const(kwarg_pattern(n.key or "", n.value).search)
+            return f"{r}(t.kwargs) is not None"
+        return f"{c} in t.{n.field}"
+
+    src = f"lambda seq: [t for t in seq if {gen(node)}]"
+    return eval(compile(src, "<search>", "eval"), consts)  # noqa: S307 - constants only
+
+
+# -- SQL ------------------------------------------------------------------------------------
+
+
+def _fts_phrase(value: str) -> str:
+    return '"' + value.replace('"', '""') + '"'
+
+
+def compile_sql(node: Node | None, *, fts: bool = True) -> tuple[str, list[Any]]:
+    """An SQL condition over the ``tasks`` table (and ``tasks_fts`` when ``fts``) and its params.
+
+    Substring terms use the FTS5 trigram index (``rowid IN (SELECT rowid FROM tasks_fts ...)``);
+    a case-sensitive trigram phrase matches exactly the substrings :func:`compile_python` does.
+    ``kwargs:k=v`` uses the SQL function ``kwarg_match(kwargs, key, value)`` that the store
+    registers on its connections.
+    """
+    if node is None:
+        return "1", []
+    params: list[Any] = []
+
+    def fts_in(columns: str, value: str) -> str:
+        params.append(f"{{{columns}}} : {_fts_phrase(value)}")
+        return "rowid IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?)"
+
+    def gen(n: Node) -> str:
+        if isinstance(n, And):
+            return "(" + " AND ".join(gen(i) for i in n.items) + ")"
+        if isinstance(n, Or):
+            return "(" + " OR ".join(gen(i) for i in n.items) + ")"
+        v = n.value
+        if n.field == "state":
+            params.append(v)
+            return "state = ?"
+        if n.field in ("name", "worker"):
+            params.append(v)
+            return f"instr({n.field}, ?) > 0"
+        if n.field == "kwarg":
+            key = n.key or ""
+            parts = []
+            if fts and len(key) >= MIN_TERM:
+                parts.append(fts_in("kwargs", key))
+            params.extend([key, v])
+            parts.append("kwarg_match(kwargs, ?, ?)")
+            return "(" + " AND ".join(parts) + ")"
+        if n.field == "any":
+            cols = ("args", "kwargs", "result", "name", "worker", "state")
+            if fts:
+                cond = fts_in(" ".join(cols), v)
+                params.extend([v, v + "\uffff"])
+                return f"({cond} OR (uuid >= ? AND uuid < ?))"
+            exact = " OR ".join(f"instr({c}, ?) > 0" for c in cols)
+            params.extend([v] * len(cols))
+            params.extend([v, v + "\uffff"])
+            return f"(({exact}) OR (uuid >= ? AND uuid < ?))"
+        # args / kwargs / result substring
+        if fts:
+            return fts_in(n.field, v)
+        params.append(v)
+        return f"instr({n.field}, ?) > 0"
+
+    return gen(node), params
+
+
+def parse_sort(sort_by: str | None) -> tuple[str, bool]:
+    """``'-received'`` -> ``('received', True)``. None sorts newest received first.
+
+    Raises :class:`SearchError` naming the valid keys for an unknown one.
+    """
+    if not sort_by:
+        return "received", True
+    desc = sort_by.startswith("-")
+    key = sort_by[1:] if desc else sort_by
+    if key not in SORT_KEYS:
+        raise SearchError(f"cannot sort by {sort_by!r}; use one of {', '.join(SORT_KEYS)}")
+    return key, desc

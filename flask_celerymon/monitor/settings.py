@@ -1,0 +1,83 @@
+"""Settings of one monitor service: a frozen dataclass built from our ``CELERY_MONITOR_*`` keys.
+
+The Flask side validates the keys (:data:`flask_celerymon.config.OWN_KEYS`); this module only
+maps them to typed attributes, so the service can also be built directly in tests or in a
+standalone process with ``MonitorSettings()`` defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+#: ``db`` values: a path, ``None`` for ``<instance_path>/celerymon.sqlite3``, ``False`` for none.
+DbSetting = Union[str, None, bool]
+
+DB_FILENAME = "celerymon.sqlite3"
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    """How the monitor service runs. Every attribute has a usable default.
+
+    ``db`` is the SQLite history file: a path, or ``False`` for an in-memory service without
+    history. ``None`` means "no file" here too when the settings are built directly; it only
+    means ``<instance_path>/celerymon.sqlite3`` in :meth:`from_config`, which resolves it.
+    """
+
+    max_tasks: int = 100_000
+    max_workers: int = 5_000
+    db: DbSetting = False
+    retention_tasks: int = 1_000_000
+    retention_days: float = 30.0
+    inspect_timeout: float = 1.0
+    inspect_interval: float = 10.0
+    enable_events: bool = True
+    enable_events_interval: float = 30.0
+    worker_offline_after: float | None = None
+    purge_offline_workers: float | None = None
+    broker_api: str | None = None
+    queues: tuple[str, ...] = ()
+    #: Seconds between batched writes to the history store.
+    flush_interval: float = 0.5
+    #: Queued updates per live subscriber before it is dropped as too slow.
+    subscriber_buffer: int = 1_000
+
+    @property
+    def db_path(self) -> str | None:
+        """The SQLite file to use, or None when the history store is off."""
+        return self.db if isinstance(self.db, str) else None
+
+    @classmethod
+    def from_config(cls, own: Mapping[str, Any], instance_path: str) -> MonitorSettings:
+        """Build settings from validated ``CELERY_MONITOR_*`` keys (missing keys get defaults).
+
+        ``CELERY_MONITOR_DB = None`` puts the store at ``<instance_path>/celerymon.sqlite3``.
+        """
+        d = cls()
+
+        def get(key: str, default: Any) -> Any:
+            return own.get(key, default)
+
+        db = get("CELERY_MONITOR_DB", None)
+        if db is None:
+            db = os.path.join(instance_path, DB_FILENAME)
+        return cls(
+            max_tasks=get("CELERY_MONITOR_MAX_TASKS", d.max_tasks),
+            max_workers=get("CELERY_MONITOR_MAX_WORKERS", d.max_workers),
+            db=db,
+            retention_tasks=get("CELERY_MONITOR_RETENTION_TASKS", d.retention_tasks),
+            retention_days=float(get("CELERY_MONITOR_RETENTION_DAYS", d.retention_days)),
+            inspect_timeout=float(get("CELERY_MONITOR_INSPECT_TIMEOUT", d.inspect_timeout)),
+            inspect_interval=float(get("CELERY_MONITOR_INSPECT_INTERVAL", d.inspect_interval)),
+            enable_events=get("CELERY_MONITOR_ENABLE_EVENTS", d.enable_events),
+            enable_events_interval=float(
+                get("CELERY_MONITOR_ENABLE_EVENTS_INTERVAL", d.enable_events_interval)
+            ),
+            worker_offline_after=get("CELERY_MONITOR_WORKER_OFFLINE_AFTER", None),
+            purge_offline_workers=get("CELERY_MONITOR_PURGE_OFFLINE_WORKERS", None),
+            broker_api=get("CELERY_MONITOR_BROKER_API", None),
+            queues=tuple(get("CELERY_MONITOR_QUEUES", ())),
+        )

