@@ -1,0 +1,153 @@
+"""Cached, concurrent, time-bounded ``inspect`` calls to workers.
+
+Each method (``stats``, ``active_queues``...) runs as its own broadcast in a small thread pool,
+so a full refresh takes one timeout, not eight. Results are cached per worker and method with
+the time they arrived. A refresh already running for the same target and method is joined, not
+repeated. When the number of workers expected to answer is known (from events), the broadcast
+stops waiting as soon as all of them replied, so a healthy cluster answers in milliseconds.
+A caller never waits longer than the timeout: it gets what the cache holds by then.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from celery import Celery
+
+log = logging.getLogger(__name__)
+
+METHODS = (
+    "stats",
+    "active_queues",
+    "registered",
+    "scheduled",
+    "active",
+    "reserved",
+    "revoked",
+    "conf",
+)
+#: What a refresh of all workers asks for (the task lists only for one worker, as Flower).
+GLOBAL_METHODS = ("stats", "active_queues", "registered", "conf")
+
+
+class Inspector:
+    """Inspect results per worker: ``get()`` reads the cache, ``refresh()`` updates it.
+
+    ``expected_workers`` returns the hostnames believed online (from events); it lets a global
+    refresh return as soon as each of them answered.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        timeout: float = 1.0,
+        expected_workers: Callable[[], Iterable[str]] | None = None,
+    ) -> None:
+        self.app = app
+        self.timeout = timeout
+        self.expected_workers = expected_workers
+        self._cache: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._inflight: dict[tuple[str | None, str], cf.Future[None]] = {}
+        self._executor: cf.ThreadPoolExecutor | None = None
+        self.errors = 0
+        self.last_refresh: float | None = None
+
+    def _pool(self) -> cf.ThreadPoolExecutor:
+        with self._lock:
+            if self._executor is None:
+                self._executor = cf.ThreadPoolExecutor(8, thread_name_prefix="celerymon-inspect")
+            return self._executor
+
+    def close(self) -> None:
+        """Stop the thread pool (running calls finish in the background)."""
+        with self._lock:
+            ex, self._executor = self._executor, None
+        if ex is not None:
+            ex.shutdown(wait=False, cancel_futures=True)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def get(self, worker: str | None = None) -> dict[str, dict[str, Any]]:
+        """Cached results: ``{hostname: {method: result, "timestamp": t}}`` (copies).
+
+        ``timestamp`` is when the newest result of that worker arrived. Never blocks.
+        """
+        with self._lock:
+            if worker is not None:
+                d = self._cache.get(worker)
+                return {} if d is None else {worker: dict(d)}
+            return {w: dict(d) for w, d in self._cache.items()}
+
+    def forget(self, worker: str) -> None:
+        """Drop a worker's cached results (it was purged)."""
+        with self._lock:
+            self._cache.pop(worker, None)
+
+    # -- refreshing ------------------------------------------------------------------------
+
+    def refresh(
+        self,
+        worker: str | None = None,
+        methods: Iterable[str] | None = None,
+        wait: bool = True,
+    ) -> dict[str, dict[str, Any]]:
+        """Refresh ``methods`` (default: all for one worker, :data:`GLOBAL_METHODS` for all).
+
+        With ``wait`` the call returns when the answers are in or after ``timeout`` seconds,
+        whichever is first; then or without ``wait`` it returns :meth:`get`. Raises
+        ``ValueError`` for an unknown method name.
+        """
+        if methods is None:
+            methods = METHODS if worker is not None else GLOBAL_METHODS
+        methods = tuple(methods)
+        for m in methods:
+            if m not in METHODS:
+                raise ValueError(f"unknown inspect method {m!r}; use one of {', '.join(METHODS)}")
+        futures = [self._start(worker, m) for m in methods]
+        if wait:
+            cf.wait(futures, timeout=self.timeout)
+        return self.get(worker)
+
+    def _start(self, worker: str | None, method: str) -> cf.Future[None]:
+        key = (worker, method)
+        pool = self._pool()
+        with self._lock:
+            fut = self._inflight.get(key)
+            if fut is not None and not fut.done():
+                return fut
+            fut = pool.submit(self._call, worker, method)
+            self._inflight[key] = fut
+        return fut
+
+    def _call(self, worker: str | None, method: str) -> None:
+        limit = None
+        if worker is not None:
+            destination: list[str] | None = [worker]
+            limit = 1
+        else:
+            destination = None
+            if self.expected_workers is not None:
+                expected = list(self.expected_workers())
+                limit = len(expected) or None
+        try:
+            insp = self.app.control.inspect(
+                destination=destination, timeout=self.timeout * 0.9, limit=limit
+            )
+            replies = getattr(insp, method)() or {}
+        except Exception as exc:  # noqa: BLE001 - a broker error must not escape the pool
+            self.errors += 1
+            log.warning("celerymon: inspect %s failed: %s", method, exc)
+            return
+        now = time.time()
+        with self._lock:
+            for host, value in replies.items():
+                d = self._cache.setdefault(host, {})
+                d[method] = value
+                d["timestamp"] = now
+            self.last_refresh = now

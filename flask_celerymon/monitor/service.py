@@ -1,0 +1,794 @@
+"""The monitor service: one object per Flask app owning ingest, state, history and inspection.
+
+Threads (none before :meth:`MonitorService.start`):
+
+* ``celerymon-events`` (+ a socket reader for Redis): consumes events and applies them to the
+  window; it is the only writer of task and worker state.
+* ``celerymon-house``: flushes changed tasks to the history store in batches, purges offline
+  workers, prunes the store, sends ``enable_events`` and schedules inspect refreshes.
+* ``celerymon-inspect-*``: a small pool running inspect broadcasts.
+
+Reads come from any thread (web requests, websockets, metrics) and take the state lock only
+for as long as a copy or a scan of the window takes.
+
+Everything returned is plain JSON-ready dicts and lists, with Flower's field names.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from celery import Celery
+
+from . import broker as _broker
+from .events import EventConsumer, Figures
+from .inspector import Inspector
+from .query import SearchError, parse, parse_sort
+from .settings import MonitorSettings
+from .sqlite_store import SQLiteStore, aggregate_stats
+from .state import TASK_EVENTS, WORKER_EVENTS, MalformedEvent, State, TaskRecord, WorkerRecord
+from .state import task_dict as _task_dict
+from .store import HistoryStore, TaskQuery
+
+log = logging.getLogger(__name__)
+
+#: listener(event, task): ``event`` is the decoded event dict, ``task`` the record it changed
+#: (read its attributes, don't keep or change it) or None for worker events.
+EventListener = Callable[[dict, Any], None]
+
+
+PRUNE_INTERVAL = 60.0
+PURGE_CHECK_INTERVAL = 1.0
+
+
+class TaskPage(NamedTuple):
+    """A page of tasks and the number of tasks matching the query."""
+
+    total: int
+    tasks: list[dict[str, Any]]
+
+
+class Subscription:
+    """A live feed of changed objects for one subscriber (a websocket, a test...).
+
+    Changes are coalesced per object: a task that changed ten times since the last
+    :meth:`get` is reported once, with its current data. When more than ``buffer`` distinct
+    objects wait, the subscriber is too slow: it is dropped (:attr:`closed` becomes True,
+    :attr:`reason` says why) and ingest never waits for it.
+    """
+
+    def __init__(
+        self,
+        service: MonitorService,
+        kinds: frozenset[str],
+        task_ids: frozenset[str] | None,
+        buffer: int,
+    ) -> None:
+        self._service = service
+        self.kinds = kinds
+        self.task_ids = task_ids
+        self.buffer = buffer
+        self._pending: dict[tuple[str, str], None] = {}
+        self._cond = threading.Condition(threading.Lock())
+        self.closed = False
+        self.reason: str | None = None
+
+    def _offer(self, kind: str, ident: str) -> None:
+        """Called by the ingest thread; O(1), never blocks on the subscriber."""
+        if self.closed or kind not in self.kinds:
+            return
+        if kind == "task" and self.task_ids is not None and ident not in self.task_ids:
+            return
+        key = (kind, ident)
+        with self._cond:
+            pending = self._pending
+            if key in pending:
+                return
+            if len(pending) >= self.buffer:
+                self.closed = True
+                self.reason = f"dropped: more than {self.buffer} updates waiting"
+                pending.clear()
+                self._cond.notify_all()
+                self._service._drop(self)
+                return
+            pending[key] = None
+            if len(pending) == 1:
+                self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> list[dict[str, Any]]:
+        """Wait up to ``timeout`` s for changes; return them (possibly ``[]``).
+
+        Items: ``{"type": "task" | "worker" | "worker-purged", "id": uuid or hostname,
+        "data": current dict or None}``. Raises ``EOFError`` once the subscription is closed
+        (see :attr:`reason`).
+        """
+        with self._cond:
+            if not self._pending and not self.closed:
+                self._cond.wait(timeout)
+            if self.closed:
+                raise EOFError(self.reason or "subscription closed")
+            keys = list(self._pending)
+            self._pending.clear()
+        svc = self._service
+        out = []
+        for kind, ident in keys:
+            if kind == "task":
+                data = svc.task(ident, children=False)
+            elif kind == "worker":
+                data = svc.worker(ident)
+            else:
+                data = None
+            out.append({"type": kind, "id": ident, "data": data})
+        return out
+
+    def close(self) -> None:
+        """Unsubscribe (idempotent)."""
+        with self._cond:
+            if not self.closed:
+                self.closed = True
+                self.reason = self.reason or "closed"
+            self._cond.notify_all()
+        self._service._drop(self)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _ts(value: float | datetime | None, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    raise SearchError(f"{what} must be a Unix time or a datetime, not {value!r}")
+
+
+def _tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    if value is None or value == "" or value == "All":
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    return tuple(v for v in value if v and v != "All")
+
+
+class MonitorService:
+    """The monitor of one Celery app. Construct freely; threads start with :meth:`start`.
+
+    Every read method starts the service on first use when ``autostart`` is True (the
+    default): a Flask app only consumes events in the process that serves the monitor, never
+    in the reloader's parent. ``start``/``stop`` are idempotent and thread-safe; a service
+    used after a ``fork`` restarts its threads in the child.
+    """
+
+    def __init__(
+        self,
+        celery_app: Celery,
+        settings: MonitorSettings | None = None,
+        *,
+        autostart: bool = True,
+    ) -> None:
+        self.celery_app = celery_app
+        self.settings = settings or MonitorSettings()
+        self.autostart = autostart
+        self._lifecycle = threading.RLock()
+        self._pid: int | None = None
+        self._stop_event = threading.Event()
+        self._house: threading.Thread | None = None
+        self._consumer: EventConsumer | None = None
+        self._store: HistoryStore | None = None
+        self._store_empty_at_start = True
+        self._figures = Figures()
+        self._state = self._new_state()
+        self._dirty: dict[str, TaskRecord] = {}
+        self._dirty_workers: dict[str, WorkerRecord] = {}
+        self._subs: tuple[Subscription, ...] = ()
+        self._subs_lock = threading.Lock()
+        self._subs_dropped = 0
+        self._listeners: tuple[EventListener, ...] = ()
+        self._purge_listeners: tuple[Callable[[str], None], ...] = ()
+        self._listener_errors = 0
+        self._purged: list[tuple[float, str]] = []
+        self._queues_cache: tuple[float, list[dict] | None] | None = None
+        self._flushes = 0
+        self._flush_seconds = 0.0
+        self.inspector = Inspector(
+            celery_app, self.settings.inspect_timeout, expected_workers=self._online_hostnames
+        )
+
+    def _new_state(self) -> State:
+        st = State(
+            self.settings.max_tasks,
+            self.settings.max_workers,
+            self.settings.worker_offline_after,
+        )
+        st.on_task = self._task_changed
+        st.on_worker = self._worker_changed
+        return st
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """True between :meth:`start` and :meth:`stop` in this process."""
+        return self._pid == os.getpid()
+
+    def ensure_started(self) -> MonitorService:
+        """Start unless running in this process; returns self (for chaining)."""
+        if self._pid != os.getpid():
+            self.start()
+        return self
+
+    def start(self) -> None:
+        """Open the history store, start consuming events and the housekeeping thread.
+
+        Idempotent. After a restart with a populated store, answers come from the store at
+        once; nothing is replayed.
+        """
+        with self._lifecycle:
+            if self._pid == os.getpid():
+                return
+            if self._pid is not None:  # forked: the parent's threads are not ours
+                self._reset_after_fork()
+            self._stop_event.clear()
+            path = self.settings.db_path
+            if path is not None and self._store is None:
+                store = SQLiteStore(path)
+                self._store_empty_at_start = store.is_empty()
+                with self._state.lock:
+                    self._state.restore_workers(store.load_workers().values())
+                self._store = store
+            self._consumer = EventConsumer(
+                self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
+            )
+            self._consumer.start()
+            self._house = threading.Thread(
+                target=self._housekeeping, name="celerymon-house", daemon=True
+            )
+            self._house.start()
+            self._pid = os.getpid()
+
+    def _reset_after_fork(self) -> None:
+        self._consumer = None
+        self._house = None
+        self._store = None
+        self._state = self._new_state()
+        self._dirty = {}
+        self._dirty_workers = {}
+        self._subs = ()
+        self.inspector = Inspector(
+            self.celery_app, self.settings.inspect_timeout, expected_workers=self._online_hostnames
+        )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the threads, write pending changes to the store and close it. Idempotent."""
+        with self._lifecycle:
+            if self._pid != os.getpid():
+                return
+            self._stop_event.set()
+            if self._consumer is not None:
+                self._consumer.stop(timeout)
+            if self._house is not None:
+                self._house.join(timeout)
+            self.inspector.close()
+            self.flush()
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+            for sub in self._subs:
+                sub.close()
+            self._consumer = None
+            self._house = None
+            self._pid = None
+
+    def wait_connected(self, timeout: float = 10.0) -> bool:
+        """Wait until the event stream is subscribed (tests, the CLI). Starts the service."""
+        self.ensure_started()
+        c = self._consumer
+        return c is not None and c.wait_connected(timeout)
+
+    # -- ingest (the consumer thread) ------------------------------------------------------
+
+    def _ingest(self, events: list[dict[str, Any]]) -> None:
+        st = self._state
+        fig = self._figures
+        listeners = self._listeners
+        now = time.time()
+        applied = malformed = unknown = 0
+        with st.lock:
+            apply = st.apply
+            for ev in events:
+                try:
+                    t = apply(ev, now)
+                except MalformedEvent as exc:
+                    malformed += 1
+                    if fig.events_malformed + malformed <= 100 or malformed == 1:
+                        log.warning("celerymon: skipped malformed event: %s", exc)
+                    continue
+                except Exception:  # noqa: BLE001 - never let one event stop ingest
+                    malformed += 1
+                    log.exception("celerymon: could not apply event %r", ev.get("type"))
+                    continue
+                applied += 1
+                etype = ev["type"]
+                if etype not in TASK_EVENTS and etype not in WORKER_EVENTS:
+                    unknown += 1
+                if listeners:
+                    for fn in listeners:
+                        try:
+                            fn(ev, t)
+                        except Exception:  # noqa: BLE001
+                            self._listener_errors += 1
+                            log.exception("celerymon: event listener %r failed", fn)
+        fig.events_applied += applied
+        fig.events_malformed += malformed
+        fig.events_unknown += unknown
+        last = events[-1].get("timestamp")
+        if isinstance(last, (int, float)):
+            lag = max(0.0, time.time() - last)
+            fig.lag = lag
+            fig.lag_max = max(fig.lag_max, lag)
+        fig.last_event_at = now
+
+    def apply_events(self, events: Iterable[dict[str, Any]]) -> None:
+        """Apply decoded events as if they came from the broker (tests, imports, replays)."""
+        evs = [dict(e) for e in events]
+        if evs:
+            self._figures.events_received += len(evs)
+            self._ingest(evs)
+
+    def _task_changed(self, t: TaskRecord) -> None:
+        if self.settings.db_path is not None:
+            self._dirty[t.uuid] = t
+        for sub in self._subs:
+            sub._offer("task", t.uuid)
+
+    def _worker_changed(self, w: WorkerRecord) -> None:
+        if self.settings.db_path is not None:
+            self._dirty_workers[w.hostname] = w
+        for sub in self._subs:
+            sub._offer("worker", w.hostname)
+
+    def _on_connect(self) -> None:
+        if self.settings.enable_events:
+            self._enable_events()
+        self.inspector.refresh(wait=False)
+
+    def _enable_events(self) -> None:
+        try:
+            self.celery_app.control.enable_events()
+        except Exception as exc:  # noqa: BLE001 - the broker may be down; retried later
+            log.info("celerymon: enable_events failed: %s", exc)
+
+    # -- housekeeping thread ---------------------------------------------------------------
+
+    def _housekeeping(self) -> None:
+        s = self.settings
+        next_enable = time.monotonic() + s.enable_events_interval
+        next_inspect = time.monotonic() + s.inspect_interval
+        next_prune = time.monotonic() + 5.0
+        next_purge = time.monotonic() + PURGE_CHECK_INTERVAL
+        tick = min(s.flush_interval, PURGE_CHECK_INTERVAL)
+        while not self._stop_event.wait(tick):
+            now = time.monotonic()
+            for what, fn in (("flush", self.flush), ("purge", self._purge_offline)):
+                if what == "purge" and now < next_purge:
+                    continue
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001 - keep housekeeping alive
+                    log.exception("celerymon: %s failed", what)
+            if now >= next_purge:
+                next_purge = now + PURGE_CHECK_INTERVAL
+            if s.enable_events and now >= next_enable:
+                next_enable = now + s.enable_events_interval
+                self._enable_events()
+            if now >= next_inspect:
+                next_inspect = now + s.inspect_interval
+                try:
+                    self.inspector.refresh(wait=False)
+                except Exception:  # noqa: BLE001
+                    log.exception("celerymon: inspect refresh failed")
+            if now >= next_prune:
+                next_prune = now + PRUNE_INTERVAL
+                try:
+                    self.prune()
+                except Exception:  # noqa: BLE001
+                    log.exception("celerymon: pruning the history failed")
+
+    def flush(self) -> int:
+        """Write changed tasks and workers to the store now; returns the number of tasks."""
+        store = self._store
+        if store is None:
+            return 0
+        st = self._state
+        now = time.time()
+        with st.lock:
+            dirty, self._dirty = self._dirty, {}
+            wdirty, self._dirty_workers = self._dirty_workers, {}
+            rows = [t.row() for t in dirty.values()]
+            wsnap = {h: w.as_dict(now, st.worker_offline_after) for h, w in wdirty.items()}
+        t0 = time.perf_counter()
+        store.write_tasks(rows)
+        store.write_workers(wsnap)
+        self._flushes += 1
+        self._flush_seconds += time.perf_counter() - t0
+        return len(rows)
+
+    def prune(self) -> int:
+        """Apply the retention settings to the store now; returns the tasks deleted."""
+        store = self._store
+        if store is None:
+            return 0
+        s = self.settings
+        return store.prune(s.retention_tasks, time.time() - s.retention_days * 86400)
+
+    def _purge_offline(self) -> None:
+        after = self.settings.purge_offline_workers
+        if after is None:
+            return
+        st = self._state
+        now = time.time()
+        with st.lock:
+            victims = [
+                h
+                for h, w in st.workers.items()
+                if not w.alive(now, st.worker_offline_after) and now - w.last_seen > after
+            ]
+            for h in victims:
+                st.remove_worker(h)
+                self._dirty_workers.pop(h, None)
+        if victims:
+            self._forget_workers(victims, now)
+
+    def purge_worker(self, hostname: str) -> bool:
+        """Forget a worker now, everywhere (state, store, inspect cache, listeners)."""
+        with self._state.lock:
+            known = self._state.remove_worker(hostname)
+            self._dirty_workers.pop(hostname, None)
+        if known:
+            self._forget_workers([hostname], time.time())
+        return known
+
+    def _forget_workers(self, hostnames: list[str], now: float) -> None:
+        if self._store is not None:
+            self._store.delete_workers(hostnames)
+        for h in hostnames:
+            self.inspector.forget(h)
+            self._purged.append((now, h))
+            for sub in self._subs:
+                sub._offer("worker-purged", h)
+            for fn in self._purge_listeners:
+                try:
+                    fn(h)
+                except Exception:  # noqa: BLE001
+                    self._listener_errors += 1
+                    log.exception("celerymon: purge listener %r failed", fn)
+        del self._purged[:-1000]
+        log.info("celerymon: purged offline workers %s", ", ".join(hostnames))
+
+    # -- listeners and subscriptions -------------------------------------------------------
+
+    def add_listener(self, fn: EventListener) -> None:
+        """Call ``fn(event, task)`` in the ingest thread after each applied event.
+
+        For metrics: ``event`` has ``type``, ``hostname``, ``timestamp`` and the event's
+        fields; ``task`` is the changed task record (``name``, ``state``, ``received``,
+        ``started``, ``runtime``, ``worker``...) or None. Keep it fast; exceptions are logged
+        and counted, never raised into ingest.
+        """
+        with self._subs_lock:
+            self._listeners = (*self._listeners, fn)
+
+    def remove_listener(self, fn: EventListener) -> None:
+        with self._subs_lock:
+            self._listeners = tuple(f for f in self._listeners if f is not fn)
+
+    def add_purge_listener(self, fn: Callable[[str], None]) -> None:
+        """Call ``fn(hostname)`` when an offline worker is purged (drop its metric series)."""
+        with self._subs_lock:
+            self._purge_listeners = (*self._purge_listeners, fn)
+
+    def purged_workers(self) -> list[tuple[float, str]]:
+        """The last 1000 purged workers as ``(time, hostname)``, oldest first."""
+        return list(self._purged)
+
+    def subscribe(
+        self,
+        kinds: Iterable[str] = ("task", "worker", "worker-purged"),
+        task_ids: Iterable[str] | None = None,
+        buffer: int | None = None,
+    ) -> Subscription:
+        """A new live feed (thread-safe). ``task_ids`` limits task updates to those tasks.
+
+        Raises ``ValueError`` for an unknown kind.
+        """
+        ks = frozenset(kinds)
+        bad = ks - {"task", "worker", "worker-purged"}
+        if bad:
+            raise ValueError(f"unknown subscription kind(s) {sorted(bad)}")
+        sub = Subscription(
+            self,
+            ks,
+            None if task_ids is None else frozenset(task_ids),
+            buffer or self.settings.subscriber_buffer,
+        )
+        with self._subs_lock:
+            self._subs = (*self._subs, sub)
+        return sub
+
+    def _drop(self, sub: Subscription) -> None:
+        with self._subs_lock:
+            if sub in self._subs:
+                self._subs = tuple(s for s in self._subs if s is not sub)
+                if sub.reason and sub.reason.startswith("dropped"):
+                    self._subs_dropped += 1
+
+    # -- reading: workers ------------------------------------------------------------------
+
+    def _online_hostnames(self) -> list[str]:
+        now = time.time()
+        st = self._state
+        with st.lock:
+            return [h for h, w in st.workers.items() if w.alive(now, st.worker_offline_after)]
+
+    def workers(self) -> list[dict[str, Any]]:
+        """Every known worker as Flower's ``/workers?json=1`` items, sorted by hostname.
+
+        Keys: per-event-type counters (``task-received``, ``worker-heartbeat``...),
+        ``hostname pid freq heartbeats clock active processed loadavg sw_ident sw_ver sw_sys``,
+        ``status`` (online, bool) and ``last_seen`` (local time of its last event).
+        """
+        self._autostart()
+        now = time.time()
+        st = self._state
+        with st.lock:
+            out = [w.as_dict(now, st.worker_offline_after) for w in st.workers.values()]
+        return sorted(out, key=lambda d: d["hostname"])
+
+    def worker(self, hostname: str) -> dict[str, Any] | None:
+        """One worker like :meth:`workers` items, or None if unknown."""
+        self._autostart()
+        st = self._state
+        with st.lock:
+            w = st.workers.get(hostname)
+            return None if w is None else w.as_dict(time.time(), st.worker_offline_after)
+
+    def worker_status(self) -> dict[str, bool]:
+        """``{hostname: online}`` (Flower's ``/api/workers?status=1``)."""
+        return {d["hostname"]: d["status"] for d in self.workers()}
+
+    def inspect(
+        self, worker: str | None = None, refresh: bool = False
+    ) -> dict[str, dict[str, Any]]:
+        """Flower's ``/api/workers``: ``{hostname: {stats, active_queues, registered, conf,
+        timestamp[, scheduled, active, reserved, revoked]}}``.
+
+        Workers known only from events are included with what is known (``timestamp`` None).
+        With ``refresh`` the cache is refreshed first, waiting at most the inspect timeout.
+        An unknown ``worker`` gives ``{}``.
+        """
+        self._autostart()
+        if refresh:
+            data = self.inspector.refresh(worker)
+        else:
+            data = self.inspector.get(worker)
+            if not data and self.inspector.last_refresh is None:
+                self.inspector.refresh(worker, wait=False)
+        names = [worker] if worker is not None else [d["hostname"] for d in self.workers()]
+        for h in names:
+            if h not in data and self.worker(h) is not None:
+                data[h] = {"timestamp": None}
+        return data
+
+    # -- reading: tasks --------------------------------------------------------------------
+
+    def task(self, uuid: str, children: bool = True) -> dict[str, Any] | None:
+        """Flower's ``/api/task/info`` dict (``worker`` is the hostname) plus ``history``.
+
+        From the window, else the history store; None if unknown.
+        """
+        self._autostart()
+        st = self._state
+        with st.lock:
+            t = st.tasks.get(uuid)
+            d = t.as_dict() if t is not None else None
+        store = self._store
+        if d is None:
+            if store is None:
+                return None
+            row = store.get_task(uuid)
+            if row is None:
+                return None
+            d = _task_dict(row, [])
+        if children and store is not None:
+            kids = d["children"]
+            for c in store.children(uuid):
+                if c not in kids:
+                    kids.append(c)
+        return d
+
+    def query_tasks(
+        self,
+        *,
+        state: str | Iterable[str] | None = None,
+        worker: str | Iterable[str] | None = None,
+        name: str | Iterable[str] | None = None,
+        received_start: float | datetime | None = None,
+        received_end: float | datetime | None = None,
+        started_start: float | datetime | None = None,
+        started_end: float | datetime | None = None,
+        search: str | None = None,
+        sort_by: str | None = None,
+        offset: int = 0,
+        limit: int | None = 100,
+    ) -> TaskPage:
+        """Filter, search, sort and page tasks over the window and the history store.
+
+        Filters take one value or several (``"All"`` or None means no filter); times are Unix
+        seconds or datetimes, bounds inclusive. ``search`` is Flower's search language (see
+        :mod:`.query`). ``sort_by`` is ``name``, ``state``, ``received``, ``started``,
+        ``runtime``, ``timestamp`` (prefix ``-`` for descending; default ``-received``);
+        tasks without the sort value come last when descending, first when ascending.
+
+        Raises :class:`~.query.SearchError` (a ``ValueError``) for an invalid search, sort
+        key, time or page; the message is fit for the user.
+        """
+        self._autostart()
+        if not isinstance(offset, int) or offset < 0:
+            raise SearchError(f"offset must be an integer >= 0, not {offset!r}")
+        if limit is not None and (not isinstance(limit, int) or limit < 0):
+            raise SearchError(f"limit must be an integer >= 0 or None, not {limit!r}")
+        key, desc = parse_sort(sort_by)
+        q = TaskQuery(
+            state=tuple(s.upper() for s in _tuple(state)),
+            worker=_tuple(worker),
+            name=_tuple(name),
+            received_start=_ts(received_start, "received_start"),
+            received_end=_ts(received_end, "received_end"),
+            started_start=_ts(started_start, "started_start"),
+            started_end=_ts(started_end, "started_end"),
+            search=parse(search),
+            sort_key=key,
+            descending=desc,
+            offset=offset,
+            limit=limit,
+        )
+        st = self._state
+        store = self._store
+        if store is None or (st.complete and self._store_empty_at_start):
+            with st.lock:
+                total, recs = st.query(q)
+                return TaskPage(total, [r.as_dict() for r in recs])
+        total, rows = store.query(q)
+        out = []
+        with st.lock:
+            for row in rows:
+                t = st.tasks.get(row["uuid"])
+                out.append(t.as_dict() if t is not None else _task_dict(row, []))
+        return TaskPage(total, out)
+
+    def task_types(self) -> list[str]:
+        """Every task name seen (window and history), sorted (``/api/task/types``)."""
+        self._autostart()
+        with self._state.lock:
+            names = set(self._state.task_counters)
+            names.update(t.name for t in self._state.tasks.values() if t.name)
+        if self._store is not None:
+            names.update(self._store.task_names())
+        return sorted(names)
+
+    def counters(self) -> dict[str, Any]:
+        """Event counts since start: ``{"workers": {host: {type: n}}, "tasks": {name: {type: n}}}``."""
+        self._autostart()
+        st = self._state
+        with st.lock:
+            return {
+                "workers": {h: dict(w.counters) for h, w in st.workers.items()},
+                "tasks": {n: dict(c) for n, c in st.task_counters.items()},
+            }
+
+    def task_stats(
+        self,
+        since: float | None = None,
+        until: float | None = None,
+        bucket: float = 60.0,
+        name: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Per ``bucket`` seconds and task name: finished counts and runtime percentiles.
+
+        Items: ``{"name", "start", "succeeded", "failed", "retried", "revoked",
+        "runtime_p50", "runtime_p95", "runtime_max"}`` ordered by ``start`` then name; by
+        default the last hour. From the history store, or the window without one.
+        """
+        self._autostart()
+        if bucket <= 0:
+            raise ValueError(f"bucket must be > 0 seconds, not {bucket!r}")
+        until = time.time() if until is None else until
+        since = until - 3600 if since is None else since
+        self.flush()
+        if self._store is not None:
+            return self._store.task_stats(since, until, bucket, name)
+        finished = ("SUCCESS", "FAILURE", "RETRY", "REVOKED")
+        with self._state.lock:
+            rows = [
+                (t.name, t.timestamp, t.state, t.runtime)
+                for t in self._state.tasks.values()
+                if t.state in finished
+                and t.timestamp is not None
+                and since <= t.timestamp < until
+                and (name is None or t.name == name)
+            ]
+        return aggregate_stats(rows, bucket)
+
+    # -- reading: broker -------------------------------------------------------------------
+
+    def queues(self, max_age: float = 1.0) -> list[dict[str, Any]] | None:
+        """Queue lengths (Flower's ``/api/queues/length`` ``active_queues`` list).
+
+        Names: workers' active queues, ``CELERY_MONITOR_QUEUES``, Celery's configured queues.
+        Cached for ``max_age`` seconds. None when the broker cannot give lengths; raises the
+        broker's connection error when it is unreachable.
+        """
+        self._autostart()
+        cached = self._queues_cache
+        if cached is not None and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        active: list[Any] = []
+        for info in self.inspector.get().values():
+            active.extend(info.get("active_queues") or ())
+        names = _broker.queue_names(self.celery_app, active, self.settings.queues)
+        result = _broker.queue_lengths(self.celery_app, names, self.settings.broker_api)
+        self._queues_cache = (time.monotonic(), result)
+        return result
+
+    # -- self-figures ----------------------------------------------------------------------
+
+    def figures(self) -> dict[str, Any]:
+        """The service's own health numbers.
+
+        ``events_received`` (decoded), ``events_applied``, ``events_malformed`` (skipped),
+        ``events_unknown`` (unknown types, applied to counters only), ``events_dropped``,
+        ``connects``, ``disconnects`` (each one may have lost events published meanwhile:
+        ``events_maybe_lost`` is True once that happened), ``last_error``, ``lag`` and
+        ``lag_max`` (seconds from an event's timestamp to its application), ``backlog_bytes``
+        (read but not decoded), ``tasks``/``workers`` in the window, ``evicted``,
+        ``store_pending``, ``flushes``, ``flush_seconds``, ``subscribers``,
+        ``subscribers_dropped``, ``listener_errors``, ``connected``, ``running``.
+        """
+        d = self._figures.as_dict()
+        st = self._state
+        with st.lock:
+            d.update(
+                tasks=len(st.tasks),
+                workers=len(st.workers),
+                evicted=st.evicted,
+                store_pending=len(self._dirty),
+            )
+        c = self._consumer
+        d.update(
+            events_maybe_lost=d["disconnects"] > 0,
+            flushes=self._flushes,
+            flush_seconds=round(self._flush_seconds, 6),
+            subscribers=len(self._subs),
+            subscribers_dropped=self._subs_dropped,
+            listener_errors=self._listener_errors,
+            inspect_errors=self.inspector.errors,
+            connected=c is not None and c.connected,
+            running=self.running,
+            store=self.settings.db_path,
+        )
+        return d
+
+    def _autostart(self) -> None:
+        if self.autostart and self._pid != os.getpid():
+            self.start()

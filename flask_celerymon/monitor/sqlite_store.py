@@ -1,0 +1,333 @@
+"""The embedded history store: one SQLite file in WAL mode.
+
+Layout: ``tasks`` (one row per task, the columns of
+:data:`~flask_celerymon.monitor.store.TASK_COLUMNS`, with an index per filter and sort key),
+``tasks_fts`` (an FTS5 trigram index over name, worker, state, args, kwargs and result, kept in
+step by triggers; it answers substring search without a scan), ``task_names``, ``workers``
+(JSON snapshots) and ``meta``. One connection writes (the service's flusher thread); every
+reading thread gets its own connection, so readers never wait for a batch being written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from .query import compile_sql, kwarg_pattern
+from .store import TASK_COLUMNS, HistoryStore, TaskQuery
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+
+_REAL = {"sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected",
+         "timestamp", "runtime"}  # fmt: skip
+_INT = {"retries", "clock"}
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY,
+    {
+    ", ".join(
+        f"{c} {'REAL' if c in _REAL else 'INTEGER' if c in _INT else 'TEXT'}"
+        + (" NOT NULL UNIQUE" if c == "uuid" else "")
+        for c in TASK_COLUMNS
+    )
+}
+);
+CREATE INDEX IF NOT EXISTS tasks_received ON tasks(received);
+CREATE INDEX IF NOT EXISTS tasks_started ON tasks(started);
+CREATE INDEX IF NOT EXISTS tasks_runtime ON tasks(runtime);
+CREATE INDEX IF NOT EXISTS tasks_timestamp ON tasks(timestamp);
+CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state, received);
+CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name, received);
+CREATE INDEX IF NOT EXISTS tasks_worker ON tasks(worker, received);
+CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_id) WHERE parent_id IS NOT NULL;
+CREATE VIRTUAL TABLE IF NOT EXISTS tasks_fts USING fts5(
+    name, worker, state, args, kwargs, result,
+    content='tasks', content_rowid='id', tokenize='trigram case_sensitive 1'
+);
+CREATE TRIGGER IF NOT EXISTS tasks_ai AFTER INSERT ON tasks BEGIN
+    INSERT INTO tasks_fts(rowid, name, worker, state, args, kwargs, result)
+    VALUES (new.id, new.name, new.worker, new.state, new.args, new.kwargs, new.result);
+END;
+CREATE TRIGGER IF NOT EXISTS tasks_ad AFTER DELETE ON tasks BEGIN
+    INSERT INTO tasks_fts(tasks_fts, rowid, name, worker, state, args, kwargs, result)
+    VALUES ('delete', old.id, old.name, old.worker, old.state, old.args, old.kwargs, old.result);
+END;
+CREATE TRIGGER IF NOT EXISTS tasks_au AFTER UPDATE ON tasks BEGIN
+    INSERT INTO tasks_fts(tasks_fts, rowid, name, worker, state, args, kwargs, result)
+    VALUES ('delete', old.id, old.name, old.worker, old.state, old.args, old.kwargs, old.result);
+    INSERT INTO tasks_fts(rowid, name, worker, state, args, kwargs, result)
+    VALUES (new.id, new.name, new.worker, new.state, new.args, new.kwargs, new.result);
+END;
+CREATE TABLE IF NOT EXISTS task_names (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS workers (hostname TEXT PRIMARY KEY, data TEXT NOT NULL);
+"""
+
+_COLS = ", ".join(TASK_COLUMNS)
+_UPSERT = (
+    f"INSERT INTO tasks ({_COLS}) VALUES ({', '.join('?' for _ in TASK_COLUMNS)}) "
+    "ON CONFLICT(uuid) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in TASK_COLUMNS if c != "uuid")
+)
+_HISTORY = TASK_COLUMNS.index("history")
+
+#: sort key -> column (all have an index)
+_SORT_COLUMNS = {
+    "name": "name",
+    "state": "state",
+    "received": "received",
+    "started": "started",
+    "runtime": "runtime",
+    "timestamp": "timestamp",
+    "succeeded": "succeeded",
+    "sent": "sent",
+}
+
+_pattern_cache: dict[tuple[str, str], Any] = {}
+
+
+def _kwarg_match(kwargs: str | None, key: str, value: str) -> int:
+    if not kwargs:
+        return 0
+    pat = _pattern_cache.get((key, value))
+    if pat is None:
+        if len(_pattern_cache) > 256:
+            _pattern_cache.clear()
+        pat = _pattern_cache[(key, value)] = kwarg_pattern(key, value)
+    return 1 if pat.search(kwargs) else 0
+
+
+class SQLiteStore(HistoryStore):
+    """History in a SQLite file (created with its directory when missing)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._closed = False
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        self._writer = self._connect()
+        with self._write_lock:
+            self._writer.executescript(_SCHEMA)
+            self._writer.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,)
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute("PRAGMA cache_size=-32000")
+        conn.create_function("kwarg_match", 3, _kwarg_match, deterministic=True)
+        with self._all_lock:
+            self._all.append(conn)
+        return conn
+
+    @property
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise RuntimeError(f"the history store {self.path} is closed")
+            conn = self._local.conn = self._connect()
+        return conn
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write_tasks(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        prepared = []
+        names = set()
+        for r in rows:
+            r = list(r)
+            hist = r[_HISTORY]
+            r[_HISTORY] = json.dumps(list(hist)) if hist else None
+            prepared.append(r)
+            if r[1]:
+                names.add(r[1])
+        self._tx(
+            [
+                (_UPSERT, prepared),
+                ("INSERT OR IGNORE INTO task_names (name) VALUES (?)", [(n,) for n in names]),
+            ]
+        )
+
+    def _tx(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
+        """Run ``(sql, rows)`` executemany statements in one write transaction."""
+        n = 0
+        with self._write_lock:
+            c = self._writer
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                for sql, rows in statements:
+                    n += c.executemany(sql, rows).rowcount
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return n
+
+    def write_workers(self, workers: Mapping[str, Mapping[str, Any]]) -> None:
+        if workers:
+            rows = [(h, json.dumps(d, default=str)) for h, d in workers.items()]
+            self._tx([("INSERT OR REPLACE INTO workers (hostname, data) VALUES (?, ?)", rows)])
+
+    def delete_workers(self, hostnames: Iterable[str]) -> None:
+        hs = [(h,) for h in hostnames]
+        if hs:
+            self._tx([("DELETE FROM workers WHERE hostname = ?", hs)])
+
+    def prune(self, max_tasks: int, older_than: float) -> int:
+        with self._write_lock:
+            c = self._writer
+            deleted = c.execute("DELETE FROM tasks WHERE timestamp < ?", (older_than,)).rowcount
+            n = c.execute("SELECT count(*) FROM tasks").fetchone()[0]
+            if n > max_tasks:
+                deleted += c.execute(
+                    "DELETE FROM tasks WHERE id IN "
+                    "(SELECT id FROM tasks ORDER BY timestamp LIMIT ?)",
+                    (n - max_tasks,),
+                ).rowcount
+            return deleted
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def load_workers(self) -> dict[str, dict[str, Any]]:
+        rows = self._reader.execute("SELECT hostname, data FROM workers").fetchall()
+        return {h: json.loads(d) for h, d in rows}
+
+    def _row(self, r: Sequence[Any]) -> dict[str, Any]:
+        d = dict(zip(TASK_COLUMNS, r))
+        h = d["history"]
+        d["history"] = tuple(json.loads(h)) if h else ()
+        return d
+
+    def get_task(self, uuid: str) -> dict[str, Any] | None:
+        r = self._reader.execute(f"SELECT {_COLS} FROM tasks WHERE uuid = ?", (uuid,)).fetchone()
+        return None if r is None else self._row(r)
+
+    def children(self, uuid: str) -> list[str]:
+        rows = self._reader.execute(
+            "SELECT uuid FROM tasks WHERE parent_id = ? ORDER BY id", (uuid,)
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def task_names(self) -> list[str]:
+        return [r[0] for r in self._reader.execute("SELECT name FROM task_names ORDER BY name")]
+
+    def count(self) -> int:
+        return self._reader.execute("SELECT count(*) FROM tasks").fetchone()[0]
+
+    def is_empty(self) -> bool:
+        return self._reader.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
+
+    def _where(self, q: TaskQuery) -> tuple[str, list[Any]]:
+        conds: list[str] = []
+        params: list[Any] = []
+        for col, values in (("state", q.state), ("worker", q.worker), ("name", q.name)):
+            if values:
+                conds.append(f"{col} IN ({', '.join('?' for _ in values)})")
+                params.extend(values)
+        for col, lo, hi in (
+            ("received", q.received_start, q.received_end),
+            ("started", q.started_start, q.started_end),
+        ):
+            if lo is not None:
+                conds.append(f"{col} >= ?")
+                params.append(lo)
+            if hi is not None:
+                conds.append(f"{col} <= ?")
+                params.append(hi)
+        if q.search is not None:
+            cond, p = compile_sql(q.search)
+            conds.append(cond)
+            params.extend(p)
+        return (" AND ".join(conds) or "1"), params
+
+    def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:
+        where, params = self._where(q)
+        c = self._reader
+        total = c.execute(f"SELECT count(*) FROM tasks WHERE {where}", params).fetchone()[0]
+        col = _SORT_COLUMNS[q.sort_key]
+        order = f"{col} {'DESC' if q.descending else 'ASC'}"
+        limit = -1 if q.limit is None else q.limit
+        rows = c.execute(
+            f"SELECT {_COLS} FROM tasks WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+            [*params, limit, q.offset],
+        ).fetchall()
+        return total, [self._row(r) for r in rows]
+
+    def task_stats(
+        self, since: float, until: float, bucket: float, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT name, timestamp, state, runtime FROM tasks "
+            "WHERE timestamp >= ? AND timestamp < ? "
+            "AND state IN ('SUCCESS', 'FAILURE', 'RETRY', 'REVOKED')"
+        )
+        params: list[Any] = [since, until]
+        if name is not None:
+            sql += " AND name = ?"
+            params.append(name)
+        return aggregate_stats(self._reader.execute(sql, params), bucket)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._write_lock, self._all_lock:
+            for conn in self._all:
+                try:
+                    conn.close()
+                except sqlite3.Error:  # pragma: no cover
+                    pass
+            self._all.clear()
+
+
+_STAT_KEYS = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried", "REVOKED": "revoked"}
+
+
+def _percentile(sorted_values: list[float], p: float) -> float | None:
+    if not sorted_values:
+        return None
+    k = max(0, min(len(sorted_values) - 1, int(round(p * (len(sorted_values) - 1)))))
+    return sorted_values[k]
+
+
+def aggregate_stats(rows: Iterable[Sequence[Any]], bucket: float) -> list[dict[str, Any]]:
+    """(name, timestamp, state, runtime) rows -> per (bucket, name) counts and percentiles."""
+    acc: dict[tuple[float, str], dict[str, Any]] = {}
+    for name, ts, state, runtime in rows:
+        start = (ts // bucket) * bucket
+        k = (start, name or "")
+        a = acc.get(k)
+        if a is None:
+            a = acc[k] = {"succeeded": 0, "failed": 0, "retried": 0, "revoked": 0, "rt": []}
+        a[_STAT_KEYS[state]] += 1
+        if runtime is not None:
+            a["rt"].append(runtime)
+    out = []
+    for (start, name), a in sorted(acc.items()):
+        rt = sorted(a.pop("rt"))
+        out.append(
+            {
+                "name": name,
+                "start": start,
+                **a,
+                "runtime_p50": _percentile(rt, 0.5),
+                "runtime_p95": _percentile(rt, 0.95),
+                "runtime_max": rt[-1] if rt else None,
+            }
+        )
+    return out

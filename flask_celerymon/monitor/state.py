@@ -1,0 +1,487 @@
+"""The in-memory window: compact task and worker records and how events change them.
+
+One thread (the service's ingest thread) calls :meth:`State.apply`; readers take
+:attr:`State.lock` for a consistent view. Tasks are ``__slots__`` records whose unknown string
+fields are ``""`` and whose repeated strings (task names, hostnames, routing keys...) are shared,
+so a task costs well under 1 KB. The window is bounded by ``max_tasks``: finished tasks are
+evicted first (oldest finished first), unfinished ones only when nothing finished is left.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from operator import attrgetter
+from typing import Any
+
+from celery.states import PRECEDENCE_LOOKUP, READY_STATES, RETRY
+
+from .query import compile_python
+from .store import TASK_COLUMNS, TaskQuery
+
+_NONE_PRECEDENCE = PRECEDENCE_LOOKUP[None]
+
+#: task event type -> (state, timestamp attribute)
+TASK_EVENTS: dict[str, tuple[str, str]] = {
+    "task-sent": ("PENDING", "sent"),
+    "task-received": ("RECEIVED", "received"),
+    "task-started": ("STARTED", "started"),
+    "task-succeeded": ("SUCCESS", "succeeded"),
+    "task-failed": ("FAILURE", "failed"),
+    "task-retried": ("RETRY", "retried"),
+    "task-revoked": ("REVOKED", "revoked"),
+    "task-rejected": ("REJECTED", "rejected"),
+}
+WORKER_EVENTS = frozenset({"worker-online", "worker-heartbeat", "worker-offline"})
+
+# Fields a logically earlier event may still fill in (celery.events.state.Task.merge_rules).
+_EARLY_FIELDS = frozenset(
+    {"name", "args", "kwargs", "parent_id", "root_id", "retries", "eta", "expires"}
+)
+_STR_FIELDS = ("args", "kwargs", "result")
+_OPT_FIELDS = ("exception", "traceback", "eta", "expires", "exchange", "routing_key", "client")
+_INTERNED = ("name", "exchange", "routing_key", "client")
+
+#: Celery's heartbeat expiry: last heartbeat + freq * 2 (HEARTBEAT_EXPIRE_WINDOW = 200 %).
+HEARTBEAT_EXPIRE_FACTOR = 2.0
+
+WORKER_FIELDS = ("pid", "freq", "clock", "active", "processed", "loadavg", "sw_ident", "sw_ver",
+                 "sw_sys")  # fmt: skip
+
+
+class TaskRecord:
+    """One task in the window. Strings unknown so far are ``""``; times are Unix seconds."""
+
+    __slots__ = (
+        "uuid", "name", "state", "worker", "sent", "received", "started", "succeeded",
+        "failed", "retried", "revoked", "rejected", "timestamp", "runtime", "args", "kwargs",
+        "result", "exception", "traceback", "eta", "expires", "retries", "exchange",
+        "routing_key", "clock", "client", "root_id", "parent_id", "children", "history",
+        "finished",
+    )  # fmt: skip
+
+    def __init__(self, uuid: str) -> None:
+        self.uuid = uuid
+        self.name = self.state = self.worker = self.args = self.kwargs = self.result = ""
+        self.sent = self.received = self.started = self.succeeded = self.failed = None
+        self.retried = self.revoked = self.rejected = self.timestamp = self.runtime = None
+        self.exception = self.traceback = self.eta = self.expires = self.retries = None
+        self.exchange = self.routing_key = self.clock = self.client = None
+        self.root_id = self.parent_id = self.children = None
+        self.history: tuple[Any, ...] = ()
+        self.finished = False
+
+    def row(self) -> tuple[Any, ...]:
+        """The record in :data:`~flask_celerymon.monitor.store.TASK_COLUMNS` order."""
+        return (
+            self.uuid, self.name, self.state, self.worker, self.sent, self.received,
+            self.started, self.succeeded, self.failed, self.retried, self.revoked,
+            self.rejected, self.timestamp, self.runtime, self.args, self.kwargs, self.result,
+            self.exception, self.traceback, self.eta, self.expires, self.retries,
+            self.exchange, self.routing_key, self.clock, self.client, self.root_id,
+            self.parent_id, self.history,
+        )  # fmt: skip
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flower's ``Task.as_dict()`` plus ``history`` (see :func:`task_dict`)."""
+        d = dict(zip(TASK_COLUMNS, self.row()))
+        return task_dict(d, list(self.children or ()))
+
+
+def task_dict(row: Mapping[str, Any], children: list[str]) -> dict[str, Any]:
+    """A task row (TASK_COLUMNS keys) as Flower's ``/api/task/info`` dict, JSON-ready.
+
+    Keys: ``uuid name state received sent started rejected succeeded failed retried revoked
+    args kwargs eta expires retries worker result exception timestamp runtime traceback
+    exchange routing_key clock client root root_id parent parent_id children`` and
+    ``history`` (``[{"state", "timestamp"}]``, oldest first).
+    """
+    hist = row["history"] or ()
+    return {
+        "uuid": row["uuid"],
+        "name": row["name"] or None,
+        "state": row["state"] or None,
+        "received": row["received"],
+        "sent": row["sent"],
+        "started": row["started"],
+        "rejected": row["rejected"],
+        "succeeded": row["succeeded"],
+        "failed": row["failed"],
+        "retried": row["retried"],
+        "revoked": row["revoked"],
+        "args": row["args"] or None,
+        "kwargs": row["kwargs"] or None,
+        "eta": row["eta"],
+        "expires": row["expires"],
+        "retries": row["retries"],
+        "worker": row["worker"] or None,
+        "result": row["result"] or None,
+        "exception": row["exception"],
+        "timestamp": row["timestamp"],
+        "runtime": row["runtime"],
+        "traceback": row["traceback"],
+        "exchange": row["exchange"],
+        "routing_key": row["routing_key"],
+        "clock": row["clock"],
+        "client": row["client"],
+        "root": row["root_id"],
+        "root_id": row["root_id"],
+        "parent": row["parent_id"],
+        "parent_id": row["parent_id"],
+        "children": children,
+        "history": [
+            {"state": hist[i], "timestamp": hist[i + 1]} for i in range(0, len(hist) - 1, 2)
+        ],
+    }
+
+
+class WorkerRecord:
+    """One worker as seen through events."""
+
+    __slots__ = (
+        "hostname", "pid", "freq", "clock", "active", "processed", "loadavg", "sw_ident",
+        "sw_ver", "sw_sys", "heartbeats", "counters", "last_seen", "offline_event",
+    )  # fmt: skip
+
+    def __init__(self, hostname: str) -> None:
+        self.hostname = hostname
+        self.pid = self.clock = self.active = self.loadavg = None
+        self.sw_ident = self.sw_ver = self.sw_sys = None
+        self.freq: float = 60.0
+        self.processed = 0
+        self.heartbeats: deque[float] = deque(maxlen=4)
+        self.counters: dict[str, int] = {}
+        self.last_seen = 0.0  # local time of the last event from this worker
+        self.offline_event = False
+
+    def alive(self, now: float, offline_after: float | None) -> bool:
+        """Online unless a worker-offline came last or heartbeats expired."""
+        if self.offline_event:
+            return False
+        window = (
+            offline_after if offline_after is not None else (self.freq * HEARTBEAT_EXPIRE_FACTOR)
+        )
+        return now - self.last_seen <= window
+
+    def as_dict(self, now: float, offline_after: float | None) -> dict[str, Any]:
+        """Flower's ``/workers?json=1`` item: counters, worker fields and ``status``."""
+        d: dict[str, Any] = dict(self.counters)
+        d.update(
+            hostname=self.hostname,
+            pid=self.pid,
+            freq=self.freq,
+            heartbeats=list(self.heartbeats),
+            clock=self.clock,
+            active=self.active,
+            processed=self.processed,
+            loadavg=self.loadavg,
+            sw_ident=self.sw_ident,
+            sw_ver=self.sw_ver,
+            sw_sys=self.sw_sys,
+            status=self.alive(now, offline_after),
+            last_seen=self.last_seen,
+        )
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> WorkerRecord:
+        w = cls(d["hostname"])
+        for f in WORKER_FIELDS:
+            if d.get(f) is not None:
+                setattr(w, f, d[f])
+        w.heartbeats.extend(d.get("heartbeats") or ())
+        w.counters = {k: v for k, v in d.items() if k.startswith(("task-", "worker-"))}
+        w.last_seen = float(d.get("last_seen") or 0.0)
+        w.offline_event = not d.get("status", False)
+        return w
+
+
+class MalformedEvent(ValueError):
+    """An event lacks a field it needs or has a field of the wrong type."""
+
+
+def _precedence(state: str) -> int:
+    return PRECEDENCE_LOOKUP.get(state, _NONE_PRECEDENCE)
+
+
+class State:
+    """Tasks and workers in memory, changed only by :meth:`apply` (one writer thread).
+
+    ``on_task`` / ``on_worker`` are called (under :attr:`lock`, in the writer thread) with each
+    changed record, ``on_evict`` with each task dropped from the window.
+    """
+
+    def __init__(
+        self,
+        max_tasks: int = 100_000,
+        max_workers: int = 5_000,
+        worker_offline_after: float | None = None,
+    ) -> None:
+        self.max_tasks = max_tasks
+        self.max_workers = max_workers
+        self.worker_offline_after = worker_offline_after
+        self.lock = threading.RLock()
+        self.tasks: dict[str, TaskRecord] = {}
+        self.workers: dict[str, WorkerRecord] = {}
+        self._order: deque[TaskRecord] = deque()
+        self._finished: deque[TaskRecord] = deque()
+        self._strings: dict[str, str] = {}
+        #: task name -> {event type: count}, since start.
+        self.task_counters: dict[str, dict[str, int]] = {}
+        self.evicted = 0
+        #: True while every task ever seen is still in the window.
+        self.complete = True
+        self.on_task: Callable[[TaskRecord], None] | None = None
+        self.on_worker: Callable[[WorkerRecord], None] | None = None
+        self.on_evict: Callable[[TaskRecord], None] | None = None
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def _intern(self, s: Any) -> Any:
+        if not isinstance(s, str):
+            return s
+        v = self._strings.get(s)
+        if v is None:
+            if len(self._strings) > 50_000:
+                self._strings.clear()
+            self._strings[s] = v = s
+        return v
+
+    def apply(self, event: dict[str, Any], now: float | None = None) -> TaskRecord | None:
+        """Apply one decoded Celery event; return the task it changed, if any.
+
+        Raises :class:`MalformedEvent` for an event that cannot be applied; unknown event
+        types only count towards their worker's counters. Call with :attr:`lock` held.
+        """
+        etype = event.get("type")
+        if not isinstance(etype, str):
+            raise MalformedEvent("event has no 'type'")
+        if now is None:
+            now = time.time()
+        hostname = event.get("hostname")
+        if hostname is not None and not isinstance(hostname, str):
+            raise MalformedEvent(f"{etype}: 'hostname' is not a string")
+        worker = self._worker(hostname, now) if hostname else None
+        if worker is not None:
+            worker.counters[etype] = worker.counters.get(etype, 0) + 1
+        if etype.startswith("task-"):
+            return self._apply_task(etype, event, worker)
+        if etype in WORKER_EVENTS and worker is not None:
+            self._apply_worker(etype, event, worker, now)
+        elif worker is not None and self.on_worker is not None:
+            self.on_worker(worker)
+        return None
+
+    def _worker(self, hostname: str, now: float) -> WorkerRecord:
+        w = self.workers.get(hostname)
+        if w is None:
+            hostname = self._intern(hostname)
+            w = self.workers[hostname] = WorkerRecord(hostname)
+            if len(self.workers) > self.max_workers:
+                self._evict_worker(now)
+        w.last_seen = now
+        w.offline_event = False
+        return w
+
+    def _evict_worker(self, now: float) -> None:
+        def key(w: WorkerRecord) -> tuple[bool, float]:
+            return (w.alive(now, self.worker_offline_after), w.last_seen)
+
+        victim = min(self.workers.values(), key=key)
+        self.remove_worker(victim.hostname)
+
+    def _apply_worker(self, etype: str, event: dict[str, Any], w: WorkerRecord, now: float) -> None:
+        for f in WORKER_FIELDS:
+            v = event.get(f)
+            if v is not None:
+                setattr(w, f, v)
+        if not isinstance(w.freq, (int, float)) or w.freq <= 0:
+            w.freq = 60.0
+        ts = event.get("timestamp")
+        if isinstance(ts, (int, float)):
+            w.heartbeats.append(ts)
+        if etype == "worker-offline":
+            w.offline_event = True
+        if self.on_worker is not None:
+            self.on_worker(w)
+
+    def _apply_task(
+        self, etype: str, event: dict[str, Any], worker: WorkerRecord | None
+    ) -> TaskRecord | None:
+        uuid = event.get("uuid")
+        if not isinstance(uuid, str) or not uuid:
+            raise MalformedEvent(f"{etype}: 'uuid' is missing or not a string")
+        ts = event.get("timestamp")
+        if not isinstance(ts, (int, float)):
+            raise MalformedEvent(f"{etype}: 'timestamp' is missing or not a number")
+        known = TASK_EVENTS.get(etype)
+        t = self.tasks.get(uuid)
+        if t is None:
+            t = TaskRecord(uuid)
+            self.tasks[uuid] = t
+            self._order.append(t)
+            if len(self.tasks) > self.max_tasks:
+                self._evict()
+        if known is None:
+            # A custom task event: record the time, leave the state alone.
+            t.timestamp = max(t.timestamp or 0.0, ts)
+            t.history = (*t.history, etype, ts)
+        else:
+            state, attr = known
+            setattr(t, attr, ts)
+            t.history = (*t.history, state, ts)
+            cur = t.state
+            early = (
+                cur
+                and state != RETRY
+                and cur != RETRY
+                and _precedence(state) > _precedence(cur or None)
+            )
+            for k, v in event.items():
+                if v is None or k in ("type", "uuid", "timestamp", "hostname", "local_received"):
+                    continue
+                if early and k not in _EARLY_FIELDS:
+                    continue
+                self._set(t, k, v)
+            if not early:
+                t.state = state
+                t.timestamp = ts
+            if worker is not None and etype != "task-sent":
+                t.worker = worker.hostname
+            was = t.finished
+            t.finished = t.state in READY_STATES
+            if t.finished and not was:
+                self._finished.append(t)
+            if t.name:
+                c = self.task_counters.get(t.name)
+                if c is None:
+                    c = self.task_counters[t.name] = {}
+                c[etype] = c.get(etype, 0) + 1
+        if self.on_task is not None:
+            self.on_task(t)
+        return t
+
+    def _set(self, t: TaskRecord, k: str, v: Any) -> None:
+        if k in _STR_FIELDS:
+            t.__setattr__(k, v if isinstance(v, str) else repr(v))
+        elif k == "name" or k in _OPT_FIELDS:
+            t.__setattr__(k, self._intern(v) if k in _INTERNED else v)
+        elif k == "root_id":
+            t.root_id = t.uuid if v == t.uuid else v
+        elif k == "parent_id":
+            if t.parent_id != v:
+                t.parent_id = v
+                parent = self.tasks.get(v)
+                if parent is not None:
+                    if parent.children is None:
+                        parent.children = [t.uuid]
+                    elif t.uuid not in parent.children:
+                        parent.children.append(t.uuid)
+        elif k in ("runtime", "retries", "clock"):
+            t.__setattr__(k, v)
+
+    def _evict(self) -> None:
+        tasks = self.tasks
+        victim = None
+        fin = self._finished
+        while fin:
+            r = fin.popleft()
+            if r.finished and tasks.get(r.uuid) is r:
+                victim = r
+                break
+        if victim is None:
+            order = self._order
+            while order:
+                r = order.popleft()
+                if tasks.get(r.uuid) is r:
+                    victim = r
+                    break
+        if victim is None:  # pragma: no cover - the new task itself is always in order
+            return
+        del tasks[victim.uuid]
+        self.evicted += 1
+        self.complete = False
+        if self.on_evict is not None:
+            self.on_evict(victim)
+        if len(self._order) > 2 * self.max_tasks + 1000:
+            self._order = deque(r for r in self._order if tasks.get(r.uuid) is r)
+        if len(self._finished) > 2 * self.max_tasks + 1000:
+            self._finished = deque(r for r in self._finished if tasks.get(r.uuid) is r)
+
+    def remove_worker(self, hostname: str) -> bool:
+        """Forget a worker and its counters; True if it was known."""
+        return self.workers.pop(hostname, None) is not None
+
+    def restore_workers(self, snapshots: Iterable[Mapping[str, Any]]) -> None:
+        """Load stored worker snapshots (after a restart); events keep them current."""
+        for d in snapshots:
+            if d.get("hostname") and d["hostname"] not in self.workers:
+                self.workers[d["hostname"]] = WorkerRecord.from_dict(d)
+
+    # -- reading (hold the lock) -----------------------------------------------------------
+
+    def query(self, q: TaskQuery) -> tuple[int, list[TaskRecord]]:
+        """(total matching, page) over the window."""
+        seq: Iterable[TaskRecord] = self.tasks.values()
+        if q.state:
+            states = frozenset(q.state)
+            seq = [t for t in seq if t.state in states]
+        if q.worker:
+            workers = frozenset(q.worker)
+            seq = [t for t in seq if t.worker in workers]
+        if q.name:
+            names = frozenset(q.name)
+            seq = [t for t in seq if t.name in names]
+        for attr, lo, hi in (
+            ("received", q.received_start, q.received_end),
+            ("started", q.started_start, q.started_end),
+        ):
+            if lo is not None or hi is not None:
+                lo_ = float("-inf") if lo is None else lo
+                hi_ = float("inf") if hi is None else hi
+                seq = [t for t in seq if (v := getattr(t, attr)) is not None and lo_ <= v <= hi_]
+        if q.search is not None:
+            seq = compile_python(q.search)(seq)
+        if not isinstance(seq, list):
+            seq = list(seq)
+        total = len(seq)
+        end = None if q.limit is None else q.offset + q.limit
+        return total, _page(seq, q.sort_key, q.descending, q.offset, end)
+
+
+def _page(
+    seq: list[TaskRecord], key: str, desc: bool, offset: int, end: int | None
+) -> list[TaskRecord]:
+    """Sort ``seq`` by ``key`` and cut a page.
+
+    Tasks without a value for ``key`` sort as the smallest (as SQL NULLs do): last when
+    descending, first when ascending.
+    """
+    kf = attrgetter(key)
+    if key in ("name", "state"):
+        present, missing = seq, []
+    else:
+        present = [t for t in seq if kf(t) is not None]
+        missing = [t for t in seq if kf(t) is None] if len(present) < len(seq) else []
+    if not desc and missing:
+        # missing values come first ascending
+        if end is not None and end <= len(missing):
+            return missing[offset:end]
+        rest = _sorted_head(present, kf, desc, None if end is None else end - len(missing))
+        return (missing + rest)[offset:end]
+    ordered = _sorted_head(present, kf, desc, end)
+    if missing and (end is None or end > len(ordered)):
+        ordered = ordered + missing
+    return ordered[offset:end]
+
+
+def _sorted_head(
+    seq: list[TaskRecord], kf: Callable[[TaskRecord], Any], desc: bool, n: int | None
+) -> list[TaskRecord]:
+    """The first ``n`` (all for None) of ``seq`` in order; a heap when ``n`` is small."""
+    if n is not None and n < len(seq) // 8:
+        return (heapq.nlargest if desc else heapq.nsmallest)(n, seq, key=kf)
+    return sorted(seq, key=kf, reverse=desc)

@@ -1,0 +1,130 @@
+"""The history store interface and the query object both the window and stores answer.
+
+A store keeps finished (and, at shutdown, unfinished) tasks beyond the in-memory window and
+worker snapshots across restarts. :class:`flask_celerymon.monitor.sqlite_store.SQLiteStore` is
+the embedded default; a server database can implement :class:`HistoryStore` later.
+
+Stores are written by one thread (the service's flusher) and read by many; implementations must
+allow concurrent reads while a batch is being written.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .query import Node
+
+#: Column order of a task row, shared by the window (``TaskRecord.row()``) and the stores.
+TASK_COLUMNS: tuple[str, ...] = (
+    "uuid",
+    "name",
+    "state",
+    "worker",
+    "sent",
+    "received",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "revoked",
+    "rejected",
+    "timestamp",
+    "runtime",
+    "args",
+    "kwargs",
+    "result",
+    "exception",
+    "traceback",
+    "eta",
+    "expires",
+    "retries",
+    "exchange",
+    "routing_key",
+    "clock",
+    "client",
+    "root_id",
+    "parent_id",
+    "history",
+)
+
+
+@dataclass(frozen=True)
+class TaskQuery:
+    """Filters, search, order and page of a task listing. Times are Unix seconds."""
+
+    state: tuple[str, ...] = ()
+    worker: tuple[str, ...] = ()
+    name: tuple[str, ...] = ()
+    received_start: float | None = None
+    received_end: float | None = None
+    started_start: float | None = None
+    started_end: float | None = None
+    search: Node | None = None
+    sort_key: str = "received"
+    descending: bool = True
+    offset: int = 0
+    limit: int | None = 100
+
+
+class HistoryStore(abc.ABC):
+    """Persistent task history and worker snapshots. All methods are thread-safe."""
+
+    @abc.abstractmethod
+    def write_tasks(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert or replace tasks given as rows in :data:`TASK_COLUMNS` order."""
+
+    @abc.abstractmethod
+    def write_workers(self, workers: Mapping[str, Mapping[str, Any]]) -> None:
+        """Replace the stored snapshot of these workers (hostname -> JSON-ready dict)."""
+
+    @abc.abstractmethod
+    def delete_workers(self, hostnames: Iterable[str]) -> None:
+        """Forget these workers' snapshots (tasks they ran stay in the history)."""
+
+    @abc.abstractmethod
+    def load_workers(self) -> dict[str, dict[str, Any]]:
+        """Every stored worker snapshot, hostname -> dict."""
+
+    @abc.abstractmethod
+    def get_task(self, uuid: str) -> dict[str, Any] | None:
+        """One task as a row dict (:data:`TASK_COLUMNS` keys), or None."""
+
+    @abc.abstractmethod
+    def children(self, uuid: str) -> list[str]:
+        """Ids of the tasks whose parent is ``uuid``, oldest first."""
+
+    @abc.abstractmethod
+    def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:
+        """(number of matching tasks, the requested page as row dicts)."""
+
+    @abc.abstractmethod
+    def task_names(self) -> list[str]:
+        """Every task name in the history, sorted."""
+
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Number of stored tasks."""
+
+    @abc.abstractmethod
+    def prune(self, max_tasks: int, older_than: float) -> int:
+        """Keep at most ``max_tasks`` tasks, none last updated before ``older_than``.
+
+        Returns the number of tasks deleted.
+        """
+
+    @abc.abstractmethod
+    def task_stats(
+        self, since: float, until: float, bucket: float, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Per time bucket and task name: counts of finished states and runtime percentiles.
+
+        Each item: ``{"name", "start", "succeeded", "failed", "retried", "revoked",
+        "runtime_p50", "runtime_p95", "runtime_max"}`` with ``start`` the bucket's start time.
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flush and release the store; later calls may fail."""
