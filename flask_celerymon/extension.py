@@ -276,11 +276,12 @@ class _Commands:
             bound = getattr(target, method)
             if self._kind == "control":
                 params = pyinspect.signature(bound).parameters
-                if "reply" in params:
+                open_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+                if "reply" in params or open_kw:
                     kwargs.setdefault("reply", True)
-                if "timeout" in params:
+                if "timeout" in params or open_kw:
                     kwargs.setdefault("timeout", timeout)
-                if "destination" in params and destination is not None:
+                if destination is not None and ("destination" in params or open_kw):
                     kwargs.setdefault("destination", _destination(destination))
             return _merge(bound(*args, **kwargs))
 

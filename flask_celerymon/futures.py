@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from celery import states
-from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.result import AsyncResult
 
 if TYPE_CHECKING:
@@ -138,15 +137,30 @@ class Future(cf.Future):  # type: ignore[type-arg]
             self._watcher.watch(self)
 
     def _wait(self, timeout: float | None) -> None:
+        """Block until the task is ready; cf.TimeoutError after ``timeout`` seconds.
+
+        Without a timeout Celery's own wait is used (pub/sub on Redis). With one, the backend
+        is polled with a growing interval (2 ms to 50 ms), because Celery's wait only checks its
+        timeout once a second.
+        """
         if super().done():
             return
-        try:
-            self._async.get(
-                timeout=timeout, propagate=False, interval=0.05, disable_sync_subtasks=False
-            )
-        except CeleryTimeoutError:
-            raise cf.TimeoutError(f"task {self.id} did not finish within {timeout} s") from None
-        self._sync()
+        if timeout is None:
+            self._async.get(propagate=False, disable_sync_subtasks=False)
+            self._sync()
+            return
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        backend = self._async.backend
+        while True:
+            meta = backend.get_task_meta(self.id)
+            if self._sync(meta=meta) in states.READY_STATES or super().done():
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise cf.TimeoutError(f"task {self.id} did not finish within {timeout} s")
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 0.05)
 
     def _sync(self, state: str | None = None, meta: dict[str, Any] | None = None) -> str:
         """Complete the concurrent side once the Celery task is in a ready state."""

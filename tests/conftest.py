@@ -102,3 +102,47 @@ def _no_inherited_celery_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("CELERY_"):
             monkeypatch.delenv(key)
+
+
+class WorkerProcess:
+    """A real ``celery worker`` subprocess for a Flask app using flask_celerymon."""
+
+    def __init__(self, flask_app: str, broker_url: str, name: str, logfile: str,
+                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+        import sys
+
+        self.name = name
+        self.logfile = logfile
+        child_env = {**os.environ, "FLASK_APP": flask_app, "CELERYMON_TEST_BROKER": broker_url,
+                     **(env or {})}
+        self._log = open(logfile, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "flask_celerymon.celery", "worker",
+             "-n", name, "--without-mingle", "--without-gossip", "-l", "info", *args],
+            env=child_env, stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        )
+
+    def wait_ready(self, celery_app, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker {self.name} exited: {self.log_text()[-3000:]}")
+            replies = celery_app.control.inspect(destination=[self.name], timeout=0.5).ping()
+            if replies and self.name in replies:
+                return
+        raise RuntimeError(f"worker {self.name} did not answer: {self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        with open(self.logfile, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
