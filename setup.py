@@ -30,6 +30,7 @@ setup(
     ],
     extras_require={
         "auth": ["flask-login>=0.6", "authlib>=1.2"],
+        "solar": ["ephem>=4.1"],
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.1",
@@ -39,6 +40,7 @@ setup(
             "flask-login>=0.6",
             "authlib>=1.2",
             "ruff>=0.5",
+            "ephem>=4.1",
         ],
     },
     entry_points={"flask.commands": []},
