@@ -1,0 +1,9 @@
+"""Monitor blueprint part: api (being written; registers nothing yet)."""
+
+from __future__ import annotations
+
+from flask import Blueprint
+
+
+def register(bp: Blueprint) -> None:
+    """Add this part's routes to the monitor blueprint."""
