@@ -34,12 +34,18 @@ def make_blueprint() -> Blueprint:
         static_folder="../static/celerymon",
         static_url_path="/static",
     )
+    bp.before_request(_start_service)
     guard.register(bp)
     api.register(bp)
     views.register(bp)
     live.register(bp)
     metrics.register(bp)
     return bp
+
+
+def _start_service() -> None:
+    """The monitor service starts lazily, on the first request to the monitor."""
+    get_state().monitor.ensure_started()
 
 
 def init_monitor(app: Flask, state: AppState) -> None:

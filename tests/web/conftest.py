@@ -1,0 +1,88 @@
+"""Fixtures for the monitor blueprint: a real Redis, a real worker, the real service.
+
+``monitored`` (module scope) gives a :class:`Monitored` with the Flask app (blueprint mounted at
+``/monitor``), its running monitor service, a test client, the worker process and its name.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from tests.apps import basic
+from tests.conftest import WorkerProcess
+
+_dbs = iter(range(100, 200))
+
+
+@dataclass
+class Monitored:
+    app: Flask
+    broker: str
+    worker: WorkerProcess
+    worker_name: str
+
+    @property
+    def state(self) -> Any:
+        return self.app.extensions["celerymon"]
+
+    @property
+    def service(self) -> Any:
+        return self.state.monitor
+
+    @property
+    def celery_app(self) -> Any:
+        return self.state.celery_app
+
+    def client(self) -> Any:
+        return self.app.test_client()
+
+    def wait_for(self, predicate, timeout: float = 10.0, interval: float = 0.05) -> Any:
+        """Poll ``predicate()`` until it returns a truthy value; fail after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate()
+            if value:
+                return value
+            time.sleep(interval)
+        raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+
+
+def make_monitored_app(broker: str, instance_path: str, **config: Any) -> Flask:
+    os.environ["CELERYMON_TEST_BROKER"] = broker
+    try:
+        app = basic.create_app(
+            CELERY_MONITOR_BLUEPRINT=True,
+            CELERY_MONITOR_DB=os.path.join(instance_path, "monitor.sqlite3"),
+            **config,
+        )
+    finally:
+        del os.environ["CELERYMON_TEST_BROKER"]
+    app.instance_path = instance_path
+    return app
+
+
+@pytest.fixture(scope="module")
+def monitored(redis_server, tmp_path_factory):
+    broker = redis_server.url(next(_dbs))
+    tmp = tmp_path_factory.mktemp("monitored")
+    app = make_monitored_app(broker, str(tmp))
+    name = f"web-{next(_dbs)}@{socket.gethostname()}"
+    worker = WorkerProcess(
+        "tests.apps.basic:create_app", broker, name, str(tmp / "worker.log"),
+        args=("-P", "prefork", "-c", "2", "-Q", "celery,high", "-E"),
+    )
+    env = Monitored(app, broker, worker, name)
+    try:
+        worker.wait_ready(env.celery_app)
+        env.service.ensure_started()
+        yield env
+    finally:
+        env.state.shutdown()
+        worker.stop()
