@@ -104,6 +104,7 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_MONITOR": (True, _is_bool, "True or False"),
     "CELERY_MONITOR_PORT": (5555, _is_port, "a port number 0-65535"),
     "CELERY_MONITOR_ADDRESS": ("127.0.0.1", _is_opt_str, "a host address"),
+    "CELERY_APP_IMPORT": (None, _is_opt_str, "None or an import like 'module:create_app()'"),
     # safe submit
     "CELERY_SUBMIT_ALLOWLIST": (
         None,
@@ -217,9 +218,7 @@ def parse_workers(value: Any) -> tuple[WorkerSpec, ...]:
                     f"{key}[{name!r}]: unknown worker option {opt!r}; known options: {known}"
                 )
             if not isinstance(val, expected) or (expected is int and isinstance(val, bool)):
-                raise ConfigurationError(
-                    f"{key}[{name!r}][{opt!r}] has the wrong type: {val!r}"
-                )
+                raise ConfigurationError(f"{key}[{name!r}][{opt!r}] has the wrong type: {val!r}")
         if "loglevel" in options and not _is_log_level(options["loglevel"]):
             raise ConfigurationError(
                 f"{key}[{name!r}]['loglevel'] must be one of {', '.join(LOG_LEVELS)}"

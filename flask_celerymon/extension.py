@@ -79,8 +79,9 @@ class AppContextTask(CeleryTask):
         with flask_app.app_context():
             return super().__call__(*args, **kwargs)
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None,
-                    **options: Any) -> Any:
+    def apply_async(
+        self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
+    ) -> Any:
         conf = self.app.conf
         if not conf.task_always_eager and not options.get("ignore_result", self.ignore_result):
             task_id = task_id or uuid()
@@ -88,8 +89,9 @@ class AppContextTask(CeleryTask):
         return super().apply_async(args, kwargs, task_id=task_id, **options)
 
 
-def _record_pending(task: CeleryTask, task_id: str, args: Any, kwargs: Any,
-                    options: dict[str, Any]) -> None:
+def _record_pending(
+    task: CeleryTask, task_id: str, args: Any, kwargs: Any, options: dict[str, Any]
+) -> None:
     backend = task.backend
     if not getattr(backend, "persistent", True) or type(backend).__name__ == "DisabledBackend":
         return
@@ -106,15 +108,22 @@ def _record_pending(task: CeleryTask, task_id: str, args: Any, kwargs: Any,
     try:
         backend.store_result(task_id, None, states.PENDING, request=request)
     except Exception:  # noqa: BLE001 - never block a send on the bookkeeping write
-        log.warning("could not record task %s as PENDING in the result backend", task_id,
-                    exc_info=True)
+        log.warning(
+            "could not record task %s as PENDING in the result backend", task_id, exc_info=True
+        )
 
 
 class AppState:
     """Everything flask_celerymon keeps for one Flask app (``app.extensions["celerymon"]``)."""
 
-    def __init__(self, app: Flask, extension: Celery, settings: config_mod.Settings,
-                 celery_app: celery_pkg.Celery, allowlist: Allowlist) -> None:
+    def __init__(
+        self,
+        app: Flask,
+        extension: Celery,
+        settings: config_mod.Settings,
+        celery_app: celery_pkg.Celery,
+        allowlist: Allowlist,
+    ) -> None:
         self.app = app
         self.extension = extension
         self.settings = settings
@@ -270,8 +279,9 @@ class _Commands:
         if fn is None or not callable(fn) or method in _NOT_COMMANDS:
             raise AttributeError(f"celery.{self._kind} has no method {method!r}")
 
-        def call(*args: Any, destination: Any = None, timeout: float = 1.0, **kwargs: Any
-                 ) -> dict[str, Any]:
+        def call(
+            *args: Any, destination: Any = None, timeout: float = 1.0, **kwargs: Any
+        ) -> dict[str, Any]:
             target = self._target(destination, timeout)
             bound = getattr(target, method)
             if self._kind == "control":
@@ -326,8 +336,7 @@ class Celery:
     every task of the app derives from (it gets the app-context behaviour mixed in).
     """
 
-    def __init__(self, app: Flask | None = None, base_task: type[CeleryTask] | None = None
-                 ) -> None:
+    def __init__(self, app: Flask | None = None, base_task: type[CeleryTask] | None = None) -> None:
         if base_task is not None and not (
             isinstance(base_task, type) and issubclass(base_task, CeleryTask)
         ):
@@ -417,7 +426,7 @@ class Celery:
     def _register_task(self, state: AppState, proxy: TaskProxy) -> None:
         options = dict(proxy._options)
         options["name"] = proxy.name
-        state.celery_app.task(**options)(proxy._fn)
+        state.celery_app.task(shared=False, **options)(proxy._fn)
 
     def _init_cli(self, app: Flask) -> None:
         try:
@@ -444,9 +453,16 @@ class Celery:
         for state in self._states():
             state.allowlist.add(ref)
 
-    def schedule(self, every: Any = None, *, name: str | None = None, args: Iterable[Any] = (),
-                 kwargs: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
-                 **crontab_kw: Any) -> Callable[[Callable[..., Any]], TaskProxy]:
+    def schedule(
+        self,
+        every: Any = None,
+        *,
+        name: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None,
+        **crontab_kw: Any,
+    ) -> Callable[[Callable[..., Any]], TaskProxy]:
         """Run the decorated function periodically under beat.
 
         ``every`` is seconds, a ``timedelta``, a ``crontab`` or ``solar``; or give crontab
@@ -457,8 +473,12 @@ class Celery:
         def decorate(fn: Callable[..., Any]) -> TaskProxy:
             proxy = fn if isinstance(fn, TaskProxy) else self.task(fn)
             entry = ScheduleEntry(
-                name=name or proxy.name, task=proxy.name, schedule=when, args=tuple(args),
-                kwargs=dict(kwargs or {}), options=dict(options or {}),
+                name=name or proxy.name,
+                task=proxy.name,
+                schedule=when,
+                args=tuple(args),
+                kwargs=dict(kwargs or {}),
+                options=dict(options or {}),
             )
             self._schedules[entry.name] = entry
             for state in self._states():
@@ -471,8 +491,11 @@ class Celery:
     def _states(self) -> list[AppState]:
         with self._apps_lock:
             apps = [r() for r in self._apps]
-        return [a.extensions[EXTENSION_KEY] for a in apps if a is not None
-                and EXTENSION_KEY in a.extensions]
+        return [
+            a.extensions[EXTENSION_KEY]
+            for a in apps
+            if a is not None and EXTENSION_KEY in a.extensions
+        ]
 
     def _state(self, app: Flask | None = None) -> AppState:
         if app is None and has_app_context():
@@ -546,8 +569,10 @@ class Celery:
             group_result = celery_pkg.group(sigs, app=state.celery_app).apply_async(**options)
         except EncodeError as exc:
             raise _encode_error(exc) from None
-        futures = [Future(r, state.watcher, name=s.options.get("shadow") or s.task)
-                   for r, s in zip(group_result.results, sigs)]
+        futures = [
+            Future(r, state.watcher, name=s.options.get("shadow") or s.task)
+            for r, s in zip(group_result.results, sigs)
+        ]
         return FuturePool(futures, group_id=group_result.id)
 
     def get(self, task_id: str) -> Future:
@@ -564,8 +589,9 @@ class Celery:
             )
         return Future(result, state.watcher, name=meta.get("name"))
 
-    def _signature(self, state: AppState, fn: Callable[..., Any], args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> Any:
+    def _signature(
+        self, state: AppState, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
         if isinstance(fn, TaskProxy):
             return fn.bound(state).s(*args, **kwargs)
         if isinstance(fn, CeleryTask):
@@ -591,8 +617,10 @@ class Celery:
     def status(self, timeout: float = 1.0) -> dict[str, str]:
         """``{"name@host": "OK"}`` for every worker answering a ping within ``timeout``."""
         replies = self._state().celery_app.control.inspect(timeout=timeout).ping() or {}
-        return {name: "OK" if (r or {}).get("ok") == "pong" else str(r) for name, r in
-                sorted(replies.items())}
+        return {
+            name: "OK" if (r or {}).get("ok") == "pong" else str(r)
+            for name, r in sorted(replies.items())
+        }
 
     def start(self, timeout: float | None = None) -> None:
         """Start the configured local workers, beat and monitor; wait until workers answer."""
@@ -615,7 +643,7 @@ def _register_dispatch(celery_app: celery_pkg.Celery, allowlist: Allowlist) -> N
     def shadow_name(task: Any, args: Any, kwargs: Any, options: Any) -> str | None:
         return args[0] if args and isinstance(args[0], str) else None
 
-    celery_app.task(name=DISPATCH_TASK_NAME, shadow_name=shadow_name)(dispatch)
+    celery_app.task(name=DISPATCH_TASK_NAME, shadow_name=shadow_name, shared=False)(dispatch)
 
 
 def _default_backend(broker_url: str) -> str:
@@ -634,10 +662,14 @@ def _pop_options(kwargs: dict[str, Any]) -> dict[str, Any]:
         "queue": (lambda v: isinstance(v, str) and v != "", "a queue name"),
         "countdown": (lambda v: _is_number(v) and v >= 0, "a number of seconds >= 0"),
         "eta": (lambda v: isinstance(v, dt.datetime), "a datetime"),
-        "priority": (lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255,
-                     "an integer 0-255"),
-        "expires": (lambda v: isinstance(v, dt.datetime) or (_is_number(v) and v > 0),
-                    "a datetime or a number of seconds > 0"),
+        "priority": (
+            lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255,
+            "an integer 0-255",
+        ),
+        "expires": (
+            lambda v: isinstance(v, dt.datetime) or (_is_number(v) and v > 0),
+            "a datetime or a number of seconds > 0",
+        ),
     }
     for key, value in options.items():
         valid, what = checks[key]

@@ -231,8 +231,15 @@ class FuturePool:
     def state(self) -> str:
         """The least advanced state of the pool (PENDING before STARTED before ... SUCCESS)."""
         found = {f.state for f in self._futures}
-        order = (states.PENDING, states.RECEIVED, states.STARTED, states.RETRY,
-                 states.REVOKED, states.FAILURE, states.SUCCESS)
+        order = (
+            states.PENDING,
+            states.RECEIVED,
+            states.STARTED,
+            states.RETRY,
+            states.REVOKED,
+            states.FAILURE,
+            states.SUCCESS,
+        )
         for state in order:
             if state in found:
                 return state

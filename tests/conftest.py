@@ -43,12 +43,18 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 exe,
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--save", "",
-                "--appendonly", "no",
-                "--databases", "256",
-                "--dir", self.workdir,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--databases",
+                "256",
+                "--dir",
+                self.workdir,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -107,19 +113,45 @@ def _no_inherited_celery_env(monkeypatch: pytest.MonkeyPatch) -> None:
 class WorkerProcess:
     """A real ``celery worker`` subprocess for a Flask app using flask_celerymon."""
 
-    def __init__(self, flask_app: str, broker_url: str, name: str, logfile: str,
-                 args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        flask_app: str,
+        broker_url: str,
+        name: str,
+        logfile: str,
+        args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         import sys
 
         self.name = name
         self.logfile = logfile
-        child_env = {**os.environ, "FLASK_APP": flask_app, "CELERYMON_TEST_BROKER": broker_url,
-                     **(env or {})}
+        child_env = {
+            **os.environ,
+            "FLASK_APP": flask_app,
+            "CELERYMON_TEST_BROKER": broker_url,
+            **(env or {}),
+        }
         self._log = open(logfile, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "flask_celerymon.celery", "worker",
-             "-n", name, "--without-mingle", "--without-gossip", "-l", "info", *args],
-            env=child_env, stdout=self._log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "flask_celerymon.celery",
+                "worker",
+                "-n",
+                name,
+                "--without-mingle",
+                "--without-gossip",
+                "-l",
+                "info",
+                *args,
+            ],
+            env=child_env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         )
 

@@ -61,7 +61,9 @@ def test_app_in_constructor_and_factory_form():
 def test_second_init_app_on_same_app_says_what_to_do():
     app = eager_app()
     ext = Celery(app)
-    with pytest.raises(AlreadyRegisteredError, match="already initialised on app 'tests.apps.basic'; call init_app"):
+    with pytest.raises(
+        AlreadyRegisteredError, match="already initialised on app 'tests.apps.basic'; call init_app"
+    ):
         ext.init_app(app)
     with pytest.raises(AlreadyRegisteredError):
         Celery(app)
@@ -109,9 +111,9 @@ def test_config_maps_new_and_legacy_keys_and_drops_others():
     assert capp.conf.worker_concurrency == 7
     assert capp.conf.beat_schedule["x"]["task"] == "t"
     assert capp.conf.task_default_queue == "jobs"
-    flat = {k.lower() for k in capp.conf.keys()}
+    flat = {k.lower() for k in capp.conf}
     assert "secret_key" not in flat and "sqlalchemy_database_uri" not in flat
-    assert all("s3cret" != v for v in capp.conf.values() if isinstance(v, str))
+    assert all(v != "s3cret" for v in capp.conf.values() if isinstance(v, str))
 
 
 def test_new_key_wins_over_legacy_key():
@@ -129,18 +131,62 @@ def test_unknown_celery_key_is_logged(caplog):
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("CELERY_START_TIMEOUT", "10", "CELERY_START_TIMEOUT must be a number of seconds > 0, not '10'"),
-        ("CELERY_START_TIMEOUT", -1, "CELERY_START_TIMEOUT must be a number of seconds > 0, not -1"),
-        ("CELERY_START_LOCAL_WORKERS", "no", "CELERY_START_LOCAL_WORKERS must be True or False, not 'no'"),
-        ("CELERY_LOG_LEVEL", "loud", "CELERY_LOG_LEVEL must be one of debug, info, warning, error, critical, fatal, not 'loud'"),
-        ("CELERY_MONITOR_PORT", 70000, "CELERY_MONITOR_PORT must be a port number 0-65535, not 70000"),
+        (
+            "CELERY_START_TIMEOUT",
+            "10",
+            "CELERY_START_TIMEOUT must be a number of seconds > 0, not '10'",
+        ),
+        (
+            "CELERY_START_TIMEOUT",
+            -1,
+            "CELERY_START_TIMEOUT must be a number of seconds > 0, not -1",
+        ),
+        (
+            "CELERY_START_LOCAL_WORKERS",
+            "no",
+            "CELERY_START_LOCAL_WORKERS must be True or False, not 'no'",
+        ),
+        (
+            "CELERY_LOG_LEVEL",
+            "loud",
+            "CELERY_LOG_LEVEL must be one of debug, info, warning, error, critical, fatal, not 'loud'",
+        ),
+        (
+            "CELERY_MONITOR_PORT",
+            70000,
+            "CELERY_MONITOR_PORT must be a port number 0-65535, not 70000",
+        ),
         ("CELERY_WORKERS", -2, "CELERY_WORKERS must be a number >= 0, not -2"),
-        ("CELERY_WORKERS", True, "CELERY_WORKERS must be a number, a list of names or a dict of name -> options, not True"),
-        ("CELERY_WORKERS", ["a", 3], "CELERY_WORKERS as a list must hold worker names (strings): ['a', 3]"),
-        ("CELERY_WORKERS", {"a": {"concurency": 2}}, "CELERY_WORKERS['a']: unknown worker option 'concurency'"),
-        ("CELERY_WORKERS", {"a": {"concurrency": "2"}}, "CELERY_WORKERS['a']['concurrency'] has the wrong type: '2'"),
-        ("CELERY_MONITOR_URL_PREFIX", "monitor/", "CELERY_MONITOR_URL_PREFIX must be '' or a path like '/monitor', not 'monitor/'"),
-        ("CELERY_SUBMIT_ALLOWLIST", "myapp", "CELERY_SUBMIT_ALLOWLIST must be a list of module prefixes"),
+        (
+            "CELERY_WORKERS",
+            True,
+            "CELERY_WORKERS must be a number, a list of names or a dict of name -> options, not True",
+        ),
+        (
+            "CELERY_WORKERS",
+            ["a", 3],
+            "CELERY_WORKERS as a list must hold worker names (strings): ['a', 3]",
+        ),
+        (
+            "CELERY_WORKERS",
+            {"a": {"concurency": 2}},
+            "CELERY_WORKERS['a']: unknown worker option 'concurency'",
+        ),
+        (
+            "CELERY_WORKERS",
+            {"a": {"concurrency": "2"}},
+            "CELERY_WORKERS['a']['concurrency'] has the wrong type: '2'",
+        ),
+        (
+            "CELERY_MONITOR_URL_PREFIX",
+            "monitor/",
+            "CELERY_MONITOR_URL_PREFIX must be '' or a path like '/monitor', not 'monitor/'",
+        ),
+        (
+            "CELERY_SUBMIT_ALLOWLIST",
+            "myapp",
+            "CELERY_SUBMIT_ALLOWLIST must be a list of module prefixes",
+        ),
     ],
 )
 def test_bad_config_value_names_the_key(key, value, message):
@@ -156,7 +202,9 @@ def test_worker_specs_from_number_list_and_dict():
 
     assert [w.name for w in parse_workers(2)] == ["worker1", "worker2"]
     assert [w.name for w in parse_workers(["foo", "bar"])] == ["foo", "bar"]
-    specs = parse_workers({"foo": {"concurrency": 10, "queues": ["low", "high"]}, "bar": {"queues": "high"}})
+    specs = parse_workers(
+        {"foo": {"concurrency": 10, "queues": ["low", "high"]}, "bar": {"queues": "high"}}
+    )
     assert specs[0].options["concurrency"] == 10
     assert specs[0].queues == ["low", "high"] and specs[1].queues == ["high"]
 
@@ -290,7 +338,9 @@ def test_submit_rejects_main_function():
 
 def test_submit_rejects_non_functions():
     ext = Celery(eager_app())
-    with pytest.raises(SubmitError, match="takes a plain module-level function, not builtin_function_or_method"):
+    with pytest.raises(
+        SubmitError, match="takes a plain module-level function, not builtin_function_or_method"
+    ):
         ext.submit(print, "x")
 
 
@@ -315,11 +365,19 @@ def test_allow_extends_the_allowlist():
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("countdown", "soon", "submit option countdown= must be a number of seconds >= 0, not 'soon'"),
+        (
+            "countdown",
+            "soon",
+            "submit option countdown= must be a number of seconds >= 0, not 'soon'",
+        ),
         ("queue", 5, "submit option queue= must be a queue name, not 5"),
         ("priority", 300, "submit option priority= must be an integer 0-255, not 300"),
         ("eta", "tomorrow", "submit option eta= must be a datetime, not 'tomorrow'"),
-        ("expires", -1, "submit option expires= must be a datetime or a number of seconds > 0, not -1"),
+        (
+            "expires",
+            -1,
+            "submit option expires= must be a datetime or a number of seconds > 0, not -1",
+        ),
     ],
 )
 def test_submit_rejects_bad_option_types(option, value, message):
@@ -438,8 +496,11 @@ def test_schedule_variants_land_in_beat_schedule():
 
     beat = ext.get_app(app).conf.beat_schedule
     assert beat[every_30.name] == {
-        "task": every_30.name, "schedule": timedelta(seconds=30), "args": (1, 2),
-        "kwargs": {"c": 3}, "options": {"queue": "high"},
+        "task": every_30.name,
+        "schedule": timedelta(seconds=30),
+        "args": (1, 2),
+        "kwargs": {"c": 3},
+        "options": {"queue": "high"},
     }
     assert beat["five-minutes"]["schedule"] == timedelta(minutes=5)
     assert beat[monday_morning.name]["schedule"] == crontab(hour=7, minute=30, day_of_week=1)
@@ -463,7 +524,11 @@ def test_schedule_merges_with_configured_beat_schedule():
 @pytest.mark.parametrize(
     ("args", "kwargs", "message"),
     [
-        ((30,), {"hour": 1}, "takes either a schedule (seconds, timedelta, crontab, solar) or crontab keywords, not both"),
+        (
+            (30,),
+            {"hour": 1},
+            "takes either a schedule (seconds, timedelta, crontab, solar) or crontab keywords, not both",
+        ),
         ((), {}, "celery.schedule() needs a schedule"),
         ((), {"hours": 1}, "got unknown keyword(s) hours"),
         ((-5,), {}, "interval must be > 0 seconds, not -5"),

@@ -39,7 +39,10 @@ def worker(app, broker, tmp_path_factory):
 
     logfile = str(tmp_path_factory.mktemp("worker") / "worker.log")
     proc = WorkerProcess(
-        "tests.apps.basic:create_app", broker, WORKER, logfile,
+        "tests.apps.basic:create_app",
+        broker,
+        WORKER,
+        logfile,
         args=("-P", "prefork", "-c", "2", "-Q", "celery,high"),
     )
     try:
@@ -127,8 +130,12 @@ def test_futures_work_with_concurrent_wait_and_as_completed(ctx):
     futures = [basic.celery.submit(basic.sleep, d) for d in (0.6, 0.1)]
     done, not_done = cf.wait(futures, timeout=15)
     assert len(done) == 2 and not not_done
-    order = [f.result() for f in cf.as_completed([basic.celery.submit(basic.sleep, d)
-                                                  for d in (0.8, 0.1)], timeout=15)]
+    order = [
+        f.result()
+        for f in cf.as_completed(
+            [basic.celery.submit(basic.sleep, d) for d in (0.8, 0.1)], timeout=15
+        )
+    ]
     assert order == [0.1, 0.8]
 
 
@@ -274,4 +281,4 @@ def test_status_pings_workers(ctx):
 
 def test_unknown_command_names_the_method(ctx):
     with pytest.raises(AttributeError, match="celery.inspect has no method 'bogus'"):
-        basic.celery.inspect.bogus
+        basic.celery.inspect.bogus  # noqa: B018

@@ -75,7 +75,10 @@ def monitored(redis_server, tmp_path_factory):
     app = make_monitored_app(broker, str(tmp))
     name = f"web-{next(_dbs)}@{socket.gethostname()}"
     worker = WorkerProcess(
-        "tests.apps.basic:create_app", broker, name, str(tmp / "worker.log"),
+        "tests.apps.basic:create_app",
+        broker,
+        name,
+        str(tmp / "worker.log"),
         args=("-P", "prefork", "-c", "2", "-Q", "celery,high", "-E"),
     )
     env = Monitored(app, broker, worker, name)
