@@ -1,0 +1,593 @@
+"""Prometheus metrics and the health check of one monitor service (no Flask here).
+
+:class:`MonitorMetrics` listens to a :class:`~.service.MonitorService` and exposes what it sees
+through its **own** :class:`~prometheus_client.CollectorRegistry`, never the process-global
+one, so two apps (two services) in one process never collide::
+
+    metrics = MonitorMetrics(service)
+    body = prometheus_client.generate_latest(metrics.registry)
+
+Two kinds of series:
+
+* **Event-driven** (updated in the ingest thread by a listener, one short lock per event):
+  Flower's ``flower_events_total``, ``flower_task_runtime_seconds``,
+  ``flower_task_prefetch_time_seconds`` and ``flower_worker_prefetched_tasks`` with Flower's
+  names, types, labels and update rules, plus ``celerymon_tasks_total`` (by state, with the
+  exception class of failures) and ``celerymon_task_queue_wait_seconds`` (started minus
+  ``max(sent, eta)``).
+* **Read at scrape time** from the service: ``flower_worker_online`` and
+  ``flower_worker_number_of_currently_executing_tasks`` (so a worker whose heartbeats stopped
+  reads 0, which Flower gets wrong), workers online, queue lengths and latencies from the
+  broker, and the service's own figures (events received/dropped/malformed, ingest lag...).
+
+Label values are task names, worker hostnames, queue names, event types, states and exception
+class names: never task ids. Distinct task names and exception classes are capped
+(``max_task_names``, ``max_exceptions``); later ones are counted under :data:`OTHER`. The label
+sets of a worker the service purges are removed at once (``add_purge_listener``).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from .state import TASK_EVENTS
+
+if TYPE_CHECKING:
+    from .service import MonitorService
+
+log = logging.getLogger(__name__)
+
+#: Flower's default for ``flower_task_runtime_seconds`` (prometheus_client's default buckets).
+RUNTIME_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+)  # fmt: skip
+#: ``celerymon_task_queue_wait_seconds``: 50 ms to 30 min, as celery-exporter's.
+QUEUE_WAIT_BUCKETS: tuple[float, ...] = (
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+)  # fmt: skip
+#: The label value standing for task names / exception classes past the cap.
+OTHER = "__other__"
+#: Tasks tracked as waiting in a queue (for ``celerymon_queue_latency_seconds``), at most.
+MAX_PENDING = 100_000
+#: Seconds a task sent just before an "empty queue" answer stays tracked (lengths are cached
+#: up to 1 s, and producers' clocks drift a little).
+PENDING_GRACE = 3.0
+
+_EXC_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)\s*(?:\(|:|$)")
+
+
+def exception_class(exception: Any) -> str:
+    """The class name in a ``task-failed`` event's ``exception`` (``"ValueError('x')"``).
+
+    ``"unknown"`` when the text does not start with a class name.
+    """
+    if isinstance(exception, str):
+        m = _EXC_CLASS.match(exception)
+        if m:
+            return m.group(1).rsplit(".", 1)[-1]
+    return "unknown"
+
+
+def _eta_timestamp(eta: Any) -> float | None:
+    """An event's ``eta`` (ISO 8601 text; naive means UTC) as a Unix time, or None."""
+    if not eta or not isinstance(eta, str):
+        return None
+    try:
+        dt = datetime.fromisoformat(eta)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    return None
+
+
+class _Histogram:
+    """Per-bucket (not cumulative) counts and a sum; the last bucket is +Inf."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self, n: int) -> None:
+        self.counts = [0] * (n + 1)
+        self.total = 0.0
+
+    def observe(self, bounds: Sequence[float], value: float) -> None:
+        self.counts[bisect_left(bounds, value)] += 1
+        self.total += value
+
+    def copy(self) -> _Histogram:
+        h = _Histogram(0)
+        h.counts = list(self.counts)
+        h.total = self.total
+        return h
+
+
+class Health(NamedTuple):
+    """The answer of :func:`check_health`.
+
+    ``ok`` is True only when every check passed; ``reason`` says what failed ("" when ok);
+    ``checks`` is ``{"service": bool, "events": bool, "broker": bool}``.
+    """
+
+    ok: bool
+    reason: str
+    checks: dict[str, bool]
+
+
+def broker_error(service: MonitorService, timeout: float = 2.0) -> str | None:
+    """Connect to the service's broker once (no retry); the error text, or None if it answers.
+
+    For Redis a connection means a ``PING`` was answered. Never raises.
+    """
+    try:
+        with service.celery_app.connection_for_read(connect_timeout=timeout) as conn:
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=timeout
+            )
+            conn.default_channel  # noqa: B018 - opening a channel talks to the broker
+    except Exception as exc:  # noqa: BLE001 - any failure means "does not answer"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def check_health(service: MonitorService, timeout: float = 2.0) -> Health:
+    """Healthy only when the service runs, consumes events and its broker answers.
+
+    Does not start the service. Takes at most about ``timeout`` seconds (the broker check).
+    Never raises.
+    """
+    reasons = []
+    running = service.running
+    fig = service.figures()
+    consuming = running and bool(fig.get("connected"))
+    if not running:
+        reasons.append("the monitor service is not running")
+    elif not consuming:
+        last = fig.get("last_error")
+        reasons.append(
+            "the monitor is not consuming events" + (f" (last error: {last})" if last else "")
+        )
+    err = broker_error(service, timeout)
+    if err is not None:
+        reasons.append(f"the broker does not answer: {err}")
+    checks = {"service": running, "events": consuming, "broker": err is None}
+    return Health(not reasons, "; ".join(reasons), checks)
+
+
+class MonitorMetrics:
+    """The Prometheus metrics of one monitor service, in :attr:`registry`.
+
+    Creating it registers an event listener and a purge listener on ``service`` (do it before
+    the service starts to count every event). Nothing else happens until a scrape: then the
+    collector reads the service (workers, figures) and the broker (queue lengths; a broker
+    that does not answer gives ``celerymon_broker_up 0`` and no queue series, never an
+    error).
+
+    ``runtime_buckets`` / ``queue_wait_buckets`` are the histogram bounds (seconds, sorted,
+    +Inf implied). Raises ``ValueError`` for unsorted or empty buckets or a cap below 1.
+    """
+
+    def __init__(
+        self,
+        service: MonitorService,
+        *,
+        runtime_buckets: Iterable[float] = RUNTIME_BUCKETS,
+        queue_wait_buckets: Iterable[float] = QUEUE_WAIT_BUCKETS,
+        max_task_names: int = 1_000,
+        max_exceptions: int = 200,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.service = service
+        self.runtime_buckets = _buckets(runtime_buckets, "runtime_buckets")
+        self.queue_wait_buckets = _buckets(queue_wait_buckets, "queue_wait_buckets")
+        for key, cap in (("max_task_names", max_task_names), ("max_exceptions", max_exceptions)):
+            if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+                raise ValueError(f"{key} must be an integer >= 1, not {cap!r}")
+        self.max_task_names = max_task_names
+        self.max_exceptions = max_exceptions
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._lock = threading.Lock()
+        self._events: dict[tuple[str, str, str], int] = {}  # (worker, type, task)
+        self._runtime: dict[tuple[str, str], _Histogram] = {}  # (worker, task)
+        self._prefetch_time: dict[tuple[str, str], float] = {}  # (worker, task)
+        self._prefetched: dict[tuple[str, str], int] = {}  # (worker, task)
+        self._tasks: dict[tuple[str, str, str, str], int] = {}  # (task, worker, state, exc)
+        self._queue_wait: dict[tuple[str, str], _Histogram] = {}  # (task, worker)
+        self._pending: dict[str, dict[str, float]] = {}  # queue -> {uuid: sent}
+        self._pending_queue: dict[str, str] = {}  # uuid -> queue
+        self._names: set[str] = set()
+        self._exceptions: set[str] = set()
+        self._purged = 0
+        service.add_listener(self._on_event)
+        service.add_purge_listener(self._on_purge)
+        self.registry.register(_Collector(self))
+
+    # -- the ingest thread -----------------------------------------------------------------
+
+    def _name(self, name: str) -> str:
+        if name in self._names:
+            return name
+        if len(self._names) >= self.max_task_names:
+            return OTHER
+        self._names.add(name)
+        return name
+
+    def _exception(self, exc: str) -> str:
+        if exc in self._exceptions:
+            return exc
+        if len(self._exceptions) >= self.max_exceptions:
+            return OTHER
+        self._exceptions.add(exc)
+        return exc
+
+    def _on_event(self, event: dict[str, Any], task: Any) -> None:
+        """The service's event listener: update the event-driven series (ingest thread)."""
+        etype = event.get("type")
+        if task is None or not isinstance(etype, str) or not etype.startswith("task-"):
+            return
+        worker = event.get("hostname")
+        worker = worker if isinstance(worker, str) else ""
+        with self._lock:
+            name = self._name(task.name or "")
+            key = (worker, name)
+            ek = (worker, etype, name)
+            self._events[ek] = self._events.get(ek, 0) + 1
+
+            runtime = _number(event.get("runtime"))
+            if runtime:
+                h = self._runtime.get(key)
+                if h is None:
+                    h = self._runtime[key] = _Histogram(len(self.runtime_buckets))
+                h.observe(self.runtime_buckets, runtime)
+
+            known = TASK_EVENTS.get(etype)
+            if known is not None:
+                state = known[0]
+                exc = ""
+                if etype == "task-failed":
+                    exc = self._exception(exception_class(event.get("exception")))
+                tk = (name, "" if etype == "task-sent" else worker, state, exc)
+                self._tasks[tk] = self._tasks.get(tk, 0) + 1
+
+            if etype == "task-sent":
+                self._track_sent(event, task)
+                return
+            queue = self._pending_queue.pop(task.uuid, None)
+            if queue is not None:
+                waiting = self._pending.get(queue)
+                if waiting is not None:
+                    waiting.pop(task.uuid, None)
+
+            eta = task.eta
+            received = task.received
+            started = task.started
+            if etype == "task-received":
+                if not eta and received is not None:
+                    self._prefetched[key] = self._prefetched.get(key, 0) + 1
+            elif etype == "task-started":
+                if not eta and started is not None and received is not None:
+                    self._prefetch_time[key] = max(0.0, started - received)
+                    self._dec_prefetched(key)
+                self._observe_queue_wait(task, name, worker)
+            elif etype in ("task-succeeded", "task-failed"):
+                if not eta and started is not None and received is not None:
+                    self._prefetch_time[key] = 0.0
+            elif (
+                etype in ("task-revoked", "task-rejected")
+                and not eta
+                and received is not None
+                and started is None
+            ):
+                self._dec_prefetched(key)
+
+    def _dec_prefetched(self, key: tuple[str, str]) -> None:
+        n = self._prefetched.get(key)
+        if n is not None:
+            self._prefetched[key] = max(0, n - 1)
+
+    def _track_sent(self, event: dict[str, Any], task: Any) -> None:
+        # A task-received applied before its task-sent leaves the state at RECEIVED: skip it.
+        if task.state != "PENDING" or len(self._pending_queue) >= MAX_PENDING:
+            return
+        queue = event.get("queue") or event.get("routing_key")
+        sent = _number(event.get("timestamp"))
+        if not isinstance(queue, str) or not queue or sent is None:
+            return
+        old = self._pending_queue.get(task.uuid)
+        if old is not None and old != queue:
+            self._pending.get(old, {}).pop(task.uuid, None)
+        self._pending_queue[task.uuid] = queue
+        self._pending.setdefault(queue, {})[task.uuid] = sent
+
+    def _observe_queue_wait(self, task: Any, name: str, worker: str) -> None:
+        sent = task.sent
+        started = task.started
+        if sent is None or started is None:
+            return
+        base = sent
+        eta = _eta_timestamp(task.eta)
+        if eta is not None and eta > base:
+            base = eta
+        key = (name, worker)
+        h = self._queue_wait.get(key)
+        if h is None:
+            h = self._queue_wait[key] = _Histogram(len(self.queue_wait_buckets))
+        h.observe(self.queue_wait_buckets, max(0.0, started - base))
+
+    # -- purging ---------------------------------------------------------------------------
+
+    def _on_purge(self, hostname: str) -> None:
+        """The service's purge listener: drop every label set of ``hostname``."""
+        with self._lock:
+            self._purged += 1
+            for series, pos in (
+                (self._events, 0),
+                (self._runtime, 0),
+                (self._prefetch_time, 0),
+                (self._prefetched, 0),
+                (self._tasks, 1),
+                (self._queue_wait, 1),
+            ):
+                for k in [k for k in series if k[pos] == hostname]:
+                    del series[k]
+
+    # -- scraping --------------------------------------------------------------------------
+
+    def _snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "events": dict(self._events),
+                "runtime": {k: h.copy() for k, h in self._runtime.items()},
+                "prefetch_time": dict(self._prefetch_time),
+                "prefetched": dict(self._prefetched),
+                "tasks": dict(self._tasks),
+                "queue_wait": {k: h.copy() for k, h in self._queue_wait.items()},
+                "purged": self._purged,
+            }
+
+    def _queue_latencies(self, lengths: dict[str, int], asked: float) -> dict[str, float]:
+        """Seconds the oldest task seen sent to each queue has waited (0 for an empty queue).
+
+        An empty queue also forgets the tasks tracked as waiting in it (they were purged or
+        lost), except those sent less than :data:`PENDING_GRACE` s before the lengths were
+        asked for at ``asked``: the lengths may be cached, and a task sent since is waiting.
+        """
+        out = {}
+        now = time.time()
+        with self._lock:
+            for queue, n in lengths.items():
+                waiting = self._pending.get(queue)
+                if n == 0:
+                    if waiting:
+                        gone = [u for u, sent in waiting.items() if sent < asked - PENDING_GRACE]
+                        for uuid in gone:
+                            del waiting[uuid]
+                            self._pending_queue.pop(uuid, None)
+                    out[queue] = 0.0
+                elif waiting:
+                    out[queue] = max(0.0, now - min(waiting.values()))
+        return out
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric family, read now (what a scrape of :attr:`registry` returns)."""
+        snap = self._snapshot()
+        yield from self._flower_families(snap)
+        yield from self._task_families(snap)
+        yield from self._worker_families()
+        yield from self._queue_families()
+        yield from self._service_families(snap)
+
+    def _flower_families(self, snap: dict[str, Any]) -> Iterator[Metric]:
+        events = CounterMetricFamily(
+            "flower_events", "Number of task events (Flower)", labels=["worker", "type", "task"]
+        )
+        for k, v in snap["events"].items():
+            events.add_metric(list(k), v)
+        yield events
+        yield _histogram(
+            "flower_task_runtime_seconds",
+            "Task runtime in seconds (Flower)",
+            ["worker", "task"],
+            snap["runtime"],
+            self.runtime_buckets,
+        )
+        prefetch = GaugeMetricFamily(
+            "flower_task_prefetch_time_seconds",
+            "Seconds the last task waited on the worker between received and started, "
+            "0 once it finished (Flower)",
+            labels=["worker", "task"],
+        )
+        for k, v in snap["prefetch_time"].items():
+            prefetch.add_metric(list(k), v)
+        yield prefetch
+        prefetched = GaugeMetricFamily(
+            "flower_worker_prefetched_tasks",
+            "Tasks received by the worker and not started yet (Flower)",
+            labels=["worker", "task"],
+        )
+        for k, v in snap["prefetched"].items():
+            prefetched.add_metric(list(k), v)
+        yield prefetched
+
+    def _task_families(self, snap: dict[str, Any]) -> Iterator[Metric]:
+        tasks = CounterMetricFamily(
+            "celerymon_tasks",
+            "Task events by state; exception is the class name of failures ('' otherwise); "
+            "worker is '' for PENDING (sent by a client)",
+            labels=["task", "worker", "state", "exception"],
+        )
+        for k, v in snap["tasks"].items():
+            tasks.add_metric(list(k), v)
+        yield tasks
+        yield _histogram(
+            "celerymon_task_queue_wait_seconds",
+            "Seconds from max(sent, eta) to started, for tasks whose task-sent event was seen",
+            ["task", "worker"],
+            snap["queue_wait"],
+            self.queue_wait_buckets,
+        )
+
+    def _worker_families(self) -> Iterator[Metric]:
+        online = GaugeMetricFamily(
+            "flower_worker_online",
+            "1 while the worker sends heartbeats, 0 once it is offline (Flower)",
+            labels=["worker"],
+        )
+        executing = GaugeMetricFamily(
+            "flower_worker_number_of_currently_executing_tasks",
+            "Tasks the worker is executing, from its last heartbeat (Flower)",
+            labels=["worker"],
+        )
+        n_online = n_known = 0
+        for w in self.service.workers():
+            # hostnames seen only on task-sent events are clients, not workers
+            if not any(k.startswith("worker-") for k in w):
+                continue
+            n_known += 1
+            n_online += bool(w["status"])
+            online.add_metric([w["hostname"]], 1.0 if w["status"] else 0.0)
+            active = _number(w.get("active"))
+            if active is not None:
+                executing.add_metric([w["hostname"]], active)
+        yield online
+        yield executing
+        yield GaugeMetricFamily("celerymon_workers_online", "Workers online", value=n_online)
+        yield GaugeMetricFamily(
+            "celerymon_workers", "Workers known to the monitor (online or not)", value=n_known
+        )
+
+    def _queue_families(self) -> Iterator[Metric]:
+        asked = time.time()
+        try:
+            queues = self.service.queues()
+            up = 1.0
+        except Exception as exc:  # noqa: BLE001 - a scrape must not fail with the broker
+            log.info("celerymon: no queue lengths for the metrics: %s", exc)
+            queues = None
+            up = 0.0
+        yield GaugeMetricFamily(
+            "celerymon_broker_up",
+            "1 if the broker answered the last queue-length query of this scrape, else 0",
+            value=up,
+        )
+        if not queues:
+            return
+        lengths = {}
+        for q in queues:
+            n = _number(q.get("messages"))
+            if isinstance(q.get("name"), str) and n is not None:
+                lengths[q["name"]] = int(n)
+        length = GaugeMetricFamily(
+            "celerymon_queue_length", "Messages waiting in the queue", labels=["queue"]
+        )
+        for name, n in lengths.items():
+            length.add_metric([name], n)
+        yield length
+        latency = GaugeMetricFamily(
+            "celerymon_queue_latency_seconds",
+            "Age of the oldest task seen sent to the queue and not yet received by a worker "
+            "(0 when the queue is empty; absent when none of its messages was seen sent)",
+            labels=["queue"],
+        )
+        for name, secs in self._queue_latencies(lengths, asked).items():
+            latency.add_metric([name], secs)
+        yield latency
+
+    def _service_families(self, snap: dict[str, Any]) -> Iterator[Metric]:
+        fig = self.service.figures()
+        for key, name, doc in (
+            ("events_received", "celerymon_events_received", "Events decoded from the broker"),
+            ("events_applied", "celerymon_events_applied", "Events applied to the monitor state"),
+            ("events_dropped", "celerymon_events_dropped", "Events dropped by the consumer"),
+            ("events_malformed", "celerymon_events_malformed", "Events skipped as malformed"),
+            ("connects", "celerymon_event_stream_connects", "Connections to the event stream"),
+            ("disconnects", "celerymon_event_stream_disconnects", "Event stream disconnections"),
+            ("evicted", "celerymon_window_evicted_tasks", "Tasks evicted from the memory window"),
+            ("listener_errors", "celerymon_listener_errors", "Errors raised by event listeners"),
+        ):
+            yield CounterMetricFamily(name, doc, value=_number(fig.get(key)) or 0.0)
+        yield CounterMetricFamily(
+            "celerymon_workers_purged",
+            "Offline workers purged (series removed)",
+            value=snap["purged"],
+        )
+        for key, name, doc in (
+            ("lag", "celerymon_ingest_lag_seconds", "Seconds from the last event's timestamp "
+             "to its application"),
+            ("lag_max", "celerymon_ingest_lag_max_seconds", "Largest ingest lag seen"),
+            ("tasks", "celerymon_window_tasks", "Tasks in the memory window"),
+            ("store_pending", "celerymon_store_pending_tasks", "Changed tasks not yet written "
+             "to the history store"),
+            ("subscribers", "celerymon_subscribers", "Live subscribers (websockets...)"),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(name, doc, value=_number(fig.get(key)) or 0.0)
+        yield GaugeMetricFamily(
+            "celerymon_event_stream_connected",
+            "1 while the monitor is subscribed to the event stream",
+            value=1.0 if fig.get("connected") else 0.0,
+        )
+        last = _number(fig.get("last_event_at"))
+        if last is not None:
+            yield GaugeMetricFamily(
+                "celerymon_last_event_timestamp_seconds",
+                "Unix time the monitor applied its last event",
+                value=last,
+            )
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: MonitorMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics.collect()
+
+
+def _buckets(values: Iterable[float], what: str) -> tuple[float, ...]:
+    b = tuple(float(v) for v in values)
+    if b and b[-1] == float("inf"):
+        b = b[:-1]
+    if not b or any(x >= y for x, y in zip(b, b[1:])):
+        raise ValueError(f"{what} must be increasing numbers of seconds, not {values!r}")
+    return b
+
+
+def _histogram(
+    name: str,
+    doc: str,
+    labels: list[str],
+    series: dict[tuple[str, ...], _Histogram],
+    bounds: Sequence[float],
+) -> HistogramMetricFamily:
+    fam = HistogramMetricFamily(name, doc, labels=labels)
+    les = [floatToGoString(b) for b in bounds] + ["+Inf"]
+    for k, h in series.items():
+        acc = 0
+        cumulative = []
+        for le, c in zip(les, h.counts):
+            acc += c
+            cumulative.append((le, acc))
+        fam.add_metric(list(k), cumulative, h.total)
+    return fam

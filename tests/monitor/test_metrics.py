@@ -1,0 +1,296 @@
+"""The Prometheus collector over a real monitor service (events applied through its API).
+
+The end-to-end scrape with a real worker lives in tests/web/test_metrics.py; here the events
+are written out so every value the collector derives from them can be asserted exactly.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+from typing import Any
+
+import pytest
+from celery import Celery
+from prometheus_client import REGISTRY, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from flask_celerymon.monitor import MonitorService, MonitorSettings
+from flask_celerymon.monitor.metrics import OTHER, PENDING_GRACE, MonitorMetrics, exception_class
+from tests.monitor.conftest import wait_for
+
+T0 = 1_700_000_000.0
+W1 = "w1@host"
+W2 = "w2@host"
+UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def scrape(metrics: MonitorMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, sorted labels): value} of one scrape, parsed by prometheus_client."""
+    text = generate_latest(metrics.registry).decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def uid(i: int) -> str:
+    return f"{i:08x}-0000-4000-8000-000000000000"
+
+
+def ev(etype: str, i: int, ts: float, hostname: str = W1, **fields: Any) -> dict[str, Any]:
+    return {"type": etype, "uuid": uid(i), "hostname": hostname, "timestamp": ts, **fields}
+
+
+def run(i: int, name: str, t: float, worker: str = W1, runtime: float = 0.3, **sent: Any):
+    """sent (by a client) at t, received t+1, started t+3, succeeded t+3+runtime."""
+    return [
+        ev("task-sent", i, t, "gen1@client", name=name, queue="celery", **sent),
+        ev("task-received", i, t + 1, worker, name=name, eta=sent.get("eta")),
+        ev("task-started", i, t + 3, worker),
+        ev("task-succeeded", i, t + 3 + runtime, worker, runtime=runtime),
+    ]
+
+
+@pytest.fixture
+def service(celery_app: Celery) -> MonitorService:
+    svc = MonitorService(celery_app, MonitorSettings(enable_events=False), autostart=False)
+    return svc
+
+
+@pytest.fixture
+def metrics(service: MonitorService) -> MonitorMetrics:
+    return MonitorMetrics(service)
+
+
+def test_flower_series_follow_flowers_update_rules(service, metrics):
+    service.apply_events(run(1, "app.add", T0)[:3])  # sent, received, started
+    s = scrape(metrics)
+    assert value(s, "flower_events_total", worker=W1, type="task-received", task="app.add") == 1
+    assert (
+        value(s, "flower_events_total", worker="gen1@client", type="task-sent", task="app.add") == 1
+    )
+    # started - received, and the task left the prefetched count when it started
+    assert value(s, "flower_task_prefetch_time_seconds", worker=W1, task="app.add") == 2.0
+    assert value(s, "flower_worker_prefetched_tasks", worker=W1, task="app.add") == 0
+
+    service.apply_events(run(1, "app.add", T0)[3:])
+    s = scrape(metrics)
+    assert value(s, "flower_task_prefetch_time_seconds", worker=W1, task="app.add") == 0.0
+    assert value(s, "flower_task_runtime_seconds_count", worker=W1, task="app.add") == 1
+    assert value(s, "flower_task_runtime_seconds_sum", worker=W1, task="app.add") == 0.3
+    assert value(s, "flower_task_runtime_seconds_bucket", worker=W1, task="app.add", le="0.25") == 0
+    assert value(s, "flower_task_runtime_seconds_bucket", worker=W1, task="app.add", le="0.5") == 1
+    assert value(s, "flower_task_runtime_seconds_bucket", worker=W1, task="app.add", le="+Inf") == 1
+
+
+def test_prefetched_counts_tasks_received_but_not_started(service, metrics):
+    service.apply_events(run(1, "app.add", T0)[:2] + run(2, "app.add", T0)[:2])
+    assert value(scrape(metrics), "flower_worker_prefetched_tasks", worker=W1, task="app.add") == 2
+    service.apply_events([ev("task-revoked", 2, T0 + 2)])
+    assert value(scrape(metrics), "flower_worker_prefetched_tasks", worker=W1, task="app.add") == 1
+
+
+def test_tasks_with_an_eta_stay_out_of_prefetch_series(service, metrics):
+    eta = "2027-01-15T08:00:00+00:00"
+    service.apply_events(run(1, "app.later", T0, eta=eta))
+    s = scrape(metrics)
+    assert value(s, "flower_worker_prefetched_tasks", worker=W1, task="app.later") is None
+    assert value(s, "flower_task_prefetch_time_seconds", worker=W1, task="app.later") is None
+
+
+def test_task_counter_by_state_names_the_exception_class_of_failures(service, metrics):
+    service.apply_events(run(1, "app.add", T0) + run(2, "app.add", T0))
+    service.apply_events(
+        [
+            ev("task-received", 3, T0, name="app.fail"),
+            ev("task-started", 3, T0 + 1),
+            ev("task-failed", 3, T0 + 2, exception="KeyError('missing')"),
+            ev("task-received", 4, T0, W2, name="app.fail"),
+            ev("task-failed", 4, T0 + 1, W2, exception="ValueError('x')"),
+        ]
+    )
+    s = scrape(metrics)
+    total = "celerymon_tasks_total"
+    assert value(s, total, task="app.add", worker=W1, state="SUCCESS", exception="") == 2
+    assert value(s, total, task="app.add", worker="", state="PENDING", exception="") == 2
+    assert value(s, total, task="app.fail", worker=W1, state="FAILURE", exception="KeyError") == 1
+    assert value(s, total, task="app.fail", worker=W2, state="FAILURE", exception="ValueError") == 1
+    assert value(s, total, task="app.fail", worker=W2, state="RECEIVED", exception="") == 1
+
+
+def test_exception_class_is_read_from_the_event_text():
+    assert exception_class("ValueError('boom')") == "ValueError"
+    assert exception_class("myapp.errors.Conflict: id 4") == "Conflict"
+    assert exception_class("TimeLimitExceeded(60,)") == "TimeLimitExceeded"
+    assert exception_class("<object at 0x1>") == "unknown"
+    assert exception_class(None) == "unknown"
+
+
+def test_queue_wait_is_started_minus_the_later_of_sent_and_eta(service, metrics):
+    service.apply_events(run(1, "app.add", T0))  # sent T0, started T0+3: 3 s
+    eta = "2027-01-15T08:00:00+00:00"
+    eta_ts = datetime.fromisoformat(eta).timestamp()
+    service.apply_events(
+        [
+            ev("task-sent", 2, eta_ts - 100, "gen1@client", name="app.add", eta=eta),
+            ev("task-received", 2, eta_ts - 99, name="app.add", eta=eta),
+            ev("task-started", 2, eta_ts + 0.2),  # 0.2 s after its eta
+        ]
+    )
+    s = scrape(metrics)
+    name = "celerymon_task_queue_wait_seconds"
+    assert value(s, name + "_count", task="app.add", worker=W1) == 2
+    assert value(s, name + "_sum", task="app.add", worker=W1) == pytest.approx(3.2)
+    assert value(s, name + "_bucket", task="app.add", worker=W1, le="0.1") == 0
+    assert value(s, name + "_bucket", task="app.add", worker=W1, le="0.25") == 1
+    assert value(s, name + "_bucket", task="app.add", worker=W1, le="2.5") == 1
+    assert value(s, name + "_bucket", task="app.add", worker=W1, le="5.0") == 2
+
+
+def test_queue_wait_needs_the_sent_event(service, metrics):
+    service.apply_events(run(1, "app.add", T0)[1:])  # no task-sent seen
+    s = scrape(metrics)
+    assert value(s, "celerymon_task_queue_wait_seconds_count", task="app.add", worker=W1) is None
+
+
+def test_task_names_past_the_cap_share_one_label(service):
+    metrics = MonitorMetrics(service, max_task_names=2)
+    for i, name in enumerate(["a", "b", "c", "d"]):
+        service.apply_events(run(i, name, T0))
+    s = scrape(metrics)
+    ok = {"worker": W1, "type": "task-succeeded"}
+    assert value(s, "flower_events_total", task="a", **ok) == 1
+    assert value(s, "flower_events_total", task="b", **ok) == 1
+    assert value(s, "flower_events_total", task="c", **ok) is None
+    assert value(s, "flower_events_total", task=OTHER, **ok) == 2
+
+
+def test_label_values_never_hold_task_ids(service, metrics):
+    for i in range(20):
+        service.apply_events(run(i, f"app.t{i % 3}", T0 + i))
+    names = set()
+    for (name, labels), _v in scrape(metrics).items():
+        names.update(k for k, _ in labels)
+        for _, v in labels:
+            assert not UUID_RE.search(v), (name, labels)
+    assert names <= {"worker", "type", "task", "state", "exception", "queue", "le"}
+
+
+def test_purging_a_worker_removes_its_label_sets(service, metrics):
+    service.apply_events(run(1, "app.add", T0, W1) + run(2, "app.add", T0, W2))
+    service.apply_events([ev("worker-offline", 0, T0 + 9, W1)])
+    assert service.purge_worker(W1)
+    s = scrape(metrics)
+    assert not [k for k in s if (("worker", W1) in k[1])]
+    assert value(s, "flower_events_total", worker=W2, type="task-succeeded", task="app.add") == 1
+    assert value(s, "celerymon_workers_purged_total") == 1
+
+
+def test_worker_series_are_read_from_the_service_at_scrape_time(service, metrics):
+    now = time.time()
+    service.apply_events(
+        [
+            {"type": "worker-online", "hostname": W1, "timestamp": now, "freq": 2.0},
+            {"type": "worker-heartbeat", "hostname": W1, "timestamp": now, "freq": 2.0,
+             "active": 3},
+            {"type": "worker-offline", "hostname": W2, "timestamp": now},
+            ev("task-sent", 1, now, "gen1@client", name="app.add", queue="celery"),
+        ]
+    )  # fmt: skip
+    s = scrape(metrics)
+    assert value(s, "flower_worker_online", worker=W1) == 1
+    assert value(s, "flower_worker_online", worker=W2) == 0
+    assert value(s, "flower_worker_number_of_currently_executing_tasks", worker=W1) == 3
+    # a client that only sent a task is not a worker
+    assert value(s, "flower_worker_online", worker="gen1@client") is None
+    assert value(s, "celerymon_workers_online") == 1
+    assert value(s, "celerymon_workers") == 2
+
+
+def test_service_figures_are_exported(service, metrics):
+    service.apply_events([{"type": "task-received"}, *run(1, "app.add", T0)])
+    s = scrape(metrics)
+    assert value(s, "celerymon_events_received_total") == 5
+    assert value(s, "celerymon_events_applied_total") == 4
+    assert value(s, "celerymon_events_malformed_total") == 1
+    assert value(s, "celerymon_events_dropped_total") == 0
+    assert value(s, "celerymon_event_stream_connected") == 0
+    assert value(s, "celerymon_window_tasks") == 1
+    assert value(s, "celerymon_ingest_lag_seconds") > 0
+
+
+def test_two_services_keep_separate_registries_off_the_global_one(redis_url):
+    a = MonitorService(Celery("a", broker=redis_url), MonitorSettings(), autostart=False)
+    b = MonitorService(Celery("b", broker=redis_url), MonitorSettings(), autostart=False)
+    ma, mb = MonitorMetrics(a), MonitorMetrics(b)
+    a.apply_events(run(1, "app.add", T0))
+    ok = {"worker": W1, "type": "task-succeeded", "task": "app.add"}
+    assert value(scrape(ma), "flower_events_total", **ok) == 1
+    assert value(scrape(mb), "flower_events_total", **ok) is None
+    assert REGISTRY.get_sample_value("flower_events_total", ok) is None
+
+
+def test_bad_buckets_and_caps_are_refused(service):
+    with pytest.raises(ValueError, match=r"^runtime_buckets must be increasing numbers"):
+        MonitorMetrics(service, runtime_buckets=[1.0, 0.5])
+    with pytest.raises(ValueError, match=r"^queue_wait_buckets must be increasing numbers"):
+        MonitorMetrics(service, queue_wait_buckets=[])
+    with pytest.raises(ValueError, match=r"^max_task_names must be an integer >= 1, not 0$"):
+        MonitorMetrics(service, max_task_names=0)
+
+
+def test_queue_length_and_latency_come_from_the_broker_and_sent_events(redis_url, make_service):
+    app = Celery("latency", broker=redis_url)
+    app.conf.task_send_sent_event = True
+    svc = make_service(app, db=False, queues=("idle",), enable_events=False)
+    metrics = MonitorMetrics(svc)
+    assert svc.wait_connected(10)
+    for i in range(3):
+        app.send_task("app.nobody_runs_me", args=(i,), queue="idle")
+    wait_for(lambda: len(svc.query_tasks(state="PENDING").tasks) == 3)
+    s = scrape(metrics)
+    assert value(s, "celerymon_broker_up") == 1
+    assert value(s, "celerymon_queue_length", queue="idle") == 3
+    assert value(s, "celerymon_queue_length", queue="celery") == 0
+    assert 0 < value(s, "celerymon_queue_latency_seconds", queue="idle") < 30
+    assert value(s, "celerymon_queue_latency_seconds", queue="celery") == 0
+
+    # the queue is emptied behind the monitor's back (a purge): latency drops to 0 and the
+    # three tasks no longer count once a new one waits
+    time.sleep(PENDING_GRACE)  # tasks sent just before an "empty" answer are kept
+    with app.connection_for_write() as conn:
+        conn.default_channel.client.delete("idle")
+    cleared = time.time()
+    wait_for(lambda: value(scrape(metrics), "celerymon_queue_length", queue="idle") == 0)
+    assert value(scrape(metrics), "celerymon_queue_latency_seconds", queue="idle") == 0
+    app.send_task("app.nobody_runs_me", args=(4,), queue="idle")
+    latency = wait_for(
+        lambda: value(scrape(metrics), "celerymon_queue_latency_seconds", queue="idle")
+    )
+    assert 0 < latency <= time.time() - cleared
+
+
+def test_latency_ignores_a_task_received_before_its_sent_event(celery_app, service, metrics):
+    celery_app.send_task("app.add", queue="celery")  # one real message waits in the queue
+    now = time.time()
+    service.apply_events(
+        [
+            ev("task-received", 1, now - 59, name="app.add"),
+            ev("task-sent", 1, now - 60, "gen1@client", name="app.add", queue="celery"),
+        ]
+    )
+    s = scrape(metrics)
+    assert value(s, "celerymon_queue_length", queue="celery") == 1
+    assert value(s, "celerymon_queue_latency_seconds", queue="celery") is None
+    service.apply_events(
+        [ev("task-sent", 2, now - 5, "gen1@client", name="app.add", queue="celery")]
+    )
+    latency = value(scrape(metrics), "celerymon_queue_latency_seconds", queue="celery")
+    assert 5 <= latency < 10
