@@ -31,6 +31,7 @@ setup(
     extras_require={
         "auth": ["flask-login>=0.6", "authlib>=1.2"],
         "solar": ["ephem>=4.1"],
+        "docs": ["sphinx>=7"],
         "test": [
             "pytest>=7.4",
             "pytest-timeout>=2.1",
@@ -41,9 +42,9 @@ setup(
             "authlib>=1.2",
             "ruff>=0.5",
             "ephem>=4.1",
+            "sphinx>=7",
         ],
     },
-    entry_points={"flask.commands": []},
     classifiers=[
         "Framework :: Flask",
         "Programming Language :: Python :: 3",
