@@ -1,9 +1,213 @@
-"""Monitor blueprint part: live (being written; registers nothing yet)."""
+"""The live feed of the pages: one websocket per open page, pushed from the monitor service.
+
+``GET <prefix>/ws?view=<view>`` upgrades to a websocket (flask-sock; 400 for a plain HTTP
+request). The page says what it shows and the server sends only what changes it, as HTML
+fragments rendered by the same templates as the page, so formatting lives in one place:
+
+============  ==============================================  ==================================
+``view``      parameters                                      messages
+============  ==============================================  ==================================
+``workers``   none                                            ``worker`` (row), ``summary``,
+                                                              ``worker-gone``
+``tasks``     the task list's (:class:`~.views.TaskFilter`)   ``task`` (row, ``insert`` when new
+                                                              and it belongs at the top)
+``task``      ``id``                                          ``task-detail``
+``worker``    ``name``                                        ``worker-head``
+``broker``    none                                            ``queues`` (every 2 s)
+============  ==============================================  ==================================
+
+Every message is a JSON object ``{"type": ...}``; the first is ``{"type": "hello"}`` and an
+idle feed sends ``{"type": "ping"}`` every :data:`PING_INTERVAL` seconds so dead peers are
+noticed. Updates are coalesced by the service's :class:`~..monitor.service.Subscription` and
+sent at most every :data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
+1008 and the reason; a subscriber too slow for the event rate is closed with 1013 and the
+page reconnects (and reloads what it shows).
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Blueprint, request
+from flask_sock import Sock
+
+from . import get_state
+from .views import (
+    BadInput,
+    TaskFilter,
+    render_queues,
+    render_task_detail,
+    render_task_row,
+    render_worker_head,
+    render_worker_row,
+    worker_rows,
+)
+
+log = logging.getLogger(__name__)
+
+VIEWS = ("workers", "tasks", "task", "worker", "broker")
+#: Seconds between two sends to one page (changes in between are coalesced).
+MIN_INTERVAL = 0.25
+#: Seconds of silence after which a ping is sent.
+PING_INTERVAL = 15.0
+#: Seconds between two queue-length pushes on the broker page.
+QUEUES_INTERVAL = 2.0
+
+
+class Feed:
+    """What one page is sent: the subscription it needs and how each change is rendered."""
+
+    def __init__(self, view: str, args: Any) -> None:
+        if view not in VIEWS:
+            raise BadInput(f"view must be one of {', '.join(VIEWS)}, not {view!r}")
+        self.view = view
+        self.filter: TaskFilter | None = None
+        self.task_id: str | None = None
+        self.worker: str | None = None
+        self.shown: set[str] = set()
+        if view == "tasks":
+            self.filter = TaskFilter.from_args(args)
+        elif view == "task":
+            self.task_id = args.get("id") or None
+            if not self.task_id:
+                raise BadInput("view=task needs id=<task uuid>")
+        elif view == "worker":
+            self.worker = args.get("name") or None
+            if not self.worker:
+                raise BadInput("view=worker needs name=<worker hostname>")
+
+    def subscribe(self, service: Any) -> Any:
+        if self.view == "broker":
+            return None
+        if self.view == "task":
+            return service.subscribe(kinds=("task",), task_ids=(self.task_id,))
+        if self.view == "worker":
+            return service.subscribe(kinds=("worker", "worker-purged"))
+        if self.view == "tasks":
+            return service.subscribe(kinds=("task",))
+        return service.subscribe()
+
+    def prime(self, service: Any) -> None:
+        """Remember the rows the page shows now (so their changes are always sent)."""
+        if self.filter is not None:
+            page = service.query_tasks(**self.filter.service_query())
+            self.shown = {t["uuid"] for t in page.tasks}
+
+    def messages(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The messages for a batch of changes from the subscription."""
+        out: list[dict[str, Any]] = []
+        if self.view == "tasks":
+            flt = self.filter
+            assert flt is not None
+            for it in items:
+                t = it["data"]
+                if t is None:
+                    continue
+                uuid = it["id"]
+                if uuid in self.shown:
+                    out.append({"type": "task", "id": uuid, "html": render_task_row(t, flt)})
+                elif flt.matches(t):
+                    insert = flt.live_inserts
+                    if insert:
+                        self.shown.add(uuid)
+                    out.append(
+                        {
+                            "type": "task",
+                            "id": uuid,
+                            "insert": insert,
+                            "html": render_task_row(t, flt) if insert else "",
+                        }
+                    )
+        elif self.view == "task":
+            for it in items:
+                if it["data"] is not None:
+                    out.append({"type": "task-detail", "html": render_task_detail(it["data"])})
+        elif self.view == "worker":
+            for it in items:
+                if it["id"] == self.worker and it["type"] == "worker":
+                    html = render_worker_head(self.worker)
+                    if html is not None:
+                        out.append({"type": "worker-head", "html": html})
+        elif self.view == "workers":
+            hosts: dict[str, None] = {}
+            for it in items:
+                if it["type"] == "worker":
+                    hosts[it["id"]] = None
+                elif it["type"] == "worker-purged":
+                    out.append({"type": "worker-gone", "id": it["id"]})
+                elif it["data"] is not None and it["data"].get("worker"):
+                    hosts[it["data"]["worker"]] = None
+            for h in hosts:
+                html = render_worker_row(h)
+                if html is not None:
+                    out.append({"type": "worker", "id": h, "html": html})
+            if hosts or out:
+                out.append(self.summary())
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        from flask import render_template
+
+        from .views import tasks_url
+
+        rows, totals = worker_rows(get_state().monitor.workers())
+        ctx = {"rows": rows, "totals": totals, "tasks_url": tasks_url}
+        n = len(rows)
+        return {
+            "type": "summary",
+            "cards": render_template("celerymon/_worker_cards.html", **ctx),
+            "totals": render_template("celerymon/_worker_totals.html", **ctx),
+            "count": f"{n} worker{'' if n == 1 else 's'}, {totals['online']} online",
+        }
+
+
+def feed(ws: Any) -> None:
+    """Serve one page's websocket until the page goes away (see the module docstring)."""
+    service = get_state().monitor
+    try:
+        f = Feed(request.args.get("view", ""), request.args)
+    except BadInput as exc:
+        ws.close(reason=1008, message=str(exc)[:120])
+        return
+    sub = f.subscribe(service)
+    try:
+        f.prime(service)
+        ws.send(json.dumps({"type": "hello", "view": f.view}))
+        last_send = time.monotonic()
+        next_queues = 0.0
+        while ws.connected:
+            now = time.monotonic()
+            msgs: list[dict[str, Any]] = []
+            if f.view == "broker":
+                if now >= next_queues:
+                    next_queues = now + QUEUES_INTERVAL
+                    msgs.append({"type": "queues", "html": render_queues()})
+                else:
+                    time.sleep(min(0.5, next_queues - now))
+            else:
+                try:
+                    items = sub.get(timeout=1.0)
+                except EOFError:
+                    ws.close(reason=1013, message=(sub.reason or "closed")[:120])
+                    return
+                if items:
+                    msgs = f.messages(items)
+            now = time.monotonic()
+            if msgs:
+                ws.send(json.dumps({"type": "batch", "items": msgs}))
+                last_send = now
+                time.sleep(MIN_INTERVAL)
+            elif now - last_send >= PING_INTERVAL:
+                ws.send(json.dumps({"type": "ping"}))
+                last_send = now
+    finally:
+        if sub is not None:
+            sub.close()
 
 
 def register(bp: Blueprint) -> None:
-    """Add this part's routes to the monitor blueprint."""
+    """Add the ``/ws`` websocket route to the monitor blueprint."""
+    Sock().route("/ws", bp=bp, endpoint="live")(feed)

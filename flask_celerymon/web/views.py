@@ -1,9 +1,707 @@
-"""Monitor blueprint part: views (being written; registers nothing yet)."""
+"""The monitor's HTML pages: workers, one worker, tasks, one task, broker and charts.
+
+Every page is rendered on the server from the app's monitor service, so it works without
+JavaScript; ``static/celerymon/celerymon.js`` adds the live feed (:mod:`.live`), the buttons
+that call the JSON API with ``fetch()``, copy buttons and the theme switch.
+
+Routes (relative to ``CELERY_MONITOR_URL_PREFIX``), all ``GET``:
+
+==========================  =========================================================
+``/``, ``/workers``          workers dashboard (200)
+``/worker/<hostname>``       one worker, ``?tab=pool|broker|queues|tasks|limits|config|system``
+                             and ``?refresh=1`` (200; 404 unknown worker; 400 bad tab)
+``/tasks``                   the task list; see :class:`TaskFilter` for the parameters
+                             (200; 400 with the reason for a bad parameter or search)
+``/task/<uuid>``             one task (200; 404 unknown task)
+``/broker``                  queue lengths (200; 503 when the broker is unreachable)
+``/charts``                  per-minute counts and runtime percentiles, ``?window=`` and
+                             ``?name=`` (200; 400 bad window)
+==========================  =========================================================
+
+Pages never answer 500 for bad input: the error page says what to fix. Control buttons are
+left out in read-only mode (``CELERY_MONITOR_READ_ONLY``) and when the JSON API route they
+would call is not there.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import math
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from flask import Blueprint, current_app, render_template, request, url_for
+from markupsafe import Markup
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from ..monitor.query import STATES, SearchError, compile_python, parse, parse_sort
+from . import get_state
+
+#: Columns the task list can show (Flower's ``tasks_columns`` choices) and their titles.
+TASK_COLUMNS: dict[str, str] = {
+    "name": "Name",
+    "uuid": "UUID",
+    "state": "State",
+    "args": "Args",
+    "kwargs": "Kwargs",
+    "result": "Result",
+    "received": "Received",
+    "started": "Started",
+    "succeeded": "Succeeded",
+    "runtime": "Runtime",
+    "worker": "Worker",
+    "exchange": "Exchange",
+    "routing_key": "Routing key",
+    "retries": "Retries",
+    "revoked": "Revoked",
+    "exception": "Exception",
+    "expires": "Expires",
+    "eta": "ETA",
+}
+DEFAULT_COLUMNS = ("name", "uuid", "state", "received", "runtime", "worker")
+SORTABLE = frozenset({"name", "state", "received", "started", "runtime", "succeeded"})
+PAGE_SIZES = (15, 30, 50, 100)
+#: Quick time ranges of the task list and the charts: label and seconds.
+RANGES: dict[str, tuple[str, int]] = {
+    "15m": ("15 min", 900),
+    "1h": ("1 hour", 3600),
+    "6h": ("6 hours", 21600),
+    "24h": ("24 hours", 86400),
+    "7d": ("7 days", 604800),
+}
+#: Chart bucket per window: about 60 bars whatever the window.
+CHART_BUCKETS = {"15m": 30, "1h": 60, "6h": 300, "24h": 1800, "7d": 3 * 3600}
+#: The state filter buttons of the task list.
+STATE_BUTTONS = (
+    ("All", ""),
+    ("Received", "RECEIVED"),
+    ("Started", "STARTED"),
+    ("Succeeded", "SUCCESS"),
+    ("Failed", "FAILURE"),
+    ("Retried", "RETRY"),
+    ("Revoked", "REVOKED"),
+)
+WORKER_TABS = ("pool", "broker", "queues", "tasks", "limits", "config", "system")
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED"})
+
+
+class BadInput(ValueError):
+    """A page parameter is not valid; the message says which one and what it takes."""
+
+
+# -- formatting -------------------------------------------------------------------------------
+
+
+def fmt_time(ts: float | None) -> Markup:
+    """A Unix time as a ``<time>`` in UTC (the page's script shows it in local time)."""
+    if ts is None:
+        return Markup("")
+    d = datetime.fromtimestamp(ts, timezone.utc)
+    text = d.strftime("%Y-%m-%d %H:%M:%S.") + f"{d.microsecond // 1000:03d}"
+    return Markup('<time datetime="{}" data-ts="{}">{} UTC</time>').format(
+        d.isoformat(), f"{ts:.3f}", text
+    )
+
+
+def fmt_runtime(seconds: float | None) -> str:
+    """A duration for people: ``0.13 ms``, ``2.50 s``, ``3 min 4 s``."""
+    if seconds is None:
+        return ""
+    if seconds < 1:
+        return f"{seconds * 1000:.2f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60)} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+
+
+def fmt_loadavg(value: Any) -> str:
+    if not value:
+        return ""
+    return "  ".join(f"{v:.2f}" if isinstance(v, (int, float)) else str(v) for v in value)
+
+
+def fmt_value(value: Any) -> str:
+    """Any inspect value as short text (lists and dicts as JSON-like text)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(fmt_value(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={fmt_value(v)}" for k, v in value.items())
+    return str(value)
+
+
+def fmt_hhmm(ts: float, with_day: bool = False) -> str:
+    """A Unix time as UTC ``HH:MM`` (``MM-DD HH:MM`` ``with_day``), for chart axes."""
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%m-%d %H:%M" if with_day else "%H:%M")
+
+
+def _cell(task: dict[str, Any], column: str) -> Any:
+    """A task's value for a column of the task list, ready for the template."""
+    value = task.get(column)
+    if column in ("received", "started", "succeeded", "revoked", "expires", "eta"):
+        if isinstance(value, (int, float)):
+            return fmt_time(value)
+        return value or ""
+    if column == "runtime":
+        return fmt_runtime(value)
+    return "" if value is None else value
+
+
+def _state_class(state: str | None) -> str:
+    return {
+        "SUCCESS": "ok",
+        "FAILURE": "bad",
+        "REVOKED": "warn",
+        "REJECTED": "bad",
+        "RETRY": "warn",
+        "STARTED": "info",
+        "RECEIVED": "muted",
+        "PENDING": "muted",
+        "PROGRESS": "info",
+    }.get(state or "", "muted")
+
+
+FMT = SimpleNamespace(
+    time=fmt_time,
+    hhmm=fmt_hhmm,
+    runtime=fmt_runtime,
+    loadavg=fmt_loadavg,
+    value=fmt_value,
+    cell=_cell,
+    state_class=_state_class,
+)
+
+
+# -- URLs and the page context ----------------------------------------------------------------
+
+
+def base_url() -> str:
+    """The monitor's root URL path with a trailing slash (prefix and SCRIPT_NAME included)."""
+    return url_for("celerymon.index")
+
+
+def api_url(path: str) -> str:
+    """The URL of the JSON API route ``path`` (e.g. ``task/revoke/<id>``)."""
+    return base_url() + "api/" + path
+
+
+def has_api(path: str) -> bool:
+    """True when the app serves ``POST <prefix>/api/<path>`` (a button can call it)."""
+    cache = _request_cache()
+    hit = cache.get(path)
+    if hit is None:
+        prefix = get_state().settings["CELERY_MONITOR_URL_PREFIX"] or ""
+        adapter = current_app.url_map.bind("localhost")
+        try:
+            endpoint, _ = adapter.match(f"{prefix}/api/{path}", method="POST")
+            hit = endpoint.startswith("celerymon.") and endpoint != "celerymon.api_not_found"
+        except (NotFound, MethodNotAllowed):
+            hit = False
+        except Exception:  # noqa: BLE001 - a redirect or a converter error: no button
+            hit = False
+        cache[path] = hit
+    return hit
+
+
+def _request_cache() -> dict[str, bool]:
+    from flask import g
+
+    cache = g.get("_celerymon_api_routes")
+    if cache is None:
+        cache = g._celerymon_api_routes = {}
+    return cache
+
+
+def read_only() -> bool:
+    return bool(get_state().settings["CELERY_MONITOR_READ_ONLY"])
+
+
+def can(path: str) -> bool:
+    """A control button for API route ``path`` is shown (not read-only, route exists)."""
+    return not read_only() and has_api(path)
+
+
+def q(value: str) -> str:
+    """``value`` quoted for a URL path segment (worker names keep their ``@``)."""
+    return quote(value, safe="@")
+
+
+def _context() -> dict[str, Any]:
+    return {
+        "cm": SimpleNamespace(
+            base=base_url(),
+            api=api_url,
+            can=can,
+            read_only=read_only(),
+            q=q,
+            ws_path=base_url() + "ws",
+            app_name=current_app.name,
+        ),
+        "fmt": FMT,
+    }
+
+
+# -- the task list's parameters ---------------------------------------------------------------
+
+
+def _parse_time(name: str, value: str) -> float:
+    for pattern in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"):
+        try:
+            d = datetime.strptime(value.strip(), pattern)
+        except ValueError:
+            continue
+        return d.replace(tzinfo=timezone.utc).timestamp()
+    raise BadInput(f"{name} must be a UTC time like 2026-01-31 13:45, not {value!r}")
+
+
+def _int(name: str, value: str | None, default: int, lo: int, hi: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise BadInput(f"{name} must be an integer from {lo} to {hi}, not {value!r}") from None
+    if not lo <= n <= hi:
+        raise BadInput(f"{name} must be an integer from {lo} to {hi}, not {value!r}")
+    return n
+
+
+@dataclass(frozen=True)
+class TaskFilter:
+    """What the task list shows, from its query string (so every view is a bookmark).
+
+    ``state`` (one state or a comma list; empty or ``All`` for any), ``worker``, ``name``
+    (exact), ``search`` (the search language), ``since`` (``15m 1h 6h 24h 7d``) or
+    ``from``/``to`` (UTC ``YYYY-MM-DD HH:MM``), ``sort`` (a column, ``-`` for descending;
+    default ``-received``), ``page`` (from 1), ``per_page`` (1-500, default 15) and
+    ``columns`` (comma list of :data:`TASK_COLUMNS`). :meth:`from_args` raises
+    :class:`BadInput` for a value it cannot use.
+    """
+
+    state: tuple[str, ...] = ()
+    worker: str = ""
+    name: str = ""
+    search: str = ""
+    since: str = ""
+    start: str = ""
+    end: str = ""
+    sort: str = "-received"
+    page: int = 1
+    per_page: int = 15
+    columns: tuple[str, ...] = DEFAULT_COLUMNS
+    now: float = field(default_factory=time.time, compare=False)
+
+    @classmethod
+    def from_args(cls, args: Any) -> TaskFilter:
+        states: list[str] = []
+        for raw in args.getlist("state"):
+            for s in raw.split(","):
+                s = s.strip().upper()
+                if not s or s == "ALL":
+                    continue
+                if s not in STATES and s != "PROGRESS":
+                    raise BadInput(f"state must be one of {', '.join(STATES)}, not {s!r}")
+                states.append(s)
+        since = args.get("since", "")
+        if since and since not in RANGES:
+            raise BadInput(f"since must be one of {', '.join(RANGES)}, not {since!r}")
+        start, end = args.get("from", "").strip(), args.get("to", "").strip()
+        for what, value in (("from", start), ("to", end)):
+            if value:
+                _parse_time(what, value)
+        sort = args.get("sort", "") or "-received"
+        try:
+            key, _ = parse_sort(sort)
+        except SearchError as exc:
+            raise BadInput(str(exc)) from None
+        if key not in SORTABLE:
+            raise BadInput(f"sort must be one of {', '.join(sorted(SORTABLE))}, not {sort!r}")
+        cols_raw = args.get("columns", "")
+        if cols_raw:
+            cols = tuple(c.strip() for c in cols_raw.split(",") if c.strip())
+            bad = [c for c in cols if c not in TASK_COLUMNS]
+            if bad or not cols:
+                raise BadInput(
+                    f"columns must be a comma list of {', '.join(TASK_COLUMNS)}, not {cols_raw!r}"
+                )
+        else:
+            cols = tuple(c for c in args.getlist("column") if c in TASK_COLUMNS) or DEFAULT_COLUMNS
+        search = args.get("search", "").strip()
+        try:
+            parse(search)
+        except SearchError as exc:
+            raise BadInput(f"search: {exc}") from None
+        return cls(
+            state=tuple(dict.fromkeys(states)),
+            worker=args.get("worker", "").strip(),
+            name=args.get("name", "").strip(),
+            search=search,
+            since=since,
+            start=start,
+            end=end,
+            sort=sort,
+            page=_int("page", args.get("page"), 1, 1, 1_000_000),
+            per_page=_int("per_page", args.get("per_page"), 15, 1, 500),
+            columns=cols,
+        )
+
+    def bounds(self) -> tuple[float | None, float | None]:
+        """The received-time range as Unix times (None for open)."""
+        if self.since:
+            return self.now - RANGES[self.since][1], None
+        lo = _parse_time("from", self.start) if self.start else None
+        hi = _parse_time("to", self.end) if self.end else None
+        return lo, hi
+
+    def service_query(self) -> dict[str, Any]:
+        """Keyword arguments of ``MonitorService.query_tasks`` for this page."""
+        lo, hi = self.bounds()
+        return {
+            "state": self.state or None,
+            "worker": self.worker or None,
+            "name": self.name or None,
+            "received_start": lo,
+            "received_end": hi,
+            "search": self.search or None,
+            "sort_by": self.sort,
+            "offset": (self.page - 1) * self.per_page,
+            "limit": self.per_page,
+        }
+
+    @property
+    def live_inserts(self) -> bool:
+        """New tasks belong at the top of this page (first page, newest first, no end)."""
+        return self.page == 1 and self.sort == "-received" and not self.end
+
+    def matches(self, task: dict[str, Any]) -> bool:
+        """True when the task dict passes this page's filters (used by the live feed)."""
+        if self.state and task.get("state") not in self.state:
+            return False
+        if self.worker and task.get("worker") != self.worker:
+            return False
+        if self.name and task.get("name") != self.name:
+            return False
+        lo, hi = self.bounds()
+        if lo is not None or hi is not None:
+            received = task.get("received")
+            if received is None:
+                return False
+            if (lo is not None and received < lo) or (hi is not None and received > hi):
+                return False
+        if self.search:
+            rec = SimpleNamespace(
+                uuid=task["uuid"],
+                name=task.get("name") or "",
+                state=task.get("state") or "",
+                worker=task.get("worker") or "",
+                args=task.get("args") or "",
+                kwargs=task.get("kwargs") or "",
+                result=task.get("result") or "",
+            )
+            rec.text = "\x00".join((rec.args, rec.kwargs, rec.result))
+            return bool(compile_python(parse(self.search))([rec]))
+        return True
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        """The query string of this view with ``changes`` applied (defaults left out)."""
+        f = replace(self, **changes) if changes else self
+        out = {
+            "state": ",".join(f.state),
+            "worker": f.worker,
+            "name": f.name,
+            "search": f.search,
+            "since": f.since,
+            "from": f.start,
+            "to": f.end,
+            "sort": "" if f.sort == "-received" else f.sort,
+            "page": "" if f.page == 1 else str(f.page),
+            "per_page": "" if f.per_page == 15 else str(f.per_page),
+            "columns": "" if f.columns == DEFAULT_COLUMNS else ",".join(f.columns),
+        }
+        return {k: v for k, v in out.items() if v}
+
+    def url(self, **changes: Any) -> str:
+        qs = _qs(self.params(**changes))
+        return url_for("celerymon.tasks") + ("?" + qs if qs else "")
+
+    def sort_url(self, column: str) -> str:
+        """The URL sorting by ``column``: descending first, then toggling."""
+        new = "-" + column if self.sort != "-" + column else column
+        return self.url(sort=new, page=1)
+
+
+def _qs(params: dict[str, str]) -> str:
+    """A readable query string: ``@``, ``,`` and ``:`` stay as they are."""
+    return urlencode(params, safe="@,:", quote_via=quote)
+
+
+def tasks_url(**params: str) -> str:
+    """The task list filtered by ``params`` (worker, state, name...)."""
+    qs = _qs({k: v for k, v in params.items() if v})
+    return url_for("celerymon.tasks") + ("?" + qs if qs else "")
+
+
+# -- data for the pages -----------------------------------------------------------------------
+
+
+def worker_rows(workers: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Rows of the workers table and the totals (also the summary cards)."""
+    rows = []
+    totals = {"online": 0, "active": 0, "processed": 0, "failed": 0, "succeeded": 0, "retried": 0}
+    for w in workers:
+        row = {
+            "hostname": w["hostname"],
+            "status": bool(w.get("status")),
+            "active": w.get("active") or 0,
+            "processed": w.get("task-received", 0),
+            "failed": w.get("task-failed", 0),
+            "succeeded": w.get("task-succeeded", 0),
+            "retried": w.get("task-retried", 0),
+            "loadavg": w.get("loadavg"),
+            "sw": " ".join(str(w.get(k) or "") for k in ("sw_ident", "sw_ver")).strip(),
+        }
+        rows.append(row)
+        totals["online"] += row["status"]
+        if row["status"]:
+            totals["active"] += row["active"]
+        for k in ("processed", "failed", "succeeded", "retried"):
+            totals[k] += row[k]
+    return rows, totals
+
+
+def render_workers_body() -> str:
+    rows, totals = worker_rows(get_state().monitor.workers())
+    return render_template(
+        "celerymon/_workers_body.html", rows=rows, totals=totals, tasks_url=tasks_url
+    )
+
+
+def render_worker_row(hostname: str) -> str | None:
+    w = get_state().monitor.worker(hostname)
+    if w is None:
+        return None
+    rows, _ = worker_rows([w])
+    return render_template("celerymon/_worker_row.html", w=rows[0], tasks_url=tasks_url)
+
+
+def render_task_row(task: dict[str, Any], flt: TaskFilter) -> str:
+    return render_template("celerymon/_task_row.html", t=task, f=flt)
+
+
+def render_task_detail(task: dict[str, Any]) -> str:
+    return render_template("celerymon/_task_detail.html", t=task, **_task_extras(task))
+
+
+def render_worker_head(hostname: str) -> str | None:
+    w = get_state().monitor.worker(hostname)
+    if w is None:
+        return None
+    rows, _ = worker_rows([w])
+    return render_template("celerymon/_worker_head.html", w=rows[0], raw=w, tasks_url=tasks_url)
+
+
+def render_queues() -> str:
+    return render_template("celerymon/_queues.html", **_queues())
+
+
+def _queues() -> dict[str, Any]:
+    svc = get_state().monitor
+    try:
+        queues = svc.queues()
+        error = None
+    except Exception as exc:  # noqa: BLE001 - the broker's own connection errors vary
+        queues, error = None, f"the broker is unreachable: {exc}"
+    extra = []
+    if queues:
+        keys = ("messages_unacknowledged", "messages_ready", "consumers", "idle_since")
+        extra = [k for k in keys if any(k in q for q in queues)]
+    return {"queues": queues, "error": error, "extra": extra}
+
+
+def _task_extras(task: dict[str, Any]) -> dict[str, Any]:
+    state = task.get("state") or ""
+    uuid = task["uuid"]
+    hist = task.get("history") or []
+    t0 = hist[0]["timestamp"] if hist else None
+    return {
+        "timeline": [{**h, "delta": None if t0 is None else h["timestamp"] - t0} for h in hist],
+        "can_revoke": state not in FINAL_STATES and can(f"task/revoke/{uuid}"),
+        "can_terminate": state in ("STARTED", "PROGRESS", "RETRY") and can(f"task/revoke/{uuid}"),
+        "can_retry": state in ("FAILURE", "REVOKED", "REJECTED") and can(f"task/retry/{uuid}"),
+        "tasks_url": tasks_url,
+    }
+
+
+# -- charts -----------------------------------------------------------------------------------
+
+
+def _nice_max(value: float) -> float:
+    if value <= 0:
+        return 1.0
+    exp = 10 ** math.floor(math.log10(value))
+    for m in (1, 2, 2.5, 5, 10):
+        if value <= m * exp:
+            return m * exp
+    return 10 * exp
+
+
+def chart_data(window: str, name: str | None, now: float | None = None) -> dict[str, Any]:
+    """Bars of finished tasks per bucket and runtime percentiles over ``window``."""
+    svc = get_state().monitor
+    now = time.time() if now is None else now
+    span = RANGES[window][1]
+    bucket = CHART_BUCKETS[window]
+    end = (now // bucket + 1) * bucket
+    start = end - math.ceil(span / bucket) * bucket
+    rows = svc.task_stats(since=start, until=end, bucket=bucket)
+    per = {}
+    for r in rows:
+        b = per.setdefault(r["start"], {"succeeded": 0, "failed": 0, "retried": 0, "revoked": 0})
+        for k in b:
+            b[k] += r[k]
+    n = int((end - start) // bucket)
+    bars = []
+    for i in range(n):
+        t = start + i * bucket
+        b = per.get(t, {"succeeded": 0, "failed": 0, "retried": 0, "revoked": 0})
+        bars.append({"start": t, **b, "total": sum(b.values())})
+    top = _nice_max(max((b["total"] for b in bars), default=0))
+    names = svc.task_stats(since=start, until=end, bucket=1e12)
+    names.sort(key=lambda r: -(r["succeeded"] + r["failed"] + r["retried"] + r["revoked"]))
+    selected = name or (names[0]["name"] if names else None)
+    series = []
+    if selected:
+        series = [r for r in svc.task_stats(since=start, until=end, bucket=bucket, name=selected)]
+    rt_top = _nice_max(max((r["runtime_p95"] or 0 for r in series), default=0))
+    return {
+        "bars": bars,
+        "top": top,
+        "start": start,
+        "end": end,
+        "bucket": bucket,
+        "names": names,
+        "selected": selected,
+        "series": series,
+        "rt_top": rt_top,
+    }
+
+
+# -- the routes -------------------------------------------------------------------------------
+
+
+def _error(status: int, title: str, message: str) -> tuple[str, int]:
+    return render_template("celerymon/error.html", title=title, message=message), status
+
+
+def index() -> str:
+    return workers()
+
+
+def workers() -> str:
+    """Workers dashboard: summary cards and a table with totals. 200."""
+    return render_template("celerymon/workers.html", body=Markup(render_workers_body()))
+
+
+def worker(hostname: str) -> Any:
+    """One worker's tabs from inspect; 404 unknown worker, 400 bad tab."""
+    svc = get_state().monitor
+    tab = request.args.get("tab", "pool")
+    if tab not in WORKER_TABS:
+        return _error(400, "Bad request", f"tab must be one of {', '.join(WORKER_TABS)}")
+    w = svc.worker(hostname)
+    if w is None:
+        return _error(404, "Unknown worker", f"No worker named {hostname!r} is known.")
+    info = svc.inspect(hostname).get(hostname) or {}
+    if request.args.get("refresh") or (w.get("status") and "active" not in info):
+        info = svc.inspect(hostname, refresh=True).get(hostname) or info
+    return render_template(
+        "celerymon/worker.html",
+        hostname=hostname,
+        w=w,
+        info=info,
+        tab=tab,
+        tabs=WORKER_TABS,
+        head=Markup(render_worker_head(hostname) or ""),
+        tasks_url=tasks_url,
+    )
+
+
+def tasks() -> Any:
+    """The task list: filters, search, sort, columns, paging; 400 for a bad parameter."""
+    try:
+        flt = TaskFilter.from_args(request.args)
+        page = get_state().monitor.query_tasks(**flt.service_query())
+    except (BadInput, SearchError) as exc:
+        flt = TaskFilter(search=request.args.get("search", "")[:500])
+        return (
+            render_template(
+                "celerymon/tasks.html", f=flt, page=None, error=str(exc), **_tasks_ctx()
+            ),
+            400,
+        )
+    return render_template("celerymon/tasks.html", f=flt, page=page, error=None, **_tasks_ctx())
+
+
+def _tasks_ctx() -> dict[str, Any]:
+    return {
+        "columns": TASK_COLUMNS,
+        "sortable": SORTABLE,
+        "state_buttons": STATE_BUTTONS,
+        "ranges": RANGES,
+        "page_sizes": PAGE_SIZES,
+        "task_types": get_state().monitor.task_types(),
+        "workers": [w["hostname"] for w in get_state().monitor.workers()],
+    }
+
+
+def task(uuid: str) -> Any:
+    """One task with its timeline and actions; 404 unknown task."""
+    t = get_state().monitor.task(uuid)
+    if t is None:
+        return _error(404, "Unknown task", f"No task with id {uuid!r} is known.")
+    return render_template("celerymon/task.html", t=t, detail=Markup(render_task_detail(t)))
+
+
+def broker() -> Any:
+    """Queues and their lengths; 503 when the broker is unreachable."""
+    data = _queues()
+    url = get_state().celery_app.connection_for_read().as_uri()
+    body = render_template("celerymon/_queues.html", **data)
+    return (
+        render_template("celerymon/broker.html", body=Markup(body), broker_url=url),
+        503 if data["error"] else 200,
+    )
+
+
+def charts() -> Any:
+    """Finished tasks per bucket and runtime p50/p95 per task name; 400 bad window."""
+    window = request.args.get("window", "1h")
+    if window not in RANGES:
+        return _error(400, "Bad request", f"window must be one of {', '.join(RANGES)}")
+    name = request.args.get("name") or None
+    data = chart_data(window, name)
+    return render_template(
+        "celerymon/charts.html", window=window, ranges=RANGES, tasks_url=tasks_url, **data
+    )
 
 
 def register(bp: Blueprint) -> None:
-    """Add this part's routes to the monitor blueprint."""
+    """Add the HTML pages and their template context to the monitor blueprint."""
+    bp.context_processor(_context)
+    bp.add_url_rule("/", "index", index)
+    bp.add_url_rule("/workers", "workers", workers)
+    bp.add_url_rule("/worker/<hostname>", "worker", worker)
+    bp.add_url_rule("/tasks", "tasks", tasks)
+    bp.add_url_rule("/task/<uuid>", "task", task)
+    bp.add_url_rule("/broker", "broker", broker)
+    bp.add_url_rule("/charts", "charts", charts)

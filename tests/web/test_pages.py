@@ -1,0 +1,256 @@
+"""The monitor's HTML pages through the test client, against a real Redis, worker and service.
+
+The browser tests (live updates, buttons) are in ``test_ui.py``.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from html import unescape
+
+import pytest
+from werkzeug.datastructures import MultiDict
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from flask_celerymon.web.views import BadInput, TaskFilter
+from tests.apps import basic
+from tests.web.conftest import make_monitored_app
+
+
+def submit(monitored, fn, *args):
+    with monitored.app.app_context():
+        return basic.celery.submit(fn, *args)
+
+
+def finished(monitored, future, state):
+    """Wait until the service has seen the task reach ``state``; return its dict."""
+    return monitored.wait_for(
+        lambda: (t := monitored.service.task(future.id)) and t["state"] == state and t
+    )
+
+
+@pytest.fixture(scope="module")
+def done(monitored):
+    """One succeeded and one failed task, seen by the service."""
+    ok = submit(monitored, basic.add, 20, 22)
+    bad = submit(monitored, basic.fail, "boom-for-pages")
+    return finished(monitored, ok, "SUCCESS"), finished(monitored, bad, "FAILURE")
+
+
+@contextmanager
+def other_app(monitored, tmp_path, **config):
+    """A second app on the same broker (its own service), shut down afterwards."""
+    app = make_monitored_app(monitored.broker, str(tmp_path), **config)
+    try:
+        yield app
+    finally:
+        app.extensions["celerymon"].shutdown()
+
+
+def text(resp) -> str:
+    return unescape(resp.get_data(as_text=True))
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+def test_workers_page_shows_the_worker_with_counts_linking_to_filtered_tasks(monitored, done):
+    resp = monitored.client().get("/monitor/")
+    body = text(resp)
+    assert resp.status_code == 200
+    assert monitored.worker_name in body
+    assert "Online" in body
+    assert f"/monitor/tasks?worker={monitored.worker_name}&state=SUCCESS" in body
+    assert f"/monitor/tasks?worker={monitored.worker_name}&state=FAILURE" in body
+    assert re.search(r'data-total="online">[1-9]', body)
+    assert monitored.client().get("/monitor/workers").status_code == 200
+
+
+def test_worker_page_shows_every_tab_from_inspect(monitored, done):
+    client = monitored.client()
+    url = f"/monitor/worker/{monitored.worker_name}"
+    pool = text(client.get(url))
+    assert re.search(r'id="pool-size">2<', pool)
+    queues = text(client.get(url + "?tab=queues"))
+    assert 'data-queue="celery"' in queues and 'data-queue="high"' in queues
+    limits = text(client.get(url + "?tab=limits"))
+    assert "tests.apps.basic.registered" in limits
+    tasks = text(client.get(url + "?tab=tasks"))
+    assert "Processed by task name" in tasks and "Revoked" in tasks
+    assert "broker_url" in text(client.get(url + "?tab=config"))
+    assert "Resource usage" in text(client.get(url + "?tab=system"))
+    assert "Concurrency" not in text(client.get(url + "?tab=broker"))
+
+
+def test_worker_page_answers_404_for_an_unknown_worker_and_400_for_a_bad_tab(monitored):
+    client = monitored.client()
+    resp = client.get("/monitor/worker/nobody@nowhere")
+    assert resp.status_code == 404
+    assert "No worker named 'nobody@nowhere' is known." in text(resp)
+    resp = client.get(f"/monitor/worker/{monitored.worker_name}?tab=secrets")
+    assert resp.status_code == 400
+    assert "tab must be one of pool, broker, queues, tasks, limits, config, system" in text(resp)
+
+
+# -- tasks ------------------------------------------------------------------------------------
+
+
+def test_tasks_page_lists_tasks_and_filters_by_state(monitored, done):
+    ok, bad = done
+    client = monitored.client()
+    everything = text(client.get("/monitor/tasks"))
+    assert ok["uuid"] in everything and bad["uuid"] in everything
+    failed = text(client.get("/monitor/tasks?state=FAILURE"))
+    assert bad["uuid"] in failed and ok["uuid"] not in failed
+    assert 'class="chip on" href="/monitor/tasks?state=FAILURE"' in failed
+
+
+def test_tasks_page_searches_sorts_and_chooses_columns(monitored, done):
+    ok, bad = done
+    client = monitored.client()
+    found = text(client.get("/monitor/tasks?search=args:boom-for-pages"))
+    assert bad["uuid"] in found and ok["uuid"] not in found
+    cols = text(client.get("/monitor/tasks?columns=name,uuid,args,result&sort=name"))
+    assert 'data-col="args"' in cols and 'data-col="worker"' not in cols
+    assert 'aria-sort="ascending"' in cols
+    assert "boom-for-pages" in cols
+    # the column chooser's checkboxes give the same view
+    assert 'data-col="kwargs"' in text(client.get("/monitor/tasks?column=uuid&column=kwargs"))
+
+
+def test_tasks_page_pages_and_keeps_filters_in_its_links(monitored, done):
+    resp = text(monitored.client().get("/monitor/tasks?per_page=1&state=SUCCESS,FAILURE"))
+    assert re.search(r"Showing 1 to 1 of \d+ tasks", resp)
+    assert "/monitor/tasks?state=SUCCESS,FAILURE&page=2&per_page=1" in resp
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("state=DONE", "state must be one of PENDING, RECEIVED"),
+        ("sort=colour", "colour"),
+        ("page=0", "page must be an integer from 1 to 1000000, not '0'"),
+        ("per_page=x", "per_page must be an integer from 1 to 500, not 'x'"),
+        ("columns=name,secret", "columns must be a comma list of name, uuid"),
+        ("since=1y", "since must be one of 15m, 1h, 6h, 24h, 7d, not '1y'"),
+        ("from=yesterday", "from must be a UTC time like 2026-01-31 13:45, not 'yesterday'"),
+        ("search=ab", "search: "),
+    ],
+)
+def test_tasks_page_answers_400_with_the_reason_for_bad_parameters(monitored, query, message):
+    resp = monitored.client().get(f"/monitor/tasks?{query}")
+    assert resp.status_code == 400
+    assert message in text(resp)
+
+
+def test_task_filter_matches_like_the_service_query():
+    task = {
+        "uuid": "0f3a",
+        "name": "app.add",
+        "state": "SUCCESS",
+        "worker": "w1@h",
+        "args": "[1, 2]",
+        "kwargs": "{'user': 7}",
+        "result": "3",
+        "received": 100.0,
+    }
+    assert TaskFilter.from_args(MultiDict({"search": "kwargs:user=7"})).matches(task)
+    assert not TaskFilter.from_args(MultiDict({"search": "kwargs:user=8"})).matches(task)
+    assert TaskFilter.from_args(MultiDict({"state": "success", "worker": "w1@h"})).matches(task)
+    assert not TaskFilter.from_args(MultiDict({"state": "FAILURE"})).matches(task)
+    assert not TaskFilter(since="15m", now=10_000.0).matches(task)
+    with pytest.raises(BadInput, match="state must be one of"):
+        TaskFilter.from_args(MultiDict({"state": "nope"}))
+
+
+def test_task_filter_round_trips_through_its_url(monitored):
+    args = MultiDict(
+        {"state": "FAILURE", "search": 'name:add "x y"', "sort": "runtime", "page": "3"}
+    )
+    flt = TaskFilter.from_args(args)
+    with monitored.app.test_request_context("/monitor/tasks"):
+        url = flt.url()
+    from urllib.parse import parse_qs, urlsplit
+
+    again = TaskFilter.from_args(
+        MultiDict([(k, v) for k, vs in parse_qs(urlsplit(url).query).items() for v in vs])
+    )
+    assert again == flt
+
+
+def test_task_page_shows_details_traceback_and_actions(monitored, done):
+    ok, bad = done
+    client = monitored.client()
+    page = text(client.get(f"/monitor/task/{bad['uuid']}"))
+    assert "ValueError" in page and "boom-for-pages" in page
+    assert 'id="task-traceback"' in page
+    assert f"/monitor/worker/{monitored.worker_name}" in page
+    assert 'id="timeline"' in page and "FAILURE" in page and "STARTED" in page
+    assert f'action="/monitor/api/task/retry/{bad["uuid"]}"' in page
+    assert "btn-revoke" not in page
+    done_page = text(client.get(f"/monitor/task/{ok['uuid']}"))
+    assert "btn-retry" not in done_page and "btn-revoke" not in done_page
+
+
+def test_task_page_answers_404_for_an_unknown_task(monitored):
+    resp = monitored.client().get("/monitor/task/no-such-task")
+    assert resp.status_code == 404
+    assert "No task with id 'no-such-task' is known." in text(resp)
+
+
+# -- broker, charts ---------------------------------------------------------------------------
+
+
+def test_broker_page_lists_the_queues_with_lengths(monitored, done):
+    resp = monitored.client().get("/monitor/broker")
+    body = text(resp)
+    assert resp.status_code == 200
+    assert 'data-queue="celery"' in body and 'data-queue="high"' in body
+    assert "redis://" in body
+
+
+def test_charts_page_shows_counts_and_runtimes_per_task_name(monitored, done):
+    client = monitored.client()
+    body = text(client.get("/monitor/charts?window=15m"))
+    assert 'id="chart-throughput"' in body
+    assert "tests.apps.basic:add" in body
+    assert 'id="chart-runtime"' in body
+    resp = client.get("/monitor/charts?window=1y")
+    assert resp.status_code == 400
+    assert "window must be one of 15m, 1h, 6h, 24h, 7d" in text(resp)
+
+
+# -- modes and deployment ---------------------------------------------------------------------
+
+
+def test_read_only_mode_hides_every_control(monitored, done, tmp_path):
+    ok, bad = done
+    with other_app(monitored, tmp_path, CELERY_MONITOR_READ_ONLY=True) as app:
+        client = app.test_client()
+        task_page = text(client.get(f"/monitor/task/{bad['uuid']}"))
+        assert "read-only" in task_page
+        assert "js-action" not in task_page
+        pool = text(client.get(f"/monitor/worker/{monitored.worker_name}"))
+        assert "btn-grow" not in pool and "btn-shutdown" not in pool
+    full = text(monitored.client().get(f"/monitor/worker/{monitored.worker_name}"))
+    assert "btn-grow" in full and "btn-shutdown" in full
+
+
+def test_pages_link_right_under_a_prefix_behind_a_reverse_proxy(monitored, done, tmp_path):
+    with other_app(monitored, tmp_path, CELERY_MONITOR_URL_PREFIX="/ops/celery") as app:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_prefix=1, x_proto=1, x_host=1)
+        client = app.test_client()
+        service = app.extensions["celerymon"].monitor
+        monitored.wait_for(lambda: service.ensure_started().worker(monitored.worker_name))
+        headers = {"X-Forwarded-Prefix": "/edge", "X-Forwarded-Proto": "https"}
+        body = text(client.get("/ops/celery/", headers=headers))
+        assert 'href="/edge/ops/celery/static/celerymon.css"' in body
+        assert 'data-ws="/edge/ops/celery/ws"' in body
+        assert 'href="/edge/ops/celery/tasks?worker=' in body
+        assert client.get("/ops/celery/static/celerymon.js").status_code == 200
+        assert client.get("/monitor/").status_code == 404
+
+
+def test_websocket_route_refuses_plain_http(monitored):
+    assert monitored.client().get("/monitor/ws?view=workers").status_code == 400
