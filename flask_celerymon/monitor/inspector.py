@@ -64,12 +64,17 @@ class Inspector:
                 self._executor = cf.ThreadPoolExecutor(8, thread_name_prefix="celerymon-inspect")
             return self._executor
 
-    def close(self) -> None:
-        """Stop the thread pool (running calls finish in the background)."""
+    def close(self, timeout: float | None = None) -> None:
+        """Stop the thread pool: queued calls are cancelled, running ones get ``timeout``
+        seconds (default: the inspect timeout + 1 s) to finish before they are left behind."""
         with self._lock:
             ex, self._executor = self._executor, None
-        if ex is not None:
-            ex.shutdown(wait=False, cancel_futures=True)
+        if ex is None:
+            return
+        ex.shutdown(wait=False, cancel_futures=True)
+        deadline = time.monotonic() + (self.timeout + 1.0 if timeout is None else timeout)
+        for t in list(getattr(ex, "_threads", ())):
+            t.join(max(0.0, deadline - time.monotonic()))
 
     # -- reading ---------------------------------------------------------------------------
 

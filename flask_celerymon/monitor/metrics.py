@@ -47,6 +47,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from ..dispatch import DISPATCH_TASK_NAME
 from .state import TASK_EVENTS
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ MAX_PENDING = 100_000
 #: up to 1 s, and producers' clocks drift a little).
 PENDING_GRACE = 3.0
 
+_DISPATCH_REF = re.compile(r"""[\[(]\s*['"]([\w.]+:[\w.]+)['"]""")
 _EXC_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)\s*(?:\(|:|$)")
 
 
@@ -83,6 +85,18 @@ def exception_class(exception: Any) -> str:
         if m:
             return m.group(1).rsplit(".", 1)[-1]
     return "unknown"
+
+
+def task_label(task: Any) -> str:
+    """The ``task`` label of a task record: its name, or for a task sent through
+    ``submit()`` whose sent event names the dispatch task, the function reference in its
+    arguments (what the worker's events call it, thanks to ``shadow``)."""
+    name = task.name or ""
+    if name == DISPATCH_TASK_NAME:
+        m = _DISPATCH_REF.match(task.args)
+        if m:
+            return m.group(1)
+    return name
 
 
 def _eta_timestamp(eta: Any) -> float | None:
@@ -250,7 +264,7 @@ class MonitorMetrics:
         worker = event.get("hostname")
         worker = worker if isinstance(worker, str) else ""
         with self._lock:
-            name = self._name(task.name or "")
+            name = self._name(task_label(task))
             key = (worker, name)
             ek = (worker, etype, name)
             self._events[ek] = self._events.get(ek, 0) + 1

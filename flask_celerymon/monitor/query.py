@@ -26,7 +26,7 @@ in-memory tasks or an SQL condition over the history store.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -218,12 +218,16 @@ def kwarg_pattern(key: str, value: str) -> re.Pattern[str]:
     return re.compile(rf"""['"]{k}['"]: (?:'{v}'|"{v}"|{v})(?=,|\}}|$)""")
 
 
-def compile_python(node: Node | None) -> Callable[[Sequence[Any]], list[Any]]:
-    """A function filtering a sequence of task records by the tree ``node``.
+def compile_python(
+    node: Node | None, values: Callable[[str], Iterable[str]] | None = None
+) -> Callable[[Iterable[Any]], list[Any]]:
+    """A function filtering task records by the tree ``node``.
 
-    Records need the attributes ``uuid name state worker args kwargs result`` as strings
-    (``""`` for unknown). The filter is generated code, a single list comprehension with the
-    search terms bound as constants, so a scan of 100k tasks stays in the low milliseconds.
+    Records need ``uuid name state worker`` strings, ``text`` (args, kwargs and result joined
+    by NUL) and ``args``/``kwargs``/``result`` (``""`` when unknown). The filter is generated
+    code, one list comprehension with the search terms bound as constants. ``values(field)``
+    lists the distinct names/workers/states so a bare term tests them once per query instead
+    of once per task; checks that cannot match are left out of the generated code.
     """
     if node is None:
         return list
@@ -239,21 +243,61 @@ def compile_python(node: Node | None) -> Callable[[Sequence[Any]], list[Any]]:
             return "(" + " and ".join(gen(i) for i in n.items) + ")"
         if isinstance(n, Or):
             return "(" + " or ".join(gen(i) for i in n.items) + ")"
-        c = const(n.value)
+        v = n.value.replace("\x00", "")
+        c = const(v)
         if n.field == "any":
-            return (
-                f"({c} in t.args or {c} in t.kwargs or {c} in t.result or {c} in t.name"
-                f" or {c} in t.worker or {c} in t.state or t.uuid.startswith({c}))"
-            )
+            checks = [f"{c} in t.text"]
+            for attr in ("name", "worker", "state"):
+                if values is None:
+                    checks.append(f"{c} in t.{attr}")
+                else:
+                    hits = frozenset(x for x in values(attr) if v in x)
+                    if hits:
+                        checks.append(f"t.{attr} in {const(hits)}")
+            if _HEX.fullmatch(v):
+                checks.append(f"t.uuid.startswith({c})")
+            return "(" + " or ".join(checks) + ")"
         if n.field == "state":
             return f"t.state == {c}"
+        if n.field in ("name", "worker") and values is not None:
+            return f"t.{n.field} in {const(frozenset(x for x in values(n.field) if v in x))}"
         if n.field == "kwarg":
             r = const(kwarg_pattern(n.key or "", n.value).search)
-            return f"{r}(t.kwargs) is not None"
+            lits = [f": {n.value}", f": '{n.value}'", f': "{n.value}"']
+            pre = " or ".join(f"{const(x)} in t.text" for x in lits)
+            return f"(({pre}) and {r}(t.kwargs) is not None)"
+        # the NUL-separated parts of t.text: args | kwargs | result
+        if n.field == "args":
+            return f"({c} in t.text and t.text.find({c}, 0, t.text.index(_S)) != -1)"
+        if n.field == "kwargs":
+            return (
+                f"({c} in t.text and t.text.find({c}, t.text.index(_S), t.text.rindex(_S)) != -1)"
+            )
+        if n.field == "result":
+            return f"({c} in t.text and t.text.find({c}, t.text.rindex(_S)) != -1)"
         return f"{c} in t.{n.field}"
+
+    def cost(n: Node) -> int:
+        """Cheap checks first so AND short-circuits early."""
+        if isinstance(n, Term):
+            return {"state": 0, "name": 1, "worker": 1}.get(n.field, 5)
+        return 9
+
+    def order(n: Node) -> Node:
+        if isinstance(n, And):
+            return And(tuple(sorted((order(i) for i in n.items), key=cost)))
+        if isinstance(n, Or):
+            return Or(tuple(order(i) for i in n.items))
+        return n
+
+    node = order(node)
+    consts["_S"] = "\x00"
 
     src = f"lambda seq: [t for t in seq if {gen(node)}]"
     return eval(compile(src, "<search>", "eval"), consts)  # noqa: S307 - constants only
+
+
+_HEX = re.compile(r"[0-9a-fA-F-]+")
 
 
 # -- SQL ------------------------------------------------------------------------------------
@@ -263,57 +307,96 @@ def _fts_phrase(value: str) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-def compile_sql(node: Node | None, *, fts: bool = True) -> tuple[str, list[Any]]:
-    """An SQL condition over the ``tasks`` table (and ``tasks_fts`` when ``fts``) and its params.
+def kwarg_literals(key: str, value: str) -> list[str]:
+    """The exact texts ``kwargs:key=value`` can appear as in a kwargs repr (for the index)."""
+    out = []
+    for q in ("'", '"'):
+        k = f"{q}{key}{q}: "
+        out += [f"{k}{value},", f"{k}{value}}}", f"{k}'{value}'", f'{k}"{value}"']
+    return out
 
-    Substring terms use the FTS5 trigram index (``rowid IN (SELECT rowid FROM tasks_fts ...)``);
-    a case-sensitive trigram phrase matches exactly the substrings :func:`compile_python` does.
-    ``kwargs:k=v`` uses the SQL function ``kwarg_match(kwargs, key, value)`` that the store
-    registers on its connections.
+
+#: text_match(columns, phrases, params) -> SQL condition true when a column contains a phrase.
+TextMatch = Callable[[tuple[str, ...], list[str], list[Any]], str]
+
+
+def fts_match_expr(columns: tuple[str, ...], phrases: list[str]) -> str:
+    """The FTS5 MATCH expression finding any of ``phrases`` in ``columns``."""
+    return f"{{{' '.join(columns)}}} : ({' OR '.join(_fts_phrase(p) for p in phrases)})"
+
+
+def instr_sql(columns: tuple[str, ...], phrases: list[str], params: list[Any]) -> str:
+    """A scan condition: one of ``columns`` contains one of ``phrases`` (case-sensitive)."""
+    params.extend(p for _ in columns for p in phrases)
+    return "(" + " OR ".join(f"instr({c}, ?) > 0" for c in columns for _ in phrases) + ")"
+
+
+def compile_sql(node: Node | None, text_match: TextMatch | None = None) -> tuple[str, list[Any]]:
+    """An SQL condition over the store's ``tasks`` table and its parameters.
+
+    Substring terms over args/kwargs/result use the FTS5 trigram index ``tasks_fts`` for
+    rows up to ``fts_state.upto`` (the store indexes in the background) and ``instr`` for
+    newer rows; a case-sensitive trigram phrase matches exactly what :func:`compile_python`
+    matches. Names, workers and states are matched against the small ``task_names`` /
+    ``task_workers`` tables and then looked up through their indexes. ``kwargs:k=v`` finds
+    candidates through the index and confirms with ``kwarg_match(kwargs, key, value)``, an SQL
+    function the store registers. ``text_match`` replaces how substring conditions are
+    written (the store uses it to pick the index or a scan per term).
     """
     if node is None:
         return "1", []
     params: list[Any] = []
 
-    def fts_in(columns: str, value: str) -> str:
-        params.append(f"{{{columns}}} : {_fts_phrase(value)}")
-        return "rowid IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?)"
+    def default_text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
+        ps.append(fts_match_expr(columns, phrases))
+        tail = instr_sql(columns, phrases, ps)
+        return (
+            "(id IN (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?) "
+            f"OR (id > (SELECT upto FROM fts_state) AND {tail}))"
+        )
+
+    matcher = text_match or default_text_match
+
+    def text_match_(columns: tuple[str, ...], phrases: list[str]) -> str:
+        return matcher(columns, phrases, params)
+
+    def distinct_match(field: str, v: str) -> str:
+        params.append(v)
+        if field == "name":
+            return "name IN (SELECT name FROM task_names WHERE instr(name, ?) > 0)"
+        return "worker IN (SELECT worker FROM task_workers WHERE instr(worker, ?) > 0)"
 
     def gen(n: Node) -> str:
         if isinstance(n, And):
             return "(" + " AND ".join(gen(i) for i in n.items) + ")"
         if isinstance(n, Or):
             return "(" + " OR ".join(gen(i) for i in n.items) + ")"
-        v = n.value
+        v = n.value.replace("\x00", "")
         if n.field == "state":
             params.append(v)
             return "state = ?"
         if n.field in ("name", "worker"):
-            params.append(v)
-            return f"instr({n.field}, ?) > 0"
+            return distinct_match(n.field, v)
         if n.field == "kwarg":
             key = n.key or ""
-            parts = []
-            if fts and len(key) >= MIN_TERM:
-                parts.append(fts_in("kwargs", key))
+            cond = text_match_(("kwargs",), kwarg_literals(key, v))
             params.extend([key, v])
-            parts.append("kwarg_match(kwargs, ?, ?)")
-            return "(" + " AND ".join(parts) + ")"
+            return f"({cond} AND kwarg_match(kwargs, ?, ?))"
         if n.field == "any":
-            cols = ("args", "kwargs", "result", "name", "worker", "state")
-            if fts:
-                cond = fts_in(" ".join(cols), v)
+            conds = [
+                text_match_(("args", "kwargs", "result"), [v]),
+                distinct_match("name", v),
+                distinct_match("worker", v),
+            ]
+            states = [s for s in STATES if v in s]
+            if states:
+                conds.append(f"state IN ({', '.join('?' for _ in states)})")
+                params.extend(states)
+            if _HEX.fullmatch(v):
+                conds.append("(uuid >= ? AND uuid < ?)")
                 params.extend([v, v + "\uffff"])
-                return f"({cond} OR (uuid >= ? AND uuid < ?))"
-            exact = " OR ".join(f"instr({c}, ?) > 0" for c in cols)
-            params.extend([v] * len(cols))
-            params.extend([v, v + "\uffff"])
-            return f"(({exact}) OR (uuid >= ? AND uuid < ?))"
-        # args / kwargs / result substring
-        if fts:
-            return fts_in(n.field, v)
-        params.append(v)
-        return f"instr({n.field}, ?) > 0"
+            return "(" + " OR ".join(conds) + ")"
+        return text_match_((n.field,), [v])
 
     return gen(node), params
 

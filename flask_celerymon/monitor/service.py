@@ -20,9 +20,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from celery import Celery
 
@@ -45,13 +45,36 @@ EventListener = Callable[[dict, Any], None]
 
 PRUNE_INTERVAL = 60.0
 PURGE_CHECK_INTERVAL = 1.0
+#: Rows the store may index for search per housekeeping tick, while ingest is busy / idle.
+INDEX_BUSY = 1_000
+INDEX_IDLE = 20_000
 
 
-class TaskPage(NamedTuple):
-    """A page of tasks and the number of tasks matching the query."""
+class TaskPage:
+    """A page of tasks and the number of tasks matching the query.
 
-    total: int
-    tasks: list[dict[str, Any]]
+    Unpacks as ``total, tasks = page``. ``exact`` is False only when a history-store search
+    on a very common term stopped counting at :data:`~.sqlite_store.COUNT_CAP` (then
+    ``total`` is a lower bound: show it as "10000+").
+    """
+
+    __slots__ = ("total", "tasks", "exact")
+
+    def __init__(self, total: int, tasks: list[dict[str, Any]], exact: bool = True) -> None:
+        self.total = total
+        self.tasks = tasks
+        self.exact = exact
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.total, self.tasks))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TaskPage):
+            return (self.total, self.tasks, self.exact) == (other.total, other.tasks, other.exact)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"TaskPage(total={self.total}, tasks=[{len(self.tasks)} tasks], exact={self.exact})"
 
 
 class Subscription:
@@ -201,6 +224,8 @@ class MonitorService:
         self._queues_cache: tuple[float, list[dict] | None] | None = None
         self._flushes = 0
         self._flush_seconds = 0.0
+        self._indexed = 0
+        self._index_seconds = 0.0
         self.inspector = Inspector(
             celery_app, self.settings.inspect_timeout, expected_workers=self._online_hostnames
         )
@@ -380,13 +405,15 @@ class MonitorService:
         tick = min(s.flush_interval, PURGE_CHECK_INTERVAL)
         while not self._stop_event.wait(tick):
             now = time.monotonic()
-            for what, fn in (("flush", self.flush), ("purge", self._purge_offline)):
-                if what == "purge" and now < next_purge:
-                    continue
+            try:
+                self._index(self.flush())
+            except Exception:  # noqa: BLE001 - keep housekeeping alive
+                log.exception("celerymon: writing to the history store failed")
+            if now >= next_purge:
                 try:
-                    fn()
-                except Exception:  # noqa: BLE001 - keep housekeeping alive
-                    log.exception("celerymon: %s failed", what)
+                    self._purge_offline()
+                except Exception:  # noqa: BLE001
+                    log.exception("celerymon: purging offline workers failed")
             if now >= next_purge:
                 next_purge = now + PURGE_CHECK_INTERVAL
             if s.enable_events and now >= next_enable:
@@ -423,6 +450,14 @@ class MonitorService:
         self._flushes += 1
         self._flush_seconds += time.perf_counter() - t0
         return len(rows)
+
+    def _index(self, written: int) -> None:
+        """Let the store index for search: a little while busy, more when idle."""
+        store = self._store
+        if store is not None:
+            t0 = time.perf_counter()
+            self._indexed += store.index_pending(INDEX_IDLE if written < 100 else INDEX_BUSY)
+            self._index_seconds += time.perf_counter() - t0
 
     def prune(self) -> int:
         """Apply the retention settings to the store now; returns the tasks deleted."""
@@ -631,6 +666,7 @@ class MonitorService:
         sort_by: str | None = None,
         offset: int = 0,
         limit: int | None = 100,
+        source: str = "auto",
     ) -> TaskPage:
         """Filter, search, sort and page tasks over the window and the history store.
 
@@ -639,6 +675,10 @@ class MonitorService:
         :mod:`.query`). ``sort_by`` is ``name``, ``state``, ``received``, ``started``,
         ``runtime``, ``timestamp`` (prefix ``-`` for descending; default ``-received``);
         tasks without the sort value come last when descending, first when ascending.
+
+        ``source``: ``"auto"`` answers from the window while it holds every task the service
+        knows and from the history store otherwise (with the window's fresher copy of each
+        task on the page); ``"window"`` or ``"store"`` force one side.
 
         Raises :class:`~.query.SearchError` (a ``ValueError``) for an invalid search, sort
         key, time or page; the message is fit for the user.
@@ -663,19 +703,26 @@ class MonitorService:
             offset=offset,
             limit=limit,
         )
+        if source not in ("auto", "window", "store"):
+            raise SearchError(f"source must be 'auto', 'window' or 'store', not {source!r}")
         st = self._state
         store = self._store
-        if store is None or (st.complete and self._store_empty_at_start):
+        if source == "store" and store is None:
+            raise SearchError("source='store' needs a history store (CELERY_MONITOR_DB)")
+        if source == "window" or (
+            source == "auto" and (store is None or (st.complete and self._store_empty_at_start))
+        ):
             with st.lock:
                 total, recs = st.query(q)
                 return TaskPage(total, [r.as_dict() for r in recs])
         total, rows = store.query(q)
+        exact = getattr(store, "last_count_exact", True)
         out = []
         with st.lock:
             for row in rows:
                 t = st.tasks.get(row["uuid"])
                 out.append(t.as_dict() if t is not None else _task_dict(row, []))
-        return TaskPage(total, out)
+        return TaskPage(total, out, exact)
 
     def task_types(self) -> list[str]:
         """Every task name seen (window and history), sorted (``/api/task/types``)."""
@@ -762,7 +809,8 @@ class MonitorService:
         ``events_maybe_lost`` is True once that happened), ``last_error``, ``lag`` and
         ``lag_max`` (seconds from an event's timestamp to its application), ``backlog_bytes``
         (read but not decoded), ``tasks``/``workers`` in the window, ``evicted``,
-        ``store_pending``, ``flushes``, ``flush_seconds``, ``subscribers``,
+        ``store_pending``, ``flushes``, ``flush_seconds``, ``indexed`` and ``index_seconds`` (search
+        indexing in the store), ``subscribers``,
         ``subscribers_dropped``, ``listener_errors``, ``connected``, ``running``.
         """
         d = self._figures.as_dict()
@@ -779,6 +827,8 @@ class MonitorService:
             events_maybe_lost=d["disconnects"] > 0,
             flushes=self._flushes,
             flush_seconds=round(self._flush_seconds, 6),
+            indexed=self._indexed,
+            index_seconds=round(self._index_seconds, 6),
             subscribers=len(self._subs),
             subscribers_dropped=self._subs_dropped,
             listener_errors=self._listener_errors,

@@ -2,9 +2,14 @@
 
 Layout: ``tasks`` (one row per task, the columns of
 :data:`~flask_celerymon.monitor.store.TASK_COLUMNS`, with an index per filter and sort key),
-``tasks_fts`` (an FTS5 trigram index over name, worker, state, args, kwargs and result, kept in
-step by triggers; it answers substring search without a scan), ``task_names``, ``workers``
-(JSON snapshots) and ``meta``. One connection writes (the service's flusher thread); every
+``tasks_fts`` (an FTS5 trigram index over args, kwargs and result; it answers substring search
+without a scan), ``task_names`` and ``task_workers`` (distinct values, for search),
+``workers`` (JSON snapshots) and ``meta``.
+
+Trigram indexing costs about four times the plain insert, so it is kept off the write path:
+:meth:`SQLiteStore.index_pending` indexes rows in the background up to a watermark
+(``fts_state.upto``); searches use the index below it and scan the few newer rows. Triggers
+keep indexed rows right when they are updated or deleted. One connection writes (the service's flusher thread); every
 reading thread gets its own connection, so readers never wait for a batch being written.
 """
 
@@ -18,7 +23,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .query import compile_sql, kwarg_pattern
+from .query import compile_sql, fts_match_expr, instr_sql, kwarg_pattern
 from .store import TASK_COLUMNS, HistoryStore, TaskQuery
 
 log = logging.getLogger(__name__)
@@ -50,24 +55,27 @@ CREATE INDEX IF NOT EXISTS tasks_name ON tasks(name, received);
 CREATE INDEX IF NOT EXISTS tasks_worker ON tasks(worker, received);
 CREATE INDEX IF NOT EXISTS tasks_parent ON tasks(parent_id) WHERE parent_id IS NOT NULL;
 CREATE VIRTUAL TABLE IF NOT EXISTS tasks_fts USING fts5(
-    name, worker, state, args, kwargs, result,
-    content='tasks', content_rowid='id', tokenize='trigram case_sensitive 1'
+    args, kwargs, result, content='tasks', content_rowid='id',
+    tokenize='trigram case_sensitive 1'
 );
-CREATE TRIGGER IF NOT EXISTS tasks_ai AFTER INSERT ON tasks BEGIN
-    INSERT INTO tasks_fts(rowid, name, worker, state, args, kwargs, result)
-    VALUES (new.id, new.name, new.worker, new.state, new.args, new.kwargs, new.result);
+CREATE TABLE IF NOT EXISTS fts_state (upto INTEGER NOT NULL);
+INSERT INTO fts_state (upto) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM fts_state);
+CREATE TRIGGER IF NOT EXISTS tasks_ad AFTER DELETE ON tasks
+WHEN old.id <= (SELECT upto FROM fts_state) BEGIN
+    INSERT INTO tasks_fts(tasks_fts, rowid, args, kwargs, result)
+    VALUES ('delete', old.id, old.args, old.kwargs, old.result);
 END;
-CREATE TRIGGER IF NOT EXISTS tasks_ad AFTER DELETE ON tasks BEGIN
-    INSERT INTO tasks_fts(tasks_fts, rowid, name, worker, state, args, kwargs, result)
-    VALUES ('delete', old.id, old.name, old.worker, old.state, old.args, old.kwargs, old.result);
-END;
-CREATE TRIGGER IF NOT EXISTS tasks_au AFTER UPDATE ON tasks BEGIN
-    INSERT INTO tasks_fts(tasks_fts, rowid, name, worker, state, args, kwargs, result)
-    VALUES ('delete', old.id, old.name, old.worker, old.state, old.args, old.kwargs, old.result);
-    INSERT INTO tasks_fts(rowid, name, worker, state, args, kwargs, result)
-    VALUES (new.id, new.name, new.worker, new.state, new.args, new.kwargs, new.result);
+CREATE TRIGGER IF NOT EXISTS tasks_au AFTER UPDATE OF args, kwargs, result ON tasks
+WHEN old.id <= (SELECT upto FROM fts_state)
+    AND (old.args IS NOT new.args OR old.kwargs IS NOT new.kwargs
+         OR old.result IS NOT new.result) BEGIN
+    INSERT INTO tasks_fts(tasks_fts, rowid, args, kwargs, result)
+    VALUES ('delete', old.id, old.args, old.kwargs, old.result);
+    INSERT INTO tasks_fts(rowid, args, kwargs, result)
+    VALUES (new.id, new.args, new.kwargs, new.result);
 END;
 CREATE TABLE IF NOT EXISTS task_names (name TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS task_workers (worker TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS workers (hostname TEXT PRIMARY KEY, data TEXT NOT NULL);
 """
 
@@ -92,6 +100,14 @@ _SORT_COLUMNS = {
 }
 
 _pattern_cache: dict[tuple[str, str], Any] = {}
+
+#: A search term with fewer index hits than this is answered from the index; a more common one
+#: by scanning in sort order, which finds a page quickly exactly because the term is common.
+INDEX_HITS_MAX = 20_000
+#: With at most this many matches a page is sorted from the matches, not read off an index.
+SORT_MATCHES_MAX = 5_000
+#: Counting stops here for searches on common terms (the total is then "at least").
+COUNT_CAP = 10_000
 
 
 def _kwarg_match(kwargs: str | None, key: str, value: str) -> int:
@@ -151,19 +167,60 @@ class SQLiteStore(HistoryStore):
             return
         prepared = []
         names = set()
+        workers = set()
         for r in rows:
             r = list(r)
             hist = r[_HISTORY]
             r[_HISTORY] = json.dumps(list(hist)) if hist else None
             prepared.append(r)
-            if r[1]:
-                names.add(r[1])
+            names.add(r[1])
+            workers.add(r[3])
+        names.discard("")
+        names.discard(None)
+        workers.discard("")
+        workers.discard(None)
         self._tx(
             [
                 (_UPSERT, prepared),
                 ("INSERT OR IGNORE INTO task_names (name) VALUES (?)", [(n,) for n in names]),
+                (
+                    "INSERT OR IGNORE INTO task_workers (worker) VALUES (?)",
+                    [(w,) for w in workers],
+                ),
             ]
         )
+
+    def index_pending(self, max_rows: int) -> int:
+        """Add up to ``max_rows`` rows past the watermark to the search index; returns how many."""
+        with self._write_lock:
+            c = self._writer
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                upto = c.execute("SELECT upto FROM fts_state").fetchone()[0]
+                last = c.execute(
+                    "SELECT max(id) FROM (SELECT id FROM tasks WHERE id > ? ORDER BY id LIMIT ?)",
+                    (upto, max_rows),
+                ).fetchone()[0]
+                if last is None:
+                    c.execute("COMMIT")
+                    return 0
+                n = c.execute(
+                    "INSERT INTO tasks_fts (rowid, args, kwargs, result) "
+                    "SELECT id, args, kwargs, result FROM tasks WHERE id > ? AND id <= ?",
+                    (upto, last),
+                ).rowcount
+                c.execute("UPDATE fts_state SET upto = ?", (last,))
+                c.execute("COMMIT")
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+        return n
+
+    def unindexed(self) -> int:
+        """Rows not yet in the search index."""
+        return self._reader.execute(
+            "SELECT count(*) FROM tasks WHERE id > (SELECT upto FROM fts_state)"
+        ).fetchone()[0]
 
     def _tx(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
         """Run ``(sql, rows)`` executemany statements in one write transaction."""
@@ -201,6 +258,7 @@ class SQLiteStore(HistoryStore):
                     "(SELECT id FROM tasks ORDER BY timestamp LIMIT ?)",
                     (n - max_tasks,),
                 ).rowcount
+            c.execute("PRAGMA optimize")
             return deleted
 
     # -- reading ---------------------------------------------------------------------------
@@ -234,7 +292,8 @@ class SQLiteStore(HistoryStore):
     def is_empty(self) -> bool:
         return self._reader.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
 
-    def _where(self, q: TaskQuery) -> tuple[str, list[Any]]:
+    def _where(self, q: TaskQuery, c: sqlite3.Connection) -> tuple[str, list[Any], bool]:
+        """(condition, params, exact) for ``q``; ``exact`` False when counts must be capped."""
         conds: list[str] = []
         params: list[Any] = []
         for col, values in (("state", q.state), ("worker", q.worker), ("name", q.name)):
@@ -251,24 +310,71 @@ class SQLiteStore(HistoryStore):
             if hi is not None:
                 conds.append(f"{col} <= ?")
                 params.append(hi)
+        exact = True
         if q.search is not None:
-            cond, p = compile_sql(q.search)
+            n_hits = 0
+
+            def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
+                nonlocal n_hits, exact
+                ids = c.execute(
+                    "SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ? LIMIT ?",
+                    (fts_match_expr(columns, phrases), INDEX_HITS_MAX),
+                ).fetchall()
+                if len(ids) >= INDEX_HITS_MAX:
+                    exact = False
+                    return instr_sql(columns, phrases, ps)
+                table = f"temp.hits{n_hits}"
+                n_hits += 1
+                c.execute(f"CREATE TEMP TABLE IF NOT EXISTS hits{n_hits - 1} "
+                          "(id INTEGER PRIMARY KEY)")  # fmt: skip
+                c.execute(f"DELETE FROM {table}")
+                c.executemany(f"INSERT INTO {table} (id) VALUES (?)", ids)
+                tail = instr_sql(columns, phrases, ps)
+                return (
+                    f"(id IN (SELECT id FROM {table}) "
+                    f"OR (id > (SELECT upto FROM fts_state) AND {tail}))"
+                )
+
+            cond, p = compile_sql(q.search, text_match)
             conds.append(cond)
             params.extend(p)
-        return (" AND ".join(conds) or "1"), params
+        return (" AND ".join(conds) or "1"), params, exact
 
     def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:
-        where, params = self._where(q)
+        """See :meth:`HistoryStore.query`. A search on a very common term counts at most
+        :data:`COUNT_CAP` matches (check :attr:`last_count_exact`)."""
         c = self._reader
-        total = c.execute(f"SELECT count(*) FROM tasks WHERE {where}", params).fetchone()[0]
-        col = _SORT_COLUMNS[q.sort_key]
-        order = f"{col} {'DESC' if q.descending else 'ASC'}"
-        limit = -1 if q.limit is None else q.limit
-        rows = c.execute(
-            f"SELECT {_COLS} FROM tasks WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
-            [*params, limit, q.offset],
-        ).fetchall()
+        c.execute("BEGIN")  # one snapshot for the count and the page
+        try:
+            where, params, exact = self._where(q, c)
+            if exact:
+                total = c.execute(f"SELECT count(*) FROM tasks WHERE {where}", params).fetchone()[0]
+            else:
+                total = c.execute(
+                    f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {where} LIMIT ?)",
+                    [*params, COUNT_CAP],
+                ).fetchone()[0]
+                exact = total < COUNT_CAP
+            col = _SORT_COLUMNS[q.sort_key]
+            if exact and total <= SORT_MATCHES_MAX:
+                # Few matches: sorting them beats walking the sort column's index (the
+                # unary + keeps SQLite from choosing that index).
+                col = "+" + col
+            order = f"{col} {'DESC' if q.descending else 'ASC'}"
+            limit = -1 if q.limit is None else q.limit
+            rows = c.execute(
+                f"SELECT {_COLS} FROM tasks WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+                [*params, limit, q.offset],
+            ).fetchall()
+        finally:
+            c.execute("COMMIT")
+        self._local.exact = exact
         return total, [self._row(r) for r in rows]
+
+    @property
+    def last_count_exact(self) -> bool:
+        """Whether the last :meth:`query` in this thread counted every match."""
+        return getattr(self._local, "exact", True)
 
     def task_stats(
         self, since: float, until: float, bucket: float, name: str | None = None

@@ -14,12 +14,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, ge, is_not, le, not_
 from typing import Any
 
 from celery.states import PRECEDENCE_LOOKUP, READY_STATES, RETRY
 
-from .query import compile_python
+from .query import STATES, compile_python
 from .store import TASK_COLUMNS, TaskQuery
 
 _NONE_PRECEDENCE = PRECEDENCE_LOOKUP[None]
@@ -52,37 +53,85 @@ WORKER_FIELDS = ("pid", "freq", "clock", "active", "processed", "loadavg", "sw_i
                  "sw_sys")  # fmt: skip
 
 
+_TIME_STATES = (
+    ("sent", "PENDING"),
+    ("received", "RECEIVED"),
+    ("started", "STARTED"),
+    ("retried", "RETRY"),
+    ("succeeded", "SUCCESS"),
+    ("failed", "FAILURE"),
+    ("revoked", "REVOKED"),
+    ("rejected", "REJECTED"),
+)
+_SEP = "\x00"
+_TEXT_INDEX = {"args": 0, "kwargs": 1, "result": 2}
+
+
 class TaskRecord:
-    """One task in the window. Strings unknown so far are ``""``; times are Unix seconds."""
+    """One task in the window. Strings unknown so far are ``""``; times are Unix seconds.
+
+    ``args``, ``kwargs`` and ``result`` live in one string, ``text`` (joined by NUL), which
+    saves two string objects per task and lets a bare search term test one string.
+    ``history`` stays None while it can be derived from the time fields (one event per
+    state); it is materialised only when a state repeats (retries) or a custom event arrives.
+    """
 
     __slots__ = (
         "uuid", "name", "state", "worker", "sent", "received", "started", "succeeded",
-        "failed", "retried", "revoked", "rejected", "timestamp", "runtime", "args", "kwargs",
-        "result", "exception", "traceback", "eta", "expires", "retries", "exchange",
+        "failed", "retried", "revoked", "rejected", "timestamp", "runtime", "text",
+        "exception", "traceback", "eta", "expires", "retries", "exchange",
         "routing_key", "clock", "client", "root_id", "parent_id", "children", "history",
         "finished",
     )  # fmt: skip
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
-        self.name = self.state = self.worker = self.args = self.kwargs = self.result = ""
+        self.name = self.state = self.worker = ""
+        self.text = _SEP + _SEP
         self.sent = self.received = self.started = self.succeeded = self.failed = None
         self.retried = self.revoked = self.rejected = self.timestamp = self.runtime = None
         self.exception = self.traceback = self.eta = self.expires = self.retries = None
         self.exchange = self.routing_key = self.clock = self.client = None
         self.root_id = self.parent_id = self.children = None
-        self.history: tuple[Any, ...] = ()
+        self.history: tuple[Any, ...] | None = None
         self.finished = False
+
+    @property
+    def args(self) -> str:
+        return self.text.split(_SEP, 2)[0]
+
+    @property
+    def kwargs(self) -> str:
+        return self.text.split(_SEP, 2)[1]
+
+    @property
+    def result(self) -> str:
+        return self.text.split(_SEP, 2)[2]
+
+    def set_text(self, field: str, value: str) -> None:
+        parts = self.text.split(_SEP, 2)
+        parts[_TEXT_INDEX[field]] = value.replace(_SEP, "\\x00")
+        self.text = _SEP.join(parts)
+
+    def full_history(self) -> tuple[Any, ...]:
+        """``(state, time, state, time, ...)`` oldest first."""
+        if self.history is not None:
+            return self.history
+        pairs = sorted(
+            (ts, st) for attr, st in _TIME_STATES if (ts := getattr(self, attr)) is not None
+        )
+        return tuple(x for ts, st in pairs for x in (st, ts))
 
     def row(self) -> tuple[Any, ...]:
         """The record in :data:`~flask_celerymon.monitor.store.TASK_COLUMNS` order."""
+        args, kwargs, result = self.text.split(_SEP, 2)
         return (
             self.uuid, self.name, self.state, self.worker, self.sent, self.received,
             self.started, self.succeeded, self.failed, self.retried, self.revoked,
-            self.rejected, self.timestamp, self.runtime, self.args, self.kwargs, self.result,
+            self.rejected, self.timestamp, self.runtime, args, kwargs, result,
             self.exception, self.traceback, self.eta, self.expires, self.retries,
             self.exchange, self.routing_key, self.clock, self.client, self.root_id,
-            self.parent_id, self.history,
+            self.parent_id, self.full_history(),
         )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
@@ -231,6 +280,8 @@ class State:
         self._strings: dict[str, str] = {}
         #: task name -> {event type: count}, since start.
         self.task_counters: dict[str, dict[str, int]] = {}
+        #: hostnames that ran a task in the window (kept when a worker is purged)
+        self.task_workers: set[str] = set()
         self.evicted = 0
         #: True while every task ever seen is still in the window.
         self.complete = True
@@ -328,11 +379,12 @@ class State:
         if known is None:
             # A custom task event: record the time, leave the state alone.
             t.timestamp = max(t.timestamp or 0.0, ts)
-            t.history = (*t.history, etype, ts)
+            t.history = (*t.full_history(), etype, ts)
         else:
             state, attr = known
+            if t.history is not None or getattr(t, attr) is not None:
+                t.history = (*t.full_history(), state, ts)
             setattr(t, attr, ts)
-            t.history = (*t.history, state, ts)
             cur = t.state
             early = (
                 cur
@@ -349,8 +401,9 @@ class State:
             if not early:
                 t.state = state
                 t.timestamp = ts
-            if worker is not None and etype != "task-sent":
+            if worker is not None and etype != "task-sent" and t.worker is not worker.hostname:
                 t.worker = worker.hostname
+                self.task_workers.add(worker.hostname)
             was = t.finished
             t.finished = t.state in READY_STATES
             if t.finished and not was:
@@ -366,7 +419,7 @@ class State:
 
     def _set(self, t: TaskRecord, k: str, v: Any) -> None:
         if k in _STR_FIELDS:
-            t.__setattr__(k, v if isinstance(v, str) else repr(v))
+            t.set_text(k, v if isinstance(v, str) else repr(v))
         elif k == "name" or k in _OPT_FIELDS:
             t.__setattr__(k, self._intern(v) if k in _INTERNED else v)
         elif k == "root_id":
@@ -423,6 +476,13 @@ class State:
 
     # -- reading (hold the lock) -----------------------------------------------------------
 
+    def _distinct(self, field: str) -> Iterable[str]:
+        if field == "name":
+            return self.task_counters.keys()
+        if field == "worker":
+            return self.task_workers
+        return STATES
+
     def query(self, q: TaskQuery) -> tuple[int, list[TaskRecord]]:
         """(total matching, page) over the window."""
         seq: Iterable[TaskRecord] = self.tasks.values()
@@ -444,7 +504,7 @@ class State:
                 hi_ = float("inf") if hi is None else hi
                 seq = [t for t in seq if (v := getattr(t, attr)) is not None and lo_ <= v <= hi_]
         if q.search is not None:
-            seq = compile_python(q.search)(seq)
+            seq = compile_python(q.search, self._distinct)(seq)
         if not isinstance(seq, list):
             seq = list(seq)
         total = len(seq)
@@ -452,36 +512,55 @@ class State:
         return total, _page(seq, q.sort_key, q.descending, q.offset, end)
 
 
+#: Sort keys whose values arrive roughly in window order (timsort is near-linear on them).
+_TIME_KEYS = frozenset({"received", "sent", "started", "succeeded", "timestamp"})
+
+
 def _page(
     seq: list[TaskRecord], key: str, desc: bool, offset: int, end: int | None
 ) -> list[TaskRecord]:
-    """Sort ``seq`` by ``key`` and cut a page.
+    """Sort ``seq`` by ``key`` and cut ``[offset:end]``.
 
     Tasks without a value for ``key`` sort as the smallest (as SQL NULLs do): last when
-    descending, first when ascending.
+    descending, first when ascending. The loops run in C (``map``, ``compress``, ``sorted``
+    on plain floats): for a small page of a large window only the sort keys are ordered to
+    find the page's threshold, then only the tasks past it are sorted as objects.
     """
     kf = attrgetter(key)
-    if key in ("name", "state"):
-        present, missing = seq, []
-    else:
-        present = [t for t in seq if kf(t) is not None]
-        missing = [t for t in seq if kf(t) is None] if len(present) < len(seq) else []
-    if not desc and missing:
-        # missing values come first ascending
-        if end is not None and end <= len(missing):
-            return missing[offset:end]
-        rest = _sorted_head(present, kf, desc, None if end is None else end - len(missing))
-        return (missing + rest)[offset:end]
-    ordered = _sorted_head(present, kf, desc, end)
-    if missing and (end is None or end > len(ordered)):
-        ordered = ordered + missing
+    keys = list(map(kf, seq))
+    present, missing = seq, None
+    if key not in ("name", "state") and None in keys:
+        mask = list(map(is_not, keys, repeat(None)))
+        present = list(compress(seq, mask))
+        keys = list(compress(keys, mask))
+
+        def missing_tasks() -> list[TaskRecord]:
+            return list(compress(seq, map(not_, mask)))
+
+        missing = missing_tasks
+    if not desc and missing is not None:
+        miss = missing()
+        if end is not None and end <= len(miss):
+            return miss[offset:end]
+        rest = _head(present, keys, key, desc, None if end is None else end - len(miss))
+        return (miss + rest)[offset:end]
+    ordered = _head(present, keys, key, desc, end)
+    if missing is not None and (end is None or end > len(ordered)):
+        ordered = ordered + missing()
     return ordered[offset:end]
 
 
-def _sorted_head(
-    seq: list[TaskRecord], kf: Callable[[TaskRecord], Any], desc: bool, n: int | None
+def _head(
+    seq: list[TaskRecord], keys: list[Any], key: str, desc: bool, n: int | None
 ) -> list[TaskRecord]:
-    """The first ``n`` (all for None) of ``seq`` in order; a heap when ``n`` is small."""
-    if n is not None and n < len(seq) // 8:
-        return (heapq.nlargest if desc else heapq.nsmallest)(n, seq, key=kf)
-    return sorted(seq, key=kf, reverse=desc)
+    """The first ``n`` (all for None) of ``seq`` ordered by ``key``; ``keys`` are its values."""
+    if n == 0:
+        return []
+    if n is not None and n * 8 < len(seq):
+        if key in _TIME_KEYS:
+            threshold = sorted(keys, reverse=desc)[n - 1]
+        else:
+            threshold = (heapq.nlargest if desc else heapq.nsmallest)(n, keys)[-1]
+        seq = list(compress(seq, map(ge if desc else le, keys, repeat(threshold))))
+    out = sorted(seq, key=attrgetter(key), reverse=desc)
+    return out if n is None else out[:n]

@@ -125,6 +125,13 @@ class HistoryStore(abc.ABC):
         "runtime_p50", "runtime_p95", "runtime_max"}`` with ``start`` the bucket's start time.
         """
 
+    def index_pending(self, max_rows: int) -> int:
+        """Background upkeep (search indexing) of at most ``max_rows`` rows; returns rows done.
+
+        Called by the service's housekeeping thread between batches. Default: nothing to do.
+        """
+        return 0
+
     @abc.abstractmethod
     def close(self) -> None:
         """Flush and release the store; later calls may fail."""

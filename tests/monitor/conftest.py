@@ -1,0 +1,176 @@
+"""Fixtures of the monitor tests: Celery apps on the session Redis, services, a real worker."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from flask_celerymon.monitor import MonitorService, MonitorSettings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Logical databases 200-255 are left to the module-scoped fixtures below.
+_module_dbs = itertools.count(200)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s: {predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def celery_app(redis_url: str) -> Celery:
+    app = Celery("monitor_test", broker=redis_url)
+    app.conf.broker_connection_retry_on_startup = True
+    return app
+
+
+@pytest.fixture
+def make_service(tmp_path: Any) -> Iterator[Callable[..., MonitorService]]:
+    """Build services that are stopped after the test: make_service(app, **settings)."""
+    made: list[MonitorService] = []
+
+    def make(app: Celery, db: Any = "default", **kw: Any) -> MonitorService:
+        if db == "default":
+            db = str(tmp_path / "celerymon.sqlite3")
+        kw.setdefault("enable_events_interval", 0.5)
+        kw.setdefault("flush_interval", 0.05)
+        svc = MonitorService(app, MonitorSettings(db=db, **kw))
+        made.append(svc)
+        return svc
+
+    yield make
+    for svc in made:
+        svc.stop()
+
+
+class WorkerProcess:
+    """A real ``celery worker`` (solo pool) for tests.monitor.worker_app."""
+
+    def __init__(self, broker_url: str, hostname: str, logfile: str, events: bool) -> None:
+        self.hostname = hostname
+        self.logfile = logfile
+        env = {**os.environ, "CELERYMON_MONITOR_TEST_BROKER": broker_url}
+        args = [
+            sys.executable, "-m", "celery", "-A", "tests.monitor.worker_app", "worker",
+            "-P", "solo", "-n", hostname, "--without-mingle", "--without-gossip",
+            "-l", "warning", "--heartbeat-interval", "1",
+        ]  # fmt: skip
+        if events:
+            args.append("-E")
+        self._log = open(logfile, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
+        )
+
+    def wait_ready(self, app: Celery, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log_text()[-3000:]}")
+            replies = app.control.inspect(destination=[self.hostname], timeout=0.5).ping()
+            if replies and self.hostname in replies:
+                return
+        raise RuntimeError(f"worker did not answer: {self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        with open(self.logfile, encoding="utf-8", errors="replace") as fh:
+            return fh.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="module")
+def module_broker(redis_server: Any) -> str:
+    """A Redis URL on a logical database private to the test module."""
+    if redis_server.proc is None:
+        redis_server.start()
+    return redis_server.url(next(_module_dbs))
+
+
+@pytest.fixture(scope="module")
+def worker_app(module_broker: str) -> Celery:
+    from tests.monitor.worker_app import app
+
+    app.conf.broker_url = module_broker
+    return app
+
+
+@pytest.fixture(scope="module")
+def real_worker(
+    module_broker: str, worker_app: Celery, tmp_path_factory: Any
+) -> Iterator[WorkerProcess]:
+    """A real worker started WITHOUT -E: the service has to switch its events on."""
+    logfile = str(tmp_path_factory.mktemp("worker") / "worker.log")
+    w = WorkerProcess(module_broker, "monworker@test", logfile, events=False)
+    try:
+        w.wait_ready(worker_app)
+        yield w
+    finally:
+        w.stop()
+
+
+def task_events(n: int, start: float = 1_700_000_000.0) -> list[dict[str, Any]]:
+    """Events of ``n`` tasks with varied names, args, kwargs, results and states."""
+    names = ["app.add", "app.fail_customer", "app.user_id_check"]
+    events: list[dict[str, Any]] = []
+    for i in range(n):
+        uuid = f"{i:08x}-0000-4000-8000-000000000000"
+        ts = start + i
+        host = f"w-{i % 3}@host"
+        events.append({"type": "task-received", "uuid": uuid, "hostname": host, "timestamp": ts,
+                       "name": names[i % 3], "args": f"({i}, 'customer-{i % 7}')",
+                       "kwargs": f"{{'user_id': {i % 10}, 'tag': '{'xy'[i % 2]}'}}",
+                       "root_id": uuid, "parent_id": None, "retries": 0})  # fmt: skip
+        if i % 5 == 4:
+            continue  # stays RECEIVED
+        events.append({"type": "task-started", "uuid": uuid, "hostname": host,
+                       "timestamp": ts + 0.1})  # fmt: skip
+        if i % 4 == 3:
+            events.append({"type": "task-failed", "uuid": uuid, "hostname": host,
+                           "timestamp": ts + 0.2, "exception": "ValueError('abc')",
+                           "traceback": "Traceback..."})  # fmt: skip
+        else:
+            events.append({"type": "task-succeeded", "uuid": uuid, "hostname": host,
+                           "timestamp": ts + 0.3, "result": f"{{'ok'}}: {i}",
+                           "runtime": (i * 37 % 101) / 1000})  # fmt: skip
+    return events
+
+
+@pytest.fixture(scope="module")
+def populated(tmp_path_factory: Any) -> Iterator[MonitorService]:
+    """A started service (in-memory broker) holding 120 tasks in its window and its store."""
+    app = Celery("populated", broker="memory://")
+    db = str(tmp_path_factory.mktemp("populated") / "celerymon.sqlite3")
+    svc = MonitorService(app, MonitorSettings(db=db, enable_events=False))
+    svc.start()
+    svc.apply_events(task_events(120))
+    svc.flush()
+    store = svc._store
+    assert store is not None
+    store.index_pending(60)  # half indexed for search, half scanned
+    yield svc
+    svc.stop()

@@ -1,0 +1,114 @@
+"""The event consumer on a real Redis: wire formats, malformed messages, broker outages."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from flask_celerymon.monitor.events import _parse_frame
+
+from .conftest import wait_for
+
+
+def send(app, *events):
+    with app.connection_for_write() as conn:
+        d = app.events.Dispatcher(conn, hostname="disp@h", enabled=True)
+        for type_, fields in events:
+            d.send(type_, **fields)
+
+
+def test_events_from_a_dispatcher_reach_the_service(celery_app, make_service):
+    svc = make_service(celery_app)
+    assert svc.wait_connected(5)
+    send(celery_app, ("task-received", {"uuid": "t1", "name": "app.add", "args": "(1,)"}),
+         ("task-succeeded", {"uuid": "t1", "result": "2", "runtime": 0.1}))  # fmt: skip
+    t = wait_for(lambda: (t := svc.task("t1")) and t["state"] == "SUCCESS" and t)
+    assert (t["worker"], t["result"]) == ("disp@h", "2")
+    f = svc.figures()
+    assert f["events_received"] == f["events_applied"] == 2
+    assert f["connected"] and f["lag"] < 5
+
+
+def test_grouped_task_events_are_all_applied(celery_app, make_service):
+    svc = make_service(celery_app)
+    assert svc.wait_connected(5)
+    with celery_app.connection_for_write() as conn:
+        d = celery_app.events.Dispatcher(conn, hostname="grp@h", enabled=True,
+                                         buffer_group=["task"])  # fmt: skip
+        for i in range(5):
+            d.send("task-received", uuid=f"g{i}", name="app.grouped")
+        d.flush()
+    wait_for(lambda: svc.query_tasks(name="app.grouped").total == 5)
+
+
+def test_malformed_messages_on_the_wire_are_skipped_and_counted(celery_app, make_service):
+    svc = make_service(celery_app)
+    assert svc.wait_connected(5)
+    r = redis.Redis.from_url(celery_app.conf.broker_url)
+    db = r.connection_pool.connection_kwargs["db"]
+    r.publish(f"/{db}.celeryev/task.received", b"this is not json")
+    r.publish(f"/{db}.celeryev/task.received", b'{"body": "!!!", "content-type": "application/json", '
+              b'"properties": {"body_encoding": "base64"}}')  # fmt: skip
+    send(celery_app, ("task-received", {"uuid": "after", "name": "app.ok"}))
+    wait_for(lambda: svc.task("after"))
+    f = svc.figures()
+    assert f["messages_malformed"] == 2
+    assert f["connected"] and f["connects"] == 1
+
+
+def test_service_reconnects_after_a_broker_restart_and_keeps_what_it_stored(
+    redis_server, celery_app, make_service
+):
+    svc = make_service(celery_app)
+    assert svc.wait_connected(5)
+    send(celery_app, ("task-received", {"uuid": "before", "name": "app.x"}))
+    wait_for(lambda: svc.task("before"))
+    svc.flush()
+    redis_server.stop()
+    wait_for(lambda: not svc.figures()["connected"], 10)
+    assert svc.query_tasks().total == 1  # still answering during the outage
+    redis_server.start()
+    wait_for(lambda: svc.figures()["connected"], 20)
+    send(celery_app, ("task-received", {"uuid": "after", "name": "app.x"}))
+    wait_for(lambda: svc.task("after"), 10)
+    f = svc.figures()
+    assert f["disconnects"] >= 1
+    assert f["events_maybe_lost"] is True
+    assert f["connects"] >= 2
+    svc.stop()
+    assert {t["uuid"] for t in svc.query_tasks(limit=None, source="store").tasks} >= {
+        "before",
+        "after",
+    }
+
+
+def test_resp_frames_split_anywhere_are_parsed_once_complete():
+    frame = b"*4\r\n$8\r\npmessage\r\n$3\r\np/*\r\n$5\r\np/abc\r\n$5\r\nhello\r\n"
+    for cut in range(1, len(frame)):
+        assert _parse_frame(frame[:cut], 0) is None
+    items, end = _parse_frame(frame + b"*3", 0)
+    assert items == [b"pmessage", b"p/*", b"p/abc", b"hello"]
+    assert end == len(frame)
+    push = b">3\r\n$10\r\npsubscribe\r\n$3\r\np/*\r\n:1\r\n"
+    assert _parse_frame(push, 0) == ([b"psubscribe", b"p/*", 1], len(push))
+
+
+def test_service_starts_lazily_once_and_stops_cleanly(celery_app, make_service):
+    import threading
+
+    svc = make_service(celery_app)
+    assert not svc.running
+    before = threading.active_count()
+    threads = [threading.Thread(target=svc.workers) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert svc.running
+    assert svc.wait_connected(5)
+    svc.stop()
+    svc.stop()
+    time.sleep(0.1)
+    assert threading.active_count() <= before
+    assert not svc.running

@@ -1,0 +1,129 @@
+"""The search language: parsing, errors, and the same answers from the window and the store."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flask_celerymon.monitor.query import And, Or, SearchError, Term, parse, parse_sort
+
+
+def test_bare_words_are_anded_terms():
+    assert parse("add failure") == And((Term("any", "add"), Term("any", "failure")))
+
+
+def test_qualifiers_map_to_fields_and_state_is_upper_cased():
+    assert parse("name:add state:failure worker:w1 args:123 result:ok!") == And(
+        (
+            Term("name", "add"),
+            Term("state", "FAILURE"),
+            Term("worker", "w1"),
+            Term("args", "123"),
+            Term("result", "ok!"),
+        )
+    )
+
+
+def test_kwargs_with_equals_is_an_exact_keyword_term():
+    assert parse("kwargs:user=7") == Term("kwarg", "7", "user")
+    assert parse("kwargs:user_id") == Term("kwargs", "user_id")
+
+
+def test_and_binds_tighter_than_or_and_parentheses_group():
+    assert parse("aaa OR bbb ccc") == Or(
+        (Term("any", "aaa"), And((Term("any", "bbb"), Term("any", "ccc"))))
+    )
+    assert parse("(aaa OR bbb) AND ccc") == And(
+        (Or((Term("any", "aaa"), Term("any", "bbb"))), Term("any", "ccc"))
+    )
+
+
+def test_quoted_phrases_keep_spaces_and_parentheses():
+    assert parse('"hello world"') == Term("any", "hello world")
+    assert parse('args:"(1, 2)"') == Term("args", "(1, 2)")
+    assert parse(r'"say \"hi\""') == Term("any", 'say "hi"')
+
+
+def test_unknown_qualifier_is_part_of_a_bare_term():
+    assert parse("http://example") == Term("any", "http://example")
+
+
+def test_empty_search_is_no_filter():
+    assert parse("") is None
+    assert parse("   ") is None
+    assert parse(None) is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ab", "search term 'ab' is too short: terms need at least 3 characters"),
+        ("args:12", "args:12 is too short: substring terms need at least 3 characters"),
+        ("(abc", "missing ')' in search"),
+        ("abc)", "unbalanced ')' in search"),
+        ("abc OR", "OR needs a term on both sides"),
+        ("OR abc", "OR needs a term on both sides"),
+        ("abc AND", "AND needs a term on both sides"),
+        ("abc AND OR def", "AND needs a term on both sides"),
+        ('"abc', "unterminated quote at position 1 in search '\"abc'"),
+        ("()", "empty parentheses in search"),
+        ("state:", "state: needs a value, e.g. state:something"),
+        ("kwargs:=3", "kwargs:=3 needs a keyword name before '='"),
+        ("(" * 25 + "abc" + ")" * 25, "search nests parentheses too deeply (20 levels at most)"),
+    ],
+)
+def test_invalid_searches_raise_a_clear_search_error(text, message):
+    with pytest.raises(SearchError) as info:
+        parse(text)
+    assert str(info.value) == message
+    assert isinstance(info.value, ValueError)
+
+
+def test_sort_keys_are_checked():
+    assert parse_sort("-runtime") == ("runtime", True)
+    assert parse_sort(None) == ("received", True)
+    with pytest.raises(SearchError, match="cannot sort by 'args'; use one of name, state"):
+        parse_sort("args")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_parser_never_fails_with_anything_but_search_error(text):
+    try:
+        parse(text)
+    except SearchError:
+        pass
+
+
+words = st.sampled_from(["add", "fail", "customer", "ok'}", "user_id", "w-1", "SUCC", "abc"])
+terms = st.one_of(
+    words,
+    words.map(lambda w: f"name:{w}"),
+    words.map(lambda w: f"args:{w}"),
+    words.map(lambda w: f"result:{w}"),
+    words.map(lambda w: f"kwargs:{w}"),
+    st.sampled_from(["state:success", "state:FAILURE", "kwargs:user_id=7", "kwargs:tag=x"]),
+)
+
+
+def _expr(children):
+    return st.one_of(
+        st.tuples(children, children).map(lambda p: f"{p[0]} {p[1]}"),
+        st.tuples(children, children).map(lambda p: f"({p[0]} OR {p[1]})"),
+        st.tuples(children, children).map(lambda p: f"{p[0]} AND {p[1]}"),
+    )
+
+
+searches = st.recursive(terms, _expr, max_leaves=5)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(search=searches)
+def test_window_and_store_give_the_same_answers(populated, search):
+    window = populated.query_tasks(search=search, limit=None, source="window")
+    store = populated.query_tasks(search=search, limit=None, source="store")
+    assert window.total == store.total
+    assert [t["uuid"] for t in window.tasks] == [t["uuid"] for t in store.tasks]

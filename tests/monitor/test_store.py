@@ -1,0 +1,117 @@
+"""The SQLite history: restarts, retention, search indexing."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+from celery import Celery
+
+from flask_celerymon.monitor import MonitorService, MonitorSettings
+from flask_celerymon.monitor.settings import MonitorSettings as Settings
+from flask_celerymon.monitor.sqlite_store import SQLiteStore
+
+from .conftest import task_events
+
+
+def app() -> Celery:
+    return Celery("store", broker="memory://")
+
+
+def test_from_config_puts_the_store_in_the_instance_folder():
+    s = Settings.from_config({"CELERY_MONITOR_MAX_TASKS": 10}, "/srv/app/instance")
+    assert s.db_path == "/srv/app/instance/celerymon.sqlite3"
+    assert s.max_tasks == 10
+    assert Settings.from_config({"CELERY_MONITOR_DB": False}, "/x").db_path is None
+    assert Settings.from_config({"CELERY_MONITOR_DB": "/d/m.db"}, "/x").db_path == "/d/m.db"
+    assert MonitorSettings().db_path is None
+
+
+def test_store_file_uses_wal_and_creates_its_directory(tmp_path):
+    path = tmp_path / "deep" / "dir" / "m.sqlite3"
+    store = SQLiteStore(str(path))
+    store.close()
+    mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_restart_answers_from_the_store_without_replaying(tmp_path):
+    db = str(tmp_path / "m.sqlite3")
+    first = MonitorService(app(), MonitorSettings(db=db, enable_events=False))
+    first.start()
+    first.apply_events(task_events(50))
+    first.apply_events([{"type": "worker-online", "hostname": "w-0@host",
+                         "timestamp": time.time(), "freq": 2.0}])  # fmt: skip
+    first.stop()
+
+    second = MonitorService(app(), MonitorSettings(db=db, enable_events=False))
+    t0 = time.perf_counter()
+    page = second.query_tasks(state="FAILURE", limit=5)
+    elapsed = time.perf_counter() - t0
+    assert page.total == 10
+    assert elapsed < 1.0
+    assert second.figures()["events_received"] == 0
+    t = second.task("00000003-0000-4000-8000-000000000000")
+    assert t["state"] == "FAILURE"
+    assert t["exception"] == "ValueError('abc')"
+    assert [h["state"] for h in t["history"]] == ["RECEIVED", "STARTED", "FAILURE"]
+    assert second.task_types() == ["app.add", "app.fail_customer", "app.user_id_check"]
+    assert second.query_tasks(search="customer-3", limit=None).total == 7
+    assert second.worker("w-0@host")["freq"] == 2.0
+    second.stop()
+
+
+def test_unfinished_tasks_are_stored_on_stop_and_updated_later(tmp_path):
+    db = str(tmp_path / "m.sqlite3")
+    svc = MonitorService(app(), MonitorSettings(db=db, enable_events=False, max_tasks=5))
+    svc.start()
+    svc.apply_events([{"type": "task-received", "uuid": "slow", "hostname": "w",
+                       "timestamp": 1.0, "name": "app.slow"}])  # fmt: skip
+    svc.apply_events(task_events(20))  # pushes "slow" out of the 5-task window
+    assert svc.task("slow")["state"] == "RECEIVED"
+    svc.apply_events([{"type": "task-succeeded", "uuid": "slow", "hostname": "w",
+                       "timestamp": 9.0, "result": "'done'"}])  # fmt: skip
+    svc.stop()
+    again = MonitorService(app(), MonitorSettings(db=db, enable_events=False))
+    t = again.task("slow")
+    assert (t["state"], t["result"]) == ("SUCCESS", "'done'")
+    again.stop()
+
+
+def test_retention_keeps_the_newest_tasks_within_count_and_age(tmp_path):
+    db = str(tmp_path / "m.sqlite3")
+    now = time.time()
+    svc = MonitorService(
+        app(), MonitorSettings(db=db, enable_events=False, retention_tasks=30, retention_days=1)
+    )
+    svc.start()
+    old = task_events(10, start=now - 3 * 86400)
+    svc.apply_events([{**e, "uuid": "old-" + e["uuid"]} for e in old])
+    svc.apply_events(task_events(40, start=now - 100))
+    svc.flush()
+    assert svc.prune() == 20
+    page = svc.query_tasks(limit=None, source="store")
+    assert page.total == 30
+    assert not any(t["uuid"].startswith("old-") for t in page.tasks)
+    assert min(t["received"] for t in page.tasks) == now - 100 + 10
+    svc.stop()
+
+
+def test_search_index_stays_right_when_indexed_rows_change(tmp_path):
+    store = SQLiteStore(str(tmp_path / "m.sqlite3"))
+    svc = MonitorService(
+        app(), MonitorSettings(db=str(tmp_path / "m.sqlite3"), enable_events=False)
+    )
+    svc.start()
+    svc.apply_events([{"type": "task-started", "uuid": "t1", "hostname": "w", "timestamp": 1.0,
+                       "name": "app.x"}])  # fmt: skip
+    svc.flush()
+    assert store.index_pending(100) == 1
+    assert store.unindexed() == 0
+    svc.apply_events([{"type": "task-succeeded", "uuid": "t1", "hostname": "w",
+                       "timestamp": 2.0, "result": "'needle-in-result'"}])  # fmt: skip
+    svc.flush()
+    assert svc.query_tasks(search="result:needle", source="store").total == 1
+    assert svc.query_tasks(search="needle-in", source="store").total == 1
+    svc.stop()
+    store.close()

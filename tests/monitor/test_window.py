@@ -1,0 +1,247 @@
+"""Task and worker state in memory: fields, ordering rules, eviction, workers, purging."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from celery import Celery
+
+from flask_celerymon.monitor import MonitorService, MonitorSettings, SearchError
+
+from .conftest import task_events
+
+
+def service(**kw) -> MonitorService:
+    """A service fed by apply_events only (never started)."""
+    return MonitorService(Celery("w", broker="memory://"), MonitorSettings(**kw), autostart=False)
+
+
+def ev(type_, uuid=None, ts=None, host="w1@h", **fields):
+    d = {"type": type_, "hostname": host, "timestamp": ts if ts is not None else time.time()}
+    if uuid is not None:
+        d["uuid"] = uuid
+    d.update(fields)
+    return d
+
+
+def test_late_received_event_does_not_undo_success():
+    svc = service()
+    svc.apply_events([
+        ev("task-succeeded", "t1", 10.0, result="3", runtime=0.5),
+        ev("task-started", "t1", 9.0),
+        ev("task-received", "t1", 8.0, name="app.add", args="(1, 2)", kwargs="{}"),
+    ])  # fmt: skip
+    t = svc.task("t1")
+    assert t["state"] == "SUCCESS"
+    assert t["name"] == "app.add"
+    assert t["args"] == "(1, 2)"
+    assert (t["received"], t["started"], t["succeeded"]) == (8.0, 9.0, 10.0)
+    assert [h["state"] for h in t["history"]] == ["RECEIVED", "STARTED", "SUCCESS"]
+
+
+def test_retries_are_kept_in_the_history_with_their_times():
+    svc = service()
+    svc.apply_events([
+        ev("task-received", "t1", 1.0, name="app.x"),
+        ev("task-started", "t1", 2.0),
+        ev("task-retried", "t1", 3.0, exception="Boom()"),
+        ev("task-received", "t1", 4.0, name="app.x", retries=1),
+        ev("task-started", "t1", 5.0),
+        ev("task-succeeded", "t1", 6.0, result="1"),
+    ])  # fmt: skip
+    t = svc.task("t1")
+    assert [(h["state"], h["timestamp"]) for h in t["history"]] == [
+        ("RECEIVED", 1.0), ("STARTED", 2.0), ("RETRY", 3.0),
+        ("RECEIVED", 4.0), ("STARTED", 5.0), ("SUCCESS", 6.0),
+    ]  # fmt: skip
+    assert t["retries"] == 1
+    assert t["state"] == "SUCCESS"
+
+
+def test_window_evicts_finished_tasks_before_unfinished_ones():
+    svc = service(max_tasks=3)
+    svc.apply_events([
+        ev("task-received", "running", 1.0, name="a"),
+        ev("task-received", "done1", 2.0, name="a"),
+        ev("task-succeeded", "done1", 3.0),
+        ev("task-received", "done2", 4.0, name="a"),
+        ev("task-succeeded", "done2", 5.0),
+        ev("task-received", "new", 6.0, name="a"),
+    ])  # fmt: skip
+    assert svc.task("running") is not None
+    assert svc.task("done1") is None
+    assert {t["uuid"] for t in svc.query_tasks(limit=None).tasks} == {"running", "done2", "new"}
+    assert svc.figures()["evicted"] == 1
+
+
+def test_window_stays_bounded_when_nothing_is_finished():
+    svc = service(max_tasks=10)
+    svc.apply_events(ev("task-received", f"t{i}", float(i), name="a") for i in range(100))
+    page = svc.query_tasks(limit=None)
+    assert page.total == 10
+    assert {t["uuid"] for t in page.tasks} == {f"t{i}" for i in range(90, 100)}
+
+
+def test_malformed_and_unknown_events_are_counted_and_skipped():
+    svc = service()
+    svc.apply_events([
+        {"no": "type"},
+        ev("task-received", None, name="x"),  # no uuid
+        ev("task-received", "t1", "yesterday"),  # bad timestamp
+        ev("worker-custom-thing"),
+        ev("task-received", "ok", 1.0, name="x"),
+    ])  # fmt: skip
+    f = svc.figures()
+    assert (f["events_received"], f["events_malformed"], f["events_applied"]) == (5, 3, 2)
+    assert f["events_unknown"] == 1
+    assert svc.task("ok")["name"] == "x"
+    assert svc.worker("w1@h")["worker-custom-thing"] == 1
+
+
+def test_worker_is_offline_when_heartbeats_expire_or_it_says_so():
+    svc = service(worker_offline_after=0.2)
+    svc.apply_events([ev("worker-online", freq=2.0, sw_ident="py-celery")])
+    assert svc.worker("w1@h")["status"] is True
+    time.sleep(0.3)
+    assert svc.worker("w1@h")["status"] is False
+    svc.apply_events([ev("worker-heartbeat", active=3, loadavg=[1.0, 0.5, 0.2])])
+    w = svc.worker("w1@h")
+    assert (w["status"], w["active"], w["loadavg"]) == (True, 3, [1.0, 0.5, 0.2])
+    svc.apply_events([ev("worker-offline")])
+    assert svc.worker_status() == {"w1@h": False}
+
+
+def test_default_expiry_is_twice_the_heartbeat_frequency():
+    svc = service()
+    svc.apply_events([ev("worker-heartbeat", freq=0.1)])
+    assert svc.worker("w1@h")["status"] is True
+    time.sleep(0.25)
+    assert svc.worker("w1@h")["status"] is False
+
+
+def test_worker_counters_count_every_event_type():
+    svc = service()
+    svc.apply_events(task_events(8))
+    w = svc.worker("w-0@host")
+    assert w["task-received"] == 3
+    assert w["task-succeeded"] + w["task-failed"] + 0 <= w["task-started"]
+    counters = svc.counters()
+    assert counters["tasks"]["app.add"]["task-received"] == 3
+    assert counters["workers"]["w-1@host"]["task-received"] == 3
+
+
+def test_purged_worker_disappears_everywhere_and_listeners_hear_it(tmp_path):
+    svc = service(worker_offline_after=0.05, purge_offline_workers=0.05)
+    heard = []
+    svc.add_purge_listener(heard.append)
+    sub = svc.subscribe(kinds=["worker-purged"])
+    svc.apply_events([ev("worker-online", host="gone@h"), ev("worker-online", host="stay@h")])
+    time.sleep(0.15)
+    svc.apply_events([ev("worker-heartbeat", host="stay@h")])
+    svc._purge_offline()
+    assert svc.worker("gone@h") is None
+    assert "gone@h" not in svc.counters()["workers"]
+    assert [w["hostname"] for w in svc.workers()] == ["stay@h"]
+    assert heard == ["gone@h"]
+    assert [h for _, h in svc.purged_workers()] == ["gone@h"]
+    assert sub.get(timeout=1) == [{"type": "worker-purged", "id": "gone@h", "data": None}]
+
+
+def test_event_listeners_see_each_event_with_its_task():
+    svc = service()
+    seen = []
+    svc.add_listener(lambda e, t: seen.append((e["type"], t.name if t else None, t and t.runtime)))
+    svc.apply_events([
+        ev("task-received", "t1", 1.0, name="app.add"),
+        ev("task-succeeded", "t1", 2.0, runtime=0.25),
+        ev("worker-heartbeat"),
+    ])  # fmt: skip
+    assert seen == [
+        ("task-received", "app.add", None),
+        ("task-succeeded", "app.add", 0.25),
+        ("worker-heartbeat", None, None),
+    ]
+
+
+def test_a_failing_listener_never_stops_ingest():
+    svc = service()
+    svc.add_listener(lambda e, t: 1 / 0)
+    svc.apply_events([ev("task-received", "t1", 1.0, name="a")])
+    assert svc.task("t1") is not None
+    assert svc.figures()["listener_errors"] == 1
+
+
+def test_query_filters_sorts_and_pages_the_window():
+    svc = service()
+    svc.apply_events(task_events(30))
+    page = svc.query_tasks(state="FAILURE", sort_by="received", limit=3, offset=1)
+    assert page.total == 6
+    assert [t["uuid"][:8] for t in page.tasks] == ["00000007", "0000000b", "0000000f"]
+    by_runtime = svc.query_tasks(sort_by="-runtime", limit=None).tasks
+    runtimes = [t["runtime"] for t in by_runtime if t["runtime"] is not None]
+    assert runtimes == sorted(runtimes, reverse=True)
+    assert by_runtime[-1]["runtime"] is None  # missing values last when descending
+    assert svc.query_tasks(sort_by="runtime", limit=1).tasks[0]["runtime"] is None
+    assert svc.query_tasks(received_start=1_700_000_010, received_end=1_700_000_012).total == 3
+    assert svc.query_tasks(started_start=1_700_000_028.0).total == 1
+    assert svc.query_tasks(worker=["w-0@host", "w-1@host"], name="app.add").total == 10
+    assert svc.query_tasks(state="All").total == 30
+
+
+def test_query_rejects_bad_arguments_with_search_errors():
+    svc = service()
+    with pytest.raises(SearchError, match="cannot sort by 'bogus'"):
+        svc.query_tasks(sort_by="bogus")
+    with pytest.raises(SearchError, match="offset must be an integer >= 0, not -1"):
+        svc.query_tasks(offset=-1)
+    with pytest.raises(SearchError, match="received_start must be a Unix time or a datetime"):
+        svc.query_tasks(received_start="2024-01-01")
+    with pytest.raises(SearchError, match="source='store' needs a history store"):
+        svc.query_tasks(source="store")
+
+
+def test_subscription_coalesces_updates_per_task():
+    svc = service()
+    sub = svc.subscribe(kinds=["task"])
+    svc.apply_events([
+        ev("task-received", "t1", 1.0, name="a"),
+        ev("task-started", "t1", 2.0),
+        ev("task-succeeded", "t1", 3.0),
+        ev("task-received", "t2", 4.0, name="a"),
+    ])  # fmt: skip
+    updates = sub.get(timeout=1)
+    assert [(u["id"], u["data"]["state"]) for u in updates] == [
+        ("t1", "SUCCESS"),
+        ("t2", "RECEIVED"),
+    ]
+    assert sub.get(timeout=0.01) == []
+
+
+def test_slow_subscriber_is_dropped_without_slowing_ingest():
+    svc = service()
+    slow = svc.subscribe(kinds=["task"], buffer=5)
+    fast = svc.subscribe(kinds=["task"], task_ids=["t0"])
+    svc.apply_events(ev("task-received", f"t{i}", float(i), name="a") for i in range(50))
+    assert slow.closed
+    with pytest.raises(EOFError, match="dropped: more than 5 updates waiting"):
+        slow.get(timeout=0)
+    assert [u["id"] for u in fast.get(timeout=1)] == ["t0"]
+    f = svc.figures()
+    assert (f["subscribers"], f["subscribers_dropped"]) == (1, 1)
+    assert svc.query_tasks().total == 50
+    fast.close()
+    assert svc.figures()["subscribers"] == 0
+
+
+def test_task_stats_count_finished_tasks_per_minute_and_name():
+    svc = service()
+    svc.apply_events(task_events(120, start=1_700_000_000.0))
+    stats = svc.task_stats(since=1_700_000_000.0, until=1_700_000_000.0 + 120, bucket=60)
+    add = [s for s in stats if s["name"] == "app.add"]
+    assert [s["start"] for s in add] == [1_699_999_980.0, 1_700_000_040.0, 1_700_000_100.0]
+    total = sum(s["succeeded"] + s["failed"] for s in stats)
+    assert total == 96
+    assert all(
+        s["runtime_p50"] <= s["runtime_p95"] <= s["runtime_max"] for s in stats if s["succeeded"]
+    )
