@@ -1,9 +1,127 @@
-"""Monitor blueprint part: guard (being written; registers nothing yet)."""
+"""The one guard in front of every route of the monitor blueprint.
+
+A single ``before_request`` function decides, for every request the blueprint serves (pages,
+JSON API, websockets, metrics), whether it may go on. Handlers never repeat these checks.
+
+Today it refuses, with ``403 {"error": ...}``:
+
+* any **mutation** (a method other than GET, HEAD, OPTIONS) while
+  ``CELERY_MONITOR_READ_ONLY`` is on, except views marked :func:`safe` (a POST that only reads,
+  such as a datatable query);
+* any **cross-site mutation**: a browser request whose ``Sec-Fetch-Site`` header is
+  ``cross-site`` or ``same-site``, or whose ``Origin`` header is not this server's origin.
+  Same-origin fetches of the monitor's own pages pass, and so do clients that send neither
+  header (curl, ``requests`` scripts written for Flower): browsers always send at least one of
+  them on a cross-site POST, so a forged form or ``fetch`` from another site cannot act.
+
+Authentication and roles will hook in here (:data:`CHECKS`), so that there stays one place
+that says who may do what.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+#: Methods that never change anything.
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+#: Sec-Fetch-Site values that mean "not from another site" (``none``: typed by the user).
+SAME_SITE_FETCH = frozenset({"same-origin", "none"})
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def safe(view: F) -> F:
+    """Mark a view as a read even when it is reached by POST (exempt from read-only).
+
+    Cross-site checks still apply to it.
+    """
+    view._celerymon_safe = True  # type: ignore[attr-defined]
+    return view
+
+
+def error(status: int, message: str) -> Response:
+    """A JSON error response ``{"error": message}`` with ``status``."""
+    resp = jsonify(error=message)
+    resp.status_code = status
+    return resp
+
+
+def is_mutation() -> bool:
+    """True when the current request may change something (its method is not a safe one)."""
+    return request.method not in SAFE_METHODS
+
+
+def _view_is_safe() -> bool:
+    endpoint = request.endpoint
+    view = current_app.view_functions.get(endpoint) if endpoint else None
+    return bool(getattr(view, "_celerymon_safe", False))
+
+
+def _own_origin() -> str:
+    return f"{request.scheme}://{request.host}".lower()
+
+
+def cross_site_reason() -> str | None:
+    """Why the current request comes from another site, or None when it does not.
+
+    A request with neither ``Origin`` nor ``Sec-Fetch-Site`` is a non-browser client and is
+    not cross-site.
+    """
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site.strip().lower() not in SAME_SITE_FETCH:
+        return f"Sec-Fetch-Site is {fetch_site!r}"
+    origin = request.headers.get("Origin")
+    if origin is not None:
+        parts = urlsplit(origin.strip())
+        if not parts.scheme or not parts.netloc:
+            return f"Origin {origin!r} is not this server"
+        if f"{parts.scheme}://{parts.netloc}".lower() != _own_origin():
+            return f"Origin {origin!r} is not this server ({_own_origin()})"
+    return None
+
+
+def check_read_only() -> Response | None:
+    """403 for a mutation while ``CELERY_MONITOR_READ_ONLY`` is on."""
+    from . import get_state
+
+    if is_mutation() and get_state().settings["CELERY_MONITOR_READ_ONLY"] and not _view_is_safe():
+        return error(403, "the monitor is read-only (CELERY_MONITOR_READ_ONLY is on)")
+    return None
+
+
+def check_same_origin() -> Response | None:
+    """403 for a mutation sent by a browser from another site."""
+    if not is_mutation():
+        return None
+    reason = cross_site_reason()
+    if reason is not None:
+        return error(
+            403,
+            f"cross-site request refused: {reason}; send it from the monitor's own pages "
+            "or from a client that sends no Origin header",
+        )
+    return None
+
+
+#: The checks run in order for every request; the first response returned is sent instead.
+#: Authentication (and then roles) will be inserted first.
+CHECKS: tuple[Callable[[], Response | None], ...] = (check_same_origin, check_read_only)
+
+
+def guard() -> Response | None:
+    """The blueprint's ``before_request``: run :data:`CHECKS`, stop at the first refusal."""
+    for check in CHECKS:
+        refusal = check()
+        if refusal is not None:
+            return refusal
+    return None
 
 
 def register(bp: Blueprint) -> None:
-    """Add this part's routes to the monitor blueprint."""
+    """Install :func:`guard` as a ``before_request`` of the monitor blueprint."""
+    bp.before_request(guard)
