@@ -476,8 +476,7 @@ class MonitorMetrics:
         )
         n_online = n_known = 0
         for w in self.service.workers():
-            # hostnames seen only on task-sent events are clients, not workers
-            if not any(k.startswith("worker-") for k in w):
+            if not _is_worker(w):
                 continue
             n_known += 1
             n_online += bool(w["status"])
@@ -569,6 +568,11 @@ class MonitorMetrics:
                 "Unix time the monitor applied its last event",
                 value=last,
             )
+
+
+def _is_worker(w: dict[str, Any]) -> bool:
+    """False for a hostname seen only on ``task-sent`` events: a client, not a worker."""
+    return any(k.startswith(("worker-", "task-")) and k != "task-sent" for k in w)
 
 
 class _Collector(Collector):

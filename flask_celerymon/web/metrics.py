@@ -1,9 +1,123 @@
-"""Monitor blueprint part: metrics (being written; registers nothing yet)."""
+"""Monitor blueprint part: ``<prefix>/metrics`` (Prometheus) and ``<prefix>/healthcheck``.
+
+When the blueprint is registered on an app, this part creates the app's
+:class:`~flask_celerymon.monitor.metrics.MonitorMetrics` (its own registry, listening to the
+app's monitor service) and instruments the app's requests with prometheus-flask-exporter
+into the **same** registry. The exporter gets no route of its own (``path=None``), so a host
+app that serves its own ``/metrics`` keeps it, and its own exporter keeps counting: ours
+tracks requests under separate request flags.
+"""
 
 from __future__ import annotations
 
-from flask import Blueprint
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from prometheus_flask_exporter import PrometheusMetrics
+
+from ..monitor.metrics import MonitorMetrics, check_health
+from . import get_state
+
+#: ``app.extensions`` key of the app's :class:`WebMetrics`.
+EXTENSION_KEY = "celerymon.metrics"
+
+#: Seconds the health check waits for the broker.
+HEALTH_BROKER_TIMEOUT = 2.0
+
+
+@dataclass
+class WebMetrics:
+    """The metrics of one Flask app: the monitor's collector and the request exporter."""
+
+    monitor: MonitorMetrics
+    requests: PrometheusMetrics
+
+    @property
+    def registry(self) -> CollectorRegistry:
+        """The registry ``<prefix>/metrics`` serves (never the process-global one)."""
+        return self.monitor.registry
+
+
+class _RequestMetrics(PrometheusMetrics):
+    """prometheus-flask-exporter with its own per-request "already counted" flags.
+
+    The exporter marks a request as counted with ``request.prom_*`` attributes; a host app
+    running its own exporter would otherwise see our mark and skip the request (or we theirs).
+    """
+
+    @staticmethod
+    def _not_yet_handled(tracking_key: str) -> bool:
+        key = f"celerymon_prom_{tracking_key}"
+        if hasattr(request, key):
+            return False
+        setattr(request, key, True)
+        return True
+
+
+def url_rule(req: Any) -> str:
+    """The ``url_rule`` label: the route pattern (bounded), never the path with its ids."""
+    rule = req.url_rule
+    return rule.rule if rule is not None else "<unmatched>"
+
+
+def get_metrics(app: Flask | None = None) -> WebMetrics:
+    """The :class:`WebMetrics` of ``app`` (default: the current app).
+
+    Raises ``KeyError`` when the monitor blueprint is not registered on the app.
+    """
+    return (app or current_app).extensions[EXTENSION_KEY]
+
+
+def _setup(setup_state: BlueprintSetupState) -> None:
+    app = setup_state.app
+    state = app.extensions["celerymon"]
+    monitor = MonitorMetrics(state.monitor)
+    prefix = (setup_state.url_prefix or "").rstrip("/")
+    requests = _RequestMetrics(
+        app,
+        path=None,
+        registry=monitor.registry,
+        group_by=url_rule,
+        excluded_paths=[re.escape(prefix) + r"/(metrics|healthcheck)$"],
+    )
+    app.extensions[EXTENSION_KEY] = WebMetrics(monitor, requests)
+
+
+def metrics() -> Response:
+    """Prometheus metrics of the monitor and of the app's requests.
+
+    Text exposition format, or OpenMetrics when the ``Accept`` header asks for it.
+    Status codes: 200.
+    """
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    resp = Response(encoder(get_metrics().registry), content_type=content_type)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+def healthcheck() -> Response | tuple[Response, int]:
+    """``OK`` when the monitor consumes events and the broker answers.
+
+    Status codes: 200 (``OK``, text/plain); 503 with JSON ``{"error": reason, "checks":
+    {"service": bool, "events": bool, "broker": bool}}`` otherwise.
+    """
+    health = check_health(get_state().monitor, HEALTH_BROKER_TIMEOUT)
+    if health.ok:
+        resp = Response("OK", mimetype="text/plain")
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+    resp = jsonify(error=health.reason, checks=health.checks)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp, 503
 
 
 def register(bp: Blueprint) -> None:
-    """Add this part's routes to the monitor blueprint."""
+    """Add ``/metrics`` and ``/healthcheck`` and set up the app's metrics on registration."""
+    bp.record_once(_setup)
+    bp.add_url_rule("/metrics", "metrics", metrics, methods=["GET"])
+    bp.add_url_rule("/healthcheck", "healthcheck", healthcheck, methods=["GET"])
