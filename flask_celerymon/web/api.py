@@ -1196,6 +1196,13 @@ def _unavailable(exc: BaseException) -> Response:
     return error(503, f"Broker or result backend unavailable: {exc}")
 
 
+def _runtime_error(exc: RuntimeError) -> Response:
+    """Celery's result consumer gives up on a dead backend with a bare RuntimeError."""
+    if isinstance(exc.__cause__, UNAVAILABLE):
+        return _unavailable(exc.__cause__)
+    raise exc
+
+
 def _http_error(exc: HTTPException) -> Any:
     if not _is_api_request():
         return exc
@@ -1217,4 +1224,5 @@ def register(bp: Blueprint) -> None:
     bp.register_error_handler(ApiError, _api_error)
     for exc_type in UNAVAILABLE:
         bp.register_error_handler(exc_type, _unavailable)
+    bp.register_error_handler(RuntimeError, _runtime_error)
     bp.register_error_handler(HTTPException, _http_error)
