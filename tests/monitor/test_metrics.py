@@ -17,7 +17,14 @@ from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings
-from flask_celerymon.monitor.metrics import OTHER, PENDING_GRACE, MonitorMetrics, exception_class
+from flask_celerymon.monitor.metrics import (
+    OTHER,
+    PENDING_GRACE,
+    Health,
+    MonitorMetrics,
+    check_health,
+    exception_class,
+)
 from tests.monitor.conftest import wait_for
 
 T0 = 1_700_000_000.0
@@ -294,3 +301,24 @@ def test_latency_ignores_a_task_received_before_its_sent_event(celery_app, servi
     )
     latency = value(scrape(metrics), "celerymon_queue_latency_seconds", queue="celery")
     assert 5 <= latency < 10
+
+
+def test_health_needs_a_running_service_consuming_events(celery_app, make_service):
+    svc = make_service(celery_app, db=False, enable_events=False)
+    down = {"service": False, "events": False, "broker": True}
+    assert check_health(svc) == Health(False, "the monitor service is not running", down)
+    svc.start()
+    assert svc.wait_connected(10)
+    assert check_health(svc) == Health(True, "", {"service": True, "events": True, "broker": True})
+    svc.stop()
+    assert check_health(svc).checks == down
+
+
+def test_health_names_a_broker_that_does_not_answer():
+    svc = MonitorService(Celery("nobroker", broker="redis://127.0.0.1:1/0"), autostart=False)
+    health = check_health(svc, timeout=1.0)
+    assert health.checks["broker"] is False
+    assert health.reason == (
+        "the monitor service is not running; the broker does not answer: OperationalError: "
+        "Error 111 connecting to 127.0.0.1:1. Connection refused."
+    )
