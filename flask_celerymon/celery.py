@@ -18,7 +18,10 @@ def _load() -> Any:
     from flask.cli import ScriptInfo, locate_app, prepare_import
 
     from .extension import EXTENSION_KEY
+    from .processes import ROLE_ENV
 
+    # a task calling submit() in this process must not start local workers of its own
+    os.environ.setdefault(ROLE_ENV, "celery")
     target = os.environ.get("FLASK_APP")
     if target:
         path, _, name = target.partition(":")

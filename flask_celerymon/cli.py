@@ -1,0 +1,360 @@
+"""The ``flask celery`` command group: workers, beat, the monitor, and remote control.
+
+``init_app`` adds :data:`celery_group` to ``app.cli``. Every command works on the app the
+``flask`` command loaded (``--app``/``FLASK_APP``, factories included). A user mistake (unknown
+method, bad option, unreachable broker) ends in a one-line click error, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any
+
+import click
+from flask import Flask, current_app
+from flask.cli import AppGroup, ScriptInfo
+
+from .errors import StartError
+from .processes import ROLE_ENV, ManagedProcess, check_broker, worker_args
+
+if TYPE_CHECKING:
+    from .extension import AppState
+
+celery_group = AppGroup("celery", help="Run Celery workers, beat and the monitor of this app.")
+
+
+def _state(app: Flask | None = None) -> AppState:
+    from .extension import EXTENSION_KEY
+
+    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
+    state = app.extensions.get(EXTENSION_KEY)
+    if state is None:
+        raise click.UsageError(f"the app {app.name!r} does not use flask_celerymon")
+    return state
+
+
+def _loaded_state() -> AppState:
+    """The app's state for commands that run without a pushed app context."""
+    info = click.get_current_context().ensure_object(ScriptInfo)
+    return _state(info.load_app())
+
+
+def _check_broker(state: AppState) -> None:
+    try:
+        check_broker(state.celery_app, timeout=3.0)
+    except StartError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _run_celery(state: AppState, argv: list[str], role: str) -> None:
+    """Run a ``celery`` sub-command in this process on the app's Celery instance."""
+    os.environ[ROLE_ENV] = role  # a task calling submit() here must not start local workers
+    code = state.celery_app.start(argv)
+    if code:
+        sys.exit(code)
+
+
+_PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+
+
+@celery_group.command("worker", context_settings=_PASSTHROUGH, with_appcontext=False)
+@click.option(
+    "-n",
+    "--name",
+    "name",
+    metavar="NAME",
+    help="Node name (NAME@%h when it has no '@'); options configured for NAME in "
+    "CELERY_WORKERS apply.",
+)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(name: str | None, celery_args: tuple[str, ...]) -> None:
+    """Run a worker in the foreground (any `celery worker` option is accepted)."""
+    state = _loaded_state()
+    settings = state.settings
+    spec = next((s for s in settings.workers if s.name == name), None) if name else None
+    if spec is not None:
+        args = worker_args(spec, spec.options.get("loglevel", settings["CELERY_LOG_LEVEL"]))
+    else:
+        args = [f"--loglevel={settings['CELERY_LOG_LEVEL']}"]
+        if name:
+            args[:0] = ["-n", name if "@" in name else f"{name}@%h"]
+    _check_broker(state)
+    state.processes.declare_queues()
+    _run_celery(state, ["worker", *args, *celery_args], "worker")
+
+
+@celery_group.command("beat", context_settings=_PASSTHROUGH, with_appcontext=False)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat(celery_args: tuple[str, ...]) -> None:
+    """Run the beat scheduler in the foreground (any `celery beat` option is accepted)."""
+    state = _loaded_state()
+    settings = state.settings
+    args = [f"--loglevel={settings['CELERY_LOG_LEVEL']}"]
+    if not any(a in ("-s", "--schedule") or a.startswith("--schedule=") for a in celery_args):
+        folder = os.path.join(settings.instance_path, "celery")
+        os.makedirs(folder, exist_ok=True)
+        args.append(f"--schedule={os.path.join(folder, 'celerybeat-schedule')}")
+    _check_broker(state)
+    _run_celery(state, ["beat", *args, *celery_args], "beat")
+
+
+@celery_group.command("monitor", with_appcontext=False)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Port to listen on [default: CELERY_MONITOR_PORT, 5555].",
+)
+@click.option(
+    "--address",
+    default=None,
+    help="Address to listen on [default: CELERY_MONITOR_ADDRESS, 127.0.0.1].",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 1000),
+    default=32,
+    show_default=True,
+    help="Threads serving requests (each live page holds one).",
+)
+def monitor(port: int | None, address: str | None, threads: int) -> None:
+    """Serve the monitor on gunicorn (websockets included) in the foreground."""
+    state = _loaded_state()
+    settings = state.settings
+    port = settings["CELERY_MONITOR_PORT"] if port is None else port
+    address = address or settings["CELERY_MONITOR_ADDRESS"]
+    os.environ[ROLE_ENV] = "monitor"
+    app = make_monitor_app(state)
+    click.echo(f"monitor of {state.app.name} on http://{address}:{port}/")
+    serve(app, address, port, threads=threads)
+
+
+def make_monitor_app(state: AppState) -> Flask:
+    """A Flask app serving only the monitor of ``state.app``: same config, same extension.
+
+    It shares the user's config (broker, secret key, monitor auth settings) and the extension
+    object (so the monitor knows the app's tasks and schedules), never starts local processes,
+    and redirects ``/`` to the monitor's URL prefix.
+    """
+    from flask import redirect
+
+    user = state.app
+    app = Flask(user.import_name, instance_path=user.instance_path, root_path=user.root_path)
+    app.config.update(user.config)
+    app.config.update(
+        CELERY_START_LOCAL_WORKERS=False, CELERY_MONITOR=False, CELERY_MONITOR_BLUEPRINT=True
+    )
+    state.extension.init_app(app)
+    prefix = state.settings["CELERY_MONITOR_URL_PREFIX"]
+    if prefix:
+        app.add_url_rule("/", "celerymon_root", lambda: redirect(prefix + "/"))
+    return app
+
+
+def serve(app: Flask, address: str, port: int, threads: int = 32) -> None:
+    """Serve ``app`` on gunicorn: one process (the monitor keeps state), gthread workers."""
+    from gunicorn.app.base import BaseApplication
+
+    class MonitorServer(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            options = {
+                "bind": f"{address}:{port}",
+                "workers": 1,
+                "worker_class": "gthread",
+                "threads": threads,
+                "timeout": 60,
+                "graceful_timeout": 5,
+                "accesslog": "-",
+                "proc_name": f"celerymon-monitor[{app.name}]",
+            }
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Flask:
+            return app
+
+    MonitorServer().run()
+
+
+@celery_group.command("cluster")
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    help="Seconds to wait for every worker [default: CELERY_START_TIMEOUT].",
+)
+def cluster(timeout: float | None) -> None:
+    """Run every configured worker, beat and the monitor until Ctrl-C."""
+    state = _state()
+    procs = state.processes
+
+    def show(proc: ManagedProcess) -> None:
+        click.echo(f"{proc.name:<16} {proc.status:<9} {proc.detail}")
+
+    try:
+        procs.start(timeout=timeout, on_status=show)
+    except StartError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"logs in {procs.log_dir}; press Ctrl-C to stop")
+    try:
+        while procs.started:  # stop() from a signal handler ends the loop
+            dead = [p for p in procs.processes.values() if p.popen is not None and not p.alive()]
+            if dead:
+                for p in dead:
+                    click.echo(
+                        f"{p.name} exited with code {p.returncode}; see {p.log_path}", err=True
+                    )
+                raise click.ClickException("a cluster process exited; stopping the others")
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        click.echo("stopping...")
+    finally:
+        procs.stop()
+    click.echo("stopped")
+
+
+@celery_group.command("status")
+@click.option(
+    "-t",
+    "--timeout",
+    type=float,
+    default=1.0,
+    show_default=True,
+    help="Seconds to wait for replies.",
+)
+def status(timeout: float) -> None:
+    """Show a table of the workers that answer a ping."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    state = _state()
+    _check_broker(state)
+    replies = state.extension.status(timeout=timeout)
+    if not replies:
+        url = maybe_sanitize_url(state.celery_app.conf.broker_url)
+        raise click.ClickException(f"no worker replied within {timeout:g}s on {url}")
+    width = max(len("WORKER"), *(len(n) for n in replies))
+    click.echo(f"{'WORKER':<{width}}  STATUS")
+    for node, answer in replies.items():
+        click.echo(f"{node:<{width}}  {answer}")
+    n = len(replies)
+    click.echo(f"{n} worker{'s' if n != 1 else ''} online")
+
+
+def _remote_options(fn: Any) -> Any:
+    fn = click.option("-j", "--json", "as_json", is_flag=True, help="Print the replies as JSON.")(
+        fn
+    )
+    fn = click.option(
+        "-t",
+        "--timeout",
+        type=float,
+        default=1.0,
+        show_default=True,
+        help="Seconds to wait for replies.",
+    )(fn)
+    fn = click.option(
+        "-d",
+        "--destination",
+        default=None,
+        help="Comma-separated node names (default: every worker).",
+    )(fn)
+    fn = click.argument("args", nargs=-1)(fn)
+    fn = click.argument("method")(fn)
+    return fn
+
+
+@celery_group.command("inspect")
+@_remote_options
+def inspect(
+    method: str, args: tuple[str, ...], destination: str | None, timeout: float, as_json: bool
+) -> None:
+    """Ask the workers for information: METHOD is active, stats, registered, ping..."""
+    _remote("inspect", method, list(args), destination, timeout, as_json)
+
+
+@celery_group.command("control")
+@_remote_options
+def control(
+    method: str, args: tuple[str, ...], destination: str | None, timeout: float, as_json: bool
+) -> None:
+    """Tell the workers to act: METHOD is shutdown, pool_grow N, rate_limit TASK RATE..."""
+    _remote("control", method, list(args), destination, timeout, as_json)
+
+
+def _commands(kind: str) -> dict[str, Any]:
+    from celery.worker.control import Panel
+
+    return {
+        name: meta
+        for name, meta in sorted(Panel.meta.items())
+        if meta.type == kind and meta.visible
+    }
+
+
+def _arguments(kind: str, method: str, meta: Any, args: list[str]) -> dict[str, Any]:
+    usage = f"{method} {meta.signature}".strip() if meta.signature else method
+    arguments: dict[str, Any] = {}
+    spec = list(meta.args or ())
+    if len(args) > len(spec) and not meta.variadic:
+        if not spec:
+            raise click.UsageError(f"{kind} {method} takes no arguments")
+        raise click.UsageError(f"{kind} {method} takes arguments: {usage}")
+    for (name, typ), value in zip(spec, args):
+        try:
+            arguments[name] = typ(value) if typ is not None else value
+        except (TypeError, ValueError):
+            raise click.UsageError(
+                f"{kind} {method}: {name} must be {getattr(typ, '__name__', typ)}, not "
+                f"{value!r} (usage: {usage})"
+            ) from None
+    if meta.variadic:
+        arguments[meta.variadic] = args[len(spec) :]
+    return arguments
+
+
+def _remote(
+    kind: str, method: str, args: list[str], destination: str | None, timeout: float, as_json: bool
+) -> None:
+    commands = _commands(kind)
+    meta = commands.get(method)
+    if meta is None:
+        raise click.UsageError(
+            f"{method!r} is not {'an' if kind == 'inspect' else 'a'} {kind} method; choose from: "
+            f"{', '.join(commands)}"
+        )
+    arguments = _arguments(kind, method, meta, args)
+    state = _state()
+    _check_broker(state)
+    nodes = [d.strip() for d in destination.split(",") if d.strip()] if destination else None
+    if method == "shutdown":  # a worker shutting down sends no reply
+        state.celery_app.control.broadcast(method, arguments=arguments, destination=nodes)
+        click.echo(f"shutdown sent to {', '.join(nodes) if nodes else 'every worker'}")
+        return
+    try:
+        replies = (
+            state.celery_app.control.broadcast(
+                method, arguments=arguments, destination=nodes, reply=True, timeout=timeout
+            )
+            or []
+        )
+    except Exception as exc:  # noqa: BLE001 - transport errors become one line
+        raise click.ClickException(f"{kind} {method} failed: {exc}") from None
+    merged: dict[str, Any] = {}
+    for reply in replies:
+        merged.update(reply)
+    if not merged:
+        raise click.ClickException(f"no worker replied within {timeout:g}s")
+    if as_json:
+        click.echo(json.dumps(merged, sort_keys=True, default=str))
+        return
+    for node in sorted(merged):
+        body = merged[node]
+        ok = "ERROR" if isinstance(body, dict) and "error" in body else "OK"
+        click.echo(f"-> {node}: {ok}")
+        text = json.dumps(body, indent=2, sort_keys=True, default=str)
+        click.echo("\n".join("    " + line for line in text.splitlines()))
+    n = len(merged)
+    click.echo(f"{n} node{'s' if n != 1 else ''} replied")

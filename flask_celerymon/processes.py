@@ -1,0 +1,610 @@
+"""Local worker, beat and monitor processes of one Flask app: start, wait until ready, stop, logs.
+
+:class:`LocalProcesses` (one per app, ``state.processes``) starts
+
+* one ``python -m celery -A flask_celerymon.celery worker -n NAME@%h ...`` per entry of
+  ``CELERY_WORKERS`` (skipping a worker that already answers under the same name),
+* ``celery beat`` when ``CELERY_SCHEDULER`` is on and the app has periodic tasks,
+* ``flask celery monitor`` when ``CELERY_MONITOR`` is on (skipped when its port is taken),
+
+each with ``FLASK_APP`` set to the app's import target (see :func:`import_target`), its output
+appended to ``<CELERY_LOG_DIR>/<name>.log`` (never a pipe, so no child can block on one), in its
+own process group. ``start`` returns once every worker answers a ping, or raises
+:class:`~flask_celerymon.errors.StartError` naming the workers that did not and their log files.
+
+Children never outlive the parent: ``stop`` sends ``SIGTERM``, waits a grace period, then kills
+the whole process group; it runs on interpreter exit and on ``SIGTERM``/``SIGINT`` of the parent
+(the previous handlers are chained); and on Linux every child gets ``PR_SET_PDEATHSIG`` so it is
+told to stop even when the parent is killed with ``SIGKILL``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as dt
+import logging
+import os
+import queue
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any
+
+from .config import WorkerSpec
+from .errors import StartError
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+    from .extension import AppState
+
+log = logging.getLogger(__name__)
+
+#: Set in every child we start ("worker", "beat" or "monitor"); a process carrying it never starts
+#: local processes of its own (a task calling submit() inside a worker must not spawn workers).
+ROLE_ENV = "FLASK_CELERYMON_ROLE"
+#: Seconds ``stop()`` waits after ``SIGTERM`` before killing, when no timeout is given.
+DEFAULT_STOP_TIMEOUT = 10.0
+
+#: ``CELERY_WORKERS`` option -> the ``celery worker`` flag it becomes.
+_WORKER_FLAGS = {
+    "concurrency": "--concurrency",
+    "loglevel": "--loglevel",
+    "queues": "--queues",
+    "pidfile": "--pidfile",
+    "pool": "--pool",
+    "autoscale": "--autoscale",
+    "max_tasks_per_child": "--max-tasks-per-child",
+    "max_memory_per_child": "--max-memory-per-child",
+    "prefetch_multiplier": "--prefetch-multiplier",
+    "time_limit": "--time-limit",
+    "soft_time_limit": "--soft-time-limit",
+    "without_heartbeat": "--without-heartbeat",
+    "without_mingle": "--without-mingle",
+    "without_gossip": "--without-gossip",
+}
+
+StatusCallback = Callable[["ManagedProcess"], None]
+
+
+# -- helpers shared with the CLI ------------------------------------------------------------
+def node_pattern(name: str) -> str:
+    """``worker1`` -> ``worker1@%h``; a name with ``@`` is kept as it is."""
+    return name if "@" in name else f"{name}@%h"
+
+
+def node_name(name: str) -> str:
+    """The node name a worker started as ``-n name`` answers to (``worker1@myhost``)."""
+    from celery.utils.nodenames import default_nodename, host_format
+
+    return host_format(default_nodename(node_pattern(name)))
+
+
+def worker_spec_name(spec: WorkerSpec) -> str:
+    """The ``-n`` value of a configured worker (its ``hostname`` option wins over its name)."""
+    return spec.options.get("hostname") or spec.name
+
+
+def worker_args(spec: WorkerSpec, loglevel: str) -> list[str]:
+    """``celery worker`` arguments (without ``worker``) for one ``CELERY_WORKERS`` entry."""
+    args = ["-n", node_pattern(worker_spec_name(spec)), f"--loglevel={loglevel}"]
+    for key, value in spec.options.items():
+        flag = _WORKER_FLAGS.get(key)
+        if flag is None:
+            continue
+        if isinstance(value, bool):
+            if value:
+                args.append(flag)
+        elif key == "queues":
+            args.append(f"{flag}={','.join(spec.queues)}")
+        elif key == "autoscale" and isinstance(value, (list, tuple)):
+            args.append(f"{flag}={','.join(str(v) for v in value)}")
+        else:
+            args.append(f"{flag}={value}")
+    return args
+
+
+def import_target(app: Flask, configured: str | None = None) -> str:
+    """What a child process puts in ``FLASK_APP`` to build the same app.
+
+    In order: ``configured`` (``CELERY_APP_IMPORT``), the ``FLASK_APP`` environment variable, the
+    ``--app`` given to the ``flask`` command running now, the app's import name (a module that
+    exposes ``app`` or ``create_app``), or for a script run as ``__main__`` its module or file.
+    """
+    if configured:
+        return configured
+    if os.environ.get("FLASK_APP"):
+        return os.environ["FLASK_APP"]
+    try:
+        import click
+        from flask.cli import ScriptInfo
+
+        ctx = click.get_current_context(silent=True)
+        info = ctx.find_object(ScriptInfo) if ctx is not None else None
+        if info is not None and info.app_import_path:
+            return info.app_import_path
+    except ImportError:  # pragma: no cover - click ships with Flask
+        pass
+    name = app.import_name
+    if name in ("__main__", "__mp_main__"):
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name and not spec.name.endswith("__main__"):
+            return spec.name
+        if spec is not None and spec.name:
+            return spec.name.rpartition(".")[0] or spec.name
+        path = getattr(main, "__file__", None)
+        if path:
+            return os.path.abspath(path)
+        raise StartError(
+            "cannot tell how a worker process should import this app (it was defined in an "
+            "interactive session); set CELERY_APP_IMPORT = 'module:create_app()'"
+        )
+    return name
+
+
+def check_broker(celery_app: Any, timeout: float = 5.0) -> None:
+    """Raise :class:`StartError` naming the broker (password masked) when it is unreachable."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    url = celery_app.conf.broker_url
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0.2, timeout=timeout
+            )
+    except Exception as exc:  # noqa: BLE001 - every transport raises its own errors
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StartError(
+            f"cannot connect to the broker at {maybe_sanitize_url(url)}: {reason}"
+        ) from None
+
+
+# -- spawning ---------------------------------------------------------------------------------
+def _pdeathsig() -> Callable[[], None] | None:
+    """A preexec function asking Linux to send SIGTERM to the child when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):  # pragma: no cover - not glibc/musl
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+
+    return preexec
+
+
+class _Spawner:
+    """Starts children from one long-lived thread.
+
+    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends, so a child spawned
+    from a short-lived thread (a request handler calling ``submit()``) would be told to stop as
+    soon as that request ended. Children are therefore spawned from the main thread, or from
+    this daemon thread, which lives as long as the process.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            return fn()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="celerymon-spawner", daemon=True
+                )
+                self._thread.start()
+        reply: queue.Queue[Any] = queue.Queue(maxsize=1)
+        self._jobs.put((fn, reply))
+        ok, value = reply.get()
+        if not ok:
+            raise value
+        return value
+
+    def _loop(self) -> None:
+        while True:
+            fn, reply = self._jobs.get()
+            try:
+                reply.put((True, fn()))
+            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+                reply.put((False, exc))
+
+
+_spawner = _Spawner()
+
+
+def spawn(
+    command: Sequence[str],
+    *,
+    stdout: IO[bytes] | int,
+    stderr: IO[bytes] | int,
+    env: dict[str, str] | None = None,
+    cwd: str | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start a child in its own process group that is told to stop when this process dies."""
+    preexec = _pdeathsig()
+
+    def start() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=preexec,
+            close_fds=True,
+        )
+
+    return _spawner.run(start)
+
+
+# -- one child --------------------------------------------------------------------------------
+@dataclass
+class ManagedProcess:
+    """A child process (or a worker found running elsewhere) and what we know about it."""
+
+    name: str
+    kind: str  # "worker" | "beat" | "monitor"
+    command: list[str]
+    log_path: str
+    node: str | None = None
+    #: "starting", "running", "external" (already running, not ours), "failed", "exited", "stopped"
+    status: str = "starting"
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    detail: str = ""
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
+
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.poll() if self.popen is not None else None
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self.popen is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, sig)
+
+
+# -- all children of one app ---------------------------------------------------------------------
+class LocalProcesses:
+    """The local worker/beat/monitor processes of one Flask app (``AppState.processes``)."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.started = False
+        self._procs: dict[str, ManagedProcess] = {}
+        self._lock = threading.RLock()
+        _live.add(self)
+        self_ref = weakref.ref(self)
+        atexit.register(_stop_ref, self_ref)
+
+    # -- what would run ---------------------------------------------------------------------
+    @property
+    def processes(self) -> dict[str, ManagedProcess]:
+        """The processes started (or found running) by :meth:`start`, by name."""
+        with self._lock:
+            return dict(self._procs)
+
+    @property
+    def log_dir(self) -> str:
+        return self.state.settings.log_dir
+
+    def log_path(self, name: str) -> str:
+        return os.path.join(self.log_dir, f"{name}.log")
+
+    def _base_command(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "flask_celerymon.celery"]
+
+    def _env(self, role: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["FLASK_APP"] = import_target(self.state.app, self.state.settings["CELERY_APP_IMPORT"])
+        env[ROLE_ENV] = role
+        env["PYTHONUNBUFFERED"] = "1"
+        cwd = os.getcwd()
+        paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if cwd not in paths:  # the app's module is importable from here in the parent
+            env["PYTHONPATH"] = os.pathsep.join([cwd, *paths])
+        return env
+
+    def _plan(self) -> list[ManagedProcess]:
+        settings = self.state.settings
+        loglevel = settings["CELERY_LOG_LEVEL"]
+        plan = []
+        for spec in settings.workers:
+            args = worker_args(spec, spec.options.get("loglevel", loglevel))
+            plan.append(
+                ManagedProcess(
+                    name=spec.name,
+                    kind="worker",
+                    command=[*self._base_command(), "worker", *args],
+                    log_path=self.log_path(spec.name),
+                    node=node_name(worker_spec_name(spec)),
+                )
+            )
+        conf = self.state.celery_app.conf
+        if settings["CELERY_SCHEDULER"] and conf.beat_schedule:
+            schedule = os.path.join(settings.instance_path, "celery", "celerybeat-schedule")
+            plan.append(
+                ManagedProcess(
+                    name="beat",
+                    kind="beat",
+                    command=[
+                        *self._base_command(),
+                        "beat",
+                        f"--loglevel={loglevel}",
+                        f"--schedule={schedule}",
+                    ],
+                    log_path=self.log_path("beat"),
+                )
+            )
+        if settings["CELERY_MONITOR"]:
+            plan.append(
+                ManagedProcess(
+                    name="monitor",
+                    kind="monitor",
+                    command=[
+                        sys.executable,
+                        "-m",
+                        "flask",
+                        "celery",
+                        "monitor",
+                        f"--port={settings['CELERY_MONITOR_PORT']}",
+                        f"--address={settings['CELERY_MONITOR_ADDRESS']}",
+                    ],
+                    log_path=self.log_path("monitor"),
+                )
+            )
+        return plan
+
+    def declare_queues(self) -> list[str]:
+        """Add the queues named in ``CELERY_WORKERS`` to the app's queues; return their names."""
+        names: list[str] = []
+        for spec in self.state.settings.workers:
+            for q in spec.queues:
+                if q and q not in names:
+                    names.append(q)
+        queues = self.state.celery_app.amqp.queues
+        for q in names:
+            if q not in queues:
+                queues.add(q)
+        return names
+
+    # -- start ------------------------------------------------------------------------------
+    def start(self, timeout: float | None = None, on_status: StatusCallback | None = None) -> None:
+        """Start the configured processes and wait until every worker answers a ping.
+
+        ``timeout`` defaults to ``CELERY_START_TIMEOUT``. ``on_status`` is called with a
+        :class:`ManagedProcess` each time one changes status (the CLI prints it). Raises
+        :class:`StartError` when the broker is unreachable or a worker did not come up (the
+        processes started by this call are stopped again).
+        """
+        with self._lock:
+            if os.environ.get(ROLE_ENV):
+                log.debug("not starting local processes inside a %s process", os.environ[ROLE_ENV])
+                self.started = True
+                return
+            if (
+                self.started
+                and self._procs
+                and all(p.alive() or p.status == "external" for p in self._procs.values())
+            ):
+                return
+            self._stop_children(DEFAULT_STOP_TIMEOUT)  # leftovers of a half-dead start
+            timeout = float(
+                timeout if timeout is not None else self.state.settings["CELERY_START_TIMEOUT"]
+            )
+            deadline = time.monotonic() + timeout
+            _install_signal_handlers()
+            celery_app = self.state.celery_app
+            check_broker(celery_app, timeout=min(timeout, 5.0))
+            self.declare_queues()
+            os.makedirs(self.log_dir, exist_ok=True)
+            plan = self._plan()
+            notify = on_status or (lambda p: None)
+            from kombu.utils.url import maybe_sanitize_url
+
+            log.info(
+                "starting local Celery processes %s on broker %s (logs in %s)",
+                ", ".join(p.name for p in plan),
+                maybe_sanitize_url(celery_app.conf.broker_url),
+                self.log_dir,
+            )
+            running = self._ping([p.node for p in plan if p.node], 0.5)
+            try:
+                for proc in plan:
+                    self._procs[proc.name] = proc
+                    if proc.node in running:
+                        proc.status, proc.detail = "external", "already running; not started"
+                    elif proc.kind == "monitor" and _port_taken(*self._monitor_address()):
+                        proc.status = "external"
+                        host, port = self._monitor_address()
+                        proc.detail = f"port {host}:{port} is taken; not started"
+                    else:
+                        self._spawn(proc)
+                    notify(proc)
+                self._wait_ready(deadline, timeout, notify)
+            except BaseException:
+                self._stop_children(DEFAULT_STOP_TIMEOUT)
+                raise
+            self.started = True
+
+    def _monitor_address(self) -> tuple[str, int]:
+        s = self.state.settings
+        return s["CELERY_MONITOR_ADDRESS"], s["CELERY_MONITOR_PORT"]
+
+    def _spawn(self, proc: ManagedProcess) -> None:
+        with open(proc.log_path, "ab") as logfile:
+            stamp = dt.datetime.now().isoformat(timespec="seconds")
+            logfile.write(
+                f"--- {stamp} flask_celerymon starts: {' '.join(proc.command)}\n".encode()
+            )
+            logfile.flush()
+            proc.popen = spawn(
+                proc.command, stdout=logfile, stderr=subprocess.STDOUT, env=self._env(proc.kind)
+            )
+        proc.status, proc.detail = "starting", f"pid {proc.pid}"
+        log.debug("started %s: pid %s, log %s", proc.name, proc.pid, proc.log_path)
+
+    def _ping(self, nodes: list[str], timeout: float) -> set[str]:
+        if not nodes:
+            return set()
+        try:
+            replies = (
+                self.state.celery_app.control.inspect(
+                    destination=nodes, timeout=timeout, limit=len(nodes)
+                ).ping()
+                or {}
+            )
+        except Exception:  # noqa: BLE001 - a broker hiccup while waiting is retried
+            log.debug("ping failed", exc_info=True)
+            return set()
+        return {node for node, reply in replies.items() if (reply or {}).get("ok") == "pong"}
+
+    def _wait_ready(self, deadline: float, timeout: float, notify: StatusCallback) -> None:
+        waiting = {
+            p.node: p for p in self._procs.values() if p.kind == "worker" and p.status == "starting"
+        }
+        monitor = self._procs.get("monitor")
+        while True:
+            for proc in list(self._procs.values()):
+                if proc.status == "starting" and proc.popen is not None and not proc.alive():
+                    proc.status = "failed"
+                    proc.detail = f"exited with code {proc.returncode}"
+                    notify(proc)
+            failed = [p for p in self._procs.values() if p.status == "failed"]
+            if failed:
+                raise StartError(
+                    "; ".join(f"{p.kind} {p.name} {p.detail}; see {p.log_path}" for p in failed)
+                )
+            for node in self._ping([n for n in waiting if n], 0.5):
+                proc = waiting.pop(node)
+                proc.status, proc.detail = "running", f"pid {proc.pid}, answers as {node}"
+                notify(proc)
+            if (
+                monitor is not None
+                and monitor.status == "starting"
+                and _port_taken(*self._monitor_address())
+            ):
+                monitor.status = "running"
+                host, port = self._monitor_address()
+                monitor.detail = f"pid {monitor.pid}, http://{host}:{port}/"
+                notify(monitor)
+            monitor_pending = monitor is not None and monitor.status == "starting"
+            if not waiting and not monitor_pending:
+                break
+            if time.monotonic() >= deadline:
+                late = [p for p in waiting.values()]
+                if monitor_pending and monitor is not None:
+                    late.append(monitor)
+                names = ", ".join(f"{p.name} (log: {p.log_path})" for p in late)
+                raise StartError(
+                    f"local Celery processes did not come up within {timeout:g}s "
+                    f"(CELERY_START_TIMEOUT): {names}"
+                )
+            time.sleep(0.1)
+        for proc in self._procs.values():
+            if proc.kind == "beat" and proc.status == "starting":
+                proc.status = "running"
+                proc.detail = f"pid {proc.pid}"
+                notify(proc)
+
+    # -- stop -------------------------------------------------------------------------------
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the processes this object started: SIGTERM, ``timeout`` seconds grace, kill."""
+        with self._lock:
+            self._stop_children(DEFAULT_STOP_TIMEOUT if timeout is None else float(timeout))
+            self.started = False
+
+    def _stop_children(self, grace: float) -> None:
+        procs = [p for p in self._procs.values() if p.popen is not None]
+        for proc in procs:
+            if proc.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    proc.popen.terminate()  # type: ignore[union-attr]
+        deadline = time.monotonic() + grace
+        for proc in procs:
+            assert proc.popen is not None
+            try:
+                proc.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning(
+                    "%s %s (pid %s) did not stop within %ss; killing it",
+                    proc.kind,
+                    proc.name,
+                    proc.pid,
+                    grace,
+                )
+            # the pool children of a worker are in its process group: none may linger
+            proc._signal_group(signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.popen.wait(5)
+            proc.status = "stopped"
+        self._procs.clear()
+
+
+def _stop_ref(ref: weakref.ref[LocalProcesses]) -> None:
+    obj = ref()
+    if obj is not None:
+        obj.stop()
+
+
+def _port_taken(address: str, port: int) -> bool:
+    try:
+        with socket.create_connection((address, port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+# -- parent signals ------------------------------------------------------------------------------
+# Signal handlers are process-wide by nature: one handler stops the children of every app.
+_live: weakref.WeakSet[LocalProcesses] = weakref.WeakSet()
+_previous: dict[int, Any] = {}
+
+
+def _install_signal_handlers() -> None:
+    """Stop children on SIGTERM/SIGINT, then run the handler that was there before."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # only the main thread may set handlers; atexit and PDEATHSIG still apply
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        current = signal.getsignal(sig)
+        if current is _on_signal or current == signal.SIG_IGN or sig in _previous:
+            continue  # an ignored signal (e.g. SIGINT of a background job) stays ignored
+        _previous[sig] = current
+        signal.signal(sig, _on_signal)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    for procs in list(_live):
+        with contextlib.suppress(Exception):
+            procs.stop(timeout=5.0)
+    previous = _previous.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+    elif previous == signal.SIG_DFL:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
