@@ -43,6 +43,8 @@ setup(
             "ruff>=0.5",
             "ephem>=4.1",
             "sphinx>=7",
+            "schemathesis>=4.0",
+            "pyyaml>=6",
         ],
     },
     classifiers=[
