@@ -1,0 +1,257 @@
+"""Local worker processes: lazy start on first submit, readiness, queues, logs, clean stop.
+
+Every test here runs real ``celery worker`` subprocesses; every fixture stops them in teardown.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from flask_celerymon import StartError
+from flask_celerymon.processes import ROLE_ENV, import_target, node_name, worker_args
+from tests.apps import local
+
+HOST = socket.gethostname()
+FAST = {"concurrency": 1, "without_mingle": True, "without_gossip": True}
+WORKERS = {
+    "alpha": {**FAST, "pool": "prefork"},
+    "beta": {**FAST, "pool": "solo", "queues": ["high-priority"]},
+}
+
+
+def _descendants(pids: list[int]) -> list[psutil.Process]:
+    found = []
+    for pid in pids:
+        try:
+            proc = psutil.Process(pid)
+            found.append(proc)
+            found.extend(proc.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
+    return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+@pytest.fixture(scope="module")
+def cluster(redis_server, tmp_path_factory):
+    """An app with two local workers started lazily by its first submit."""
+    env = local.app_env(tmp_path_factory.mktemp("proc"), redis_server.url(210), WORKERS)
+    with local.environment(env):
+        app = local.create_app()
+        state = app.extensions["celerymon"]
+        try:
+            with app.app_context():
+                first = local.celery.submit(local.add, 1, 2)
+            yield app, first
+        finally:
+            state.processes.stop(timeout=5)
+
+
+def test_first_submit_starts_every_configured_worker_and_waits_for_all(cluster):
+    app, first = cluster
+    assert first.result(timeout=10) == 3
+    with app.app_context():
+        assert local.celery.status() == {f"alpha@{HOST}": "OK", f"beta@{HOST}": "OK"}
+        procs = local.celery.processes
+    assert sorted(procs) == ["alpha", "beta"]
+    assert {p.status for p in procs.values()} == {"running"}
+
+
+def test_worker_output_goes_to_a_log_file_per_worker_under_the_instance_folder(cluster):
+    app, _ = cluster
+    with app.app_context():
+        procs = local.celery.processes
+    log_dir = os.path.join(app.instance_path, "celery", "logs")
+    for name, proc in procs.items():
+        assert proc.log_path == os.path.join(log_dir, f"{name}.log")
+        with open(proc.log_path, encoding="utf-8") as fh:
+            assert f"{name}@{HOST} ready." in fh.read()
+
+
+def test_submit_to_a_queue_reaches_the_worker_that_consumes_it(cluster):
+    app, _ = cluster
+    with app.app_context():
+        futures = [local.celery.submit(local.hostname, queue="high-priority") for _ in range(3)]
+        assert [f.result(timeout=10) for f in futures] == [f"beta@{HOST}"] * 3
+
+
+def test_submit_inside_a_worker_starts_no_local_processes(cluster):
+    app, _ = cluster
+    with app.app_context():
+        assert local.celery.submit(local.local_process_count).result(timeout=10) == 0
+
+
+def test_a_worker_already_running_under_the_same_name_is_not_started_twice(cluster):
+    app, _ = cluster
+    other = local.create_app()  # same config, its own LocalProcesses
+    try:
+        other.extensions["celerymon"].processes.start()
+        procs = other.extensions["celerymon"].processes.processes
+        assert {name: (p.status, p.pid) for name, p in procs.items()} == {
+            "alpha": ("external", None),
+            "beta": ("external", None),
+        }
+    finally:
+        other.extensions["celerymon"].processes.stop()
+
+
+def test_stop_ends_every_worker_and_its_pool_processes(redis_server, tmp_path):
+    env = local.app_env(tmp_path, redis_server.url(211), {"solo1": {**FAST, "pool": "prefork"}})
+    with local.environment(env):
+        app = local.create_app()
+        procs = app.extensions["celerymon"].processes
+        try:
+            with app.app_context():
+                local.celery.start()
+                tree = _descendants([p.pid for p in local.celery.processes.values()])
+                assert len(tree) == 2  # the worker and its one pool process
+                local.celery.stop(timeout=5)
+                assert local.celery.processes == {}
+            assert _alive(tree) == []
+        finally:
+            procs.stop(timeout=1)
+
+
+def test_start_timeout_names_the_late_workers_and_their_logs(redis_server, tmp_path):
+    env = local.app_env(tmp_path, redis_server.url(212), {"late": FAST}, start_timeout=0.3)
+    with local.environment(env):
+        app = local.create_app()
+        procs = app.extensions["celerymon"].processes
+        try:
+            with pytest.raises(StartError) as err:
+                procs.start()
+            log = os.path.join(tmp_path, "celery", "logs", "late.log")
+            assert str(err.value) == (
+                "local Celery processes did not come up within 0.3s (CELERY_START_TIMEOUT): "
+                f"late (log: {log})"
+            )
+            assert procs.processes == {}  # what did start was stopped again
+        finally:
+            procs.stop(timeout=1)
+
+
+def test_a_worker_that_exits_while_starting_fails_fast_naming_its_log(redis_server, tmp_path):
+    env = local.app_env(tmp_path, redis_server.url(213), {"broken": {"pool": "nonsense"}})
+    with local.environment(env):
+        app = local.create_app()
+        procs = app.extensions["celerymon"].processes
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(StartError) as err:
+                procs.start()
+            assert time.monotonic() - t0 < 20
+            log = os.path.join(tmp_path, "celery", "logs", "broken.log")
+            assert str(err.value) == f"worker broken exited with code 2; see {log}"
+            with open(log, encoding="utf-8") as fh:
+                assert "Invalid value for '-P' / '--pool'" in fh.read()
+        finally:
+            procs.stop(timeout=1)
+
+
+def test_start_with_an_unreachable_broker_names_it_with_the_password_masked(tmp_path):
+    env = local.app_env(tmp_path, "redis://:s3cret@127.0.0.1:1/0")
+    with local.environment(env):
+        app = local.create_app()
+    with pytest.raises(StartError) as err:
+        app.extensions["celerymon"].processes.start()
+    assert str(err.value) == (
+        "cannot connect to the broker at redis://:**@127.0.0.1:1/0: "
+        "Error 111 connecting to 127.0.0.1:1. Connection refused."
+    )
+
+
+def test_local_processes_are_not_started_in_a_process_started_by_us(tmp_path, monkeypatch):
+    monkeypatch.setenv(ROLE_ENV, "worker")
+    with local.environment(local.app_env(tmp_path, "redis://127.0.0.1:1/0")):
+        app = local.create_app()
+    state = app.extensions["celerymon"]
+    state.processes.start()
+    assert state.processes.started is True
+    assert state.processes.processes == {}
+
+
+def test_worker_options_become_celery_worker_flags():
+    from flask_celerymon.config import WorkerSpec
+
+    spec = WorkerSpec("foo", {
+        "concurrency": 10, "loglevel": "error", "pidfile": "/run/%n.pid",
+        "queues": ["low-priority", "high-priority"], "without_gossip": True,
+        "without_mingle": False, "autoscale": [10, 3],
+    })  # fmt: skip
+    assert worker_args(spec, "info") == [
+        "-n", "foo@%h", "--loglevel=info", "--concurrency=10", "--loglevel=error",
+        "--pidfile=/run/%n.pid", "--queues=low-priority,high-priority", "--without-gossip",
+        "--autoscale=10,3",
+    ]  # fmt: skip
+    assert node_name("foo") == f"foo@{HOST}"
+    assert node_name("bar@box") == "bar@box"
+
+
+def test_import_target_prefers_config_then_flask_app_then_import_name(tmp_path, monkeypatch):
+    with local.environment(local.app_env(tmp_path, "redis://127.0.0.1:1/0")):
+        app = local.create_app()
+    monkeypatch.delenv("FLASK_APP", raising=False)
+    assert import_target(app) == "tests.apps.local"
+    monkeypatch.setenv("FLASK_APP", "tests.apps.local:create_app()")
+    assert import_target(app) == "tests.apps.local:create_app()"
+    assert import_target(app, "other:make()") == "other:make()"
+
+
+PARENT = textwrap.dedent("""
+    import json, sys, time
+    import psutil
+    from tests.apps import local
+    app = local.create_app()
+    with app.app_context():
+        local.celery.start()
+    me = psutil.Process()
+    print(json.dumps([p.pid for p in me.children(recursive=True)]), flush=True)
+    if sys.argv[1] == "exit":
+        sys.exit(0)
+    time.sleep(60)
+""")
+
+
+@pytest.mark.parametrize("ending", ["exit", "SIGTERM", "SIGINT", "SIGKILL"])
+def test_no_child_outlives_the_parent(ending, tmp_path):
+    """Workers, their pool processes and the embedded broker all end with the web process."""
+    env = {**os.environ, **local.app_env(tmp_path, None, {"w": {**FAST, "pool": "prefork"}})}
+    env.pop("FLASK_APP", None)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, "exit" if ending == "exit" else "wait"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )  # fmt: skip
+    children: list[psutil.Process] = []
+    try:
+        line = parent.stdout.readline()  # type: ignore[union-attr]
+        pids = json.loads(line)
+        children = [psutil.Process(p) for p in pids]
+        # the embedded broker, the worker and its pool process
+        assert len(children) == 3, line
+        if ending != "exit":
+            parent.send_signal(getattr(signal, ending))
+        parent.wait(20)
+        deadline = time.monotonic() + 15
+        while _alive(children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _alive(children) == []
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()  # type: ignore[union-attr]
+        for child in _alive(children):
+            child.kill()
