@@ -51,10 +51,23 @@ def _check_broker(state: AppState) -> None:
 
 def _run_celery(state: AppState, argv: list[str], role: str) -> None:
     """Run a ``celery`` sub-command in this process on the app's Celery instance."""
+    from celery.bin.celery import celery as celery_main
+    from click.exceptions import Exit
+
+    previous = os.environ.get(ROLE_ENV)
     os.environ[ROLE_ENV] = role  # a task calling submit() here must not start local workers
-    code = state.celery_app.start(argv)
-    if code:
-        sys.exit(code)
+    celery_main.params[0].default = state.celery_app  # what celery_app.start() does
+    try:
+        celery_main.main(args=argv, prog_name="flask celery", standalone_mode=False)
+    except Exit as exc:
+        if exc.exit_code:
+            sys.exit(exc.exit_code)
+    finally:
+        celery_main.params[0].default = None
+        if previous is None:
+            os.environ.pop(ROLE_ENV, None)
+        else:
+            os.environ[ROLE_ENV] = previous
 
 
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
@@ -71,7 +84,7 @@ _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 )
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(name: str | None, celery_args: tuple[str, ...]) -> None:
-    """Run a worker in the foreground (any `celery worker` option is accepted)."""
+    """Run a worker in the foreground (any `celery worker --help` option is accepted)."""
     state = _loaded_state()
     settings = state.settings
     spec = next((s for s in settings.workers if s.name == name), None) if name else None
@@ -89,7 +102,7 @@ def worker(name: str | None, celery_args: tuple[str, ...]) -> None:
 @celery_group.command("beat", context_settings=_PASSTHROUGH, with_appcontext=False)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(celery_args: tuple[str, ...]) -> None:
-    """Run the beat scheduler in the foreground (any `celery beat` option is accepted)."""
+    """Run the beat scheduler in the foreground (any `celery beat --help` option is accepted)."""
     state = _loaded_state()
     settings = state.settings
     args = [f"--loglevel={settings['CELERY_LOG_LEVEL']}"]

@@ -1,0 +1,284 @@
+"""The ``flask celery`` commands, through ``app.test_cli_runner()`` and as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+
+from tests.apps import local
+from tests.conftest import free_port
+
+HOST = socket.gethostname()
+NODE = f"clitest@{HOST}"
+FAST = {"concurrency": 1, "pool": "solo", "without_mingle": True, "without_gossip": True}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REFUSED = (
+    "Error: cannot connect to the broker at redis://:**@127.0.0.1:1/0: "
+    "Error 111 connecting to 127.0.0.1:1. Connection refused.\n"
+)
+INSPECT_METHODS = (
+    "active, active_queues, clock, conf, memdump, memsample, objgraph, ping, query_task, "
+    "registered, report, reserved, revoked, scheduled, stats"
+)
+
+
+@pytest.fixture(scope="module")
+def app(redis_server, tmp_path_factory):
+    """An app whose one local worker ``clitest`` is running."""
+    env = local.app_env(tmp_path_factory.mktemp("cli"), redis_server.url(220), {"clitest": FAST})
+    with local.environment(env):
+        flask_app = local.create_app()
+        procs = flask_app.extensions["celerymon"].processes
+        try:
+            procs.start()
+            yield flask_app
+        finally:
+            procs.stop(timeout=5)
+
+
+@pytest.fixture
+def run(app):
+    runner = app.test_cli_runner()
+
+    def invoke(*args: str):
+        return runner.invoke(args=["celery", *args])
+
+    return invoke
+
+
+@pytest.fixture
+def unreachable(tmp_path):
+    with local.environment(local.app_env(tmp_path, "redis://:s3cret@127.0.0.1:1/0")):
+        return local.create_app()
+
+
+def test_status_prints_a_table_of_the_workers(run):
+    result = run("status")
+    assert result.exit_code == 0, result.output
+    width = len(NODE)
+    assert result.output == (f"{'WORKER':<{width}}  STATUS\n{NODE}  OK\n1 worker online\n")
+
+
+def test_status_without_workers_fails_naming_the_broker(redis_server, tmp_path):
+    url = redis_server.url(221)
+    with local.environment(local.app_env(tmp_path, url)):
+        empty = local.create_app()
+    result = empty.test_cli_runner().invoke(args=["celery", "status", "--timeout", "0.2"])
+    assert result.exit_code == 1
+    assert result.output == f"Error: no worker replied within 0.2s on {url}\n"
+
+
+def test_inspect_ping_prints_each_reply(run):
+    result = run("inspect", "ping")
+    assert result.exit_code == 0, result.output
+    assert result.output == (f'-> {NODE}: OK\n    {{\n      "ok": "pong"\n    }}\n1 node replied\n')
+
+
+def test_inspect_json_with_destination_prints_one_json_object(run):
+    result = run("inspect", "registered", "--destination", NODE, "--json")
+    assert result.exit_code == 0, result.output
+    registered = json.loads(result.output)[NODE]
+    assert "tests.apps.local.hourly_report" in registered
+    assert "flask_celerymon.dispatch" in registered
+
+
+def test_control_passes_typed_arguments(run):
+    result = run("control", "rate_limit", "tests.apps.local.hourly_report", "10/m", "-j")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {NODE: {"ok": "new rate limit set successfully"}}
+
+
+def test_inspect_unknown_method_is_a_one_line_usage_error(run):
+    result = run("inspect", "bogus")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        f"Error: 'bogus' is not an inspect method; choose from: {INSPECT_METHODS}"
+    )
+    assert "Traceback" not in result.output
+
+
+def test_control_unknown_method_is_a_usage_error(run):
+    result = run("control", "explode")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1].startswith(
+        "Error: 'explode' is not a control method; choose from: add_consumer, autoscale,"
+    )
+
+
+def test_control_argument_of_the_wrong_type_is_a_usage_error(run):
+    result = run("control", "pool_grow", "many")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "Error: control pool_grow: n must be int, not 'many' (usage: pool_grow [N=1])"
+    )
+
+
+def test_inspect_with_extra_arguments_is_a_usage_error(run):
+    result = run("inspect", "stats", "extra")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == "Error: inspect stats takes no arguments"
+
+
+def test_worker_with_a_bad_celery_option_is_a_usage_error(run):
+    result = run("worker", "--concurrency=abc")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "Error: Invalid value for '-c' / '--concurrency': must be a non-negative integer or "
+        "'auto', got 'abc'"
+    )
+    assert "FLASK_CELERYMON_ROLE" not in os.environ  # the runner's process is left as it was
+
+
+def test_monitor_with_a_bad_port_is_a_usage_error(run):
+    result = run("monitor", "--port", "70000")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "Error: Invalid value for '--port': 70000 is not in the range 0<=x<=65535."
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["inspect", "ping"], ["control", "pool_grow", "1"], ["worker"], ["beat"],
+     ["cluster"]],
+)  # fmt: skip
+def test_unreachable_broker_is_one_line_with_the_password_masked(unreachable, args):
+    result = unreachable.test_cli_runner().invoke(args=["celery", *args])
+    assert result.exit_code == 1
+    assert result.output == REFUSED
+
+
+def test_missing_app_is_flasks_one_line_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "FLASK_APP"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "flask", "celery", "status"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("Error: Could not locate a Flask application.")
+    assert "Traceback" not in proc.stderr
+
+
+# -- real subprocesses ------------------------------------------------------------------------
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _pings(celery_app, node: str) -> bool:
+    replies = celery_app.control.inspect(destination=[node], timeout=0.5, limit=1).ping()
+    return bool(replies)
+
+
+def _child(args: list[str], env: dict[str, str], out) -> subprocess.Popen[bytes]:
+    full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+    full_env["FLASK_APP"] = "tests.apps.local:create_app()"
+    return subprocess.Popen(
+        [sys.executable, "-m", *args], cwd=ROOT, env=full_env, stdout=out,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def _end(proc: subprocess.Popen[bytes]) -> None:
+    tree = []
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        pass
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for child in tree:
+        if child.is_running():
+            child.kill()
+
+
+def test_flask_celery_worker_applies_the_configured_options_and_obeys_shutdown(
+    app, redis_server, tmp_path
+):
+    workers = {"sub": {**FAST, "queues": ["cli-q"]}}
+    env = local.app_env(tmp_path, redis_server.url(220), workers)
+    node = f"sub@{HOST}"
+    with open(tmp_path / "out.log", "wb") as out:
+        proc = _child(["flask", "celery", "worker", "-n", "sub"], env, out)
+    try:
+        celery_app = app.extensions["celerymon"].celery_app
+        _wait_for(lambda: _pings(celery_app, node), 30, f"{node} to answer")
+        run = app.test_cli_runner().invoke
+        queues = run(args=["celery", "inspect", "active_queues", "-d", node, "--json"])
+        assert [q["name"] for q in json.loads(queues.output)[node]] == ["cli-q"]
+        result = run(args=["celery", "control", "shutdown", "-d", node])
+        assert result.output == f"shutdown sent to {node}\n"
+        assert proc.wait(20) == 0
+    finally:
+        _end(proc)
+
+
+def test_celery_command_finds_a_factory_app_through_flask_app(app, redis_server, tmp_path):
+    env = local.app_env(tmp_path, redis_server.url(220), {})
+    node = f"direct@{HOST}"
+    args = ["celery", "-A", "flask_celerymon.celery", "worker", "-n", "direct@%h", "-P", "solo",
+            "--without-mingle", "--without-gossip"]  # fmt: skip
+    with open(tmp_path / "out.log", "wb") as out:
+        proc = _child(args, env, out)
+    try:
+        celery_app = app.extensions["celerymon"].celery_app
+        _wait_for(lambda: _pings(celery_app, node), 30, f"{node} to answer")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        _end(proc)
+
+
+def test_cluster_runs_workers_beat_and_monitor_until_ctrl_c(redis_server, tmp_path):
+    port = free_port()
+    env = local.app_env(tmp_path, redis_server.url(222), {"c1": FAST}, monitor_port=port,
+                        beat=True)  # fmt: skip
+    log = tmp_path / "cluster.log"
+    with open(log, "wb") as out:
+        proc = _child(["flask", "celery", "cluster"], env, out)
+    try:
+        text = _wait_for(
+            lambda: "press Ctrl-C" in log.read_text() and log.read_text(), 60, "the cluster"
+        )
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        status = {line.split()[0]: line.split()[1] for line in text.splitlines()[-4:-1]}
+        assert status == {"c1": "running", "monitor": "running", "beat": "running"}, text
+
+        # the monitor is served by gunicorn, / leads to the blueprint
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/", method="HEAD")
+        opener = urllib.request.build_opener(_NoRedirect)
+        with pytest.raises(urllib.error.HTTPError) as redirect:
+            opener.open(request, timeout=10)
+        assert redirect.value.code == 302
+        assert redirect.value.headers["Location"] == "/monitor/"
+        assert redirect.value.headers["Server"].startswith("gunicorn")
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert log.read_text().endswith("stopping...\nstopped\n")
+        assert [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        _end(proc)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
