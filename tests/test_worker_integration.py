@@ -254,13 +254,16 @@ def test_registered_task_delay_and_lookup(ctx):
 
 
 def test_inspect_returns_plain_dicts(ctx):
-    registered = basic.celery.inspect.registered(timeout=5)
+    registered = basic.celery.inspect.registered(destination=WORKER, timeout=5)
     assert "tests.apps.basic.registered" in registered[WORKER]
     assert DISPATCH_TASK_NAME in registered[WORKER]
     stats = basic.celery.inspect.stats(destination=WORKER, timeout=5)
     assert set(stats) == {WORKER}
     assert "broker" in stats[WORKER]
-    assert basic.celery.inspect.active_queues(timeout=5)[WORKER][0]["name"] in ("celery", "high")
+    assert basic.celery.inspect.active_queues(destination=WORKER, timeout=5)[WORKER][0]["name"] in (
+        "celery",
+        "high",
+    )
 
 
 def test_control_passes_real_arguments(ctx):
@@ -268,7 +271,9 @@ def test_control_passes_real_arguments(ctx):
     assert grown == {WORKER: {"ok": "pool will grow"}}
     shrunk = basic.celery.control.pool_shrink(1, destination=[WORKER], timeout=5)
     assert shrunk == {WORKER: {"ok": "pool will shrink"}}
-    limited = basic.celery.control.rate_limit("tests.apps.basic.registered", "100/m", timeout=5)
+    limited = basic.celery.control.rate_limit(
+        "tests.apps.basic.registered", "100/m", destination=WORKER, timeout=5
+    )
     assert "new rate limit set successfully" in limited[WORKER]["ok"]
     scaled = basic.celery.control.autoscale(5, 1, destination=WORKER, timeout=5)
     assert "Autoscale not enabled" in scaled[WORKER]["error"]
@@ -276,7 +281,7 @@ def test_control_passes_real_arguments(ctx):
 
 
 def test_status_pings_workers(ctx):
-    assert basic.celery.status(timeout=5) == {WORKER: "OK"}
+    assert basic.celery.status(timeout=1) == {WORKER: "OK"}
 
 
 def test_unknown_command_names_the_method(ctx):
