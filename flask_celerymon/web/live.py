@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 import time
 from typing import Any
 
@@ -173,6 +175,7 @@ def feed(ws: Any) -> None:
         ws.close(reason=1008, message=str(exc)[:120])
         return
     sub = f.subscribe(service)
+    tcp = _own_tcp(ws)
     try:
         f.prime(service)
         ws.send(json.dumps({"type": "hello", "view": f.view}))
@@ -206,6 +209,42 @@ def feed(ws: Any) -> None:
     finally:
         if sub is not None:
             sub.close()
+        _end_of_stream(ws, tcp)
+
+
+def _own_tcp(ws: Any) -> socket.socket | None:
+    """Under werkzeug's server: our own handle on the connection, for :func:`_end_of_stream`."""
+    if getattr(ws, "mode", None) != "werkzeug":
+        return None
+    try:
+        return socket.socket(fileno=os.dup(ws.sock.fileno()))
+    except OSError:
+        return None
+
+
+def _end_of_stream(ws: Any, tcp: socket.socket | None) -> None:
+    """Under werkzeug's server, end the TCP stream once the feed is over.
+
+    flask-sock hands werkzeug an empty HTTP response after the handler returns, which
+    werkzeug writes onto the finished websocket; browsers report those bytes as an
+    "Invalid frame header". Shutting the sending side first makes that write fail quietly
+    (werkzeug treats it as a dropped connection). simple-websocket may already have closed
+    its socket object, hence the duplicate handle taken at the start. Other servers
+    (gunicorn) write nothing and need none of this.
+    """
+    if tcp is None:
+        return
+    if ws.connected:
+        try:
+            ws.close()
+        except Exception:  # noqa: BLE001 - the peer may already be gone
+            pass
+    try:
+        tcp.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        tcp.close()
 
 
 def register(bp: Blueprint) -> None:

@@ -212,7 +212,10 @@ def test_broker_page_lists_the_queues_with_lengths(monitored, done):
 
 def test_charts_page_shows_counts_and_runtimes_per_task_name(monitored, done):
     client = monitored.client()
-    body = text(client.get("/monitor/charts?window=15m"))
+    # the history store may be mid-flush in the service's own thread: wait for it
+    body = monitored.wait_for(
+        lambda: (b := text(client.get("/monitor/charts?window=15m"))) and "basic:add" in b and b
+    )
     assert 'id="chart-throughput"' in body
     assert "tests.apps.basic:add" in body
     assert 'id="chart-runtime"' in body

@@ -10,7 +10,7 @@
   "use strict";
 
   var body = document.body;
-  var cm = (window.celerymon = { socket: null, connects: 0 });
+  var cm = (window.celerymon = { socket: null, connects: 0, states: [] });
 
   // -- small helpers ---------------------------------------------------------------------
 
@@ -185,6 +185,7 @@
 
   var live = $("#live");
   function indicator(state, text) {
+    cm.states.push(state);
     if (!live) return;
     live.dataset.state = state;
     live.querySelector("b").textContent = text;
@@ -349,6 +350,7 @@
   }
 
   localTimes(document);
+  if (!body.dataset.live && live) live.remove();
   if (body.dataset.live) {
     if (typeof window.WebSocket !== "function") {
       indicator("off", "offline");
