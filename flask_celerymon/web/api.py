@@ -41,6 +41,7 @@ from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.routing import PathConverter
 
 from ..dispatch import DISPATCH_TASK_NAME
 from ..monitor import broker as _broker
@@ -1150,33 +1151,43 @@ def _api_root() -> str:
 
 # -- registration ------------------------------------------------------------------------------
 
+
+class AnyPathConverter(PathConverter):
+    """Werkzeug's ``path`` that also matches control characters (a newline in a name gets
+    our JSON 404, not the app's HTML one)."""
+
+    regex = "(?s:[^/].*?)"
+
+
+CONVERTER = "celerymon_path"
+
 #: (rule, view, methods): every route of the API, in the order of the docs.
 ROUTES: tuple[tuple[str, Callable[..., Response], tuple[str, ...]], ...] = (
     ("/api/workers", list_workers, ("GET",)),
-    ("/api/worker/shutdown/<path:name>", worker_shutdown, ("POST",)),
-    ("/api/worker/pool/restart/<path:name>", worker_pool_restart, ("POST",)),
-    ("/api/worker/pool/grow/<path:name>", worker_pool_grow, ("POST",)),
-    ("/api/worker/pool/shrink/<path:name>", worker_pool_shrink, ("POST",)),
-    ("/api/worker/pool/autoscale/<path:name>", worker_pool_autoscale, ("POST",)),
-    ("/api/worker/queue/add-consumer/<path:name>", worker_add_consumer, ("POST",)),
-    ("/api/worker/queue/cancel-consumer/<path:name>", worker_cancel_consumer, ("POST",)),
+    ("/api/worker/shutdown/<celerymon_path:name>", worker_shutdown, ("POST",)),
+    ("/api/worker/pool/restart/<celerymon_path:name>", worker_pool_restart, ("POST",)),
+    ("/api/worker/pool/grow/<celerymon_path:name>", worker_pool_grow, ("POST",)),
+    ("/api/worker/pool/shrink/<celerymon_path:name>", worker_pool_shrink, ("POST",)),
+    ("/api/worker/pool/autoscale/<celerymon_path:name>", worker_pool_autoscale, ("POST",)),
+    ("/api/worker/queue/add-consumer/<celerymon_path:name>", worker_add_consumer, ("POST",)),
+    ("/api/worker/queue/cancel-consumer/<celerymon_path:name>", worker_cancel_consumer, ("POST",)),
     ("/api/tasks", list_tasks, ("GET",)),
     ("/api/task/types", task_types, ("GET",)),
     ("/api/queues/length", queue_lengths, ("GET",)),
     ("/api/task/info/<task_id>", task_info, ("GET",)),
-    ("/api/task/apply/<path:name>", task_apply, ("POST",)),
-    ("/api/task/async-apply/<path:name>", task_async_apply, ("POST",)),
-    ("/api/task/send-task/<path:name>", task_send, ("POST",)),
+    ("/api/task/apply/<celerymon_path:name>", task_apply, ("POST",)),
+    ("/api/task/async-apply/<celerymon_path:name>", task_async_apply, ("POST",)),
+    ("/api/task/send-task/<celerymon_path:name>", task_send, ("POST",)),
     ("/api/task/result/<task_id>", task_result, ("GET",)),
     ("/api/task/abort/<task_id>", task_abort, ("POST",)),
     ("/api/task/revoke/<task_id>", task_revoke, ("POST",)),
-    ("/api/task/timeout/<path:name>", task_timeout, ("POST",)),
-    ("/api/task/rate-limit/<path:name>", task_rate_limit, ("POST",)),
+    ("/api/task/timeout/<celerymon_path:name>", task_timeout, ("POST",)),
+    ("/api/task/rate-limit/<celerymon_path:name>", task_rate_limit, ("POST",)),
     ("/api/task/retry/<task_id>", task_retry, ("POST",)),
     ("/api/tasks/revoke", tasks_revoke, ("POST",)),
     ("/api/tasks/retry", tasks_retry, ("POST",)),
-    ("/api/queues/purge/<path:queue>", queue_purge, ("POST",)),
-    ("/api/queues/messages/<path:queue>", queue_messages, ("GET",)),
+    ("/api/queues/purge/<celerymon_path:queue>", queue_purge, ("POST",)),
+    ("/api/queues/messages/<celerymon_path:queue>", queue_messages, ("GET",)),
     ("/api/queues/remove/<queue>/<task_id>", queue_remove_message, ("POST",)),
     ("/api/openapi.json", openapi_document, ("GET",)),
 )
@@ -1213,10 +1224,11 @@ def _http_error(exc: HTTPException) -> Any:
 
 def register(bp: Blueprint) -> None:
     """Add the API routes and its JSON error handlers to the monitor blueprint."""
+    bp.record_once(lambda s: s.app.url_map.converters.setdefault(CONVERTER, AnyPathConverter))
     for rule, view, methods in ROUTES:
         bp.add_url_rule(rule, f"api_{view.__name__}", view, methods=list(methods))
     bp.add_url_rule(
-        "/api/<path:rest>",
+        "/api/<celerymon_path:rest>",
         "api_not_found",
         not_found,
         methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
