@@ -146,7 +146,7 @@ class EmbeddedBroker:
             "--unixsocketperm", "700",
             "--dir", self.directory,
             "--dbfilename", "dump.rdb",
-            "--save", "60 1",
+            "--save", "60", "1",  # save after 60s when a key changed (and on SIGTERM)
             "--appendonly", "no",
             "--daemonize", "no",
             "--loglevel", "notice",
