@@ -1,0 +1,46 @@
+"""``python -m example_app``: the app on http://127.0.0.1:5000/ with its workers, beat and monitor.
+
+The workers and beat are started before the web server (not lazily on the first submit), so the
+monitor at /monitor shows them from the start. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from flask_celerymon import StartError
+
+from . import celery, create_app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m example_app", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=5000)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    app = create_app()
+    with app.app_context():
+        print(f"starting the workers and beat (logs in {app.instance_path}/celery/logs) ...")
+        try:
+            celery.start()
+        except StartError as exc:
+            sys.exit(f"error: {exc}")
+        for name, proc in celery.processes.items():
+            print(f"  {name:<10} {proc.status:<8} {proc.detail}")
+    url = f"http://{args.host}:{args.port}/"
+    print(f"open {url}  (monitor: {url}monitor/)", flush=True)
+    try:
+        app.run(host=args.host, port=args.port, threaded=True, use_reloader=False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        with app.app_context():
+            celery.stop()
+        print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""README command 1: ``python -m example_app`` serves the app with its workers, beat and monitor."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+
+from tests.conftest import free_port
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _get(url: str) -> tuple[int, str]:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return resp.status, resp.read().decode()
+
+
+def test_example_app_runs_tasks_on_the_embedded_broker_and_stops_on_ctrl_c(tmp_path):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if k not in ("FLASK_APP", "CELERY_BROKER_URL")}
+    env["EXAMPLE_APP_INSTANCE"] = str(tmp_path)
+    log = tmp_path / "example.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "example_app", "--port", str(port)],
+            cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    tree: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 90
+        while "Running on" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        text = log.read_text()
+        assert f"open {base}/  (monitor: {base}/monitor/)" in text
+        assert re.search(r"default +running +pid \d+, answers as default@", text), text
+        assert re.search(r"priority +running", text) and re.search(r"beat +running", text)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+
+        request = urllib.request.Request(f"{base}/submit/add", method="POST", data=b"")
+        with urllib.request.urlopen(request, timeout=10) as resp:  # follows the redirect
+            page = resp.read().decode()
+        task_id = re.search(r'data-task="([0-9a-f-]{36})"', page).group(1)
+        deadline = time.monotonic() + 20
+        while True:
+            task = json.loads(_get(f"{base}/tasks/{task_id}")[1])
+            if task["state"] == "SUCCESS" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert task == {"id": task_id, "state": "SUCCESS", "info": 5}
+        assert _get(f"{base}/monitor/")[0] == 200
+
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+        assert log.read_text().endswith("stopped\n")
+        deadline = time.monotonic() + 10
+        while any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in tree):
+            assert time.monotonic() < deadline, "a child outlived the example app"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for child in tree:
+            if child.is_running():
+                child.kill()
