@@ -116,7 +116,21 @@ def events(n_tasks: int, n_workers: int, seed: int = 1) -> Iterator[tuple[str, d
                 inflight.append(inflight.pop(0))
 
 
-def flood(url: str, n_tasks: int, rate: float, n_workers: int = 4, batch: int = 200) -> dict:
+def prebuild(n_tasks: int, n_workers: int = 4, seed: int = 1) -> list[tuple[str, bytes]]:
+    """All messages of a flood, built ahead so publishing runs at full speed."""
+    return [(rk, envelope(ev, rk)) for rk, ev in events(n_tasks, n_workers, seed)]
+
+
+def flood(
+    url: str,
+    n_tasks: int,
+    rate: float,
+    n_workers: int = 4,
+    batch: int = 200,
+    seed: int = 1,
+    messages: list[tuple[str, bytes]] | None = None,
+) -> dict:
+    """Publish a flood; ``messages`` from :func:`prebuild` skips building them on the fly."""
     client = redis.Redis.from_url(url)
     db = client.connection_pool.connection_kwargs.get("db", 0)
     prefix = f"/{db}.celeryev/"
@@ -124,8 +138,13 @@ def flood(url: str, n_tasks: int, rate: float, n_workers: int = 4, batch: int = 
     t0 = time.perf_counter()
     pipe = client.pipeline(transaction=False)
     n = 0
-    for rk, ev in events(n_tasks, n_workers):
-        pipe.publish(prefix + rk, envelope(ev, rk))
+    stream = (
+        iter(messages)
+        if messages is not None
+        else ((rk, envelope(ev, rk)) for rk, ev in events(n_tasks, n_workers, seed))
+    )
+    for rk, msg in stream:
+        pipe.publish(prefix + rk, msg)
         n += 1
         if n >= batch:
             pipe.execute()
@@ -149,8 +168,12 @@ def main() -> None:
     p.add_argument("--tasks", type=int, default=100_000)
     p.add_argument("--rate", type=float, default=9000, help="events/s, 0 = unlimited")
     p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--prebuild", action="store_true", help="build all messages first")
     a = p.parse_args()
-    print(json.dumps(flood(a.url, a.tasks, a.rate, a.workers)), flush=True)
+    msgs = prebuild(a.tasks, a.workers, a.seed) if a.prebuild else None
+    print(json.dumps(flood(a.url, a.tasks, a.rate, a.workers, seed=a.seed, messages=msgs)),
+          flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ Sink = Callable[[list], None]
 READ_CHUNK = 1 << 20
 #: Bytes the reader may queue ahead of the decoder before it stops reading.
 MAX_BACKLOG = 256 << 20
+#: Events applied under one hold of the state lock (readers wait at most that long).
+BATCH = 500
+_PMESSAGE = b"*4\r\n$8\r\npmessage\r\n$"
+_PMESSAGE3 = b">4\r\n$8\r\npmessage\r\n$"
+_json_decode = json.JSONDecoder().decode
 BACKOFF_START = 0.2
 BACKOFF_MAX = 10.0
 
@@ -141,8 +146,7 @@ class EventConsumer:
             j = envelope.index(b'"', i + 9)
             raw = envelope[i + 9 : j]
             if b'"body_encoding": "base64"' in envelope:
-                raw = binascii.a2b_base64(raw)
-                body = json.loads(raw)
+                body = _json_decode(binascii.a2b_base64(raw).decode())
             else:
                 body = json.loads(json.loads(b'"' + raw + b'"'))
         else:
@@ -289,24 +293,41 @@ class EventConsumer:
             pos = 0
             events: list[dict[str, Any]] = []
             end = len(buf)
+            find = buf.find
             while pos < end:
-                frame = _parse_frame(buf, pos)
-                if frame is None:
-                    break
-                items, pos = frame
-                if not items:
-                    continue
-                kind = items[0]
-                if kind == b"pmessage" and len(items) == 4:
+                if buf.startswith(_PMESSAGE, pos) or buf.startswith(_PMESSAGE3, pos):
+                    # Fast path for the one frame that matters: skip pattern and channel.
+                    p = pos + len(_PMESSAGE)
                     try:
-                        decoded = decode(items[3])
+                        nl = find(b"\r\n", p)
+                        p = nl + 5 + int(buf[p:nl])  # past "\r\n<pattern>\r\n$"
+                        nl = find(b"\r\n", p)
+                        p = nl + 4 + int(buf[p:nl])  # past "\r\n<channel>\r\n" to "$"
+                        nl = find(b"\r\n", p)
+                        start = nl + 2
+                        stop = start + int(buf[p + 1 : nl])
+                    except ValueError:
+                        break  # a length cut in half: wait for more bytes
+                    if nl == -1 or stop + 2 > end:
+                        break
+                    pos = stop + 2
+                    try:
+                        decoded = decode(buf[start:stop])
                         fig.events_received += len(decoded)
                         events.extend(decoded)
                     except Exception as exc:  # noqa: BLE001 - count and skip bad messages
                         fig.messages_malformed += 1
                         fig.events_malformed += 1
                         log.warning("celerymon: skipped a malformed event message: %s", exc)
-                elif kind == b"psubscribe":
+                    if len(events) >= BATCH:
+                        self._deliver(events)
+                        events = []
+                    continue
+                frame = _parse_frame(buf, pos)
+                if frame is None:
+                    break
+                items, pos = frame
+                if items and items[0] == b"psubscribe":
                     self._connected.set()
                     if self.on_connect is not None:
                         self._safe(self.on_connect)

@@ -47,7 +47,7 @@ PRUNE_INTERVAL = 60.0
 PURGE_CHECK_INTERVAL = 1.0
 #: Rows the store may index for search per housekeeping tick, while ingest is busy / idle.
 INDEX_BUSY = 1_000
-INDEX_IDLE = 20_000
+INDEX_IDLE = 5_000
 
 
 class TaskPage:

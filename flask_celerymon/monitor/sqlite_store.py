@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .query import compile_sql, fts_match_expr, instr_sql, kwarg_pattern
+from .state import history_from_times
 from .store import TASK_COLUMNS, HistoryStore, TaskQuery
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class SQLiteStore(HistoryStore):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA temp_store=MEMORY")
-        conn.execute("PRAGMA cache_size=-32000")
+        conn.execute("PRAGMA cache_size=-4000")
         conn.create_function("kwarg_match", 3, _kwarg_match, deterministic=True)
         with self._all_lock:
             self._all.append(conn)
@@ -171,7 +172,7 @@ class SQLiteStore(HistoryStore):
         for r in rows:
             r = list(r)
             hist = r[_HISTORY]
-            r[_HISTORY] = json.dumps(list(hist)) if hist else None
+            r[_HISTORY] = None if hist is None else json.dumps(list(hist))
             prepared.append(r)
             names.add(r[1])
             workers.add(r[3])
@@ -270,7 +271,7 @@ class SQLiteStore(HistoryStore):
     def _row(self, r: Sequence[Any]) -> dict[str, Any]:
         d = dict(zip(TASK_COLUMNS, r))
         h = d["history"]
-        d["history"] = tuple(json.loads(h)) if h else ()
+        d["history"] = tuple(json.loads(h)) if h else history_from_times(d)
         return d
 
     def get_task(self, uuid: str) -> dict[str, Any] | None:

@@ -9,14 +9,16 @@ evicted first (oldest finished first), unfinished ones only when nothing finishe
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import threading
 import time
+from array import array
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from itertools import compress, repeat
 from operator import attrgetter, ge, is_not, le, not_
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery.states import PRECEDENCE_LOOKUP, READY_STATES, RETRY
 
@@ -42,8 +44,12 @@ WORKER_EVENTS = frozenset({"worker-online", "worker-heartbeat", "worker-offline"
 _EARLY_FIELDS = frozenset(
     {"name", "args", "kwargs", "parent_id", "root_id", "retries", "eta", "expires"}
 )
-_STR_FIELDS = ("args", "kwargs", "result")
-_OPT_FIELDS = ("exception", "traceback", "eta", "expires", "exchange", "routing_key", "client")
+_SKIP_FIELDS = frozenset({"type", "uuid", "timestamp", "hostname", "local_received", "pid",
+                          "utcoffset", "queue", "state"})  # fmt: skip
+#: Fields copied as they are.
+_PLAIN_FIELDS = frozenset({"runtime", "retries", "clock", "eta", "expires", "exception",
+                           "traceback"})  # fmt: skip
+_OPT_FIELDS = ("exchange", "routing_key", "client")
 _INTERNED = ("name", "exchange", "routing_key", "client")
 
 #: Celery's heartbeat expiry: last heartbeat + freq * 2 (HEARTBEAT_EXPIRE_WINDOW = 200 %).
@@ -78,23 +84,37 @@ class TaskRecord:
 
     __slots__ = (
         "uuid", "name", "state", "worker", "sent", "received", "started", "succeeded",
-        "failed", "retried", "revoked", "rejected", "timestamp", "runtime", "text",
-        "exception", "traceback", "eta", "expires", "retries", "exchange",
-        "routing_key", "clock", "client", "root_id", "parent_id", "children", "history",
-        "finished",
+        "timestamp", "runtime", "text", "retries", "exchange", "routing_key", "clock",
+        "root_id", "extra",
     )  # fmt: skip
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
         self.name = self.state = self.worker = ""
         self.text = _SEP + _SEP
-        self.sent = self.received = self.started = self.succeeded = self.failed = None
-        self.retried = self.revoked = self.rejected = self.timestamp = self.runtime = None
-        self.exception = self.traceback = self.eta = self.expires = self.retries = None
-        self.exchange = self.routing_key = self.clock = self.client = None
-        self.root_id = self.parent_id = self.children = None
-        self.history: tuple[Any, ...] | None = None
-        self.finished = False
+        self.sent = self.received = self.started = self.succeeded = None
+        self.timestamp = self.runtime = self.retries = None
+        self.exchange = self.routing_key = self.clock = self.root_id = None
+        #: Rarely set fields (failures, retries, child tasks...), None until one is set.
+        self.extra: dict[str, Any] | None = None
+
+    if TYPE_CHECKING:  # the RARE_FIELDS properties, set below the class
+        failed: float | None
+        retried: float | None
+        revoked: float | None
+        rejected: float | None
+        exception: str | None
+        traceback: str | None
+        eta: str | None
+        expires: str | None
+        client: str | None
+        parent_id: str | None
+        children: list[str] | None
+        history: tuple[Any, ...] | None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in READY_STATES
 
     @property
     def args(self) -> str:
@@ -115,15 +135,15 @@ class TaskRecord:
 
     def full_history(self) -> tuple[Any, ...]:
         """``(state, time, state, time, ...)`` oldest first."""
-        if self.history is not None:
-            return self.history
-        pairs = sorted(
-            (ts, st) for attr, st in _TIME_STATES if (ts := getattr(self, attr)) is not None
-        )
-        return tuple(x for ts, st in pairs for x in (st, ts))
+        h = self.history
+        return h if h is not None else history_from_times(self)
 
     def row(self) -> tuple[Any, ...]:
-        """The record in :data:`~flask_celerymon.monitor.store.TASK_COLUMNS` order."""
+        """The record in :data:`~flask_celerymon.monitor.store.TASK_COLUMNS` order.
+
+        ``history`` is None when it follows from the time fields (see
+        :func:`history_from_times`).
+        """
         args, kwargs, result = self.text.split(_SEP, 2)
         return (
             self.uuid, self.name, self.state, self.worker, self.sent, self.received,
@@ -131,13 +151,50 @@ class TaskRecord:
             self.rejected, self.timestamp, self.runtime, args, kwargs, result,
             self.exception, self.traceback, self.eta, self.expires, self.retries,
             self.exchange, self.routing_key, self.clock, self.client, self.root_id,
-            self.parent_id, self.full_history(),
+            self.parent_id, self.history,
         )  # fmt: skip
 
     def as_dict(self) -> dict[str, Any]:
         """Flower's ``Task.as_dict()`` plus ``history`` (see :func:`task_dict`)."""
         d = dict(zip(TASK_COLUMNS, self.row()))
+        d["history"] = self.full_history()
         return task_dict(d, list(self.children or ()))
+
+
+def history_from_times(task: Any) -> tuple[Any, ...]:
+    """The history of a task that went through each state at most once, from its time fields
+    (a record or a row dict): ``(state, time, state, time, ...)`` oldest first."""
+    get = task.get if isinstance(task, Mapping) else lambda a: getattr(task, a)
+    pairs = sorted((ts, st) for attr, st in _TIME_STATES if (ts := get(attr)) is not None)
+    return tuple(x for ts, st in pairs for x in (st, ts))
+
+
+#: Fields of :class:`TaskRecord` kept in its ``extra`` dict: most tasks never have them, and a
+#: slot costs 8 bytes on every task.
+RARE_FIELDS = (
+    "failed", "retried", "revoked", "rejected", "exception", "traceback", "eta", "expires",
+    "client", "parent_id", "children", "history",
+)  # fmt: skip
+
+
+def _rare(name: str) -> property:
+    def get(self: TaskRecord) -> Any:
+        extra = self.extra
+        return None if extra is None else extra.get(name)
+
+    def set_(self: TaskRecord, value: Any) -> None:
+        extra = self.extra
+        if extra is None:
+            if value is None:
+                return
+            extra = self.extra = {}
+        extra[name] = value
+
+    return property(get, set_)
+
+
+for _name in RARE_FIELDS:
+    setattr(TaskRecord, _name, _rare(_name))
 
 
 def task_dict(row: Mapping[str, Any], children: list[str]) -> dict[str, Any]:
@@ -276,6 +333,8 @@ class State:
         self.tasks: dict[str, TaskRecord] = {}
         self.workers: dict[str, WorkerRecord] = {}
         self._order: deque[TaskRecord] = deque()
+        self._recv_times = array("d")
+        self._recv_recs: list[TaskRecord] = []
         self._finished: deque[TaskRecord] = deque()
         self._strings: dict[str, str] = {}
         #: task name -> {event type: count}, since start.
@@ -385,6 +444,8 @@ class State:
             if t.history is not None or getattr(t, attr) is not None:
                 t.history = (*t.full_history(), state, ts)
             setattr(t, attr, ts)
+            if attr == "received":
+                self._index_received(t, ts)
             cur = t.state
             early = (
                 cur
@@ -392,21 +453,29 @@ class State:
                 and cur != RETRY
                 and _precedence(state) > _precedence(cur or None)
             )
+            text = None
             for k, v in event.items():
-                if v is None or k in ("type", "uuid", "timestamp", "hostname", "local_received"):
+                if v is None or k in _SKIP_FIELDS or (early and k not in _EARLY_FIELDS):
                     continue
-                if early and k not in _EARLY_FIELDS:
-                    continue
-                self._set(t, k, v)
+                if k in _TEXT_INDEX:
+                    if text is None:
+                        text = t.text.split(_SEP, 2)
+                    text[_TEXT_INDEX[k]] = (v if isinstance(v, str) else repr(v)).replace(
+                        _SEP, "\\x00"
+                    )
+                elif k in _PLAIN_FIELDS:
+                    setattr(t, k, v)
+                else:
+                    self._set(t, k, v)
+            if text is not None:
+                t.text = _SEP.join(text)
             if not early:
                 t.state = state
                 t.timestamp = ts
             if worker is not None and etype != "task-sent" and t.worker is not worker.hostname:
                 t.worker = worker.hostname
                 self.task_workers.add(worker.hostname)
-            was = t.finished
-            t.finished = t.state in READY_STATES
-            if t.finished and not was:
+            if t.state in READY_STATES and cur not in READY_STATES:
                 self._finished.append(t)
             if t.name:
                 c = self.task_counters.get(t.name)
@@ -418,23 +487,18 @@ class State:
         return t
 
     def _set(self, t: TaskRecord, k: str, v: Any) -> None:
-        if k in _STR_FIELDS:
-            t.set_text(k, v if isinstance(v, str) else repr(v))
-        elif k == "name" or k in _OPT_FIELDS:
+        if k == "name" or k in _OPT_FIELDS:
             t.__setattr__(k, self._intern(v) if k in _INTERNED else v)
         elif k == "root_id":
             t.root_id = t.uuid if v == t.uuid else v
-        elif k == "parent_id":
-            if t.parent_id != v:
-                t.parent_id = v
-                parent = self.tasks.get(v)
-                if parent is not None:
-                    if parent.children is None:
-                        parent.children = [t.uuid]
-                    elif t.uuid not in parent.children:
-                        parent.children.append(t.uuid)
-        elif k in ("runtime", "retries", "clock"):
-            t.__setattr__(k, v)
+        elif k == "parent_id" and t.parent_id != v:
+            t.parent_id = v
+            parent = self.tasks.get(v)
+            if parent is not None:
+                if parent.children is None:
+                    parent.children = [t.uuid]
+                elif t.uuid not in parent.children:
+                    parent.children.append(t.uuid)
 
     def _evict(self) -> None:
         tasks = self.tasks
@@ -442,7 +506,7 @@ class State:
         fin = self._finished
         while fin:
             r = fin.popleft()
-            if r.finished and tasks.get(r.uuid) is r:
+            if r.state in READY_STATES and tasks.get(r.uuid) is r:
                 victim = r
                 break
         if victim is None:
@@ -463,6 +527,52 @@ class State:
             self._order = deque(r for r in self._order if tasks.get(r.uuid) is r)
         if len(self._finished) > 2 * self.max_tasks + 1000:
             self._finished = deque(r for r in self._finished if tasks.get(r.uuid) is r)
+        if len(self._recv_recs) > 2 * self.max_tasks + 1000:
+            self._compact_received()
+
+    # -- the received-time index ------------------------------------------------------------
+
+    def _index_received(self, t: TaskRecord, ts: float) -> None:
+        """Keep ``(_recv_times, _recv_recs)`` sorted by received time.
+
+        Events arrive nearly in time order, so this is an append, or an insert a few places
+        before the end. Entries of evicted tasks or of a received time that changed are left
+        in place (stale) and skipped by readers until the next compaction.
+        """
+        times = self._recv_times
+        if not times or ts >= times[-1]:
+            times.append(ts)
+            self._recv_recs.append(t)
+        else:
+            i = bisect.bisect_right(times, ts)
+            times.insert(i, ts)
+            self._recv_recs.insert(i, t)
+        if len(self._recv_recs) > 2 * self.max_tasks + 1000:
+            self._compact_received()
+
+    def _compact_received(self) -> None:
+        tasks = self.tasks
+        pairs = [
+            (ts, r)
+            for ts, r in zip(self._recv_times, self._recv_recs)
+            if r.received == ts and tasks.get(r.uuid) is r
+        ]
+        self._recv_times = array("d", (ts for ts, _ in pairs))
+        self._recv_recs = [r for _, r in pairs]
+
+    def _newest_received(self, end: int) -> list[TaskRecord] | None:
+        """The ``end`` tasks received last, newest first, or None if fewer are indexed."""
+        tasks = self.tasks
+        times = self._recv_times
+        recs = self._recv_recs
+        out: list[TaskRecord] = []
+        i = len(recs) - 1
+        while i >= 0 and len(out) < end:
+            r = recs[i]
+            if r.received == times[i] and tasks.get(r.uuid) is r:
+                out.append(r)
+            i -= 1
+        return out if len(out) == end else None
 
     def remove_worker(self, hostname: str) -> bool:
         """Forget a worker and its counters; True if it was known."""
@@ -485,6 +595,20 @@ class State:
 
     def query(self, q: TaskQuery) -> tuple[int, list[TaskRecord]]:
         """(total matching, page) over the window."""
+        if (
+            q.sort_key == "received"
+            and q.descending
+            and q.limit is not None
+            and not (q.state or q.worker or q.name or q.search is not None)
+            and q.received_start is None
+            and q.received_end is None
+            and q.started_start is None
+            and q.started_end is None
+        ):
+            # The default listing: read the newest off the received-time index.
+            newest = self._newest_received(q.offset + q.limit)
+            if newest is not None:
+                return len(self.tasks), newest[q.offset :]
         seq: Iterable[TaskRecord] = self.tasks.values()
         if q.state:
             states = frozenset(q.state)

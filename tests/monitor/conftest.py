@@ -50,6 +50,7 @@ def make_service(tmp_path: Any) -> Iterator[Callable[..., MonitorService]]:
             db = str(tmp_path / "celerymon.sqlite3")
         kw.setdefault("enable_events_interval", 0.5)
         kw.setdefault("flush_interval", 0.05)
+        kw.setdefault("inspect_timeout", 0.3)
         svc = MonitorService(app, MonitorSettings(db=db, **kw))
         made.append(svc)
         return svc
@@ -165,7 +166,7 @@ def populated(tmp_path_factory: Any) -> Iterator[MonitorService]:
     """A started service (in-memory broker) holding 120 tasks in its window and its store."""
     app = Celery("populated", broker="memory://")
     db = str(tmp_path_factory.mktemp("populated") / "celerymon.sqlite3")
-    svc = MonitorService(app, MonitorSettings(db=db, enable_events=False))
+    svc = MonitorService(app, MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
     svc.start()
     svc.apply_events(task_events(120))
     svc.flush()

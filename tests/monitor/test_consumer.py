@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flask_celerymon.monitor.events import _parse_frame
 
@@ -112,3 +114,48 @@ def test_service_starts_lazily_once_and_stops_cleanly(celery_app, make_service):
     time.sleep(0.1)
     assert threading.active_count() <= before
     assert not svc.running
+
+
+def _frame(pattern: bytes, channel: bytes, data: bytes, push: bool = False) -> bytes:
+    head = b">4" if push else b"*4"
+    parts = [b"pmessage", pattern, channel, data]
+    return head + b"\r\n" + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+
+
+@settings(max_examples=50, deadline=None)
+@given(cuts=st.lists(st.integers(1, 2000), max_size=12), push=st.booleans())
+def test_consumer_decodes_a_stream_split_anywhere(cuts, push):
+    import base64
+    import json
+    import threading
+    from collections import deque
+
+    from celery import Celery
+
+    from flask_celerymon.monitor.events import EventConsumer, Figures
+
+    def env(i: int) -> bytes:
+        body = base64.b64encode(json.dumps({"type": "task-received", "uuid": f"u{i}",
+                                            "timestamp": 1.0 + i}).encode()).decode()  # fmt: skip
+        return json.dumps({"body": body, "content-encoding": "utf-8",
+                           "content-type": "application/json",
+                           "properties": {"body_encoding": "base64"}}).encode()  # fmt: skip
+
+    stream = b"".join(
+        [_frame(b"/0.celeryev/*", b"/0.celeryev/task.received", env(i), push) for i in range(5)]
+        + [b">3\r\n$10\r\npsubscribe\r\n$1\r\np\r\n:1\r\n"]
+        + [_frame(b"/0.celeryev/*", b"/0.celeryev/task.received", env(5), push)]
+    )
+    chunks = deque()
+    last = 0
+    for cut in sorted(set(c % len(stream) for c in cuts)) + [len(stream)]:
+        if cut > last:
+            chunks.append(stream[last:cut])
+            last = cut
+    got = []
+    consumer = EventConsumer(Celery(broker="memory://"), got.extend, Figures())
+    done = threading.Event()
+    done.set()
+    consumer._consume_chunks(chunks, done, threading.Event())
+    assert [e["uuid"] for e in got] == [f"u{i}" for i in range(6)]
+    assert consumer.connected

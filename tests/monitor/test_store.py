@@ -37,14 +37,14 @@ def test_store_file_uses_wal_and_creates_its_directory(tmp_path):
 
 def test_restart_answers_from_the_store_without_replaying(tmp_path):
     db = str(tmp_path / "m.sqlite3")
-    first = MonitorService(app(), MonitorSettings(db=db, enable_events=False))
+    first = MonitorService(app(), MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
     first.start()
     first.apply_events(task_events(50))
     first.apply_events([{"type": "worker-online", "hostname": "w-0@host",
                          "timestamp": time.time(), "freq": 2.0}])  # fmt: skip
     first.stop()
 
-    second = MonitorService(app(), MonitorSettings(db=db, enable_events=False))
+    second = MonitorService(app(), MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
     t0 = time.perf_counter()
     page = second.query_tasks(state="FAILURE", limit=5)
     elapsed = time.perf_counter() - t0
@@ -63,7 +63,9 @@ def test_restart_answers_from_the_store_without_replaying(tmp_path):
 
 def test_unfinished_tasks_are_stored_on_stop_and_updated_later(tmp_path):
     db = str(tmp_path / "m.sqlite3")
-    svc = MonitorService(app(), MonitorSettings(db=db, enable_events=False, max_tasks=5))
+    svc = MonitorService(
+        app(), MonitorSettings(db=db, enable_events=False, max_tasks=5, inspect_timeout=0.2)
+    )
     svc.start()
     svc.apply_events([{"type": "task-received", "uuid": "slow", "hostname": "w",
                        "timestamp": 1.0, "name": "app.slow"}])  # fmt: skip
@@ -72,7 +74,7 @@ def test_unfinished_tasks_are_stored_on_stop_and_updated_later(tmp_path):
     svc.apply_events([{"type": "task-succeeded", "uuid": "slow", "hostname": "w",
                        "timestamp": 9.0, "result": "'done'"}])  # fmt: skip
     svc.stop()
-    again = MonitorService(app(), MonitorSettings(db=db, enable_events=False))
+    again = MonitorService(app(), MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
     t = again.task("slow")
     assert (t["state"], t["result"]) == ("SUCCESS", "'done'")
     again.stop()
@@ -82,7 +84,10 @@ def test_retention_keeps_the_newest_tasks_within_count_and_age(tmp_path):
     db = str(tmp_path / "m.sqlite3")
     now = time.time()
     svc = MonitorService(
-        app(), MonitorSettings(db=db, enable_events=False, retention_tasks=30, retention_days=1)
+        app(),
+        MonitorSettings(
+            db=db, enable_events=False, retention_tasks=30, retention_days=1, inspect_timeout=0.2
+        ),
     )
     svc.start()
     old = task_events(10, start=now - 3 * 86400)
@@ -100,7 +105,8 @@ def test_retention_keeps_the_newest_tasks_within_count_and_age(tmp_path):
 def test_search_index_stays_right_when_indexed_rows_change(tmp_path):
     store = SQLiteStore(str(tmp_path / "m.sqlite3"))
     svc = MonitorService(
-        app(), MonitorSettings(db=str(tmp_path / "m.sqlite3"), enable_events=False)
+        app(),
+        MonitorSettings(db=str(tmp_path / "m.sqlite3"), enable_events=False, inspect_timeout=0.2),
     )
     svc.start()
     svc.apply_events([{"type": "task-started", "uuid": "t1", "hostname": "w", "timestamp": 1.0,

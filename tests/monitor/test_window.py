@@ -6,6 +6,8 @@ import time
 
 import pytest
 from celery import Celery
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings, SearchError
 
@@ -245,3 +247,25 @@ def test_task_stats_count_finished_tasks_per_minute_and_name():
     assert all(
         s["runtime_p50"] <= s["runtime_p95"] <= s["runtime_max"] for s in stats if s["succeeded"]
     )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    times=st.lists(st.integers(0, 50), min_size=1, max_size=60),
+    max_tasks=st.integers(3, 30),
+    limit=st.integers(1, 25),
+    offset=st.integers(0, 10),
+)
+def test_default_listing_matches_a_full_sort(times, max_tasks, limit, offset):
+    svc = service(max_tasks=max_tasks)
+    events = []
+    for i, t in enumerate(times):
+        uuid = f"t{i % 40}"  # some tasks are received again (retries)
+        events.append(ev("task-received", uuid, float(t) + i / 1000, name="a"))
+        if i % 3 == 0:
+            events.append(ev("task-succeeded", uuid, float(t) + 1))
+    svc.apply_events(events)
+    fast = svc.query_tasks(limit=limit, offset=offset)
+    full = svc.query_tasks(limit=limit, offset=offset, received_start=-1.0)
+    assert fast.total == full.total
+    assert [t["uuid"] for t in fast.tasks] == [t["uuid"] for t in full.tasks]
