@@ -221,8 +221,8 @@ def p_float(
     return f
 
 
-def p_time(p: Mapping[str, Any], name: str) -> dt.datetime | float | None:
-    """Flower's ``%Y-%m-%d %H:%M`` (local time), ISO 8601, or Unix seconds."""
+def p_time(p: Mapping[str, Any], name: str) -> float | None:
+    """Flower's ``%Y-%m-%d %H:%M`` (local time), ISO 8601, or Unix seconds; as Unix seconds."""
     value = p.get(name)
     if not _present(value):
         return None
@@ -232,8 +232,10 @@ def p_time(p: Mapping[str, Any], name: str) -> dt.datetime | float | None:
         return float(value)
     text = str(value).strip()
     try:
-        return float(text) if text.replace(".", "", 1).isdigit() else _parse_date(text)
-    except (ValueError, OverflowError):
+        if text.replace(".", "", 1).isdigit():
+            return float(text)
+        return _parse_date(text).timestamp()
+    except (ValueError, OverflowError, OSError):
         raise ApiError(
             400,
             f"{name} must be a date like '2024-01-31 13:45' (local time), ISO 8601 or "

@@ -280,6 +280,7 @@ def test_tasks_list_filters_sorts_pages_and_searches(monitored, api):
         ("limit=-1", "limit must be >= 0, not -1"),
         ("offset=1.5", "offset must be an integer, not '1.5'"),
         ("received_start=yesterday", "received_start must be a date like '2024-01-31 13:45'"),
+        ("started_end=0001-01-01%2000:00", "started_end must be a date like"),
         ("search=ab", "search term 'ab'"),
         ("search=(name:add", ""),
     ],
