@@ -182,9 +182,13 @@ def serve(app: Flask, address: str, port: int, threads: int = 32) -> None:
                 "graceful_timeout": 5,
                 "accesslog": "-",
                 "proc_name": f"celerymon-monitor[{app.name}]",
+                # gunicorn >= 24 opens a control socket at one path per user: two monitors
+                # (two apps) would fight over it, and the monitor needs none
+                "control_socket_disable": True,
             }
             for key, value in options.items():
-                self.cfg.set(key, value)
+                if key in self.cfg.settings:
+                    self.cfg.set(key, value)
 
         def load(self) -> Flask:
             return app

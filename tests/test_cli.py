@@ -14,6 +14,7 @@ import urllib.request
 
 import psutil
 import pytest
+import simple_websocket
 
 from tests.apps import local
 from tests.conftest import free_port
@@ -270,6 +271,12 @@ def test_cluster_runs_workers_beat_and_monitor_until_ctrl_c(redis_server, tmp_pa
         assert redirect.value.code == 302
         assert redirect.value.headers["Location"] == "/monitor/"
         assert redirect.value.headers["Server"].startswith("gunicorn")
+        # ... which serves the monitor's websockets too (flask-sock on gthread workers)
+        ws = simple_websocket.Client.connect(f"ws://127.0.0.1:{port}/monitor/ws?view=workers")
+        try:
+            assert json.loads(ws.receive(timeout=10)) == {"type": "hello", "view": "workers"}
+        finally:
+            ws.close()
 
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
