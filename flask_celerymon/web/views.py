@@ -29,6 +29,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from functools import cached_property
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -409,8 +410,13 @@ class TaskFilter:
                 result=task.get("result") or "",
             )
             rec.text = "\x00".join((rec.args, rec.kwargs, rec.result))
-            return bool(compile_python(parse(self.search))([rec]))
+            return bool(self._search_filter([rec]))
         return True
+
+    @cached_property
+    def _search_filter(self) -> Any:
+        """The compiled search (compiled once per page: the live feed tests every change)."""
+        return compile_python(parse(self.search))
 
     def params(self, **changes: Any) -> dict[str, str]:
         """The query string of this view with ``changes`` applied (defaults left out)."""

@@ -67,7 +67,7 @@ def behind_proxy(app_wsgi: Any, prefix: str) -> Any:
 
 @pytest.fixture(scope="module")
 def server(monitored):
-    monitored.wait_for(lambda: monitored.service.worker(monitored.worker_name))
+    monitored.wait_for(lambda: monitored.service.worker(monitored.worker_name), timeout=30)
     with serving(monitored.app) as url:
         yield url
 
@@ -237,6 +237,15 @@ def test_revoke_button_revokes_a_waiting_task(monitored, server, tab):
     page.click("#btn-revoke")
     page.locator(".toast.ok").first.wait_for()
     page.wait_for_selector('#task-state:text-is("REVOKED")', timeout=10_000)
+
+
+def test_retry_button_sends_the_task_again_and_follows_it(monitored, server, tab, history):
+    page = tab.open(f"{server}/monitor/task/{history['uuid']}")
+    page.click("#btn-retry")
+    page.wait_for_url(lambda url: "/monitor/task/" in url and history["uuid"] not in url)
+    page.wait_for_selector(LIVE)
+    page.wait_for_selector('#task-state:text-is("FAILURE")')
+    assert "broken on purpose" in page.inner_text("#task-args")
 
 
 def test_pool_grow_button_grows_the_worker_pool(monitored, server, tab):
