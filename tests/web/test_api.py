@@ -6,10 +6,12 @@ matching its schema), so these tests also keep the document honest.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -690,3 +692,73 @@ def test_shutdown_stops_the_worker(monitored, api, tmp_path):
         assert monitored.worker.proc.poll() is None  # only that worker
     finally:
         worker.stop()
+
+
+# -- the same shapes as a live Flower 2.2 ------------------------------------------------------
+
+SAMPLES = (
+    Path(__file__).resolve().parents[3] / "shared" / "reference" / "flower-2.2-api-samples.json"
+)
+
+
+@pytest.fixture(scope="module")
+def flower() -> dict[str, Any]:
+    """Responses of a live Flower 2.2 with a real worker (shared/reference)."""
+    return json.loads(SAMPLES.read_text())["responses"]
+
+
+def _flower(flower: dict[str, Any], prefix: str) -> dict[str, Any]:
+    return next(v for k, v in flower.items() if k.startswith(prefix))
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "bool", int: "number", float: "number", str: "str", list: "list"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def test_task_info_and_list_have_flowers_keys_and_types(monitored, api, flower):
+    task_id = _send(api, FAIL, "shape check")
+    _wait_state(monitored, task_id, "FAILURE")
+    ours = _eventually(
+        monitored, api, f"/api/task/info/{task_id}", lambda b: b["traceback"] is not None
+    )
+    theirs = _flower(flower, "/api/task/info/8ee2d110")["json"]  # a failed task too
+    assert set(ours) == set(theirs) | {"history"}
+    for key, value in theirs.items():
+        if value is not None and ours[key] is not None:
+            assert _json_type(ours[key]) == _json_type(value), key
+    listed = api.get(f"/api/tasks?search=name:{FAIL.split(':')[1]}&limit=3").json
+    assert listed and all(set(t) == set(ours) for t in listed.values())
+    assert set(_flower(flower, "/api/tasks?limit=3")["json"].popitem()[1]) | {"history"} == set(
+        ours
+    )
+
+
+def test_unknown_task_error_has_flowers_text(api, flower):
+    missing = "00000000-0000-0000-0000-000000000000"
+    theirs = flower[f"/api/task/info/{missing}"]
+    resp = api.get(f"/api/task/info/{missing}")
+    assert resp.status_code == theirs["status"] == 404
+    assert resp.json == {"error": theirs["text"]}  # same text, as JSON instead of text/plain
+
+
+def test_workers_and_queues_have_flowers_shapes(monitored, api, flower):
+    name = monitored.worker_name
+    ours = api.get("/api/workers?refresh=1").json[name]
+    theirs = flower["/api/workers?refresh=1"]["json"]["realworker@vm"]
+    assert set(theirs) <= set(ours)
+    assert set(theirs["stats"]) <= set(ours["stats"])
+    assert set(theirs["stats"]["pool"]) <= set(ours["stats"]["pool"])
+    assert set(theirs["active_queues"][0]) <= set(ours["active_queues"][0])
+    monitored.wait_for(lambda: monitored.service.worker(name))
+    status = api.get("/api/workers?status=1").json
+    assert {type(v) for v in status.values()} == {
+        type(v) for v in flower["/api/workers?status=1"]["json"].values()
+    }
+    queues = api.get("/api/queues/length").json
+    sample = flower["/api/queues/length"]["json"]
+    assert set(queues) == set(sample)
+    assert set(queues["active_queues"][0]) == set(sample["active_queues"][0])
+    types = api.get("/api/task/types").json
+    assert set(types) == set(flower["/api/task/types"]["json"])
