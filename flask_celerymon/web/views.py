@@ -26,15 +26,25 @@ would call is not there.
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from functools import cached_property
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from flask import Blueprint, current_app, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    render_template,
+    request,
+    send_from_directory,
+    url_for,
+)
 from markupsafe import Markup
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
@@ -237,9 +247,32 @@ def q(value: str) -> str:
     return quote(value, safe="@")
 
 
+#: The pages' own CSS, JS and icon.
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "static" / "celerymon"
+
+
+def asset_url(filename: str) -> str:
+    """URL of one of the pages' assets, with its change time so browsers never run stale JS."""
+    try:
+        version = int(os.stat(ASSETS_DIR / filename).st_mtime)
+    except OSError:
+        version = 0
+    return url_for("celerymon.assets", filename=filename, v=version)
+
+
+def assets(filename: str) -> Response:
+    """The pages' assets (``static/celerymon/``), under a path of their own.
+
+    Not the blueprint's ``<prefix>/static``: with an empty prefix that path is the app's own
+    ``/static`` and would never reach the blueprint. 200; 404 unknown file.
+    """
+    return send_from_directory(ASSETS_DIR, filename, max_age=3600)
+
+
 def _context() -> dict[str, Any]:
     return {
         "cm": SimpleNamespace(
+            asset=asset_url,
             base=base_url(),
             api=api_url,
             can=can,
@@ -665,8 +698,6 @@ def _tasks_ctx() -> dict[str, Any]:
         "state_buttons": STATE_BUTTONS,
         "ranges": RANGES,
         "page_sizes": PAGE_SIZES,
-        "task_types": get_state().monitor.task_types(),
-        "workers": [w["hostname"] for w in get_state().monitor.workers()],
     }
 
 
@@ -711,3 +742,4 @@ def register(bp: Blueprint) -> None:
     bp.add_url_rule("/task/<uuid>", "task", task)
     bp.add_url_rule("/broker", "broker", broker)
     bp.add_url_rule("/charts", "charts", charts)
+    bp.add_url_rule("/celerymon-static/<path:filename>", "assets", assets)

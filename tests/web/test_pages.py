@@ -248,11 +248,24 @@ def test_pages_link_right_under_a_prefix_behind_a_reverse_proxy(monitored, done,
         monitored.wait_for(lambda: service.ensure_started().worker(monitored.worker_name))
         headers = {"X-Forwarded-Prefix": "/edge", "X-Forwarded-Proto": "https"}
         body = text(client.get("/ops/celery/", headers=headers))
-        assert 'href="/edge/ops/celery/static/celerymon.css"' in body
+        assert re.search(r'href="/edge/ops/celery/celerymon-static/celerymon.css\?v=\d+"', body)
         assert 'data-ws="/edge/ops/celery/ws"' in body
         assert 'href="/edge/ops/celery/tasks?worker=' in body
-        assert client.get("/ops/celery/static/celerymon.js").status_code == 200
+        assert client.get("/ops/celery/celerymon-static/celerymon.js").status_code == 200
         assert client.get("/monitor/").status_code == 404
+
+
+def test_pages_and_their_assets_work_at_the_root_with_an_empty_prefix(monitored, tmp_path):
+    with other_app(monitored, tmp_path, CELERY_MONITOR_URL_PREFIX="") as app:
+        client = app.test_client()
+        body = text(client.get("/tasks"))
+        css = re.search(r'href="(/celerymon-static/celerymon.css\?v=\d+)"', body)
+        assert css is not None
+        resp = client.get(css.group(1))
+        assert resp.status_code == 200
+        assert resp.mimetype == "text/css"
+        assert 'data-ws="/ws"' in body
+        assert client.get("/celerymon-static/nothing.js").status_code == 404
 
 
 def test_websocket_route_refuses_plain_http(monitored):
