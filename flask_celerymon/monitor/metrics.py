@@ -21,7 +21,8 @@ Two kinds of series:
   broker, and the service's own figures (events received/dropped/malformed, ingest lag...).
 
 Label values are task names, worker hostnames, queue names, event types, states and exception
-class names: never task ids. Distinct task names and exception classes are capped
+class names: never task ids, and never a client's hostname (``task-sent`` events are labelled
+``worker=""``: clients are not workers, and their names change with every process). Distinct task names and exception classes are capped
 (``max_task_names``, ``max_exceptions``); later ones are counted under :data:`OTHER`. The label
 sets of a worker the service purges are removed at once (``add_purge_listener``).
 """
@@ -262,7 +263,8 @@ class MonitorMetrics:
         if task is None or not isinstance(etype, str) or not etype.startswith("task-"):
             return
         worker = event.get("hostname")
-        worker = worker if isinstance(worker, str) else ""
+        # task-sent comes from a client (gen<pid>@host, a new name per process): not a label
+        worker = worker if isinstance(worker, str) and etype != "task-sent" else ""
         with self._lock:
             name = self._name(task_label(task))
             key = (worker, name)
@@ -282,11 +284,17 @@ class MonitorMetrics:
                 exc = ""
                 if etype == "task-failed":
                     exc = self._exception(exception_class(event.get("exception")))
-                tk = (name, "" if etype == "task-sent" else worker, state, exc)
+                tk = (name, worker, state, exc)
                 self._tasks[tk] = self._tasks.get(tk, 0) + 1
 
             if etype == "task-sent":
                 self._track_sent(event, task)
+                # The client's sent event may arrive after the worker's started event (two
+                # connections): measure the wait now. A retry's re-send comes after the
+                # previous run started, and is not measured here.
+                sent = _number(event.get("timestamp"))
+                if sent is not None and task.started is not None and task.started >= sent:
+                    self._observe_queue_wait(task, name, task.worker or "")
                 return
             queue = self._pending_queue.pop(task.uuid, None)
             if queue is not None:
@@ -415,7 +423,9 @@ class MonitorMetrics:
 
     def _flower_families(self, snap: dict[str, Any]) -> Iterator[Metric]:
         events = CounterMetricFamily(
-            "flower_events", "Number of task events (Flower)", labels=["worker", "type", "task"]
+            "flower_events",
+            "Number of task events (Flower); worker is '' for task-sent (sent by a client)",
+            labels=["worker", "type", "task"],
         )
         for k, v in snap["events"].items():
             events.add_metric(list(k), v)
