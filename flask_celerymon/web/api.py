@@ -103,9 +103,25 @@ def _default(obj: Any) -> Any:
     return repr(obj)
 
 
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def json_response(data: Any, status: int = 200) -> Response:
-    """JSON keeping the order of ``data`` (Flask's provider would sort the task map)."""
-    body = json.dumps(data, default=_default, allow_nan=False)
+    """JSON keeping the order of ``data`` (Flask's provider would sort the task map).
+
+    NaN and infinities (which JSON has not) become null.
+    """
+    try:
+        body = json.dumps(data, default=_default, allow_nan=False)
+    except ValueError:
+        body = json.dumps(_finite(data), default=_default, allow_nan=False)
     return current_app.response_class(body, status=status, mimetype="application/json")
 
 

@@ -62,15 +62,23 @@ def _view_is_safe() -> bool:
     return bool(getattr(view, "_celerymon_safe", False))
 
 
-def _own_origin() -> str:
-    return f"{request.scheme}://{request.host}".lower()
+_DEFAULT_PORTS = (":80", ":443")
+
+
+def _host(netloc: str) -> str:
+    netloc = netloc.strip().lower()
+    for port in _DEFAULT_PORTS:
+        if netloc.endswith(port):
+            return netloc[: -len(port)]
+    return netloc
 
 
 def cross_site_reason() -> str | None:
     """Why the current request comes from another site, or None when it does not.
 
     A request with neither ``Origin`` nor ``Sec-Fetch-Site`` is a non-browser client and is
-    not cross-site.
+    not cross-site. ``Origin`` is compared with the request's host and port, not its scheme:
+    behind a proxy that ends TLS, Flask sees ``http`` while the browser says ``https``.
     """
     fetch_site = request.headers.get("Sec-Fetch-Site")
     if fetch_site is not None and fetch_site.strip().lower() not in SAME_SITE_FETCH:
@@ -78,10 +86,10 @@ def cross_site_reason() -> str | None:
     origin = request.headers.get("Origin")
     if origin is not None:
         parts = urlsplit(origin.strip())
-        if not parts.scheme or not parts.netloc:
+        if parts.scheme not in ("http", "https") or not parts.netloc:
             return f"Origin {origin!r} is not this server"
-        if f"{parts.scheme}://{parts.netloc}".lower() != _own_origin():
-            return f"Origin {origin!r} is not this server ({_own_origin()})"
+        if _host(parts.netloc) != _host(request.host):
+            return f"Origin {origin!r} is not this server ({request.host})"
     return None
 
 

@@ -156,6 +156,12 @@ def test_apply_waits_for_the_result_of_a_submitted_function(api):
     assert set(resp.json) == {"task-id", "state", "result"}
 
 
+def test_a_result_json_cannot_hold_is_given_as_its_repr(api):
+    resp = api.post(f"/api/task/apply/{ADD}", json={"args": [1e308, 1e308], "timeout": 20})
+    assert resp.status_code == 200
+    assert resp.json["result"] == "inf"  # JSON has no Infinity; a browser could not parse it
+
+
 def test_apply_of_a_failing_task_gives_the_exception_and_traceback(api):
     resp = api.post(f"/api/task/apply/{FAIL}", json={"args": ["planned boom"], "timeout": 20})
     assert resp.json["state"] == "FAILURE"

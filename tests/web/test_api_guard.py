@@ -106,7 +106,8 @@ def test_read_only_still_answers_reads(read_only_app):
     [
         ({"Origin": "http://evil.example"}, "Origin 'http://evil.example' is not this server"),
         ({"Origin": "http://localhost:8080"}, "Origin 'http://localhost:8080' is not this server"),
-        ({"Origin": "https://localhost"}, "Origin 'https://localhost' is not this server"),
+        ({"Origin": "http://localhost.evil.example"}, "Origin 'http://localhost.evil.example'"),
+        ({"Origin": "file://"}, "Origin 'file://' is not this server"),
         ({"Origin": "null"}, "Origin 'null' is not this server"),
         ({"Sec-Fetch-Site": "cross-site"}, "Sec-Fetch-Site is 'cross-site'"),
         ({"Sec-Fetch-Site": "same-site"}, "Sec-Fetch-Site is 'same-site'"),
@@ -130,6 +131,8 @@ def test_cross_site_mutations_are_refused(app, headers, reason):
         {},  # curl, requests: a script written for Flower
         {"Origin": "http://localhost"},
         {"Origin": "HTTP://LOCALHOST"},
+        {"Origin": "http://localhost:80"},
+        {"Origin": "https://localhost"},  # TLS ended by a proxy: Flask sees http
         {"Sec-Fetch-Site": "same-origin"},
         {"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"},
         {"Sec-Fetch-Site": "none"},
