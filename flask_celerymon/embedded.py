@@ -83,6 +83,24 @@ def embedded_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
+def revive(settings: Settings, broker_url: str) -> bool:
+    """Start the app's embedded broker again if the app uses it and it is gone; True if started.
+
+    The broker dies with the process that started it; a long-lived app that did not start it
+    (a web app that found it running) calls this before starting its local workers.
+    """
+    broker = EmbeddedBroker(broker_dir(settings))
+    if broker.url != broker_url:
+        return False
+    started = broker.ensure_running()
+    if started:
+        log.info(
+            "flask_celerymon: the embedded Redis broker at %s was gone; started it again",
+            broker.url,
+        )
+    return started
+
+
 class EmbeddedBroker:
     """One ``redis-server`` serving a unix socket for the broker folder ``directory``."""
 

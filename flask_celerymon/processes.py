@@ -420,6 +420,10 @@ class LocalProcesses:
             deadline = time.monotonic() + timeout
             _install_signal_handlers()
             celery_app = self.state.celery_app
+            if str(celery_app.conf.broker_url).startswith("redis+socket://"):
+                from .embedded import revive
+
+                revive(self.state.settings, celery_app.conf.broker_url)
             check_broker(celery_app, timeout=min(timeout, 5.0))
             self.declare_queues()
             os.makedirs(self.log_dir, exist_ok=True)

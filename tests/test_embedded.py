@@ -54,6 +54,9 @@ def test_embedded_broker_end_to_end_results_events_and_inspect(tmp_path, owned_b
     with local.environment(local.app_env(tmp_path, None, {"emb": FAST})):
         app = local.create_app()
         celery_app = app.extensions["celerymon"].celery_app
+        procs = app.extensions["celerymon"].processes
+        # the broker dies with the process that started it; start() brings it back
+        embedded._owned[celery_app.conf.broker_url[len("redis+socket://") :]].stop()
         events: list[dict] = []
         seen = threading.Event()
 
@@ -62,23 +65,27 @@ def test_embedded_broker_end_to_end_results_events_and_inspect(tmp_path, owned_b
             if event["type"] == "task-succeeded":
                 seen.set()
 
-        with celery_app.connection_for_read() as conn:
-            receiver = celery_app.events.Receiver(conn, handlers={"*": on_event})
-            listener = threading.Thread(target=receiver.capture, kwargs={"wakeup": False},
-                                        daemon=True)  # fmt: skip
-            listener.start()
-            try:
-                with app.app_context():
-                    local.celery.start()
+        try:
+            with app.app_context():
+                local.celery.start()
+            with celery_app.connection_for_read() as conn:
+                receiver = celery_app.events.Receiver(conn, handlers={"*": on_event})
+                listener = threading.Thread(target=receiver.capture, kwargs={"wakeup": False},
+                                            daemon=True)  # fmt: skip
+                listener.start()
+                try:
                     time.sleep(0.3)  # the receiver subscribes before the task runs
-                    future = local.celery.submit(local.add, 20, 22)
-                    assert future.result(timeout=15) == 42
-                    assert local.celery.inspect.ping() == {f"emb@{HOST}": {"ok": "pong"}}
-                assert seen.wait(10)
-            finally:
-                receiver.should_stop = True
-                app.extensions["celerymon"].processes.stop(timeout=5)
-                listener.join(5)
+                    with app.app_context():
+                        future = local.celery.submit(local.add, 20, 22)
+                        assert future.result(timeout=15) == 42
+                        assert local.celery.inspect.ping() == {f"emb@{HOST}": {"ok": "pong"}}
+                    assert seen.wait(10)
+                finally:
+                    receiver.should_stop = True
+                    procs.stop(timeout=5)
+                    listener.join(5)
+        finally:
+            procs.stop(timeout=5)
     kinds = {e["type"] for e in events if e.get("uuid") == future.id}
     assert {"task-sent", "task-received", "task-started", "task-succeeded"} <= kinds
 
