@@ -248,6 +248,20 @@ def test_celery_command_finds_a_factory_app_through_flask_app(app, redis_server,
         _end(proc)
 
 
+def test_flask_celery_beat_runs_the_schedule_from_the_instance_folder(redis_server, tmp_path):
+    env = local.app_env(tmp_path, redis_server.url(223), {})
+    log = tmp_path / "beat.log"
+    with open(log, "wb") as out:
+        proc = _child(["flask", "celery", "beat", "--max-interval", "1"], env, out)
+    try:
+        _wait_for(lambda: "Starting..." in log.read_text(), 30, "beat to start")
+        assert f"db -> {tmp_path}/celery/celerybeat-schedule" in log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        _end(proc)
+
+
 def test_cluster_runs_workers_beat_and_monitor_until_ctrl_c(redis_server, tmp_path):
     port = free_port()
     env = local.app_env(tmp_path, redis_server.url(222), {"c1": FAST}, monitor_port=port,
