@@ -217,6 +217,29 @@ def test_workers_dashboard_counts_change_live(monitored, server, tab):
     )
 
 
+def test_worker_page_counters_change_live(monitored, server, tab):
+    page = tab.open(f"{server}/monitor/worker/{monitored.worker_name}?tab=queues")
+    processed = page.locator(".stat", has_text="Processed").locator("b")
+    before = int(processed.inner_text())
+    seen(monitored, submit(monitored, basic.add, 3, 3), "SUCCESS")
+    page.wait_for_function(
+        "n => parseInt([...document.querySelectorAll('.stat')].find("
+        "s => s.innerText.startsWith('Processed')).querySelector('b').innerText) > n",
+        arg=before,
+    )
+
+
+def test_task_list_sorted_otherwise_offers_new_tasks_instead_of_inserting(monitored, server, tab):
+    page = tab.open(f"{server}/monitor/tasks?sort=name")
+    rows = page.locator("tbody tr[data-task]").count()
+    future = submit(monitored, basic.add, 4, 4)
+    page.wait_for_selector("#new-tasks:not([hidden])")
+    assert page.locator(f'tr[data-task="{future.id}"]').count() == 0
+    assert page.locator("tbody tr[data-task]").count() == rows
+    page.click("#new-tasks")
+    page.wait_for_selector(f'tr[data-task="{future.id}"]')
+
+
 def test_task_page_updates_live_and_terminate_revokes_a_running_task(monitored, server, tab):
     future = submit(monitored, basic.sleep, 30)
     seen(monitored, future, "STARTED")
