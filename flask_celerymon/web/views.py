@@ -130,6 +130,15 @@ def fmt_runtime(seconds: float | None) -> str:
     return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
 
 
+def fmt_span(seconds: float) -> str:
+    """A whole chart bucket for people: ``30 s``, ``5 min``, ``3 h``."""
+    if seconds < 60:
+        return f"{seconds:g} s"
+    if seconds < 3600:
+        return f"{seconds / 60:g} min"
+    return f"{seconds / 3600:g} h"
+
+
 def fmt_loadavg(value: Any) -> str:
     if not value:
         return ""
@@ -185,6 +194,7 @@ def _state_class(state: str | None) -> str:
 FMT = SimpleNamespace(
     time=fmt_time,
     hhmm=fmt_hhmm,
+    span=fmt_span,
     runtime=fmt_runtime,
     loadavg=fmt_loadavg,
     value=fmt_value,
