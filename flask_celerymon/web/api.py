@@ -1221,13 +1221,15 @@ def _api_error(exc: ApiError) -> Response:
 
 
 def _unavailable(exc: BaseException) -> Response:
+    if not _is_api_request():
+        raise exc  # the pages of the blueprint keep Flask's own handling
     log.warning("celerymon: broker or result backend unavailable: %s", exc)
     return error(503, f"Broker or result backend unavailable: {exc}")
 
 
 def _runtime_error(exc: RuntimeError) -> Response:
     """Celery's result consumer gives up on a dead backend with a bare RuntimeError."""
-    if isinstance(exc.__cause__, UNAVAILABLE):
+    if isinstance(exc.__cause__, UNAVAILABLE) and _is_api_request():
         return _unavailable(exc.__cause__)
     raise exc
 
