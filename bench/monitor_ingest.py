@@ -194,15 +194,21 @@ class Flower:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=60) as r:
             return r.read()
 
-    def applied(self) -> int:
+    def _events(self, type_: str | None = None) -> int:
         total = 0.0
         for line in self.get("/metrics").decode().splitlines():
-            if line.startswith("flower_events_total{"):
+            if line.startswith("flower_events_total{") and (
+                type_ is None or f'type="{type_}"' in line
+            ):
                 total += float(line.rsplit(" ", 1)[1])
         return int(total)
 
+    def applied(self) -> int:
+        return self._events()
+
     def figures(self) -> dict[str, Any]:
-        return {}
+        # tasks held = tasks received (the floods stay under max_tasks)
+        return {"tasks": self._events("task-received")}
 
     def query(self, _kw: dict[str, Any], qs: str, repeat: int) -> tuple[int, list[float]]:
         times = []
@@ -257,9 +263,11 @@ def run_one(mon: Any, broker: str, args: argparse.Namespace, out: dict[str, Any]
     applied, _ = wait_settled(mon, expected, t0)
     fig = mon.figures()
     grown = rss(mon.proc.pid) - base_rss
+    held = fig.get("tasks") or args.tasks
     res = {"published": expected, "applied": applied, "lost": expected - applied,
            "lost_pct": round(100 * (expected - applied) / expected, 2),
-           "publish_rate": pub["events_per_s"], "rss_per_task_bytes": round(grown / args.tasks),
+           "publish_rate": pub["events_per_s"], "tasks_held": held,
+           "rss_per_task_bytes": round(grown / held),
            "disconnects": fig.get("disconnects"), "lag_max_s": fig.get("lag_max")}  # fmt: skip
     out[f"{name}.burst"] = res
     print(json.dumps({name: "burst", **res}), flush=True)

@@ -46,8 +46,8 @@ EventListener = Callable[[dict, Any], None]
 PRUNE_INTERVAL = 60.0
 PURGE_CHECK_INTERVAL = 1.0
 #: Rows the store may index for search per housekeeping tick, while ingest is busy / idle.
-INDEX_BUSY = 1_000
-INDEX_IDLE = 5_000
+INDEX_BUSY = 500
+INDEX_IDLE = 2_000
 
 
 class TaskPage:

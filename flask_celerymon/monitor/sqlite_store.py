@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -134,7 +135,20 @@ class SQLiteStore(HistoryStore):
         self._closed = False
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
-        self._writer = self._connect()
+        try:
+            self._writer = self._connect()
+            self._writer.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.DatabaseError as exc:
+            # Unreadable (not SQLite, truncated...): keep it for inspection, start afresh.
+            bad = f"{path}.corrupt-{int(time.time())}"
+            log.error("celerymon: history store %s is unreadable (%s); moved to %s", path, exc, bad)
+            self.close()
+            self._closed = False
+            os.replace(path, bad)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.replace(path + suffix, bad + suffix)
+            self._writer = self._connect()
         with self._write_lock:
             self._writer.executescript(_SCHEMA)
             self._writer.execute(

@@ -121,3 +121,14 @@ def test_search_index_stays_right_when_indexed_rows_change(tmp_path):
     assert svc.query_tasks(search="needle-in", source="store").total == 1
     svc.stop()
     store.close()
+
+
+def test_an_unreadable_store_is_set_aside_and_a_new_one_started(tmp_path):
+    path = tmp_path / "m.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    store = SQLiteStore(str(path))
+    assert store.count() == 0
+    store.close()
+    assert [p.name.split("-")[0] for p in tmp_path.iterdir() if "corrupt" in p.name] == [
+        "m.sqlite3.corrupt"
+    ]
