@@ -52,7 +52,7 @@ from .guard import error
 log = logging.getLogger(__name__)
 
 #: Exceptions that mean "the broker or the result backend cannot be reached" (-> 503).
-UNAVAILABLE: tuple[type[BaseException], ...] = (
+UNAVAILABLE: tuple[type[Exception], ...] = (
     OperationalError,
     RedisConnectionError,
     RedisTimeoutError,
@@ -198,7 +198,7 @@ def p_int(
     maximum: int | None = None,
     required: bool = False,
 ) -> int | None:
-    value = p.get(name)
+    value: Any = p.get(name)
     if not _present(value):
         if required:
             raise ApiError(400, f"missing parameter {name!r}")
@@ -222,7 +222,7 @@ def p_float(
     minimum: float = 0.0,
     maximum: float | None = None,
 ) -> float | None:
-    value = p.get(name)
+    value: Any = p.get(name)
     if not _present(value):
         return None
     try:
@@ -1220,7 +1220,7 @@ def _api_error(exc: ApiError) -> Response:
     return error(exc.status, exc.message)
 
 
-def _unavailable(exc: BaseException) -> Response:
+def _unavailable(exc: Exception) -> Response:
     if not _is_api_request():
         raise exc  # the pages of the blueprint keep Flask's own handling
     log.warning("celerymon: broker or result backend unavailable: %s", exc)
@@ -1242,9 +1242,13 @@ def _http_error(exc: HTTPException) -> Any:
     return error(exc.code, exc.description or exc.name)
 
 
+def _add_converter(setup: Any) -> None:
+    setup.app.url_map.converters.setdefault(CONVERTER, AnyPathConverter)
+
+
 def register(bp: Blueprint) -> None:
     """Add the API routes and its JSON error handlers to the monitor blueprint."""
-    bp.record_once(lambda s: s.app.url_map.converters.setdefault(CONVERTER, AnyPathConverter))
+    bp.record_once(_add_converter)
     for rule, view, methods in ROUTES:
         bp.add_url_rule(rule, f"api_{view.__name__}", view, methods=list(methods))
     bp.add_url_rule(

@@ -313,12 +313,20 @@ def _op(
     return op
 
 
-def _post(*args: Any, **kw: Any) -> dict[str, Any]:
-    return {"post": _op(*args, mutation=True, **kw)}
+def _post(
+    summary: str,
+    ok: str,
+    errors: tuple[int, ...],
+    parameters: list[dict] | None = None,
+    body: str | None = None,
+) -> dict[str, Any]:
+    return {"post": _op(summary, ok, errors, parameters, body, mutation=True)}
 
 
-def _get(*args: Any, **kw: Any) -> dict[str, Any]:
-    return {"get": _op(*args, **kw)}
+def _get(
+    summary: str, ok: str, errors: tuple[int, ...], parameters: list[dict] | None = None
+) -> dict[str, Any]:
+    return {"get": _op(summary, ok, errors, parameters)}
 
 
 _CONTROL = (400, 404, 503)
