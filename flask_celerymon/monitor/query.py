@@ -308,12 +308,13 @@ def _fts_phrase(value: str) -> str:
 
 
 def kwarg_literals(key: str, value: str) -> list[str]:
-    """The exact texts ``kwargs:key=value`` can appear as in a kwargs repr (for the index)."""
-    out = []
-    for q in ("'", '"'):
-        k = f"{q}{key}{q}: "
-        out += [f"{k}{value},", f"{k}{value}}}", f"{k}'{value}'", f'{k}"{value}"']
-    return out
+    """The texts ``kwargs:key=value`` can appear as in a kwargs repr (for the index).
+
+    Celery's ``kwargsrepr`` is a Python repr, so the key is written as ``repr(key)`` and the
+    value either bare (numbers, ``True``...) before ``,`` or ``}``, or as a string repr.
+    """
+    k = f"{key!r}: "
+    return [f"{k}{value},", f"{k}{value}}}", f"{k}{value!r}"]
 
 
 #: text_match(columns, phrases, params) -> SQL condition true when a column contains a phrase.
