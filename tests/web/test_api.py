@@ -301,6 +301,7 @@ def test_tasks_list_refuses_bad_parameters_naming_them(api, query, message):
 
 
 def test_queue_lengths_list_the_worker_queues(api):
+    api.get("/api/workers?refresh=1")  # queue names come from the workers' inspect replies
     resp = api.get("/api/queues/length")
     assert resp.status_code == 200
     names = {q["name"]: q["messages"] for q in resp.json["active_queues"]}
