@@ -715,6 +715,7 @@ class MonitorService:
             with st.lock:
                 total, recs = st.query(q)
                 return TaskPage(total, [r.as_dict() for r in recs])
+        assert store is not None
         total, rows = store.query(q)
         exact = getattr(store, "last_count_exact", True)
         out = []

@@ -183,8 +183,8 @@ class SQLiteStore(HistoryStore):
         prepared = []
         names = set()
         workers = set()
-        for r in rows:
-            r = list(r)
+        for row in rows:
+            r = list(row)
             hist = r[_HISTORY]
             r[_HISTORY] = None if hist is None else json.dumps(list(hist))
             prepared.append(r)

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from itertools import compress, repeat
 from operator import attrgetter, ge, is_not, le, not_
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery.states import PRECEDENCE_LOOKUP, READY_STATES, RETRY
 
@@ -73,6 +73,32 @@ _SEP = "\x00"
 _TEXT_INDEX = {"args": 0, "kwargs": 1, "result": 2}
 
 
+#: Fields of :class:`TaskRecord` kept in its ``extra`` dict: most tasks never have them, and a
+#: slot costs 8 bytes on every task.
+RARE_FIELDS = (
+    "failed", "retried", "revoked", "rejected", "exception", "traceback", "eta", "expires",
+    "client", "parent_id", "children", "history",
+)  # fmt: skip
+
+
+def _rare(name: str) -> Any:
+    """A property storing ``name`` in the record's ``extra`` dict (None when absent)."""
+
+    def get(self: TaskRecord) -> Any:
+        extra = self.extra
+        return None if extra is None else extra.get(name)
+
+    def set_(self: TaskRecord, value: Any) -> None:
+        extra = self.extra
+        if extra is None:
+            if value is None:
+                return
+            extra = self.extra = {}
+        extra[name] = value
+
+    return property(get, set_)
+
+
 class TaskRecord:
     """One task in the window. Strings unknown so far are ``""``; times are Unix seconds.
 
@@ -90,27 +116,36 @@ class TaskRecord:
 
     def __init__(self, uuid: str) -> None:
         self.uuid = uuid
-        self.name = self.state = self.worker = ""
+        self.name: str = ""
+        self.state: str = ""
+        self.worker: str = ""
         self.text = _SEP + _SEP
-        self.sent = self.received = self.started = self.succeeded = None
-        self.timestamp = self.runtime = self.retries = None
-        self.exchange = self.routing_key = self.clock = self.root_id = None
+        self.sent: float | None = None
+        self.received: float | None = None
+        self.started: float | None = None
+        self.succeeded: float | None = None
+        self.timestamp: float | None = None
+        self.runtime: float | None = None
+        self.retries: int | None = None
+        self.exchange: str | None = None
+        self.routing_key: str | None = None
+        self.clock: int | None = None
+        self.root_id: str | None = None
         #: Rarely set fields (failures, retries, child tasks...), None until one is set.
         self.extra: dict[str, Any] | None = None
 
-    if TYPE_CHECKING:  # the RARE_FIELDS properties, set below the class
-        failed: float | None
-        retried: float | None
-        revoked: float | None
-        rejected: float | None
-        exception: str | None
-        traceback: str | None
-        eta: str | None
-        expires: str | None
-        client: str | None
-        parent_id: str | None
-        children: list[str] | None
-        history: tuple[Any, ...] | None
+    failed = _rare("failed")
+    retried = _rare("retried")
+    revoked = _rare("revoked")
+    rejected = _rare("rejected")
+    exception = _rare("exception")
+    traceback = _rare("traceback")
+    eta = _rare("eta")
+    expires = _rare("expires")
+    client = _rare("client")
+    parent_id = _rare("parent_id")
+    children = _rare("children")
+    history = _rare("history")
 
     @property
     def finished(self) -> bool:
@@ -167,34 +202,6 @@ def history_from_times(task: Any) -> tuple[Any, ...]:
     get = task.get if isinstance(task, Mapping) else lambda a: getattr(task, a)
     pairs = sorted((ts, st) for attr, st in _TIME_STATES if (ts := get(attr)) is not None)
     return tuple(x for ts, st in pairs for x in (st, ts))
-
-
-#: Fields of :class:`TaskRecord` kept in its ``extra`` dict: most tasks never have them, and a
-#: slot costs 8 bytes on every task.
-RARE_FIELDS = (
-    "failed", "retried", "revoked", "rejected", "exception", "traceback", "eta", "expires",
-    "client", "parent_id", "children", "history",
-)  # fmt: skip
-
-
-def _rare(name: str) -> property:
-    def get(self: TaskRecord) -> Any:
-        extra = self.extra
-        return None if extra is None else extra.get(name)
-
-    def set_(self: TaskRecord, value: Any) -> None:
-        extra = self.extra
-        if extra is None:
-            if value is None:
-                return
-            extra = self.extra = {}
-        extra[name] = value
-
-    return property(get, set_)
-
-
-for _name in RARE_FIELDS:
-    setattr(TaskRecord, _name, _rare(_name))
 
 
 def task_dict(row: Mapping[str, Any], children: list[str]) -> dict[str, Any]:
@@ -310,7 +317,7 @@ class MalformedEvent(ValueError):
 
 
 def _precedence(state: str) -> int:
-    return PRECEDENCE_LOOKUP.get(state, _NONE_PRECEDENCE)
+    return PRECEDENCE_LOOKUP.get(state or None, _NONE_PRECEDENCE)
 
 
 class State:
@@ -448,10 +455,7 @@ class State:
                 self._index_received(t, ts)
             cur = t.state
             early = (
-                cur
-                and state != RETRY
-                and cur != RETRY
-                and _precedence(state) > _precedence(cur or None)
+                cur and state != RETRY and cur != RETRY and _precedence(state) > _precedence(cur)
             )
             text = None
             for k, v in event.items():
