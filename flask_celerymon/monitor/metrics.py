@@ -364,16 +364,17 @@ class MonitorMetrics:
         """The service's purge listener: drop every label set of ``hostname``."""
         with self._lock:
             self._purged += 1
-            for series, pos in (
+            series: tuple[tuple[dict[Any, Any], int], ...] = (
                 (self._events, 0),
                 (self._runtime, 0),
                 (self._prefetch_time, 0),
                 (self._prefetched, 0),
                 (self._tasks, 1),
                 (self._queue_wait, 1),
-            ):
-                for k in [k for k in series if k[pos] == hostname]:
-                    del series[k]
+            )
+            for labelled, pos in series:
+                for k in [k for k in labelled if k[pos] == hostname]:
+                    del labelled[k]
 
     # -- scraping --------------------------------------------------------------------------
 
