@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import logging
 import os
@@ -27,6 +28,9 @@ def owned_brokers():
     """Stop every embedded broker the test started in this process."""
     before = set(embedded._owned)
     yield
+    # results still waiting on the broker unsubscribe when collected: do it while it is up,
+    # or the backend retries its lost connection at interpreter exit
+    gc.collect()
     for path, broker in list(embedded._owned.items()):
         if path not in before:
             broker.stop()

@@ -5,6 +5,7 @@ Every test here runs real ``celery worker`` subprocesses; every fixture stops th
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -52,12 +53,15 @@ def cluster(redis_server, tmp_path_factory):
     with local.environment(env):
         app = local.create_app()
         state = app.extensions["celerymon"]
+        first = None
         try:
             with app.app_context():
                 first = local.celery.submit(local.add, 1, 2)
             yield app, first
         finally:
             state.processes.stop(timeout=5)
+            first = None
+            gc.collect()  # results unsubscribe while the session's Redis is still up
 
 
 def test_first_submit_starts_every_configured_worker_and_waits_for_all(cluster):
