@@ -18,7 +18,7 @@ def _load() -> Any:
     from flask.cli import ScriptInfo, locate_app, prepare_import
 
     from .extension import EXTENSION_KEY
-    from .processes import ROLE_ENV
+    from .processes import ROLE_ENV, declare_queues
 
     # a task calling submit() in this process must not start local workers of its own
     os.environ.setdefault(ROLE_ENV, "celery")
@@ -35,6 +35,7 @@ def _load() -> Any:
             f"the Flask app {app.name!r} found through FLASK_APP={target!r} does not use "
             "flask_celerymon; call Celery().init_app(app) in it"
         )
+    declare_queues(state)
     return state.celery_app
 
 

@@ -111,6 +111,27 @@ def worker_args(spec: WorkerSpec, loglevel: str) -> list[str]:
     return args
 
 
+def declare_queues(state: AppState) -> list[str]:
+    """Add the queues named in ``CELERY_WORKERS`` to the app's queues; return their names.
+
+    Every process building the app does this (the web app, the local workers, ``flask celery
+    worker`` and ``celery -A flask_celerymon.celery``), so a worker started without
+    ``--queues`` consumes from every declared queue (a "worker for any task"), as a Celery
+    worker without ``-Q`` consumes from every queue in ``task_queues``, and one started with
+    ``--queues`` only from those.
+    """
+    names: list[str] = []
+    for spec in state.settings.workers:
+        for q in spec.queues:
+            if q and q not in names:
+                names.append(q)
+    queues = state.celery_app.amqp.queues
+    for q in names:
+        if q not in queues:
+            queues.select_add(q)  # consumed by a worker started without --queues
+    return names
+
+
 def import_target(app: Flask, configured: str | None = None) -> str:
     """What a child process puts in ``FLASK_APP`` to build the same app.
 
@@ -381,17 +402,8 @@ class LocalProcesses:
         return plan
 
     def declare_queues(self) -> list[str]:
-        """Add the queues named in ``CELERY_WORKERS`` to the app's queues; return their names."""
-        names: list[str] = []
-        for spec in self.state.settings.workers:
-            for q in spec.queues:
-                if q and q not in names:
-                    names.append(q)
-        queues = self.state.celery_app.amqp.queues
-        for q in names:
-            if q not in queues:
-                queues.add(q)
-        return names
+        """Declare the queues named in ``CELERY_WORKERS`` on the app (see :func:`declare_queues`)."""
+        return declare_queues(self.state)
 
     # -- start ------------------------------------------------------------------------------
     def start(self, timeout: float | None = None, on_status: StatusCallback | None = None) -> None:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -48,18 +49,30 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 @pytest.fixture(scope="module")
 def cluster(redis_server, tmp_path_factory):
-    """An app with two local workers started lazily by its first submit."""
+    """An app with two local workers started lazily by its first submit.
+
+    The submit runs in a thread that ends at once, as a request thread does: the workers must
+    outlive it (their parent-death signal is tied to the thread that started them).
+    """
     env = local.app_env(tmp_path_factory.mktemp("proc"), redis_server.url(210), WORKERS)
     with local.environment(env):
         app = local.create_app()
         state = app.extensions["celerymon"]
-        first = None
-        try:
+        sent: list = []
+
+        def request() -> None:
             with app.app_context():
-                first = local.celery.submit(local.add, 1, 2)
+                sent.append(local.celery.submit(local.add, 1, 2))
+
+        try:
+            thread = threading.Thread(target=request)
+            thread.start()
+            thread.join(60)
+            first = sent[0]
             yield app, first
         finally:
             state.processes.stop(timeout=5)
+            sent.clear()
             first = None
             gc.collect()  # results unsubscribe while the session's Redis is still up
 
@@ -85,11 +98,31 @@ def test_worker_output_goes_to_a_log_file_per_worker_under_the_instance_folder(c
             assert f"{name}@{HOST} ready." in fh.read()
 
 
-def test_submit_to_a_queue_reaches_the_worker_that_consumes_it(cluster):
+def test_workers_started_from_a_request_thread_outlive_it(cluster):
+    app, _ = cluster
+    time.sleep(0.5)
+    with app.app_context():
+        assert all(p.alive() for p in local.celery.processes.values())
+        assert local.celery.status() == {f"alpha@{HOST}": "OK", f"beta@{HOST}": "OK"}
+
+
+def test_queues_named_in_worker_options_are_declared_for_every_worker(cluster):
     app, _ = cluster
     with app.app_context():
-        futures = [local.celery.submit(local.hostname, queue="high-priority") for _ in range(3)]
-        assert [f.result(timeout=10) for f in futures] == [f"beta@{HOST}"] * 3
+        replies = local.celery.inspect.active_queues()
+    assert {node: sorted(q["name"] for q in queues) for node, queues in replies.items()} == {
+        f"alpha@{HOST}": ["celery", "high-priority"],  # no queues option: every queue
+        f"beta@{HOST}": ["high-priority"],
+    }
+
+
+def test_submit_to_a_queue_reaches_only_the_workers_that_consume_it(cluster):
+    app, _ = cluster
+    with app.app_context():
+        futures = [local.celery.submit(local.hostname, queue="celery") for _ in range(4)]
+        assert [f.result(timeout=10) for f in futures] == [f"alpha@{HOST}"] * 4
+        futures = [local.celery.submit(local.hostname, queue="high-priority") for _ in range(4)]
+        assert {f.result(timeout=10) for f in futures} <= {f"alpha@{HOST}", f"beta@{HOST}"}
 
 
 def test_submit_inside_a_worker_starts_no_local_processes(cluster):
