@@ -681,18 +681,23 @@ def test_unknown_api_paths_and_wrong_methods_answer_json(monitored):
     assert resp.headers["Allow"] == "GET, HEAD, OPTIONS"
 
 
-def test_shutdown_stops_the_worker(monitored, api, tmp_path):
+def test_autoscale_then_shutdown_of_a_worker(monitored, api, tmp_path):
     name = f"doomed-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     worker = WorkerProcess(
         "tests.apps.basic:create_app",
         monitored.broker,
         name,
         str(tmp_path / "doomed.log"),
-        args=("-P", "solo", "-Q", "doomed", "-E"),
+        args=("-P", "prefork", "--autoscale", "2,1", "-Q", "doomed", "-E"),
     )
     try:
         worker.wait_ready(monitored.celery_app)
         monitored.wait_for(lambda: monitored.service.worker(name))
+        resp = api.post(f"/api/worker/pool/autoscale/{name}", data={"min": "1", "max": "3"})
+        assert resp.json == {"message": f"Autoscaling '{name}' worker (min=1, max=3)"}
+        stats = monitored.celery_app.control.inspect(destination=[name], timeout=2).stats()
+        assert stats[name]["autoscaler"]["max"] == 3
+
         resp = api.post(f"/api/worker/shutdown/{name}")
         assert resp.json == {"message": "Shutting down!"}
         assert worker.proc.wait(30) == 0
