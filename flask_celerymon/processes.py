@@ -136,8 +136,9 @@ def import_target(app: Flask, configured: str | None = None) -> str:
     """What a child process puts in ``FLASK_APP`` to build the same app.
 
     In order: ``configured`` (``CELERY_APP_IMPORT``), the ``FLASK_APP`` environment variable, the
-    ``--app`` given to the ``flask`` command running now, the app's import name (a module that
-    exposes ``app`` or ``create_app``), or for a script run as ``__main__`` its module or file.
+    ``--app`` given to the ``flask`` command running now (from click's context, or from
+    ``sys.argv`` in another thread), the app's import name (a module that exposes ``app`` or
+    ``create_app``), or for a script run as ``__main__`` its module or file.
     """
     if configured:
         return configured
@@ -153,6 +154,9 @@ def import_target(app: Flask, configured: str | None = None) -> str:
             return info.app_import_path
     except ImportError:  # pragma: no cover - click ships with Flask
         pass
+    from_argv = _flask_app_from_argv(sys.argv)
+    if from_argv:  # `flask --app X run` seen from a request thread (click's context is per thread)
+        return from_argv
     name = app.import_name
     if name in ("__main__", "__mp_main__"):
         main = sys.modules.get("__main__")
@@ -169,6 +173,26 @@ def import_target(app: Flask, configured: str | None = None) -> str:
             "interactive session); set CELERY_APP_IMPORT = 'module:create_app()'"
         )
     return name
+
+
+def _flask_app_from_argv(argv: list[str]) -> str | None:
+    """The ``--app``/``-A`` value of a ``flask`` command line, if this process is one."""
+    if not argv:
+        return None
+    prog = argv[0].replace("\\", "/")
+    if os.path.basename(prog) != "flask" and not prog.endswith("flask/__main__.py"):
+        return None
+    args = iter(argv[1:])
+    for arg in args:
+        if arg in ("--app", "-A"):
+            return next(args, None)
+        if arg.startswith("--app="):
+            return arg[len("--app=") :]
+        if arg in ("-e", "--env-file"):
+            next(args, None)
+        elif not arg.startswith("-"):
+            return None  # the sub-command: --app must come before it
+    return None
 
 
 def check_broker(celery_app: Any, timeout: float = 5.0) -> None:

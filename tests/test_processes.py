@@ -247,6 +247,39 @@ def test_import_target_prefers_config_then_flask_app_then_import_name(tmp_path, 
     assert import_target(app, "other:make()") == "other:make()"
 
 
+def test_import_target_reads_flask_app_option_from_the_command_line():
+    from flask_celerymon.processes import _flask_app_from_argv
+
+    assert _flask_app_from_argv(["/venv/bin/flask", "--app", "shop:create_app()", "run"]) == (
+        "shop:create_app()"
+    )
+    assert _flask_app_from_argv(["/venv/bin/flask", "-e", ".env", "-A", "shop", "run"]) == "shop"
+    assert _flask_app_from_argv(["/x/flask/__main__.py", "--app=shop.wsgi", "run"]) == "shop.wsgi"
+    assert _flask_app_from_argv(["/venv/bin/flask", "run", "--app", "late"]) is None
+    assert _flask_app_from_argv(["/venv/bin/gunicorn", "--app", "shop"]) is None
+
+
+def test_a_taken_monitor_port_means_the_monitor_is_already_running(redis_server, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = local.app_env(tmp_path, redis_server.url(214), 0, monitor_port=port)
+        with local.environment(env):
+            app = local.create_app()
+        procs = app.extensions["celerymon"].processes
+        try:
+            procs.start()
+            monitor = procs.processes["monitor"]
+            assert (monitor.status, monitor.pid, monitor.detail) == (
+                "external",
+                None,
+                f"port 127.0.0.1:{port} is taken; not started",
+            )
+        finally:
+            procs.stop()
+
+
 PARENT = textwrap.dedent("""
     import json, sys, time
     import psutil
