@@ -1,4 +1,5 @@
-"""The guard (read-only, cross-site refusals) and 503s when the broker is down.
+"""The guard (read-only, cross-site refusals), 503s when the broker is down, 409/503 when
+the broker or the result backend lacks a feature.
 
 No worker is needed: the guard answers before anything reaches the broker, and with the
 broker down nothing would answer anyway. Every response is still checked against
@@ -178,3 +179,45 @@ def test_broker_down_gives_503(down_app, method, path):
         resp.json
     )
     assert time.monotonic() - started < 15
+
+
+# -- a broker that cannot list messages, no result backend ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bare_app(tmp_path_factory) -> Iterator[Flask]:
+    """Kombu's in-memory broker and no result backend at all."""
+    tmp = tmp_path_factory.mktemp("bare")
+    yield from _app("memory://", tmp, CELERY_RESULT_BACKEND="disabled")
+
+
+def test_without_a_result_backend_result_and_abort_are_503(bare_app):
+    api = Api(bare_app)
+    task_id = uuid.uuid4()
+    resp = api.get(f"/api/task/result/{task_id}")
+    assert resp.status_code == 503
+    assert resp.json == {"error": "no result backend is configured"}
+    resp = api.post(f"/api/task/abort/{task_id}")
+    assert resp.status_code == 503
+    assert resp.json == {"error": "no result backend is configured; abort needs one"}
+
+
+def test_without_a_result_backend_sending_answers_only_the_id(bare_app):
+    api = Api(bare_app)
+    resp = api.post("/api/task/async-apply/tests.apps.basic.registered", json={"args": [1]})
+    assert resp.status_code == 200
+    assert set(resp.json) == {"task-id"}  # as Flower: no state without a backend
+
+
+def test_a_broker_without_lists_refuses_message_operations_but_purges(bare_app):
+    api = Api(bare_app)
+    resp = api.get("/api/queues/messages/celery")
+    assert resp.status_code == 409
+    assert resp.json == {"error": "the memory broker does not allow listing messages"}
+    resp = api.post(f"/api/queues/remove/celery/{uuid.uuid4()}")
+    assert resp.status_code == 409
+    assert resp.json == {"error": "the memory broker does not allow deleting one message"}
+    api.post("/api/task/async-apply/tests.apps.basic.registered", json={"args": [2]})
+    resp = api.post("/api/queues/purge/celery")
+    assert resp.status_code == 200
+    assert resp.json["purged"] >= 1
