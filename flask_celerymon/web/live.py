@@ -55,6 +55,8 @@ VIEWS = ("workers", "tasks", "task", "worker", "broker")
 MIN_INTERVAL = 0.25
 #: Seconds of silence after which a ping is sent.
 PING_INTERVAL = 15.0
+#: Seconds between two checks for workers gone silent (offline without an event).
+STATUS_INTERVAL = 2.0
 #: Seconds between two queue-length pushes on the broker page.
 QUEUES_INTERVAL = 2.0
 
@@ -70,6 +72,7 @@ class Feed:
         self.task_id: str | None = None
         self.worker: str | None = None
         self.shown: set[str] = set()
+        self.status: dict[str, bool] = {}
         if view == "tasks":
             self.filter = TaskFilter.from_args(args)
         elif view == "task":
@@ -93,10 +96,28 @@ class Feed:
         return service.subscribe()
 
     def prime(self, service: Any) -> None:
-        """Remember the rows the page shows now (so their changes are always sent)."""
+        """Remember what the page shows now: its task rows (whose changes are always sent)
+        and the workers' online status."""
         if self.filter is not None:
             page = service.query_tasks(**self.filter.service_query())
             self.shown = {t["uuid"] for t in page.tasks}
+        if self.view in ("workers", "worker"):
+            self.status = service.worker_status()
+
+    def status_changes(self, service: Any) -> list[dict[str, Any]]:
+        """Workers whose online status flipped without an event (heartbeats stopped).
+
+        A worker that crashes sends no ``worker-offline``; the service only finds it
+        offline when asked. Returned as subscription items, so they render like any change.
+        """
+        if self.view not in ("workers", "worker"):
+            return []
+        now = service.worker_status()
+        changed = [h for h, online in now.items() if self.status.get(h) != online]
+        self.status = now
+        if self.view == "worker":
+            changed = [h for h in changed if h == self.worker]
+        return [{"type": "worker", "id": h, "data": None} for h in changed]
 
     def messages(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The messages for a batch of changes from the subscription."""
@@ -181,6 +202,7 @@ def feed(ws: Any) -> None:
         ws.send(json.dumps({"type": "hello", "view": f.view}))
         last_send = time.monotonic()
         next_queues = 0.0
+        next_status = time.monotonic() + STATUS_INTERVAL
         while ws.connected:
             now = time.monotonic()
             msgs: list[dict[str, Any]] = []
@@ -196,6 +218,9 @@ def feed(ws: Any) -> None:
                 except EOFError:
                     ws.close(reason=1013, message=(sub.reason or "closed")[:120])
                     return
+                if time.monotonic() >= next_status:
+                    next_status = time.monotonic() + STATUS_INTERVAL
+                    items.extend(f.status_changes(service))
                 if items:
                     msgs = f.messages(items)
             now = time.monotonic()

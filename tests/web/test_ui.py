@@ -8,6 +8,7 @@ browser is Debian's ``/usr/bin/chromium`` driven by Playwright. Screenshots of e
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -215,6 +216,24 @@ def test_workers_dashboard_counts_change_live(monitored, server, tab):
         "([sel, n]) => parseInt(document.querySelector(sel).cells[5].innerText) > n",
         arg=[f'tr[data-worker="{monitored.worker_name}"]', before],
     )
+
+
+def test_silent_worker_turns_offline_and_a_purged_one_disappears_live(monitored, server, tab):
+    page = tab.open(f"{server}/monitor/")
+    ghost = f"ghost-{time.monotonic_ns()}@nowhere"
+    now = time.time()
+    monitored.service.apply_events(
+        [
+            {"type": "worker-online", "hostname": ghost, "timestamp": now, "freq": 0.5},
+            {"type": "worker-heartbeat", "hostname": ghost, "timestamp": now, "freq": 0.5},
+        ]
+    )
+    page.wait_for_selector(f'tr[data-worker="{ghost}"][data-online="online"]')
+    # no more heartbeats and no worker-offline event: it expires after 2 x freq
+    page.wait_for_selector(f'tr[data-worker="{ghost}"][data-online="offline"]', timeout=8_000)
+    tab.shot("workers-offline", full_page=False)
+    assert monitored.service.purge_worker(ghost)
+    page.wait_for_selector(f'tr[data-worker="{ghost}"]', state="detached")
 
 
 def test_worker_page_counters_change_live(monitored, server, tab):
