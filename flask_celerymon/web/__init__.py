@@ -34,8 +34,8 @@ def make_blueprint() -> Blueprint:
         static_folder="../static/celerymon",
         static_url_path="/static",
     )
+    guard.register(bp)  # refuse first: a refused request must not start the service
     bp.before_request(_start_service)
-    guard.register(bp)
     api.register(bp)
     views.register(bp)
     live.register(bp)

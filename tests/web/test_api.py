@@ -708,14 +708,13 @@ def test_autoscale_then_shutdown_of_a_worker(monitored, api, tmp_path):
 
 # -- the same shapes as a live Flower 2.2 ------------------------------------------------------
 
-SAMPLES = (
-    Path(__file__).resolve().parents[3] / "shared" / "reference" / "flower-2.2-api-samples.json"
-)
+#: recorded from a live Flower 2.2 with a real worker (a copy of shared/reference's file)
+SAMPLES = Path(__file__).resolve().parents[1] / "data" / "flower-2.2-api-samples.json"
 
 
 @pytest.fixture(scope="module")
 def flower() -> dict[str, Any]:
-    """Responses of a live Flower 2.2 with a real worker (shared/reference)."""
+    """Responses of a live Flower 2.2 with a real worker (tests/data)."""
     return json.loads(SAMPLES.read_text())["responses"]
 
 
