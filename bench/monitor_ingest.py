@@ -309,8 +309,11 @@ def run_one(mon: Any, broker: str, args: argparse.Namespace, out: dict[str, Any]
     finally:
         client.config_set("client-output-buffer-limit", old)
     got = applied - before
+    fig = mon.figures()
     res = {"published": expected, "applied": got, "seconds": round(secs, 2),
-           "ingest_events_per_s": round(got / secs)}  # fmt: skip
+           "ingest_events_per_s": round(got / secs), "lag_max_s": fig.get("lag_max"),
+           "store_flush_s": fig.get("flush_seconds"), "store_index_s": fig.get("index_seconds"),
+           "store_pending": fig.get("store_pending")}  # fmt: skip
     out[f"{name}.throughput"] = res
     print(json.dumps({name: "throughput", **res}), flush=True)
 

@@ -205,6 +205,7 @@ class MonitorService:
         self.autostart = autostart
         self._lifecycle = threading.RLock()
         self._pid: int | None = None
+        self._stopped = False
         self._stop_event = threading.Event()
         self._house: threading.Thread | None = None
         self._consumer: EventConsumer | None = None
@@ -260,6 +261,7 @@ class MonitorService:
         once; nothing is replayed.
         """
         with self._lifecycle:
+            self._stopped = False
             if self._pid == os.getpid():
                 return
             if self._pid is not None:  # forked: the parent's threads are not ours
@@ -295,8 +297,13 @@ class MonitorService:
         )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the threads, write pending changes to the store and close it. Idempotent."""
+        """Stop the threads, write pending changes to the store and close it. Idempotent.
+
+        Reads after ``stop()`` answer from memory and do not start the service again; call
+        :meth:`start` for that.
+        """
         with self._lifecycle:
+            self._stopped = True
             if self._pid != os.getpid():
                 return
             self._stop_event.set()
@@ -841,5 +848,5 @@ class MonitorService:
         return d
 
     def _autostart(self) -> None:
-        if self.autostart and self._pid != os.getpid():
+        if self.autostart and not self._stopped and self._pid != os.getpid():
             self.start()
