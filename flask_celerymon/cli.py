@@ -70,6 +70,7 @@ def _run_celery(state: AppState, argv: list[str], role: str) -> None:
             os.environ[ROLE_ENV] = previous
 
 
+_SECONDS = click.FloatRange(min=0, min_open=True)
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 
@@ -199,7 +200,7 @@ def serve(app: Flask, address: str, port: int, threads: int = 32) -> None:
 @celery_group.command("cluster")
 @click.option(
     "--timeout",
-    type=float,
+    type=_SECONDS,
     default=None,
     help="Seconds to wait for every worker [default: CELERY_START_TIMEOUT].",
 )
@@ -237,7 +238,7 @@ def cluster(timeout: float | None) -> None:
 @click.option(
     "-t",
     "--timeout",
-    type=float,
+    type=_SECONDS,
     default=1.0,
     show_default=True,
     help="Seconds to wait for replies.",
@@ -267,7 +268,7 @@ def _remote_options(fn: Any) -> Any:
     fn = click.option(
         "-t",
         "--timeout",
-        type=float,
+        type=_SECONDS,
         default=1.0,
         show_default=True,
         help="Seconds to wait for replies.",

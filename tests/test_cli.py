@@ -149,6 +149,37 @@ def test_monitor_with_a_bad_port_is_a_usage_error(run):
 
 
 @pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["status", "--timeout", "abc"],
+         "Error: Invalid value for '-t' / '--timeout': 'abc' is not a valid float range."),
+        (["status", "extra"], "Error: Got unexpected extra argument (extra)"),
+        (["inspect"], "Error: Missing argument 'METHOD'."),
+        (["inspect", "ping", "--timeout", "0"],
+         "Error: Invalid value for '-t' / '--timeout': 0.0 is not in the range x>0."),
+        (["control"], "Error: Missing argument 'METHOD'."),
+        (["control", "pool_grow", "1", "--destination"],
+         "Error: Option '--destination' requires an argument."),
+        (["cluster", "--timeout", "abc"],
+         "Error: Invalid value for '--timeout': 'abc' is not a valid float range."),
+        (["beat", "--max-interval=abc"],
+         "Error: Invalid value for '--max-interval': 'abc' is not a valid integer."),
+        (["worker", "--pool=nope"],
+         "Error: Invalid value for '-P' / '--pool': 'nope' is not one of 'prefork', 'eventlet', "
+         "'gevent', 'solo', 'processes', 'threads', 'custom'."),
+        (["monitor", "--threads", "0"],
+         "Error: Invalid value for '--threads': 0 is not in the range 1<=x<=1000."),
+        (["bogus"], "Error: No such command 'bogus'."),
+    ],
+)  # fmt: skip
+def test_bad_usage_of_every_command_is_a_one_line_usage_error(run, args, error):
+    result = run(*args)
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == error
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
     "args",
     [["status"], ["inspect", "ping"], ["control", "pool_grow", "1"], ["worker"], ["beat"],
      ["cluster"]],
