@@ -461,6 +461,10 @@ class State:
             for k, v in event.items():
                 if v is None or k in _SKIP_FIELDS or (early and k not in _EARLY_FIELDS):
                     continue
+                if early and k == "name" and t.name:
+                    # a late task-sent names the task the client sent (for submit(): the
+                    # dispatch task); the worker's name (its shadow, the function) stays
+                    continue
                 if k in _TEXT_INDEX:
                     if text is None:
                         text = t.text.split(_SEP, 2)

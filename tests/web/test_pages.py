@@ -193,6 +193,26 @@ def test_task_page_shows_details_traceback_and_actions(monitored, done):
     assert "btn-retry" not in done_page and "btn-revoke" not in done_page
 
 
+def test_task_keeps_its_function_name_when_task_sent_arrives_after_the_worker(monitored):
+    """submit() sends the dispatch task with shadow=<function>: the worker's events carry the
+    function, task-sent carries ``flask_celerymon.dispatch`` and may arrive last."""
+    uuid = "late-sent-0001"
+    now = 1_700_000_000.0
+    monitored.service.apply_events(
+        [
+            {"type": "task-received", "uuid": uuid, "timestamp": now, "name": "app.jobs:crunch",
+             "args": "('app.jobs:crunch', [1], {})", "kwargs": "{}", "hostname": "w@h"},
+            {"type": "task-started", "uuid": uuid, "timestamp": now + 1, "hostname": "w@h"},
+            {"type": "task-sent", "uuid": uuid, "timestamp": now - 0.1,
+             "name": "flask_celerymon.dispatch", "args": "('app.jobs:crunch', [1], {})"},
+        ]
+    )  # fmt: skip
+    assert monitored.service.task(uuid)["name"] == "app.jobs:crunch"
+    page = text(monitored.client().get(f"/monitor/task/{uuid}"))
+    assert "app.jobs:crunch</a>" in page
+    assert "flask_celerymon.dispatch" not in page
+
+
 def test_task_page_answers_404_for_an_unknown_task(monitored):
     resp = monitored.client().get("/monitor/task/no-such-task")
     assert resp.status_code == 404
