@@ -208,12 +208,9 @@ def cluster(timeout: float | None) -> None:
     """Run every configured worker, beat and the monitor until Ctrl-C."""
     state = _state()
     procs = state.processes
-
-    def show(proc: ManagedProcess) -> None:
-        click.echo(f"{proc.name:<16} {proc.status:<9} {proc.detail}")
-
+    board = _StatusBoard(live=sys.stdout.isatty())
     try:
-        procs.start(timeout=timeout, on_status=show)
+        procs.start(timeout=timeout, on_status=board.update)
     except StartError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"logs in {procs.log_dir}; press Ctrl-C to stop")
@@ -232,6 +229,27 @@ def cluster(timeout: float | None) -> None:
     finally:
         procs.stop()
     click.echo("stopped")
+
+
+class _StatusBoard:
+    """One status line per process: redrawn in place on a terminal, appended otherwise."""
+
+    def __init__(self, live: bool) -> None:
+        self.live = live
+        self.lines: dict[str, str] = {}
+        self.drawn = 0
+
+    def update(self, proc: ManagedProcess) -> None:
+        line = f"{proc.name:<16} {proc.status:<9} {proc.detail}"
+        if not self.live:
+            click.echo(line)
+            return
+        self.lines[proc.name] = line
+        if self.drawn:
+            click.echo(f"\x1b[{self.drawn}A", nl=False)  # back to the first line
+        for text in self.lines.values():
+            click.echo(f"\x1b[2K{text}")
+        self.drawn = len(self.lines)
 
 
 @celery_group.command("status")
