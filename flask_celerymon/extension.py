@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import celery as celery_pkg
 from celery import states
+from celery.app.amqp import AMQP
 from celery.app.task import Context
 from celery.app.task import Task as CeleryTask
 from celery.utils import uuid
+from celery.utils.saferepr import saferepr
 from flask import Flask, current_app, has_app_context
 from kombu.exceptions import EncodeError
 from werkzeug.local import LocalProxy
@@ -49,6 +51,9 @@ EXTENSION_KEY = "celerymon"
 
 #: keywords of submit()/map() that are sending options, not arguments of the function
 RESERVED_OPTIONS = ("queue", "countdown", "eta", "priority", "expires")
+
+#: the size Celery itself cuts argument reprs in messages and events at
+ARGSREPR_MAXSIZE = 1024
 
 
 def _current_task() -> CeleryTask | None:
@@ -111,6 +116,22 @@ def _record_pending(
         log.warning(
             "could not record task %s as PENDING in the result backend", task_id, exc_info=True
         )
+
+
+class ShadowAwareAMQP(AMQP):
+    """Celery's message builder, with the ``task-sent`` event named like the other events.
+
+    Celery names ``task-sent`` after the real task even when the message has a ``shadow`` name,
+    while the worker's events use the shadow. For ``submit()`` that would show a task first as
+    ``flask_celerymon.dispatch`` and then as the function reference; this keeps one name.
+    """
+
+    def as_task_v2(self, *args: Any, **kwargs: Any) -> Any:
+        message = super().as_task_v2(*args, **kwargs)
+        shadow = message.headers.get("shadow")
+        if shadow and message.sent_event is not None:
+            message.sent_event["name"] = shadow
+        return message
 
 
 class AppState:
@@ -383,7 +404,9 @@ class Celery:
     def _make_celery(self, app: Flask, settings: config_mod.Settings) -> celery_pkg.Celery:
         base = self.base_task or CeleryTask
         task_cls = type(f"FlaskTask[{app.name}]", (AppContextTask, base), {"abstract": True})
-        celery_app = celery_pkg.Celery(app.import_name, task_cls=task_cls, set_as_current=False)
+        celery_app = celery_pkg.Celery(
+            app.import_name, task_cls=task_cls, amqp=ShadowAwareAMQP, set_as_current=False
+        )
         conf: dict[str, Any] = {
             "task_serializer": "json",
             "result_serializer": "json",
@@ -604,7 +627,12 @@ class Celery:
             )
         if state.eager:
             _check_serializable(state, ref, args, kwargs)
-        return state.dispatch_task.s(ref, list(args), dict(kwargs)).set(shadow=ref)
+        # Events and the monitor show the function's own name and arguments, not the wrapper's.
+        return state.dispatch_task.s(ref, list(args), dict(kwargs)).set(
+            shadow=ref,
+            argsrepr=saferepr(tuple(args), ARGSREPR_MAXSIZE),
+            kwargsrepr=saferepr(dict(kwargs), ARGSREPR_MAXSIZE),
+        )
 
     def _send(self, state: AppState, sig: Any, options: dict[str, Any]) -> Future:
         try:

@@ -287,3 +287,30 @@ def test_status_pings_workers(ctx):
 def test_unknown_command_names_the_method(ctx):
     with pytest.raises(AttributeError, match="celery.inspect has no method 'bogus'"):
         basic.celery.inspect.bogus  # noqa: B018
+
+
+def test_monitor_sees_submitted_functions_by_reference_with_their_own_arguments(ctx):
+    from flask_celerymon.monitor import MonitorService, MonitorSettings
+
+    service = MonitorService(basic.celery.app, MonitorSettings())
+    service.start()
+    try:
+        assert service.wait_connected(10)
+        time.sleep(0.5)  # the receiver binds its queue; events sent before that are not seen
+        future = basic.celery.submit(basic.add, 20, y=22)
+        assert future.result(timeout=10) == 42
+        deadline = time.monotonic() + 10
+        task = None
+        while time.monotonic() < deadline:
+            task = service.task(future.id)
+            if task and task["state"] == "SUCCESS" and task.get("sent"):
+                break
+            time.sleep(0.05)
+        assert task is not None
+        assert task["name"] == "tests.apps.basic:add"
+        assert task["args"] == "(20,)"
+        assert task["kwargs"] == "{'y': 22}"
+        assert task["result"] == "42"
+        assert [h["state"] for h in task["history"]][:1] == ["PENDING"]
+    finally:
+        service.stop()
