@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from flask import Blueprint, request
-from flask_sock import Sock
+from flask_sock import Sock  # type: ignore[import-untyped]
 
 from . import get_state
 from .views import (
@@ -151,7 +151,7 @@ class Feed:
         elif self.view == "worker":
             for it in items:
                 if it["id"] == self.worker and it["type"] == "worker":
-                    html = render_worker_head(self.worker)
+                    html = render_worker_head(it["id"])
                     if html is not None:
                         out.append({"type": "worker-head", "html": html})
         elif self.view == "workers":

@@ -613,7 +613,7 @@ def chart_data(window: str, name: str | None, now: float | None = None) -> dict[
     end = (now // bucket + 1) * bucket
     start = end - math.ceil(span / bucket) * bucket
     rows = svc.task_stats(since=start, until=end, bucket=bucket)
-    per = {}
+    per: dict[float, dict[str, int]] = {}
     for r in rows:
         b = per.setdefault(r["start"], {"succeeded": 0, "failed": 0, "retried": 0, "revoked": 0})
         for k in b:
