@@ -7,6 +7,7 @@ method, bad option, unreachable broker) ends in a one-line click error, never a 
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import sys
@@ -58,7 +59,11 @@ def _run_celery(state: AppState, argv: list[str], role: str) -> None:
     os.environ[ROLE_ENV] = role  # a task calling submit() here must not start local workers
     celery_main.params[0].default = state.celery_app  # what celery_app.start() does
     try:
-        celery_main.main(args=argv, prog_name="flask celery", standalone_mode=False)
+        # `flask` pushed an app context around this command; tasks must not share it (each
+        # pushes its own), so the worker runs in a context where none is active
+        contextvars.Context().run(
+            celery_main.main, args=argv, prog_name="flask celery", standalone_mode=False
+        )
     except Exit as exc:
         if exc.exit_code:
             sys.exit(exc.exit_code)

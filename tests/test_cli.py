@@ -256,6 +256,9 @@ def test_flask_celery_worker_applies_the_configured_options_and_obeys_shutdown(
         run = app.test_cli_runner().invoke
         queues = run(args=["celery", "inspect", "active_queues", "-d", node, "--json"])
         assert [q["name"] for q in json.loads(queues.output)[node]] == ["cli-q"]
+        with app.app_context():  # each task gets an app context (and g) of its own
+            futures = [local.celery.submit(local.g_counter, queue="cli-q") for _ in range(3)]
+            assert [f.result(timeout=10) for f in futures] == [1, 1, 1]
         result = run(args=["celery", "control", "shutdown", "-d", node])
         assert result.output == f"shutdown sent to {node}\n"
         assert proc.wait(20) == 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 
-from flask import Flask
+from flask import Flask, g
 
 from flask_celerymon import Celery, current_task
 
@@ -35,6 +35,12 @@ def add(x, y):
 def hostname():
     """The node name of the worker running this task."""
     return current_task.request.hostname
+
+
+def g_counter():
+    """1 when the task runs in an app context of its own (g is not shared between tasks)."""
+    g.counter = g.get("counter", 0) + 1
+    return g.counter
 
 
 def local_process_count():
