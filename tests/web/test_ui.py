@@ -180,6 +180,17 @@ def test_every_page_loads_without_console_errors(monitored, server, browser, tab
     assert width <= 390, "the page must not scroll sideways on a phone (tables scroll inside)"
 
 
+def test_copy_buttons_copy_the_id_and_the_traceback(server, tab, history):
+    tab.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page = tab.open(f"{server}/monitor/task/{history['uuid']}")
+    page.click("button:text('Copy id')")
+    page.locator(".toast.ok").first.wait_for()
+    assert page.evaluate("navigator.clipboard.readText()") == history["uuid"]
+    page.click("h2 >> button:text('Copy')")
+    page.wait_for_function("navigator.clipboard.readText().then(t => t.includes('broken on'))")
+    assert page.evaluate("navigator.clipboard.readText()").startswith("Traceback")
+
+
 def test_theme_switch_forces_dark_and_is_remembered(server, tab):
     page = tab.open(f"{server}/monitor/")
     page.click("#theme")
