@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
             celery.start()
         except StartError as exc:
             sys.exit(f"error: {exc}")
+        except KeyboardInterrupt:  # Ctrl-C while the workers start: they are stopped already
+            sys.exit(130)
         for name, proc in celery.processes.items():
             print(f"  {name:<10} {proc.status:<8} {proc.detail}")
     url = f"http://{args.host}:{args.port}/"
