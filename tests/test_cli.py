@@ -17,7 +17,7 @@ import pytest
 import simple_websocket
 
 from tests.apps import local
-from tests.conftest import free_port
+from tests.conftest import RedisServer, free_port
 
 HOST = socket.gethostname()
 NODE = f"clitest@{HOST}"
@@ -34,9 +34,20 @@ INSPECT_METHODS = (
 
 
 @pytest.fixture(scope="module")
-def app(redis_server, tmp_path_factory):
+def own_redis(tmp_path_factory):
+    """A redis-server for this module alone: its database numbers clash with no other test."""
+    server = RedisServer(free_port(), str(tmp_path_factory.mktemp("redis")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def app(own_redis, tmp_path_factory):
     """An app whose one local worker ``clitest`` is running."""
-    env = local.app_env(tmp_path_factory.mktemp("cli"), redis_server.url(220), {"clitest": FAST})
+    env = local.app_env(tmp_path_factory.mktemp("cli"), own_redis.url(220), {"clitest": FAST})
     with local.environment(env):
         flask_app = local.create_app()
         procs = flask_app.extensions["celerymon"].processes
@@ -70,8 +81,8 @@ def test_status_prints_a_table_of_the_workers(run):
     assert result.output == (f"{'WORKER':<{width}}  STATUS\n{NODE}  OK\n1 worker online\n")
 
 
-def test_status_without_workers_fails_naming_the_broker(redis_server, tmp_path):
-    url = redis_server.url(221)
+def test_status_without_workers_fails_naming_the_broker(own_redis, tmp_path):
+    url = own_redis.url(221)
     with local.environment(local.app_env(tmp_path, url)):
         empty = local.create_app()
     result = empty.test_cli_runner().invoke(args=["celery", "status", "--timeout", "0.2"])
@@ -243,10 +254,10 @@ def _end(proc: subprocess.Popen[bytes]) -> None:
 
 
 def test_flask_celery_worker_applies_the_configured_options_and_obeys_shutdown(
-    app, redis_server, tmp_path
+    app, own_redis, tmp_path
 ):
     workers = {"sub": {**FAST, "queues": ["cli-q"]}}
-    env = local.app_env(tmp_path, redis_server.url(220), workers)
+    env = local.app_env(tmp_path, own_redis.url(220), workers)
     node = f"sub@{HOST}"
     with open(tmp_path / "out.log", "wb") as out:
         proc = _child(["flask", "celery", "worker", "-n", "sub"], env, out)
@@ -266,8 +277,8 @@ def test_flask_celery_worker_applies_the_configured_options_and_obeys_shutdown(
         _end(proc)
 
 
-def test_celery_command_finds_a_factory_app_through_flask_app(app, redis_server, tmp_path):
-    env = local.app_env(tmp_path, redis_server.url(220), {})
+def test_celery_command_finds_a_factory_app_through_flask_app(app, own_redis, tmp_path):
+    env = local.app_env(tmp_path, own_redis.url(220), {})
     node = f"direct@{HOST}"
     args = ["celery", "-A", "flask_celerymon.celery", "worker", "-n", "direct@%h", "-P", "solo",
             "--without-mingle", "--without-gossip"]  # fmt: skip
@@ -282,8 +293,8 @@ def test_celery_command_finds_a_factory_app_through_flask_app(app, redis_server,
         _end(proc)
 
 
-def test_flask_celery_beat_runs_the_schedule_from_the_instance_folder(redis_server, tmp_path):
-    env = local.app_env(tmp_path, redis_server.url(223), {})
+def test_flask_celery_beat_runs_the_schedule_from_the_instance_folder(own_redis, tmp_path):
+    env = local.app_env(tmp_path, own_redis.url(223), {})
     log = tmp_path / "beat.log"
     with open(log, "wb") as out:
         proc = _child(["flask", "celery", "beat", "--max-interval", "1"], env, out)
@@ -296,9 +307,9 @@ def test_flask_celery_beat_runs_the_schedule_from_the_instance_folder(redis_serv
         _end(proc)
 
 
-def test_cluster_runs_workers_beat_and_monitor_until_ctrl_c(redis_server, tmp_path):
+def test_cluster_runs_workers_beat_and_monitor_until_ctrl_c(own_redis, tmp_path):
     port = free_port()
-    env = local.app_env(tmp_path, redis_server.url(222), {"c1": FAST}, monitor_port=port,
+    env = local.app_env(tmp_path, own_redis.url(222), {"c1": FAST}, monitor_port=port,
                         beat=True)  # fmt: skip
     log = tmp_path / "cluster.log"
     with open(log, "wb") as out:

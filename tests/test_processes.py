@@ -22,6 +22,7 @@ import pytest
 from flask_celerymon import StartError
 from flask_celerymon.processes import ROLE_ENV, import_target, node_name, worker_args
 from tests.apps import local
+from tests.conftest import RedisServer, free_port
 
 HOST = socket.gethostname()
 FAST = {"concurrency": 1, "without_mingle": True, "without_gossip": True}
@@ -48,13 +49,24 @@ def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 @pytest.fixture(scope="module")
-def cluster(redis_server, tmp_path_factory):
+def own_redis(tmp_path_factory):
+    """A redis-server for this module alone: its database numbers clash with no other test."""
+    server = RedisServer(free_port(), str(tmp_path_factory.mktemp("redis")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(own_redis, tmp_path_factory):
     """An app with two local workers started lazily by its first submit.
 
     The submit runs in a thread that ends at once, as a request thread does: the workers must
     outlive it (their parent-death signal is tied to the thread that started them).
     """
-    env = local.app_env(tmp_path_factory.mktemp("proc"), redis_server.url(210), WORKERS)
+    env = local.app_env(tmp_path_factory.mktemp("proc"), own_redis.url(210), WORKERS)
     with local.environment(env):
         app = local.create_app()
         state = app.extensions["celerymon"]
@@ -145,8 +157,8 @@ def test_a_worker_already_running_under_the_same_name_is_not_started_twice(clust
         other.extensions["celerymon"].processes.stop()
 
 
-def test_stop_ends_every_worker_and_its_pool_processes(redis_server, tmp_path):
-    env = local.app_env(tmp_path, redis_server.url(211), {"solo1": {**FAST, "pool": "prefork"}})
+def test_stop_ends_every_worker_and_its_pool_processes(own_redis, tmp_path):
+    env = local.app_env(tmp_path, own_redis.url(211), {"solo1": {**FAST, "pool": "prefork"}})
     with local.environment(env):
         app = local.create_app()
         procs = app.extensions["celerymon"].processes
@@ -162,8 +174,8 @@ def test_stop_ends_every_worker_and_its_pool_processes(redis_server, tmp_path):
             procs.stop(timeout=1)
 
 
-def test_start_timeout_names_the_late_workers_and_their_logs(redis_server, tmp_path):
-    env = local.app_env(tmp_path, redis_server.url(212), {"late": FAST}, start_timeout=0.3)
+def test_start_timeout_names_the_late_workers_and_their_logs(own_redis, tmp_path):
+    env = local.app_env(tmp_path, own_redis.url(212), {"late": FAST}, start_timeout=0.3)
     with local.environment(env):
         app = local.create_app()
         procs = app.extensions["celerymon"].processes
@@ -180,8 +192,8 @@ def test_start_timeout_names_the_late_workers_and_their_logs(redis_server, tmp_p
             procs.stop(timeout=1)
 
 
-def test_a_worker_that_exits_while_starting_fails_fast_naming_its_log(redis_server, tmp_path):
-    env = local.app_env(tmp_path, redis_server.url(213), {"broken": {"pool": "nonsense"}})
+def test_a_worker_that_exits_while_starting_fails_fast_naming_its_log(own_redis, tmp_path):
+    env = local.app_env(tmp_path, own_redis.url(213), {"broken": {"pool": "nonsense"}})
     with local.environment(env):
         app = local.create_app()
         procs = app.extensions["celerymon"].processes
@@ -259,12 +271,12 @@ def test_import_target_reads_flask_app_option_from_the_command_line():
     assert _flask_app_from_argv(["/venv/bin/gunicorn", "--app", "shop"]) is None
 
 
-def test_a_taken_monitor_port_means_the_monitor_is_already_running(redis_server, tmp_path):
+def test_a_taken_monitor_port_means_the_monitor_is_already_running(own_redis, tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        env = local.app_env(tmp_path, redis_server.url(214), 0, monitor_port=port)
+        env = local.app_env(tmp_path, own_redis.url(214), 0, monitor_port=port)
         with local.environment(env):
             app = local.create_app()
         procs = app.extensions["celerymon"].processes
