@@ -346,6 +346,7 @@ def compile_sql(node: Node | None, text_match: TextMatch | None = None) -> tuple
     """
     if node is None:
         return "1", []
+    node = _distribute(node)
     params: list[Any] = []
 
     def default_text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
@@ -400,6 +401,29 @@ def compile_sql(node: Node | None, text_match: TextMatch | None = None) -> tuple
         return text_match_((n.field,), [v])
 
     return gen(node), params
+
+
+def _distribute(node: Node, budget: int = 8) -> Node:
+    """Rewrite ``a AND (b OR c)`` as ``(a AND b) OR (a AND c)`` (same matches).
+
+    SQLite answers an OR whose branches each have an indexed condition by a union of index
+    lookups; an AND of an indexed filter with an OR that mixes index and text conditions
+    would otherwise read every row of the filter. Stops when the result would have more than
+    ``budget`` branches.
+    """
+    if isinstance(node, Or):
+        return Or(tuple(_distribute(i, budget) for i in node.items))
+    if not isinstance(node, And):
+        return node
+    items = [_distribute(i, budget) for i in node.items]
+    ors = [i for i in items if isinstance(i, Or)]
+    if not ors:
+        return And(tuple(items))
+    first = ors[0]
+    if len(first.items) > budget:
+        return And(tuple(items))
+    rest = [i for i in items if i is not first]
+    return Or(tuple(_distribute(And((*rest, b)), budget // len(first.items)) for b in first.items))
 
 
 def parse_sort(sort_by: str | None) -> tuple[str, bool]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .query import compile_sql, fts_match_expr, instr_sql, kwarg_pattern
+from .query import _fts_phrase, compile_sql, instr_sql, kwarg_pattern
 from .state import history_from_times
 from .store import TASK_COLUMNS, HistoryStore, TaskQuery
 
@@ -106,6 +106,8 @@ _pattern_cache: dict[tuple[str, str], Any] = {}
 #: A search term with fewer index hits than this is answered from the index; a more common one
 #: by scanning in sort order, which finds a page quickly exactly because the term is common.
 INDEX_HITS_MAX = 20_000
+#: Seconds a trigram's row count (used to pick the rarest trigrams of a search) is reused.
+TRIGRAM_COUNT_TTL = 600.0
 #: With at most this many matches a page is sorted from the matches, not read off an index.
 SORT_MATCHES_MAX = 5_000
 #: Counting stops here for searches on common terms (the total is then "at least").
@@ -131,6 +133,7 @@ class SQLiteStore(HistoryStore):
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         self._local = threading.local()
+        self._trigram_rows: dict[str, tuple[int, float]] = {}
         self._write_lock = threading.Lock()
         self._closed = False
         self._all: list[sqlite3.Connection] = []
@@ -331,11 +334,8 @@ class SQLiteStore(HistoryStore):
 
             def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
                 nonlocal n_hits, exact
-                ids = c.execute(
-                    "SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ? LIMIT ?",
-                    (fts_match_expr(columns, phrases), INDEX_HITS_MAX),
-                ).fetchall()
-                if len(ids) >= INDEX_HITS_MAX:
+                ids = self._candidates(c, columns, phrases)
+                if ids is None:
                     exact = False
                     return instr_sql(columns, phrases, ps)
                 table = f"temp.hits{n_hits}"
@@ -344,16 +344,62 @@ class SQLiteStore(HistoryStore):
                           "(id INTEGER PRIMARY KEY)")  # fmt: skip
                 c.execute(f"DELETE FROM {table}")
                 c.executemany(f"INSERT INTO {table} (id) VALUES (?)", ids)
+                # One rowid list (the candidates plus the rows past the index watermark), so
+                # the condition can drive a plan by itself; then the exact check.
                 tail = instr_sql(columns, phrases, ps)
                 return (
-                    f"(id IN (SELECT id FROM {table}) "
-                    f"OR (id > (SELECT upto FROM fts_state) AND {tail}))"
+                    f"(id IN (SELECT id FROM {table} UNION ALL SELECT id FROM tasks "
+                    f"WHERE id > (SELECT upto FROM fts_state)) AND {tail})"
                 )
 
             cond, p = compile_sql(q.search, text_match)
             conds.append(cond)
             params.extend(p)
         return (" AND ".join(conds) or "1"), params, exact
+
+    def _candidates(
+        self, c: sqlite3.Connection, columns: tuple[str, ...], phrases: list[str]
+    ) -> list[tuple[int]] | None:
+        """Indexed rows that may hold one of ``phrases``, or None when there are too many.
+
+        A trigram phrase query walks the posting list of every trigram of the phrase, and
+        common trigrams ("cus", "er-") list nearly every row. So look up how many rows hold
+        each trigram and ask the index only for rows holding the two rarest ones; the
+        ``instr`` check in the SQL condition then keeps the exact matches. Counting a common
+        trigram costs as much as walking it, so counts are kept for
+        :data:`TRIGRAM_COUNT_TTL` seconds (they only steer speed: any two trigrams of the
+        phrase give a superset of its matches).
+        """
+        c.execute(
+            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.tasks_fts_vocab "
+            "USING fts5vocab(main, tasks_fts, 'row')"
+        )
+        parts = []
+        now = time.monotonic()
+        cache = self._trigram_rows
+        for phrase in phrases:
+            counts = []
+            for tri in {phrase[i : i + 3] for i in range(len(phrase) - 2)}:
+                hit = cache.get(tri)
+                if hit is None or now - hit[1] > TRIGRAM_COUNT_TTL:
+                    row = c.execute(
+                        "SELECT doc FROM temp.tasks_fts_vocab WHERE term = ?", (tri,)
+                    ).fetchone()
+                    if len(cache) > 50_000:
+                        cache.clear()
+                    hit = cache[tri] = (row[0] if row else 0, now)
+                counts.append((hit[0], tri))
+            counts.sort()
+            if not counts or counts[0][0] == 0:
+                continue  # a trigram no indexed row has: the phrase matches none of them
+            parts.append("(" + " AND ".join(_fts_phrase(t) for _, t in counts[:2]) + ")")
+        if not parts:
+            return []
+        ids = c.execute(
+            "SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ? LIMIT ?",
+            (f"{{{' '.join(columns)}}} : ({' OR '.join(parts)})", INDEX_HITS_MAX),
+        ).fetchall()
+        return None if len(ids) >= INDEX_HITS_MAX else ids
 
     def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:
         """See :meth:`HistoryStore.query`. A search on a very common term counts at most
