@@ -7,7 +7,8 @@ that call the JSON API with ``fetch()``, copy buttons and the theme switch.
 Routes (relative to ``CELERY_MONITOR_URL_PREFIX``), all ``GET``:
 
 ==========================  =========================================================
-``/``, ``/workers``          workers dashboard (200)
+``/``, ``/workers``          workers dashboard (200); Flower's ``?json=1`` and
+                             ``?refresh=1`` too
 ``/worker/<hostname>``       one worker, ``?tab=pool|broker|queues|tasks|limits|config|system``
                              and ``?refresh=1`` (200; 404 unknown worker; 400 bad tab)
 ``/tasks``                   the task list; see :class:`TaskFilter` for the parameters
@@ -16,6 +17,8 @@ Routes (relative to ``CELERY_MONITOR_URL_PREFIX``), all ``GET``:
 ``/broker``                  queue lengths (200; 503 when the broker is unreachable)
 ``/charts``                  per-minute counts and runtime percentiles, ``?window=`` and
                              ``?name=`` (200; 400 bad window)
+``/tasks/datatable``         Flower's JSON for DataTables, GET or POST (200; 400 JSON error)
+``/celerymon-static/<f>``    the pages' CSS, JS and icon (200; 404)
 ==========================  =========================================================
 
 Pages never answer 500 for bad input: the error page says what to fix. Control buttons are
@@ -40,6 +43,7 @@ from flask import (
     Blueprint,
     Response,
     current_app,
+    jsonify,
     render_template,
     request,
     send_from_directory,
@@ -50,6 +54,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..monitor.query import STATES, SearchError, compile_python, parse, parse_sort
 from . import get_state
+from .guard import safe
 
 #: Columns the task list can show (Flower's ``tasks_columns`` choices) and their titles.
 TASK_COLUMNS: dict[str, str] = {
@@ -656,9 +661,58 @@ def index() -> str:
     return workers()
 
 
-def workers() -> str:
-    """Workers dashboard: summary cards and a table with totals. 200."""
+def workers() -> Any:
+    """Workers dashboard: summary cards and a table with totals. 200.
+
+    As in Flower, ``?refresh=1`` asks the workers again (inspect) first and ``?json=1``
+    answers ``{"data": [worker, ...]}`` (the service's ``workers()`` items) instead of HTML.
+    """
+    svc = get_state().monitor
+    if _flag(request.args.get("refresh")):
+        svc.inspect(refresh=True)
+    if _flag(request.args.get("json")):
+        return jsonify(data=svc.workers())
     return render_template("celerymon/workers.html", body=Markup(render_workers_body()))
+
+
+def _flag(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on", "y", "t")
+
+
+def tasks_datatable() -> Any:
+    """Flower's ``/tasks/datatable`` for scripts written against it (GET or POST).
+
+    DataTables' server-side parameters: ``draw``, ``start``, ``length``, ``search[value]``
+    (the search language), ``order[0][column]`` and ``order[0][dir]`` with
+    ``columns[<i>][data]`` naming the column. Answers ``{"draw", "data": [task dicts],
+    "recordsTotal", "recordsFiltered"}``; ``length=-1`` (all) gives at most 10,000 rows. 200; 400 ``{"error": ...}`` for a bad parameter or
+    search (Flower answers 200 with ``searchError``; a 4xx tells a script it asked wrong).
+    """
+    args = request.values
+    try:
+        draw = _int("draw", args.get("draw"), 0, 0, 2**31)
+        start = _int("start", args.get("start"), 0, 0, 10**9)
+        length = _int("length", args.get("length"), 15, -1, 10_000)
+        sort_by = None
+        col = args.get("order[0][column]")
+        if col is not None:
+            key = args.get(f"columns[{_int('order[0][column]', col, 0, 0, 100)}][data]", "")
+            if key in SORTABLE:
+                desc = args.get("order[0][dir]", "asc") == "desc"
+                sort_by = ("-" if desc else "") + key
+        svc = get_state().monitor
+        page = svc.query_tasks(
+            search=args.get("search[value]", "").strip() or None,
+            sort_by=sort_by,
+            offset=start,
+            limit=10_000 if length == -1 else length,
+        )
+        total = svc.query_tasks(limit=0).total
+    except (BadInput, SearchError) as exc:
+        resp = jsonify(error=str(exc))
+        resp.status_code = 400
+        return resp
+    return jsonify(draw=draw, data=page.tasks, recordsTotal=total, recordsFiltered=page.total)
 
 
 def worker(hostname: str) -> Any:
@@ -749,6 +803,9 @@ def register(bp: Blueprint) -> None:
     bp.add_url_rule("/workers", "workers", workers)
     bp.add_url_rule("/worker/<hostname>", "worker", worker)
     bp.add_url_rule("/tasks", "tasks", tasks)
+    bp.add_url_rule(
+        "/tasks/datatable", "tasks_datatable", safe(tasks_datatable), methods=["GET", "POST"]
+    )
     bp.add_url_rule("/task/<uuid>", "task", task)
     bp.add_url_rule("/broker", "broker", broker)
     bp.add_url_rule("/charts", "charts", charts)

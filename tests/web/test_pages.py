@@ -67,6 +67,43 @@ def test_workers_page_shows_the_worker_with_counts_linking_to_filtered_tasks(mon
     assert monitored.client().get("/monitor/workers").status_code == 200
 
 
+def test_workers_json_answers_like_flower(monitored, done):
+    resp = monitored.client().get("/monitor/workers?json=1&refresh=1")
+    assert resp.status_code == 200
+    data = {w["hostname"]: w for w in resp.get_json()["data"]}
+    mine = data[monitored.worker_name]
+    assert mine["status"] is True
+    assert mine["task-succeeded"] >= 1 and mine["task-failed"] >= 1
+
+
+def test_tasks_datatable_answers_like_flower(monitored, done):
+    ok, bad = done
+    client = monitored.client()
+    form = {
+        "draw": "3",
+        "start": "0",
+        "length": "10",
+        "search[value]": "args:boom-for-pages",
+        "order[0][column]": "1",
+        "order[0][dir]": "desc",
+        "columns[0][data]": "name",
+        "columns[1][data]": "received",
+    }
+    body = client.post("/monitor/tasks/datatable", data=form).get_json()
+    assert body["draw"] == 3
+    assert [t["uuid"] for t in body["data"]] == [bad["uuid"]]
+    assert body["recordsFiltered"] == 1
+    assert body["recordsTotal"] >= 2
+    everything = client.get("/monitor/tasks/datatable?length=-1").get_json()
+    assert {ok["uuid"], bad["uuid"]} <= {t["uuid"] for t in everything["data"]}
+    resp = client.get("/monitor/tasks/datatable?search[value]=ab")
+    assert resp.status_code == 400
+    assert "error" in resp.get_json()
+    resp = client.get("/monitor/tasks/datatable?start=-5")
+    assert resp.status_code == 400
+    assert resp.get_json() == {"error": "start must be an integer from 0 to 1000000000, not '-5'"}
+
+
 def test_worker_page_shows_every_tab_from_inspect(monitored, done):
     client = monitored.client()
     url = f"/monitor/worker/{monitored.worker_name}"
@@ -257,6 +294,8 @@ def test_read_only_mode_hides_every_control(monitored, done, tmp_path):
         assert "js-action" not in task_page
         pool = text(client.get(f"/monitor/worker/{monitored.worker_name}"))
         assert "btn-grow" not in pool and "btn-shutdown" not in pool
+        # a read by POST stays allowed
+        assert client.post("/monitor/tasks/datatable", data={"length": "1"}).status_code == 200
     full = text(monitored.client().get(f"/monitor/worker/{monitored.worker_name}"))
     assert "btn-grow" in full and "btn-shutdown" in full
 
