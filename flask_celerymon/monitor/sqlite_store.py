@@ -381,7 +381,9 @@ class SQLiteStore(HistoryStore):
             counts = []
             for tri in {phrase[i : i + 3] for i in range(len(phrase) - 2)}:
                 hit = cache.get(tri)
-                if hit is None or now - hit[1] > TRIGRAM_COUNT_TTL:
+                # A zero is always counted afresh (cheap, and a stale zero would hide rows
+                # indexed since); other counts only steer speed, so they may be stale.
+                if hit is None or hit[0] == 0 or now - hit[1] > TRIGRAM_COUNT_TTL:
                     row = c.execute(
                         "SELECT doc FROM temp.tasks_fts_vocab WHERE term = ?", (tri,)
                     ).fetchone()

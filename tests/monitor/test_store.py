@@ -132,3 +132,23 @@ def test_an_unreadable_store_is_set_aside_and_a_new_one_started(tmp_path):
     assert [p.name.split("-")[0] for p in tmp_path.iterdir() if "corrupt" in p.name] == [
         "m.sqlite3.corrupt"
     ]
+
+
+def test_search_finds_rows_indexed_after_a_term_was_first_searched(tmp_path):
+    db = str(tmp_path / "m.sqlite3")
+    svc = MonitorService(app(), MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
+    svc.start()
+    store = svc._store
+    svc.apply_events([{"type": "task-received", "uuid": "a", "hostname": "w", "timestamp": 1.0,
+                       "name": "app.x", "args": "('plain',)"}])  # fmt: skip
+    svc.flush()
+    store.index_pending(100)
+    assert svc.query_tasks(search="zebra", source="store").total == 0
+    svc.apply_events([{"type": "task-received", "uuid": "b", "hostname": "w", "timestamp": 2.0,
+                       "name": "app.x", "args": "('zebra',)"}])  # fmt: skip
+    svc.flush()
+    assert svc.query_tasks(search="zebra", source="store").total == 1  # not indexed yet
+    store.index_pending(100)
+    assert store.unindexed() == 0
+    assert svc.query_tasks(search="zebra", source="store").total == 1  # indexed now
+    svc.stop()
