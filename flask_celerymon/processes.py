@@ -443,12 +443,10 @@ class LocalProcesses:
                 log.debug("not starting local processes inside a %s process", os.environ[ROLE_ENV])
                 self.started = True
                 return
-            if (
-                self.started
-                and self._procs
-                and all(p.alive() or p.status == "external" for p in self._procs.values())
+            if self.started and all(
+                p.alive() or p.status == "external" for p in self._procs.values()
             ):
-                return
+                return  # everything still runs (a dead child makes start() begin afresh)
             self._stop_children(DEFAULT_STOP_TIMEOUT)  # leftovers of a half-dead start
             timeout = float(
                 timeout if timeout is not None else self.state.settings["CELERY_START_TIMEOUT"]
