@@ -523,6 +523,11 @@ class LocalProcesses:
         return {node for node, reply in replies.items() if (reply or {}).get("ok") == "pong"}
 
     def _wait_ready(self, deadline: float, timeout: float, notify: StatusCallback) -> None:
+        """Wait for every worker (fatal when one fails or is late) and the monitor (not fatal).
+
+        Beat and the monitor only add to the app: when one of them fails, the app still sends
+        work, so that is logged as a warning (and shown by ``flask celery cluster``).
+        """
         waiting = {
             p.node: p for p in self._procs.values() if p.kind == "worker" and p.status == "starting"
         }
@@ -533,7 +538,11 @@ class LocalProcesses:
                     proc.status = "failed"
                     proc.detail = f"exited with code {proc.returncode}"
                     notify(proc)
-            failed = [p for p in self._procs.values() if p.status == "failed"]
+                    if proc.kind != "worker":
+                        log.warning("%s %s; see %s", proc.kind, proc.detail, proc.log_path)
+            failed = [
+                p for p in self._procs.values() if p.kind == "worker" and p.status == "failed"
+            ]
             if failed:
                 raise StartError(
                     "; ".join(f"{p.kind} {p.name} {p.detail}; see {p.log_path}" for p in failed)
@@ -555,14 +564,17 @@ class LocalProcesses:
             if not waiting and not monitor_pending:
                 break
             if time.monotonic() >= deadline:
-                late = [p for p in waiting.values()]
-                if monitor_pending and monitor is not None:
-                    late.append(monitor)
-                names = ", ".join(f"{p.name} (log: {p.log_path})" for p in late)
-                raise StartError(
-                    f"local Celery processes did not come up within {timeout:g}s "
-                    f"(CELERY_START_TIMEOUT): {names}"
+                if waiting:
+                    names = ", ".join(f"{p.name} (log: {p.log_path})" for p in waiting.values())
+                    raise StartError(
+                        f"local Celery processes did not come up within {timeout:g}s "
+                        f"(CELERY_START_TIMEOUT): {names}"
+                    )
+                assert monitor is not None
+                log.warning(
+                    "the monitor did not come up within %gs; see %s", timeout, monitor.log_path
                 )
+                break
             time.sleep(0.1)
         for proc in self._procs.values():
             if proc.kind == "beat" and proc.status == "starting":
