@@ -292,6 +292,29 @@ def test_a_taken_monitor_port_means_the_monitor_is_already_running(own_redis, tm
             procs.stop()
 
 
+def test_a_monitor_that_fails_to_start_is_a_warning_not_an_error(
+    own_redis, tmp_path, monkeypatch, caplog
+):
+    from flask_celerymon.processes import LocalProcesses, ManagedProcess
+
+    env = local.app_env(tmp_path, own_redis.url(215), 0, monitor_port=free_port())
+    with local.environment(env):
+        app = local.create_app()
+    procs = app.extensions["celerymon"].processes
+    log = os.path.join(tmp_path, "monitor.log")
+    broken = ManagedProcess(
+        "monitor", "monitor", [sys.executable, "-c", "raise SystemExit(3)"], log
+    )
+    monkeypatch.setattr(LocalProcesses, "_plan", lambda self: [broken])
+    try:
+        procs.start()
+        assert (broken.status, broken.detail) == ("failed", "exited with code 3")
+        assert f"monitor exited with code 3; see {log}" in caplog.messages
+        assert procs.started is True
+    finally:
+        procs.stop()
+
+
 PARENT = textwrap.dedent("""
     import json, sys, time
     import psutil
