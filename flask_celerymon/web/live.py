@@ -10,7 +10,8 @@ fragments rendered by the same templates as the page, so formatting lives in one
 ``workers``   none                                            ``worker`` (row), ``summary``,
                                                               ``worker-gone``
 ``tasks``     the task list's (:class:`~.views.TaskFilter`)   ``task`` (row, ``insert`` when new
-                                                              and it belongs at the top)
+                                                              and it belongs at the top),
+                                                              ``new-tasks`` (count of others)
 ``task``      ``id``                                          ``task-detail``
 ``worker``    ``name``                                        ``worker-head``
 ``broker``    none                                            ``queues`` (every 2 s)
@@ -31,6 +32,7 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from typing import Any
 
 from flask import Blueprint, request
@@ -72,6 +74,8 @@ class Feed:
         self.task_id: str | None = None
         self.worker: str | None = None
         self.shown: set[str] = set()
+        self.rows: deque[str] = deque()
+        self.received: dict[str, float] = {}
         self.status: dict[str, bool] = {}
         if view == "tasks":
             self.filter = TaskFilter.from_args(args)
@@ -100,7 +104,9 @@ class Feed:
         and the workers' online status."""
         if self.filter is not None:
             page = service.query_tasks(**self.filter.service_query())
-            self.shown = {t["uuid"] for t in page.tasks}
+            self.rows = deque(t["uuid"] for t in page.tasks)
+            self.shown = set(self.rows)
+            self.received = {t["uuid"]: t.get("received") or 0.0 for t in page.tasks}
         if self.view in ("workers", "worker"):
             self.status = service.worker_status()
 
@@ -119,31 +125,54 @@ class Feed:
             changed = [h for h in changed if h == self.worker]
         return [{"type": "worker", "id": h, "data": None} for h in changed]
 
+    def _task_rows(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Rows the task list shows that changed, and new matching tasks.
+
+        New tasks go on top when the page is the newest-first first page: only the newest
+        ``per_page`` of a batch are rendered, and :attr:`rows` (what the page shows, top
+        first) stays ``per_page`` long like the table, whose bottom rows the page drops.
+        Elsewhere a new task only counts towards the page's "new tasks" link.
+        """
+        flt = self.filter
+        assert flt is not None
+        out: list[dict[str, Any]] = []
+        new: list[dict[str, Any]] = []
+        hidden = 0
+        for it in items:
+            t = it["data"]
+            if t is None:
+                continue
+            if it["id"] in self.shown:
+                out.append({"type": "task", "id": it["id"], "html": render_task_row(t, flt)})
+            elif flt.matches(t):
+                if flt.live_inserts:
+                    new.append(t)
+                else:
+                    hidden += 1
+        new.sort(key=lambda t: t.get("received") or 0.0)
+        for t in new[-flt.per_page :]:
+            received = t.get("received") or 0.0
+            if len(self.rows) >= flt.per_page and received <= self.received[self.rows[-1]]:
+                continue  # older than the whole page: it belongs further down the list
+            self.rows.appendleft(t["uuid"])
+            self.shown.add(t["uuid"])
+            self.received[t["uuid"]] = received
+            while len(self.rows) > flt.per_page:
+                gone = self.rows.pop()
+                self.shown.discard(gone)
+                self.received.pop(gone, None)
+            out.append(
+                {"type": "task", "id": t["uuid"], "insert": True, "html": render_task_row(t, flt)}
+            )
+        if hidden:
+            out.append({"type": "new-tasks", "count": hidden})
+        return out
+
     def messages(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The messages for a batch of changes from the subscription."""
         out: list[dict[str, Any]] = []
         if self.view == "tasks":
-            flt = self.filter
-            assert flt is not None
-            for it in items:
-                t = it["data"]
-                if t is None:
-                    continue
-                uuid = it["id"]
-                if uuid in self.shown:
-                    out.append({"type": "task", "id": uuid, "html": render_task_row(t, flt)})
-                elif flt.matches(t):
-                    insert = flt.live_inserts
-                    if insert:
-                        self.shown.add(uuid)
-                    out.append(
-                        {
-                            "type": "task",
-                            "id": uuid,
-                            "insert": insert,
-                            "html": render_task_row(t, flt) if insert else "",
-                        }
-                    )
+            out = self._task_rows(items)
         elif self.view == "task":
             for it in items:
                 if it["data"] is not None:

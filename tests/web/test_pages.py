@@ -328,5 +328,31 @@ def test_pages_and_their_assets_work_at_the_root_with_an_empty_prefix(monitored,
         assert client.get("/celerymon-static/nothing.js").status_code == 404
 
 
+def test_live_task_feed_keeps_to_one_page_of_rows(monitored):
+    from flask_celerymon.web.live import Feed
+
+    def task(i: int) -> dict:
+        return {"uuid": f"feed-{i}", "name": "x", "state": "RECEIVED", "received": 1.0 + i}
+
+    with monitored.app.test_request_context("/monitor/tasks"):
+        feed = Feed("tasks", MultiDict({"per_page": "3", "search": "name:x"}))
+        feed.prime(monitored.service)
+        batch = [{"type": "task", "id": f"feed-{i}", "data": task(i)} for i in range(10)]
+        out = feed.messages(batch)
+        assert [m["id"] for m in out] == ["feed-7", "feed-8", "feed-9"]
+        assert all(m["insert"] for m in out)
+        assert list(feed.rows) == ["feed-9", "feed-8", "feed-7"]
+        # a row the page dropped, or one older than the page, is not sent; one it shows is
+        again = feed.messages([batch[7], batch[2]])
+        assert [(m["id"], m.get("insert")) for m in again] == [("feed-7", None)]
+        newer = feed.messages([{"type": "task", "id": "feed-10", "data": task(10)}])
+        assert [(m["id"], m["insert"]) for m in newer] == [("feed-10", True)]
+        assert list(feed.rows) == ["feed-10", "feed-9", "feed-8"]
+        # elsewhere than the newest-first first page, new tasks are only counted
+        later = Feed("tasks", MultiDict({"page": "2", "search": "name:x"}))
+        later.prime(monitored.service)
+        assert later.messages(batch[:4]) == [{"type": "new-tasks", "count": 4}]
+
+
 def test_websocket_route_refuses_plain_http(monitored):
     assert monitored.client().get("/monitor/ws?view=workers").status_code == 400

@@ -233,16 +233,7 @@
         replaceRow(row, m.html);
         return;
       }
-      if (!m.insert) {
-        var hint = $("#new-tasks");
-        if (hint) {
-          var n = (parseInt(hint.dataset.n || "0", 10) || 0) + 1;
-          hint.dataset.n = n;
-          hint.textContent = n + " new task" + (n === 1 ? "" : "s") + " - show";
-          hint.hidden = false;
-        }
-        return;
-      }
+      if (!m.insert) return;
       var tbody = table.tBodies[0];
       $all("tr.empty", tbody).forEach(function (e) { e.remove(); });
       var frag = fragment(m.html);
@@ -260,6 +251,14 @@
         var shown = Math.min(per, $all("tr[data-task]", tbody).length);
         count.textContent = "Showing 1 to " + shown + " of " + total + " tasks";
       }
+    },
+    "new-tasks": function (m) {
+      var hint = $("#new-tasks");
+      if (!hint) return;
+      var n = (parseInt(hint.dataset.n || "0", 10) || 0) + m.count;
+      hint.dataset.n = n;
+      hint.textContent = n + " new task" + (n === 1 ? "" : "s") + " - show";
+      hint.hidden = false;
     },
     "task-detail": function (m) { swap($("#live-root"), m.html); },
     "worker-head": function (m) { swap($("#live-root"), m.html); },
