@@ -406,7 +406,7 @@ class LocalProcesses:
                     log_path=self.log_path("beat"),
                 )
             )
-        if settings["CELERY_MONITOR"]:
+        if settings["CELERY_MONITOR"] and not self.monitor_mounted:
             plan.append(
                 ManagedProcess(
                     name="monitor",
@@ -424,6 +424,18 @@ class LocalProcesses:
                 )
             )
         return plan
+
+    @property
+    def monitor_mounted(self) -> bool:
+        """True when the app serves the monitor blueprint itself (no standalone one is started).
+
+        Two monitors of one app would each consume its events and write the same history file.
+        """
+        try:
+            from .web import BLUEPRINT_NAME
+        except ImportError:  # pragma: no cover - the blueprint ships with the package
+            return False
+        return BLUEPRINT_NAME in self.state.app.blueprints
 
     def declare_queues(self) -> list[str]:
         """Declare the queues named in ``CELERY_WORKERS`` on the app (see :func:`declare_queues`)."""

@@ -292,6 +292,25 @@ def test_a_taken_monitor_port_means_the_monitor_is_already_running(own_redis, tm
             procs.stop()
 
 
+@pytest.mark.parametrize(("blueprint", "planned"), [(True, []), (False, ["monitor"])])
+def test_no_standalone_monitor_is_started_for_an_app_that_mounts_the_blueprint(
+    tmp_path, blueprint, planned
+):
+    from flask import Flask
+
+    from flask_celerymon import Celery
+
+    app = Flask("shop", instance_path=str(tmp_path))
+    app.config.update(
+        CELERY_BROKER_URL="redis://127.0.0.1:1/0", CELERY_WORKERS=0,
+        CELERY_MONITOR=True, CELERY_MONITOR_BLUEPRINT=blueprint,
+    )  # fmt: skip
+    Celery(app)
+    procs = app.extensions["celerymon"].processes
+    assert procs.monitor_mounted is blueprint
+    assert [p.name for p in procs._plan()] == planned
+
+
 def test_a_monitor_that_fails_to_start_is_a_warning_not_an_error(
     own_redis, tmp_path, monkeypatch, caplog
 ):

@@ -57,8 +57,9 @@ def create_app() -> Flask:
     app.config["CELERY_WORKERS"] = json.loads(env.get("CELERYMON_TEST_WORKERS", "1"))
     port = env.get("CELERYMON_TEST_MONITOR_PORT")
     app.config["CELERY_MONITOR"] = bool(port)
-    if port:
+    if port:  # the standalone monitor serves it; the app does not mount the blueprint
         app.config["CELERY_MONITOR_PORT"] = int(port)
+        app.config["CELERY_MONITOR_BLUEPRINT"] = False
         app.config["CELERY_MONITOR_DB"] = False
     app.config["CELERY_SCHEDULER"] = env.get("CELERYMON_TEST_BEAT") == "1"
     app.config["CELERY_START_TIMEOUT"] = float(env.get("CELERYMON_TEST_START_TIMEOUT", "30"))
