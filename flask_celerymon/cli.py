@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup, ScriptInfo
+from flask.cli import AppGroup
 
 from .errors import StartError
 from .processes import ROLE_ENV, ManagedProcess, check_broker, worker_args
@@ -35,12 +35,6 @@ def _state(app: Flask | None = None) -> AppState:
     if state is None:
         raise click.UsageError(f"the app {app.name!r} does not use flask_celerymon")
     return state
-
-
-def _loaded_state() -> AppState:
-    """The app's state for commands that run without a pushed app context."""
-    info = click.get_current_context().ensure_object(ScriptInfo)
-    return _state(info.load_app())
 
 
 def _check_broker(state: AppState) -> None:
@@ -79,7 +73,7 @@ _SECONDS = click.FloatRange(min=0, min_open=True)
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 
-@celery_group.command("worker", context_settings=_PASSTHROUGH, with_appcontext=False)
+@celery_group.command("worker", context_settings=_PASSTHROUGH)
 @click.option(
     "-n",
     "--name",
@@ -91,7 +85,7 @@ _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(name: str | None, celery_args: tuple[str, ...]) -> None:
     """Run a worker in the foreground (any `celery worker --help` option is accepted)."""
-    state = _loaded_state()
+    state = _state()
     settings = state.settings
     spec = next((s for s in settings.workers if s.name == name), None) if name else None
     if spec is not None:
@@ -105,11 +99,11 @@ def worker(name: str | None, celery_args: tuple[str, ...]) -> None:
     _run_celery(state, ["worker", *args, *celery_args], "worker")
 
 
-@celery_group.command("beat", context_settings=_PASSTHROUGH, with_appcontext=False)
+@celery_group.command("beat", context_settings=_PASSTHROUGH)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(celery_args: tuple[str, ...]) -> None:
     """Run the beat scheduler in the foreground (any `celery beat --help` option is accepted)."""
-    state = _loaded_state()
+    state = _state()
     settings = state.settings
     args = [f"--loglevel={settings['CELERY_LOG_LEVEL']}"]
     if not any(a in ("-s", "--schedule") or a.startswith("--schedule=") for a in celery_args):
@@ -120,7 +114,7 @@ def beat(celery_args: tuple[str, ...]) -> None:
     _run_celery(state, ["beat", *args, *celery_args], "beat")
 
 
-@celery_group.command("monitor", with_appcontext=False)
+@celery_group.command("monitor")
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -141,7 +135,7 @@ def beat(celery_args: tuple[str, ...]) -> None:
 )
 def monitor(port: int | None, address: str | None, threads: int) -> None:
     """Serve the monitor on gunicorn (websockets included) in the foreground."""
-    state = _loaded_state()
+    state = _state()
     settings = state.settings
     port = settings["CELERY_MONITOR_PORT"] if port is None else port
     address = address or settings["CELERY_MONITOR_ADDRESS"]
