@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 VIEWS = ("workers", "tasks", "task", "worker", "broker")
 #: Seconds between two sends to one page (changes in between are coalesced).
-MIN_INTERVAL = 0.25
+MIN_INTERVAL = 0.1
 #: Seconds of silence after which a ping is sent.
 PING_INTERVAL = 15.0
 #: Seconds between two checks for workers gone silent (offline without an event).
