@@ -227,6 +227,11 @@ def test_workers_dashboard_counts_change_live(monitored, server, tab):
         "([sel, n]) => parseInt(document.querySelector(sel).cells[5].innerText) > n",
         arg=[f'tr[data-worker="{monitored.worker_name}"]', before],
     )
+    row = page.locator(f'tr[data-worker="{monitored.worker_name}"]')
+    page.fill("#worker-filter", "offline")
+    row.wait_for(state="hidden")
+    page.fill("#worker-filter", monitored.worker_name.split("@")[0])
+    row.wait_for(state="visible")
 
 
 def test_silent_worker_turns_offline_and_a_purged_one_disappears_live(monitored, server, tab):
