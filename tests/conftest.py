@@ -7,6 +7,7 @@ tests never see each other's keys.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import shutil
@@ -87,19 +88,28 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer(free_port(), workdir)
     server.start()
     yield server
+    gc.collect()  # results still subscribed would retry against a stopped server at exit
     server.stop()
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-_db_numbers = itertools.count(1)
+#: logical databases 1-99 are handed out by ``redis_url``; fixtures that need a fixed database
+#: for a whole module take theirs from 100 up (tests/web/conftest.py, test_worker_integration).
+_db_numbers = itertools.count(0)
 
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    """A Redis URL on a logical database no other test uses in this session."""
+    """A Redis URL on an emptied logical database (1-99) of the session's server."""
     if redis_server.proc is None:
         redis_server.start()
-    return redis_server.url(next(_db_numbers) % 256)
+    db = 1 + next(_db_numbers) % 99
+    with socket.create_connection(("127.0.0.1", redis_server.port), timeout=5) as s:
+        s.sendall(f"SELECT {db}\r\nFLUSHDB\r\n".encode())
+        reply = b""
+        while reply.count(b"\r\n") < 2:
+            reply += s.recv(64)
+    return redis_server.url(db)
 
 
 @pytest.fixture(autouse=True)
