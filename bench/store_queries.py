@@ -84,15 +84,17 @@ def fill(path: str, n: int) -> float:
     return time.perf_counter() - t0
 
 
-def timed(svc: MonitorService, kw: dict[str, Any], repeat: int) -> tuple[int, float, float]:
+def timed(svc: MonitorService, kw: dict[str, Any], repeat: int) -> tuple[int, float, float, float]:
+    """(total, first, p50, p95); the first run of a search also counts its trigrams."""
     ts = []
     total = 0
     for _ in range(repeat):
         t = time.perf_counter()
         total = svc.query_tasks(**kw).total
         ts.append(time.perf_counter() - t)
+    first = ts[0]
     ts.sort()
-    return total, statistics.median(ts) * 1000, ts[int(0.95 * (len(ts) - 1))] * 1000
+    return total, first * 1000, statistics.median(ts) * 1000, ts[int(0.95 * (len(ts) - 1))] * 1000
 
 
 def main() -> None:
@@ -135,9 +137,9 @@ def main() -> None:
     range_start = time.time() - a.tasks * 0.01 / 2
     for label, kw in QUERIES:
         kw = {k: (range_start if v == "RANGE_START" else v) for k, v in kw.items()}
-        total, p50, p95 = timed(svc, kw, a.repeat)
-        print(json.dumps({"query": label, "total": total, "p50_ms": round(p50, 1),
-                          "p95_ms": round(p95, 1)}), flush=True)  # fmt: skip
+        total, first, p50, p95 = timed(svc, kw, a.repeat)
+        print(json.dumps({"query": label, "total": total, "first_ms": round(first, 1),
+                          "p50_ms": round(p50, 1), "p95_ms": round(p95, 1)}), flush=True)  # fmt: skip
     svc._store.close()
 
 

@@ -21,6 +21,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -106,8 +107,9 @@ _pattern_cache: dict[tuple[str, str], Any] = {}
 #: A search term with fewer index hits than this is answered from the index; a more common one
 #: by scanning in sort order, which finds a page quickly exactly because the term is common.
 INDEX_HITS_MAX = 20_000
-#: Seconds a trigram's row count (used to pick the rarest trigrams of a search) is reused.
-TRIGRAM_COUNT_TTL = 600.0
+#: Recent rows sampled to tell rare trigrams from common ones, and how long a sample is used.
+TRIGRAM_SAMPLE_ROWS = 1_000
+TRIGRAM_SAMPLE_TTL = 600.0
 #: With at most this many matches a page is sorted from the matches, not read off an index.
 SORT_MATCHES_MAX = 5_000
 #: Counting stops here for searches on common terms (the total is then "at least").
@@ -133,7 +135,7 @@ class SQLiteStore(HistoryStore):
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         self._local = threading.local()
-        self._trigram_rows: dict[str, tuple[int, float]] = {}
+        self._trigram_sample: tuple[Counter[str], float] | None = None
         self._write_lock = threading.Lock()
         self._closed = False
         self._all: list[sqlite3.Connection] = []
@@ -357,44 +359,45 @@ class SQLiteStore(HistoryStore):
             params.extend(p)
         return (" AND ".join(conds) or "1"), params, exact
 
+    def _trigram_counts(self, c: sqlite3.Connection) -> Counter[str]:
+        """In how many of the last :data:`TRIGRAM_SAMPLE_ROWS` indexed rows each trigram
+        occurs; recomputed every :data:`TRIGRAM_SAMPLE_TTL` seconds."""
+        now = time.monotonic()
+        sample = self._trigram_sample
+        if sample is None or now - sample[1] > TRIGRAM_SAMPLE_TTL:
+            rows = c.execute(
+                "SELECT args, kwargs, result FROM tasks WHERE id <= (SELECT upto FROM fts_state) "
+                "ORDER BY id DESC LIMIT ?",
+                (TRIGRAM_SAMPLE_ROWS,),
+            ).fetchall()
+            counts: Counter[str] = Counter()
+            for row in rows:
+                seen: set[str] = set()
+                for text in row:
+                    if text:
+                        seen.update(text[i : i + 3] for i in range(len(text) - 2))
+                counts.update(seen)
+            self._trigram_sample = sample = (counts, now)
+        return sample[0]
+
     def _candidates(
         self, c: sqlite3.Connection, columns: tuple[str, ...], phrases: list[str]
     ) -> list[tuple[int]] | None:
         """Indexed rows that may hold one of ``phrases``, or None when there are too many.
 
         A trigram phrase query walks the posting list of every trigram of the phrase, and
-        common trigrams ("cus", "er-") list nearly every row. So look up how many rows hold
-        each trigram and ask the index only for rows holding the two rarest ones; the
-        ``instr`` check in the SQL condition then keeps the exact matches. Counting a common
-        trigram costs as much as walking it, so counts are kept for
-        :data:`TRIGRAM_COUNT_TTL` seconds (they only steer speed: any two trigrams of the
-        phrase give a superset of its matches).
+        common trigrams ("cus", "er-") list nearly every row. So ask the index only for rows
+        holding the two trigrams of the phrase that are rarest in a sample of recent rows;
+        the ``instr`` check in the SQL condition then keeps the exact matches. The sample
+        only steers speed: any two trigrams of a phrase give a superset of its matches.
         """
-        c.execute(
-            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.tasks_fts_vocab "
-            "USING fts5vocab(main, tasks_fts, 'row')"
-        )
+        counts = self._trigram_counts(c)
         parts = []
-        now = time.monotonic()
-        cache = self._trigram_rows
         for phrase in phrases:
-            counts = []
-            for tri in {phrase[i : i + 3] for i in range(len(phrase) - 2)}:
-                hit = cache.get(tri)
-                # A zero is always counted afresh (cheap, and a stale zero would hide rows
-                # indexed since); other counts only steer speed, so they may be stale.
-                if hit is None or hit[0] == 0 or now - hit[1] > TRIGRAM_COUNT_TTL:
-                    row = c.execute(
-                        "SELECT doc FROM temp.tasks_fts_vocab WHERE term = ?", (tri,)
-                    ).fetchone()
-                    if len(cache) > 50_000:
-                        cache.clear()
-                    hit = cache[tri] = (row[0] if row else 0, now)
-                counts.append((hit[0], tri))
-            counts.sort()
-            if not counts or counts[0][0] == 0:
-                continue  # a trigram no indexed row has: the phrase matches none of them
-            parts.append("(" + " AND ".join(_fts_phrase(t) for _, t in counts[:2]) + ")")
+            tris = sorted({phrase[i : i + 3] for i in range(len(phrase) - 2)},
+                          key=lambda t: (counts.get(t, 0), t))  # fmt: skip
+            if tris:
+                parts.append("(" + " AND ".join(_fts_phrase(t) for t in tris[:2]) + ")")
         if not parts:
             return []
         ids = c.execute(
