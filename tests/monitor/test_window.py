@@ -101,11 +101,37 @@ def test_malformed_and_unknown_events_are_counted_and_skipped():
     assert svc.worker("w1@h")["worker-custom-thing"] == 1
 
 
-def test_worker_is_offline_when_heartbeats_expire_or_it_says_so():
-    svc = service(worker_offline_after=0.2)
+class FakeClock:
+    """Stands in for the ``time`` module inside service.py: time moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    import flask_celerymon.monitor.service as service_module
+
+    fake = FakeClock()
+    monkeypatch.setattr(service_module, "time", fake)
+    return fake
+
+
+def test_worker_is_offline_when_heartbeats_expire_or_it_says_so(clock):
+    svc = service(worker_offline_after=10)
     svc.apply_events([ev("worker-online", freq=2.0, sw_ident="py-celery")])
+    clock.now += 9.9
     assert svc.worker("w1@h")["status"] is True
-    time.sleep(0.3)
+    clock.now += 0.2
     assert svc.worker("w1@h")["status"] is False
     svc.apply_events([ev("worker-heartbeat", active=3, loadavg=[1.0, 0.5, 0.2])])
     w = svc.worker("w1@h")
@@ -114,11 +140,12 @@ def test_worker_is_offline_when_heartbeats_expire_or_it_says_so():
     assert svc.worker_status() == {"w1@h": False}
 
 
-def test_default_expiry_is_twice_the_heartbeat_frequency():
+def test_default_expiry_is_twice_the_heartbeat_frequency(clock):
     svc = service()
-    svc.apply_events([ev("worker-heartbeat", freq=0.1)])
+    svc.apply_events([ev("worker-heartbeat", freq=5.0)])
+    clock.now += 9.9
     assert svc.worker("w1@h")["status"] is True
-    time.sleep(0.25)
+    clock.now += 0.2
     assert svc.worker("w1@h")["status"] is False
 
 
@@ -133,13 +160,16 @@ def test_worker_counters_count_every_event_type():
     assert counters["workers"]["w-1@host"]["task-received"] == 3
 
 
-def test_purged_worker_disappears_everywhere_and_listeners_hear_it(tmp_path):
-    svc = service(worker_offline_after=0.05, purge_offline_workers=0.05)
+def test_purged_worker_disappears_everywhere_and_listeners_hear_it(clock):
+    svc = service(worker_offline_after=5, purge_offline_workers=60)
     heard = []
     svc.add_purge_listener(heard.append)
     sub = svc.subscribe(kinds=["worker-purged"])
     svc.apply_events([ev("worker-online", host="gone@h"), ev("worker-online", host="stay@h")])
-    time.sleep(0.15)
+    clock.now += 30
+    svc._purge_offline()  # offline, but not for long enough yet
+    assert svc.worker("gone@h") is not None
+    clock.now += 36
     svc.apply_events([ev("worker-heartbeat", host="stay@h")])
     svc._purge_offline()
     assert svc.worker("gone@h") is None
