@@ -409,13 +409,16 @@ class MonitorService:
         next_inspect = time.monotonic() + s.inspect_interval
         next_prune = time.monotonic() + 5.0
         next_purge = time.monotonic() + PURGE_CHECK_INTERVAL
-        tick = min(s.flush_interval, PURGE_CHECK_INTERVAL)
+        next_flush = time.monotonic() + s.flush_interval
+        tick = min(s.flush_interval, PURGE_CHECK_INTERVAL, 0.5)
         while not self._stop_event.wait(tick):
             now = time.monotonic()
-            try:
-                self._index(self.flush())
-            except Exception:  # noqa: BLE001 - keep housekeeping alive
-                log.exception("celerymon: writing to the history store failed")
+            if now >= next_flush:
+                next_flush = now + s.flush_interval
+                try:
+                    self._index(self.flush())
+                except Exception:  # noqa: BLE001 - keep housekeeping alive
+                    log.exception("celerymon: writing to the history store failed")
             if now >= next_purge:
                 try:
                     self._purge_offline()
@@ -452,8 +455,15 @@ class MonitorService:
             rows = [t.row() for t in dirty.values()]
             wsnap = {h: w.as_dict(now, st.worker_offline_after) for h, w in wdirty.items()}
         t0 = time.perf_counter()
-        store.write_tasks(rows)
-        store.write_workers(wsnap)
+        try:
+            store.write_tasks(rows)
+            store.write_workers(wsnap)
+        except Exception:
+            # Keep the changes for the next attempt (newer changes win).
+            with st.lock:
+                self._dirty = {**dirty, **self._dirty}
+                self._dirty_workers = {**wdirty, **self._dirty_workers}
+            raise
         self._flushes += 1
         self._flush_seconds += time.perf_counter() - t0
         return len(rows)

@@ -152,3 +152,26 @@ def test_search_finds_rows_indexed_after_a_term_was_first_searched(tmp_path):
     assert store.unindexed() == 0
     assert svc.query_tasks(search="zebra", source="store").total == 1  # indexed now
     svc.stop()
+
+
+def test_a_failed_write_keeps_the_changes_for_the_next_flush(tmp_path, monkeypatch):
+    import pytest
+
+    db = str(tmp_path / "m.sqlite3")
+    settings = MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2, flush_interval=3600)
+    svc = MonitorService(app(), settings)
+    svc.start()
+    store = svc._store
+    real = store.write_tasks
+
+    def disk_full(rows):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store, "write_tasks", disk_full)
+    svc.apply_events(task_events(3))
+    with pytest.raises(sqlite3.OperationalError):
+        svc.flush()
+    monkeypatch.setattr(store, "write_tasks", real)
+    assert svc.flush() == 3
+    assert svc.query_tasks(source="store").total == 3
+    svc.stop()
