@@ -72,6 +72,9 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
+        # Celery results unsubscribe from the backend when collected; let them do it while the
+        # server is up, or each one retries a lost connection for 20 s later, in another test.
+        gc.collect()
         if self.proc is not None:
             self.proc.terminate()
             try:
@@ -88,7 +91,6 @@ def redis_server() -> Iterator[RedisServer]:
     server = RedisServer(free_port(), workdir)
     server.start()
     yield server
-    gc.collect()  # results still subscribed would retry against a stopped server at exit
     server.stop()
     shutil.rmtree(workdir, ignore_errors=True)
 
