@@ -21,3 +21,11 @@ def test_documented_defaults_match_the_code():
         if isinstance(default, (bool, int, float)) and default is not None:
             shown = repr(default) if not isinstance(default, str) else f'"{default}"'
             assert f"``{key}`` (default ``{shown}``" in text, key
+
+
+def test_sphinx_builds_the_docs_without_warnings(tmp_path):
+    from sphinx.cmd.build import build_main
+
+    status = build_main(["-q", "-W", "--keep-going", "-b", "html", str(DOCS), str(tmp_path)])
+    assert status == 0
+    assert (tmp_path / "configuration.html").exists()
