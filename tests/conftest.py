@@ -95,6 +95,17 @@ def redis_server() -> Iterator[RedisServer]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server for one test module alone: its database numbers clash with no other test."""
+    server = RedisServer(free_port(), str(tmp_path_factory.mktemp("redis")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 #: logical databases 1-99 are handed out by ``redis_url``; fixtures that need a fixed database
 #: for a whole module take theirs from 100 up (tests/web/conftest.py, test_worker_integration).
 _db_numbers = itertools.count(0)

@@ -17,7 +17,7 @@ import pytest
 import simple_websocket
 
 from tests.apps import local
-from tests.conftest import RedisServer, free_port
+from tests.conftest import free_port
 
 HOST = socket.gethostname()
 NODE = f"clitest@{HOST}"
@@ -31,17 +31,6 @@ INSPECT_METHODS = (
     "active, active_queues, clock, conf, memdump, memsample, objgraph, ping, query_task, "
     "registered, report, reserved, revoked, scheduled, stats"
 )
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    """A redis-server for this module alone: its database numbers clash with no other test."""
-    server = RedisServer(free_port(), str(tmp_path_factory.mktemp("redis")))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 from flask_celerymon import StartError
 from flask_celerymon.processes import ROLE_ENV, import_target, node_name, worker_args
 from tests.apps import local
-from tests.conftest import RedisServer, free_port
+from tests.conftest import free_port
 
 HOST = socket.gethostname()
 FAST = {"concurrency": 1, "without_mingle": True, "without_gossip": True}
@@ -46,17 +46,6 @@ def _descendants(pids: list[int]) -> list[psutil.Process]:
 
 def _alive(procs: list[psutil.Process]) -> list[psutil.Process]:
     return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory):
-    """A redis-server for this module alone: its database numbers clash with no other test."""
-    server = RedisServer(free_port(), str(tmp_path_factory.mktemp("redis")))
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
