@@ -357,6 +357,8 @@ class EventConsumer:
                     self._kombu_conn = conn
                     conn.ensure_connection(max_retries=1)
                     recv = self.app.events.Receiver(conn, handlers={"*": self._on_kombu_event})
+                    # Bind our queue now, so events sent once we say "connected" reach it.
+                    recv.queue.bind(conn.default_channel).declare()
                     self.figures.connects += 1
                     self._connected.set()
                     backoff = BACKOFF_START

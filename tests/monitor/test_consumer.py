@@ -160,3 +160,16 @@ def test_consumer_decodes_a_stream_split_anywhere(cuts, push):
     consumer._consume_chunks(chunks, done, threading.Event())
     assert [e["uuid"] for e in got] == [f"u{i}" for i in range(6)]
     assert consumer.connected
+
+
+def test_non_redis_brokers_are_consumed_through_kombu(make_service):
+    from celery import Celery
+
+    app = Celery("mem", broker="memory://")
+    svc = make_service(app, enable_events=False)
+    assert svc.wait_connected(5)
+    send(app, ("task-received", {"uuid": "k1", "name": "app.kombu"}),
+         ("task-succeeded", {"uuid": "k1", "result": "1"}))  # fmt: skip
+    t = wait_for(lambda: (t := svc.task("k1")) and t["state"] == "SUCCESS" and t)
+    assert t["name"] == "app.kombu"
+    assert svc.figures()["events_applied"] == 2

@@ -118,3 +118,16 @@ def test_queue_lengths_come_from_redis(live, worker_app):
     queues = {q["name"]: q["messages"] for q in live.queues(max_age=0)}
     assert queues["extra-queue"] == 3
     assert "celery" in queues
+
+
+def test_a_stopped_worker_goes_offline_and_is_purged_everywhere(live, real_worker):
+    # Runs last in this module: it stops the module's worker.
+    heard = []
+    live.add_purge_listener(heard.append)
+    real_worker.stop()
+    wait_for(lambda: live.worker("monworker@test")["status"] is False, 15)
+    assert live.worker("monworker@test").get("worker-offline") == 1
+    assert live.purge_worker("monworker@test") is True
+    assert live.worker("monworker@test") is None
+    assert "monworker@test" not in live.inspect()
+    assert heard == ["monworker@test"]
