@@ -222,6 +222,7 @@ class MonitorService:
         self._purge_listeners: tuple[Callable[[str], None], ...] = ()
         self._listener_errors = 0
         self._purged: list[tuple[float, str]] = []
+        self._evicted_workers: list[str] = []
         self._queues_cache: tuple[float, list[dict] | None] | None = None
         self._flushes = 0
         self._flush_seconds = 0.0
@@ -239,6 +240,7 @@ class MonitorService:
         )
         st.on_task = self._task_changed
         st.on_worker = self._worker_changed
+        st.on_worker_evicted = self._worker_evicted
         return st
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -390,6 +392,12 @@ class MonitorService:
         for sub in self._subs:
             sub._offer("worker", w.hostname)
 
+    def _worker_evicted(self, hostname: str) -> None:
+        """A worker dropped for ``max_workers`` (ingest thread, state lock held)."""
+        self._dirty_workers.pop(hostname, None)
+        self.inspector.forget(hostname)
+        self._evicted_workers.append(hostname)
+
     def _on_connect(self) -> None:
         if self.settings.enable_events:
             self._enable_events()
@@ -452,17 +460,20 @@ class MonitorService:
         with st.lock:
             dirty, self._dirty = self._dirty, {}
             wdirty, self._dirty_workers = self._dirty_workers, {}
+            gone, self._evicted_workers = self._evicted_workers, []
             rows = [t.row() for t in dirty.values()]
             wsnap = {h: w.as_dict(now, st.worker_offline_after) for h, w in wdirty.items()}
         t0 = time.perf_counter()
         try:
             store.write_tasks(rows)
             store.write_workers(wsnap)
+            store.delete_workers(gone)
         except Exception:
             # Keep the changes for the next attempt (newer changes win).
             with st.lock:
                 self._dirty = {**dirty, **self._dirty}
                 self._dirty_workers = {**wdirty, **self._dirty_workers}
+                self._evicted_workers = gone + self._evicted_workers
             raise
         self._flushes += 1
         self._flush_seconds += time.perf_counter() - t0

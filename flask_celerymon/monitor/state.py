@@ -354,6 +354,8 @@ class State:
         self.on_task: Callable[[TaskRecord], None] | None = None
         self.on_worker: Callable[[WorkerRecord], None] | None = None
         self.on_evict: Callable[[TaskRecord], None] | None = None
+        #: Called with the hostname of a worker dropped to stay within ``max_workers``.
+        self.on_worker_evicted: Callable[[str], None] | None = None
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -396,9 +398,10 @@ class State:
         w = self.workers.get(hostname)
         if w is None:
             hostname = self._intern(hostname)
-            w = self.workers[hostname] = WorkerRecord(hostname)
-            if len(self.workers) > self.max_workers:
-                self._evict_worker(now)
+            w = WorkerRecord(hostname)
+            if len(self.workers) >= self.max_workers:
+                self._evict_worker(now)  # before adding: the newcomer is never the victim
+            self.workers[hostname] = w
         w.last_seen = now
         w.offline_event = False
         return w
@@ -409,6 +412,8 @@ class State:
 
         victim = min(self.workers.values(), key=key)
         self.remove_worker(victim.hostname)
+        if self.on_worker_evicted is not None:
+            self.on_worker_evicted(victim.hostname)
 
     def _apply_worker(self, etype: str, event: dict[str, Any], w: WorkerRecord, now: float) -> None:
         for f in WORKER_FIELDS:
@@ -483,6 +488,9 @@ class State:
             if worker is not None and etype != "task-sent" and t.worker is not worker.hostname:
                 t.worker = worker.hostname
                 self.task_workers.add(worker.hostname)
+                if len(self.task_workers) > 2 * self.max_workers + 100:
+                    # Worker churn: keep only hostnames that tasks in the window still name.
+                    self.task_workers = {r.worker for r in self.tasks.values() if r.worker}
             if t.state in READY_STATES and cur not in READY_STATES:
                 self._finished.append(t)
             if t.name:

@@ -299,3 +299,20 @@ def test_default_listing_matches_a_full_sort(times, max_tasks, limit, offset):
     full = svc.query_tasks(limit=limit, offset=offset, received_start=-1.0)
     assert fast.total == full.total
     assert [t["uuid"] for t in fast.tasks] == [t["uuid"] for t in full.tasks]
+
+
+def test_worker_churn_stays_bounded(tmp_path):
+    svc = service(max_workers=3, db=str(tmp_path / "m.sqlite3"))
+    svc.start()
+    for i in range(10):
+        svc.apply_events(
+            [
+                ev("worker-online", host=f"pod-{i}@k8s"),
+                ev("task-received", f"t{i}", float(i), host=f"pod-{i}@k8s", name="a"),
+            ]
+        )
+    svc.flush()
+    assert [w["hostname"] for w in svc.workers()] == ["pod-7@k8s", "pod-8@k8s", "pod-9@k8s"]
+    assert sorted(svc._store.load_workers()) == ["pod-7@k8s", "pod-8@k8s", "pod-9@k8s"]
+    assert svc.query_tasks(search="pod-1@k8s").total == 1  # tasks keep their worker
+    svc.stop()
