@@ -314,7 +314,10 @@ class MonitorService:
             if self._house is not None:
                 self._house.join(timeout)
             self.inspector.close()
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 - still release everything
+                log.exception("celerymon: the last write to the history store failed")
             if self._store is not None:
                 self._store.close()
                 self._store = None
