@@ -142,13 +142,14 @@ class EventConsumer:
         """Events in one kombu message published on the event exchange (one or a list)."""
         body: Any
         i = envelope.find(b'"body": "')
-        if i != -1 and b'"content-type": "application/json"' in envelope:
+        if (
+            i != -1
+            and b'"content-type": "application/json"' in envelope
+            and b'"body_encoding": "base64"' in envelope
+        ):
+            # kombu's Redis envelope: a base64 body (no quotes inside) holding JSON.
             j = envelope.index(b'"', i + 9)
-            raw = envelope[i + 9 : j]
-            if b'"body_encoding": "base64"' in envelope:
-                body = _json_decode(binascii.a2b_base64(raw).decode())
-            else:
-                body = json.loads(json.loads(b'"' + raw + b'"'))
+            body = _json_decode(binascii.a2b_base64(envelope[i + 9 : j]).decode())
         else:
             body = self._decode_slow(envelope)
         events = body if isinstance(body, list) else [body]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -173,3 +174,29 @@ def test_non_redis_brokers_are_consumed_through_kombu(make_service):
     t = wait_for(lambda: (t := svc.task("k1")) and t["state"] == "SUCCESS" and t)
     assert t["name"] == "app.kombu"
     assert svc.figures()["events_applied"] == 2
+
+
+def test_decode_handles_kombu_envelopes_and_refuses_unaccepted_content():
+    import base64
+    import json
+    import pickle
+
+    from celery import Celery
+
+    from flask_celerymon.monitor.events import EventConsumer, Figures
+
+    consumer = EventConsumer(Celery(broker="memory://"), lambda evs: None, Figures())
+    events = [{"type": "task-received", "uuid": "a", "timestamp": 1.0},
+              {"type": "task-started", "uuid": "a", "timestamp": 2.0}]  # fmt: skip
+    b64 = base64.b64encode(json.dumps(events).encode()).decode()
+    envelope = {"body": b64, "content-encoding": "utf-8", "content-type": "application/json",
+                "properties": {"body_encoding": "base64"}}  # fmt: skip
+    assert consumer.decode(json.dumps(envelope).encode()) == events
+    plain = {"body": json.dumps(events[0]), "content-encoding": "utf-8",
+             "content-type": "application/json", "properties": {}}  # fmt: skip
+    assert consumer.decode(json.dumps(plain).encode()) == [events[0]]
+    pickled = {"body": base64.b64encode(pickle.dumps(events[0])).decode(),
+               "content-encoding": "binary", "content-type": "application/x-python-serialize",
+               "properties": {"body_encoding": "base64"}}  # fmt: skip
+    with pytest.raises(Exception, match="(?i)refus|not.*allowed|content"):
+        consumer.decode(json.dumps(pickled).encode())
