@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 Sink = Callable[[list], None]
 
 READ_CHUNK = 1 << 20
+#: Bytes taken from the reader's queue per decoding round.
+DECODE_BYTES = 4 << 20
 #: Bytes the reader may queue ahead of the decoder before it stops reading.
 MAX_BACKLOG = 256 << 20
 #: Events applied under one hold of the state lock (readers wait at most that long).
@@ -285,7 +287,7 @@ class EventConsumer:
                 continue
             parts = [buf[pos:]] if pos < len(buf) else []
             n = 0
-            while chunks and n < (4 << 20):
+            while chunks and n < DECODE_BYTES:
                 c = chunks.popleft()
                 n += len(c)
                 parts.append(c)
@@ -300,16 +302,23 @@ class EventConsumer:
                     # Fast path for the one frame that matters: skip pattern and channel.
                     p = pos + len(_PMESSAGE)
                     try:
+                        # "<len>\r\n<pattern>\r\n$<len>\r\n<channel>\r\n$<len>\r\n<data>\r\n"
                         nl = find(b"\r\n", p)
-                        p = nl + 5 + int(buf[p:nl])  # past "\r\n<pattern>\r\n$"
+                        if nl == -1:
+                            break
+                        p = nl + 5 + int(buf[p:nl])  # at the channel's length
                         nl = find(b"\r\n", p)
-                        p = nl + 4 + int(buf[p:nl])  # past "\r\n<channel>\r\n" to "$"
+                        if nl == -1:
+                            break
+                        p = nl + 4 + int(buf[p:nl])  # at the data's "$"
                         nl = find(b"\r\n", p)
+                        if nl == -1:
+                            break
                         start = nl + 2
                         stop = start + int(buf[p + 1 : nl])
                     except ValueError:
-                        break  # a length cut in half: wait for more bytes
-                    if nl == -1 or stop + 2 > end:
+                        raise ValueError(f"malformed pmessage frame at byte {pos}") from None
+                    if stop + 2 > end:
                         break
                     pos = stop + 2
                     try:

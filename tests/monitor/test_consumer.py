@@ -127,6 +127,7 @@ def _frame(pattern: bytes, channel: bytes, data: bytes, push: bool = False) -> b
 @settings(max_examples=50, deadline=None)
 @given(cuts=st.lists(st.integers(1, 2000), max_size=12), push=st.booleans())
 def test_consumer_decodes_a_stream_split_anywhere(cuts, push):
+    # (all chunks are decoded in one round here; the next test feeds them one by one)
     import base64
     import json
     import threading
@@ -200,3 +201,40 @@ def test_decode_handles_kombu_envelopes_and_refuses_unaccepted_content():
                "properties": {"body_encoding": "base64"}}  # fmt: skip
     with pytest.raises(Exception, match="(?i)refus|not.*allowed|content"):
         consumer.decode(json.dumps(pickled).encode())
+
+
+def test_consumer_decodes_a_stream_cut_at_every_byte(monkeypatch):
+    import base64
+    import json
+    import threading
+    from collections import deque
+
+    from celery import Celery
+
+    from flask_celerymon.monitor.events import EventConsumer, Figures
+
+    def env(i: int) -> bytes:
+        body = base64.b64encode(json.dumps({"type": "task-received", "uuid": f"u{i}",
+                                            "timestamp": 1.0}).encode()).decode()  # fmt: skip
+        return json.dumps({"body": body, "content-type": "application/json",
+                           "properties": {"body_encoding": "base64"}}).encode()  # fmt: skip
+
+    from flask_celerymon.monitor import events as events_module
+
+    monkeypatch.setattr(events_module, "DECODE_BYTES", 1)  # one chunk per decoding round
+    stream = b"".join(
+        _frame(b"/0.celeryev/*", b"/0.celeryev/task.received", env(i), push=i == 1)
+        for i in range(3)
+    )
+    for a in range(1, len(stream)):
+        for b in (a + 1, a + 7, a + 26):
+            if b >= len(stream):
+                continue
+            got: list = []
+            consumer = EventConsumer(Celery(broker="memory://"), got.extend, Figures())
+            done = threading.Event()
+            done.set()
+            consumer._consume_chunks(
+                deque([stream[:a], stream[a:b], stream[b:]]), done, threading.Event()
+            )
+            assert [e["uuid"] for e in got] == ["u0", "u1", "u2"], (a, b)
