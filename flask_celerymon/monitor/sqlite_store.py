@@ -9,8 +9,10 @@ without a scan), ``task_names`` and ``task_workers`` (distinct values, for searc
 Trigram indexing costs about four times the plain insert, so it is kept off the write path:
 :meth:`SQLiteStore.index_pending` indexes rows in the background up to a watermark
 (``fts_state.upto``); searches use the index below it and scan the few newer rows. Triggers
-keep indexed rows right when they are updated or deleted. One connection writes (the service's flusher thread); every
-reading thread gets its own connection, so readers never wait for a batch being written.
+keep indexed rows right when they are updated or deleted.
+
+One connection writes (the service's housekeeping thread); every reading thread gets its own
+connection, so readers never wait for a batch being written.
 """
 
 from __future__ import annotations
