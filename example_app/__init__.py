@@ -32,8 +32,8 @@ class Config:
         "priority": {"concurrency": 1, "queues": ["high-priority"]},
     }
     CELERY_START_TIMEOUT = 60
-    # The monitor is the blueprint mounted in this app at /monitor: no separate monitor process.
-    CELERY_MONITOR = False
+    # The monitor is the blueprint mounted in this app at /monitor: it starts with the workers,
+    # inside this process (no separate monitor process).
     CELERY_TASK_DEFAULT_QUEUE = "celery"
 
 

@@ -190,7 +190,21 @@ class AppState:
             return
         if self._processes is not None and self._processes.started:
             return
-        self.processes.start()
+        self.start_local_processes()
+
+    def start_local_processes(self, timeout: float | None = None) -> None:
+        """Start the local processes; with the monitor mounted in this app, start it too.
+
+        The in-app monitor otherwise starts on the first request to it, and would miss every
+        task sent before someone opened it.
+        """
+        self.processes.start(timeout=timeout)
+        if self.settings["CELERY_MONITOR"] and self.processes.monitor_mounted:
+            try:
+                self.monitor.ensure_started()
+                self.monitor.wait_connected(5.0)
+            except Exception:  # noqa: BLE001 - the app works without its monitor
+                log.warning("the monitor service did not start", exc_info=True)
 
     def shutdown(self) -> None:
         """Stop local processes, the monitor service and the result watcher of this app."""
@@ -652,7 +666,7 @@ class Celery:
 
     def start(self, timeout: float | None = None) -> None:
         """Start the configured local workers, beat and monitor; wait until workers answer."""
-        self._state().processes.start(timeout=timeout)
+        self._state().start_local_processes(timeout=timeout)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop the local processes started by :meth:`start` (or by the first submit)."""

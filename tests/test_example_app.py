@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import psutil
@@ -57,6 +58,21 @@ def test_example_app_runs_tasks_on_the_embedded_broker_and_stops_on_ctrl_c(tmp_p
                 break
             time.sleep(0.2)
         assert task == {"id": task_id, "state": "SUCCESS", "info": 5}
+        # the monitor started with the workers: it saw the task sent before anyone opened it
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                status, body = _get(f"{base}/monitor/api/task/info/{task_id}")
+            except urllib.error.HTTPError as exc:  # 404 until the monitor has it
+                status, body = exc.code, exc.read().decode()
+            seen = json.loads(body)
+            if seen.get("state") == "SUCCESS" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert status == 200
+        assert seen["name"] == "example_app.tasks:add"
+        assert seen["state"] == "SUCCESS"
+        assert [h["state"] for h in seen["history"]][0] == "PENDING"
         assert _get(f"{base}/monitor/")[0] == 200
 
         proc.send_signal(signal.SIGINT)
