@@ -134,49 +134,45 @@ def _no_inherited_celery_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 class WorkerProcess:
-    """A real ``celery worker`` subprocess for a Flask app using flask_celerymon."""
+    """A real ``celery worker`` subprocess.
+
+    By default for a Flask app using flask_celerymon (``flask_app`` is its ``FLASK_APP``, the
+    broker travels in ``CELERYMON_TEST_BROKER``); ``celery_app`` names another ``-A`` target,
+    e.g. a plain Celery app, with ``flask_app=None``.
+    """
 
     def __init__(
         self,
-        flask_app: str,
+        flask_app: str | None,
         broker_url: str,
         name: str,
         logfile: str,
         args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        celery_app: str = "flask_celerymon.celery",
+        loglevel: str = "info",
     ) -> None:
         import sys
 
         self.name = name
         self.logfile = logfile
-        child_env = {
-            **os.environ,
-            "FLASK_APP": flask_app,
-            "CELERYMON_TEST_BROKER": broker_url,
-            **(env or {}),
-        }
+        child_env = {**os.environ, "CELERYMON_TEST_BROKER": broker_url, **(env or {})}
+        if flask_app is not None:
+            child_env["FLASK_APP"] = flask_app
+        command = [sys.executable, "-m", "celery", "-A", celery_app, "worker", "-n", name,
+                   "--without-mingle", "--without-gossip", "-l", loglevel, *args]  # fmt: skip
         self._log = open(logfile, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "flask_celerymon.celery",
-                "worker",
-                "-n",
-                name,
-                "--without-mingle",
-                "--without-gossip",
-                "-l",
-                "info",
-                *args,
-            ],
+            command,
             env=child_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         )
+
+    @property
+    def hostname(self) -> str:
+        return self.name
 
     def wait_ready(self, celery_app, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -18,7 +18,7 @@ WORKER = f"itest@{socket.gethostname()}"
 
 @pytest.fixture(scope="module")
 def broker(redis_server, tmp_path_factory):
-    return redis_server.url(200)
+    return redis_server.url(255)  # the monitor tests' module databases start at 200
 
 
 @pytest.fixture(scope="module")

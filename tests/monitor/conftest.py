@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,10 +11,9 @@ import pytest
 from celery import Celery
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings
+from tests.conftest import WorkerProcess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-# Logical databases 200-255 are left to the module-scoped fixtures below.
+# Logical databases 200-249 are left to the module-scoped fixtures below.
 _module_dbs = itertools.count(200)
 
 
@@ -60,48 +56,13 @@ def make_service(tmp_path: Any) -> Iterator[Callable[..., MonitorService]]:
         svc.stop()
 
 
-class WorkerProcess:
+def monitor_worker(broker_url: str, hostname: str, logfile: str, events: bool) -> WorkerProcess:
     """A real ``celery worker`` (solo pool) for tests.monitor.worker_app."""
-
-    def __init__(self, broker_url: str, hostname: str, logfile: str, events: bool) -> None:
-        self.hostname = hostname
-        self.logfile = logfile
-        env = {**os.environ, "CELERYMON_MONITOR_TEST_BROKER": broker_url}
-        args = [
-            sys.executable, "-m", "celery", "-A", "tests.monitor.worker_app", "worker",
-            "-P", "solo", "-n", hostname, "--without-mingle", "--without-gossip",
-            "-l", "warning", "--heartbeat-interval", "1",
-        ]  # fmt: skip
-        if events:
-            args.append("-E")
-        self._log = open(logfile, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def wait_ready(self, app: Celery, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {self.log_text()[-3000:]}")
-            replies = app.control.inspect(destination=[self.hostname], timeout=0.5).ping()
-            if replies and self.hostname in replies:
-                return
-        raise RuntimeError(f"worker did not answer: {self.log_text()[-3000:]}")
-
-    def log_text(self) -> str:
-        with open(self.logfile, encoding="utf-8", errors="replace") as fh:
-            return fh.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+    args = ("-P", "solo", "--heartbeat-interval", "1", *(("-E",) if events else ()))
+    return WorkerProcess(
+        None, broker_url, hostname, logfile, args=args, celery_app="tests.monitor.worker_app",
+        env={"CELERYMON_MONITOR_TEST_BROKER": broker_url}, loglevel="warning",
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +87,7 @@ def real_worker(
 ) -> Iterator[WorkerProcess]:
     """A real worker started WITHOUT -E: the service has to switch its events on."""
     logfile = str(tmp_path_factory.mktemp("worker") / "worker.log")
-    w = WorkerProcess(module_broker, "monworker@test", logfile, events=False)
+    w = monitor_worker(module_broker, "monworker@test", logfile, events=False)
     try:
         w.wait_ready(worker_app)
         yield w
