@@ -197,3 +197,23 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self._log.close()
+
+
+#: one Prometheus scrape: {(sample name, sorted labels): value}
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse_metrics(text: str) -> Samples:
+    """Parse a Prometheus exposition with prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: Samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric_value(samples: Samples, name: str, **labels: str) -> float | None:
+    """The value of one sample of a scrape, or None when it is absent."""
+    return samples.get((name, tuple(sorted(labels.items()))))

@@ -48,7 +48,6 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from ..dispatch import DISPATCH_TASK_NAME
 from .state import TASK_EVENTS
 
 if TYPE_CHECKING:
@@ -72,7 +71,6 @@ MAX_PENDING = 100_000
 #: up to 1 s, and producers' clocks drift a little).
 PENDING_GRACE = 3.0
 
-_DISPATCH_REF = re.compile(r"""[\[(]\s*['"]([\w.]+:[\w.]+)['"]""")
 _EXC_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)\s*(?:\(|:|$)")
 
 
@@ -86,18 +84,6 @@ def exception_class(exception: Any) -> str:
         if m:
             return m.group(1).rsplit(".", 1)[-1]
     return "unknown"
-
-
-def task_label(task: Any) -> str:
-    """The ``task`` label of a task record: its name, or for a task sent through
-    ``submit()`` whose sent event names the dispatch task, the function reference in its
-    arguments (what the worker's events call it, thanks to ``shadow``)."""
-    name = task.name or ""
-    if name == DISPATCH_TASK_NAME:
-        m = _DISPATCH_REF.match(task.args)
-        if m:
-            return m.group(1)
-    return name
 
 
 def _eta_timestamp(eta: Any) -> float | None:
@@ -241,21 +227,14 @@ class MonitorMetrics:
 
     # -- the ingest thread -----------------------------------------------------------------
 
-    def _name(self, name: str) -> str:
-        if name in self._names:
-            return name
-        if len(self._names) >= self.max_task_names:
-            return OTHER
-        self._names.add(name)
-        return name
-
-    def _exception(self, exc: str) -> str:
-        if exc in self._exceptions:
-            return exc
-        if len(self._exceptions) >= self.max_exceptions:
-            return OTHER
-        self._exceptions.add(exc)
-        return exc
+    @staticmethod
+    def _bounded(value: str, seen: set[str], cap: int) -> str:
+        """``value`` as a label, or OTHER once ``cap`` distinct values are in use."""
+        if value not in seen:
+            if len(seen) >= cap:
+                return OTHER
+            seen.add(value)
+        return value
 
     def _on_event(self, event: dict[str, Any], task: Any) -> None:
         """The service's event listener: update the event-driven series (ingest thread)."""
@@ -266,7 +245,7 @@ class MonitorMetrics:
         # task-sent comes from a client (gen<pid>@host, a new name per process): not a label
         worker = worker if isinstance(worker, str) and etype != "task-sent" else ""
         with self._lock:
-            name = self._name(task_label(task))
+            name = self._bounded(task.name or "", self._names, self.max_task_names)
             key = (worker, name)
             ek = (worker, etype, name)
             self._events[ek] = self._events.get(ek, 0) + 1
@@ -283,7 +262,11 @@ class MonitorMetrics:
                 state = known[0]
                 exc = ""
                 if etype == "task-failed":
-                    exc = self._exception(exception_class(event.get("exception")))
+                    exc = self._bounded(
+                        exception_class(event.get("exception")),
+                        self._exceptions,
+                        self.max_exceptions,
+                    )
                 tk = (name, worker, state, exc)
                 self._tasks[tk] = self._tasks.get(tk, 0) + 1
 

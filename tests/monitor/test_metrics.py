@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from celery import Celery
 from prometheus_client import REGISTRY, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings
 from flask_celerymon.monitor.metrics import (
@@ -25,6 +24,7 @@ from flask_celerymon.monitor.metrics import (
     check_health,
     exception_class,
 )
+from tests.conftest import Samples, metric_value, parse_metrics
 from tests.monitor.conftest import wait_for
 
 T0 = 1_700_000_000.0
@@ -33,18 +33,12 @@ W2 = "w2@host"
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def scrape(metrics: MonitorMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """{(sample name, sorted labels): value} of one scrape, parsed by prometheus_client."""
-    text = generate_latest(metrics.registry).decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+def scrape(metrics: MonitorMetrics) -> Samples:
+    """One scrape of the collector's registry, parsed by prometheus_client."""
+    return parse_metrics(generate_latest(metrics.registry).decode())
 
 
-def value(samples: dict, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
+value = metric_value
 
 
 def uid(i: int) -> str:

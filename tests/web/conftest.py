@@ -6,9 +6,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,12 +70,15 @@ def make_monitored_app(broker: str, instance_path: str, **config: Any) -> Flask:
     return app
 
 
-@pytest.fixture(scope="module")
-def monitored(redis_server, tmp_path_factory):
+@contextlib.contextmanager
+def run_monitored(
+    redis_server: Any, tmp_path_factory: Any, label: str, **config: Any
+) -> Iterator[Monitored]:
+    """A monitored app (extra ``config``) with a real prefork worker on queues celery, high."""
     broker = redis_server.url(next(_dbs))
-    tmp = tmp_path_factory.mktemp("monitored")
-    app = make_monitored_app(broker, str(tmp))
-    name = f"web-{next(_dbs)}@{socket.gethostname()}"
+    tmp = tmp_path_factory.mktemp(label)
+    app = make_monitored_app(broker, str(tmp), **config)
+    name = f"{label}-{next(_dbs)}@{socket.gethostname()}"
     worker = WorkerProcess(
         "tests.apps.basic:create_app",
         broker,
@@ -89,3 +94,9 @@ def monitored(redis_server, tmp_path_factory):
     finally:
         env.state.shutdown()
         worker.stop()
+
+
+@pytest.fixture(scope="module")
+def monitored(redis_server, tmp_path_factory):
+    with run_monitored(redis_server, tmp_path_factory, "web") as env:
+        yield env

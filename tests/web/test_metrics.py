@@ -10,55 +10,32 @@ from typing import Any
 
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.apps import basic
-from tests.conftest import WorkerProcess
-from tests.web.conftest import Monitored, _dbs, make_monitored_app
+from tests.conftest import Samples, WorkerProcess, metric_value, parse_metrics
+from tests.web.conftest import Monitored, _dbs, run_monitored
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 @pytest.fixture(scope="module")
 def env(redis_server, tmp_path_factory):
     """The monitored app and a real worker (queues celery, high); ``idle`` has no consumer."""
-    broker = redis_server.url(next(_dbs))
-    tmp = tmp_path_factory.mktemp("metrics")
-    app = make_monitored_app(broker, str(tmp), CELERY_MONITOR_QUEUES=["idle"])
-    name = f"metrics-{next(_dbs)}@{socket.gethostname()}"
-    worker = WorkerProcess(
-        "tests.apps.basic:create_app",
-        broker,
-        name,
-        str(tmp / "worker.log"),
-        args=("-P", "prefork", "-c", "2", "-Q", "celery,high", "-E"),
-    )
-    monitored = Monitored(app, broker, worker, name)
-    try:
-        worker.wait_ready(monitored.celery_app)
-        monitored.service.ensure_started()
+    with run_monitored(
+        redis_server, tmp_path_factory, "metrics", CELERY_MONITOR_QUEUES=["idle"]
+    ) as monitored:
         assert monitored.service.wait_connected(10)
         yield monitored
-    finally:
-        monitored.state.shutdown()
-        worker.stop()
 
 
 def scrape(env: Monitored) -> Samples:
     resp = env.client().get("/monitor/metrics")
     assert resp.status_code == 200
-    out = {}
-    for fam in text_string_to_metric_families(resp.get_data(as_text=True)):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
+    return parse_metrics(resp.get_data(as_text=True))
 
 
-def value(samples: Samples, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
+value = metric_value
 
 
 def wait(env: Monitored, predicate: Any, timeout: float = 20.0) -> Any:

@@ -7,24 +7,16 @@ from collections.abc import Iterator
 import pytest
 from flask import Flask
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_flask_exporter import PrometheusMetrics
 
 from flask_celerymon import Celery
+from tests.conftest import metric_value, parse_metrics
 
 DURATION = "flask_http_request_duration_seconds_count"
 
 
-def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-def value(samples: dict, name: str, **labels: str) -> float | None:
-    return samples.get((name, tuple(sorted(labels.items()))))
+parse = parse_metrics
+value = metric_value
 
 
 @pytest.fixture
