@@ -34,6 +34,7 @@ from .dispatch import DISPATCH_TASK_NAME, Allowlist, reference_of, run_reference
 from .errors import (
     AlreadyRegisteredError,
     ConfigurationError,
+    DispatchRefused,
     NotInitializedError,
     SubmitError,
     TaskNotFound,
@@ -222,6 +223,9 @@ class TaskProxy:
     attribute of a Celery task resolve against the app in the current app context (or the only
     app the extension serves), so the decorator works before ``init_app`` (factory pattern).
     """
+
+    #: marks these objects for :func:`flask_celerymon.dispatch.defined_object`
+    __celerymon_task__ = True
 
     def __init__(self, extension: Celery, fn: Callable[..., Any], options: dict[str, Any]) -> None:
         functools.update_wrapper(self, fn)
@@ -639,6 +643,10 @@ class Celery:
                 f"{ref} is not on the submit allowlist {state.allowlist!r}; add its module to "
                 "CELERY_SUBMIT_ALLOWLIST or call celery.allow() for it"
             )
+        try:  # the worker applies the same rule; refuse here what it would refuse there
+            state.allowlist.resolve(ref, state.celery_app.tasks)
+        except DispatchRefused as exc:
+            raise SubmitError(str(exc)) from None
         if state.eager:
             _check_serializable(state, ref, args, kwargs)
         # Events and the monitor show the function's own name and arguments, not the wrapper's.
@@ -680,7 +688,7 @@ class Celery:
 
 def _register_dispatch(celery_app: celery_pkg.Celery, allowlist: Allowlist) -> None:
     def dispatch(ref: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
-        return run_reference(allowlist, ref, args, kwargs)
+        return run_reference(allowlist, ref, args, kwargs, celery_app.tasks)
 
     def shadow_name(task: Any, args: Any, kwargs: Any, options: Any) -> str | None:
         return args[0] if args and isinstance(args[0], str) else None

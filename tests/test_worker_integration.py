@@ -246,6 +246,22 @@ def test_disallowed_reference_fails_task_and_worker_survives(ctx, worker):
     assert basic.celery.submit(basic.add, 2, 3).result(timeout=10) == 5
 
 
+@pytest.mark.parametrize(
+    "ref",
+    ["tests.apps.basic:os.popen", "tests.apps.basic:os", "tests.apps.basic.os:system"],
+)
+def test_reference_through_an_imported_module_is_refused_by_the_worker(ctx, worker, ref, tmp_path):
+    """The case of the security issue: ``myapp:os.popen`` published straight to the broker."""
+    target = tmp_path / "pwned"
+    dispatch = basic.celery.app.tasks[DISPATCH_TASK_NAME]
+    result = dispatch.apply_async(args=[ref, [f"touch {target}"], {}])
+    with pytest.raises(Exception) as info:
+        result.get(timeout=10)
+    assert type(info.value).__name__ == "DispatchRefused"
+    assert not target.exists()
+    assert basic.celery.submit(basic.add, 2, 3).result(timeout=10) == 5
+
+
 def test_registered_task_delay_and_lookup(ctx):
     assert basic.registered.delay(21).get(timeout=10) == 42
     assert basic.celery.task.registered is basic.registered

@@ -44,6 +44,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import PathConverter
 
 from ..dispatch import DISPATCH_TASK_NAME
+from ..errors import DispatchRefused
 from ..monitor import broker as _broker
 from ..monitor.query import SearchError
 from . import get_state
@@ -824,7 +825,11 @@ def _sendable(name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, 
     task = state.celery_app.tasks.get(name)
     if task is not None and name != DISPATCH_TASK_NAME:
         return task, args, kwargs, {}
-    if ":" in name and state.allowlist.allows(name):
+    if ":" in name:
+        try:
+            state.allowlist.resolve(name, state.celery_app.tasks)
+        except DispatchRefused:
+            raise ApiError(404, f"Unknown task '{name}'") from None
         return state.dispatch_task, [name, args, kwargs], {}, {"shadow": name}
     raise ApiError(404, f"Unknown task '{name}'")
 
@@ -934,6 +939,10 @@ def _retry(task_id: str) -> Any:
     state_ = get_state()
     if name == DISPATCH_TASK_NAME or (":" in name and args and args[0] == name):
         # sent by celery.submit: args are the dispatch task's [ref, args, kwargs]
+        try:
+            state_.allowlist.resolve(args[0], state_.celery_app.tasks)
+        except DispatchRefused as exc:
+            raise ApiError(422, f"task '{task_id}' cannot be retried: {exc}") from None
         return state_.dispatch_task.apply_async(args, kwargs, shadow=args[0], **options)
     return _send(name, args, kwargs, options)
 

@@ -201,7 +201,14 @@ def test_apply_refuses_a_bad_body_naming_the_problem(api, body, status, message)
 
 
 def test_apply_of_an_unknown_or_unallowed_task_is_404(api):
-    for name in ("no.such.task", "os:system", "flask_celerymon.dispatch"):
+    for name in (
+        "no.such.task",
+        "os:system",
+        "flask_celerymon.dispatch",
+        "tests.apps.basic:os.popen",
+        "tests.apps.basic:os",
+        "tests.apps.basic:time.sleep",
+    ):
         for route in ("apply", "async-apply"):
             resp = api.post(f"/api/task/{route}/{name}", json={})
             assert resp.status_code == 404

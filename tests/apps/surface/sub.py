@@ -1,0 +1,5 @@
+"""A submodule whose function the package re-exports."""
+
+
+def helper(x):
+    return x
