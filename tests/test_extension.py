@@ -247,18 +247,38 @@ def test_eager_submit_map_and_get_run_synchronously():
         assert again.state == "SUCCESS"
 
 
-def test_eager_task_runs_in_the_callers_app_context():
+def test_eager_task_gets_a_fresh_app_context_not_the_callers_g():
     ext = Celery()
     app = eager_app()
     ext.init_app(app)
-    with app.app_context() as ctx:
-        seen = ext.submit(basic.app_name).result()
-        assert seen == "tests.apps.basic"
-        from flask import g
+    from flask import g
 
+    with app.test_request_context("/view"):
+        g.marker = "the view's"
+        assert ext.submit(basic.app_name).result() == "tests.apps.basic"
+        assert ext.submit(_read_g_marker).result() is None
+        assert ext.submit(_has_request_context).result() is False
+        assert g.marker == "the view's"  # and the task's context is gone again
+
+
+def test_eager_caller_context_switch_restores_sharing_the_callers_context():
+    ext = Celery()
+    app = eager_app(CELERY_EAGER_CALLER_CONTEXT=True)
+    ext.init_app(app)
+    from flask import g
+
+    with app.test_request_context("/view"):
         g.marker = "kept"
         assert ext.submit(_read_g_marker).result() == "kept"
-        assert ctx is not None
+        assert ext.submit(_has_request_context).result() is True
+    with app.app_context():
+        assert ext.submit(basic.app_name).result() == "tests.apps.basic"
+
+
+def _has_request_context():
+    from flask import has_request_context
+
+    return has_request_context()
 
 
 def _read_g_marker():

@@ -1,0 +1,175 @@
+"""A factory app whose tasks record what Flask context they see at every point of their life.
+
+Every signal handler (``task_prerun``, ``task_success``, ``task_failure``, ``task_retry``,
+``task_postrun``), every handler of the app-wide ``base_task`` (:class:`AppBase`) and of a
+per-task ``base=`` (:class:`TaskBase`), and every task body appends one JSON record to the
+Redis list ``lifecycle:<task id>`` at ``LIFECYCLE_SINK`` (default: the broker in
+``CELERYMON_TEST_BROKER``). A record says where it was made, whether an app and a request
+context were pushed, the ``LIFECYCLE_MARK`` of ``current_app``, and ``g.trail``: the places
+this execution has recorded so far in the same ``g`` (it starts empty for each execution).
+
+Its worker runs as ``celery -A flask_celerymon.celery worker`` with
+``FLASK_APP=tests.apps.lifecycle:create_app``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from celery import Task, signals
+from flask import Flask, current_app, g, has_app_context, has_request_context
+
+from flask_celerymon import Celery
+
+#: where records go; set by create_app (a worker builds one app; tests share one Redis)
+SINK: dict[str, str] = {}
+
+
+def record(where: str, task_id: str) -> None:
+    import redis
+
+    entry: dict[str, Any] = {
+        "where": where,
+        "app_context": has_app_context(),
+        "request_context": has_request_context(),
+    }
+    if has_app_context():
+        entry["mark"] = current_app.config.get("LIFECYCLE_MARK")
+        trail = g.setdefault("trail", [])
+        trail.append(where)
+        entry["trail"] = list(trail)
+    client = redis.Redis.from_url(SINK["url"])
+    try:
+        client.rpush(f"lifecycle:{task_id}", json.dumps(entry))
+    finally:
+        client.close()
+
+
+class AppBase(Task):
+    """The app-wide ``base_task``: its handlers record."""
+
+    def before_start(self, task_id, args, kwargs):
+        record("before_start", task_id)
+
+    def on_success(self, retval, task_id, args, kwargs):
+        record("on_success", task_id)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        record("on_failure", task_id)
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo):
+        record("on_retry", task_id)
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        record("after_return", task_id)
+
+
+class TaskBase(Task):
+    """A per-task ``base=`` (as celery-once and friends are used): its handlers record too."""
+
+    def before_start(self, task_id, args, kwargs):
+        record("task_base.before_start", task_id)
+        super().before_start(task_id, args, kwargs)
+
+    def on_success(self, retval, task_id, args, kwargs):
+        record("task_base.on_success", task_id)
+        super().on_success(retval, task_id, args, kwargs)
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        record("task_base.on_failure", task_id)
+        super().on_failure(exc, task_id, args, kwargs, einfo)
+
+    def after_return(self, status, retval, task_id, args, kwargs, einfo):
+        record("task_base.after_return", task_id)
+        super().after_return(status, retval, task_id, args, kwargs, einfo)
+
+
+celery = Celery(base_task=AppBase)
+
+
+@celery.task(bind=True)
+def succeed(self):
+    record("body", self.request.id)
+    return current_app.config["LIFECYCLE_MARK"]
+
+
+@celery.task(bind=True)
+def fail(self):
+    record("body", self.request.id)
+    raise ValueError("planned failure")
+
+
+@celery.task(bind=True, max_retries=1)
+def retry_once(self):
+    record("body", self.request.id)
+    if self.request.retries == 0:
+        raise self.retry(countdown=0)
+    return "retried"
+
+
+@celery.task(bind=True, base=TaskBase)
+def based(self):
+    record("body", self.request.id)
+    return current_app.config["LIFECYCLE_MARK"]
+
+
+@celery.task(bind=True, base=TaskBase)
+def based_fail(self):
+    record("body", self.request.id)
+    raise ValueError("planned failure")
+
+
+def _on_prerun(task_id=None, task=None, **kw):
+    if task.name.startswith(__name__):
+        record("task_prerun", task_id)
+
+
+def _on_postrun(task_id=None, task=None, **kw):
+    if task.name.startswith(__name__):
+        record("task_postrun", task_id)
+
+
+def _on_success(sender=None, **kw):
+    if sender.name.startswith(__name__):
+        record("task_success", sender.request.id)
+
+
+def _on_failure(sender=None, task_id=None, **kw):
+    if sender.name.startswith(__name__):
+        record("task_failure", task_id)
+
+
+def _on_retry(sender=None, request=None, **kw):
+    if sender.name.startswith(__name__):
+        record("task_retry", request.id)
+
+
+def connect_signals() -> None:
+    """Connect the recording signal handlers (once per process)."""
+    for signal, handler in (
+        (signals.task_prerun, _on_prerun),
+        (signals.task_postrun, _on_postrun),
+        (signals.task_success, _on_success),
+        (signals.task_failure, _on_failure),
+        (signals.task_retry, _on_retry),
+    ):
+        signal.connect(handler, weak=False, dispatch_uid=f"lifecycle-{handler.__name__}")
+
+
+def create_app(**config: Any) -> Flask:
+    app = Flask(__name__)
+    broker = os.environ.get("CELERYMON_TEST_BROKER", "memory://")
+    app.config.update(
+        CELERY_BROKER_URL=broker,
+        CELERY_START_LOCAL_WORKERS=False,
+        CELERY_MONITOR_BLUEPRINT=False,
+        LIFECYCLE_MARK="lifecycle-app",
+        LIFECYCLE_SINK=broker,
+    )
+    app.config.update(config)
+    SINK["url"] = app.config["LIFECYCLE_SINK"]
+    connect_signals()
+    celery.init_app(app)
+    return app
