@@ -4,7 +4,7 @@ Every signal handler (``task_prerun``, ``task_success``, ``task_failure``, ``tas
 ``task_postrun``), every handler of the app-wide ``base_task`` (:class:`AppBase`) and of a
 per-task ``base=`` (:class:`TaskBase`), and every task body appends one JSON record to the
 Redis list ``lifecycle:<task id>`` at ``LIFECYCLE_SINK`` (default: the broker in
-``CELERYMON_TEST_BROKER``). A record says where it was made, whether an app and a request
+``CELERYMON_TEST_BROKER``). A record says where it was made, in which execution (the retry count), whether an app and a request
 context were pushed, the ``LIFECYCLE_MARK`` of ``current_app``, and ``g.trail``: the places
 this execution has recorded so far in the same ``g`` (it starts empty for each execution).
 
@@ -30,8 +30,11 @@ SINK: dict[str, str] = {}
 def record(where: str, task_id: str) -> None:
     import redis
 
+    from celery import current_task
+
     entry: dict[str, Any] = {
         "where": where,
+        "execution": current_task.request.retries,
         "app_context": has_app_context(),
         "request_context": has_request_context(),
     }
