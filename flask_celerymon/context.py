@@ -95,11 +95,13 @@ def combine_base(task_cls: type[CeleryTask], base: Any, what: str = "base") -> t
     try:
         return type(base.__name__, (base, task_cls), namespace)
     except TypeError as exc:
+        chain = " -> ".join(c.__qualname__ for c in task_cls.__mro__[:-1])
+        reason = " ".join(str(exc).split())
         raise ConfigurationError(
             f"{what}={base.__module__}.{base.__qualname__} cannot be combined with the app's "
-            f"task class {task_cls.__qualname__} ({exc}), so its tasks could not run in the app "
-            f"context; derive {base.__name__} from celery.Task alone (no conflicting metaclass "
-            "or __slots__), or from celery.get_app(app).Task"
+            f"task class ({chain}): {reason}; its tasks could not run in the app context; "
+            f"derive {base.__name__} from celery.Task alone (no conflicting metaclass or "
+            "__slots__), or from celery.get_app(app).Task"
         ) from None
 
 
