@@ -312,6 +312,61 @@ def test_current_task_inside_and_outside_tasks():
         assert not current_task  # nothing leaks into the caller after an eager run
 
 
+@pytest.mark.parametrize("key", ["CELERY_TASK_ALWAYS_EAGER", "CELERY_ALWAYS_EAGER"])
+def test_eager_flag_set_after_init_app_is_honoured(key):
+    ext = Celery()
+    app = make_app(CELERY_BROKER_URL="memory://")
+    ext.init_app(app)
+
+    @ext.task
+    def double(x):
+        return 2 * x
+
+    app.config[key] = True  # the usual pytest fixture: after the factory returned
+    with app.app_context():
+        future = ext.submit(basic.add, 1, 2)
+        assert future.done() and future.result(timeout=0) == 3
+        assert ext.map(basic.add, [1, 1], [2, 2]).result(timeout=0) == [2, 4]
+        assert double.delay(4).get(timeout=0) == 8
+    assert ext.get_app(app).conf.task_always_eager is True
+    app.config[key] = False
+    with app.app_context():
+        assert not double.delay(4).ready()  # queued on memory://, no worker
+    assert ext.get_app(app).conf.task_always_eager is False
+
+
+def test_eager_propagation_set_after_init_app_is_honoured():
+    ext = Celery()
+    app = eager_app()
+    ext.init_app(app)
+    app.config["CELERY_TASK_EAGER_PROPAGATES"] = True
+    with app.app_context(), pytest.raises(ValueError, match="bad"):
+        ext.submit(basic.fail, "bad")
+
+
+def test_eager_flag_set_on_the_celery_conf_stays_while_app_config_keeps_its_value():
+    ext = Celery()
+    app = make_app(CELERY_BROKER_URL="memory://", CELERY_TASK_ALWAYS_EAGER=False)
+    ext.init_app(app)
+    ext.get_app(app).conf.task_always_eager = True
+    with app.app_context():
+        assert ext.submit(basic.add, 1, 2).result(timeout=0) == 3
+
+
+def test_eager_future_is_done_at_once_for_every_wait():
+    import concurrent.futures as cf
+
+    ext = Celery()
+    app = eager_app()
+    ext.init_app(app)
+    with app.app_context():
+        assert ext.submit(basic.add, 1, 2).result(timeout=0) == 3
+        assert isinstance(ext.submit(basic.fail, "x").exception(timeout=0), ValueError)
+        assert ext.map(basic.add, [1, 1], [2, 2]).result(timeout=0) == [2, 4]
+        future = ext.submit(basic.add, 2, 2)
+        assert cf.wait([future], timeout=0).done == {future}
+
+
 def test_eager_failure_is_kept_in_the_future():
     ext = Celery()
     app = eager_app()
