@@ -259,9 +259,12 @@ class AppState:
         """Start the local processes; with the monitor mounted in this app, start it too.
 
         The in-app monitor otherwise starts on the first request to it, and would miss every
-        task sent before someone opened it.
+        task sent before someone opened it. Nothing starts in the watcher process of
+        Werkzeug's reloader (see :func:`~flask_celerymon.processes.reloader_watcher`).
         """
         self.processes.start(timeout=timeout)
+        if not self.processes.started:  # the reloader's watcher: its serving child starts them
+            return
         if self.settings["CELERY_MONITOR"] and self.processes.monitor_mounted:
             try:
                 self.monitor.ensure_started()
