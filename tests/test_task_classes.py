@@ -102,7 +102,7 @@ def test_every_task_derives_from_the_app_task_class_and_runs_in_a_fresh_context(
         expected.append(("per-task.on_success", True))
     if base_task is AppWide:
         expected.append(("app-wide.after_return", True))
-    assert SEEN == expected
+    assert expected == SEEN
 
 
 class Reordered(AppWide, AppContextTask):

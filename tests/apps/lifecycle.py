@@ -29,7 +29,6 @@ SINK: dict[str, str] = {}
 
 def record(where: str, task_id: str) -> None:
     import redis
-
     from celery import current_task
 
     entry: dict[str, Any] = {
