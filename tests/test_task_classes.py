@@ -144,3 +144,17 @@ def test_base_already_deriving_from_the_app_task_class_is_kept():
     assert combine_base(own, own) is own
     mine = type("Mine", (own,), {})
     assert combine_base(own, mine) is mine
+
+
+def test_calling_a_task_object_directly_is_a_plain_call_in_the_app_context():
+    ext = Celery()
+    app = Flask("tests.test_task_classes")
+    app.config.update(CELERY_TASK_ALWAYS_EAGER=True, CELERY_MONITOR_BLUEPRINT=False)
+    ext.init_app(app)
+    task = ext.get_app(app).task(name="tests.direct")(probe)
+    # outside any context: one is pushed for the call
+    assert task() == {"app": "tests.test_task_classes", "request": False, "trail": ["body"]}
+    with app.test_request_context("/"):  # inside one: the call runs in it, as any function
+        g.trail = ["view"]
+        assert task() == {"app": "tests.test_task_classes", "request": True,
+                          "trail": ["view", "body"]}  # fmt: skip

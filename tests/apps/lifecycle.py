@@ -22,6 +22,7 @@ from celery import Task, signals
 from flask import Flask, current_app, g, has_app_context, has_request_context
 
 from flask_celerymon import Celery
+from flask_celerymon.dispatch import DISPATCH_TASK_NAME
 
 #: where records go; set by create_app (a worker builds one app; tests share one Redis)
 SINK: dict[str, str] = {}
@@ -123,28 +124,40 @@ def based_fail(self):
     raise ValueError("planned failure")
 
 
+def submitted():
+    """A plain function sent with ``celery.submit`` (it runs inside the dispatch task)."""
+    from celery import current_task
+
+    record("body", current_task.request.id)
+    return current_app.config["LIFECYCLE_MARK"]
+
+
+def _ours(task) -> bool:
+    return task.name.startswith(__name__) or task.name == DISPATCH_TASK_NAME
+
+
 def _on_prerun(task_id=None, task=None, **kw):
-    if task.name.startswith(__name__):
+    if _ours(task):
         record("task_prerun", task_id)
 
 
 def _on_postrun(task_id=None, task=None, **kw):
-    if task.name.startswith(__name__):
+    if _ours(task):
         record("task_postrun", task_id)
 
 
 def _on_success(sender=None, **kw):
-    if sender.name.startswith(__name__):
+    if _ours(sender):
         record("task_success", sender.request.id)
 
 
 def _on_failure(sender=None, task_id=None, **kw):
-    if sender.name.startswith(__name__):
+    if _ours(sender):
         record("task_failure", task_id)
 
 
 def _on_retry(sender=None, request=None, **kw):
-    if sender.name.startswith(__name__):
+    if _ours(sender):
         record("task_retry", request.id)
 
 
