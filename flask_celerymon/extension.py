@@ -758,15 +758,17 @@ class Celery:
 
 
 def _app_task_class(app: Flask, base_task: type[CeleryTask] | None) -> type[CeleryTask]:
-    """The task class of one app: :class:`AppContextTask` with ``base_task`` behind it."""
-    bases = (AppContextTask, base_task) if base_task is not None else (AppContextTask,)
-    try:
-        return type(f"FlaskTask[{app.name}]", bases, {"abstract": True})
-    except TypeError as exc:
-        raise ConfigurationError(
-            f"Celery(base_task={base_task!r}) cannot be combined with AppContextTask ({exc}); "
-            "derive it from celery.Task alone (no conflicting metaclass or __slots__)"
-        ) from None
+    """The task class of one app: :class:`AppContextTask` with ``base_task`` behind it.
+
+    A ``base_task`` that already derives from :class:`AppContextTask` is used as it is.
+    """
+    if base_task is None:
+        bases: tuple[type, ...] = (AppContextTask,)
+    elif issubclass(base_task, AppContextTask):
+        bases = (base_task,)
+    else:
+        bases = (AppContextTask, base_task)
+    return type(f"FlaskTask[{app.name}]", bases, {"abstract": True})
 
 
 def _register_dispatch(celery_app: celery_pkg.Celery, allowlist: Allowlist) -> None:

@@ -158,3 +158,17 @@ def test_calling_a_task_object_directly_is_a_plain_call_in_the_app_context():
         g.trail = ["view"]
         assert task() == {"app": "tests.test_task_classes", "request": True,
                           "trail": ["view", "body"]}  # fmt: skip
+
+
+def test_base_task_deriving_from_app_context_task_is_used_as_it_is():
+    ordered = type("Ordered", (AppWide, AppContextTask), {})  # AppWide first, then ours
+    ext = Celery(base_task=ordered)
+    app = Flask("tests.test_task_classes")
+    app.config.update(CELERY_TASK_ALWAYS_EAGER=True, CELERY_MONITOR_BLUEPRINT=False)
+    ext.init_app(app)
+    task = ext.get_app(app).task(name="tests.ordered")(probe)
+    mro = type(task).__mro__
+    assert mro.index(AppWide) < mro.index(AppContextTask)
+    SEEN.clear()
+    assert task.delay().get()["trail"] == ["body"]
+    assert SEEN == [("app-wide.after_return", True)]
