@@ -75,6 +75,8 @@ def run_like_a_worker(flask_app: Flask, fn: Callable[..., Any], *args: Any, **kw
 def combine_base(task_cls: type[CeleryTask], base: Any, what: str = "base") -> type[CeleryTask]:
     """The class a task given ``base=`` derives from: ``base`` first, the app's task class after.
 
+    The new class is named ``<base>InAppContext``.
+
     ``base`` keeps precedence for every method it defines (``on_failure``, ``apply_async`` ...);
     its ``super()`` calls reach the app's task class, which runs the task in the app context and
     records it as PENDING on send. A ``base`` that already derives from ``task_cls`` is returned
@@ -86,14 +88,15 @@ def combine_base(task_cls: type[CeleryTask], base: Any, what: str = "base") -> t
         raise ConfigurationError(f"{what}={base!r} must be a subclass of celery.Task")
     if issubclass(base, task_cls):
         return base
+    name = f"{base.__name__}InAppContext"
     namespace = {
         "abstract": True,
         "__module__": base.__module__,
-        "__qualname__": base.__qualname__,
+        "__qualname__": f"{base.__qualname__}InAppContext",
         "__doc__": base.__doc__,
     }
     try:
-        return type(base.__name__, (base, task_cls), namespace)
+        return type(name, (base, task_cls), namespace)
     except TypeError as exc:
         chain = " -> ".join(c.__qualname__ for c in task_cls.__mro__[:-1])
         reason = " ".join(str(exc).split())
