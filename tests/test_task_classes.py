@@ -172,3 +172,15 @@ def test_base_task_deriving_from_app_context_task_is_used_as_it_is():
     SEEN.clear()
     assert task.delay().get()["trail"] == ["body"]
     assert SEEN == [("app-wide.after_return", True)]
+
+
+@pytest.mark.parametrize("instance", [False, True], ids=["class", "instance"])
+def test_register_task_names_an_unnamed_task_after_the_class_it_was_given(instance):
+    ext = Celery()
+    app = Flask("tests.test_task_classes")
+    app.config.update(CELERY_TASK_ALWAYS_EAGER=True, CELERY_MONITOR_BLUEPRINT=False)
+    ext.init_app(app)
+    task = ext.get_app(app).register_task(ClassBased() if instance else ClassBased)
+    assert task.name == "tests.test_task_classes.ClassBased"
+    assert ext.get_app(app).tasks["tests.test_task_classes.ClassBased"] is task
+    assert isinstance(task, AppContextTask)
