@@ -184,3 +184,14 @@ def test_register_task_names_an_unnamed_task_after_the_class_it_was_given(instan
     assert task.name == "tests.test_task_classes.ClassBased"
     assert ext.get_app(app).tasks["tests.test_task_classes.ClassBased"] is task
     assert isinstance(task, AppContextTask)
+
+
+def test_base_that_cannot_be_combined_fails_init_app_when_declared_before_it():
+    ext = Celery(base_task=AppWide)
+    ext.task(base=Reordered, name="tests.reordered.early")(probe)  # the factory pattern
+    app = Flask("tests.test_task_classes")
+    app.config.update(CELERY_TASK_ALWAYS_EAGER=True, CELERY_MONITOR_BLUEPRINT=False)
+    with pytest.raises(
+        ConfigurationError, match=r"^@celery\.task\(tests\.reordered\.early, base\)"
+    ):
+        ext.init_app(app)
