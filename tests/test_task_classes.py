@@ -57,7 +57,7 @@ def make(ext: Celery, app: Flask, how: str, base: type[Task] | None):
     if how == "extension decorator":
         return ext.task(**options)(probe).bound(app.extensions["celerymon"])
     if how == "celery app decorator":
-        return capp.task(**options)(probe)
+        return capp.task(shared=False, **options)(probe)
     if how == "register_task class":
         cls = type("Registered", (base, ClassBased) if base else (ClassBased,), {"name": name})
         return capp.register_task(cls)
@@ -125,7 +125,7 @@ def test_base_that_cannot_be_combined_is_refused_naming_both_classes():
     )
     assert "derive Reordered from celery.Task alone" in message
     with pytest.raises(ConfigurationError, match="cannot be combined"):
-        ext.get_app(app).task(base=Reordered, name="tests.reordered")(probe)
+        ext.get_app(app).task(base=Reordered, name="tests.reordered", shared=False)(probe)
 
 
 @pytest.mark.parametrize("base", [object, dict, "celery.Task", None.__class__])
@@ -151,7 +151,7 @@ def test_calling_a_task_object_directly_is_a_plain_call_in_the_app_context():
     app = Flask("tests.test_task_classes")
     app.config.update(CELERY_TASK_ALWAYS_EAGER=True, CELERY_MONITOR_BLUEPRINT=False)
     ext.init_app(app)
-    task = ext.get_app(app).task(name="tests.direct")(probe)
+    task = ext.get_app(app).task(name="tests.direct", shared=False)(probe)
     # outside any context: one is pushed for the call
     assert task() == {"app": "tests.test_task_classes", "request": False, "trail": ["body"]}
     with app.test_request_context("/"):  # inside one: the call runs in it, as any function
@@ -166,7 +166,7 @@ def test_base_task_deriving_from_app_context_task_is_used_as_it_is():
     app = Flask("tests.test_task_classes")
     app.config.update(CELERY_TASK_ALWAYS_EAGER=True, CELERY_MONITOR_BLUEPRINT=False)
     ext.init_app(app)
-    task = ext.get_app(app).task(name="tests.ordered")(probe)
+    task = ext.get_app(app).task(name="tests.ordered", shared=False)(probe)
     mro = type(task).__mro__
     assert mro.index(AppWide) < mro.index(AppContextTask)
     SEEN.clear()
