@@ -3,10 +3,12 @@
 Every signal handler (``task_prerun``, ``task_success``, ``task_failure``, ``task_retry``,
 ``task_postrun``), every handler of the app-wide ``base_task`` (:class:`AppBase`) and of a
 per-task ``base=`` (:class:`TaskBase`), and every task body appends one JSON record to the
-Redis list ``lifecycle:<task id>`` at ``LIFECYCLE_SINK`` (default: the broker in
-``CELERYMON_TEST_BROKER``). A record says where it was made, in which execution (the retry count), whether an app and a request
-context were pushed, the ``LIFECYCLE_MARK`` of ``current_app``, and ``g.trail``: the places
-this execution has recorded so far in the same ``g`` (it starts empty for each execution).
+Redis list ``lifecycle:<task id>`` at the app's ``LIFECYCLE_SINK`` (default: the broker in
+``CELERYMON_TEST_BROKER``). A record says where it was made, in which execution (the retry
+count), whether an app and a request context were pushed, the ``LIFECYCLE_MARK`` of
+``current_app``, and ``g.trail``: the places this execution has recorded so far in the same
+``g`` (it starts empty for each execution). Signal handlers record only for the tasks of a
+lifecycle app, so other apps of the test session are left alone.
 
 Its worker runs as ``celery -A flask_celerymon.celery worker`` with
 ``FLASK_APP=tests.apps.lifecycle:create_app``.
@@ -22,19 +24,15 @@ from celery import Task, signals
 from flask import Flask, current_app, g, has_app_context, has_request_context
 
 from flask_celerymon import Celery
-from flask_celerymon.dispatch import DISPATCH_TASK_NAME
-
-#: where records go; set by create_app (a worker builds one app; tests share one Redis)
-SINK: dict[str, str] = {}
 
 
-def record(where: str, task_id: str) -> None:
+def record(where: str, task: Task) -> None:
+    """Append what ``task``'s current execution sees here to its list in the app's sink."""
     import redis
-    from celery import current_task
 
     entry: dict[str, Any] = {
         "where": where,
-        "execution": current_task.request.retries,
+        "execution": task.request.retries,
         "app_context": has_app_context(),
         "request_context": has_request_context(),
     }
@@ -43,9 +41,10 @@ def record(where: str, task_id: str) -> None:
         trail = g.setdefault("trail", [])
         trail.append(where)
         entry["trail"] = list(trail)
-    client = redis.Redis.from_url(SINK["url"])
+    # the sink is found through the task, so a record is made even without an app context
+    client = redis.Redis.from_url(task.app.flask_app.config["LIFECYCLE_SINK"])
     try:
-        client.rpush(f"lifecycle:{task_id}", json.dumps(entry))
+        client.rpush(f"lifecycle:{task.request.id}", json.dumps(entry))
     finally:
         client.close()
 
@@ -54,38 +53,38 @@ class AppBase(Task):
     """The app-wide ``base_task``: its handlers record."""
 
     def before_start(self, task_id, args, kwargs):
-        record("before_start", task_id)
+        record("before_start", self)
 
     def on_success(self, retval, task_id, args, kwargs):
-        record("on_success", task_id)
+        record("on_success", self)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
-        record("on_failure", task_id)
+        record("on_failure", self)
 
     def on_retry(self, exc, task_id, args, kwargs, einfo):
-        record("on_retry", task_id)
+        record("on_retry", self)
 
     def after_return(self, status, retval, task_id, args, kwargs, einfo):
-        record("after_return", task_id)
+        record("after_return", self)
 
 
 class TaskBase(Task):
     """A per-task ``base=`` (as celery-once and friends are used): its handlers record too."""
 
     def before_start(self, task_id, args, kwargs):
-        record("task_base.before_start", task_id)
+        record("task_base.before_start", self)
         super().before_start(task_id, args, kwargs)
 
     def on_success(self, retval, task_id, args, kwargs):
-        record("task_base.on_success", task_id)
+        record("task_base.on_success", self)
         super().on_success(retval, task_id, args, kwargs)
 
     def on_failure(self, exc, task_id, args, kwargs, einfo):
-        record("task_base.on_failure", task_id)
+        record("task_base.on_failure", self)
         super().on_failure(exc, task_id, args, kwargs, einfo)
 
     def after_return(self, status, retval, task_id, args, kwargs, einfo):
-        record("task_base.after_return", task_id)
+        record("task_base.after_return", self)
         super().after_return(status, retval, task_id, args, kwargs, einfo)
 
 
@@ -94,19 +93,19 @@ celery = Celery(base_task=AppBase)
 
 @celery.task(bind=True)
 def succeed(self):
-    record("body", self.request.id)
+    record("body", self)
     return current_app.config["LIFECYCLE_MARK"]
 
 
 @celery.task(bind=True)
 def fail(self):
-    record("body", self.request.id)
+    record("body", self)
     raise ValueError("planned failure")
 
 
 @celery.task(bind=True, max_retries=1)
 def retry_once(self):
-    record("body", self.request.id)
+    record("body", self)
     if self.request.retries == 0:
         raise self.retry(countdown=0)
     return "retried"
@@ -114,13 +113,13 @@ def retry_once(self):
 
 @celery.task(bind=True, base=TaskBase)
 def based(self):
-    record("body", self.request.id)
+    record("body", self)
     return current_app.config["LIFECYCLE_MARK"]
 
 
 @celery.task(bind=True, base=TaskBase)
 def based_fail(self):
-    record("body", self.request.id)
+    record("body", self)
     raise ValueError("planned failure")
 
 
@@ -128,37 +127,39 @@ def submitted():
     """A plain function sent with ``celery.submit`` (it runs inside the dispatch task)."""
     from celery import current_task
 
-    record("body", current_task.request.id)
+    record("body", current_task)
     return current_app.config["LIFECYCLE_MARK"]
 
 
-def _ours(task) -> bool:
-    return task.name.startswith(__name__) or task.name == DISPATCH_TASK_NAME
+def _ours(task: Task) -> bool:
+    """A task of a lifecycle app (the handlers are connected for every app of the process)."""
+    flask_app = getattr(task.app, "flask_app", None)
+    return flask_app is not None and flask_app.import_name == __name__
 
 
-def _on_prerun(task_id=None, task=None, **kw):
+def _on_prerun(task=None, **kw):
     if _ours(task):
-        record("task_prerun", task_id)
+        record("task_prerun", task)
 
 
-def _on_postrun(task_id=None, task=None, **kw):
+def _on_postrun(task=None, **kw):
     if _ours(task):
-        record("task_postrun", task_id)
+        record("task_postrun", task)
 
 
 def _on_success(sender=None, **kw):
     if _ours(sender):
-        record("task_success", sender.request.id)
+        record("task_success", sender)
 
 
-def _on_failure(sender=None, task_id=None, **kw):
+def _on_failure(sender=None, **kw):
     if _ours(sender):
-        record("task_failure", task_id)
+        record("task_failure", sender)
 
 
-def _on_retry(sender=None, request=None, **kw):
+def _on_retry(sender=None, **kw):
     if _ours(sender):
-        record("task_retry", request.id)
+        record("task_retry", sender)
 
 
 def connect_signals() -> None:
@@ -184,7 +185,6 @@ def create_app(**config: Any) -> Flask:
         LIFECYCLE_SINK=broker,
     )
     app.config.update(config)
-    SINK["url"] = app.config["LIFECYCLE_SINK"]
     connect_signals()
     celery.init_app(app)
     return app
