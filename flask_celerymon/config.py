@@ -105,6 +105,7 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_MONITOR_PORT": (5555, _is_port, "a port number 0-65535"),
     "CELERY_MONITOR_ADDRESS": ("127.0.0.1", _is_opt_str, "a host address"),
     "CELERY_APP_IMPORT": (None, _is_opt_str, "None or an import like 'module:create_app()'"),
+    "CELERY_EAGER_CALLER_CONTEXT": (False, _is_bool, "True or False"),
     # safe submit
     "CELERY_SUBMIT_ALLOWLIST": (
         None,
@@ -175,6 +176,25 @@ class Settings:
     @property
     def log_dir(self) -> str:
         return self.own["CELERY_LOG_DIR"] or os.path.join(self.instance_path, "celery", "logs")
+
+
+#: Celery settings read again from ``app.config`` at each send, so that setting them after
+#: ``init_app`` (the usual pytest fixture) still works; every other key is read once.
+LATE_SETTINGS = ("task_always_eager", "task_eager_propagates", "task_store_eager_result")
+#: The Flask keys of :data:`LATE_SETTINGS`: new names, then legacy ones (the new name wins).
+LATE_KEYS: tuple[tuple[str, str], ...] = tuple(
+    [(f"CELERY_{name.upper()}", name) for name in LATE_SETTINGS]
+    + [(old, new) for old, new in _LEGACY.items() if new in LATE_SETTINGS]
+)
+
+
+def late_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`LATE_SETTINGS` that ``config`` sets now, by Celery name."""
+    found: dict[str, Any] = {}
+    for key, name in LATE_KEYS:
+        if name not in found and key in config:
+            found[name] = config[key]
+    return found
 
 
 def celery_key(flask_key: str) -> str | None:
