@@ -25,30 +25,40 @@ def get_state() -> AppState:
 
 def make_blueprint() -> Blueprint:
     """A fresh blueprint with every part of the monitor registered on it."""
-    from . import api, guard, live, metrics, views
+    from . import api, guard, live, login, metrics, views
 
-    bp = Blueprint(
-        BLUEPRINT_NAME,
-        __name__,
-        template_folder="../templates",
-        static_folder="../static/celerymon",
-        static_url_path="/static",
-    )
+    # no static_folder: the pages' assets have a route of their own (views.assets), so that
+    # every route of the blueprint declares who may use it
+    bp = Blueprint(BLUEPRINT_NAME, __name__, template_folder="../templates")
     guard.register(bp)  # refuse first: a refused request must not start the service
     bp.before_request(_start_service)
     api.register(bp)
     views.register(bp)
     live.register(bp)
     metrics.register(bp)
+    login.register(bp)
     return bp
 
 
 def _start_service() -> None:
-    """The monitor service starts lazily, on the first request to the monitor."""
-    get_state().monitor.ensure_started()
+    """The monitor service starts lazily, on the first request to the monitor.
+
+    Not for the routes that need no monitor (assets, login pages).
+    """
+    from flask import request
+
+    from .auth import ANYONE, required_level
+
+    if required_level(request.endpoint) != ANYONE:
+        get_state().monitor.ensure_started()
 
 
 def init_monitor(app: Flask, state: AppState) -> None:
     """Mount the monitor blueprint on ``app`` at ``CELERY_MONITOR_URL_PREFIX``."""
+    from .auth import init_policy
+    from .login import init_login
+
+    policy = init_policy(app, state.settings, state.extension)
+    init_login(app, state.settings, policy)
     prefix = state.settings["CELERY_MONITOR_URL_PREFIX"]
     app.register_blueprint(make_blueprint(), url_prefix=prefix or None)
