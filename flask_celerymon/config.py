@@ -120,8 +120,7 @@ def _is_basic_auth(v: Any) -> bool:
         return v.strip() != ""
     if isinstance(v, Mapping):
         return bool(v) and all(
-            isinstance(k, str) and k and (isinstance(p, str) or isinstance(p, Mapping))
-            for k, p in v.items()
+            isinstance(k, str) and k and isinstance(p, (str, Mapping)) for k, p in v.items()
         )
     return _is_str_list(v) and len(v) > 0
 

@@ -353,8 +353,10 @@ class AccessPolicy:
         ``CELERY_MONITOR_DEFAULT_ROLE``. Raises :class:`ConfigurationError` when the hook
         answers something else.
         """
-        if email is not None and self.email_pattern and not email_allowed(
-            self.email_pattern, email
+        if (
+            email is not None
+            and self.email_pattern
+            and not email_allowed(self.email_pattern, email)
         ):
             return None
         hook = self.role_hook
@@ -523,9 +525,7 @@ def check_access() -> Response | None:
             f"{user.name} has no role in the monitor (the role hook or CELERY_MONITOR_AUTH "
             "gives none)",
         )
-    return refuse(
-        403, f"{user.name} has the role {user.role}; this needs the role {_need(level)}"
-    )
+    return refuse(403, f"{user.name} has the role {user.role}; this needs the role {_need(level)}")
 
 
 def _need(level: str) -> str:

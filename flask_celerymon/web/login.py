@@ -266,7 +266,13 @@ def login_from_cookie(policy: AccessPolicy) -> MonitorUser | None:
 
 def _set_cookie(resp: Response, user: MonitorUser) -> None:
     value = _serializer().dumps(
-        {"n": user.name, "e": user.email, "p": user.provider, "g": list(user.groups), "c": user.csrf}
+        {
+            "n": user.name,
+            "e": user.email,
+            "p": user.provider,
+            "g": list(user.groups),
+            "c": user.csrf,
+        }
     )
     resp.set_cookie(
         COOKIE,
@@ -383,8 +389,9 @@ def logout() -> Any:
         render_template("celerymon/logout.html", user=None, csrf=None, done=True),
         mimetype="text/html",
     )
-    resp.delete_cookie(COOKIE, path=_cookie_path(), secure=request.is_secure, httponly=True,
-                       samesite="Lax")
+    resp.delete_cookie(
+        COOKIE, path=_cookie_path(), secure=request.is_secure, httponly=True, samesite="Lax"
+    )
     return resp
 
 
