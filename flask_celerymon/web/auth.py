@@ -500,6 +500,9 @@ def check_access() -> Response | None:
         user = _identify(policy)
     except Refusal as exc:
         return refuse(exc.status, exc.message, exc.challenge)
+    except ConfigurationError as exc:  # the role hook answered nonsense: fail closed
+        log.error("celerymon: %s", exc)
+        return refuse(403, str(exc))
     if user is None:
         app = current_app._get_current_object()  # type: ignore[attr-defined]
         role = policy.anonymous(app)
