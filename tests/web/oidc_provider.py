@@ -1,7 +1,10 @@
 """A tiny but real OpenID Connect provider for the login tests, built from authlib's server side.
 
 Authorization code flow with ID tokens signed RS256 by a key generated per provider, discovery
-(``/.well-known/openid-configuration``), JWKS, userinfo. Its "login page" lists the known users
+(``/.well-known/openid-configuration``), JWKS, userinfo. The same server also answers at the
+paths of GitHub Enterprise (``/login/oauth/*``, ``/api/v3/user/emails``) and of a self-hosted
+GitLab (``/oauth/*``, ``/api/v4/user``, ``/api/v4/groups``), from each user's ``emails`` (GitHub's
+list) and ``groups`` (path -> access level). Its "login page" lists the known users
 as buttons (no passwords: the tests choose who logs in); the provider then redirects back with
 a code, as a real one does. It keeps everything in memory and is served by werkzeug's server
 in a thread (see :func:`running`).
@@ -18,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector
+from authlib.integrations.flask_oauth2 import AuthorizationServer, ResourceProtector, current_token
 from authlib.oauth2.rfc6749 import ClientMixin
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant
 from authlib.oauth2.rfc6750 import BearerTokenValidator
@@ -30,7 +33,9 @@ from joserfc.jwk import RSAKey
 from markupsafe import escape
 from werkzeug.serving import make_server
 
-SCOPES = {"openid", "email", "profile"}
+SCOPES = {"openid", "email", "profile", "user:email", "read_api"}
+#: the claims of a user that go into ID tokens and userinfo
+CLAIMS = ("email", "email_verified", "name")
 
 
 @dataclass
@@ -187,7 +192,7 @@ class Provider:
                 return {"iss": provider.issuer, "aud": [client.get_client_id()]}
 
             def generate_user_info(self, user: dict[str, Any], scope: str) -> UserInfo:
-                return UserInfo(sub=user["email"], **user)
+                return UserInfo(sub=user["email"], **{k: user[k] for k in CLAIMS if k in user})
 
         server = AuthorizationServer(app, query_client=query_client, save_token=save_token)
         server.register_grant(CodeGrant, [OIDCCode(require_nonce=True)])
@@ -224,6 +229,8 @@ class Provider:
             return jsonify(keys=[provider.key.as_dict(private=False)])
 
         @app.route("/authorize", methods=["GET", "POST"])
+        @app.route("/login/oauth/authorize", methods=["GET", "POST"], endpoint="gh_authorize")
+        @app.route("/oauth/authorize", methods=["GET", "POST"], endpoint="gl_authorize")
         def authorize() -> Any:
             if request.method == "GET":
                 server.get_consent_grant(end_user=None)  # validates client, redirect, nonce
@@ -238,15 +245,34 @@ class Provider:
             return server.create_authorization_response(grant_user=user, grant=grant)
 
         @app.post("/token")
+        @app.post("/login/oauth/access_token", endpoint="gh_token")
+        @app.post("/oauth/token", endpoint="gl_token")
         def token() -> Any:
             return server.create_token_response()
 
         @app.get("/userinfo")
         @protect("openid")
         def userinfo() -> Any:
-            from authlib.integrations.flask_oauth2 import current_token
+            user = current_token.user
+            return jsonify(sub=user["email"], **{k: user[k] for k in CLAIMS if k in user})
 
-            return jsonify(sub=current_token.user["email"], **current_token.user)
+        @app.get("/api/v3/user/emails")
+        @protect("user:email")
+        def github_emails() -> Any:
+            return jsonify(current_token.user.get("emails", []))
+
+        @app.get("/api/v4/user")
+        @protect("read_api")
+        def gitlab_user() -> Any:
+            user = current_token.user
+            return jsonify(id=1, username=user["name"], name=user["name"], email=user["email"])
+
+        @app.get("/api/v4/groups")
+        @protect("read_api")
+        def gitlab_groups() -> Any:
+            level = int(request.args.get("min_access_level", 10))
+            groups = current_token.user.get("groups", {})
+            return jsonify([{"full_path": g} for g, lvl in groups.items() if lvl >= level])
 
         return app
 
