@@ -4,6 +4,12 @@
 is on. Each part lives in its own module and adds its routes to the blueprint through a
 ``register(bp)`` function; views find the app's :class:`~flask_celerymon.extension.AppState`
 through :func:`get_state`, never through a global.
+
+Parts: ``views`` (pages), ``api`` (JSON API), ``live`` (websocket feed), ``metrics``
+(``/metrics``, ``/healthcheck``), ``login`` (OAuth2/OIDC login and logout). In front of all of
+them, ``guard`` runs its checks; ``auth`` holds who may see and do what: each view declares
+the role it needs with ``auth.requires``, and ``init_monitor`` builds the app's access policy
+(``app.extensions["celerymon.access"]``) and login client from the settings.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 from flask import Flask, Response, current_app, g, request, session, url_for
-from werkzeug.security import check_password_hash
+from werkzeug.security import check_password_hash, generate_password_hash
 
 from ..config import FLOWER_AUTH_PROVIDERS, ROLES, Settings
 from ..errors import ConfigurationError
@@ -286,6 +286,12 @@ class AccessPolicy:
                 )
         self.metrics_token: str | None = own["CELERY_MONITOR_METRICS_TOKEN"]
         self.metrics_public: bool = own["CELERY_MONITOR_METRICS_PUBLIC"]
+        # an unknown user name costs what a wrong password of a hashed user costs
+        self._dummy = (
+            BasicUser("", generate_password_hash(secrets.token_hex(8)), VIEWER)
+            if any(u.hashed for u in self.basic.values())
+            else BasicUser("", secrets.token_hex(16), VIEWER)
+        )
         self._verified: OrderedDict[bytes, float] = OrderedDict()
         self._verified_key = secrets.token_bytes(32)
         self._lock = threading.Lock()
@@ -324,7 +330,7 @@ class AccessPolicy:
         user = self.basic.get(name)
         if user is None:
             # spend as long as a real check, so a wrong name and a wrong password look alike
-            hmac.compare_digest(password.encode(), secrets.token_hex(16).encode())
+            self._dummy.check(password)
             return None
         if not user.hashed:
             return user if user.check(password) else None

@@ -330,9 +330,15 @@ def login_authorize() -> Any:
     client = get_login()
     if client is None:
         return login()
+    from requests import RequestException
+
     session[NEXT_KEY] = safe_next(request.args.get("next"))
     redirect_uri = client.redirect_uri or url_for("celerymon.login_callback", _external=True)
-    return client.client.authorize_redirect(redirect_uri)
+    try:  # OIDC: the first login fetches the provider's discovery document
+        return client.client.authorize_redirect(redirect_uri)
+    except (RequestException, ValueError) as exc:
+        log.warning("celerymon: login provider unreachable: %s", exc)
+        return _page("Login failed", f"the login provider could not be reached: {exc}", 503)
 
 
 @requires(ANYONE)
@@ -355,6 +361,9 @@ def login_callback() -> Any:
         return _page("Login failed", f"the login provider could not be reached: {exc}", 400)
     except LoginRefused as exc:
         return _page("Login refused", str(exc), 403)
+    except (KeyError, TypeError, ValueError) as exc:  # an answer of an unexpected shape
+        log.warning("celerymon: unexpected answer of the login provider: %r", exc)
+        return _page("Login failed", "the login provider's answer was not understood", 400)
     user = MonitorUser(
         name=name,
         via="login",
