@@ -578,3 +578,60 @@ def _next_app() -> Flask:
     if not _NEXT_APP:
         _NEXT_APP.append(make_app(CELERY_MONITOR_BASIC_AUTH=BASIC_AUTH))
     return _NEXT_APP[0]
+
+
+_NAME = st.text(st.characters(blacklist_characters=":,", blacklist_categories=("Cs",)), min_size=1)
+_PASSWORD = st.text(st.characters(blacklist_characters=",", blacklist_categories=("Cs",)),
+                    min_size=1)  # fmt: skip
+
+
+@given(st.dictionaries(_NAME.map(str.strip).filter(bool), st.tuples(_PASSWORD, st.sampled_from(
+    (None, VIEWER, OPERATOR, ADMIN))), min_size=1, max_size=5))  # fmt: skip
+def test_any_flower_basic_auth_string_parses_back_to_its_users(users):
+    entries = []
+    for name, (password, role) in users.items():
+        if password != password.strip() or password.rpartition(":")[2] in (VIEWER, OPERATOR, ADMIN):
+            password = f"x{password.strip()}x"  # Flower strips entries; a ':role' tail is a role
+            users[name] = (password, role)
+        entries.append(f"{name}:{password}" + (f":{role}" if role else ""))
+    parsed = parse_basic_auth(",".join(entries), OPERATOR)
+    assert {n: (u.password, u.role) for n, u in parsed.items()} == {
+        n: (p, r or OPERATOR) for n, (p, r) in users.items()
+    }
+
+
+def test_an_unreachable_login_provider_is_a_503_page_not_a_500():
+    from tests.conftest import free_port
+
+    app = make_app(
+        CELERY_MONITOR_AUTH_PROVIDER="oidc",
+        CELERY_MONITOR_OAUTH2_SERVER=f"http://127.0.0.1:{free_port()}",
+        CELERY_MONITOR_OAUTH2_KEY="k",
+        CELERY_MONITOR_OAUTH2_SECRET="s",
+        CELERY_MONITOR_AUTH=".*@example.com",
+    )
+    app.before_request_funcs["celerymon"].pop(1)  # the real handlers
+    resp = app.test_client().get(f"{PREFIX}/login/authorize")
+    assert resp.status_code == 503
+    assert "the login provider could not be reached" in resp.get_data(as_text=True)
+    page = app.test_client().get(f"{PREFIX}/tasks")
+    assert page.status_code == 302
+    assert page.headers["Location"] == f"{PREFIX}/login?next=/monitor/tasks"
+
+
+@pytest.mark.parametrize(
+    ("address", "config", "open_locally"),
+    [
+        ("127.0.0.1", {}, True),
+        ("localhost", {}, True),
+        ("::1", {}, True),
+        ("0.0.0.0", {"CELERY_MONITOR_ALLOW_ANONYMOUS": True}, False),
+        ("10.1.2.3", {"CELERY_MONITOR_BASIC_AUTH": "a:b"}, False),
+        ("127.0.0.1", {"CELERY_MONITOR_BASIC_AUTH": "a:b"}, False),
+    ],
+)
+def test_which_standalone_monitors_are_open_locally(address, config, open_locally):
+    from flask_celerymon.cli import _check_exposure
+
+    settings = make_app(**config).extensions["celerymon"].settings
+    assert _check_exposure(settings, address) is open_locally
