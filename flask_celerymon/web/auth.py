@@ -306,7 +306,7 @@ class AccessPolicy:
     @property
     def role_hook(self) -> Callable[[Any], Any] | None:
         """The app's role hook: ``CELERY_MONITOR_ROLE`` or ``@celery.monitor_role``."""
-        return self.role_setting or getattr(self._extension, "monitor_role_hook", None)
+        return self.role_setting or self._extension.monitor_role_hook
 
     def uses_flask_login(self, app: Flask) -> bool:
         """True when the host's flask-login users are recognised (LoginManager + role hook)."""
