@@ -454,6 +454,8 @@ class Celery:
         self.control = _Commands(self, "control")
         self._schedules: dict[str, ScheduleEntry] = {}
         self._allowed: list[str] = []
+        #: the role hook set with :meth:`monitor_role` (``CELERY_MONITOR_ROLE`` wins over it)
+        self.monitor_role_hook: Callable[[Any], str | None] | None = None
         self._apps: list[weakref.ref[Flask]] = []
         self._apps_lock = threading.Lock()
         if app is not None:
@@ -564,6 +566,20 @@ class Celery:
         self._allowed.append(ref)
         for state in self._states():
             state.allowlist.add(ref)
+
+    def monitor_role(self, fn: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+        """Decorator: ``fn(user)`` gives the monitor role of a logged-in user.
+
+        ``user`` is the host's flask-login ``current_user``, or a
+        :class:`~flask_celerymon.web.auth.MonitorUser` after an OAuth2/OIDC login. ``fn``
+        answers ``"viewer"``, ``"operator"``, ``"admin"`` or None (no access). Applies to every
+        app of this extension that does not set ``CELERY_MONITOR_ROLE``. Raises TypeError for a
+        non-callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"@celery.monitor_role takes a function, not {fn!r}")
+        self.monitor_role_hook = fn
+        return fn
 
     def schedule(
         self,

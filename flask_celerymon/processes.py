@@ -699,3 +699,16 @@ def _on_signal(signum: int, frame: Any) -> None:
     elif previous == signal.SIG_DFL:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+def is_loopback(address: str) -> bool:
+    """True when ``address`` (an IP address or host name) only reaches this machine."""
+    import ipaddress
+
+    host = address.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -48,6 +48,7 @@ from ..errors import DispatchRefused
 from ..monitor import broker as _broker
 from ..monitor.query import SearchError
 from . import get_state
+from .auth import ADMIN, OPERATOR, VIEWER, requires
 from .guard import error
 
 log = logging.getLogger(__name__)
@@ -367,6 +368,7 @@ def _broadcast(worker: str, command: str, failure: str, **arguments: Any) -> str
 # -- workers -----------------------------------------------------------------------------------
 
 
+@requires(VIEWER)
 def list_workers() -> Response:
     """``GET /api/workers``: inspect results per worker (Flower's shape).
 
@@ -395,6 +397,7 @@ def list_workers() -> Response:
     return json_response(data)
 
 
+@requires(ADMIN)
 def worker_shutdown(name: str) -> Response:
     """``POST /api/worker/shutdown/<name>``: ask a worker to shut down (no reply awaited).
 
@@ -406,6 +409,7 @@ def worker_shutdown(name: str) -> Response:
     return json_response({"message": "Shutting down!"})
 
 
+@requires(ADMIN)
 def worker_pool_restart(name: str) -> Response:
     """``POST /api/worker/pool/restart/<name>``: restart the pool (``reload=False``).
 
@@ -430,6 +434,7 @@ def _pool_resize(name: str, grow: bool) -> Response:
     return json_response({"message": f"{doing} '{name}' worker's pool by {n}"})
 
 
+@requires(ADMIN)
 def worker_pool_grow(name: str) -> Response:
     """``POST /api/worker/pool/grow/<name>?n=1``: add ``n`` pool processes.
 
@@ -439,6 +444,7 @@ def worker_pool_grow(name: str) -> Response:
     return _pool_resize(name, grow=True)
 
 
+@requires(ADMIN)
 def worker_pool_shrink(name: str) -> Response:
     """``POST /api/worker/pool/shrink/<name>?n=1``: remove ``n`` pool processes.
 
@@ -447,6 +453,7 @@ def worker_pool_shrink(name: str) -> Response:
     return _pool_resize(name, grow=False)
 
 
+@requires(ADMIN)
 def worker_pool_autoscale(name: str) -> Response:
     """``POST /api/worker/pool/autoscale/<name>?min=&max=``: set the autoscaler's bounds.
 
@@ -464,6 +471,7 @@ def worker_pool_autoscale(name: str) -> Response:
     return json_response({"message": f"Autoscaling '{name}' worker (min={lo}, max={hi})"})
 
 
+@requires(ADMIN)
 def worker_add_consumer(name: str) -> Response:
     """``POST /api/worker/queue/add-consumer/<name>?queue=``: start consuming a queue.
 
@@ -478,6 +486,7 @@ def worker_add_consumer(name: str) -> Response:
     return json_response({"message": msg})
 
 
+@requires(ADMIN)
 def worker_cancel_consumer(name: str) -> Response:
     """``POST /api/worker/queue/cancel-consumer/<name>?queue=``: stop consuming a queue.
 
@@ -510,6 +519,7 @@ def _signal_name(value: str | None) -> str:
     return name
 
 
+@requires(OPERATOR)
 def task_revoke(task_id: str) -> Response:
     """``POST /api/task/revoke/<id>?terminate=false&signal=SIGTERM``: revoke a task.
 
@@ -526,6 +536,7 @@ def task_revoke(task_id: str) -> Response:
     return json_response({"message": f"Revoked '{task_id}'"})
 
 
+@requires(OPERATOR)
 def task_abort(task_id: str) -> Response:
     """``POST /api/task/abort/<id>``: mark a task ABORTED for ``AbortableTask`` to see.
 
@@ -554,6 +565,7 @@ def _registered_name(name: str, worker: str | None = None) -> None:
     raise ApiError(404, f"Unknown task '{name}'")
 
 
+@requires(OPERATOR)
 def task_timeout(name: str) -> Response:
     """``POST /api/task/timeout/<name>?workername=&soft=&hard=``: set time limits.
 
@@ -581,6 +593,7 @@ def task_timeout(name: str) -> Response:
     return json_response({"message": msg})
 
 
+@requires(OPERATOR)
 def task_rate_limit(name: str) -> Response:
     """``POST /api/task/rate-limit/<name>?workername=&ratelimit=``: set a rate limit.
 
@@ -646,6 +659,7 @@ def _query(p: Mapping[str, Any], **kw: Any) -> Any:
         raise ApiError(400, str(exc)) from None
 
 
+@requires(VIEWER)
 def list_tasks() -> Response:
     """``GET /api/tasks``: tasks keyed by uuid, in ``sort_by`` order (default newest received).
 
@@ -665,11 +679,13 @@ def list_tasks() -> Response:
     return json_response({t["uuid"]: t for t in page.tasks})
 
 
+@requires(VIEWER)
 def task_types() -> Response:
     """``GET /api/task/types``: ``{"task-types": [names seen]}``. Status codes: 200."""
     return json_response({"task-types": _service().task_types()})
 
 
+@requires(VIEWER)
 def task_info(task_id: str) -> Response:
     """``GET /api/task/info/<id>``: the task as Flower's ``Task.as_dict()`` plus ``history``.
 
@@ -682,6 +698,7 @@ def task_info(task_id: str) -> Response:
     return json_response(info)
 
 
+@requires(VIEWER)
 def task_result(task_id: str) -> Response:
     """``GET /api/task/result/<id>?timeout=``: state and, once ready, result (and traceback).
 
@@ -710,6 +727,7 @@ def _add_result(response: dict[str, Any], result: Any) -> None:
         response["traceback"] = result.traceback
 
 
+@requires(VIEWER)
 def queue_lengths() -> Response:
     """``GET /api/queues/length``: ``{"active_queues": [{"name", "messages"}...]}``.
 
@@ -871,6 +889,7 @@ def _sent(result: Any) -> dict[str, Any]:
     return response
 
 
+@requires(OPERATOR)
 def task_apply(name: str) -> Response:
     """``POST /api/task/apply/<name>``: run a task and wait for its result.
 
@@ -895,6 +914,7 @@ def task_apply(name: str) -> Response:
     return json_response(response)
 
 
+@requires(OPERATOR)
 def task_async_apply(name: str) -> Response:
     """``POST /api/task/async-apply/<name>``: send a task; answer at once with its id.
 
@@ -905,6 +925,7 @@ def task_async_apply(name: str) -> Response:
     return json_response(_sent(task.apply_async(a, kw, **options, **extra)))
 
 
+@requires(OPERATOR)
 def task_send(name: str) -> Response:
     """``POST /api/task/send-task/<name>``: send by name; the task need not be registered here.
 
@@ -947,6 +968,7 @@ def _retry(task_id: str) -> Any:
     return _send(name, args, kwargs, options)
 
 
+@requires(OPERATOR)
 def task_retry(task_id: str) -> Response:
     """``POST /api/task/retry/<id>``: send a finished task again, as it was first sent.
 
@@ -980,6 +1002,7 @@ def _bulk_selection(p: Mapping[str, Any], action: str) -> tuple[int, list[dict[s
     return page.total, page.tasks
 
 
+@requires(ADMIN)
 def tasks_revoke() -> Response:
     """``POST /api/tasks/revoke``: revoke every unfinished task matching the filters.
 
@@ -1000,6 +1023,7 @@ def tasks_revoke() -> Response:
     return json_response({"dry_run": dry_run, "matched": total, "count": len(ids), "task_ids": ids})
 
 
+@requires(ADMIN)
 def tasks_retry() -> Response:
     """``POST /api/tasks/retry``: retry every finished task matching the filters.
 
@@ -1077,6 +1101,7 @@ def _message_summary(raw: bytes | str) -> dict[str, Any] | None:
     }
 
 
+@requires(ADMIN)
 def queue_purge(queue: str) -> Response:
     """``POST /api/queues/purge/<queue>``: delete every message waiting in a queue.
 
@@ -1090,6 +1115,7 @@ def queue_purge(queue: str) -> Response:
     return json_response({"message": f"Purged {n} messages from '{queue}'", "purged": n})
 
 
+@requires(VIEWER)
 def queue_messages(queue: str) -> Response:
     """``GET /api/queues/messages/<queue>?limit=100``: the messages waiting (Redis only).
 
@@ -1116,6 +1142,7 @@ def queue_messages(queue: str) -> Response:
     return json_response({"queue": queue, "messages": out})
 
 
+@requires(ADMIN)
 def queue_remove_message(queue: str, task_id: str) -> Response:
     """``POST /api/queues/remove/<queue>/<id>``: delete one waiting message (Redis only).
 
@@ -1141,6 +1168,7 @@ def queue_remove_message(queue: str, task_id: str) -> Response:
     raise ApiError(404, f"no message of task '{task_id}' waits in queue '{queue}'")
 
 
+@requires(VIEWER)
 def openapi_document() -> Response:
     """``GET /api/openapi.json``: the OpenAPI 3 description of this API. Status codes: 200."""
     from .openapi import build_spec
@@ -1149,6 +1177,7 @@ def openapi_document() -> Response:
     return json_response(build_spec(prefix))
 
 
+@requires(VIEWER)
 def not_found(rest: str) -> Response:
     """Any other path under ``/api/``: 404, or 405 when the path exists for other methods."""
     adapter = current_app.url_map.bind_to_environ(request.environ)

@@ -39,6 +39,7 @@ from flask import Blueprint, request
 from flask_sock import Sock  # type: ignore[import-untyped]
 
 from . import get_state
+from .auth import VIEWER, requires
 from .views import (
     BadInput,
     TaskFilter,
@@ -216,6 +217,7 @@ class Feed:
         }
 
 
+@requires(VIEWER)
 def feed(ws: Any) -> None:
     """Serve one page's websocket until the page goes away (see the module docstring)."""
     service = get_state().monitor
