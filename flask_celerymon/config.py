@@ -393,7 +393,10 @@ def check_backend_url(value: Any) -> None:
     from celery.app.backends import BACKEND_ALIASES
 
     key = "CELERY_RESULT_BACKEND"
-    if "://" in value or "//" in value or value.lower() not in BACKEND_ALIASES and not (
-        "." in value or ":" in value
+    if (
+        "://" in value
+        or "//" in value
+        or value.lower() not in BACKEND_ALIASES
+        and not ("." in value or ":" in value)
     ):
         _check_url(key, value, BACKEND_ALIASES, "result backend")

@@ -5,6 +5,10 @@ A :class:`Future` *is* a :class:`concurrent.futures.Future`, so ``concurrent.fut
 result backend directly, and a per-app :class:`ResultWatcher` thread (started only while somebody
 waits through ``wait``/``as_completed`` or has a done-callback) polls the backend in batches and
 completes the future, so callbacks run once when the task finishes even if nobody waits.
+
+In eager mode Celery hands back an :class:`~celery.result.EagerResult`, which is finished when
+it is created and has no result backend: its future is completed at once, so every method
+answers from it without a backend call.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from celery import states
-from celery.result import AsyncResult
+from celery.result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
     import celery
@@ -58,6 +62,8 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self._name = name
         self._finish_lock = threading.Lock()
         self._waiters = _NotifyingList(self._watch)
+        if isinstance(result, EagerResult):  # ran already, in this thread; it has no backend
+            self._sync()
 
     # -- Celery-side properties -------------------------------------------------------
     @property
@@ -144,6 +150,9 @@ class Future(cf.Future):  # type: ignore[type-arg]
         timeout once a second.
         """
         if super().done():
+            return
+        if self._async.backend is None:  # nothing to wait on: what we have is all there is
+            self._sync()
             return
         if timeout is None:
             self._async.get(propagate=False, disable_sync_subtasks=False)
