@@ -117,7 +117,8 @@ def _record_pending(
         backend.store_result(task_id, None, states.PENDING, request=request)
     except Exception as exc:
         if network.is_connection_error(exc):  # the send fails: the caller gets the error
-            raise network.BackendUnreachable(str(exc)) from exc
+            text = network.message(task.app, "apply_async()", network.BACKEND, exc)
+            raise network.BackendUnreachable(text, exc) from None
         log.warning(
             "could not record task %s as PENDING in the result backend", task_id, exc_info=True
         )

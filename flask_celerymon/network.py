@@ -39,8 +39,16 @@ class WaitTimeout(concurrent.futures.TimeoutError):
     error (Python's ``TimeoutError`` is an ``OSError``, like a socket's)."""
 
 
-class BackendUnreachable(ConnectionError):
-    """Raised inside a send when the result backend (not the broker) failed; never escapes."""
+class BackendUnreachable(ConnectionFailed):
+    """A send's PENDING record could not be written: the result backend (not the broker) failed.
+
+    Raised by ``Task.apply_async`` (so ``delay()`` raises it as it is); ``submit``/``map`` turn
+    it into their own error. ``reason`` is the client's exception.
+    """
+
+    def __init__(self, text: str, reason: BaseException) -> None:
+        super().__init__(text)
+        self.reason = reason
 
 
 def bounded_settings(conf: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -94,7 +102,6 @@ def connection_errors() -> tuple[type[BaseException], ...]:
     errors: list[type[BaseException]] = [
         OSError,  # ConnectionError, socket.timeout, TimeoutError, refused, DNS
         kombu.exceptions.OperationalError,
-        BackendUnreachable,
     ]
     with contextlib.suppress(ImportError):
         import redis.exceptions
@@ -120,23 +127,27 @@ def is_connection_error(exc: BaseException) -> bool:
 
 
 def part_of(exc: BaseException, default: str) -> str:
-    """Which server an error came from: the backend when our send marked it, else ``default``."""
-    if isinstance(exc, BackendUnreachable):
-        return BACKEND
+    """Which server an error came from: the backend for Celery's retry-limit error, else
+    ``default``."""
     if isinstance(exc, RuntimeError) and _RETRY_LIMIT in str(exc):
         return BACKEND
     return default
 
 
-def message(celery_app: Any, action: str, part: str, exc: BaseException, timeout: Any) -> str:
-    """``"submit() could not reach the broker at redis://... within 5 s ...; check ..."``."""
+def message(celery_app: Any, action: str, part: str, exc: BaseException) -> str:
+    """``"submit() could not reach the broker at redis://... within 5 s ...; check ..."``.
+
+    The bound named is the app's ``CELERY_SEND_TIMEOUT``, kept on the Celery app as
+    ``celerymon_send_timeout`` by ``init_app``.
+    """
+    timeout = getattr(celery_app, "celerymon_send_timeout", None)
     conf = celery_app.conf
     if part == BACKEND:
         url, key = conf.result_backend, "CELERY_RESULT_BACKEND"
     else:
         url, key = conf.broker_url, "CELERY_BROKER_URL"
     shown = mask_url(str(url)) if url else "(not configured)"
-    cause = exc.__cause__ if isinstance(exc, BackendUnreachable) and exc.__cause__ else exc
+    cause = exc.reason if isinstance(exc, BackendUnreachable) else exc
     text = " ".join(str(cause).split()) or type(cause).__name__
     within = f" within {timeout:g} s (CELERY_SEND_TIMEOUT)" if timeout else ""
     return (
@@ -156,15 +167,14 @@ def translated(
 
     ``action`` names what the caller did (``"submit()"``), ``part`` the server the block talks
     to unless the error says otherwise (see :func:`part_of`). Other exceptions pass through.
-    The bound named in the message is the app's ``CELERY_SEND_TIMEOUT`` (kept on the Celery
-    app as ``celerymon_send_timeout`` by ``init_app``).
     """
-    timeout = getattr(celery_app, "celerymon_send_timeout", None)
     try:
         yield
+    except BackendUnreachable as exc:
+        raise error(message(celery_app, action, BACKEND, exc)) from None
     except ConnectionFailed:
         raise
     except Exception as exc:
         if not is_connection_error(exc):
             raise
-        raise error(message(celery_app, action, part_of(exc, part), exc, timeout)) from None
+        raise error(message(celery_app, action, part_of(exc, part), exc)) from None

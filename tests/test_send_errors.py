@@ -194,3 +194,19 @@ def test_control_ping_with_a_live_broker_and_no_worker_answers_empty(redis_url):
         assert ext.control.ping(timeout=0.2) == {}
         assert ext.inspect.ping(timeout=0.2) == {}
         assert ext.status(timeout=0.2) == {}
+
+
+def test_delay_of_a_registered_task_names_the_result_backend(dead_url, caplog):
+    """Celery's own API (``delay``) gets the same clear error for the PENDING record."""
+    caplog.set_level(logging.DEBUG)
+    app = basic.create_app(CELERY_BROKER_URL=dead_url, CELERY_SEND_TIMEOUT=SEND_TIMEOUT)
+    with app.app_context():
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed) as info:
+            basic.registered.delay(2)
+        assert time.monotonic() - started < SEND_TIMEOUT + SLACK
+    assert str(info.value).startswith(
+        "apply_async() could not reach the result backend at "
+        f"{dead_url.replace('s3cret', '**')} within 1 s (CELERY_SEND_TIMEOUT): "
+    )
+    assert _no_traceback_logged(caplog) == []
