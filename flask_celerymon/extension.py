@@ -772,11 +772,13 @@ def _check_serializable(state: AppState, ref: str, args: Any, kwargs: Any) -> No
         try:
             dumps((list(args), dict(kwargs)), serializer=serializer)
         except EncodeError as exc:
-            raise _encode_error(exc, ref) from None
+            raise _encode_error(exc, ref, serializer) from None
 
 
-def _encode_error(exc: Exception, ref: str | None = None) -> SubmitError:
+def _encode_error(exc: Exception, ref: str | None = None, serializer: str = "json") -> SubmitError:
     what = f"the arguments of {ref}" if ref else "the task arguments"
+    if serializer != "json":
+        return SubmitError(f"{what} cannot be serialised with {serializer} ({exc})")
     return SubmitError(
         f"{what} cannot be serialised as JSON ({exc}); pass plain data (ids, strings, numbers, "
         "lists, dicts), or opt in to pickle with CELERY_ALLOW_PICKLE = True"

@@ -210,3 +210,14 @@ def test_delay_of_a_registered_task_names_the_result_backend(dead_url, caplog):
         f"{dead_url.replace('s3cret', '**')} within 1 s (CELERY_SEND_TIMEOUT): "
     )
     assert _no_traceback_logged(caplog) == []
+
+
+def test_arguments_are_checked_with_the_configured_serializer():
+    import threading
+
+    app, ext = production_app(CELERY_BROKER_URL="memory://", CELERY_ALLOW_PICKLE=True)
+    with app.app_context(), pytest.raises(SubmitError) as info:
+        ext.submit(basic.add, 1, threading.Lock())
+    assert str(info.value).startswith(
+        "the arguments of tests.apps.basic:add cannot be serialised with pickle ("
+    )
