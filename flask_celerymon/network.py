@@ -55,19 +55,25 @@ def bounded_settings(conf: dict[str, Any], timeout: float) -> dict[str, Any]:
     """The Celery settings that bound broker and backend calls to ``timeout`` seconds.
 
     ``conf`` is the Celery configuration being built (the app's own settings in it win); the
-    answer holds only the keys to add. Redis is the only client with unbounded defaults
-    (no connect timeout, 20 backend retries one second apart); AMQP already uses
-    ``broker_connection_timeout``.
+    answer holds only the keys to add. Redis has unbounded defaults (no connect timeout, no
+    read timeout, 20 backend retries one second apart); kombu's reconnect loop sleeps whole
+    seconds; AMQP connects within ``broker_connection_timeout``.
     """
     out: dict[str, Any] = {}
     connect = max(0.1, timeout / 2)
     if "broker_connection_timeout" not in conf:
         out["broker_connection_timeout"] = min(4.0, connect)
+    options = dict(conf.get("broker_transport_options") or {})
+    # kombu's reconnect loop behind ``Connection.default_channel`` (remote control, purge):
+    # it sleeps a whole second between tries and may run twice in one call
+    options.setdefault("connect_retries_timeout", timeout / 4)
+    options.setdefault("interval_start", 0)
+    options.setdefault("interval_step", timeout / 8)
+    options.setdefault("interval_max", timeout / 4)
     if _scheme(conf.get("broker_url")) in ("redis", "rediss", "sentinel"):
-        options = dict(conf.get("broker_transport_options") or {})
         options.setdefault("socket_connect_timeout", connect)
         options.setdefault("socket_timeout", timeout)  # kombu's advice: a publish can hang
-        out["broker_transport_options"] = options
+    out["broker_transport_options"] = options
     if _scheme(conf.get("result_backend")) in ("redis", "rediss", "sentinel"):
         for key in ("redis_socket_connect_timeout", "redis_socket_timeout"):
             if key not in conf:  # Celery's defaults: none, and 120 s

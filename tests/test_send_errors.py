@@ -94,10 +94,10 @@ def test_every_network_call_fails_fast_naming_the_masked_url(call, dead_url, cap
     assert _no_traceback_logged(caplog) == []
 
 
-def test_a_dead_broker_behind_a_working_result_backend_is_named(redis_url, caplog):
+def test_a_dead_broker_behind_a_working_result_backend_is_named(dead_url, redis_url, caplog):
     caplog.set_level(logging.DEBUG)
-    dead = f"redis://127.0.0.1:{free_port()}/0"
-    app, ext = production_app(CELERY_BROKER_URL=dead, CELERY_RESULT_BACKEND=redis_url)
+    dead = dead_url.replace("s3cret", "**")
+    app, ext = production_app(CELERY_BROKER_URL=dead_url, CELERY_RESULT_BACKEND=redis_url)
     with app.app_context():
         started = time.monotonic()
         with pytest.raises(SubmitConnectionError) as info:
@@ -169,7 +169,14 @@ def test_submit_to_a_live_broker_still_works_with_the_bounded_settings(redis_url
     conf = ext.get_app(app).conf
     assert conf.redis_socket_connect_timeout == 0.5 and conf.redis_socket_timeout == 0.5
     assert conf.result_backend_transport_options["retry_policy"]["timeout"] == SEND_TIMEOUT
-    assert conf.broker_transport_options == {"socket_connect_timeout": 0.5, "socket_timeout": 1}
+    assert conf.broker_transport_options == {
+        "socket_connect_timeout": 0.5,
+        "socket_timeout": 1,
+        "connect_retries_timeout": 0.25,
+        "interval_start": 0,
+        "interval_step": 0.125,
+        "interval_max": 0.25,
+    }
     with app.app_context():
         future = ext.submit(basic.add, 1, 2)
         assert future.state == "PENDING"  # recorded, waiting for a worker
@@ -184,7 +191,8 @@ def test_settings_the_app_gives_win_over_the_bounded_defaults():
     )
     conf = ext.get_app(app).conf
     assert conf.redis_socket_timeout == 30
-    assert conf.broker_transport_options == {"socket_timeout": 9, "socket_connect_timeout": 0.5}
+    assert conf.broker_transport_options["socket_timeout"] == 9
+    assert conf.broker_transport_options["socket_connect_timeout"] == 0.5
     assert conf.result_backend_transport_options == {"retry_policy": {"max_retries": 20}}
 
 
@@ -221,3 +229,51 @@ def test_arguments_are_checked_with_the_configured_serializer():
     assert str(info.value).startswith(
         "the arguments of tests.apps.basic:add cannot be serialised with pickle ("
     )
+
+
+def _remote_methods():
+    """Every public method of Celery's Inspect and Control, as celery.inspect/control offer it."""
+    import inspect as pyinspect
+
+    from celery.app.control import Control, Inspect
+
+    from flask_celerymon.extension import _NOT_COMMANDS
+
+    out = []
+    for kind, cls in (("inspect", Inspect), ("control", Control)):
+        for name, fn in sorted(vars(cls).items()):
+            if name.startswith("_") or not callable(fn) or name in _NOT_COMMANDS:
+                continue
+            params = list(pyinspect.signature(fn).parameters.values())[1:]
+            required = [
+                p
+                for p in params
+                if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            ]
+            out.append(pytest.param(kind, name, ["x"] * len(required), id=f"{kind}.{name}"))
+    return out
+
+
+@pytest.mark.parametrize(("kind", "method", "args"), _remote_methods())
+def test_every_remote_control_call_names_a_broker_that_does_not_answer(kind, method, args, caplog):
+    """The kind, generated from Celery's own classes: no remote call escapes as a raw error."""
+    caplog.set_level(logging.DEBUG)
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    app, ext = production_app(CELERY_BROKER_URL=dead, CELERY_RESULT_BACKEND="cache+memory://")
+    with app.app_context():
+        call = getattr(getattr(ext, kind), method)
+        started = time.monotonic()
+        with pytest.raises(ConnectionFailed) as info:
+            call(*args, timeout=0.2)
+        assert time.monotonic() - started < SEND_TIMEOUT + SLACK
+    assert str(info.value).startswith(
+        f"celery.{kind}.{method}() could not reach the broker at {dead} within 1 s"
+    )
+    assert _no_traceback_logged(caplog) == []
+
+
+def test_every_public_future_member_is_covered_by_the_dead_backend_matrix():
+    """A new Future method that reads the backend must join FUTURE_CALLS (or be pure)."""
+    pure = {"id", "name", "async_result", "status", "add_done_callback"}
+    public = {n for n in vars(Future) if not n.startswith("_")}
+    assert public - pure == set(FUTURE_CALLS)
