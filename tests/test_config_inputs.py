@@ -12,8 +12,9 @@ from flask_celerymon.config import OWN_KEYS, known_keys, suggest_key
 
 
 def make_app(**config):
+    """An eager app: one without a broker URL (a typo) must not start the embedded broker."""
     app = Flask("tests.apps.basic")
-    app.config.update(CELERY_MONITOR_BLUEPRINT=False, CELERY_START_LOCAL_WORKERS=False, **config)
+    app.config.update(CELERY_MONITOR_BLUEPRINT=False, CELERY_TASK_ALWAYS_EAGER=True, **config)
     return app
 
 

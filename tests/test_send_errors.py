@@ -277,3 +277,37 @@ def test_every_public_future_member_is_covered_by_the_dead_backend_matrix():
     pure = {"id", "name", "async_result", "status", "add_done_callback"}
     public = {n for n in vars(Future) if not n.startswith("_")}
     assert public - pure == set(FUTURE_CALLS)
+
+
+def test_the_result_watcher_logs_one_line_per_backend_outage(caplog):
+    """Nobody receives the watcher's errors, so it logs them: once, without a traceback."""
+    from flask_celerymon.futures import ResultWatcher
+
+    caplog.set_level(logging.DEBUG, logger="flask_celerymon.futures")
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    app, ext = production_app(CELERY_BROKER_URL=dead)
+    celery_app = ext.get_app(app)
+    watcher = ResultWatcher(celery_app)
+    polls = []
+    fetch = watcher._fetch
+
+    def counting_fetch(ids):
+        polls.append(ids)
+        return fetch(ids)
+
+    watcher._fetch = counting_fetch
+    try:
+        future = Future(celery_app.AsyncResult("0f6c1c0e-0000-0000-0000-000000000000"), watcher)
+        future.add_done_callback(lambda f: None)
+        deadline = time.monotonic() + 20
+        while len(polls) < 3:  # three failed polls, one second apart
+            assert time.monotonic() < deadline, polls
+            time.sleep(0.05)
+    finally:
+        watcher.stop()
+    records = [r for r in caplog.records if r.name == "flask_celerymon.futures"]
+    assert [r.getMessage() for r in records] == [
+        "polling the result backend for 1 futures failed (Error 111 connecting to "
+        f"{dead[len('redis://') : -2]}. Connection refused.); retrying every second"
+    ]
+    assert not records[0].exc_info
