@@ -18,7 +18,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from .errors import StartError
+from .errors import ConnectionFailed, StartError
 from .processes import ROLE_ENV, ManagedProcess, check_broker, worker_args
 
 if TYPE_CHECKING:
@@ -299,7 +299,10 @@ def status(timeout: float) -> None:
 
     state = _state()
     _check_broker(state)
-    replies = state.extension.status(timeout=timeout)
+    try:
+        replies = state.extension.status(timeout=timeout)
+    except ConnectionFailed as exc:  # the broker went away after the check
+        raise click.ClickException(str(exc)) from None
     if not replies:
         url = maybe_sanitize_url(state.celery_app.conf.broker_url)
         raise click.ClickException(f"no worker replied within {timeout:g}s on {url}")
@@ -398,7 +401,10 @@ def _remote(
     _check_broker(state)
     nodes = [d.strip() for d in destination.split(",") if d.strip()] if destination else None
     if method == "shutdown":  # a worker shutting down sends no reply
-        state.celery_app.control.broadcast(method, arguments=arguments, destination=nodes)
+        try:
+            state.celery_app.control.broadcast(method, arguments=arguments, destination=nodes)
+        except Exception as exc:  # noqa: BLE001 - transport errors become one line
+            raise click.ClickException(f"{kind} {method} failed: {exc}") from None
         click.echo(f"shutdown sent to {', '.join(nodes) if nodes else 'every worker'}")
         return
     try:

@@ -9,14 +9,21 @@ Reading rules:
   legacy and the new name are given the new one wins.
 * Our own keys (:data:`OWN_KEYS`) are validated and never reach Celery's conf.
 * Every other Flask key (``SECRET_KEY``, database URLs ...) is ignored; an unknown ``CELERY_*``
-  key is logged as a warning because it is most likely a typo.
+  key is most likely a typo: it is logged as a warning naming the closest known key ("did you
+  mean CELERY_BROKER_URL?"), or refused with :class:`ConfigurationError` when
+  ``CELERY_STRICT_CONFIG`` is on.
+* The broker and result backend URLs are checked without connecting: a scheme kombu (broker) or
+  Celery (backend) knows, ``://`` after it, and a parseable host and port.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
-from collections.abc import Callable, Mapping
+import re
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,6 +150,7 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_WORKERS": (1, lambda v: True, "a number, a list of names or a dict of name -> options"),
     "CELERY_START_LOCAL_WORKERS": (True, _is_bool, "True or False"),
     "CELERY_START_TIMEOUT": (30, _is_pos_number, "a number of seconds > 0"),
+    "CELERY_STOP_TIMEOUT": (30, _is_nonneg_number, "a number of seconds >= 0"),
     "CELERY_LOG_LEVEL": ("info", _is_log_level, "one of " + ", ".join(LOG_LEVELS)),
     "CELERY_LOG_DIR": (None, _is_opt_str, "a directory path or None"),
     "CELERY_SCHEDULER": (True, _is_bool, "True or False"),
@@ -158,6 +166,9 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
         "a list of module prefixes or 'module:function' references",
     ),
     "CELERY_ALLOW_PICKLE": (False, _is_bool, "True or False"),
+    "CELERY_SEND_TIMEOUT": (5.0, _is_pos_number, "a number of seconds > 0"),
+    # reading the config
+    "CELERY_STRICT_CONFIG": (False, _is_bool, "True or False"),
     # embedded broker
     "CELERY_EMBEDDED_BROKER_DIR": (None, _is_opt_str, "a directory path or None"),
     # monitor
@@ -355,17 +366,21 @@ def load(config: Mapping[str, Any], instance_path: str) -> Settings:
 
     legacy: dict[str, Any] = {}
     new: dict[str, Any] = {}
+    unknown: list[str] = []
     for key, value in config.items():
         if key in OWN_KEYS or not key.startswith("CELERY"):
             continue
         name = celery_key(key)
         if name is None:
-            log.warning("Flask config key %s is not a Celery setting nor ours; ignored", key)
+            unknown.append(key)
             continue
         (legacy if key in _LEGACY else new)[name] = value
     celery_conf = {**legacy, **new}
 
+    _check_unknown_keys(unknown, strict=own["CELERY_STRICT_CONFIG"])
     _check_serializers(celery_conf, own["CELERY_ALLOW_PICKLE"])
+    check_broker_url(celery_conf.get("broker_url"))
+    check_backend_url(celery_conf.get("result_backend"))
     return Settings(own=own, celery=celery_conf, workers=workers, instance_path=instance_path)
 
 
@@ -394,3 +409,107 @@ def _check_serializers(conf: dict[str, Any], allow_pickle: bool) -> None:
         conf.setdefault("result_serializer", "pickle")
         conf.setdefault("accept_content", ["json", "pickle"])
         conf.setdefault("result_accept_content", ["json", "pickle"])
+
+
+def known_keys() -> list[str]:
+    """Every Flask config key flask_celerymon reads: ours, Celery's new and legacy names."""
+    return sorted({*OWN_KEYS, *(f"CELERY_{name.upper()}" for name in _CELERY_SETTINGS), *_LEGACY})
+
+
+def suggest_key(key: str) -> str | None:
+    """The known config key closest to ``key`` (a typo), or None when none is close."""
+    matches = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.85)
+    return matches[0] if matches else None
+
+
+def _check_unknown_keys(keys: list[str], strict: bool) -> None:
+    """Warn about (or, with ``CELERY_STRICT_CONFIG``, refuse) ``CELERY*`` keys nobody reads."""
+    messages = []
+    for key in sorted(keys):
+        near = suggest_key(key)
+        hint = f"did you mean {near}?" if near else "it is not a Celery setting nor ours"
+        messages.append(f"Flask config key {key} is unknown; {hint}")
+    if not messages:
+        return
+    if strict:
+        raise ConfigurationError(
+            "; ".join(messages) + " (CELERY_STRICT_CONFIG is on: fix or remove the key)"
+        )
+    for message in messages:
+        log.warning("%s; ignored", message)
+
+
+def _scheme(url: str) -> str:
+    """``sqla+postgresql://...`` -> ``sqla``; ``redis+socket://`` -> ``redis``."""
+    return url.partition("://")[0].partition("+")[0].lower()
+
+
+def mask_url(url: str) -> str:
+    """``url`` as written, with the password of its user part replaced by ``**``.
+
+    Unlike kombu's ``maybe_sanitize_url`` it never normalises the URL and never fails, so the
+    value shown in an error is the value in the config.
+    """
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1**@", url)
+
+
+def _check_url(key: str, url: str, known: Iterable[str], what: str) -> None:
+    shown = mask_url(url)
+    if "://" not in url:
+        raise ConfigurationError(
+            f"{key} = {shown!r} is not a URL: write it as scheme://host:port/... "
+            f"(e.g. redis://127.0.0.1:6379/0)"
+        )
+    scheme = _scheme(url)
+    if scheme not in known:
+        raise ConfigurationError(
+            f"{key} = {shown!r}: {scheme!r} is not a {what} scheme; use one of "
+            + ", ".join(sorted(known))
+        )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0-65535
+    except ValueError as exc:
+        raise ConfigurationError(f"{key} = {shown!r} cannot be parsed: {exc}") from None
+
+
+def check_broker_url(value: Any) -> None:
+    """Raise :class:`ConfigurationError` for a ``CELERY_BROKER_URL`` kombu cannot use.
+
+    ``value`` is None (the embedded broker), a URL, a ``;``-separated failover list or a list of
+    URLs. Nothing is imported and nothing connects.
+    """
+    if value is None or value == "":
+        return
+    key = "CELERY_BROKER_URL"
+    if isinstance(value, str):
+        urls = [u.strip() for u in value.split(";")]
+    elif isinstance(value, (list, tuple)) and all(isinstance(u, str) for u in value):
+        urls = list(value)
+    else:
+        raise ConfigurationError(f"{key} must be a URL string or a list of them, not {value!r}")
+    from kombu.transport import TRANSPORT_ALIASES
+
+    for url in urls:
+        _check_url(key, url, TRANSPORT_ALIASES, "broker (kombu transport)")
+
+
+def check_backend_url(value: Any) -> None:
+    """Raise :class:`ConfigurationError` for a ``CELERY_RESULT_BACKEND`` Celery cannot use.
+
+    A URL needs a scheme Celery knows (``redis://``, ``db+sqlite://``, ``cache+memory://``...);
+    without ``://`` the value must be a backend alias (``rpc``, ``disabled``) or an import path
+    of a backend class (``package.module:Backend``), which Celery resolves when first used.
+    """
+    if value is None or value == "" or not isinstance(value, str):
+        return
+    from celery.app.backends import BACKEND_ALIASES
+
+    key = "CELERY_RESULT_BACKEND"
+    if (
+        "://" in value
+        or "//" in value
+        or value.lower() not in BACKEND_ALIASES
+        and not ("." in value or ":" in value)
+    ):
+        _check_url(key, value, BACKEND_ALIASES, "result backend")

@@ -30,6 +30,7 @@ from kombu.exceptions import EncodeError
 from werkzeug.local import LocalProxy
 
 from . import config as config_mod
+from . import network
 from .context import AppContextCelery, combine_base, run_like_a_worker, traced_in_app_context
 from .dispatch import DISPATCH_TASK_NAME, Allowlist, reference_of, run_reference
 from .errors import (
@@ -37,6 +38,7 @@ from .errors import (
     ConfigurationError,
     DispatchRefused,
     NotInitializedError,
+    SubmitConnectionError,
     SubmitError,
     TaskNotFound,
 )
@@ -155,7 +157,10 @@ def _record_pending(
     )
     try:
         backend.store_result(task_id, None, states.PENDING, request=request)
-    except Exception:  # noqa: BLE001 - never block a send on the bookkeeping write
+    except Exception as exc:
+        if network.is_connection_error(exc):  # the send fails: the caller gets the error
+            text = network.message(task.app, "apply_async()", network.BACKEND, exc)
+            raise network.BackendUnreachable(text, exc) from None
         log.warning(
             "could not record task %s as PENDING in the result backend", task_id, exc_info=True
         )
@@ -394,13 +399,15 @@ class _Commands:
             if self._kind == "control":
                 params = pyinspect.signature(bound).parameters
                 open_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-                if "reply" in params or open_kw:
+                if ("reply" in params or open_kw) and method not in _REPLIES_ALWAYS:
                     kwargs.setdefault("reply", True)
                 if "timeout" in params or open_kw:
                     kwargs.setdefault("timeout", timeout)
                 if destination is not None and ("destination" in params or open_kw):
                     kwargs.setdefault("destination", _destination(destination))
-            return _merge(bound(*args, **kwargs))
+            capp = self._extension._state().celery_app
+            with network.translated(capp, f"celery.{self._kind}.{method}()"):
+                return _merge(bound(*args, **kwargs))
 
         call.__name__ = method
         call.__doc__ = fn.__doc__
@@ -414,6 +421,9 @@ class _Commands:
 
 
 _NOT_COMMANDS = frozenset({"app", "mailbox", "inspect", "Mailbox", "election"})
+#: control methods that pass ``reply=True`` to ``broadcast`` themselves (a second one is a
+#: TypeError)
+_REPLIES_ALWAYS = frozenset({"ping"})
 
 
 def _destination(destination: Any) -> list[str] | None:
@@ -518,8 +528,10 @@ class Celery:
         else:
             conf.setdefault("result_backend", _default_backend(conf["broker_url"]))
         conf["beat_schedule"] = dict(conf.get("beat_schedule") or {})
+        conf.update(network.bounded_settings(conf, settings["CELERY_SEND_TIMEOUT"]))
         celery_app.conf.update(conf)
         celery_app.flask_app = app  # read by AppContextTask
+        celery_app.celerymon_send_timeout = settings["CELERY_SEND_TIMEOUT"]  # read by network
         return celery_app
 
     def _make_allowlist(self, app: Flask, settings: config_mod.Settings) -> Allowlist:
@@ -674,7 +686,7 @@ class Celery:
         options = _pop_options(kwargs)
         sig = self._signature(state, fn, args, kwargs)
         state.ensure_local_processes()
-        return self._send(state, sig, options)
+        return self._send(state, sig, options, "submit()")
 
     def map(self, fn: Callable[..., Any], *iterables: Any, **kwargs: Any) -> FuturePool:
         """Send one call per positional argument as a single group; return a :class:`FuturePool`.
@@ -694,7 +706,8 @@ class Celery:
         for sig, task_id in zip(sigs, task_ids):
             sig.set(task_id=task_id)
         try:
-            group_result = celery_pkg.group(sigs, app=state.celery_app).apply_async(**options)
+            with _sending(state, "map()"):
+                group_result = celery_pkg.group(sigs, app=state.celery_app).apply_async(**options)
         except EncodeError as exc:
             raise _encode_error(exc) from None
         futures = [
@@ -709,7 +722,8 @@ class Celery:
             raise TypeError(f"get() takes a task id string, not {task_id!r}")
         state = self._state()
         result = state.celery_app.AsyncResult(task_id)
-        meta = result.backend.get_task_meta(task_id)
+        with network.translated(state.celery_app, "get()", network.BACKEND):
+            meta = result.backend.get_task_meta(task_id)
         if meta.get("status") == states.PENDING and not meta.get("task_id"):
             raise TaskNotFound(
                 f"no task with id {task_id!r} is known to the result backend: it was not sent "
@@ -720,10 +734,10 @@ class Celery:
     def _signature(
         self, state: AppState, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if isinstance(fn, TaskProxy):
-            return fn.bound(state).s(*args, **kwargs)
-        if isinstance(fn, CeleryTask):
-            return fn.s(*args, **kwargs)
+        if isinstance(fn, (TaskProxy, CeleryTask)):
+            task = fn.bound(state) if isinstance(fn, TaskProxy) else fn
+            _check_serializable(state, task.name, args, kwargs)
+            return task.s(*args, **kwargs)
         ref = reference_of(fn)
         if not state.allowlist.allows(ref):
             raise SubmitError(
@@ -734,8 +748,7 @@ class Celery:
             state.allowlist.resolve(ref, state.celery_app.tasks)
         except DispatchRefused as exc:
             raise SubmitError(str(exc)) from None
-        if state.eager:
-            _check_serializable(state, ref, args, kwargs)
+        _check_serializable(state, ref, args, kwargs)
         # Events and the monitor show the function's own name and arguments, not the wrapper's.
         return state.dispatch_task.s(ref, list(args), dict(kwargs)).set(
             shadow=ref,
@@ -743,17 +756,23 @@ class Celery:
             kwargsrepr=saferepr(dict(kwargs), ARGSREPR_MAXSIZE),
         )
 
-    def _send(self, state: AppState, sig: Any, options: dict[str, Any]) -> Future:
+    def _send(self, state: AppState, sig: Any, options: dict[str, Any], action: str) -> Future:
         try:
-            result = sig.apply_async(**options)
+            with _sending(state, action):
+                result = sig.apply_async(**options)
         except EncodeError as exc:
             raise _encode_error(exc) from None
         return Future(result, state.watcher, name=sig.options.get("shadow") or sig.task)
 
     # -- workers ------------------------------------------------------------------------
     def status(self, timeout: float = 1.0) -> dict[str, str]:
-        """``{"name@host": "OK"}`` for every worker answering a ping within ``timeout``."""
-        replies = self._state().celery_app.control.inspect(timeout=timeout).ping() or {}
+        """``{"name@host": "OK"}`` for every worker answering a ping within ``timeout``.
+
+        Raises :class:`~flask_celerymon.errors.ConnectionFailed` when the broker does not answer.
+        """
+        state = self._state()
+        with network.translated(state.celery_app, "status()"):
+            replies = state.celery_app.control.inspect(timeout=timeout).ping() or {}
         return {
             name: "OK" if (r or {}).get("ok") == "pong" else str(r)
             for name, r in sorted(replies.items())
@@ -833,18 +852,34 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _sending(state: AppState, action: str) -> Any:
+    """Turn a broker or backend that does not answer during a send into a SubmitError."""
+    return network.translated(state.celery_app, action, network.BROKER, SubmitConnectionError)
+
+
 def _check_serializable(state: AppState, ref: str, args: Any, kwargs: Any) -> None:
-    """Eager mode never serialises; fail the same way a real send would."""
+    """Encode the arguments as the send would, before any network call (and in eager mode).
+
+    The message body uses ``task_serializer``; with ``result_extended`` the PENDING record
+    written first carries the arguments too, in ``result_serializer``.
+    """
     from kombu.serialization import dumps
 
-    try:
-        dumps((args, kwargs), serializer=state.celery_app.conf.task_serializer)
-    except EncodeError as exc:
-        raise _encode_error(exc, ref) from None
+    conf = state.celery_app.conf
+    serializers = {conf.task_serializer}
+    if conf.result_extended:
+        serializers.add(conf.result_serializer)
+    for serializer in sorted(serializers):
+        try:
+            dumps((list(args), dict(kwargs)), serializer=serializer)
+        except EncodeError as exc:
+            raise _encode_error(exc, ref, serializer) from None
 
 
-def _encode_error(exc: Exception, ref: str | None = None) -> SubmitError:
+def _encode_error(exc: Exception, ref: str | None = None, serializer: str = "json") -> SubmitError:
     what = f"the arguments of {ref}" if ref else "the task arguments"
+    if serializer != "json":
+        return SubmitError(f"{what} cannot be serialised with {serializer} ({exc})")
     return SubmitError(
         f"{what} cannot be serialised as JSON ({exc}); pass plain data (ids, strings, numbers, "
         "lists, dicts), or opt in to pickle with CELERY_ALLOW_PICKLE = True"

@@ -125,7 +125,10 @@ def test_unknown_celery_key_is_logged(caplog):
     caplog.set_level(logging.WARNING, logger="flask_celerymon.config")
     app = eager_app(CELERY_BROKR_URL="redis://typo")
     Celery(app)
-    assert "CELERY_BROKR_URL is not a Celery setting nor ours; ignored" in caplog.text
+    assert (
+        "Flask config key CELERY_BROKR_URL is unknown; did you mean CELERY_BROKER_URL?; ignored"
+        in caplog.text
+    )
 
 
 @pytest.mark.parametrize(
