@@ -25,7 +25,7 @@ def get_state() -> AppState:
 
 def make_blueprint() -> Blueprint:
     """A fresh blueprint with every part of the monitor registered on it."""
-    from . import api, guard, live, metrics, views
+    from . import api, guard, hardening, live, metrics, views
 
     bp = Blueprint(
         BLUEPRINT_NAME,
@@ -34,7 +34,10 @@ def make_blueprint() -> Blueprint:
         static_folder="../static/celerymon",
         static_url_path="/static",
     )
-    guard.register(bp)  # refuse first: a refused request must not start the service
+    # refuse first (wrong host, foreign websocket, then who may do what): a refused request
+    # must not start the service
+    hardening.register(bp)
+    guard.register(bp)
     bp.before_request(_start_service)
     api.register(bp)
     views.register(bp)
