@@ -12,8 +12,9 @@ routes (pages, API, websocket, metrics) and never to the host app's. In request 
 * **Websocket origin** (``before_request``): the live feed (``<prefix>/ws``) refuses with 403 a
   handshake a browser sends from another origin (:func:`.guard.cross_site_reason`); without it
   any site could open the feed and read task arguments and results.
-* **Body size** (``before_request``): ``request.max_content_length`` is set to
-  ``CELERY_MONITOR_MAX_CONTENT_LENGTH`` bytes, so a larger body is answered 413 when it is read.
+* **Body size** (``before_request``): a body larger than ``CELERY_MONITOR_MAX_CONTENT_LENGTH``
+  bytes is answered ``413 {"error": ...}`` (at once when ``Content-Length`` says so, else as
+  soon as it is read: ``request.max_content_length``).
 * **Headers** (``after_request``): :data:`SECURITY_HEADERS` on every monitor response: a strict
   ``Content-Security-Policy`` (scripts, styles and connections from this origin only, no inline
   script, no framing), ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff`` and
@@ -150,10 +151,10 @@ def json_depth(raw: bytes | str, stop_above: int | None = None) -> int:
     """How deep arrays and objects nest in the JSON text ``raw`` (0 for a scalar).
 
     Brackets inside strings do not count. Linear in ``len(raw)``, no recursion; stops
-    counting once the depth exceeds ``stop_above``. Bytes are scanned as Latin-1, which keeps
-    every ASCII bracket and quote of UTF-8 and UTF-16 text where it is.
+    counting once the depth exceeds ``stop_above``. Bytes are decoded as :func:`json.loads`
+    would (UTF-8, -16 or -32, detected).
     """
-    text = raw.decode("latin-1") if isinstance(raw, bytes) else raw
+    text = raw if isinstance(raw, str) else raw.decode(json.detect_encoding(raw), "surrogatepass")
     brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
     depth = deepest = 0
     for ch in brackets:
@@ -274,8 +275,15 @@ def check_live_origin() -> Response | None:
 
 
 def limit_body() -> None:
-    """Cap the request body at ``CELERY_MONITOR_MAX_CONTENT_LENGTH`` bytes (413 beyond)."""
-    request.max_content_length = _settings()["CELERY_MONITOR_MAX_CONTENT_LENGTH"]
+    """Cap the request body at ``CELERY_MONITOR_MAX_CONTENT_LENGTH`` bytes.
+
+    Raises RequestEntityTooLarge (413) at once when ``Content-Length`` says more, whether or
+    not the view reads the body; a body of unknown length is cut when it is read.
+    """
+    limit = _settings()["CELERY_MONITOR_MAX_CONTENT_LENGTH"]
+    request.max_content_length = limit
+    if request.content_length is not None and request.content_length > limit:
+        raise RequestEntityTooLarge()
 
 
 def before_request() -> Response | None:
