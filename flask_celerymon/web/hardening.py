@@ -13,8 +13,8 @@ routes (pages, API, websocket, metrics) and never to the host app's. In request 
   handshake a browser sends from another origin (:func:`.guard.cross_site_reason`); without it
   any site could open the feed and read task arguments and results.
 * **Body size** (``before_request``): a body larger than ``CELERY_MONITOR_MAX_CONTENT_LENGTH``
-  bytes is answered ``413 {"error": ...}`` (at once when ``Content-Length`` says so, else as
-  soon as it is read: ``request.max_content_length``).
+  bytes is answered ``413 {"error": ...}`` before any view runs (a chunked body is read
+  first, up to one byte past the limit).
 * **Headers** (``after_request``): :data:`SECURITY_HEADERS` on every monitor response: a strict
   ``Content-Security-Policy`` (scripts, styles and connections from this origin only, no inline
   script, no framing), ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff`` and
@@ -278,12 +278,21 @@ def limit_body() -> None:
     """Cap the request body at ``CELERY_MONITOR_MAX_CONTENT_LENGTH`` bytes.
 
     Raises RequestEntityTooLarge (413) at once when ``Content-Length`` says more, whether or
-    not the view reads the body; a body of unknown length is cut when it is read.
+    not the view reads the body. A chunked body (no ``Content-Length``) is read here, up to one
+    byte past the limit: werkzeug would silently cut it at the limit, and a cut form body is a
+    different request.
     """
     limit = _settings()["CELERY_MONITOR_MAX_CONTENT_LENGTH"]
-    request.max_content_length = limit
-    if request.content_length is not None and request.content_length > limit:
-        raise RequestEntityTooLarge()
+    if request.content_length is not None:
+        request.max_content_length = limit
+        if request.content_length > limit:
+            raise RequestEntityTooLarge()
+    elif "chunked" in request.headers.get("Transfer-Encoding", "").lower():
+        request.max_content_length = limit + 1
+        if len(request.get_data(cache=True)) > limit:
+            raise RequestEntityTooLarge()
+    else:
+        request.max_content_length = limit
 
 
 def before_request() -> Response | None:
