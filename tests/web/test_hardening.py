@@ -32,7 +32,7 @@ from flask_celerymon.web.hardening import (
     json_depth,
     load_json,
 )
-from tests.web.conftest import _dbs, make_monitored_app
+from tests.web.conftest import make_monitored_app
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "flask_celerymon" / "templates" / "celerymon"
 ADD = "tests.apps.basic.registered"
@@ -45,12 +45,12 @@ UPGRADE = {
 
 
 @pytest.fixture
-def make_app(redis_server, tmp_path):
-    """Build monitored apps (extra config) on a fresh Redis database; shut them down after."""
+def make_app(redis_url, tmp_path):
+    """Build monitored apps (extra config) on an emptied Redis database; shut them down after."""
     apps = []
 
     def make(**config: Any) -> Any:
-        app = make_monitored_app(redis_server.url(next(_dbs)), str(tmp_path), **config)
+        app = make_monitored_app(redis_url, str(tmp_path), **config)
         apps.append(app)
         return app
 

@@ -162,9 +162,9 @@ def test_a_page_of_another_origin_cannot_open_the_live_feed(site, browser):  # n
         t.close()
 
 
-def test_a_page_beyond_the_live_socket_cap_polls_then_goes_live(redis_server, tmp_path, browser):  # noqa: F811
+def test_a_page_beyond_the_live_socket_cap_polls_then_goes_live(redis_url, tmp_path, browser):  # noqa: F811
     app = make_monitored_app(
-        redis_server.url(next(_dbs)),
+        redis_url,
         str(tmp_path),
         CELERY_MONITOR_MAX_LIVE_SOCKETS=1,
         CELERY_MONITOR_POLL_INTERVAL=0.5,
