@@ -139,20 +139,54 @@ def monitor(port: int | None, address: str | None, threads: int) -> None:
     settings = state.settings
     port = settings["CELERY_MONITOR_PORT"] if port is None else port
     address = address or settings["CELERY_MONITOR_ADDRESS"]
+    open_locally = _check_exposure(settings, address)
     os.environ[ROLE_ENV] = "monitor"
-    app = make_monitor_app(state, address=address, threads=threads)
+    app = make_monitor_app(state, open_locally=open_locally, address=address, threads=threads)
+    if open_locally:
+        click.echo(
+            f"no authentication configured: the monitor is open to every user of this machine "
+            f"({address} is a loopback address)"
+        )
     click.echo(f"monitor of {state.app.name} on http://{address}:{port}/")
     serve(app, address, port, threads=threads)
 
 
+def _check_exposure(settings: Any, address: str) -> bool:
+    """Whether the standalone monitor may serve ``address``; True when it is open locally.
+
+    Without CELERY_MONITOR_BASIC_AUTH or CELERY_MONITOR_AUTH_PROVIDER (the standalone monitor
+    has no host app, so no flask-login) and without CELERY_MONITOR_ALLOW_ANONYMOUS, it serves
+    loopback addresses only, open (True); any other address is a click error.
+    """
+    from .processes import is_loopback
+
+    authenticated = bool(
+        settings["CELERY_MONITOR_BASIC_AUTH"] or settings["CELERY_MONITOR_AUTH_PROVIDER"]
+    )
+    if authenticated or settings["CELERY_MONITOR_ALLOW_ANONYMOUS"] is not False:
+        return False
+    if is_loopback(address):
+        return True
+    raise click.ClickException(
+        f"refusing to serve the monitor on {address} without authentication: set "
+        "CELERY_MONITOR_BASIC_AUTH or CELERY_MONITOR_AUTH_PROVIDER, bind a loopback address "
+        "(--address 127.0.0.1), or set CELERY_MONITOR_ALLOW_ANONYMOUS = True to open it on "
+        "purpose"
+    )
+
+
 def make_monitor_app(
-    state: AppState, address: str | None = None, threads: int | None = None
+    state: AppState,
+    open_locally: bool = False,
+    address: str | None = None,
+    threads: int | None = None,
 ) -> Flask:
     """A Flask app serving only the monitor of ``state.app``: same config, same extension.
 
     It shares the user's config (broker, secret key, monitor auth settings) and the extension
     object (so the monitor knows the app's tasks and schedules), never starts local processes,
-    and redirects ``/`` to the monitor's URL prefix.
+    and redirects ``/`` to the monitor's URL prefix. ``open_locally`` (a loopback bind without
+    authentication) lets anyone who reaches it in.
 
     Served on ``address`` (an IP address or name) by ``threads`` threads, it fills in what the
     user's config leaves unset: bound to a loopback address, it serves only the loopback host
@@ -162,7 +196,8 @@ def make_monitor_app(
     """
     from flask import redirect
 
-    from .web.hardening import LOOPBACK_HOSTS, is_loopback_address
+    from .processes import is_loopback
+    from .web.hardening import LOOPBACK_HOSTS
 
     user = state.app
     app = Flask(user.import_name, instance_path=user.instance_path, root_path=user.root_path)
@@ -170,9 +205,11 @@ def make_monitor_app(
     app.config.update(
         CELERY_START_LOCAL_WORKERS=False, CELERY_MONITOR=False, CELERY_MONITOR_BLUEPRINT=True
     )
+    if open_locally:
+        app.config["CELERY_MONITOR_ALLOW_ANONYMOUS"] = True
     if (
         address is not None
-        and is_loopback_address(address)
+        and is_loopback(address)
         and user.config.get("CELERY_MONITOR_TRUSTED_HOSTS") is None
         and user.config.get("TRUSTED_HOSTS") is None
     ):

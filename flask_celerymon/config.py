@@ -96,6 +96,51 @@ def _is_db(v: Any) -> bool:
     return v is None or v is False or (isinstance(v, str) and v != "")
 
 
+#: The monitor's roles, weakest first (each may do what the ones before it may).
+ROLES = ("viewer", "operator", "admin")
+
+#: ``CELERY_MONITOR_AUTH_PROVIDER`` values, with Flower's ``auth_provider`` class paths.
+AUTH_PROVIDERS = ("google", "github", "gitlab", "okta", "oidc")
+FLOWER_AUTH_PROVIDERS = {
+    "flower.views.auth.GoogleAuth2LoginHandler": "google",
+    "flower.views.auth.GithubLoginHandler": "github",
+    "flower.views.auth.GitLabLoginHandler": "gitlab",
+    "flower.views.auth.OktaLoginHandler": "okta",
+}
+
+
+def _is_anonymous(v: Any) -> bool:
+    return isinstance(v, bool) or v in ROLES
+
+
+def _is_role(v: Any) -> bool:
+    return v in ROLES
+
+
+def _is_basic_auth(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, str):
+        return v.strip() != ""
+    if isinstance(v, Mapping):
+        return bool(v) and all(
+            isinstance(k, str) and k and isinstance(p, (str, Mapping)) for k, p in v.items()
+        )
+    return _is_str_list(v) and len(v) > 0
+
+
+def _is_provider(v: Any) -> bool:
+    return v is None or v in AUTH_PROVIDERS or v in FLOWER_AUTH_PROVIDERS
+
+
+def _is_opt_callable(v: Any) -> bool:
+    return v is None or callable(v)
+
+
+def _is_url(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and v.startswith(("https://", "http://")))
+
+
 # name -> (default, validator, what a valid value is)
 OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     # local processes
@@ -109,6 +154,7 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_MONITOR_PORT": (5555, _is_port, "a port number 0-65535"),
     "CELERY_MONITOR_ADDRESS": ("127.0.0.1", _is_opt_str, "a host address"),
     "CELERY_APP_IMPORT": (None, _is_opt_str, "None or an import like 'module:create_app()'"),
+    "CELERY_EAGER_CALLER_CONTEXT": (False, _is_bool, "True or False"),
     # safe submit
     "CELERY_SUBMIT_ALLOWLIST": (
         None,
@@ -143,6 +189,54 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_MONITOR_READ_ONLY": (False, _is_bool, "True or False"),
     "CELERY_MONITOR_BROKER_API": (None, _is_opt_str, "a RabbitMQ management API URL or None"),
     "CELERY_MONITOR_QUEUES": ((), _is_str_list, "a list of queue names"),
+    # who may see and do what (flask_celerymon.web.auth, docs/security.rst)
+    "CELERY_MONITOR_ALLOW_ANONYMOUS": (
+        False,
+        _is_anonymous,
+        "False, True (anyone may do everything) or a role: " + ", ".join(ROLES),
+    ),
+    "CELERY_MONITOR_BASIC_AUTH": (
+        None,
+        _is_basic_auth,
+        "None, 'user:password[:role],...', a list of 'user:password[:role]' or a dict "
+        "user -> password or {'password': ..., 'role': ...}",
+    ),
+    "CELERY_MONITOR_ROLE": (
+        None,
+        _is_opt_callable,
+        "None or a function user -> 'viewer', 'operator', 'admin' or None",
+    ),
+    "CELERY_MONITOR_DEFAULT_ROLE": ("admin", _is_role, "one of " + ", ".join(ROLES)),
+    "CELERY_MONITOR_AUTH": (None, _is_opt_str, "None or an e-mail pattern (Flower's --auth)"),
+    "CELERY_MONITOR_AUTH_PROVIDER": (
+        None,
+        _is_provider,
+        "None or one of " + ", ".join(AUTH_PROVIDERS),
+    ),
+    "CELERY_MONITOR_OAUTH2_KEY": (None, _is_opt_str, "the OAuth2 client id or None"),
+    "CELERY_MONITOR_OAUTH2_SECRET": (None, _is_opt_str, "the OAuth2 client secret or None"),
+    "CELERY_MONITOR_OAUTH2_REDIRECT_URI": (
+        None,
+        _is_url,
+        "None (the monitor's /login/callback) or an http(s) URL",
+    ),
+    "CELERY_MONITOR_OAUTH2_SERVER": (
+        None,
+        _is_url,
+        "None or the provider's base URL (https://...)",
+    ),
+    "CELERY_MONITOR_GITLAB_GROUPS": (
+        None,
+        _is_opt_str_list,
+        "None or a list of GitLab group paths",
+    ),
+    "CELERY_MONITOR_GITLAB_MIN_ACCESS_LEVEL": (
+        20,
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "a GitLab access level (10, 20, 30, 40, 50)",
+    ),
+    "CELERY_MONITOR_METRICS_TOKEN": (None, _is_opt_str, "None or a bearer token string"),
+    "CELERY_MONITOR_METRICS_PUBLIC": (False, _is_bool, "True or False"),
     # monitor: browser surface and limits (web/hardening.py)
     "CELERY_MONITOR_TRUSTED_HOSTS": (
         None,
@@ -191,6 +285,25 @@ class Settings:
     @property
     def log_dir(self) -> str:
         return self.own["CELERY_LOG_DIR"] or os.path.join(self.instance_path, "celery", "logs")
+
+
+#: Celery settings read again from ``app.config`` at each send, so that setting them after
+#: ``init_app`` (the usual pytest fixture) still works; every other key is read once.
+LATE_SETTINGS = ("task_always_eager", "task_eager_propagates", "task_store_eager_result")
+#: The Flask keys of :data:`LATE_SETTINGS`: new names, then legacy ones (the new name wins).
+LATE_KEYS: tuple[tuple[str, str], ...] = tuple(
+    [(f"CELERY_{name.upper()}", name) for name in LATE_SETTINGS]
+    + [(old, new) for old, new in _LEGACY.items() if new in LATE_SETTINGS]
+)
+
+
+def late_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`LATE_SETTINGS` that ``config`` sets now, by Celery name."""
+    found: dict[str, Any] = {}
+    for key, name in LATE_KEYS:
+        if name not in found and key in config:
+            found[name] = config[key]
+    return found
 
 
 def celery_key(flask_key: str) -> str | None:

@@ -30,6 +30,7 @@ from kombu.exceptions import EncodeError
 from werkzeug.local import LocalProxy
 
 from . import config as config_mod
+from .context import AppContextCelery, combine_base, run_like_a_worker, traced_in_app_context
 from .dispatch import DISPATCH_TASK_NAME, Allowlist, reference_of, run_reference
 from .errors import (
     AlreadyRegisteredError,
@@ -54,6 +55,8 @@ EXTENSION_KEY = "celerymon"
 #: keywords of submit()/map() that are sending options, not arguments of the function
 RESERVED_OPTIONS = ("queue", "countdown", "eta", "priority", "expires")
 
+_UNSET = object()
+
 #: the size Celery itself cuts argument reprs in messages and events at
 ARGSREPR_MAXSIZE = 1024
 
@@ -67,9 +70,17 @@ current_task: CeleryTask = LocalProxy(_current_task)  # type: ignore[assignment]
 
 
 class AppContextTask(CeleryTask):
-    """Base of every task of an app: runs inside that Flask app's context.
+    """Base of every task of an app: each execution runs inside that Flask app's context.
 
-    A task called while the app context is already pushed (eager or nested calls) reuses it.
+    On a worker, one new app context is pushed per execution, before ``task_prerun``, and
+    popped after ``task_postrun``: the signal handlers, ``before_start``, the body, the
+    handlers (``on_success``, ``on_failure``, ``on_retry``, ``after_return``) and the result
+    store all run inside it, with one ``g`` that starts empty (see :mod:`flask_celerymon.context`).
+    ``apply()`` (eager mode) does the same in an empty :class:`contextvars.Context`, so the
+    caller's request context and ``g`` are not visible, unless ``CELERY_EAGER_CALLER_CONTEXT``
+    is on. Calling the task object directly is a plain call: it reuses the app context that is
+    pushed, or pushes one.
+
     ``apply_async`` records the task as PENDING (with name, arguments and queue when
     ``result_extended`` is on) before publishing, so ``celery.get(id)`` can tell a queued task
     from an id nobody sent, and the monitor can retry it with its original arguments.
@@ -77,23 +88,54 @@ class AppContextTask(CeleryTask):
 
     abstract = True
 
+    @property  # type: ignore[override]
+    def __trace__(self) -> Callable[..., Any] | None:
+        """The tracer the worker runs each execution through, wrapped in an app context."""
+        return self.__dict__.get("_celerymon_trace")
+
+    @__trace__.setter
+    def __trace__(self, tracer: Callable[..., Any] | None) -> None:
+        flask_app: Flask | None = getattr(self.app, "flask_app", None)
+        if tracer is not None and flask_app is not None:
+            tracer = traced_in_app_context(flask_app, tracer)
+        self.__dict__["_celerymon_trace"] = tracer
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flask_app: Flask | None = getattr(self.app, "flask_app", None)
-        if flask_app is None or (
-            has_app_context() and current_app._get_current_object() is flask_app  # type: ignore[attr-defined]
-        ):
+        if flask_app is None or _in_context_of(flask_app):
             return super().__call__(*args, **kwargs)
         with flask_app.app_context():
             return super().__call__(*args, **kwargs)
+
+    def apply(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task here and now (eager mode), in a fresh app context as on a worker."""
+        flask_app: Flask | None = getattr(self.app, "flask_app", None)
+        if flask_app is None:
+            return super().apply(*args, **kwargs)
+        state = flask_app.extensions.get(EXTENSION_KEY)
+        if state is not None and state.settings["CELERY_EAGER_CALLER_CONTEXT"]:
+            if _in_context_of(flask_app):
+                return super().apply(*args, **kwargs)
+            with flask_app.app_context():
+                return super().apply(*args, **kwargs)
+        return run_like_a_worker(flask_app, super().apply, *args, **kwargs)
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> Any:
         conf = self.app.conf
+        flask_app: Flask | None = getattr(self.app, "flask_app", None)
+        if flask_app is not None and EXTENSION_KEY in flask_app.extensions:
+            flask_app.extensions[EXTENSION_KEY].sync_late_settings()
         if not conf.task_always_eager and not options.get("ignore_result", self.ignore_result):
             task_id = task_id or uuid()
             _record_pending(self, task_id, args, kwargs, options)
         return super().apply_async(args, kwargs, task_id=task_id, **options)
+
+
+def _in_context_of(flask_app: Flask) -> bool:
+    """True when an app context of ``flask_app`` is pushed in this context."""
+    return has_app_context() and current_app._get_current_object() is flask_app  # type: ignore[attr-defined]
 
 
 def _record_pending(
@@ -158,10 +200,30 @@ class AppState:
         self._processes: LocalProcesses | None = None
         self._monitor: MonitorService | None = None
         self._limits: Limits | None = None
+        self._late_seen = config_mod.late_settings(app.config)
 
     @property
     def eager(self) -> bool:
+        """True when tasks run here and now (``task_always_eager``, as ``app.config`` says now)."""
+        self.sync_late_settings()
         return bool(self.celery_app.conf.task_always_eager)
+
+    def sync_late_settings(self) -> None:
+        """Apply the eager-mode keys (:data:`~flask_celerymon.config.LATE_KEYS`) set after init_app.
+
+        Tests often set ``app.config["CELERY_TASK_ALWAYS_EAGER"] = True`` after the factory
+        returned. Each send compares those keys with the values seen last, and passes a changed
+        one on to Celery's conf (a value set on the Celery conf directly is left alone while the
+        Flask key does not change).
+        """
+        now = config_mod.late_settings(self.app.config)
+        if now == self._late_seen:
+            return
+        changed = {k: v for k, v in now.items() if self._late_seen.get(k, _UNSET) != v}
+        self._late_seen = now
+        if changed:
+            log.info("Celery settings changed in app.config after init_app: %s", changed)
+            self.celery_app.conf.update(changed)
 
     @property
     def processes(self) -> LocalProcesses:
@@ -209,9 +271,12 @@ class AppState:
         """Start the local processes; with the monitor mounted in this app, start it too.
 
         The in-app monitor otherwise starts on the first request to it, and would miss every
-        task sent before someone opened it.
+        task sent before someone opened it. Nothing starts in the watcher process of
+        Werkzeug's reloader (see :func:`~flask_celerymon.processes.reloader_watcher`).
         """
         self.processes.start(timeout=timeout)
+        if not self.processes.started:  # the reloader's watcher: its serving child starts them
+            return
         if self.settings["CELERY_MONITOR"] and self.processes.monitor_mounted:
             try:
                 self.monitor.ensure_started()
@@ -273,6 +338,9 @@ class TaskRegistry:
     def __call__(self, fn: Callable[..., Any] | None = None, **options: Any) -> Any:
         if fn is not None and not callable(fn):
             raise TypeError(f"@celery.task takes a function, not {fn!r}")
+
+        if options.get("base") is not None:  # refuse a base that can never be combined, now
+            combine_base(AppContextTask, options["base"], what="@celery.task(base)")
 
         def decorate(func: Callable[..., Any]) -> TaskProxy:
             proxy = TaskProxy(self._extension, func, options)
@@ -398,6 +466,8 @@ class Celery:
         self.control = _Commands(self, "control")
         self._schedules: dict[str, ScheduleEntry] = {}
         self._allowed: list[str] = []
+        #: the role hook set with :meth:`monitor_role` (``CELERY_MONITOR_ROLE`` wins over it)
+        self.monitor_role_hook: Callable[[Any], str | None] | None = None
         self._apps: list[weakref.ref[Flask]] = []
         self._apps_lock = threading.Lock()
         if app is not None:
@@ -432,9 +502,8 @@ class Celery:
         self._init_monitor(app, state)
 
     def _make_celery(self, app: Flask, settings: config_mod.Settings) -> celery_pkg.Celery:
-        base = self.base_task or CeleryTask
-        task_cls = type(f"FlaskTask[{app.name}]", (AppContextTask, base), {"abstract": True})
-        celery_app = celery_pkg.Celery(
+        task_cls = _app_task_class(app, self.base_task)
+        celery_app = AppContextCelery(
             app.import_name, task_cls=task_cls, amqp=ShadowAwareAMQP, set_as_current=False
         )
         conf: dict[str, Any] = {
@@ -479,6 +548,10 @@ class Celery:
     def _register_task(self, state: AppState, proxy: TaskProxy) -> None:
         options = dict(proxy._options)
         options["name"] = proxy.name
+        if options.get("base") is not None:  # combined now, so a conflict is raised now
+            options["base"] = combine_base(
+                state.celery_app.Task, options["base"], what=f"@celery.task({proxy.name}, base)"
+            )
         state.celery_app.task(shared=False, **options)(proxy._fn)
 
     def _init_cli(self, app: Flask) -> None:
@@ -505,6 +578,20 @@ class Celery:
         self._allowed.append(ref)
         for state in self._states():
             state.allowlist.add(ref)
+
+    def monitor_role(self, fn: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+        """Decorator: ``fn(user)`` gives the monitor role of a logged-in user.
+
+        ``user`` is the host's flask-login ``current_user``, or a
+        :class:`~flask_celerymon.web.auth.MonitorUser` after an OAuth2/OIDC login. ``fn``
+        answers ``"viewer"``, ``"operator"``, ``"admin"`` or None (no access). Applies to every
+        app of this extension that does not set ``CELERY_MONITOR_ROLE``. Raises TypeError for a
+        non-callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"@celery.monitor_role takes a function, not {fn!r}")
+        self.monitor_role_hook = fn
+        return fn
 
     def schedule(
         self,
@@ -696,6 +783,20 @@ class Celery:
     def processes(self) -> dict[str, Any]:
         """The local processes of the current app by name."""
         return self._state().processes.processes
+
+
+def _app_task_class(app: Flask, base_task: type[CeleryTask] | None) -> type[CeleryTask]:
+    """The task class of one app: :class:`AppContextTask` with ``base_task`` behind it.
+
+    A ``base_task`` that already derives from :class:`AppContextTask` is used as it is.
+    """
+    if base_task is None:
+        bases: tuple[type, ...] = (AppContextTask,)
+    elif issubclass(base_task, AppContextTask):
+        bases = (base_task,)
+    else:
+        bases = (AppContextTask, base_task)
+    return type(f"FlaskTask[{app.name}]", bases, {"abstract": True})
 
 
 def _register_dispatch(celery_app: celery_pkg.Celery, allowlist: Allowlist) -> None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from celery import states
-from celery.result import AsyncResult
+from celery.result import AsyncResult, EagerResult
 
 if TYPE_CHECKING:
     import celery
@@ -58,6 +58,8 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self._name = name
         self._finish_lock = threading.Lock()
         self._waiters = _NotifyingList(self._watch)
+        if isinstance(result, EagerResult):  # finished before it was returned; no backend to poll
+            self._sync()
 
     # -- Celery-side properties -------------------------------------------------------
     @property

@@ -195,6 +195,29 @@ def _flask_app_from_argv(argv: list[str]) -> str | None:
     return None
 
 
+def reloader_watcher() -> bool:
+    """True in the watcher process of Werkzeug's reloader under ``flask run``.
+
+    With the reloader on (``flask run --debug``, or ``--reload``), ``flask run`` loads the app
+    in a watcher process that serves nothing: it starts a serving child (with
+    ``WERKZEUG_RUN_MAIN=true``) and starts it again after each code change. Local processes
+    belong to the serving child, which stops them when it exits for a reload, so the next child
+    starts workers that run the new code. The ``flask run`` command is found in click's context
+    of the calling thread (the one loading the app); anywhere else this is False.
+    """
+    if os.environ.get("WERKZEUG_RUN_MAIN") == "true":
+        return False
+    import click
+    from flask.cli import run_command
+    from flask.helpers import get_debug_flag
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.command is not run_command:
+        return False
+    reload = ctx.params.get("reload")
+    return bool(get_debug_flag() if reload is None else reload)
+
+
 def check_broker(celery_app: Any, timeout: float = 5.0) -> None:
     """Raise :class:`StartError` naming the broker (password masked) when it is unreachable."""
     from kombu.utils.url import maybe_sanitize_url
@@ -455,6 +478,12 @@ class LocalProcesses:
                 log.debug("not starting local processes inside a %s process", os.environ[ROLE_ENV])
                 self.started = True
                 return
+            if reloader_watcher():
+                log.info(
+                    "not starting local processes in the reloader's watcher process; the "
+                    "serving process it restarts on each code change starts (and stops) them"
+                )
+                return
             if self.started and all(
                 p.alive() or p.status == "external" for p in self._procs.values()
             ):
@@ -670,3 +699,16 @@ def _on_signal(signum: int, frame: Any) -> None:
     elif previous == signal.SIG_DFL:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+def is_loopback(address: str) -> bool:
+    """True when ``address`` (an IP address or host name) only reaches this machine."""
+    import ipaddress
+
+    host = address.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

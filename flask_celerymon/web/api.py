@@ -50,6 +50,7 @@ from ..errors import DispatchRefused
 from ..monitor import broker as _broker
 from ..monitor.query import SearchError
 from . import get_state
+from .auth import ADMIN, OPERATOR, VIEWER, requires
 from .guard import error
 from .hardening import JSONTooDeep, load_json
 
@@ -377,6 +378,7 @@ def _broadcast(worker: str, command: str, failure: str, **arguments: Any) -> str
 # -- workers -----------------------------------------------------------------------------------
 
 
+@requires(VIEWER)
 def list_workers() -> Response:
     """``GET /api/workers``: inspect results per worker (Flower's shape).
 
@@ -405,6 +407,7 @@ def list_workers() -> Response:
     return json_response(data)
 
 
+@requires(ADMIN)
 def worker_shutdown(name: str) -> Response:
     """``POST /api/worker/shutdown/<name>``: ask a worker to shut down (no reply awaited).
 
@@ -416,6 +419,7 @@ def worker_shutdown(name: str) -> Response:
     return json_response({"message": "Shutting down!"})
 
 
+@requires(ADMIN)
 def worker_pool_restart(name: str) -> Response:
     """``POST /api/worker/pool/restart/<name>``: restart the pool (``reload=False``).
 
@@ -440,6 +444,7 @@ def _pool_resize(name: str, grow: bool) -> Response:
     return json_response({"message": f"{doing} '{name}' worker's pool by {n}"})
 
 
+@requires(ADMIN)
 def worker_pool_grow(name: str) -> Response:
     """``POST /api/worker/pool/grow/<name>?n=1``: add ``n`` pool processes.
 
@@ -449,6 +454,7 @@ def worker_pool_grow(name: str) -> Response:
     return _pool_resize(name, grow=True)
 
 
+@requires(ADMIN)
 def worker_pool_shrink(name: str) -> Response:
     """``POST /api/worker/pool/shrink/<name>?n=1``: remove ``n`` pool processes.
 
@@ -457,6 +463,7 @@ def worker_pool_shrink(name: str) -> Response:
     return _pool_resize(name, grow=False)
 
 
+@requires(ADMIN)
 def worker_pool_autoscale(name: str) -> Response:
     """``POST /api/worker/pool/autoscale/<name>?min=&max=``: set the autoscaler's bounds.
 
@@ -474,6 +481,7 @@ def worker_pool_autoscale(name: str) -> Response:
     return json_response({"message": f"Autoscaling '{name}' worker (min={lo}, max={hi})"})
 
 
+@requires(ADMIN)
 def worker_add_consumer(name: str) -> Response:
     """``POST /api/worker/queue/add-consumer/<name>?queue=``: start consuming a queue.
 
@@ -488,6 +496,7 @@ def worker_add_consumer(name: str) -> Response:
     return json_response({"message": msg})
 
 
+@requires(ADMIN)
 def worker_cancel_consumer(name: str) -> Response:
     """``POST /api/worker/queue/cancel-consumer/<name>?queue=``: stop consuming a queue.
 
@@ -520,6 +529,7 @@ def _signal_name(value: str | None) -> str:
     return name
 
 
+@requires(OPERATOR)
 def task_revoke(task_id: str) -> Response:
     """``POST /api/task/revoke/<id>?terminate=false&signal=SIGTERM``: revoke a task.
 
@@ -536,6 +546,7 @@ def task_revoke(task_id: str) -> Response:
     return json_response({"message": f"Revoked '{task_id}'"})
 
 
+@requires(OPERATOR)
 def task_abort(task_id: str) -> Response:
     """``POST /api/task/abort/<id>``: mark a task ABORTED for ``AbortableTask`` to see.
 
@@ -564,6 +575,7 @@ def _registered_name(name: str, worker: str | None = None) -> None:
     raise ApiError(404, f"Unknown task '{name}'")
 
 
+@requires(OPERATOR)
 def task_timeout(name: str) -> Response:
     """``POST /api/task/timeout/<name>?workername=&soft=&hard=``: set time limits.
 
@@ -591,6 +603,7 @@ def task_timeout(name: str) -> Response:
     return json_response({"message": msg})
 
 
+@requires(OPERATOR)
 def task_rate_limit(name: str) -> Response:
     """``POST /api/task/rate-limit/<name>?workername=&ratelimit=``: set a rate limit.
 
@@ -656,6 +669,7 @@ def _query(p: Mapping[str, Any], **kw: Any) -> Any:
         raise ApiError(400, str(exc)) from None
 
 
+@requires(VIEWER)
 def list_tasks() -> Response:
     """``GET /api/tasks``: tasks keyed by uuid, in ``sort_by`` order (default newest received).
 
@@ -675,11 +689,13 @@ def list_tasks() -> Response:
     return json_response({t["uuid"]: t for t in page.tasks})
 
 
+@requires(VIEWER)
 def task_types() -> Response:
     """``GET /api/task/types``: ``{"task-types": [names seen]}``. Status codes: 200."""
     return json_response({"task-types": _service().task_types()})
 
 
+@requires(VIEWER)
 def task_info(task_id: str) -> Response:
     """``GET /api/task/info/<id>``: the task as Flower's ``Task.as_dict()`` plus ``history``.
 
@@ -692,6 +708,7 @@ def task_info(task_id: str) -> Response:
     return json_response(info)
 
 
+@requires(VIEWER)
 def task_result(task_id: str) -> Response:
     """``GET /api/task/result/<id>?timeout=``: state and, once ready, result (and traceback).
 
@@ -742,6 +759,7 @@ def _add_result(response: dict[str, Any], result: Any) -> None:
         response["traceback"] = result.traceback
 
 
+@requires(VIEWER)
 def queue_lengths() -> Response:
     """``GET /api/queues/length``: ``{"active_queues": [{"name", "messages"}...]}``.
 
@@ -897,6 +915,7 @@ def _sent(result: Any) -> dict[str, Any]:
     return response
 
 
+@requires(OPERATOR)
 def task_apply(name: str) -> Response:
     """``POST /api/task/apply/<name>``: run a task and wait for its result.
 
@@ -921,6 +940,7 @@ def task_apply(name: str) -> Response:
     return json_response(response)
 
 
+@requires(OPERATOR)
 def task_async_apply(name: str) -> Response:
     """``POST /api/task/async-apply/<name>``: send a task; answer at once with its id.
 
@@ -931,6 +951,7 @@ def task_async_apply(name: str) -> Response:
     return json_response(_sent(task.apply_async(a, kw, **options, **extra)))
 
 
+@requires(OPERATOR)
 def task_send(name: str) -> Response:
     """``POST /api/task/send-task/<name>``: send by name; the task need not be registered here.
 
@@ -973,6 +994,7 @@ def _retry(task_id: str) -> Any:
     return _send(name, args, kwargs, options)
 
 
+@requires(OPERATOR)
 def task_retry(task_id: str) -> Response:
     """``POST /api/task/retry/<id>``: send a finished task again, as it was first sent.
 
@@ -1006,6 +1028,7 @@ def _bulk_selection(p: Mapping[str, Any], action: str) -> tuple[int, list[dict[s
     return page.total, page.tasks
 
 
+@requires(ADMIN)
 def tasks_revoke() -> Response:
     """``POST /api/tasks/revoke``: revoke every unfinished task matching the filters.
 
@@ -1026,6 +1049,7 @@ def tasks_revoke() -> Response:
     return json_response({"dry_run": dry_run, "matched": total, "count": len(ids), "task_ids": ids})
 
 
+@requires(ADMIN)
 def tasks_retry() -> Response:
     """``POST /api/tasks/retry``: retry every finished task matching the filters.
 
@@ -1103,6 +1127,7 @@ def _message_summary(raw: bytes | str) -> dict[str, Any] | None:
     }
 
 
+@requires(ADMIN)
 def queue_purge(queue: str) -> Response:
     """``POST /api/queues/purge/<queue>``: delete every message waiting in a queue.
 
@@ -1116,6 +1141,7 @@ def queue_purge(queue: str) -> Response:
     return json_response({"message": f"Purged {n} messages from '{queue}'", "purged": n})
 
 
+@requires(VIEWER)
 def queue_messages(queue: str) -> Response:
     """``GET /api/queues/messages/<queue>?limit=100``: the messages waiting (Redis only).
 
@@ -1142,6 +1168,7 @@ def queue_messages(queue: str) -> Response:
     return json_response({"queue": queue, "messages": out})
 
 
+@requires(ADMIN)
 def queue_remove_message(queue: str, task_id: str) -> Response:
     """``POST /api/queues/remove/<queue>/<id>``: delete one waiting message (Redis only).
 
@@ -1167,6 +1194,7 @@ def queue_remove_message(queue: str, task_id: str) -> Response:
     raise ApiError(404, f"no message of task '{task_id}' waits in queue '{queue}'")
 
 
+@requires(VIEWER)
 def openapi_document() -> Response:
     """``GET /api/openapi.json``: the OpenAPI 3 description of this API. Status codes: 200."""
     from .openapi import build_spec
@@ -1175,6 +1203,7 @@ def openapi_document() -> Response:
     return json_response(build_spec(prefix))
 
 
+@requires(VIEWER)
 def not_found(rest: str) -> Response:
     """Any other path under ``/api/``: 404, or 405 when the path exists for other methods."""
     adapter = current_app.url_map.bind_to_environ(request.environ)

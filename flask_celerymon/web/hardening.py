@@ -221,19 +221,6 @@ def host_is_trusted(host: str, trusted: list[str] | tuple[str, ...]) -> bool:
     return False
 
 
-def is_loopback_address(address: str) -> bool:
-    """True for an address only this machine reaches (``127.x``, ``::1``, ``localhost``)."""
-    import ipaddress
-
-    address = address.strip().strip("[]").lower()
-    if address == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(address).is_loopback
-    except ValueError:
-        return False
-
-
 # -- the blueprint's hooks --------------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ from flask import Blueprint, request
 from flask_sock import Sock  # type: ignore[import-untyped]
 
 from . import get_state
+from .auth import VIEWER, requires
 from .hardening import BUSY_CLOSE_CODE
 from .views import (
     BadInput,
@@ -220,6 +221,7 @@ class Feed:
         }
 
 
+@requires(VIEWER)
 def feed(ws: Any) -> None:
     """Serve one page's websocket until the page goes away (see the module docstring).
 

@@ -9,6 +9,7 @@ a test chooses travels in environment variables (children inherit them):
 * ``CELERYMON_TEST_MONITOR_PORT`` - start the local monitor on this port (default: no monitor)
 * ``CELERYMON_TEST_BEAT`` - ``1`` to run beat for the hourly schedule below
 * ``CELERYMON_TEST_START_TIMEOUT`` - ``CELERY_START_TIMEOUT`` (default 30)
+* ``CELERYMON_TEST_MONITOR_AUTH`` - ``CELERY_MONITOR_BASIC_AUTH`` (default: none)
 """
 
 from __future__ import annotations
@@ -64,6 +65,8 @@ def create_app() -> Flask:
     app.config["CELERY_SCHEDULER"] = env.get("CELERYMON_TEST_BEAT") == "1"
     app.config["CELERY_START_TIMEOUT"] = float(env.get("CELERYMON_TEST_START_TIMEOUT", "30"))
     app.config["CELERY_LOG_LEVEL"] = "info"
+    if env.get("CELERYMON_TEST_MONITOR_AUTH"):
+        app.config["CELERY_MONITOR_BASIC_AUTH"] = env["CELERYMON_TEST_MONITOR_AUTH"]
     celery.init_app(app)
     return app
 
