@@ -36,10 +36,8 @@ def make_blueprint() -> Blueprint:
     # no static_folder: the pages' assets have a route of their own (views.assets), so that
     # every route of the blueprint declares who may use it
     bp = Blueprint(BLUEPRINT_NAME, __name__, template_folder="../templates")
-    # refuse first (wrong host, foreign websocket, then who may do what): a refused request
-    # must not start the service
-    hardening.register(bp)
-    guard.register(bp)
+    guard.register(bp)  # refuse first: a refused request must not start the service
+    hardening.register(bp)  # security headers on every response
     bp.before_request(_start_service)
     api.register(bp)
     views.register(bp)

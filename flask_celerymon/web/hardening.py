@@ -1,18 +1,19 @@
 """The browser surface of the monitor and the limits that keep one client from starving the app.
 
-Registered on the monitor blueprint by :func:`register`, so it applies to the monitor's own
-routes (pages, API, websocket, metrics) and never to the host app's. In request order:
+It applies to the monitor's own routes (pages, API, websocket, metrics, login) and never to
+the host app's: :func:`check_surface` is the first of the guard's checks, and :func:`register`
+adds the headers to the blueprint. In request order:
 
-* **Host check** (``before_request``, first): with ``CELERY_MONITOR_TRUSTED_HOSTS`` set, a
+* **Host check**: with ``CELERY_MONITOR_TRUSTED_HOSTS`` set, a
   request whose ``Host`` names another server is refused with ``400 {"error": ...}``. This is
   what defeats DNS rebinding (a hostile page whose name resolves to the monitor's address sends
   its own name as ``Host``). ``flask celery monitor`` bound to a loopback address sets it to the
   loopback names unless the app configures a list (ours, or Flask's ``TRUSTED_HOSTS``, which
   Flask itself enforces for the whole app).
-* **Websocket origin** (``before_request``): the live feed (``<prefix>/ws``) refuses with 403 a
+* **Websocket origin**: the live feed (``<prefix>/ws``) refuses with 403 a
   handshake a browser sends from another origin (:func:`.guard.cross_site_reason`); without it
   any site could open the feed and read task arguments and results.
-* **Body size** (``before_request``): a body larger than ``CELERY_MONITOR_MAX_CONTENT_LENGTH``
+* **Body size**: a body larger than ``CELERY_MONITOR_MAX_CONTENT_LENGTH``
   bytes is answered ``413 {"error": ...}`` before any view runs (a chunked body is read
   first, up to one byte past the limit).
 * **Headers** (``after_request``): :data:`SECURITY_HEADERS` on every monitor response: a strict
@@ -43,8 +44,6 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
-
-from .guard import cross_site_reason, error
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -232,6 +231,8 @@ def _settings() -> Any:
 
 def check_host() -> Response | None:
     """400 when ``CELERY_MONITOR_TRUSTED_HOSTS`` is set and the ``Host`` header is not in it."""
+    from .guard import error  # the guard imports this module
+
     trusted = _settings()["CELERY_MONITOR_TRUSTED_HOSTS"]
     if trusted is None:
         return None
@@ -253,6 +254,8 @@ def _is_live_feed() -> bool:
 
 def check_live_origin() -> Response | None:
     """403 for a websocket handshake that a browser sends from another origin."""
+    from .guard import cross_site_reason, error
+
     if not _is_live_feed():
         return None
     reason = cross_site_reason()
@@ -282,8 +285,8 @@ def limit_body() -> None:
         request.max_content_length = limit
 
 
-def before_request() -> Response | None:
-    """The blueprint's first ``before_request``: host, websocket origin, body size."""
+def check_surface() -> Response | None:
+    """The guard's first check (:data:`.guard.CHECKS`): host, websocket origin, body size."""
     refusal = check_host() or check_live_origin()
     if refusal is not None:
         return refusal
@@ -293,6 +296,8 @@ def before_request() -> Response | None:
 
 def too_large(exc: RequestEntityTooLarge) -> Response:
     """413 ``{"error": ...}`` naming the limit and the setting."""
+    from .guard import error
+
     limit = _settings()["CELERY_MONITOR_MAX_CONTENT_LENGTH"]
     return error(
         413,
@@ -309,7 +314,10 @@ def add_headers(response: Response) -> Response:
 
 
 def register(bp: Blueprint) -> None:
-    """Install the hooks on the monitor blueprint (call it before the guard's)."""
-    bp.before_request(before_request)
+    """Install the headers and the 413 handler on the monitor blueprint.
+
+    The checks run as the guard's first (:func:`check_surface` in :data:`.guard.CHECKS`), so
+    that a wrong host or an oversized body is refused before anyone reads the request.
+    """
     bp.after_request(add_headers)
     bp.register_error_handler(RequestEntityTooLarge, too_large)
