@@ -131,7 +131,7 @@ def beat(celery_args: tuple[str, ...]) -> None:
     type=click.IntRange(1, 1000),
     default=32,
     show_default=True,
-    help="Threads serving requests (each live page holds one).",
+    help="Threads serving requests (each live page and each result wait holds one).",
 )
 def monitor(port: int | None, address: str | None, threads: int) -> None:
     """Serve the monitor on gunicorn (websockets included) in the foreground."""
@@ -141,7 +141,7 @@ def monitor(port: int | None, address: str | None, threads: int) -> None:
     address = address or settings["CELERY_MONITOR_ADDRESS"]
     open_locally = _check_exposure(settings, address)
     os.environ[ROLE_ENV] = "monitor"
-    app = make_monitor_app(state, open_locally=open_locally)
+    app = make_monitor_app(state, open_locally=open_locally, address=address, threads=threads)
     if open_locally:
         click.echo(
             f"no authentication configured: the monitor is open to every user of this machine "
@@ -175,15 +175,29 @@ def _check_exposure(settings: Any, address: str) -> bool:
     )
 
 
-def make_monitor_app(state: AppState, open_locally: bool = False) -> Flask:
+def make_monitor_app(
+    state: AppState,
+    open_locally: bool = False,
+    address: str | None = None,
+    threads: int | None = None,
+) -> Flask:
     """A Flask app serving only the monitor of ``state.app``: same config, same extension.
 
     It shares the user's config (broker, secret key, monitor auth settings) and the extension
     object (so the monitor knows the app's tasks and schedules), never starts local processes,
     and redirects ``/`` to the monitor's URL prefix. ``open_locally`` (a loopback bind without
     authentication) lets anyone who reaches it in.
+
+    Served on ``address`` (an IP address or name) by ``threads`` threads, it fills in what the
+    user's config leaves unset: bound to a loopback address, it serves only the loopback host
+    names (:data:`~.web.hardening.LOOPBACK_HOSTS`, against DNS rebinding) unless
+    ``CELERY_MONITOR_TRUSTED_HOSTS`` or Flask's ``TRUSTED_HOSTS`` is set; live pages may hold
+    half the threads and result waits an eighth (:func:`monitor_limits`).
     """
     from flask import redirect
+
+    from .processes import is_loopback
+    from .web.hardening import LOOPBACK_HOSTS
 
     user = state.app
     app = Flask(user.import_name, instance_path=user.instance_path, root_path=user.root_path)
@@ -193,11 +207,38 @@ def make_monitor_app(state: AppState, open_locally: bool = False) -> Flask:
     )
     if open_locally:
         app.config["CELERY_MONITOR_ALLOW_ANONYMOUS"] = True
+    if (
+        address is not None
+        and is_loopback(address)
+        and user.config.get("CELERY_MONITOR_TRUSTED_HOSTS") is None
+        and user.config.get("TRUSTED_HOSTS") is None
+    ):
+        app.config["CELERY_MONITOR_TRUSTED_HOSTS"] = list(LOOPBACK_HOSTS)
+    if threads is not None:
+        for key, value in monitor_limits(threads).items():
+            if key not in user.config:
+                app.config[key] = value
     state.extension.init_app(app)
+    if app.config.get("CELERY_MONITOR_TRUSTED_HOSTS") is not None:
+        from .web.hardening import check_host
+
+        app.before_request(check_host)  # the redirect at / too, not only the blueprint
     prefix = state.settings["CELERY_MONITOR_URL_PREFIX"]
     if prefix:
         app.add_url_rule("/", "celerymon_root", lambda: redirect(prefix + "/"))
     return app
+
+
+def monitor_limits(threads: int) -> dict[str, int]:
+    """The live-socket and result-wait caps of a monitor served by ``threads`` threads.
+
+    Half the threads for live pages, an eighth for result waits: the rest always answer
+    pages and API calls (32 threads: 16 live pages, 4 waits, 12 free).
+    """
+    return {
+        "CELERY_MONITOR_MAX_LIVE_SOCKETS": threads // 2,
+        "CELERY_MONITOR_MAX_CONCURRENT_WAITS": threads // 8,
+    }
 
 
 def serve(app: Flask, address: str, port: int, threads: int = 32) -> None:

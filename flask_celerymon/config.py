@@ -87,6 +87,10 @@ def _is_opt_str_list(v: Any) -> bool:
     return v is None or _is_str_list(v)
 
 
+def _is_nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def _is_log_level(v: Any) -> bool:
     return isinstance(v, str) and v.lower() in LOG_LEVELS
 
@@ -244,6 +248,18 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     ),
     "CELERY_MONITOR_METRICS_TOKEN": (None, _is_opt_str, "None or a bearer token string"),
     "CELERY_MONITOR_METRICS_PUBLIC": (False, _is_bool, "True or False"),
+    # monitor: browser surface and limits (web/hardening.py)
+    "CELERY_MONITOR_TRUSTED_HOSTS": (
+        None,
+        _is_opt_str_list,
+        "None or a list of host names like ['monitor.example.com', '.example.org']",
+    ),
+    "CELERY_MONITOR_MAX_LIVE_SOCKETS": (8, _is_nonneg_int, "an integer >= 0"),
+    "CELERY_MONITOR_POLL_INTERVAL": (5.0, _is_pos_number, "a number of seconds > 0"),
+    "CELERY_MONITOR_MAX_CONCURRENT_WAITS": (4, _is_nonneg_int, "an integer >= 0"),
+    "CELERY_MONITOR_MAX_WAIT_SECONDS": (30.0, _is_pos_number, "a number of seconds > 0"),
+    "CELERY_MONITOR_MAX_CONTENT_LENGTH": (1024 * 1024, _is_pos_int, "a number of bytes > 0"),
+    "CELERY_MONITOR_MAX_JSON_DEPTH": (64, _is_pos_int, "an integer > 0"),
 }
 
 # Keys Celery knows in their new lowercase form, addressed with the CELERY_ prefix.

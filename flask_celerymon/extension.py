@@ -48,6 +48,7 @@ from .schedule import ScheduleEntry, make_schedule
 if TYPE_CHECKING:
     from .monitor.service import MonitorService
     from .processes import LocalProcesses
+    from .web.hardening import Limits
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ class AppState:
         self._lock = threading.RLock()
         self._processes: LocalProcesses | None = None
         self._monitor: MonitorService | None = None
+        self._limits: Limits | None = None
         self._late_seen = config_mod.late_settings(app.config)
 
     @property
@@ -251,6 +253,16 @@ class AppState:
                     MonitorSettings.from_config(self.settings.own, self.settings.instance_path),
                 )
             return self._monitor
+
+    @property
+    def limits(self) -> Limits:
+        """The monitor's per-process limits: live sockets, result waits, JSON depth."""
+        with self._lock:
+            if self._limits is None:
+                from .web.hardening import Limits
+
+                self._limits = Limits.from_settings(self.settings)
+            return self._limits
 
     def ensure_local_processes(self) -> None:
         """Start the configured local processes on first send, when the config asks for it."""

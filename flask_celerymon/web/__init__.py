@@ -31,12 +31,13 @@ def get_state() -> AppState:
 
 def make_blueprint() -> Blueprint:
     """A fresh blueprint with every part of the monitor registered on it."""
-    from . import api, guard, live, login, metrics, views
+    from . import api, guard, hardening, live, login, metrics, views
 
     # no static_folder: the pages' assets have a route of their own (views.assets), so that
     # every route of the blueprint declares who may use it
     bp = Blueprint(BLUEPRINT_NAME, __name__, template_folder="../templates")
     guard.register(bp)  # refuse first: a refused request must not start the service
+    hardening.register(bp)  # security headers on every response
     bp.before_request(_start_service)
     api.register(bp)
     views.register(bp)

@@ -8,11 +8,13 @@ take a JSON body as in Flower.
 
 Errors are always ``{"error": "..."}`` with a status (Flower answers ``text/plain``):
 
-* 400: a bad parameter (the message names it)
+* 400: a bad parameter (the message names it), JSON nested deeper than
+  ``CELERY_MONITOR_MAX_JSON_DEPTH``, or a host not in ``CELERY_MONITOR_TRUSTED_HOSTS``
 * 403: read-only, cross-site (both from :mod:`.guard`), or a worker refused the command
 * 404: unknown task, worker, task name, queue or route
 * 405: a known route with another method
 * 409: the action conflicts with the task's state, or the broker cannot do it
+* 413: a body larger than ``CELERY_MONITOR_MAX_CONTENT_LENGTH`` bytes
 * 422: a retry whose original arguments are not known
 * 503: the broker or the result backend is unavailable, or a worker did not reply
 
@@ -50,6 +52,7 @@ from ..monitor.query import SearchError
 from . import get_state
 from .auth import ADMIN, OPERATOR, VIEWER, requires
 from .guard import error
+from .hardening import JSONTooDeep, load_json
 
 log = logging.getLogger(__name__)
 
@@ -139,15 +142,22 @@ def _safe_result(value: Any) -> Any:
 # -- parameters -------------------------------------------------------------------------------
 
 
+def _parse_json(raw: bytes) -> Any:
+    """Request JSON, nested at most ``CELERY_MONITOR_MAX_JSON_DEPTH`` deep; 400 otherwise."""
+    try:
+        return load_json(raw, get_state().limits.max_json_depth)
+    except JSONTooDeep as exc:
+        raise ApiError(400, str(exc)) from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+
+
 def _json_body() -> Any:
     if not request.get_data(cache=True):
         return None
     if not request.is_json:
         return None
-    try:
-        return json.loads(request.get_data(cache=True))
-    except ValueError as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    return _parse_json(request.get_data(cache=True))
 
 
 def params() -> dict[str, Any]:
@@ -702,8 +712,11 @@ def task_info(task_id: str) -> Response:
 def task_result(task_id: str) -> Response:
     """``GET /api/task/result/<id>?timeout=``: state and, once ready, result (and traceback).
 
-    With ``timeout`` (seconds) waits that long for the result. Status codes: 200; 400 bad
-    ``timeout``; 404 unknown task; 503 no result backend, or it is unavailable.
+    With ``timeout`` (seconds) waits that long for the result, at most
+    ``CELERY_MONITOR_MAX_WAIT_SECONDS``, and not at all while
+    ``CELERY_MONITOR_MAX_CONCURRENT_WAITS`` requests wait already (the answer then has the
+    state so far). Status codes: 200; 400 bad ``timeout``; 404 unknown task; 503 no result
+    backend, or it is unavailable.
     """
     timeout = p_float(params(), "timeout", maximum=MAX_WAIT)
     if _backend() is None:
@@ -711,14 +724,33 @@ def task_result(task_id: str) -> Response:
     _known_task(task_id)
     result = _capp().AsyncResult(task_id)
     if timeout:
-        try:
-            result.get(timeout=timeout, propagate=False, disable_sync_subtasks=False)
-        except CeleryTimeout:
-            pass
+        _wait(result, timeout)
     response: dict[str, Any] = {"task-id": task_id, "state": result.state}
     if result.ready():
         _add_result(response, result)
     return json_response(response)
+
+
+def _wait(result: Any, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``result``, within the app's limits.
+
+    The wait is cut to ``CELERY_MONITOR_MAX_WAIT_SECONDS``, and skipped when
+    ``CELERY_MONITOR_MAX_CONCURRENT_WAITS`` requests are waiting already: a waiting request
+    holds one of the server's threads, so the waits together must never hold them all. The
+    caller answers with the state the task has then (as when a wait times out).
+    """
+    limits = get_state().limits
+    with limits.waits.hold() as entered:
+        if not entered:
+            return
+        try:
+            result.get(
+                timeout=min(timeout, limits.max_wait),
+                propagate=False,
+                disable_sync_subtasks=False,
+            )
+        except CeleryTimeout:
+            pass
 
 
 def _add_result(response: dict[str, Any], result: Any) -> None:
@@ -762,13 +794,7 @@ APPLY_OPTIONS = (
 def _apply_body() -> tuple[list[Any], dict[str, Any], dict[str, Any], float | None]:
     """(args, kwargs, apply_async options, timeout) from the JSON body; 400 when malformed."""
     raw = request.get_data(cache=True)
-    if raw.strip():
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-    else:
-        body = {}
+    body = _parse_json(raw) if raw.strip() else {}
     if not isinstance(body, dict):
         raise ApiError(400, 'the request body must be a JSON object like {"args": [1, 2]}')
     body = dict(body)
@@ -893,10 +919,13 @@ def _sent(result: Any) -> dict[str, Any]:
 def task_apply(name: str) -> Response:
     """``POST /api/task/apply/<name>``: run a task and wait for its result.
 
-    JSON body: ``args``, ``kwargs``, ``timeout`` (seconds to wait, default 60, at most 3600;
-    on expiry the answer has the state so far and no result), and ``apply_async`` options
-    (:data:`APPLY_OPTIONS`). Status codes: 200; 400 bad body or option; 403
-    read-only/cross-site; 404 unknown task; 503 broker or backend unavailable.
+    JSON body: ``args``, ``kwargs``, ``timeout`` (seconds to wait, default 60, at most 3600,
+    cut to ``CELERY_MONITOR_MAX_WAIT_SECONDS`` and skipped while
+    ``CELERY_MONITOR_MAX_CONCURRENT_WAITS`` requests wait already; on expiry the answer has
+    the state so far and no result), and ``apply_async`` options (:data:`APPLY_OPTIONS`).
+    Status codes: 200; 400 bad body or option, or JSON nested too deep; 403
+    read-only/cross-site; 404 unknown task; 413 body too large; 503 broker or backend
+    unavailable.
     """
     args, kwargs, options, timeout = _apply_body()
     task, a, kw, extra = _sendable(name, args, kwargs)
@@ -904,10 +933,7 @@ def task_apply(name: str) -> Response:
     response: dict[str, Any] = {"task-id": result.id}
     if _backend() is None:
         return json_response(response)
-    try:
-        result.get(timeout=timeout or APPLY_WAIT, propagate=False, disable_sync_subtasks=False)
-    except CeleryTimeout:
-        pass
+    _wait(result, timeout or APPLY_WAIT)
     response["state"] = result.state
     if result.ready():
         _add_result(response, result)
@@ -1083,7 +1109,7 @@ def _queue_keys(chan: Any, queue: str) -> list[str]:
 def _message_summary(raw: bytes | str) -> dict[str, Any] | None:
     try:
         msg = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep for the parser
         return None
     if not isinstance(msg, dict):
         return None

@@ -122,8 +122,9 @@ def check_same_origin() -> Response | None:
 
 def _checks() -> tuple[Callable[[], Response | None], ...]:
     from .auth import check_access, check_csrf
+    from .hardening import check_surface  # first: host, websocket origin, body size
 
-    return (check_access, check_same_origin, check_csrf, check_read_only)
+    return (check_surface, check_access, check_same_origin, check_csrf, check_read_only)
 
 
 #: The checks run in order for every request; the first response returned is sent instead.

@@ -301,6 +301,7 @@ def _context() -> dict[str, Any]:
             read_only=read_only(),
             q=q,
             ws_path=base_url() + "ws",
+            poll_ms=round(get_state().limits.poll_interval * 1000),
             app_name=current_app.name,
             user=current_user(),
             csrf=csrf_token(),
