@@ -4,6 +4,9 @@ A single ``before_request`` function decides, for every request the blueprint se
 JSON API, websockets, metrics, login), whether it may go on. Handlers never repeat these
 checks. It runs :data:`CHECKS` in order and sends the first refusal:
 
+0. :func:`~.hardening.check_surface`: 400 for a ``Host`` that is not served (DNS rebinding),
+   403 for a websocket handshake from another origin, 413 for a body over the size limit
+   (see :mod:`.hardening`). It runs before anything reads the body;
 1. :func:`~.auth.check_access`: who is asking, and whether their role meets what the route
    declares with :func:`~.auth.requires` (401 not logged in, 403 role too weak or no
    authentication configured; see :mod:`.auth`);
