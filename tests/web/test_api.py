@@ -548,7 +548,7 @@ def test_retry_refuses_unfinished_unknown_and_argumentless_tasks(monitored, api)
     _wait_state(monitored, done, "SUCCESS")
     monitored.celery_app.backend.forget(done)  # the backend's record (with the args) is gone
     resp = api.post(f"/api/task/retry/{done}")
-    assert resp.status_code == 422
+    assert resp.status_code == 409
     assert resp.json["error"].startswith(f"the original arguments of task '{done}' are not known")
 
 
