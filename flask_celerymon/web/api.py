@@ -30,6 +30,7 @@ import math
 import re
 import signal as _signal
 import socket
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +110,12 @@ class Range:
     def text(self) -> str:
         """``"an integer from 0 to 10000"``, for error messages and the docs."""
         kind = "an integer" if self.integer else "a number"
-        return f"{kind} from {self.minimum:g} to {self.maximum:g}"
+        return f"{kind} from {_plain(self.minimum)} to {_plain(self.maximum)}"
+
+
+def _plain(x: float) -> str:
+    """``1000000`` rather than ``1e+06``."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 #: ``ratelimit`` of ``/api/task/rate-limit``: Celery's syntax (tasks per second, or per
@@ -507,35 +513,104 @@ def worker_shutdown(name: str) -> Response:
     return json_response({"message": "Shutting down!"})
 
 
+def _pool(worker: str) -> dict[str, Any] | None:
+    """``worker``'s pool as its ``stats`` reply says now (``processes`` list of pids,
+    ``max-concurrency``...) plus ``autoscaler``; None when it does not reply."""
+    stats = (
+        _capp().control.inspect(destination=[worker], timeout=_reply_timeout()).stats() or {}
+    ).get(worker)
+    if not isinstance(stats, dict):
+        return None
+    pool = dict(stats.get("pool") or {})
+    pool["autoscaler"] = stats.get("autoscaler") or None
+    return pool
+
+
+def _processes(pool: dict[str, Any] | None) -> int | None:
+    procs = (pool or {}).get("processes")
+    return len(procs) if isinstance(procs, list) else None
+
+
+def _pool_after(worker: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """Read ``worker``'s pool until ``done(pool)`` or the reply timeout; the last read.
+
+    A pool action returns before the pool shows it (a shrunk process exits later), so the
+    answer waits, within a bound, for what is true.
+    """
+    deadline = time.monotonic() + _reply_timeout()
+    pool = _pool(worker)
+    while pool is not None and not done(pool) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pool = _pool(worker)
+    return pool
+
+
+def _pool_text(pool: dict[str, Any] | None) -> str:
+    n = _processes(pool)
+    if n is None:
+        return "the pool size could not be read back"
+    return f"the pool has {n} process{'' if n == 1 else 'es'}"
+
+
 def worker_pool_restart(name: str) -> Response:
     """``POST /api/worker/pool/restart/<name>``: restart the pool (``reload=False``).
 
+    Answers ``{"message", "processes"}``: the pool size read back after the restart.
     Status codes: 200; 403 pool restarts not enabled on the worker
     (``worker_pool_restarts``), read-only or cross-site; 404 unknown worker; 503 no reply or
     broker unavailable.
     """
     _known_worker(name)
+    before = _pool(name)
+    old = set((before or {}).get("processes") or ())
     _broadcast(name, "pool_restart", f"Failed to restart the '{name}' pool", reload=False)
-    return json_response({"message": f"Restarting '{name}' worker's pool"})
+    after = _pool_after(name, lambda pool: not old & set(pool.get("processes") or ()))
+    return json_response(
+        {
+            "message": f"Restarting '{name}' worker's pool; {_pool_text(after)}",
+            "processes": _processes(after),
+        }
+    )
 
 
 def _pool_resize(name: str, grow: bool) -> Response:
     _known_worker(name)
     n = p_int(params(), "n", POOL_STEP, default=1)
+    assert n is not None
+    before = _processes(_pool(name))
+    if not grow and before is not None and n >= before:
+        raise ApiError(
+            409,
+            f"shrinking '{name}' worker's pool by {n} would leave it without a process "
+            f"(it has {before}); shrink by at most {before - 1}",
+        )
     capp = _capp()
     fn = capp.control.pool_grow if grow else capp.control.pool_shrink
     verb = "grow" if grow else "shrink"
     replies = fn(n=n, destination=[name], reply=True, timeout=_reply_timeout(), limit=1)
-    _control_reply(name, replies, f"Failed to {verb} '{name}' worker's pool")
+    want = None if before is None else before + (n if grow else -n)
+    try:
+        _control_reply(name, replies, f"Failed to {verb} '{name}' worker's pool")
+    except ApiError as exc:
+        after = _pool(name)
+        raise ApiError(exc.status, f"{exc.message}; {_pool_text(after)}") from None
+    after = _pool_after(name, lambda pool: want is None or _processes(pool) == want)
     doing = "Growing" if grow else "Shrinking"
-    return json_response({"message": f"{doing} '{name}' worker's pool by {n}"})
+    return json_response(
+        {
+            "message": f"{doing} '{name}' worker's pool by {n}; {_pool_text(after)}",
+            "processes": _processes(after),
+        }
+    )
 
 
 def worker_pool_grow(name: str) -> Response:
     """``POST /api/worker/pool/grow/<name>?n=1``: add ``n`` pool processes.
 
-    Status codes: 200; 400 bad ``n``; 403 the worker refused, read-only or cross-site;
-    404 unknown worker; 503 no reply or broker unavailable.
+    Answers ``{"message", "processes"}``: the pool size read back after the action.
+    Status codes: 200; 400 bad ``n``; 403 the worker refused (the message says the size the
+    pool has now), read-only or cross-site; 404 unknown worker; 503 no reply or broker
+    unavailable.
     """
     return _pool_resize(name, grow=True)
 
@@ -543,7 +618,8 @@ def worker_pool_grow(name: str) -> Response:
 def worker_pool_shrink(name: str) -> Response:
     """``POST /api/worker/pool/shrink/<name>?n=1``: remove ``n`` pool processes.
 
-    Status codes: as :func:`worker_pool_grow`.
+    Status codes: as :func:`worker_pool_grow`, and 409 when ``n`` is not below the number of
+    processes (the pool would be left empty: the worker would take tasks and never run them).
     """
     return _pool_resize(name, grow=False)
 
@@ -551,6 +627,7 @@ def worker_pool_shrink(name: str) -> Response:
 def worker_pool_autoscale(name: str) -> Response:
     """``POST /api/worker/pool/autoscale/<name>?min=&max=``: set the autoscaler's bounds.
 
+    Answers ``{"message", "processes", "autoscaler"}`` read back from the worker.
     Status codes: 200; 400 missing or bad ``min``/``max``; 403 autoscale not enabled on the
     worker, read-only or cross-site; 404 unknown worker; 503 no reply or broker unavailable.
     """
@@ -562,7 +639,21 @@ def worker_pool_autoscale(name: str) -> Response:
     if lo > hi:
         raise ApiError(400, f"min must be <= max, not min={lo} max={hi}")
     _broadcast(name, "autoscale", f"Failed to autoscale '{name}' worker", min=lo, max=hi)
-    return json_response({"message": f"Autoscaling '{name}' worker (min={lo}, max={hi})"})
+    after = _pool_after(
+        name,
+        lambda pool: (
+            (pool.get("autoscaler") or {}).get("max") == hi
+            and (pool.get("autoscaler") or {}).get("min") == lo
+        ),
+    )
+    scaler = (after or {}).get("autoscaler")
+    return json_response(
+        {
+            "message": f"Autoscaling '{name}' worker (min={lo}, max={hi}); {_pool_text(after)}",
+            "processes": _processes(after),
+            "autoscaler": scaler,
+        }
+    )
 
 
 def worker_add_consumer(name: str) -> Response:
@@ -1230,11 +1321,6 @@ def _redis_channel(conn: Any, what: str) -> Any:
     return conn.default_channel
 
 
-def _queue_keys(chan: Any, queue: str) -> list[str]:
-    steps = list(getattr(chan, "priority_steps", [0]))
-    return list(dict.fromkeys(chan._q_for_pri(queue, p) for p in steps))
-
-
 def _message_summary(raw: bytes | str) -> dict[str, Any] | None:
     try:
         msg = json.loads(raw)
@@ -1279,19 +1365,9 @@ def queue_messages(queue: str) -> Response:
     limit = p_int(params(), "limit", MESSAGES_LIMIT, default=100)
     assert limit is not None
     _known_queue(queue)
-    out: list[dict[str, Any]] = []
     with _capp().connection_for_read() as conn:
-        chan = _redis_channel(conn, "listing messages")
-        client = chan.client
-        for key in _queue_keys(chan, queue):
-            if len(out) >= limit:
-                break
-            # kombu pushes with LPUSH and takes with BRPOP: the tail is taken first
-            raw = client.lrange(key, -(limit - len(out)), -1)
-            for item in reversed(raw):
-                summary = _message_summary(item)
-                if summary is not None:
-                    out.append(summary)
+        raws = _broker.redis_messages(_redis_channel(conn, "listing messages"), queue, limit)
+    out = [m for m in map(_message_summary, raws) if m is not None]
     return json_response({"queue": queue, "messages": out})
 
 
@@ -1302,21 +1378,18 @@ def queue_remove_message(queue: str, task_id: str) -> Response:
     task waits in it; 409 the broker cannot delete one message; 503 broker unavailable.
     """
     _known_queue(queue)
+
+    def of_task(raw: bytes) -> bool:
+        summary = _message_summary(raw)
+        return summary is not None and summary["task-id"] == task_id
+
     with _capp().connection_for_write() as conn:
         chan = _redis_channel(conn, "deleting one message")
-        client = chan.client
-        for key in _queue_keys(chan, queue):
-            for raw in client.lrange(key, 0, -1):
-                summary = _message_summary(raw)
-                if (
-                    summary is not None
-                    and summary["task-id"] == task_id
-                    and client.lrem(key, 1, raw)
-                ):
-                    log.info("celerymon: removed task %s from queue %s", task_id, queue)
-                    return json_response(
-                        {"message": f"Removed '{task_id}' from '{queue}'", "task-id": task_id}
-                    )
+        if _broker.redis_remove(chan, queue, of_task):
+            log.info("celerymon: removed task %s from queue %s", task_id, queue)
+            return json_response(
+                {"message": f"Removed '{task_id}' from '{queue}'", "task-id": task_id}
+            )
     raise ApiError(404, f"no message of task '{task_id}' waits in queue '{queue}'")
 
 

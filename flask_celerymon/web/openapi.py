@@ -128,6 +128,17 @@ SCHEMAS: dict[str, Any] = {
             "oneOf": [{"$ref": "#/components/schemas/WorkerInspect"}, {"type": "boolean"}]
         },
     },
+    "Pool": {
+        "type": "object",
+        "description": "A pool action's answer: processes and autoscaler read back from the "
+        "worker after the action (null when it did not reply in time).",
+        "required": ["message", "processes"],
+        "properties": {
+            "message": _STR,
+            "processes": {"type": "integer", "nullable": True},
+            "autoscaler": {"type": "object", "nullable": True},
+        },
+    },
     "Sent": {
         "type": "object",
         "required": ["task-id"],
@@ -387,16 +398,16 @@ def paths() -> dict[str, Any]:
             "Shut a worker down", "Message", (404, 503), [_WORKER]
         ),
         "/api/worker/pool/restart/{name}": _post(
-            "Restart a worker's pool", "Message", (404, 503), [_WORKER]
+            "Restart a worker's pool", "Pool", (404, 503), [_WORKER]
         ),
         "/api/worker/pool/grow/{name}": _post(
-            "Grow a worker's pool", "Message", _CONTROL, [_WORKER, *n]
+            "Grow a worker's pool", "Pool", _CONTROL, [_WORKER, *n]
         ),
         "/api/worker/pool/shrink/{name}": _post(
-            "Shrink a worker's pool", "Message", _CONTROL, [_WORKER, *n]
+            "Shrink a worker's pool", "Pool", (*_CONTROL, 409), [_WORKER, *n]
         ),
         "/api/worker/pool/autoscale/{name}": _post(
-            "Set the autoscaler's bounds", "Message", _CONTROL, [_WORKER, *auto]
+            "Set the autoscaler's bounds", "Pool", _CONTROL, [_WORKER, *auto]
         ),
         "/api/worker/queue/add-consumer/{name}": _post(
             "Start consuming a queue", "Message", _CONTROL, [_WORKER, *queue]
