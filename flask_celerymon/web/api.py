@@ -83,6 +83,9 @@ BULK_LIMIT = 1000
 BULK_MAX = 10_000
 #: Largest ``n`` of pool grow/shrink and ``max`` of autoscale.
 MAX_POOL_STEP = 1000
+#: Longest wait for a pool action to show in the worker's stats (seconds; Celery's prefork
+#: pool drops exited processes at least every 5 s).
+POOL_READ_BACK = 6.0
 #: Longest countdown, expiry and time limit accepted (seconds: ten years).
 MAX_SECONDS = 10 * 365 * 86400
 #: Latest Unix time accepted by the time filters (9999-12-31 23:59:59 UTC).
@@ -534,10 +537,11 @@ def _processes(pool: dict[str, Any] | None) -> int | None:
 def _pool_after(worker: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
     """Read ``worker``'s pool until ``done(pool)`` or the reply timeout; the last read.
 
-    A pool action returns before the pool shows it (a shrunk process exits later), so the
-    answer waits, within a bound, for what is true.
+    A pool action returns before the pool shows it (a shrunk process leaves the list when
+    the worker next maintains its pool, within 5 s), so the answer waits, at most
+    :data:`POOL_READ_BACK` seconds, for what is true.
     """
-    deadline = time.monotonic() + _reply_timeout()
+    deadline = time.monotonic() + max(_reply_timeout(), POOL_READ_BACK)
     pool = _pool(worker)
     while pool is not None and not done(pool) and time.monotonic() < deadline:
         time.sleep(0.1)
