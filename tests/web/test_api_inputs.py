@@ -329,3 +329,34 @@ def test_message_listing_reads_only_full_keys(redis_server, tmp_path):
     finally:
         state.shutdown()
         raw.close()
+
+
+# -- the pages' numbers that reach the store ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("/tasks?page=9223372036854775808", "page must be an integer from 1 to 1000000"),
+        ("/tasks?per_page=12345678901234567890", "per_page must be an integer from 1 to 500"),
+        ("/tasks?page=0", "page must be an integer from 1 to 1000000"),
+        (
+            "/tasks/datatable?start=9223372036854775808",
+            "start must be an integer from 0 to 1000000000",
+        ),
+        ("/tasks/datatable?length=-2", "length must be an integer from -1 to 10000"),
+        ("/tasks/datatable?draw=99999999999999999999", "draw must be an integer from 0 to"),
+    ],
+)
+def test_page_numbers_beyond_their_range_are_400_not_a_store_error(monitored, url, message):
+    resp = monitored.client().get(PREFIX + url)
+    assert resp.status_code == 400
+    assert message in resp.get_data(as_text=True)
+
+
+def test_the_largest_page_numbers_reach_the_store_and_answer(monitored):
+    client = monitored.client()
+    resp = client.get(f"{PREFIX}/tasks?page=1000000&per_page=500")
+    assert resp.status_code == 200
+    resp = client.get(f"{PREFIX}/tasks/datatable?start=1000000000&length=10000")
+    assert resp.status_code == 200 and resp.json["data"] == []
