@@ -353,19 +353,19 @@ def p_time(p: Mapping[str, Any], name: str) -> float | None:
     )
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise bad
-    text = str(value).strip()
     try:
-        if (
-            isinstance(value, (int, float))
-            or text.replace(".", "", 1).isascii()
-            and (text.replace(".", "", 1).isdigit())
-        ):
-            seconds = float(value if isinstance(value, (int, float)) else text)
+        if isinstance(value, str):
+            text = value.strip()
+            digits = text.replace(".", "", 1)
+            if digits.isascii() and digits.isdigit():
+                seconds = float(text)
+            else:
+                seconds = _parse_date(text).timestamp()
         else:
-            seconds = _parse_date(text).timestamp()
+            seconds = float(value)
     except (ValueError, OverflowError, OSError):
         raise bad from None
-    if not (math.isfinite(seconds) and 0 <= seconds <= MAX_UNIX_TIME):
+    if not (math.isfinite(seconds) and UNIX_TIME.minimum <= seconds <= UNIX_TIME.maximum):
         raise bad
     return seconds
 
