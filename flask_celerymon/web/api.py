@@ -1129,9 +1129,15 @@ def _send(name: str, args: list[Any], kwargs: dict[str, Any], options: dict[str,
     if name in capp.tasks or ":" in name:
         return _apply(name, args, kwargs, options)
     task_id = options.pop("task_id", None) or new_uuid()
-    with _sending(name):
-        _record_pending(name, task_id, args, kwargs, options.get("queue"))
-        return capp.send_task(name, args=args, kwargs=kwargs, task_id=task_id, **options)
+    _record_pending(name, task_id, args, kwargs, options.get("queue"))
+    try:
+        with _sending(name):
+            return capp.send_task(name, args=args, kwargs=kwargs, task_id=task_id, **options)
+    except ApiError:
+        backend = _backend()
+        if backend is not None:
+            backend.forget(task_id)  # nothing was sent: no PENDING record left behind
+        raise
 
 
 def _sent(result: Any) -> dict[str, Any]:

@@ -360,3 +360,27 @@ def test_the_largest_page_numbers_reach_the_store_and_answer(monitored):
     assert resp.status_code == 200
     resp = client.get(f"{PREFIX}/tasks/datatable?start=1000000000&length=10000")
     assert resp.status_code == 200 and resp.json["data"] == []
+
+
+def test_a_message_celery_refuses_to_send_is_400_with_celerys_reason(redis_server, tmp_path):
+    broker = redis_server.url(next(_queue_dbs))
+    app = make_monitored_app(broker, str(tmp_path), CELERY_TASK_CREATE_MISSING_QUEUES=False)
+    state = app.extensions["celerymon"]
+    try:
+        api = Api(app)
+        for route, name, args in (
+            ("async-apply", ADD, [1, 2]),
+            ("apply", REGISTERED, [1]),
+            ("send-task", "not.registered.here", []),
+        ):
+            body = {"args": args, "queue": "nope", "task_id": f"refused-{route}"}
+            resp = api.post(f"/api/task/{route}/{name}", json=body)
+            assert resp.status_code == 400, resp.json
+            assert resp.json == {
+                "error": f"Celery refused to send task '{name}': \"Queue 'nope' missing from "
+                'task_queues"'
+            }
+        # send-task records PENDING first (for result and retry); a refused send leaves none
+        assert not state.celery_app.backend.client.exists("celery-task-meta-refused-send-task")
+    finally:
+        state.shutdown()
