@@ -151,6 +151,15 @@ TRUE = frozenset({"y", "yes", "t", "true", "on", "1"})
 FALSE = frozenset({"n", "no", "f", "false", "off", "0", ""})
 
 
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in word)
+
+
+#: The texts a boolean parameter takes (Flower's ``strtobool`` words in any case, or empty for
+#: the default), as a JSON Schema ``pattern`` matched with ``re.search`` (as JSON Schema is).
+BOOL_PATTERN = "^(" + "|".join(_any_case(w) for w in sorted(TRUE | FALSE) if w) + ")?$"
+
+
 class ApiError(Exception):
     """An API failure with its HTTP status; answered as ``{"error": message}``."""
 
@@ -275,6 +284,8 @@ def p_pattern(p: Mapping[str, Any], name: str, pattern: str, example: str) -> st
 
 
 def p_bool(p: Mapping[str, Any], name: str, default: bool = False) -> bool:
+    """``p[name]`` as a boolean: a text matching :data:`BOOL_PATTERN` (empty: ``default``),
+    or a JSON boolean, 0 or 1. Raises :class:`ApiError` (400) for anything else."""
     value = p.get(name)
     if value is None:
         return default
@@ -282,11 +293,9 @@ def p_bool(p: Mapping[str, Any], name: str, default: bool = False) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    text = str(value).strip().lower()
-    if text in TRUE:
-        return True
-    if text in FALSE:
-        return False if text else default
+    if isinstance(value, str) and re.search(BOOL_PATTERN, value):
+        text = value.strip().lower()
+        return True if text in TRUE else (False if text else default)
     raise ApiError(400, f"{name} must be a boolean (1/0, true/false, yes/no), not {value!r}")
 
 

@@ -19,10 +19,7 @@ _TEXT = {"type": "string", "minLength": 1, "pattern": "\\S"}
 _NSTR = {"type": "string", "nullable": True}
 _NNUM = {"type": "number", "nullable": True}
 _NINT = {"type": "integer", "nullable": True}
-_BOOL_PARAM = {
-    "type": "string",
-    "enum": ["1", "0", "true", "false", "yes", "no", "on", "off"],
-}
+_BOOL_PARAM = {"type": "string", "pattern": _api.BOOL_PATTERN}
 
 ERROR_MESSAGES = {
     400: "A parameter is missing or not valid; the message names it",
