@@ -299,6 +299,12 @@ def p_bool(p: Mapping[str, Any], name: str, default: bool = False) -> bool:
     raise ApiError(400, f"{name} must be a boolean (1/0, true/false, yes/no), not {value!r}")
 
 
+#: Number texts: ASCII digits only (Python's int() and float() also take other scripts' digits,
+#: ``_`` separators, white space, ``inf`` and ``nan``).
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
 def p_int(
     p: Mapping[str, Any],
     name: str,
@@ -306,41 +312,45 @@ def p_int(
     default: int | None = None,
     required: bool = False,
 ) -> int | None:
-    """``p[name]`` as an int within ``bounds``; ``default`` when absent.
+    """``p[name]`` as an int within ``bounds``; ``default`` when absent or empty.
 
-    Raises :class:`ApiError` (400) when it is missing but ``required``, not an integer, or
-    outside ``bounds``.
+    Raises :class:`ApiError` (400) when it is missing but ``required``, not an integer (white
+    space is not one), or outside ``bounds``.
     """
     value: Any = p.get(name)
-    if not _present(value):
+    if value is None or value == "":
         if required:
             raise ApiError(400, f"missing parameter {name!r}")
         return default
-    try:
-        if isinstance(value, (bool, float)):
-            raise ValueError
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value):
         n = int(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}") from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
     if not bounds.minimum <= n <= bounds.maximum:
         raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
     return n
 
 
 def p_float(p: Mapping[str, Any], name: str, bounds: Range) -> float | None:
-    """``p[name]`` as a finite float within ``bounds``, or None when absent.
+    """``p[name]`` as a finite float within ``bounds``, or None when absent or empty.
 
-    Raises :class:`ApiError` (400) when it is not a number or outside ``bounds``.
+    Raises :class:`ApiError` (400) when it is not a number (white space is not one) or
+    outside ``bounds``.
     """
     value: Any = p.get(name)
-    if not _present(value):
+    if value is None or value == "":
         return None
-    try:
-        if isinstance(value, bool):
-            raise ValueError
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value):
         f = float(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}") from None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            f = float(value)
+        except OverflowError:
+            raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}") from None
+    else:
+        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
     if not (math.isfinite(f) and bounds.minimum <= f <= bounds.maximum):
         raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
     return f

@@ -16,6 +16,7 @@ OPENAPI_VERSION = "3.0.3"
 _STR = {"type": "string"}
 #: A required text parameter: at least one character that is not white space.
 _TEXT = {"type": "string", "minLength": 1, "pattern": "\\S"}
+_EMPTY = {"type": "string", "maxLength": 0}
 _NSTR = {"type": "string", "nullable": True}
 _NNUM = {"type": "number", "nullable": True}
 _NINT = {"type": "integer", "nullable": True}
@@ -256,6 +257,9 @@ SCHEMAS: dict[str, Any] = {
 def _q(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict:
     if required and schema == _STR:
         schema = _TEXT
+    if not required and schema.get("type") in ("integer", "number"):
+        # an empty value (an empty form field) means the default
+        schema = {"anyOf": [schema, _EMPTY]}
     return {
         "name": name,
         "in": "query",
