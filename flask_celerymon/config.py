@@ -93,6 +93,20 @@ def _is_db(v: Any) -> bool:
 
 
 # name -> (default, validator, what a valid value is)
+def _is_alert_rules(v: Any) -> bool:
+    """Valid alert rules; raises :class:`ConfigurationError` naming the rule and key at fault."""
+    from .monitor.insight.alerts import parse_rules
+
+    parse_rules(v)
+    return True
+
+
+def _is_opt_http_url(v: Any) -> bool:
+    return v is None or (
+        isinstance(v, str) and v.startswith(("http://", "https://")) and len(v) > 8
+    )
+
+
 OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     # local processes
     "CELERY_WORKERS": (1, lambda v: True, "a number, a list of names or a dict of name -> options"),
@@ -139,6 +153,12 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_MONITOR_READ_ONLY": (False, _is_bool, "True or False"),
     "CELERY_MONITOR_BROKER_API": (None, _is_opt_str, "a RabbitMQ management API URL or None"),
     "CELERY_MONITOR_QUEUES": ((), _is_str_list, "a list of queue names"),
+    # insight: alerts
+    "CELERY_MONITOR_ALERTS": ((), _is_alert_rules, "a list of alert rules (dicts)"),
+    "CELERY_MONITOR_ALERT_WEBHOOK": (None, _is_opt_http_url, "None or an http(s):// URL"),
+    "CELERY_MONITOR_ALERT_FORMAT": ("json", lambda v: v in ("json", "slack"), "'json' or 'slack'"),
+    "CELERY_MONITOR_ALERT_INTERVAL": (15.0, _is_pos_number, "a number of seconds > 0"),
+    "CELERY_MONITOR_ALERT_LINK": (None, _is_opt_http_url, "None or an http(s):// URL"),
 }
 
 # Keys Celery knows in their new lowercase form, addressed with the CELERY_ prefix.

@@ -25,7 +25,7 @@ def get_state() -> AppState:
 
 def make_blueprint() -> Blueprint:
     """A fresh blueprint with every part of the monitor registered on it."""
-    from . import api, guard, live, metrics, views
+    from . import api, guard, insight, live, metrics, views
 
     bp = Blueprint(
         BLUEPRINT_NAME,
@@ -40,6 +40,7 @@ def make_blueprint() -> Blueprint:
     views.register(bp)
     live.register(bp)
     metrics.register(bp)
+    insight.register(bp)
     return bp
 
 

@@ -79,6 +79,8 @@ class Insight:
         #: (rule name, subject) -> {"id", "since", "notified"} of pending and firing alerts
         self._active: dict[tuple[str, str], dict[str, Any]] = {}
         self.last_evaluation: float | None = None
+        #: When this process began watching events (Unix time), None before start.
+        self.started_at: float | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -99,6 +101,7 @@ class Insight:
                 self._store = None  # forked: the parent's connection is not ours
                 self._pending.clear()
             self._pid = os.getpid()
+            self.started_at = time.time()
             self._stop.clear()
             self._restore_active()
             self.service.remove_listener(self._on_event)

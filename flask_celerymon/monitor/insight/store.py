@@ -233,7 +233,7 @@ class InsightStore:
                 for name, at in (resolved or {}).items():
                     c.execute(
                         "UPDATE insight_error_groups SET resolved_at = ? "
-                        "WHERE name = ? AND resolved_at IS NULL AND last_seen <= ?",
+                        "WHERE name = ? AND resolved_at IS NULL AND last_seen < ?",
                         (at, name, at),
                     )
                 c.execute("COMMIT")
