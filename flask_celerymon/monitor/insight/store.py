@@ -335,7 +335,9 @@ class InsightStore:
             if key is not None:
                 cond, params = "key = ?", [prefix + key]
             else:
-                cond, params = "key >= ? AND key < ?", [prefix, prefix[:-1] + chr(ord(":") + 1)]
+                # "+key": walk the primary key's time range, not every row of the key index
+                cond = "+key >= ? AND +key < ?"
+                params = [prefix, prefix[:-1] + chr(ord(":") + 1)]
             rows = self._read(
                 f"SELECT key, {cols} FROM {table} WHERE {cond} AND start >= ? AND start < ? "
                 "GROUP BY key",
