@@ -45,8 +45,12 @@ def fill(ins: Insight, n: int, now: float, days: float = 30.0) -> float:
         ins._on_event({"type": "task-started", "timestamp": ts - 0.1}, task)
         r = rnd.random()
         if r < 0.05:
-            ev = {"type": "task-failed", "timestamp": ts,
-                  "exception": f"ValueError('order {i} failed')", "traceback": "Traceback ..."}
+            ev = {
+                "type": "task-failed",
+                "timestamp": ts,
+                "exception": f"ValueError('order {i} failed')",
+                "traceback": "Traceback ...",
+            }
         elif r < 0.07:
             ev = {"type": "task-retried", "timestamp": ts, "exception": "TimeoutError()"}
         else:
