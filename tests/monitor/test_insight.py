@@ -307,3 +307,24 @@ def test_schedules_in_words_and_next_runs():
     assert nxt == pytest.approx(now + 20, abs=1)
     midnight = beat.next_run(app, crontab(minute=0, hour=0), now)
     assert 0 < midnight - now <= 86400 and midnight % 60 == pytest.approx(0, abs=1)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 90 * 86400), st.integers(0, 70 * 86400))
+def test_rollup_spans_tile_the_window_exactly(start, length):
+    """Days, hours and minutes pieces are aligned, disjoint and cover the rounded window."""
+    lo, hi = 1_700_000_000 + start, 1_700_000_000 + start + length
+    pieces = InsightStore._spans(None, lo, hi)  # type: ignore[arg-type]
+    period = {"insight_minutes": 60, "insight_hours": 3600, "insight_days": 86400}
+    covered = []
+    for table, a, b in pieces:
+        assert a < b and a % period[table] == 0 and b % period[table] == 0
+        covered.append((a, b))
+    covered.sort()
+    want_lo, want_hi = lo // 60 * 60, -(-hi // 60) * 60
+    if want_lo == want_hi:
+        assert covered == []
+        return
+    assert covered[0][0] == want_lo and covered[-1][1] == want_hi
+    assert all(x[1] == y[0] for x, y in zip(covered, covered[1:]))
+    assert len([t for t, _, _ in pieces if t == "insight_minutes"]) <= 2

@@ -5,12 +5,13 @@ table, all named ``insight_*``, so they survive restarts and follow the same ret
 (``CELERY_MONITOR_RETENTION_DAYS``). Without a history file they live in an in-memory SQLite
 database for the life of the process.
 
-Roll-ups (``insight_minutes`` and ``insight_hours``) hold, per ``key`` and period start (Unix
+Roll-ups (``insight_minutes``, ``insight_hours`` and ``insight_days``) hold, per ``key`` and period start (Unix
 seconds): finished counts, and two histograms, task runtime and queue wait, as
 :data:`BUCKETS` integer columns each (``rt0`` ... and ``w0`` ...). Bucket ``i`` counts values
 up to :func:`bucket_bound` ``(i)``; the bounds grow by √2 from 0.1 ms, so a percentile read
 from them is within about 19 % of the exact one. Because histograms are columns, a 30-day
-summary is one ``SUM(...) GROUP BY`` over at most 720 hourly rows per key, done by SQLite.
+summary is a ``SUM(...) GROUP BY`` over about 30 daily rows and at most 48 hourly and 120
+minute rows per key at its edges, done by SQLite.
 Keys are ``task:<task name>`` and ``queue:<queue name>`` (queue wait only).
 
 One connection, one lock: the insight thread writes once a second, web requests read.
@@ -38,6 +39,8 @@ _MAXES = ["rt_max", "w_max"]
 ROLLUP_COLUMNS = (*_SUMS, *_MAXES)
 
 SCHEMA_VERSION = "1"
+#: Roll-up tables by period (seconds): minutes, hours and days (UTC).
+_LEVELS = {60: "insight_minutes", 3600: "insight_hours", 86400: "insight_days"}
 
 
 def bucket_bound(i: int) -> float:
@@ -80,7 +83,7 @@ def _schema() -> str:
         f"CREATE TABLE IF NOT EXISTS {t} (key TEXT NOT NULL, start INTEGER NOT NULL, {cols}, "
         "PRIMARY KEY (start, key)) WITHOUT ROWID;\n"
         f"CREATE INDEX IF NOT EXISTS {t}_key ON {t}(key, start);"
-        for t in ("insight_minutes", "insight_hours")
+        for t in _LEVELS.values()
     )
     return f"""
 {tables}
@@ -125,7 +128,7 @@ def _upsert(table: str) -> str:
     )
 
 
-_UPSERT = {t: _upsert(t) for t in ("insight_minutes", "insight_hours")}
+_UPSERT = {t: _upsert(t) for t in _LEVELS.values()}
 _INDEX = {c: i for i, c in enumerate(ROLLUP_COLUMNS)}
 
 
@@ -210,24 +213,24 @@ class InsightStore:
         """Add per-minute ``rollups`` ``{(key, minute start): Rollup}`` (also to the hours),
         record ``failures`` in their groups and mark ``resolved`` ``{task name: time}``: the
         groups of that task not seen since then are resolved. One transaction."""
-        hours: dict[tuple[str, int], list[float]] = {}
-        minute_rows = []
-        for (key, start), r in rollups.items():
-            minute_rows.append((key, start, *r.values))
-            hk = (key, start - start % 3600)
-            h = hours.get(hk)
-            if h is None:
-                hours[hk] = list(r.values)
-            else:
-                for i, c in enumerate(ROLLUP_COLUMNS):
-                    h[i] = max(h[i], r.values[i]) if c in _MAXES else h[i] + r.values[i]
-        hour_rows = [(k, s, *v) for (k, s), v in hours.items()]
+        rows: dict[str, list[tuple[Any, ...]]] = {}
+        for period, table in _LEVELS.items():
+            acc: dict[tuple[str, int], list[float]] = {}
+            for (key, start), r in rollups.items():
+                k = (key, start - start % period)
+                a = acc.get(k)
+                if a is None:
+                    acc[k] = list(r.values)
+                else:
+                    for i, c in enumerate(ROLLUP_COLUMNS):
+                        a[i] = max(a[i], r.values[i]) if c in _MAXES else a[i] + r.values[i]
+            rows[table] = [(k, s, *v) for (k, s), v in acc.items()]
         with self._lock:
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
-                c.executemany(_UPSERT["insight_minutes"], minute_rows)
-                c.executemany(_UPSERT["insight_hours"], hour_rows)
+                for table, table_rows in rows.items():
+                    c.executemany(_UPSERT[table], table_rows)
                 for f in failures:
                     self._add_failure(c, f)
                 for name, at in (resolved or {}).items():
@@ -285,7 +288,7 @@ class InsightStore:
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
             try:
-                for t in ("insight_minutes", "insight_hours", "insight_error_minutes"):
+                for t in (*_LEVELS.values(), "insight_error_minutes"):
                     c.execute(f"DELETE FROM {t} WHERE start < ?", (older_than,))
                 c.execute("DELETE FROM insight_error_tasks WHERE ts < ?", (older_than,))
                 c.execute("DELETE FROM insight_error_groups WHERE last_seen < ?", (older_than,))
@@ -308,19 +311,28 @@ class InsightStore:
     # -- roll-up reads ---------------------------------------------------------------------
 
     def _spans(self, since: float, until: float) -> list[tuple[str, int, int]]:
-        """(table, start, end) pieces covering [since, until): hours inside, minutes at the
-        edges."""
+        """(table, start, end) pieces covering [since, until) rounded out to minutes: whole
+        days from the day table, whole hours around them, minutes at the edges."""
         lo = int(since // 60 * 60)
         hi = int(-(-until // 60) * 60)
-        h0 = -(-lo // 3600) * 3600
-        h1 = hi // 3600 * 3600
-        if h1 - h0 < 3600:
-            return [("insight_minutes", lo, hi)]
-        out = [("insight_hours", h0, h1)]
-        if lo < h0:
-            out.append(("insight_minutes", lo, h0))
-        if h1 < hi:
-            out.append(("insight_minutes", h1, hi))
+        out: list[tuple[str, int, int]] = []
+
+        def cover(a: int, b: int, periods: list[int]) -> None:
+            period, rest = periods[0], periods[1:]
+            if not rest:
+                if a < b:
+                    out.append((_LEVELS[period], a, b))
+                return
+            p0 = -(-a // period) * period
+            p1 = b // period * period
+            if p1 <= p0:
+                cover(a, b, rest)
+                return
+            out.append((_LEVELS[period], p0, p1))
+            cover(a, p0, rest)
+            cover(p1, b, rest)
+
+        cover(lo, hi, [86400, 3600, 60])
         return out
 
     def totals(
