@@ -20,6 +20,8 @@ Routes (relative to ``CELERY_MONITOR_URL_PREFIX``); who may call each is :data:`
 ``/api/beat``                          GET     ``{"beat": status, "entries": [...]}``
 ``/api/beat/run/<entry>``              POST    send an entry's task now
 ``/api/alerts``                        GET     ``{"rules": [...], "alerts": [...]}``
+``/canvas/<task id>``                  GET     the task page's canvas graph (HTML fragment)
+``/api/task/canvas/<task id>``         GET     :func:`~..monitor.insight.canvas.canvas_graph`
 =====================================  ======  ==============================================
 
 API errors are ``{"error": ...}``: 400 bad parameter, 404 unknown group or entry, 503 broker
@@ -41,6 +43,7 @@ from flask import Blueprint, Flask, Response, current_app, render_template, requ
 from ..monitor.insight import Insight, InsightSettings, parse_rules
 from ..monitor.insight import analytics as _analytics
 from ..monitor.insight import beat as _beat
+from ..monitor.insight.canvas import canvas_graph, layout
 from . import api, get_state
 
 EXTENSION_KEY = "celerymon.insight"
@@ -62,6 +65,8 @@ ROLES: dict[str, str] = {
     "api_beat": "viewer",
     "api_beat_run": "operator",
     "api_alerts": "viewer",
+    "canvas_fragment": "viewer",
+    "api_task_canvas": "viewer",
 }
 
 #: Windows of the error list: name -> seconds.
@@ -426,6 +431,32 @@ def api_alerts() -> Response:
     return api.json_response({"rules": _rules(), "alerts": alerts})
 
 
+def task_canvas(uuid: str) -> dict[str, Any] | None:
+    """The canvas graph of a task (None when unknown); also the task page's template helper."""
+    svc = get_state().monitor
+    ins = get_insight()
+    ins.flush()
+    return canvas_graph(lambda i: svc.task(i), uuid, members=ins.store.canvas_members)
+
+
+def canvas_fragment(task_id: str) -> Any:
+    """The canvas card of the task page alone (the page's script swaps it in). 200; 404."""
+    graph = task_canvas(task_id)
+    if graph is None:
+        return _error_page(404, "Unknown task", f"No task with id {task_id!r} is known.")
+    return render_template("celerymon/_canvas.html", canvas=graph)
+
+
+def api_task_canvas(task_id: str) -> Response:
+    """``GET /api/task/canvas/<id>``: the chain/group/chord the task belongs to: ``{"root",
+    "task", "nodes": [{"id", "name", "state", "parent", "depth", "known"}], "edges": [[parent,
+    child]], "truncated", "final"}``. Status codes: 200; 404 unknown task."""
+    graph = task_canvas(task_id)
+    if graph is None:
+        raise api.ApiError(404, f"Unknown task '{task_id}'")
+    return api.json_response(graph)
+
+
 #: (rule, endpoint, view, methods)
 ROUTES: tuple[tuple[str, str, Any, tuple[str, ...]], ...] = (
     ("/errors", "errors", errors_page, ("GET",)),
@@ -442,13 +473,17 @@ ROUTES: tuple[tuple[str, str, Any, tuple[str, ...]], ...] = (
     ("/api/beat", "api_beat", api_beat, ("GET",)),
     ("/api/beat/run/<celerymon_path:entry>", "api_beat_run", api_beat_run, ("POST",)),
     ("/api/alerts", "api_alerts", api_alerts, ("GET",)),
+    ("/canvas/<task_id>", "canvas_fragment", canvas_fragment, ("GET",)),
+    ("/api/task/canvas/<task_id>", "api_task_canvas", api_task_canvas, ("GET",)),
 )
 
 
 def register(bp: Blueprint) -> None:
     """Add the insight pages and API to the monitor blueprint."""
     bp.before_request(_start)
-    bp.context_processor(lambda: {"insight_nav": nav_links})
+    bp.context_processor(
+        lambda: {"insight_nav": nav_links, "insight_canvas": task_canvas, "canvas_layout": layout}
+    )
     for rule, endpoint, view, methods in ROUTES:
         bp.add_url_rule(rule, endpoint, view, methods=list(methods))
 

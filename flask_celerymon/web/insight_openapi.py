@@ -124,6 +124,26 @@ SCHEMAS: dict[str, Any] = {
             ),
         },
     ),  # fmt: skip
+    "Canvas": _obj(
+        ["root", "task", "nodes", "edges", "truncated", "final"],
+        root=_STR,
+        task=_STR,
+        truncated={"type": "boolean"},
+        final={"type": "boolean"},
+        nodes={
+            "type": "array",
+            "items": _obj(
+                ["id", "name", "state", "parent", "depth", "known"],
+                id=_STR,
+                name=_STR,
+                state=_STR,
+                parent=_NSTR,
+                depth=_INT,
+                known={"type": "boolean"},
+            ),
+        },
+        edges={"type": "array", "items": {"type": "array", "items": _STR}},
+    ),  # fmt: skip
     "BeatRun": _obj(["message", "task-id"], message=_STR, **{"task-id": _STR}),
     "Alerts": _obj(
         ["rules", "alerts"],
@@ -205,6 +225,10 @@ def paths() -> dict[str, Any]:
         "/api/beat": {"get": _op("The beat schedule and whether beat runs", "Beat", (), [])},
         "/api/beat/run/{entry}": {"post": _op("Send a beat entry's task now", "BeatRun",
                                               (403, 404, 503), [_ENTRY])},
+        "/api/task/canvas/{task_id}": {"get": _op(
+            "The chain, group or chord a task belongs to, as a graph", "Canvas", (404,),
+            [{"name": "task_id", "in": "path", "required": True, "schema": _STR,
+              "description": "task id"}])},
         "/api/alerts": {"get": _op("Alert rules and alerts", "Alerts", (400,), [
             _q("status", {"type": "string", "enum": ["all", "firing", "resolved"]}, "status")])},
     }  # fmt: skip

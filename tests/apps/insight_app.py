@@ -21,6 +21,11 @@ def flaky(order):
 
 
 @celery.task
+def total(values):
+    return sum(values)
+
+
+@celery.task
 def retrying(order):
     raise current_task.retry(exc=KeyError(f"slot {order}"), countdown=300, max_retries=1)
 

@@ -271,3 +271,46 @@ def test_every_insight_page_is_in_the_navigation(env):
         assert env.client().get(path).status_code == 200
     assert env.client().get("/monitor/errors/zzz").status_code == 404
     assert env.client().get("/monitor/errors?since=1y").status_code == 400
+
+
+def test_the_task_page_draws_the_chain_group_and_chord_a_task_belongs_to(env):
+    from celery import chord, group
+
+    f, total = insight_app.flaky, insight_app.total
+    with env.app.app_context():
+        c = (f.s(1) | f.s() | group(f.s(), f.s())).apply_async()
+        ch = (f.s(2) | chord([f.s(), f.s()], total.s())).apply_async()
+    assert c.get(timeout=30) == [1, 1] and ch.get(timeout=30) == 4
+    first, second = c.parent.parent.id, c.parent.id
+    members = [r.id for r in c.results]
+
+    def graph(task_id: str, n: int) -> Any:
+        g = env.client().get(f"/monitor/api/task/canvas/{task_id}").get_json()
+        return (
+            len(g.get("nodes", ())) == n and all(x["state"] == "SUCCESS" for x in g["nodes"]) and g
+        )
+
+    g = env.wait_for(lambda: graph(members[0], 4), timeout=20)
+    assert g["root"] == first and g["task"] == members[0] and g["final"] is True
+    edges = {tuple(e) for e in g["edges"]}
+    assert edges == {(first, second), (second, members[0]), (second, members[1])}
+    assert {n["id"]: n["depth"] for n in g["nodes"]} == {first: 0, second: 1, members[0]: 2,
+                                                         members[1]: 2}  # fmt: skip
+
+    # chain -> chord: the header tasks and the callback are all in the root's graph
+    g = env.wait_for(lambda: graph(ch.id, 4), timeout=20)
+    names = sorted(n["name"].rsplit(".", 1)[-1] for n in g["nodes"])
+    assert names == ["flaky", "flaky", "flaky", "total"]
+    assert g["nodes"][0]["depth"] == 0 and g["nodes"][0]["id"] == g["root"]
+
+    page = env.client().get(f"/monitor/task/{members[0]}").get_data(as_text=True)
+    assert 'id="canvas"' in page and 'data-final="1"' in page
+    for tid in (first, second, *members):
+        assert f'data-node="{tid}"' in page
+    assert "insight.js" in page
+    fragment = env.client().get(f"/monitor/canvas/{members[0]}").get_data(as_text=True)
+    assert fragment.lstrip().startswith('<div class="card pad" id="canvas"')
+    lone = env.client().get(f"/monitor/task/{env.service.query_tasks(limit=1).tasks[0]['uuid']}")
+    assert lone.status_code == 200
+    missing = env.client().get("/monitor/api/task/canvas/nope")
+    assert missing.status_code == 404 and missing.get_json() == {"error": "Unknown task 'nope'"}

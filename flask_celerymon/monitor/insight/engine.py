@@ -13,7 +13,9 @@ What is counted, per task name and minute of the event's timestamp:
 * ``task-failed``: failed (and the failure in its error group); ``task-retried``: retried
   (and the retry in its error group); ``task-revoked``: revoked;
 * ``task-started``: queue wait, started - max(sent or received, eta), into the task's and the
-  queue's (``routing_key``) wait histograms.
+  queue's (``routing_key``) wait histograms;
+* ``task-sent``/``task-received`` of a task whose root is another task: its membership of
+  that root's canvas (for the task page's graph).
 
 A task succeeding resolves the error groups of its name last seen before that success.
 """
@@ -40,7 +42,7 @@ PRUNE_INTERVAL = 600.0
 #: Events queued for the insight thread before new ones are dropped (counted).
 MAX_PENDING = 200_000
 _WATCHED = frozenset({"task-succeeded", "task-failed", "task-retried", "task-revoked",
-                      "task-started"})  # fmt: skip
+                      "task-started", "task-received", "task-sent"})  # fmt: skip
 _COUNT = {"task-succeeded": "succeeded", "task-failed": "failed", "task-retried": "retried",
           "task-revoked": "revoked"}  # fmt: skip
 
@@ -138,6 +140,11 @@ class Insight:
         ts = event.get("timestamp")
         if not isinstance(ts, (int, float)):
             ts = time.time()
+        if etype in ("task-received", "task-sent"):
+            root = task.root_id
+            if root and root != task.uuid:  # a member of a chain, group or chord
+                self._pending.append((etype, task.name, ts, root, task.uuid))
+            return
         if etype == "task-started":
             start = task.sent or task.received
             eta = _eta(task.eta)
@@ -168,6 +175,7 @@ class Insight:
         rollups: dict[tuple[str, int], Rollup] = {}
         failures: list[Failure] = []
         resolved: dict[str, float] = {}
+        members: list[tuple[str, str, float]] = []
 
         def roll(key: str, ts: float) -> Rollup:
             k = (key, int(ts // 60 * 60))
@@ -178,6 +186,9 @@ class Insight:
 
         for item in items:
             etype, name, ts = item[0], item[1] or "", item[2]
+            if etype in ("task-received", "task-sent"):
+                members.append((item[3], item[4], ts))
+                continue
             if etype == "task-started":
                 wait, queue = item[3], item[4]
                 if wait is not None:
@@ -196,7 +207,7 @@ class Insight:
                 gid, etype_, message = fingerprint(name, exc)
                 failures.append(Failure(gid, name, etype_, message, exc, tb, uuid, worker, ts,
                                         "failure" if etype == "task-failed" else "retry"))  # fmt: skip
-        self.store.write(rollups, failures, resolved)
+        self.store.write(rollups, failures, resolved, members)
         return len(items)
 
     # -- the thread ------------------------------------------------------------------------

@@ -110,6 +110,10 @@ CREATE TABLE IF NOT EXISTS insight_alerts (
     delivery TEXT
 );
 CREATE INDEX IF NOT EXISTS insight_alerts_started ON insight_alerts(started);
+CREATE TABLE IF NOT EXISTS insight_canvas (
+    root TEXT NOT NULL, uuid TEXT NOT NULL, ts REAL NOT NULL,
+    PRIMARY KEY (root, uuid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS insight_canvas_ts ON insight_canvas(ts);
 CREATE TABLE IF NOT EXISTS insight_meta (key TEXT PRIMARY KEY, value TEXT);
 INSERT OR IGNORE INTO insight_meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}');
 """
@@ -209,10 +213,12 @@ class InsightStore:
         rollups: Mapping[tuple[str, int], Rollup],
         failures: Iterable[Failure] = (),
         resolved: Mapping[str, float] | None = None,
+        members: Iterable[tuple[str, str, float]] = (),
     ) -> None:
         """Add per-minute ``rollups`` ``{(key, minute start): Rollup}`` (also to the hours),
         record ``failures`` in their groups and mark ``resolved`` ``{task name: time}``: the
-        groups of that task not seen since then are resolved. One transaction."""
+        groups of that task not seen since then are resolved, and record canvas ``members``
+        ``(root id, task id, time)``. One transaction."""
         rows: dict[str, list[tuple[Any, ...]]] = {}
         for period, table in _LEVELS.items():
             acc: dict[tuple[str, int], list[float]] = {}
@@ -233,6 +239,10 @@ class InsightStore:
                     c.executemany(_UPSERT[table], table_rows)
                 for f in failures:
                     self._add_failure(c, f)
+                c.executemany(
+                    "INSERT OR IGNORE INTO insight_canvas (root, uuid, ts) VALUES (?, ?, ?)",
+                    list(members),
+                )
                 for name, at in (resolved or {}).items():
                     c.execute(
                         "UPDATE insight_error_groups SET resolved_at = ? "
@@ -291,6 +301,7 @@ class InsightStore:
                 for t in (*_LEVELS.values(), "insight_error_minutes"):
                     c.execute(f"DELETE FROM {t} WHERE start < ?", (older_than,))
                 c.execute("DELETE FROM insight_error_tasks WHERE ts < ?", (older_than,))
+                c.execute("DELETE FROM insight_canvas WHERE ts < ?", (older_than,))
                 c.execute("DELETE FROM insight_error_groups WHERE last_seen < ?", (older_than,))
                 c.execute("DELETE FROM insight_alerts WHERE started < ? AND status = 'resolved'",
                           (older_than,))  # fmt: skip
@@ -383,6 +394,14 @@ class InsightStore:
         return [r[0][5:] for r in self._read(
             "SELECT DISTINCT key FROM insight_hours WHERE key >= 'task:' AND key < 'task;'"
         )]  # fmt: skip
+
+    def canvas_members(self, root: str, limit: int = 1000) -> list[str]:
+        """Ids of the tasks seen with ``root`` as their root id (the root excluded), oldest
+        first."""
+        rows = self._read(
+            "SELECT uuid FROM insight_canvas WHERE root = ? ORDER BY ts LIMIT ?", (root, limit)
+        )
+        return [r[0] for r in rows]
 
     # -- error groups ----------------------------------------------------------------------
 
