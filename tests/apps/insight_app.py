@@ -5,6 +5,7 @@ create_app`` and the broker in ``CELERYMON_TEST_BROKER``."""
 from __future__ import annotations
 
 import os
+import time
 
 from flask import Flask
 
@@ -18,6 +19,12 @@ def flaky(order):
     if order < 0:
         raise ValueError(f"order {order} failed")
     return order
+
+
+@celery.task
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
 
 
 @celery.task

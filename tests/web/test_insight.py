@@ -314,3 +314,53 @@ def test_the_task_page_draws_the_chain_group_and_chord_a_task_belongs_to(env):
     assert lone.status_code == 200
     missing = env.client().get("/monitor/api/task/canvas/nope")
     assert missing.status_code == 404 and missing.get_json() == {"error": "Unknown task 'nope'"}
+
+
+@pytest.mark.browser
+def test_the_insight_pages_in_a_real_browser_and_the_canvas_live(env):
+    from playwright.sync_api import sync_playwright
+
+    from tests.web.test_ui import CHROMIUM, CHROMIUM_ARGS, Tab, serving
+
+    with serving(env.app) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        tab = Tab(browser)
+        try:
+            base = f"{url}/monitor"
+            page = tab.open(f"{base}/", live=False)
+            for label in ("Errors", "Analytics", "Beat", "Alerts"):
+                page.click(f"nav.nav >> text={label}")
+                page.wait_for_load_state()
+                assert page.locator("nav.nav a.active").inner_text() == label
+                assert page.locator("main").inner_text().strip()
+                tab.shot(f"insight-{label.lower()}")
+            page = tab.open(f"{base}/analytics?window=15m&name={FLAKY}", live=False)
+            assert page.locator("#analytics-throughput rect.bar-ok").count() >= 1
+
+            page = tab.open(f"{base}/errors?since=1h", live=False)
+            row = page.locator("#error-groups tr", has_text="order <n> failed")
+            row.locator("a", has_text="ValueError").click()
+            page.wait_for_selector("#group-traceback")
+            g = _groups(env, FLAKY)[0]
+            dry = env.client().post(f"/monitor/api/errors/{g['id']}/retry?dry_run=1").get_json()
+            assert dry["count"] == g["failures"]  # every failure of the group is retried
+            page.click("#btn-group-retry")  # the confirm dialog is accepted
+            page.locator(".toast.ok").first.wait_for()
+            want = g["failures"] + dry["count"]
+            env.wait_for(lambda: _groups(env, FLAKY)[0]["failures"] == want, timeout=30)
+
+            with env.app.app_context():
+                c = (insight_app.nap.si(3) | insight_app.flaky.si(5)).apply_async()
+            first = c.parent.id
+            env.wait_for(lambda: env.service.task(first), timeout=10)
+            page = tab.open(f"{base}/task/{first}", live=False)
+            env.wait_for(lambda: env.service.task(c.id), timeout=20)
+            # drawn while running, then updated in place (no reload) until every node is done
+            page.wait_for_selector(f'#canvas [data-node="{c.id}"][data-state="SUCCESS"]',
+                                   timeout=20_000)  # fmt: skip
+            page.wait_for_selector('#canvas[data-final="1"]')
+            tab.shot("insight-canvas")
+        finally:
+            tab.close()
+            browser.close()
+        assert tab.errors == []
