@@ -328,3 +328,81 @@ def test_rollup_spans_tile_the_window_exactly(start, length):
     assert covered[0][0] == want_lo and covered[-1][1] == want_hi
     assert all(x[1] == y[0] for x, y in zip(covered, covered[1:]))
     assert len([t for t, _, _ in pieces if t == "insight_minutes"]) <= 2
+
+
+def test_each_alert_kind_holds_for_the_right_subjects():
+    from flask_celerymon.monitor.insight.alerts import conditions
+
+    def hold(rule: dict, **data) -> dict:
+        base = {"totals": {}, "queue_waits": {}, "queues": None, "workers": [], "silence": None}
+        return conditions(parse_rules([rule])[0], **{**base, **data})
+
+    totals = {"a": {"succeeded": 8, "failed": 2}, "b": {"succeeded": 1, "failed": 4},
+              "c": {"succeeded": 50, "failed": 1}}  # fmt: skip
+    assert hold({"kind": "failure_rate", "threshold": 0.1}, totals=totals) == {"a": 0.2}
+    assert hold({"kind": "failure_rate", "threshold": 0.1, "min_tasks": 5}, totals=totals) == {
+        "a": 0.2, "b": 0.8}  # fmt: skip
+    assert hold({"kind": "failure_rate", "threshold": 0.1, "task": "c"}, totals=totals) == {}
+    queues = [{"name": "celery", "messages": 150}, {"name": "high", "messages": 5},
+              {"name": "odd", "messages": None}]  # fmt: skip
+    assert hold({"kind": "queue_length", "threshold": 100}, queues=queues) == {"celery": 150}
+    assert hold({"kind": "queue_length", "threshold": 1, "queue": "high"}, queues=queues) == {
+        "high": 5}  # fmt: skip
+    assert hold({"kind": "queue_length", "threshold": 1}, queues=None) == {}
+    waits = {"celery": 42.0, "high": 0.5, "idle": None}
+    assert hold({"kind": "queue_latency", "threshold": 30}, queue_waits=waits) == {"celery": 42.0}
+    workers = [{"hostname": "w1", "status": True}, {"hostname": "w2", "status": False}]
+    assert hold({"kind": "worker_offline"}, workers=workers) == {"w2": None}
+    assert hold({"kind": "worker_offline", "worker": "w1"}, workers=workers) == {}
+    assert hold({"kind": "no_events", "threshold": 60}, silence=61) == {"events": 61}
+    assert hold({"kind": "no_events", "threshold": 60}, silence=None) == {}
+
+
+def test_an_alert_waits_its_for_period_before_firing(tmp_path):
+    svc = MonitorService(Celery(broker="memory://"), MonitorSettings(db=False), autostart=False)
+    rules = parse_rules([{"kind": "worker_offline", "for": 60}])
+    ins = Insight(svc, InsightSettings(alerts=rules))
+    now = time.time()
+    svc.apply_events([{"type": "worker-offline", "hostname": "w", "timestamp": now}])
+    assert ins.evaluate(now) == [] and ins.store.alerts() == []  # pending
+    assert ins.evaluate(now + 30) == []
+    (fired,) = ins.evaluate(now + 61)
+    assert (fired["subject"], fired["status"]) == ("w", "firing")
+    assert ins.store.alerts()[0]["delivery"] == "not sent: no CELERY_MONITOR_ALERT_WEBHOOK"
+
+
+def test_the_webhook_post_reports_success_http_errors_and_unreachable_hosts():
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from flask_celerymon.monitor.insight.alerts import payload, post_json
+
+    got = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            got.append(_json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(500 if self.path == "/broken" else 204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        row = {"status": "firing", "rule": "r", "kind": "no_events", "subject": "events",
+               "value": 61.0, "threshold": 60.0, "message": "no event for 61 s",
+               "started": 1.0, "resolved": None}  # fmt: skip
+        body = payload(row, "slack", "http://mon.example/monitor")
+        assert post_json(f"http://127.0.0.1:{port}/hook", body) == "sent (204)"
+        assert got == [{"text": ":rotating_light: [FIRING] r: no event for 61 s "
+                                "<http://mon.example/monitor|open the monitor>"}]  # fmt: skip
+        assert post_json(f"http://127.0.0.1:{port}/broken", {}) == "failed: HTTP 500"
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert post_json(f"http://127.0.0.1:{port}/gone", {}, timeout=2).startswith("failed: ")
+    assert payload(row, "json")["status"] == "firing"
