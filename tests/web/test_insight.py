@@ -336,6 +336,15 @@ def test_the_insight_pages_in_a_real_browser_and_the_canvas_live(env):
                 tab.shot(f"insight-{label.lower()}")
             page = tab.open(f"{base}/analytics?window=15m&name={FLAKY}", live=False)
             assert page.locator("#analytics-throughput rect.bar-ok").count() >= 1
+            cell = f'#analytics-table tr[data-task="{FLAKY}"] td:nth-child(2)'
+            shown = int(page.locator(cell).inner_text())
+            with env.app.app_context():
+                insight_app.flaky.delay(1).get(timeout=30)
+            # the table follows without a reload (refreshed every 10 s)
+            page.wait_for_function(
+                "([sel, n]) => parseInt(document.querySelector(sel).textContent) === n",
+                arg=[cell, shown + 1], timeout=30_000,
+            )  # fmt: skip
 
             page = tab.open(f"{base}/errors?since=1h", live=False)
             row = page.locator("#error-groups tr", has_text="order <n> failed")
