@@ -212,7 +212,38 @@ class Insight:
 
     # -- the thread ------------------------------------------------------------------------
 
+    def backfill(self, before: float, chunk: int = 20_000) -> int:
+        """Add the history's tasks finished before ``before`` to the roll-ups and error groups,
+        once per store (resumable: progress is kept in ``insight_meta``). Returns the tasks
+        added. The history only keeps each task's last state, so retries before the upgrade
+        are not counted."""
+        store = self.store
+        if store.get_meta("backfilled") is not None:
+            return 0
+        done = 0
+        upto = int(store.get_meta("backfill_upto") or 0)
+        while not self._stop.is_set():
+            rows = store.history_tasks(upto, before, chunk)
+            if not rows:
+                break
+            for r in rows:
+                self._pending.extend(_history_items(r))
+            self.flush()
+            upto = rows[-1]["id"]
+            store.set_meta("backfill_upto", str(upto))
+            done += len(rows)
+        else:
+            return done
+        store.set_meta("backfilled", repr(before))
+        if done:
+            log.info("celerymon: added %d tasks of the history to the insight roll-ups", done)
+        return done
+
     def _run(self) -> None:
+        try:
+            self.backfill(self.started_at or time.time())
+        except Exception:  # noqa: BLE001 - live roll-ups go on without the past
+            log.exception("celerymon: adding the history to the insight roll-ups failed")
         next_alerts = time.monotonic() + min(self.settings.alert_interval, 2.0)
         next_prune = time.monotonic() + 30.0
         while not self._stop.wait(FLUSH_INTERVAL):
@@ -340,6 +371,30 @@ class Insight:
             "running": t is not None and t.is_alive() and self._pid == os.getpid(),
             "last_evaluation": self.last_evaluation,
         }
+
+
+def _history_items(r: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+    """The queued items :meth:`Insight._on_event` would have made for a stored task."""
+    name, ts = r["name"] or "", r["timestamp"]
+    out: list[tuple[Any, ...]] = []
+    if r["root_id"] and r["root_id"] != r["uuid"]:
+        out.append(("task-received", name, r["received"] or ts, r["root_id"], r["uuid"]))
+    if r["started"] is not None:
+        start = r["sent"] or r["received"]
+        eta = _eta(r["eta"])
+        if start is not None and eta is not None:
+            start = max(start, eta)
+        wait = None if start is None else r["started"] - start
+        out.append(("task-started", name, r["started"], wait, r["routing_key"] or ""))
+    state = r["state"]
+    if state == "SUCCESS":
+        out.append(("task-succeeded", name, ts, r["runtime"]))
+    elif state in ("FAILURE", "RETRY"):
+        out.append(("task-failed" if state == "FAILURE" else "task-retried", name, ts, r["uuid"],
+                    r["worker"] or "", r["exception"] or "", r["traceback"] or ""))  # fmt: skip
+    elif state == "REVOKED":
+        out.append(("task-revoked", name, ts))
+    return out
 
 
 def wait_hist(tot: Mapping[str, Any]) -> list[int]:

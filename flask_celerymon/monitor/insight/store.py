@@ -395,6 +395,34 @@ class InsightStore:
             "SELECT DISTINCT key FROM insight_hours WHERE key >= 'task:' AND key < 'task;'"
         )]  # fmt: skip
 
+    # -- meta and the history's tasks (for the first backfill) -----------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM insight_meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO insight_meta (key, value) VALUES (?, ?)", (key, value)
+            )
+
+    def history_tasks(self, after_id: int, before: float, limit: int) -> list[dict[str, Any]]:
+        """Finished tasks of the history store's ``tasks`` table in the same file (id order,
+        ``id > after_id``, last updated before ``before``); ``[]`` without that table."""
+        cols = ("id", "uuid", "name", "state", "worker", "sent", "received", "started",
+                "timestamp", "runtime", "eta", "routing_key", "exception", "traceback",
+                "root_id")  # fmt: skip
+        try:
+            rows = self._read(
+                f"SELECT {', '.join(cols)} FROM tasks WHERE id > ? AND timestamp < ? "
+                "AND state IN ('SUCCESS', 'FAILURE', 'REVOKED', 'RETRY') ORDER BY id LIMIT ?",
+                (after_id, before, limit),
+            )
+        except sqlite3.OperationalError:  # no history table in this file
+            return []
+        return [dict(zip(cols, r)) for r in rows]
+
     def canvas_members(self, root: str, limit: int = 1000) -> list[str]:
         """Ids of the tasks seen with ``root`` as their root id (the root excluded), oldest
         first."""
