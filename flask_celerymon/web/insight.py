@@ -303,7 +303,8 @@ def api_errors() -> Response:
 
 def api_error_group(gid: str) -> Response:
     """``GET /api/errors/<id>``: one group and its most recent occurrences (``limit``,
-    default 100) as ``tasks: [{"uuid", "ts", "kind", "state", "worker"}]``. Status codes: 200;
+    default 100) as ``tasks: [{"uuid", "ts", "kind" (``failure``, ``retry`` or ``retried``: a
+    failure sent again), "state", "worker"}]``. Status codes: 200;
     400 bad limit; 404 unknown group."""
     p = api.params()
     limit = api.p_int(p, "limit", default=100, minimum=1, maximum=10_000)
@@ -312,8 +313,9 @@ def api_error_group(gid: str) -> Response:
 
 
 def api_error_group_retry(gid: str) -> Response:
-    """``POST /api/errors/<id>/retry``: retry the group's failed tasks (at most ``limit``,
-    default 1000), as ``POST /api/tasks/retry`` does; ``dry_run=1`` only counts.
+    """``POST /api/errors/<id>/retry``: retry the group's failed tasks not retried from here
+    before (at most ``limit``, default 1000), as ``POST /api/tasks/retry`` does; ``dry_run=1``
+    only counts. The tasks sent again are marked ``retried`` in the group's occurrences.
 
     Answers ``{"dry_run", "matched", "count", "task_ids", "retried": {old: new}, "failed":
     {old: reason}}``. Status codes: 200; 400 bad parameter; 404 unknown group; 503 broker or
@@ -338,6 +340,7 @@ def api_error_group_retry(gid: str) -> Response:
                 retried[tid] = api._retry(tid).id
             except api.ApiError as exc:
                 failed[tid] = exc.message
+        get_insight().store.mark_retried(gid, retried)
     return api.json_response({"dry_run": dry_run, "matched": len(occ), "count": len(ids),
                               "task_ids": ids, "retried": retried, "failed": failed})  # fmt: skip
 

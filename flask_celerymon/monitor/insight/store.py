@@ -174,7 +174,7 @@ class Failure:
     uuid: str
     worker: str
     ts: float
-    kind: str  # "failure" | "retry"
+    kind: str  # "failure" | "retry" (later "retried": a failure sent again)
 
 
 #: Task ids kept per error group (the most recent), for links and bulk actions.
@@ -493,6 +493,15 @@ class InsightStore:
             params.append(kind)
         rows = self._read(sql + " ORDER BY ts DESC LIMIT ?", [*params, limit])
         return [{"uuid": u, "ts": ts, "kind": k} for u, ts, k in rows]
+
+    def mark_retried(self, group: str, uuids: Iterable[str]) -> None:
+        """Mark these failures of the group as sent again (kind ``retried``): a later retry
+        of the group leaves them out."""
+        with self._lock:
+            self._conn.executemany(
+                "UPDATE insight_error_tasks SET kind = 'retried' WHERE id = ? AND uuid = ?",
+                [(group, u) for u in uuids],
+            )
 
     # -- alerts ----------------------------------------------------------------------------
 
