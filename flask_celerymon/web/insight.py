@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import math
 import re
-import threading
 import time
 from typing import Any
 
@@ -76,7 +75,6 @@ GROUP_ID = re.compile(r"^[0-9a-f]{16}$")
 #: Beat entry options passed on by "run now".
 RUN_OPTIONS = ("queue", "routing_key", "exchange", "priority", "expires", "time_limit",
                "soft_time_limit")  # fmt: skip
-_create_lock = threading.Lock()
 
 
 class BadParam(ValueError):
@@ -87,12 +85,9 @@ def get_insight(app: Flask | None = None) -> Insight:
     """The insight engine of ``app`` (the current app by default), created on first use."""
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
     ins = app.extensions.get(EXTENSION_KEY)
-    if ins is None:
-        with _create_lock:
-            ins = app.extensions.get(EXTENSION_KEY)
-            if ins is None:
-                state = app.extensions["celerymon"]
-                ins = app.extensions[EXTENSION_KEY] = Insight(state.monitor, _settings(state))
+    if ins is None:  # an Insight starts no thread when built: a racing twin is just dropped
+        state = app.extensions["celerymon"]
+        ins = app.extensions.setdefault(EXTENSION_KEY, Insight(state.monitor, _settings(state)))
     return ins
 
 
