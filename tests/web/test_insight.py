@@ -375,3 +375,34 @@ def test_the_insight_pages_in_a_real_browser_and_the_canvas_live(env):
             tab.close()
             browser.close()
         assert tab.errors == []
+
+
+def test_read_only_refuses_every_insight_action_and_hides_its_buttons(redis_url, tmp_path):
+    """The kind: every POST route of the insight module, from its own route table."""
+    from flask_celerymon.web import insight
+
+    os.environ["CELERYMON_TEST_BROKER"] = redis_url
+    try:
+        app = insight_app.create_app(CELERY_MONITOR_BLUEPRINT=True, CELERY_MONITOR_READ_ONLY=True,
+                                     CELERY_MONITOR_DB=str(tmp_path / "m.db"))  # fmt: skip
+    finally:
+        del os.environ["CELERYMON_TEST_BROKER"]
+    client = app.test_client()
+    posts = [rule for rule, _, _, methods in insight.ROUTES if "POST" in methods]
+    assert len(posts) == 3
+    for rule in posts:
+        path = "/monitor" + rule.replace("<gid>", "0123456789abcdef").replace(
+            "<celerymon_path:entry>", "tick"
+        )
+        resp = client.post(path)
+        assert resp.status_code == 403, path
+        assert resp.get_json() == {
+            "error": "the monitor is read-only (CELERY_MONITOR_READ_ONLY is on)"
+        }
+    try:
+        page = client.get("/monitor/beat").get_data(as_text=True)
+        assert "tick" in page and "Run now" not in page
+    finally:
+        app.extensions["celerymon"].shutdown()
+    assert set(insight.ROLES) == {e for _, e, _, _ in insight.ROUTES}
+    assert {insight.ROLES[e] for _, e, _, m in insight.ROUTES if "POST" in m} == {"operator"}
