@@ -222,8 +222,9 @@ def test_update_state_reports_progress(ctx):
     deadline = time.monotonic() + 10
     seen = set()
     while not future.done() and time.monotonic() < deadline:
-        if future.state == "PROGRESS":
-            seen.add(future.info["total"])
+        # state and info are two reads: the task may finish in between (info is then 8)
+        if future.state == "PROGRESS" and isinstance(info := future.info, dict):
+            seen.add(info["total"])
         time.sleep(0.05)
     assert seen == {8}
     assert future.result(timeout=10) == 8
@@ -327,6 +328,8 @@ def test_monitor_sees_submitted_functions_by_reference_with_their_own_arguments(
         assert task["args"] == "(20,)"
         assert task["kwargs"] == "{'y': 22}"
         assert task["result"] == "42"
-        assert [h["state"] for h in task["history"]][:1] == ["PENDING"]
+        # it saw task-sent; not always first: Celery publishes task-sent after the message, so
+        # under load the worker's task-received can carry the earlier timestamp
+        assert "PENDING" in [h["state"] for h in task["history"]], task["history"]
     finally:
         service.stop()

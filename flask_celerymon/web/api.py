@@ -8,11 +8,13 @@ take a JSON body as in Flower.
 
 Errors are always ``{"error": "..."}`` with a status (Flower answers ``text/plain``):
 
-* 400: a bad parameter (the message names it)
+* 400: a bad parameter (the message names it), JSON nested deeper than
+  ``CELERY_MONITOR_MAX_JSON_DEPTH``, or a host not in ``CELERY_MONITOR_TRUSTED_HOSTS``
 * 403: read-only, cross-site (both from :mod:`.guard`), or a worker refused the command
 * 404: unknown task, worker, task name, queue or route
 * 405: a known route with another method
 * 409: the action conflicts with the task's state, or the broker cannot do it
+* 413: a body larger than ``CELERY_MONITOR_MAX_CONTENT_LENGTH`` bytes
 * 422: a retry whose original arguments are not known
 * 503: the broker or the result backend is unavailable, or a worker did not reply
 
@@ -48,7 +50,9 @@ from ..errors import DispatchRefused
 from ..monitor import broker as _broker
 from ..monitor.query import SearchError
 from . import get_state
+from .auth import ADMIN, OPERATOR, VIEWER, requires
 from .guard import error
+from .hardening import JSONTooDeep, load_json
 
 log = logging.getLogger(__name__)
 
@@ -138,15 +142,22 @@ def _safe_result(value: Any) -> Any:
 # -- parameters -------------------------------------------------------------------------------
 
 
+def _parse_json(raw: bytes) -> Any:
+    """Request JSON, nested at most ``CELERY_MONITOR_MAX_JSON_DEPTH`` deep; 400 otherwise."""
+    try:
+        return load_json(raw, get_state().limits.max_json_depth)
+    except JSONTooDeep as exc:
+        raise ApiError(400, str(exc)) from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+
+
 def _json_body() -> Any:
     if not request.get_data(cache=True):
         return None
     if not request.is_json:
         return None
-    try:
-        return json.loads(request.get_data(cache=True))
-    except ValueError as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    return _parse_json(request.get_data(cache=True))
 
 
 def params() -> dict[str, Any]:
@@ -367,6 +378,7 @@ def _broadcast(worker: str, command: str, failure: str, **arguments: Any) -> str
 # -- workers -----------------------------------------------------------------------------------
 
 
+@requires(VIEWER)
 def list_workers() -> Response:
     """``GET /api/workers``: inspect results per worker (Flower's shape).
 
@@ -395,6 +407,7 @@ def list_workers() -> Response:
     return json_response(data)
 
 
+@requires(ADMIN)
 def worker_shutdown(name: str) -> Response:
     """``POST /api/worker/shutdown/<name>``: ask a worker to shut down (no reply awaited).
 
@@ -406,6 +419,7 @@ def worker_shutdown(name: str) -> Response:
     return json_response({"message": "Shutting down!"})
 
 
+@requires(ADMIN)
 def worker_pool_restart(name: str) -> Response:
     """``POST /api/worker/pool/restart/<name>``: restart the pool (``reload=False``).
 
@@ -430,6 +444,7 @@ def _pool_resize(name: str, grow: bool) -> Response:
     return json_response({"message": f"{doing} '{name}' worker's pool by {n}"})
 
 
+@requires(ADMIN)
 def worker_pool_grow(name: str) -> Response:
     """``POST /api/worker/pool/grow/<name>?n=1``: add ``n`` pool processes.
 
@@ -439,6 +454,7 @@ def worker_pool_grow(name: str) -> Response:
     return _pool_resize(name, grow=True)
 
 
+@requires(ADMIN)
 def worker_pool_shrink(name: str) -> Response:
     """``POST /api/worker/pool/shrink/<name>?n=1``: remove ``n`` pool processes.
 
@@ -447,6 +463,7 @@ def worker_pool_shrink(name: str) -> Response:
     return _pool_resize(name, grow=False)
 
 
+@requires(ADMIN)
 def worker_pool_autoscale(name: str) -> Response:
     """``POST /api/worker/pool/autoscale/<name>?min=&max=``: set the autoscaler's bounds.
 
@@ -464,6 +481,7 @@ def worker_pool_autoscale(name: str) -> Response:
     return json_response({"message": f"Autoscaling '{name}' worker (min={lo}, max={hi})"})
 
 
+@requires(ADMIN)
 def worker_add_consumer(name: str) -> Response:
     """``POST /api/worker/queue/add-consumer/<name>?queue=``: start consuming a queue.
 
@@ -478,6 +496,7 @@ def worker_add_consumer(name: str) -> Response:
     return json_response({"message": msg})
 
 
+@requires(ADMIN)
 def worker_cancel_consumer(name: str) -> Response:
     """``POST /api/worker/queue/cancel-consumer/<name>?queue=``: stop consuming a queue.
 
@@ -510,6 +529,7 @@ def _signal_name(value: str | None) -> str:
     return name
 
 
+@requires(OPERATOR)
 def task_revoke(task_id: str) -> Response:
     """``POST /api/task/revoke/<id>?terminate=false&signal=SIGTERM``: revoke a task.
 
@@ -526,6 +546,7 @@ def task_revoke(task_id: str) -> Response:
     return json_response({"message": f"Revoked '{task_id}'"})
 
 
+@requires(OPERATOR)
 def task_abort(task_id: str) -> Response:
     """``POST /api/task/abort/<id>``: mark a task ABORTED for ``AbortableTask`` to see.
 
@@ -554,6 +575,7 @@ def _registered_name(name: str, worker: str | None = None) -> None:
     raise ApiError(404, f"Unknown task '{name}'")
 
 
+@requires(OPERATOR)
 def task_timeout(name: str) -> Response:
     """``POST /api/task/timeout/<name>?workername=&soft=&hard=``: set time limits.
 
@@ -581,6 +603,7 @@ def task_timeout(name: str) -> Response:
     return json_response({"message": msg})
 
 
+@requires(OPERATOR)
 def task_rate_limit(name: str) -> Response:
     """``POST /api/task/rate-limit/<name>?workername=&ratelimit=``: set a rate limit.
 
@@ -646,6 +669,7 @@ def _query(p: Mapping[str, Any], **kw: Any) -> Any:
         raise ApiError(400, str(exc)) from None
 
 
+@requires(VIEWER)
 def list_tasks() -> Response:
     """``GET /api/tasks``: tasks keyed by uuid, in ``sort_by`` order (default newest received).
 
@@ -665,11 +689,13 @@ def list_tasks() -> Response:
     return json_response({t["uuid"]: t for t in page.tasks})
 
 
+@requires(VIEWER)
 def task_types() -> Response:
     """``GET /api/task/types``: ``{"task-types": [names seen]}``. Status codes: 200."""
     return json_response({"task-types": _service().task_types()})
 
 
+@requires(VIEWER)
 def task_info(task_id: str) -> Response:
     """``GET /api/task/info/<id>``: the task as Flower's ``Task.as_dict()`` plus ``history``.
 
@@ -682,11 +708,15 @@ def task_info(task_id: str) -> Response:
     return json_response(info)
 
 
+@requires(VIEWER)
 def task_result(task_id: str) -> Response:
     """``GET /api/task/result/<id>?timeout=``: state and, once ready, result (and traceback).
 
-    With ``timeout`` (seconds) waits that long for the result. Status codes: 200; 400 bad
-    ``timeout``; 404 unknown task; 503 no result backend, or it is unavailable.
+    With ``timeout`` (seconds) waits that long for the result, at most
+    ``CELERY_MONITOR_MAX_WAIT_SECONDS``, and not at all while
+    ``CELERY_MONITOR_MAX_CONCURRENT_WAITS`` requests wait already (the answer then has the
+    state so far). Status codes: 200; 400 bad ``timeout``; 404 unknown task; 503 no result
+    backend, or it is unavailable.
     """
     timeout = p_float(params(), "timeout", maximum=MAX_WAIT)
     if _backend() is None:
@@ -694,14 +724,33 @@ def task_result(task_id: str) -> Response:
     _known_task(task_id)
     result = _capp().AsyncResult(task_id)
     if timeout:
-        try:
-            result.get(timeout=timeout, propagate=False, disable_sync_subtasks=False)
-        except CeleryTimeout:
-            pass
+        _wait(result, timeout)
     response: dict[str, Any] = {"task-id": task_id, "state": result.state}
     if result.ready():
         _add_result(response, result)
     return json_response(response)
+
+
+def _wait(result: Any, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``result``, within the app's limits.
+
+    The wait is cut to ``CELERY_MONITOR_MAX_WAIT_SECONDS``, and skipped when
+    ``CELERY_MONITOR_MAX_CONCURRENT_WAITS`` requests are waiting already: a waiting request
+    holds one of the server's threads, so the waits together must never hold them all. The
+    caller answers with the state the task has then (as when a wait times out).
+    """
+    limits = get_state().limits
+    with limits.waits.hold() as entered:
+        if not entered:
+            return
+        try:
+            result.get(
+                timeout=min(timeout, limits.max_wait),
+                propagate=False,
+                disable_sync_subtasks=False,
+            )
+        except CeleryTimeout:
+            pass
 
 
 def _add_result(response: dict[str, Any], result: Any) -> None:
@@ -710,6 +759,7 @@ def _add_result(response: dict[str, Any], result: Any) -> None:
         response["traceback"] = result.traceback
 
 
+@requires(VIEWER)
 def queue_lengths() -> Response:
     """``GET /api/queues/length``: ``{"active_queues": [{"name", "messages"}...]}``.
 
@@ -744,13 +794,7 @@ APPLY_OPTIONS = (
 def _apply_body() -> tuple[list[Any], dict[str, Any], dict[str, Any], float | None]:
     """(args, kwargs, apply_async options, timeout) from the JSON body; 400 when malformed."""
     raw = request.get_data(cache=True)
-    if raw.strip():
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-    else:
-        body = {}
+    body = _parse_json(raw) if raw.strip() else {}
     if not isinstance(body, dict):
         raise ApiError(400, 'the request body must be a JSON object like {"args": [1, 2]}')
     body = dict(body)
@@ -871,13 +915,17 @@ def _sent(result: Any) -> dict[str, Any]:
     return response
 
 
+@requires(OPERATOR)
 def task_apply(name: str) -> Response:
     """``POST /api/task/apply/<name>``: run a task and wait for its result.
 
-    JSON body: ``args``, ``kwargs``, ``timeout`` (seconds to wait, default 60, at most 3600;
-    on expiry the answer has the state so far and no result), and ``apply_async`` options
-    (:data:`APPLY_OPTIONS`). Status codes: 200; 400 bad body or option; 403
-    read-only/cross-site; 404 unknown task; 503 broker or backend unavailable.
+    JSON body: ``args``, ``kwargs``, ``timeout`` (seconds to wait, default 60, at most 3600,
+    cut to ``CELERY_MONITOR_MAX_WAIT_SECONDS`` and skipped while
+    ``CELERY_MONITOR_MAX_CONCURRENT_WAITS`` requests wait already; on expiry the answer has
+    the state so far and no result), and ``apply_async`` options (:data:`APPLY_OPTIONS`).
+    Status codes: 200; 400 bad body or option, or JSON nested too deep; 403
+    read-only/cross-site; 404 unknown task; 413 body too large; 503 broker or backend
+    unavailable.
     """
     args, kwargs, options, timeout = _apply_body()
     task, a, kw, extra = _sendable(name, args, kwargs)
@@ -885,16 +933,14 @@ def task_apply(name: str) -> Response:
     response: dict[str, Any] = {"task-id": result.id}
     if _backend() is None:
         return json_response(response)
-    try:
-        result.get(timeout=timeout or APPLY_WAIT, propagate=False, disable_sync_subtasks=False)
-    except CeleryTimeout:
-        pass
+    _wait(result, timeout or APPLY_WAIT)
     response["state"] = result.state
     if result.ready():
         _add_result(response, result)
     return json_response(response)
 
 
+@requires(OPERATOR)
 def task_async_apply(name: str) -> Response:
     """``POST /api/task/async-apply/<name>``: send a task; answer at once with its id.
 
@@ -905,6 +951,7 @@ def task_async_apply(name: str) -> Response:
     return json_response(_sent(task.apply_async(a, kw, **options, **extra)))
 
 
+@requires(OPERATOR)
 def task_send(name: str) -> Response:
     """``POST /api/task/send-task/<name>``: send by name; the task need not be registered here.
 
@@ -947,6 +994,7 @@ def _retry(task_id: str) -> Any:
     return _send(name, args, kwargs, options)
 
 
+@requires(OPERATOR)
 def task_retry(task_id: str) -> Response:
     """``POST /api/task/retry/<id>``: send a finished task again, as it was first sent.
 
@@ -980,6 +1028,7 @@ def _bulk_selection(p: Mapping[str, Any], action: str) -> tuple[int, list[dict[s
     return page.total, page.tasks
 
 
+@requires(ADMIN)
 def tasks_revoke() -> Response:
     """``POST /api/tasks/revoke``: revoke every unfinished task matching the filters.
 
@@ -1000,6 +1049,7 @@ def tasks_revoke() -> Response:
     return json_response({"dry_run": dry_run, "matched": total, "count": len(ids), "task_ids": ids})
 
 
+@requires(ADMIN)
 def tasks_retry() -> Response:
     """``POST /api/tasks/retry``: retry every finished task matching the filters.
 
@@ -1059,7 +1109,7 @@ def _queue_keys(chan: Any, queue: str) -> list[str]:
 def _message_summary(raw: bytes | str) -> dict[str, Any] | None:
     try:
         msg = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep for the parser
         return None
     if not isinstance(msg, dict):
         return None
@@ -1077,6 +1127,7 @@ def _message_summary(raw: bytes | str) -> dict[str, Any] | None:
     }
 
 
+@requires(ADMIN)
 def queue_purge(queue: str) -> Response:
     """``POST /api/queues/purge/<queue>``: delete every message waiting in a queue.
 
@@ -1090,6 +1141,7 @@ def queue_purge(queue: str) -> Response:
     return json_response({"message": f"Purged {n} messages from '{queue}'", "purged": n})
 
 
+@requires(VIEWER)
 def queue_messages(queue: str) -> Response:
     """``GET /api/queues/messages/<queue>?limit=100``: the messages waiting (Redis only).
 
@@ -1116,6 +1168,7 @@ def queue_messages(queue: str) -> Response:
     return json_response({"queue": queue, "messages": out})
 
 
+@requires(ADMIN)
 def queue_remove_message(queue: str, task_id: str) -> Response:
     """``POST /api/queues/remove/<queue>/<id>``: delete one waiting message (Redis only).
 
@@ -1141,6 +1194,7 @@ def queue_remove_message(queue: str, task_id: str) -> Response:
     raise ApiError(404, f"no message of task '{task_id}' waits in queue '{queue}'")
 
 
+@requires(VIEWER)
 def openapi_document() -> Response:
     """``GET /api/openapi.json``: the OpenAPI 3 description of this API. Status codes: 200."""
     from .openapi import build_spec
@@ -1149,6 +1203,7 @@ def openapi_document() -> Response:
     return json_response(build_spec(prefix))
 
 
+@requires(VIEWER)
 def not_found(rest: str) -> Response:
     """Any other path under ``/api/``: 404, or 405 when the path exists for other methods."""
     adapter = current_app.url_map.bind_to_environ(request.environ)

@@ -22,7 +22,10 @@ idle feed sends ``{"type": "ping"}`` every :data:`PING_INTERVAL` seconds so dead
 noticed. Updates are coalesced by the service's :class:`~..monitor.service.Subscription` and
 sent at most every :data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
 1008 and the reason; a subscriber too slow for the event rate is closed with 1013 and the
-page reconnects (and reloads what it shows).
+page reconnects (and reloads what it shows). Beyond ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` open
+feeds a new one is closed with code 4503 (:data:`~.hardening.BUSY_CLOSE_CODE`): the page then
+reloads what it shows every ``CELERY_MONITOR_POLL_INTERVAL`` seconds, trying the feed again
+each time.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from flask import Blueprint, request
 from flask_sock import Sock  # type: ignore[import-untyped]
 
 from . import get_state
+from .auth import VIEWER, requires
+from .hardening import BUSY_CLOSE_CODE
 from .views import (
     BadInput,
     TaskFilter,
@@ -216,9 +221,31 @@ class Feed:
         }
 
 
+@requires(VIEWER)
 def feed(ws: Any) -> None:
-    """Serve one page's websocket until the page goes away (see the module docstring)."""
-    service = get_state().monitor
+    """Serve one page's websocket until the page goes away (see the module docstring).
+
+    Each open feed holds one of the server's threads, so at most
+    ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` run at once; the next is closed at once with
+    :data:`~.hardening.BUSY_CLOSE_CODE` and the page polls instead.
+    """
+    state = get_state()
+    sockets = state.limits.sockets
+    if not sockets.enter():
+        tcp = _own_tcp(ws)
+        ws.close(
+            reason=BUSY_CLOSE_CODE,
+            message=f"{sockets.size} live pages are open (CELERY_MONITOR_MAX_LIVE_SOCKETS)",
+        )
+        _end_of_stream(ws, tcp)
+        return
+    try:
+        _serve(ws, state.monitor)
+    finally:
+        sockets.leave()
+
+
+def _serve(ws: Any, service: Any) -> None:
     try:
         f = Feed(request.args.get("view", ""), request.args)
     except BadInput as exc:

@@ -21,10 +21,14 @@ _BOOL_PARAM = {
 }
 
 ERROR_MESSAGES = {
-    400: "A parameter is missing or not valid; the message names it",
+    400: (
+        "A parameter is missing or not valid (the message names it), a JSON body nested too "
+        "deep, or a Host not in CELERY_MONITOR_TRUSTED_HOSTS"
+    ),
     403: "Read-only mode, a cross-site request, or the worker refused the command",
     404: "Unknown task, worker, task name or queue",
     409: "Conflicts with the task's state, or the broker cannot do it",
+    413: "The request body is larger than CELERY_MONITOR_MAX_CONTENT_LENGTH",
     422: "The task's original arguments are not known",
     503: "The broker or the result backend is unavailable, or the worker did not reply",
 }
@@ -299,7 +303,9 @@ def _op(
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ok}"}}},
         }
     }
-    codes = set(errors) | ({403} if mutation else set())
+    # every route may refuse the Host (400); a mutation may be cross-site or read-only (403)
+    # and its body too large (413)
+    codes = set(errors) | {400} | ({403, 413} if mutation else set())
     for code in sorted(codes):
         responses[str(code)] = {"$ref": f"#/components/responses/E{code}"}
     op: dict[str, Any] = {"summary": summary, "responses": responses}

@@ -54,6 +54,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..monitor.query import STATES, SearchError, compile_python, parse, parse_sort
 from . import get_state
+from .auth import ANYONE, VIEWER, csrf_token, current_user, may, requires
 from .guard import safe
 
 #: Columns the task list can show (Flower's ``tasks_columns`` choices) and their titles.
@@ -222,7 +223,8 @@ def api_url(path: str) -> str:
 
 
 def has_api(path: str) -> bool:
-    """True when the app serves ``POST <prefix>/api/<path>`` (a button can call it)."""
+    """True when the app serves ``POST <prefix>/api/<path>`` and the user's role may call it
+    (a button can call it)."""
     cache = _request_cache()
     hit = cache.get(path)
     if hit is None:
@@ -230,7 +232,11 @@ def has_api(path: str) -> bool:
         adapter = current_app.url_map.bind("localhost")
         try:
             endpoint, _ = adapter.match(f"{prefix}/api/{path}", method="POST")
-            hit = endpoint.startswith("celerymon.") and endpoint != "celerymon.api_not_found"
+            hit = (
+                endpoint.startswith("celerymon.")
+                and endpoint != "celerymon.api_not_found"
+                and may(endpoint)
+            )
         except (NotFound, MethodNotAllowed):
             hit = False
         except Exception:  # noqa: BLE001 - a redirect or a converter error: no button
@@ -275,6 +281,7 @@ def asset_url(filename: str) -> str:
     return url_for("celerymon.assets", filename=filename, v=version)
 
 
+@requires(ANYONE)
 def assets(filename: str) -> Response:
     """The pages' assets (``static/celerymon/``), under a path of their own.
 
@@ -294,7 +301,10 @@ def _context() -> dict[str, Any]:
             read_only=read_only(),
             q=q,
             ws_path=base_url() + "ws",
+            poll_ms=round(get_state().limits.poll_interval * 1000),
             app_name=current_app.name,
+            user=current_user(),
+            csrf=csrf_token(),
         ),
         "fmt": FMT,
     }
@@ -657,10 +667,12 @@ def _error(status: int, title: str, message: str) -> tuple[str, int]:
     return render_template("celerymon/error.html", title=title, message=message), status
 
 
+@requires(VIEWER)
 def index() -> str:
     return workers()
 
 
+@requires(VIEWER)
 def workers() -> Any:
     """Workers dashboard: summary cards and a table with totals. 200.
 
@@ -679,6 +691,7 @@ def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on", "y", "t")
 
 
+@requires(VIEWER)
 def tasks_datatable() -> Any:
     """Flower's ``/tasks/datatable`` for scripts written against it (GET or POST).
 
@@ -715,6 +728,7 @@ def tasks_datatable() -> Any:
     return jsonify(draw=draw, data=page.tasks, recordsTotal=total, recordsFiltered=page.total)
 
 
+@requires(VIEWER)
 def worker(hostname: str) -> Any:
     """One worker's tabs from inspect; 404 unknown worker, 400 bad tab."""
     svc = get_state().monitor
@@ -739,6 +753,7 @@ def worker(hostname: str) -> Any:
     )
 
 
+@requires(VIEWER)
 def tasks() -> Any:
     """The task list: filters, search, sort, columns, paging; 400 for a bad parameter."""
     try:
@@ -765,6 +780,7 @@ def _tasks_ctx() -> dict[str, Any]:
     }
 
 
+@requires(VIEWER)
 def task(uuid: str) -> Any:
     """One task with its timeline and actions; 404 unknown task."""
     t = get_state().monitor.task(uuid)
@@ -773,6 +789,7 @@ def task(uuid: str) -> Any:
     return render_template("celerymon/task.html", t=t, detail=Markup(render_task_detail(t)))
 
 
+@requires(VIEWER)
 def broker() -> Any:
     """Queues and their lengths; 503 when the broker is unreachable."""
     data = _queues()
@@ -784,6 +801,7 @@ def broker() -> Any:
     )
 
 
+@requires(VIEWER)
 def charts() -> Any:
     """Finished tasks per bucket and runtime p50/p95 per task name; 400 bad window."""
     window = request.args.get("window", "1h")
