@@ -1,6 +1,8 @@
 """Pages and JSON API of the insight features: error groups, analytics, beat, alerts.
 
-Routes (relative to ``CELERY_MONITOR_URL_PREFIX``); who may call each is :data:`ROLES`:
+Routes (relative to ``CELERY_MONITOR_URL_PREFIX``). Each view declares who may call it with
+:func:`~.auth.requires`: the reads need ``viewer``, the three POSTs (group retry and revoke,
+"run now") ``operator``:
 
 =====================================  ======  ==============================================
 ``/errors``                            GET     error groups, ``?since=`` (``1h 24h 7d 30d``,
@@ -44,29 +46,9 @@ from ..monitor.insight import analytics as _analytics
 from ..monitor.insight import beat as _beat
 from ..monitor.insight.canvas import canvas_graph, layout
 from . import api, get_state
+from .auth import OPERATOR, VIEWER, requires
 
 EXTENSION_KEY = "celerymon.insight"
-
-#: endpoint (without the blueprint's name) -> the least role that may use it: ``viewer``
-#: reads, ``operator`` acts on tasks (retry, revoke, run now), ``admin`` is not needed here.
-ROLES: dict[str, str] = {
-    "errors": "viewer",
-    "error_group": "viewer",
-    "analytics": "viewer",
-    "beat": "viewer",
-    "alerts": "viewer",
-    "api_errors": "viewer",
-    "api_error_group": "viewer",
-    "api_error_group_retry": "operator",
-    "api_error_group_revoke": "operator",
-    "api_analytics": "viewer",
-    "api_analytics_series": "viewer",
-    "api_beat": "viewer",
-    "api_beat_run": "operator",
-    "api_alerts": "viewer",
-    "canvas_fragment": "viewer",
-    "api_task_canvas": "viewer",
-}
 
 #: Windows of the error list: name -> seconds.
 ERROR_WINDOWS: dict[str, int] = {"1h": 3600, "24h": 86400, "7d": 604800, "30d": 2592000}
@@ -198,6 +180,7 @@ def _error_page(status: int, title: str, message: str) -> tuple[str, int]:
     return render_template("celerymon/error.html", title=title, message=message), status
 
 
+@requires(VIEWER)
 def errors_page() -> Any:
     """Error groups. 200; 400 bad parameter."""
     now = time.time()
@@ -222,6 +205,7 @@ def _spark_points(values: list[int], width: int = 120, height: int = 24) -> str:
     )
 
 
+@requires(VIEWER)
 def error_group_page(gid: str) -> Any:
     """One error group. 200; 404 unknown group."""
     try:
@@ -237,6 +221,7 @@ def error_group_page(gid: str) -> Any:
     )  # fmt: skip
 
 
+@requires(VIEWER)
 def analytics_page() -> Any:
     """Task analytics over a window, with the previous window. 200; 400 bad window."""
     now = time.time()
@@ -253,6 +238,7 @@ def analytics_page() -> Any:
                            series=series, **data)  # fmt: skip
 
 
+@requires(VIEWER)
 def beat_page() -> Any:
     """The beat schedule. 200."""
     from .views import can
@@ -261,6 +247,7 @@ def beat_page() -> Any:
     return render_template("celerymon/beat.html", can_run=can("beat/run/x"), **data)
 
 
+@requires(VIEWER)
 def alerts_page() -> Any:
     """Alert rules, firing and recent alerts. 200."""
     ins = get_insight()
@@ -281,6 +268,7 @@ def _api_choice(p: dict[str, Any], name: str, choices: dict[str, Any], default: 
         raise api.ApiError(400, str(exc)) from None
 
 
+@requires(VIEWER)
 def api_errors() -> Response:
     """``GET /api/errors``: error groups seen in ``since`` (``1h 24h 7d 30d``, default 7d),
     newest first; ``name`` (a task name) and ``status`` (``open``/``resolved``) filter.
@@ -296,6 +284,7 @@ def api_errors() -> Response:
     return api.json_response(error_groups(since, api.p_str(p, "name"), status, time.time()))
 
 
+@requires(VIEWER)
 def api_error_group(gid: str) -> Response:
     """``GET /api/errors/<id>``: one group and its most recent occurrences (``limit``,
     default 100) as ``tasks: [{"uuid", "ts", "kind" (``failure``, ``retry`` or ``retried``: a
@@ -307,6 +296,7 @@ def api_error_group(gid: str) -> Response:
     return api.json_response({**g, "tasks": _group_tasks(gid, limit)})
 
 
+@requires(OPERATOR)
 def api_error_group_retry(gid: str) -> Response:
     """``POST /api/errors/<id>/retry``: retry the group's failed tasks not retried from here
     before (at most ``limit``, default 1000), as ``POST /api/tasks/retry`` does; ``dry_run=1``
@@ -340,6 +330,7 @@ def api_error_group_retry(gid: str) -> Response:
                               "task_ids": ids, "retried": retried, "failed": failed})  # fmt: skip
 
 
+@requires(OPERATOR)
 def api_error_group_revoke(gid: str) -> Response:
     """``POST /api/errors/<id>/revoke``: revoke the group's tasks that have not finished
     (waiting for a retry); ``terminate``/``signal`` as the single revoke, ``dry_run=1`` only
@@ -364,6 +355,7 @@ def api_error_group_revoke(gid: str) -> Response:
                               "task_ids": ids})  # fmt: skip
 
 
+@requires(VIEWER)
 def api_analytics() -> Response:
     """``GET /api/analytics``: per task name over ``window`` (``15m 1h 6h 24h 7d 30d``,
     default 24h) and the window before: ``{"window", "since", "until", "tasks": [{"name",
@@ -377,6 +369,7 @@ def api_analytics() -> Response:
     return api.json_response(data)
 
 
+@requires(VIEWER)
 def api_analytics_series() -> Response:
     """``GET /api/analytics/series?name=<task>&window=24h``: ``{"name", "window", "bucket",
     "points": [{"start", "succeeded", "failed", "retried", "revoked", "runtime_p95",
@@ -391,6 +384,7 @@ def api_analytics_series() -> Response:
     return api.json_response({"name": name, "window": window, **data})
 
 
+@requires(VIEWER)
 def api_beat() -> Response:
     """``GET /api/beat``: ``{"beat": {"running": true | false | null, "how"}, "entries":
     [{"name", "task", "schedule" (in words), "args", "kwargs", "options", "next_run",
@@ -398,6 +392,7 @@ def api_beat() -> Response:
     return api.json_response(beat_data(time.time()))
 
 
+@requires(OPERATOR)
 def api_beat_run(entry: str) -> Response:
     """``POST /api/beat/run/<entry>``: send the entry's task now, with its arguments and
     routing options. Answers ``{"message", "task-id"}``. Status codes: 200; 404 unknown entry;
@@ -418,6 +413,7 @@ def api_beat_run(entry: str) -> Response:
                               "task-id": result.id})  # fmt: skip
 
 
+@requires(VIEWER)
 def api_alerts() -> Response:
     """``GET /api/alerts``: ``{"rules": [...], "alerts": [{"id", "rule", "kind", "subject",
     "status", "value", "threshold", "message", "started", "resolved", "notified",
@@ -437,6 +433,7 @@ def task_canvas(uuid: str) -> dict[str, Any] | None:
     return canvas_graph(lambda i: svc.task(i), uuid, members=ins.store.canvas_members)
 
 
+@requires(VIEWER)
 def canvas_fragment(task_id: str) -> Any:
     """The canvas card of the task page alone (the page's script swaps it in). 200; 404."""
     graph = task_canvas(task_id)
@@ -445,6 +442,7 @@ def canvas_fragment(task_id: str) -> Any:
     return render_template("celerymon/_canvas.html", canvas=graph)
 
 
+@requires(VIEWER)
 def api_task_canvas(task_id: str) -> Response:
     """``GET /api/task/canvas/<id>``: the chain/group/chord the task belongs to: ``{"root",
     "task", "nodes": [{"id", "name", "state", "parent", "depth", "known"}], "edges": [[parent,
