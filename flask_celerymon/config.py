@@ -148,6 +148,20 @@ def _is_url(v: Any) -> bool:
     return v is None or (isinstance(v, str) and v.startswith(("https://", "http://")))
 
 
+def _is_alert_rules(v: Any) -> bool:
+    """Valid alert rules; raises :class:`ConfigurationError` naming the rule and key at fault."""
+    from .monitor.insight.alerts import parse_rules
+
+    parse_rules(v)
+    return True
+
+
+def _is_opt_http_url(v: Any) -> bool:
+    return v is None or (
+        isinstance(v, str) and v.startswith(("http://", "https://")) and len(v) > 8
+    )
+
+
 # name -> (default, validator, what a valid value is)
 OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     # local processes
@@ -260,6 +274,12 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_MONITOR_MAX_WAIT_SECONDS": (30.0, _is_pos_number, "a number of seconds > 0"),
     "CELERY_MONITOR_MAX_CONTENT_LENGTH": (1024 * 1024, _is_pos_int, "a number of bytes > 0"),
     "CELERY_MONITOR_MAX_JSON_DEPTH": (64, _is_pos_int, "an integer > 0"),
+    # insight: alerts
+    "CELERY_MONITOR_ALERTS": ((), _is_alert_rules, "a list of alert rules (dicts)"),
+    "CELERY_MONITOR_ALERT_WEBHOOK": (None, _is_opt_http_url, "None or an http(s):// URL"),
+    "CELERY_MONITOR_ALERT_FORMAT": ("json", lambda v: v in ("json", "slack"), "'json' or 'slack'"),
+    "CELERY_MONITOR_ALERT_INTERVAL": (15.0, _is_pos_number, "a number of seconds > 0"),
+    "CELERY_MONITOR_ALERT_LINK": (None, _is_opt_http_url, "None or an http(s):// URL"),
 }
 
 # Keys Celery knows in their new lowercase form, addressed with the CELERY_ prefix.

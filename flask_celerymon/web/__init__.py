@@ -31,7 +31,7 @@ def get_state() -> AppState:
 
 def make_blueprint() -> Blueprint:
     """A fresh blueprint with every part of the monitor registered on it."""
-    from . import api, guard, hardening, live, login, metrics, views
+    from . import api, guard, hardening, insight, live, login, metrics, views
 
     # no static_folder: the pages' assets have a route of their own (views.assets), so that
     # every route of the blueprint declares who may use it
@@ -44,6 +44,7 @@ def make_blueprint() -> Blueprint:
     live.register(bp)
     metrics.register(bp)
     login.register(bp)
+    insight.register(bp)
     return bp
 
 

@@ -448,7 +448,10 @@ def _is_page() -> bool:
 #: Endpoints answered with HTML (their refusals too).
 PAGE_ENDPOINTS = frozenset(
     f"celerymon.{e}"
-    for e in ("index", "workers", "worker", "tasks", "task", "broker", "charts", "login", "logout")
+    for e in (
+        *("index", "workers", "worker", "tasks", "task", "broker", "charts", "login", "logout"),
+        *("errors", "error_group", "analytics", "beat", "alerts"),  # .insight
+    )
 )
 
 

@@ -500,6 +500,8 @@ def paths() -> dict[str, Any]:
 
 def build_spec(prefix: str = "/monitor") -> dict[str, Any]:
     """The OpenAPI document of the API mounted under ``prefix`` (the server URL)."""
+    from . import insight_openapi
+
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -510,9 +512,9 @@ def build_spec(prefix: str = "/monitor") -> dict[str, Any]:
             "Parameters given as query parameters may also be sent as a form or JSON body.",
         },
         "servers": [{"url": prefix or "/"}],
-        "paths": paths(),
+        "paths": {**paths(), **insight_openapi.paths()},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **insight_openapi.SCHEMAS},
             "responses": {
                 f"E{code}": {
                     "description": text,

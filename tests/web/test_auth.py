@@ -88,6 +88,23 @@ EXPECTED: dict[str, str] = {
     "celerymon.api_tasks_retry": ADMIN,
     "celerymon.api_queue_purge": ADMIN,
     "celerymon.api_queue_remove_message": ADMIN,
+    # insight (web/insight.py): error groups, analytics, beat, alerts, canvas
+    "celerymon.errors": VIEWER,
+    "celerymon.error_group": VIEWER,
+    "celerymon.analytics": VIEWER,
+    "celerymon.beat": VIEWER,
+    "celerymon.alerts": VIEWER,
+    "celerymon.canvas_fragment": VIEWER,
+    "celerymon.api_errors": VIEWER,
+    "celerymon.api_error_group": VIEWER,
+    "celerymon.api_analytics": VIEWER,
+    "celerymon.api_analytics_series": VIEWER,
+    "celerymon.api_beat": VIEWER,
+    "celerymon.api_alerts": VIEWER,
+    "celerymon.api_task_canvas": VIEWER,
+    "celerymon.api_error_group_retry": OPERATOR,
+    "celerymon.api_error_group_revoke": OPERATOR,
+    "celerymon.api_beat_run": OPERATOR,
 }
 
 #: A value for each URL argument of the blueprint's routes.
@@ -99,6 +116,8 @@ SAMPLE_ARGS = {
     "queue": "celery",
     "filename": "celerymon.css",
     "rest": "no/such/route",
+    "gid": "0123456789abcdef",
+    "entry": "tick",
 }
 
 USERS = {
@@ -508,6 +527,34 @@ def test_cookie_logins_need_the_pages_csrf_token_for_mutations():
     assert passing(client.post(url, data={"_csrf_token": token.group(1)}))
     # reads need no token
     assert client.get(f"{PREFIX}/api/task/types").status_code == 200
+
+
+def test_every_mutation_route_needs_the_csrf_token_of_a_cookie_login():
+    """From the URL map, so a new action (the insight group retry, run now...) cannot skip it."""
+    app = make_host_app()
+    client = app.test_client()
+    client.post("/login/opal")
+    page = client.get(f"{PREFIX}/errors")
+    assert page.status_code == 200
+    token = re.search(r'<meta name="csrf-token" content="([^"]+)">', page.get_data(as_text=True))
+    assert token, "the insight pages carry the token for the js-action forms"
+    mutations = [
+        (endpoint, url)
+        for endpoint, method, url in routes(app)
+        if method not in ("GET", "HEAD", "OPTIONS")
+        and role_allows(OPERATOR, EXPECTED[endpoint])
+        and not getattr(app.view_functions[endpoint], "_celerymon_safe", False)
+    ]
+    assert {"celerymon.api_error_group_retry", "celerymon.api_beat_run"} <= {
+        e for e, _ in mutations
+    }
+    for endpoint, url in mutations:
+        missing = client.post(url)
+        assert missing.status_code == 403, endpoint
+        assert missing.json["error"].startswith("CSRF token missing or wrong"), endpoint
+    passing = make_csrf_passing(app)
+    for endpoint, url in mutations:
+        assert passing(client.post(url, headers={"X-CSRFToken": token.group(1)})), endpoint
 
 
 def make_csrf_passing(app: Flask) -> Any:

@@ -165,6 +165,14 @@ def test_every_rendered_page_holds_no_inline_script_handlers_or_styles(make_app)
         "/monitor/broker",
         "/monitor/charts",
         "/monitor/worker/nobody@nowhere",  # the error page
+        # insight (web/insight.py); the beat page shows its "Run now" forms
+        "/monitor/errors",
+        "/monitor/errors/0123456789abcdef",  # its error page
+        "/monitor/analytics",
+        f"/monitor/analytics?window=15m&name={ADD}",
+        "/monitor/beat",
+        "/monitor/alerts",
+        f"/monitor/canvas/{task_id}",
     ]
     for path in pages:
         resp = client.get(path)
