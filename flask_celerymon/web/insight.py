@@ -53,6 +53,8 @@ EXTENSION_KEY = "celerymon.insight"
 #: Windows of the error list: name -> seconds.
 ERROR_WINDOWS: dict[str, int] = {"1h": 3600, "24h": 86400, "7d": 604800, "30d": 2592000}
 SPARK_POINTS = 24
+#: ``limit`` of the tasks listed with one error group
+GROUP_TASKS_LIMIT = api.Range(1, 10_000)
 GROUP_ID = re.compile(r"^[0-9a-f]{16}$")
 #: Beat entry options passed on by "run now".
 RUN_OPTIONS = ("queue", "routing_key", "exchange", "priority", "expires", "time_limit",
@@ -291,7 +293,7 @@ def api_error_group(gid: str) -> Response:
     failure sent again), "state", "worker"}]``. Status codes: 200;
     400 bad limit; 404 unknown group."""
     p = api.params()
-    limit = api.p_int(p, "limit", default=100, minimum=1, maximum=10_000)
+    limit = api.p_int(p, "limit", GROUP_TASKS_LIMIT, default=100)
     g = _group(gid)
     return api.json_response({**g, "tasks": _group_tasks(gid, limit)})
 
@@ -308,7 +310,7 @@ def api_error_group_retry(gid: str) -> Response:
     """
     p = api.params()
     dry_run = api.p_bool(p, "dry_run")
-    limit = api.p_int(p, "limit", default=api.BULK_LIMIT, minimum=1, maximum=api.BULK_MAX)
+    limit = api.p_int(p, "limit", api.BULK_RANGE, default=api.BULK_LIMIT)
     _group(gid)
     occ = get_insight().store.error_tasks(gid, limit, kind="failure")
     svc = get_state().monitor
@@ -339,8 +341,8 @@ def api_error_group_revoke(gid: str) -> Response:
     p = api.params()
     dry_run = api.p_bool(p, "dry_run")
     terminate = api.p_bool(p, "terminate")
-    sig = api._signal_name(api.p_str(p, "signal"))
-    limit = api.p_int(p, "limit", default=api.BULK_LIMIT, minimum=1, maximum=api.BULK_MAX)
+    sig = api._signal_name(p)
+    limit = api.p_int(p, "limit", api.BULK_RANGE, default=api.BULK_LIMIT)
     _group(gid)
     occ = get_insight().store.error_tasks(gid, limit)
     svc = get_state().monitor
