@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 _STR = {"type": "string"}
+#: a required text: at least one character that is not white space (as the API parses it)
+_TEXT = {"type": "string", "minLength": 1, "pattern": "\\S"}
 _NSTR = {"type": "string", "nullable": True}
 _NUM = {"type": "number"}
 _NNUM = {"type": "number", "nullable": True}
@@ -221,7 +223,7 @@ def paths() -> dict[str, Any]:
                                       "Analytics", (400,), [_WINDOW, _q("name", _STR, "task")])},
         "/api/analytics/series": {"get": _op(
             "One task's throughput and p95 per bucket", "AnalyticsSeries", (400,),
-            [_q("name", _STR, "task name", required=True), _WINDOW])},
+            [_q("name", _TEXT, "task name", required=True), _WINDOW])},
         "/api/beat": {"get": _op("The beat schedule and whether beat runs", "Beat", (), [])},
         "/api/beat/run/{entry}": {"post": _op("Send a beat entry's task now", "BeatRun",
                                               (403, 404, 503), [_ENTRY])},
