@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from flask_celerymon.web import api as api_module
+from flask_celerymon.web import insight as insight_module
 from flask_celerymon.web.openapi import build_spec
 from tests.conftest import WorkerProcess
 from tests.web.conftest import make_monitored_app
@@ -70,7 +71,9 @@ def _context(monitored, task_id: str) -> dict[str, str]:
 
 def _url(path: str, ctx: dict[str, str]) -> str:
     name = ctx["name_worker"] if path.startswith("/api/worker/") else ctx["name_task"]
-    return path.format(name=name, task_id=ctx["task_id"], queue=ctx["queue"])
+    return path.format(
+        name=name, task_id=ctx["task_id"], queue=ctx["queue"], gid="0" * 16, entry="no-entry"
+    )
 
 
 def _base_query(path: str, ctx: dict[str, str]) -> dict[str, str]:
@@ -179,7 +182,8 @@ def _api_rules(app) -> Iterator[Any]:
 def test_options_and_405_list_exactly_the_methods_of_each_route(monitored):
     client = monitored.client()
     rules = list(_api_rules(monitored.app))
-    assert len(rules) == len(api_module.ROUTES)
+    insight_api = [r for r in insight_module.ROUTES if r[0].startswith("/api/")]
+    assert len(rules) == len(api_module.ROUTES) + len(insight_api)
     for rule in rules:
         url = rule.rule.replace("<celerymon_path:", "<").replace("<", "x").replace(">", "")
         allow = ", ".join(
