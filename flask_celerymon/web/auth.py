@@ -25,7 +25,9 @@ Who is asking, tried in this order (the first that applies wins):
    role hook (``CELERY_MONITOR_ROLE`` or ``@celery.monitor_role``) decides its role.
 4. Nobody: the role of ``CELERY_MONITOR_ALLOW_ANONYMOUS``; ``admin`` in debug or testing
    mode when no authentication is configured; otherwise refused (401 with a way to log in,
-   or 403 naming the settings when the monitor has no authentication at all).
+   or 403 naming the settings when the monitor has no authentication at all). Anonymous
+   access is refused (403) under a DNS name unless trusted hosts are configured
+   (:func:`.hardening.check_anonymous_host`, against DNS rebinding).
 
 Refusals are ``{"error": ...}`` JSON for the API, the websocket and the metrics, and the
 error page (or a redirect to the login page) for the HTML pages.
@@ -524,6 +526,11 @@ def check_access() -> Response | None:
             if level == ANYONE:
                 return None
             return _challenge(policy)
+        from .hardening import check_anonymous_host
+
+        rebindable = check_anonymous_host()
+        if rebindable is not None:
+            return refuse(403, rebindable)
         user = MonitorUser("anonymous", "anonymous", role)
     setattr(g, _G_USER, user)
     if role_allows(user.role, level):
