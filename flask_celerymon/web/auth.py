@@ -288,10 +288,20 @@ class AccessPolicy:
                 )
         self.metrics_token: str | None = own["CELERY_MONITOR_METRICS_TOKEN"]
         self.metrics_public: bool = own["CELERY_MONITOR_METRICS_PUBLIC"]
-        # an unknown user name costs what a wrong password of a hashed user costs
+        # Every refused attempt costs the same, so the time of a refusal tells nothing about
+        # which names exist: with hashed entries, an unknown name and a wrong plain password
+        # spend one hash check of the (first) hashed entry's method, as a wrong password of a
+        # hashed user does.
+        hashed = next((u for u in self.basic.values() if u.hashed), None)
         self._dummy = (
-            BasicUser("", generate_password_hash(secrets.token_hex(8)), VIEWER)
-            if any(u.hashed for u in self.basic.values())
+            BasicUser(
+                "",
+                generate_password_hash(
+                    secrets.token_hex(8), method=hashed.password.split("$", 1)[0]
+                ),
+                VIEWER,
+            )
+            if hashed is not None
             else BasicUser("", secrets.token_hex(16), VIEWER)
         )
         self._verified: OrderedDict[bytes, float] = OrderedDict()
@@ -328,14 +338,23 @@ class AccessPolicy:
 
     # -- basic auth
     def check_basic(self, name: str, password: str) -> BasicUser | None:
-        """The user when ``name``/``password`` is right, else None. Constant time per user."""
+        """The user when ``name``/``password`` is right, else None.
+
+        A refusal costs the same whatever the name (unknown, plain or hashed entry): one
+        password-hash check when any entry is hashed, a constant-time compare otherwise.
+        A right password of a hashed entry is remembered for :data:`VERIFIED_TTL` seconds.
+        """
         user = self.basic.get(name)
         if user is None:
             # spend as long as a real check, so a wrong name and a wrong password look alike
             self._dummy.check(password)
             return None
         if not user.hashed:
-            return user if user.check(password) else None
+            if user.check(password):
+                return user
+            if self._dummy.hashed:
+                self._dummy.check(password)
+            return None
         digest = hmac.new(
             self._verified_key, f"{name}\0{password}".encode(), hashlib.sha256
         ).digest()
@@ -571,8 +590,9 @@ def check_csrf() -> Response | None:
     """403 for a mutation by a cookie-authenticated user without the right CSRF token.
 
     Clients that authenticate with an ``Authorization`` header (basic auth, bearer tokens;
-    curl scripts written for Flower) need no token: a browser never adds that header to a
-    forged request by itself.
+    curl scripts written for Flower) need no token. A browser does re-send cached basic-auth
+    credentials with a form another site posts; :func:`.guard.check_same_origin`, which runs
+    before this check, refuses such a request by its ``Origin``/``Sec-Fetch-Site``.
     """
     from .guard import _view_is_safe, is_mutation
 
