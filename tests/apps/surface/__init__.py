@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os  # noqa: F401 - the attack surface: ``surface:os.popen``
 import subprocess  # noqa: F401
+import sys
 from os import popen, system  # noqa: F401
 from subprocess import run  # noqa: F401
 
@@ -25,6 +26,11 @@ celery = Celery()
 
 def plain(x):
     return x
+
+
+def exits(code):
+    """A plain function that ends the process it runs in (as a command-line ``main`` does)."""
+    sys.exit(code)
 
 
 def _decorate(fn):
@@ -100,4 +106,4 @@ def __getattr__(name):
 
 
 #: the names of this module that may be run by reference
-RUNNABLE = {"plain", "wrapped", "registered", "_decorate", "_decorate_badly"}
+RUNNABLE = {"plain", "exits", "wrapped", "registered", "_decorate", "_decorate_badly"}
