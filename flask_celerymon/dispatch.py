@@ -20,9 +20,7 @@ The one rule, applied by :meth:`Allowlist.resolve` on the submitting side *and* 
   refused.
 
 Anything else raises :class:`~flask_celerymon.errors.DispatchRefused`; a worker fails that one
-task with it and goes on. A function that calls :func:`sys.exit` fails its task with a
-RuntimeError instead of ending the worker's pool process (which would lose the task as
-``WorkerLostError``).
+task with it and goes on.
 """
 
 from __future__ import annotations
@@ -226,18 +224,11 @@ def run_reference(
 ) -> Any:
     """Worker side of submit(): check, import, call.
 
-    Raises :class:`DispatchRefused` for a refused reference or malformed arguments, and
-    RuntimeError when the function calls :func:`sys.exit`.
+    Raises :class:`DispatchRefused` for a refused reference or malformed arguments.
     """
     fn = allowlist.resolve(ref, tasks)
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
         raise DispatchRefused(f"malformed arguments for {ref}: args must be a list, kwargs a dict")
     if type(fn) is not types.FunctionType and tasks is not None:
         fn = tasks[vars(fn).get("name") or type(fn).name]
-    try:
-        return fn(*args, **kwargs)
-    except SystemExit as exc:
-        raise RuntimeError(
-            f"{ref} called sys.exit({exc.code!r}); a function run by reference must return or "
-            "raise an exception, not end the worker process"
-        ) from None
+    return fn(*args, **kwargs)

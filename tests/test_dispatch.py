@@ -127,15 +127,6 @@ def test_worker_side_runs_nothing_it_refuses(tasks, tmp_path):
     assert run_reference(allowlist, f"{PKG}:registered", [5], {}, tasks) == 10
 
 
-def test_a_function_calling_sys_exit_fails_its_task_instead_of_ending_the_worker(tasks):
-    with pytest.raises(RuntimeError) as info:
-        run_reference(Allowlist(["tests.apps"]), f"{PKG}:exits", [3], {}, tasks)
-    assert str(info.value) == (
-        f"{PKG}:exits called sys.exit(3); a function run by reference must return or raise an "
-        "exception, not end the worker process"
-    )
-
-
 def test_submit_applies_the_same_rule():
     app = Flask(PKG)
     app.config.update(CELERY_TASK_ALWAYS_EAGER=True, CELERY_MONITOR_BLUEPRINT=False)

@@ -273,18 +273,6 @@ def test_an_entry_point_module_is_refused_by_the_worker(ctx, worker):
     assert "malformed function reference 'tests.apps.surface.__main__:main'" in str(info.value)
 
 
-def test_a_function_calling_sys_exit_fails_its_task_and_the_pool_process_lives(ctx, worker):
-    dispatch = basic.celery.app.tasks[DISPATCH_TASK_NAME]
-    for _ in range(3):  # more than the pool's 2 processes
-        result = dispatch.apply_async(args=["tests.apps.surface:exits", [2], {}])
-        with pytest.raises(Exception) as info:
-            result.get(timeout=10)
-        assert type(info.value).__name__ == "RuntimeError"  # not WorkerLostError
-        assert str(info.value).startswith("tests.apps.surface:exits called sys.exit(2);")
-    assert "exited prematurely" not in worker.log_text()
-    assert basic.celery.submit(basic.add, 2, 3).result(timeout=10) == 5
-
-
 def test_registered_task_delay_and_lookup(ctx):
     assert basic.registered.delay(21).get(timeout=10) == 42
     assert basic.celery.task.registered is basic.registered

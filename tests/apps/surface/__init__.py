@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os  # noqa: F401 - the attack surface: ``surface:os.popen``
 import subprocess  # noqa: F401
-import sys
 from os import popen, system  # noqa: F401
 from subprocess import run  # noqa: F401
 
@@ -26,11 +25,6 @@ celery = Celery()
 
 def plain(x):
     return x
-
-
-def exits(code):
-    """A plain function that ends the process it runs in (as a command-line ``main`` does)."""
-    sys.exit(code)
 
 
 def _decorate(fn):
@@ -106,4 +100,4 @@ def __getattr__(name):
 
 
 #: the names of this module that may be run by reference
-RUNNABLE = {"plain", "exits", "wrapped", "registered", "_decorate", "_decorate_badly"}
+RUNNABLE = {"plain", "wrapped", "registered", "_decorate", "_decorate_badly"}
