@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 
 import psutil
+import pytest
 
 from tests.conftest import free_port
 
@@ -79,6 +80,21 @@ def test_example_app_runs_tasks_on_the_embedded_broker_and_stops_on_ctrl_c(tmp_p
         # the worker's task-received can come before it
         assert "PENDING" in [h["state"] for h in seen["history"]], seen
         assert _get(f"{base}/monitor/")[0] == 200
+        # open on loopback, but not to a page that rebinds its own name to 127.0.0.1
+        rebound = urllib.request.Request(
+            f"{base}/monitor/api/task/async-apply/example_app.tasks:add",
+            method="POST",
+            data=b'{"args": [1, 2]}',
+            headers={
+                "Host": f"evil.example:{port}",
+                "Origin": f"http://evil.example:{port}",
+                "Content-Type": "application/json",
+            },
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(rebound, timeout=10)
+        assert refused.value.code == 403
+        assert "DNS rebinding" in json.loads(refused.value.read())["error"]
 
         # Ctrl-C while a task runs: the worker finishes it (warm shutdown), saying so
         request = urllib.request.Request(f"{base}/submit/report", method="POST", data=b"")

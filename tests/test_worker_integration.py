@@ -263,6 +263,16 @@ def test_reference_through_an_imported_module_is_refused_by_the_worker(ctx, work
     assert basic.celery.submit(basic.add, 2, 3).result(timeout=10) == 5
 
 
+def test_an_entry_point_module_is_refused_by_the_worker(ctx, worker):
+    """``pkg.__main__:main`` would parse the worker's command line and end its pool process."""
+    dispatch = basic.celery.app.tasks[DISPATCH_TASK_NAME]
+    result = dispatch.apply_async(args=["tests.apps.surface.__main__:main", [["--help"]], {}])
+    with pytest.raises(Exception) as info:
+        result.get(timeout=10)
+    assert type(info.value).__name__ == "DispatchRefused"
+    assert "malformed function reference 'tests.apps.surface.__main__:main'" in str(info.value)
+
+
 def test_registered_task_delay_and_lookup(ctx):
     assert basic.registered.delay(21).get(timeout=10) == 42
     assert basic.celery.task.registered is basic.registered

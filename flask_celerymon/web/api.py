@@ -1203,6 +1203,24 @@ def _send(name: str, args: list[Any], kwargs: dict[str, Any], options: dict[str,
         raise
 
 
+def _check_new_task_id(options: Mapping[str, Any]) -> None:
+    """409 when ``options`` names a ``task_id`` that a task already has.
+
+    Sending under a taken id would overwrite that task's record in the result backend (its
+    result, traceback and arguments) and mix two runs in the monitor's history.
+    """
+    task_id = options.get("task_id")
+    if task_id is None:
+        return
+    if _service().task(task_id, children=False) is None and _backend_meta(task_id) is None:
+        return
+    raise ApiError(
+        409,
+        f"task_id {task_id!r} is taken by an existing task, whose record sending it again "
+        "would overwrite; leave task_id out (a new id is made) or choose an unused one",
+    )
+
+
 def _sent(result: Any) -> dict[str, Any]:
     response: dict[str, Any] = {"task-id": result.id}
     if _backend() is not None:
@@ -1219,10 +1237,11 @@ def task_apply(name: str) -> Response:
     ``CELERY_MONITOR_MAX_CONCURRENT_WAITS`` requests wait already; on expiry the answer has
     the state so far and no result), and ``apply_async`` options (:data:`APPLY_OPTIONS`).
     Status codes: 200; 400 bad body or option, or JSON nested too deep; 403
-    read-only/cross-site; 404 unknown task; 413 body too large; 503 broker or backend
-    unavailable.
+    read-only/cross-site; 404 unknown task; 409 ``task_id`` names an existing task; 413 body
+    too large; 503 broker or backend unavailable.
     """
     args, kwargs, options, timeout = _apply_body()
+    _check_new_task_id(options)
     result = _apply(name, args, kwargs, options)
     response: dict[str, Any] = {"task-id": result.id}
     if _backend() is None:
@@ -1241,6 +1260,7 @@ def task_async_apply(name: str) -> Response:
     Body and status codes as :func:`task_apply` (``timeout`` is ignored).
     """
     args, kwargs, options, _ = _apply_body()
+    _check_new_task_id(options)
     return json_response(_sent(_apply(name, args, kwargs, options)))
 
 
@@ -1249,9 +1269,10 @@ def task_send(name: str) -> Response:
     """``POST /api/task/send-task/<name>``: send by name; the task need not be registered here.
 
     Body as :func:`task_apply`. Status codes: 200; 400 bad body or option; 403
-    read-only/cross-site; 503 broker unavailable.
+    read-only/cross-site; 409 ``task_id`` names an existing task; 503 broker unavailable.
     """
     args, kwargs, options, _ = _apply_body()
+    _check_new_task_id(options)
     return json_response(_sent(_send(name, args, kwargs, options)))
 
 

@@ -25,7 +25,9 @@ Who is asking, tried in this order (the first that applies wins):
    role hook (``CELERY_MONITOR_ROLE`` or ``@celery.monitor_role``) decides its role.
 4. Nobody: the role of ``CELERY_MONITOR_ALLOW_ANONYMOUS``; ``admin`` in debug or testing
    mode when no authentication is configured; otherwise refused (401 with a way to log in,
-   or 403 naming the settings when the monitor has no authentication at all).
+   or 403 naming the settings when the monitor has no authentication at all). Anonymous
+   access is refused (403) under a DNS name unless trusted hosts are configured
+   (:func:`.hardening.check_anonymous_host`, against DNS rebinding).
 
 Refusals are ``{"error": ...}`` JSON for the API, the websocket and the metrics, and the
 error page (or a redirect to the login page) for the HTML pages.
@@ -286,10 +288,20 @@ class AccessPolicy:
                 )
         self.metrics_token: str | None = own["CELERY_MONITOR_METRICS_TOKEN"]
         self.metrics_public: bool = own["CELERY_MONITOR_METRICS_PUBLIC"]
-        # an unknown user name costs what a wrong password of a hashed user costs
+        # Every refused attempt costs the same, so the time of a refusal tells nothing about
+        # which names exist: with hashed entries, an unknown name and a wrong plain password
+        # spend one hash check of the (first) hashed entry's method, as a wrong password of a
+        # hashed user does.
+        hashed = next((u for u in self.basic.values() if u.hashed), None)
         self._dummy = (
-            BasicUser("", generate_password_hash(secrets.token_hex(8)), VIEWER)
-            if any(u.hashed for u in self.basic.values())
+            BasicUser(
+                "",
+                generate_password_hash(
+                    secrets.token_hex(8), method=hashed.password.split("$", 1)[0]
+                ),
+                VIEWER,
+            )
+            if hashed is not None
             else BasicUser("", secrets.token_hex(16), VIEWER)
         )
         self._verified: OrderedDict[bytes, float] = OrderedDict()
@@ -326,14 +338,23 @@ class AccessPolicy:
 
     # -- basic auth
     def check_basic(self, name: str, password: str) -> BasicUser | None:
-        """The user when ``name``/``password`` is right, else None. Constant time per user."""
+        """The user when ``name``/``password`` is right, else None.
+
+        A refusal costs the same whatever the name (unknown, plain or hashed entry): one
+        password-hash check when any entry is hashed, a constant-time compare otherwise.
+        A right password of a hashed entry is remembered for :data:`VERIFIED_TTL` seconds.
+        """
         user = self.basic.get(name)
         if user is None:
             # spend as long as a real check, so a wrong name and a wrong password look alike
             self._dummy.check(password)
             return None
         if not user.hashed:
-            return user if user.check(password) else None
+            if user.check(password):
+                return user
+            if self._dummy.hashed:
+                self._dummy.check(password)
+            return None
         digest = hmac.new(
             self._verified_key, f"{name}\0{password}".encode(), hashlib.sha256
         ).digest()
@@ -527,6 +548,11 @@ def check_access() -> Response | None:
             if level == ANYONE:
                 return None
             return _challenge(policy)
+        from .hardening import check_anonymous_host
+
+        rebindable = check_anonymous_host()
+        if rebindable is not None:
+            return refuse(403, rebindable)
         user = MonitorUser("anonymous", "anonymous", role)
     setattr(g, _G_USER, user)
     if role_allows(user.role, level):
@@ -567,8 +593,9 @@ def check_csrf() -> Response | None:
     """403 for a mutation by a cookie-authenticated user without the right CSRF token.
 
     Clients that authenticate with an ``Authorization`` header (basic auth, bearer tokens;
-    curl scripts written for Flower) need no token: a browser never adds that header to a
-    forged request by itself.
+    curl scripts written for Flower) need no token. A browser does re-send cached basic-auth
+    credentials with a form another site posts; :func:`.guard.check_same_origin`, which runs
+    before this check, refuses such a request by its ``Origin``/``Sec-Fetch-Site``.
     """
     from .guard import _view_is_safe, is_mutation
 

@@ -10,6 +10,14 @@ adds the headers to the blueprint. In request order:
   its own name as ``Host``). ``flask celery monitor`` bound to a loopback address sets it to the
   loopback names unless the app configures a list (ours, or Flask's ``TRUSTED_HOSTS``, which
   Flask itself enforces for the whole app).
+* **Anonymous access under a name** (:func:`check_anonymous_host`, run by
+  :func:`.auth.check_access` when it lets a request in without credentials): with no trusted
+  hosts configured, anonymous access is served only to a ``Host`` that no other site can make
+  its own: an IP address, ``localhost`` or a ``*.localhost`` name. A DNS name is refused with
+  403, since a rebinding page would send its own name; debug mode, testing mode and
+  ``CELERY_MONITOR_ALLOW_ANONYMOUS`` all open the monitor to anonymous users, so without this
+  any web page a developer visits could drive a local monitor (the example app, ``flask run
+  --debug``).
 * **Websocket origin**: the live feed (``<prefix>/ws``) refuses with 403 a
   handshake a browser sends from another origin (:func:`.guard.cross_site_reason`); without it
   any site could open the feed and read task arguments and results.
@@ -33,6 +41,7 @@ The limits the handlers apply (one :class:`Limits` per app, ``AppState.limits``)
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import threading
@@ -42,7 +51,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 if TYPE_CHECKING:
@@ -220,6 +229,22 @@ def host_is_trusted(host: str, trusted: list[str] | tuple[str, ...]) -> bool:
     return False
 
 
+def host_is_pinned(host: str) -> bool:
+    """True when the ``Host`` value ``host`` cannot name a hostile site: an IP address,
+    ``localhost`` or a ``*.localhost`` name (RFC 6761; browsers resolve it to loopback
+    themselves). Ports are ignored. A DNS rebinding page always sends a DNS name it owns."""
+    name = host_name(host)
+    if name is None:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 # -- the blueprint's hooks --------------------------------------------------------------------
 
 
@@ -243,6 +268,32 @@ def check_host() -> Response | None:
         400,
         f"host {host!r} is not served by this monitor (it serves {', '.join(trusted)}); "
         "add the name to CELERY_MONITOR_TRUSTED_HOSTS if it is yours",
+    )
+
+
+def trusted_hosts_configured() -> bool:
+    """True when the app lists the host names it serves (ours or Flask's ``TRUSTED_HOSTS``)."""
+    return (
+        _settings()["CELERY_MONITOR_TRUSTED_HOSTS"] is not None
+        or current_app.config.get("TRUSTED_HOSTS") is not None
+    )
+
+
+def check_anonymous_host() -> str | None:
+    """Why anonymous access must be refused for the current request's ``Host``, or None.
+
+    None when the app lists its trusted hosts (:func:`check_host` enforces them) or the
+    ``Host`` is pinned (:func:`host_is_pinned`). Otherwise a message for a 403 that names the
+    settings to use.
+    """
+    host = request.headers.get("Host", "")
+    if host_is_pinned(host) or trusted_hosts_configured():
+        return None
+    return (
+        f"anonymous access to the monitor is served only under an IP address or localhost, "
+        f"not under the name {host!r}: a hostile page can make any name it owns point here "
+        "(DNS rebinding); list the names you serve the monitor under in "
+        "CELERY_MONITOR_TRUSTED_HOSTS (or Flask's TRUSTED_HOSTS), or configure authentication"
     )
 
 

@@ -439,15 +439,15 @@ def paths() -> dict[str, Any]:
         "/api/task/apply/{name}": _post(
             "Run a task and wait for its result",
             "Result",
-            (400, 404, 503),
+            (400, 404, 409, 503),
             [_TASK_NAME],
             body="ApplyBody",
         ),
         "/api/task/async-apply/{name}": _post(
-            "Send a task", "Sent", (400, 404, 503), [_TASK_NAME], body="ApplyBody"
+            "Send a task", "Sent", (400, 404, 409, 503), [_TASK_NAME], body="ApplyBody"
         ),
         "/api/task/send-task/{name}": _post(
-            "Send a task by name", "Sent", (400, 404, 503), [_TASK_NAME], body="ApplyBody"
+            "Send a task by name", "Sent", (400, 404, 409, 503), [_TASK_NAME], body="ApplyBody"
         ),
         "/api/task/result/{task_id}": _get(
             "A task's state and result",

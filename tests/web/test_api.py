@@ -179,6 +179,31 @@ def test_apply_takes_kwargs_and_options(monitored, api):
     assert meta["queue"] == "high"
 
 
+def test_a_task_id_already_taken_is_refused_and_the_old_record_kept(monitored, api):
+    """Sending under an existing task's id overwrote its record: an operator could erase a
+    failure (its traceback, its arguments) by sending anything under its id."""
+    resp = api.post(f"/api/task/apply/{FAIL}", json={"args": ["kept failure"], "timeout": 20})
+    assert resp.json["state"] == "FAILURE"
+    failed = resp.json["task-id"]
+    for route, name in (("apply", ADD), ("async-apply", ADD), ("send-task", "no.such.task")):
+        resp = api.post(f"/api/task/{route}/{name}", json={"args": [1, 2], "task_id": failed})
+        assert resp.status_code == 409, (route, resp.json)
+        assert resp.json == {
+            "error": f"task_id '{failed}' is taken by an existing task, whose record sending it "
+            "again would overwrite; leave task_id out (a new id is made) or choose an unused one"
+        }
+    meta = monitored.celery_app.backend.get_task_meta(failed)
+    assert meta["status"] == "FAILURE"
+    assert "kept failure" in str(meta["result"])
+    assert "ValueError: kept failure" in meta["traceback"]
+    # an id nobody has is still the caller's to choose
+    fresh = str(uuid.uuid4())
+    resp = api.post(
+        f"/api/task/apply/{ADD}", json={"args": [1, 2], "task_id": fresh, "timeout": 20}
+    )
+    assert (resp.status_code, resp.json["task-id"], resp.json["result"]) == (200, fresh, 3)
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [

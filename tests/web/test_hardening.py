@@ -8,6 +8,7 @@ browsers and a real served app are in ``test_ui_security.py`` and ``test_limits_
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import threading
@@ -27,6 +28,7 @@ from flask_celerymon.web.hardening import (
     SECURITY_HEADERS,
     Gate,
     JSONTooDeep,
+    host_is_pinned,
     host_is_trusted,
     json_depth,
     load_json,
@@ -237,6 +239,90 @@ def test_flask_trusted_hosts_is_honoured_for_the_monitor(make_app):
     client = app.test_client()
     assert client.get("/monitor/", headers={"Host": "evil.example"}).status_code == 400
     assert client.get("/monitor/", headers={"Host": "monitor.example.com"}).status_code == 200
+
+
+# -- anonymous access under a DNS name (rebinding) --------------------------------------------
+
+#: Every way the monitor lets a request in without credentials.
+ANONYMOUS_WAYS = [
+    {"CELERY_MONITOR_ALLOW_ANONYMOUS": True},
+    {"CELERY_MONITOR_ALLOW_ANONYMOUS": "viewer"},
+    {"CELERY_MONITOR_ALLOW_ANONYMOUS": False, "TESTING": True},
+    {"CELERY_MONITOR_ALLOW_ANONYMOUS": False, "DEBUG": True},
+]
+
+#: The 403 of an anonymous request under the name ``evil.example:5601``.
+REBINDING_REFUSAL = (
+    "anonymous access to the monitor is served only under an IP address or localhost, not "
+    "under the name 'evil.example:5601': a hostile page can make any name it owns point here "
+    "(DNS rebinding); list the names you serve the monitor under in "
+    "CELERY_MONITOR_TRUSTED_HOSTS (or Flask's TRUSTED_HOSTS), or configure authentication"
+)
+
+
+@pytest.mark.parametrize("config", ANONYMOUS_WAYS, ids=lambda c: "-".join(map(str, c.values())))
+def test_anonymous_access_under_a_dns_name_is_refused_on_every_monitor_route(make_app, config):
+    app = make_app(**config)
+    app.add_url_rule("/hello", "hello", lambda: "hi")
+    client = app.test_client()
+    for rule in _monitor_rules(app, "GET"):
+        if rule.endpoint == "celerymon.healthcheck":
+            continue  # public: it carries no task data and drives nothing
+        resp = client.get(_sample_path(rule), headers={"Host": "evil.example:5601"})
+        assert resp.status_code == 403, rule.rule
+        assert REBINDING_REFUSAL in html.unescape(resp.get_data(as_text=True)), rule.rule
+    # a rebinding page acting: its own name as Host, the same Origin
+    resp = client.post(
+        f"/monitor/api/task/async-apply/{ADD}",
+        json={"args": [1]},
+        headers={"Host": "evil.example:5601", "Origin": "http://evil.example:5601"},
+    )
+    assert resp.status_code == 403
+    assert resp.get_json() == {"error": REBINDING_REFUSAL}
+    resp = client.get(
+        "/monitor/ws", headers={**UPGRADE, "Host": "evil.example:5601"}
+    )  # the live feed's handshake too
+    assert resp.status_code == 403
+    # names no other site can own stay open, and the host app's routes are its business
+    for host in ("localhost:5000", "127.0.0.1:5000", "[::1]:5000", "myapp.localhost", "10.1.2.3"):
+        assert client.get("/monitor/api/workers", headers={"Host": host}).status_code == 200, host
+    assert client.get("/hello", headers={"Host": "evil.example"}).status_code == 200
+
+
+@pytest.mark.parametrize("key", ["CELERY_MONITOR_TRUSTED_HOSTS", "TRUSTED_HOSTS"])
+def test_anonymous_access_under_a_listed_trusted_name_is_served(make_app, key):
+    app = make_app(**{key: ["monitor.example.com"]})
+    client = app.test_client()
+    assert client.get("/monitor/", headers={"Host": "monitor.example.com"}).status_code == 200
+
+
+def test_credentials_work_under_any_name_when_anonymous_access_is_also_open(make_app):
+    app = make_app(
+        CELERY_MONITOR_ALLOW_ANONYMOUS="viewer", CELERY_MONITOR_BASIC_AUTH="ada:a-pass:admin"
+    )
+    client = app.test_client()
+    headers = {"Host": "monitor.example.com"}
+    assert client.get("/monitor/api/workers", headers=headers).status_code == 403
+    auth = {**headers, "Authorization": "Basic YWRhOmEtcGFzcw=="}  # ada:a-pass
+    assert client.get("/monitor/api/workers", headers=auth).status_code == 200
+
+
+@given(
+    name=st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True),
+    port=st.none() | st.integers(1, 65535),
+)
+@settings(max_examples=300, deadline=None)
+def test_only_ip_addresses_and_localhost_names_are_pinned(name, port):
+    host = name if port is None else f"{name}:{port}"
+    expected = name == "localhost" or name.endswith(".localhost")
+    assert host_is_pinned(host) is expected
+
+
+@given(address=st.ip_addresses(), port=st.none() | st.integers(1, 65535))
+@settings(max_examples=300, deadline=None)
+def test_every_ip_address_is_pinned(address, port):
+    shown = f"[{address}]" if address.version == 6 else str(address)
+    assert host_is_pinned(shown if port is None else f"{shown}:{port}")
 
 
 @pytest.mark.parametrize(

@@ -74,6 +74,15 @@ def _send(app: Any) -> str:
     return task_id
 
 
+def _send_as(app: Any, auth: tuple[str, str]) -> str:
+    """Send a task to no worker with basic-auth ``auth``. Returns its id."""
+    resp = app.test_client().post(
+        f"/monitor/api/task/async-apply/{TASK}", json={"args": [1]}, auth=auth
+    )
+    assert resp.status_code == 200, resp.get_data(as_text=True)
+    return resp.get_json()["task-id"]
+
+
 @pytest.fixture
 def tab(browser):  # noqa: F811 - the fixture imported above
     t = Tab(browser)
@@ -191,4 +200,58 @@ def test_a_page_beyond_the_live_socket_cap_polls_then_goes_live(redis_url, tmp_p
     finally:
         for t in tabs:
             t.close()
+        app.extensions["celerymon"].shutdown()
+
+
+def _forging_site(target: str) -> Any:
+    """A WSGI app of another origin whose ``/`` posts a form to ``target`` on load."""
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/forge.js":
+            start_response("200 OK", [("Content-Type", "text/javascript")])
+            return [b"document.getElementById('forged').submit();"]
+        body = (
+            "<!doctype html><title>forging</title>"
+            f'<form id="forged" method="post" action="{target}">'
+            '<input name="terminate" value="true"></form><script src="/forge.js"></script>'
+        ).encode()
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return [body]
+
+    return app
+
+
+def test_a_browser_with_basic_auth_credentials_cannot_be_made_to_act_by_another_site(
+    redis_server,
+    tmp_path,
+    browser,  # noqa: F811 - the fixture imported above
+):
+    """Browsers send cached basic-auth credentials with a form another site posts: the
+    Origin check refuses it (the credentials alone would have let it through)."""
+    app = make_monitored_app(
+        redis_server.url(next(_dbs)),
+        str(tmp_path),
+        CELERY_MONITOR_ALLOW_ANONYMOUS=False,
+        CELERY_MONITOR_BASIC_AUTH="otto:o-pass:operator",
+    )
+    try:
+        task_id = _send_as(app, ("otto", "o-pass"))
+        with serving(app) as url:
+            target = f"{url}/monitor/api/task/revoke/{task_id}"
+            with serving(_forging_site(target)) as forging:
+                t = Tab(browser, http_credentials={"username": "otto", "password": "o-pass"})
+                try:
+                    t.open(f"{url}/monitor/tasks")  # logged in: the browser has the password
+                    t.page.goto(forging.replace("127.0.0.1", "localhost"))
+                    t.page.wait_for_url(target)
+                    answer = json.loads(t.page.locator("body").inner_text())
+                finally:
+                    t.close()
+        # 403 from the cross-site check, not 401: the browser did send the credentials, and
+        # the guard refused before the handler ran
+        assert answer == {
+            "error": "cross-site request refused: Sec-Fetch-Site is 'cross-site'; send it from "
+            "the monitor's own pages or from a client that sends no Origin header"
+        }
+    finally:
         app.extensions["celerymon"].shutdown()
