@@ -29,7 +29,6 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
-from celery.utils.time import utcoffset
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,6 @@ class EventConsumer:
         self.on_connect = on_connect
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._here = utcoffset()
         self._connected = threading.Event()
         self._sock: socket.socket | None = None
         self._kombu_conn: Any = None
@@ -155,14 +153,12 @@ class EventConsumer:
         else:
             body = self._decode_slow(envelope)
         events = body if isinstance(body, list) else [body]
-        here = self._here
+        # Event timestamps are Unix times (time.time() in the sender): they need no zone
+        # correction, whatever the sender's ``utcoffset`` (Celery's adjust_timestamp would
+        # shift them by the difference of the two zones).
         for ev in events:
             if not isinstance(ev, dict):
                 raise ValueError("event body is not an object")
-            off = ev.get("utcoffset")
-            ts = ev.get("timestamp")
-            if off is not None and off != here and isinstance(ts, (int, float)):
-                ev["timestamp"] = ts - (off - here) * 3600
         return events
 
     def _decode_slow(self, envelope: bytes) -> Any:
@@ -328,6 +324,9 @@ class EventConsumer:
                     except Exception as exc:  # noqa: BLE001 - count and skip bad messages
                         fig.messages_malformed += 1
                         fig.events_malformed += 1
+                        # at least one event is lost with it
+                        fig.events_received += 1
+                        fig.events_dropped += 1
                         log.warning("celerymon: skipped a malformed event message: %s", exc)
                     if len(events) >= BATCH:
                         self._deliver(events)
@@ -349,6 +348,7 @@ class EventConsumer:
             self.sink(events)
         except Exception:  # noqa: BLE001 - the thread must survive a bad batch
             self.figures.sink_errors += 1
+            self.figures.events_dropped += len(events)
             log.exception("celerymon: applying a batch of %d events failed", len(events))
 
     def _safe(self, fn: Callable[[], None]) -> None:

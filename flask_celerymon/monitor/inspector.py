@@ -53,7 +53,7 @@ class Inspector:
         self.expected_workers = expected_workers
         self._cache: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._inflight: dict[tuple[str | None, str], cf.Future[None]] = {}
+        self._inflight: dict[tuple[str | None, str], cf.Future[Exception | None]] = {}
         self._executor: cf.ThreadPoolExecutor | None = None
         self.errors = 0
         self.last_refresh: float | None = None
@@ -106,7 +106,9 @@ class Inspector:
 
         With ``wait`` the call returns when the answers are in or after ``timeout`` seconds,
         whichever is first; then or without ``wait`` it returns :meth:`get`. Raises
-        ``ValueError`` for an unknown method name.
+        ``ValueError`` for an unknown method name and, with ``wait``, the broker's connection
+        error (kombu's ``OperationalError``...) when no broadcast could be sent: an
+        unreachable broker is a failure, not an empty answer.
         """
         if methods is None:
             methods = METHODS if worker is not None else GLOBAL_METHODS
@@ -116,10 +118,13 @@ class Inspector:
                 raise ValueError(f"unknown inspect method {m!r}; use one of {', '.join(METHODS)}")
         futures = [self._start(worker, m) for m in methods]
         if wait:
-            cf.wait(futures, timeout=self.timeout)
+            done, _ = cf.wait(futures, timeout=self.timeout)
+            failures = [f.result() for f in done]
+            if futures and len(done) == len(futures) and all(failures):
+                raise failures[0]  # type: ignore[misc]
         return self.get(worker)
 
-    def _start(self, worker: str | None, method: str) -> cf.Future[None]:
+    def _start(self, worker: str | None, method: str) -> cf.Future[Exception | None]:
         key = (worker, method)
         pool = self._pool()
         with self._lock:
@@ -130,7 +135,8 @@ class Inspector:
             self._inflight[key] = fut
         return fut
 
-    def _call(self, worker: str | None, method: str) -> None:
+    def _call(self, worker: str | None, method: str) -> Exception | None:
+        """One broadcast; returns the exception that stopped it, or None."""
         limit = None
         if worker is not None:
             destination: list[str] | None = [worker]
@@ -141,14 +147,23 @@ class Inspector:
                 expected = list(self.expected_workers())
                 limit = len(expected) or None
         try:
-            insp = self.app.control.inspect(
-                destination=destination, timeout=self.timeout * 0.9, limit=limit
-            )
-            replies = getattr(insp, method)() or {}
+            with self.app.connection_for_write() as conn:
+                # Fail within the timeout when the broker is down (kombu's publish would
+                # retry for seconds, long after the caller concluded "no workers").
+                conn.ensure_connection(
+                    max_retries=1, interval_start=0, interval_step=0, timeout=self.timeout
+                )
+                insp = self.app.control.inspect(
+                    destination=destination,
+                    timeout=self.timeout * 0.9,
+                    limit=limit,
+                    connection=conn,
+                )
+                replies = getattr(insp, method)() or {}
         except Exception as exc:  # noqa: BLE001 - a broker error must not escape the pool
             self.errors += 1
             log.warning("celerymon: inspect %s failed: %s", method, exc)
-            return
+            return exc
         now = time.time()
         with self._lock:
             for host, value in replies.items():
@@ -156,3 +171,4 @@ class Inspector:
                 d[method] = value
                 d["timestamp"] = now
             self.last_refresh = now
+        return None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -226,6 +227,8 @@ class MonitorService:
         self._queues_cache: tuple[float, list[dict] | None] | None = None
         self._flushes = 0
         self._flush_seconds = 0.0
+        self._rows_dropped = 0
+        self._flush_lock = threading.Lock()
         self._indexed = 0
         self._index_seconds = 0.0
         self.inspector = Inspector(
@@ -368,6 +371,7 @@ class MonitorService:
                             log.exception("celerymon: event listener %r failed", fn)
         fig.events_applied += applied
         fig.events_malformed += malformed
+        fig.events_dropped += malformed  # received, never applied
         fig.events_unknown += unknown
         last = events[-1].get("timestamp")
         if isinstance(last, (int, float)):
@@ -432,6 +436,7 @@ class MonitorService:
                     log.exception("celerymon: writing to the history store failed")
             if now >= next_purge:
                 try:
+                    self._mark_lost()
                     self._purge_offline()
                 except Exception:  # noqa: BLE001
                     log.exception("celerymon: purging offline workers failed")
@@ -454,7 +459,15 @@ class MonitorService:
                     log.exception("celerymon: pruning the history failed")
 
     def flush(self) -> int:
-        """Write changed tasks and workers to the store now; returns the number of tasks."""
+        """Write changed tasks and workers to the store now; returns the number of tasks.
+
+        When it returns, every change made before the call is in the store (a flush running
+        in the housekeeping thread is waited for).
+        """
+        with self._flush_lock:
+            return self._flush()
+
+    def _flush(self) -> int:
         store = self._store
         if store is None:
             return 0
@@ -468,7 +481,12 @@ class MonitorService:
             wsnap = {h: w.as_dict(now, st.worker_offline_after) for h, w in wdirty.items()}
         t0 = time.perf_counter()
         try:
-            store.write_tasks(rows)
+            try:
+                store.write_tasks(rows)
+            except (sqlite3.OperationalError, OSError):
+                raise  # the store is unavailable (disk full, locked...): retry them later
+            except Exception:  # noqa: BLE001 - a row the store refuses
+                self._write_one_by_one(store, rows)
             store.write_workers(wsnap)
             store.delete_workers(gone)
         except Exception:
@@ -481,6 +499,18 @@ class MonitorService:
         self._flushes += 1
         self._flush_seconds += time.perf_counter() - t0
         return len(rows)
+
+    def _write_one_by_one(self, store: HistoryStore, rows: list[tuple[Any, ...]]) -> None:
+        """Write ``rows`` singly, dropping (logging, counting) each row the store refuses, so
+        that one bad row never stops the history of every other task."""
+        for row in rows:
+            try:
+                store.write_tasks([row])
+            except (sqlite3.OperationalError, OSError):
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self._rows_dropped += 1
+                log.error("celerymon: the history store refused task %r: %s", row[0], exc)
 
     def _index(self, written: int) -> None:
         """Let the store index for search: a little while busy, more when idle."""
@@ -497,6 +527,18 @@ class MonitorService:
             return 0
         s = self.settings
         return store.prune(s.retention_tasks, time.time() - s.retention_days * 86400)
+
+    def _mark_lost(self) -> None:
+        """Tasks running on a worker whose heartbeats expired become LOST."""
+        st = self._state
+        with st.lock:
+            lost = st.mark_lost_offline(time.time())
+        if lost:
+            log.warning(
+                "celerymon: %d task(s) lost with their offline worker(s): %s",
+                len(lost),
+                ", ".join(sorted({t.worker for t in lost})),
+            )
 
     def _purge_offline(self) -> None:
         after = self.settings.purge_offline_workers
@@ -640,8 +682,9 @@ class MonitorService:
         timestamp[, scheduled, active, reserved, revoked]}}``.
 
         Workers known only from events are included with what is known (``timestamp`` None).
-        With ``refresh`` the cache is refreshed first, waiting at most the inspect timeout.
-        An unknown ``worker`` gives ``{}``.
+        With ``refresh`` the cache is refreshed first, waiting at most the inspect timeout;
+        then an unreachable broker raises its connection error (kombu's ``OperationalError``)
+        instead of answering with what the cache holds. An unknown ``worker`` gives ``{}``.
         """
         self._autostart()
         if refresh:
@@ -835,8 +878,12 @@ class MonitorService:
     def figures(self) -> dict[str, Any]:
         """The service's own health numbers.
 
-        ``events_received`` (decoded), ``events_applied``, ``events_malformed`` (skipped),
-        ``events_unknown`` (unknown types, applied to counters only), ``events_dropped``,
+        ``events_received`` (decoded; an undecodable message counts as one), ``events_applied``, ``events_malformed`` (skipped),
+        ``events_unknown`` (unknown types, applied to counters only), ``events_dropped``
+        (received and never applied: undecodable messages, malformed events, failed batches;
+        ``events_received == events_applied + events_dropped`` once ingest is idle),
+        ``fields_coerced`` (event fields of the wrong type or encoding, coerced or left out),
+        ``store_rows_dropped`` (task rows the history store refused),
         ``connects``, ``disconnects`` (each one may have lost events published meanwhile:
         ``events_maybe_lost`` is True once that happened), ``last_error``, ``lag`` and
         ``lag_max`` (seconds from an event's timestamp to its application), ``backlog_bytes``
@@ -857,6 +904,8 @@ class MonitorService:
         c = self._consumer
         d.update(
             events_maybe_lost=d["disconnects"] > 0,
+            fields_coerced=st.coerced,
+            store_rows_dropped=self._rows_dropped,
             flushes=self._flushes,
             flush_seconds=round(self._flush_seconds, 6),
             indexed=self._indexed,

@@ -28,6 +28,7 @@ would call is not there.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -55,6 +56,8 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from ..monitor.query import STATES, SearchError, compile_python, parse, parse_sort
 from . import get_state
 from .guard import safe
+
+log = logging.getLogger(__name__)
 
 #: Columns the task list can show (Flower's ``tasks_columns`` choices) and their titles.
 TASK_COLUMNS: dict[str, str] = {
@@ -101,7 +104,7 @@ STATE_BUTTONS = (
     ("Revoked", "REVOKED"),
 )
 WORKER_TABS = ("pool", "broker", "queues", "tasks", "limits", "config", "system")
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED"})
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED", "LOST"})
 
 
 class BadInput(ValueError):
@@ -188,6 +191,7 @@ def _state_class(state: str | None) -> str:
         "FAILURE": "bad",
         "REVOKED": "warn",
         "REJECTED": "bad",
+        "LOST": "bad",
         "RETRY": "warn",
         "STARTED": "info",
         "RECEIVED": "muted",
@@ -669,10 +673,20 @@ def workers() -> Any:
     """
     svc = get_state().monitor
     if _flag(request.args.get("refresh")):
-        svc.inspect(refresh=True)
+        _refresh(svc)
     if _flag(request.args.get("json")):
         return jsonify(data=svc.workers())
     return render_template("celerymon/workers.html", body=Markup(render_workers_body()))
+
+
+def _refresh(svc: Any, hostname: str | None = None) -> dict[str, Any]:
+    """Ask the workers again; with the broker unreachable, log it and keep the cached data
+    (the page still renders and its broker figures say the broker is down)."""
+    try:
+        return svc.inspect(hostname, refresh=True)
+    except Exception as exc:  # noqa: BLE001 - a page shows what is known
+        log.warning("celerymon: could not ask the workers: %s", exc)
+        return svc.inspect(hostname)
 
 
 def _flag(value: str | None) -> bool:
@@ -726,7 +740,7 @@ def worker(hostname: str) -> Any:
         return _error(404, "Unknown worker", f"No worker named {hostname!r} is known.")
     info = svc.inspect(hostname).get(hostname) or {}
     if request.args.get("refresh") or (w.get("status") and "active" not in info):
-        info = svc.inspect(hostname, refresh=True).get(hostname) or info
+        info = _refresh(svc, hostname).get(hostname) or info
     return render_template(
         "celerymon/worker.html",
         hostname=hostname,

@@ -1,0 +1,186 @@
+"""The monitor's data matches what really happened (issue 12), against a real Redis and worker.
+
+Each test is one case seen in use; the kind behind it is guarded by the generated tests in
+``test_differential.py`` and ``test_wire_values.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+from celery import Celery
+from celery.utils.nodenames import anon_nodename
+from kombu.exceptions import OperationalError
+from prometheus_client import generate_latest
+
+from flask_celerymon.monitor.metrics import MonitorMetrics
+from tests.conftest import WorkerProcess, free_port, metric_value, parse_metrics
+
+from .conftest import wait_for
+
+#: The worker runs in a zone far from the monitor's (below: America/New_York).
+WORKER_TZ = "Asia/Tokyo"
+
+
+def _worker(
+    broker: str, name: str, logfile: str, queue: str = "celery", pool: str = "solo"
+) -> WorkerProcess:
+    return WorkerProcess(
+        None, broker, name, logfile,
+        args=("-P", pool, "-c", "1", "--heartbeat-interval", "1", "-E", "-Q", queue),
+        celery_app="tests.monitor.worker_app",
+        env={"CELERYMON_MONITOR_TEST_BROKER": broker, "TZ": WORKER_TZ}, loglevel="warning",
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tokyo_worker(
+    module_broker: str, worker_app: Celery, tmp_path_factory: Any
+) -> Iterator[WorkerProcess]:
+    """A real worker whose local time zone is Asia/Tokyo (UTC+9)."""
+    w = _worker(module_broker, "tokyo@test", str(tmp_path_factory.mktemp("w") / "w.log"))
+    try:
+        w.wait_ready(worker_app)
+        yield w
+    finally:
+        w.stop()
+
+
+@pytest.fixture
+def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The monitor (this process) in America/New_York for the test."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_process_that_sends_tasks_is_a_client_not_a_worker(
+    tokyo_worker, worker_app, make_service
+):
+    # max_workers=1: a client counted as a worker would push the real worker out
+    svc = make_service(worker_app, max_workers=1)
+    assert svc.wait_connected(10)
+    from tests.monitor.worker_app import add
+
+    wait_for(lambda: svc.worker(tokyo_worker.name), 10)
+    result = add.delay(2, 3)  # task-sent comes from this process, gen<pid>@<host>
+    task = wait_for(lambda: (t := svc.task(result.id)) and t["state"] == "SUCCESS" and t, 20)
+    assert task["client"] == anon_nodename()
+    assert task["worker"] == tokyo_worker.name
+    assert [w["hostname"] for w in svc.workers()] == [tokyo_worker.name]
+    assert set(svc.worker_status()) == {tokyo_worker.name}
+    assert set(svc.inspect(refresh=True)) == {tokyo_worker.name}
+    assert svc.figures()["workers"] == 1
+
+
+def test_event_times_are_unix_times_whatever_the_zones(
+    new_york, tokyo_worker, worker_app, make_service
+):
+    svc = make_service(worker_app)
+    metrics = MonitorMetrics(svc)
+    assert svc.wait_connected(10)
+    from tests.monitor.worker_app import add
+
+    before = time.time()
+    result = add.delay(20, 22)
+    t = wait_for(lambda: (t := svc.task(result.id)) and t["state"] == "SUCCESS" and t, 20)
+    after = time.time()
+    times = [t["sent"], t["received"], t["started"], t["succeeded"]]
+    assert all(before - 1 <= x <= after + 1 for x in times), (before, times, after)
+    # (task-sent is published after the message: it may come a moment after task-received)
+    assert times[1:] == sorted(times[1:])
+    assert [h["state"] for h in t["history"]][-3:] == ["RECEIVED", "STARTED", "SUCCESS"]
+    # "since 1 hour ago" finds it, in the window and in the history store
+    for source in ("window", "store"):
+        svc.flush()
+        page = svc.query_tasks(received_start=time.time() - 3600, source=source)
+        assert result.id in [x["uuid"] for x in page.tasks], source
+    samples = parse_metrics(generate_latest(metrics.registry).decode())
+    wait_sum = metric_value(
+        samples, "celerymon_task_queue_wait_seconds_sum", task="mon.add", worker=tokyo_worker.name
+    )
+    assert wait_sum is not None and 0 <= wait_sum < 10
+
+
+def test_one_bad_value_never_stops_the_history(celery_app, make_service):
+    svc = make_service(celery_app)
+    assert svc.wait_connected(10)
+    with celery_app.connection_for_write() as conn:
+        d = celery_app.events.Dispatcher(conn, hostname="w@h", enabled=True)
+        d.send("task-received", uuid="surrogate", name="app.x", args="('\ud800',)",
+               kwargs={"k": [1]}, retries=2**80)  # fmt: skip
+        d.send("task-failed", uuid="surrogate", exception=["x"], traceback=None,
+               runtime="slow")  # fmt: skip
+        d.send("task-received", uuid="after", name="app.x", args="(1,)")
+        d.send("task-succeeded", uuid="after", result="2", runtime=0.5)
+    wait_for(lambda: (t := svc.task("after")) and t["state"] == "SUCCESS", 10)
+    svc.flush()
+    store = svc._store
+    assert store is not None
+    bad = store.get_task("surrogate")
+    good = store.get_task("after")
+    assert good is not None and good["state"] == "SUCCESS"
+    assert bad is not None and bad["state"] == "FAILURE"
+    assert (bad["args"], bad["kwargs"], bad["exception"]) == (
+        "('\\ud800',)", "{'k': [1]}", "['x']"
+    )  # fmt: skip
+    assert bad["retries"] is None and bad["runtime"] is None
+    f = svc.figures()
+    # a surrogate, a kwargs dict, a huge int, an exception list, a runtime string
+    assert f["fields_coerced"] == 5
+    assert f["store_rows_dropped"] == 0 and f["events_dropped"] == 0
+    stats = svc.task_stats(since=0, bucket=1e12)
+    assert [(r["name"], r["succeeded"], r["failed"]) for r in stats] == [("app.x", 1, 1)]
+
+
+def test_a_refresh_with_the_broker_down_is_an_error_not_an_empty_answer(make_service):
+    app = Celery("down", broker=f"redis://127.0.0.1:{free_port()}/0")
+    svc = make_service(app, db=None, inspect_timeout=1.0)
+    svc.ensure_started()
+    start = time.monotonic()
+    with pytest.raises(OperationalError, match="Connection refused"):
+        svc.inspect(refresh=True)
+    assert time.monotonic() - start < 5
+    assert svc.inspect() == {}  # the cache, without refresh, is still an answer
+
+
+def test_a_task_running_on_a_killed_worker_is_lost(module_broker, worker_app, make_service,
+                                                   tmp_path):  # fmt: skip
+    svc = make_service(worker_app)
+    assert svc.wait_connected(10)
+    # prefork: a solo worker sends no event (heartbeats included) while its task runs
+    w = _worker(module_broker, "doomed@test", str(tmp_path / "doomed.log"), "doomed", "prefork")
+    try:
+        w.wait_ready(worker_app)
+        from tests.monitor.worker_app import sleep
+
+        result = sleep.apply_async((60,), queue="doomed")
+        wait_for(
+            lambda: (t := svc.task(result.id)) and t["state"] == "STARTED",
+            20,
+            msg=lambda: (svc.task(result.id), w.log_text()),
+        )
+        children = psutil.Process(w.proc.pid).children(recursive=True)
+        os.kill(w.proc.pid, signal.SIGKILL)
+        w.proc.wait(10)
+        for child in children:  # the pool process running the task
+            child.kill()
+        # heartbeats every second: offline after 2 s, then the running task is LOST
+        t = wait_for(lambda: (t := svc.task(result.id)) and t["state"] == "LOST" and t, 20)
+        assert t["worker"] == "doomed@test"
+        assert [h["state"] for h in t["history"]][-2:] == ["STARTED", "LOST"]
+        assert svc.worker("doomed@test")["status"] is False
+        svc.flush()
+        assert svc.query_tasks(state="LOST", source="store").total == 1
+    finally:
+        w.stop()
