@@ -636,7 +636,9 @@ def chart_data(window: str, name: str | None, now: float | None = None) -> dict[
     top = _nice_max(max((b["total"] for b in bars), default=0))
     names = svc.task_stats(since=start, until=end, bucket=1e12)
     names.sort(key=lambda r: -(r["succeeded"] + r["failed"] + r["retried"] + r["revoked"]))
-    selected = name or (names[0]["name"] if names else None)
+    # by default the busiest task that has a name (a task revoked before any worker received
+    # it has none, and no runtime to chart)
+    selected = name or next((r["name"] for r in names if r["name"]), None)
     series = []
     if selected:
         series = [r for r in svc.task_stats(since=start, until=end, bucket=bucket, name=selected)]

@@ -1,0 +1,75 @@
+"""Pages and API tell what really happened (issue 12): failures are not empty successes, lost
+tasks say so. Event-level cases with a real worker are in tests/monitor/test_truth.py."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from html import unescape
+
+import pytest
+from flask import Flask
+
+from tests.conftest import free_port
+from tests.web.conftest import make_monitored_app
+from tests.web.test_api import Api
+
+
+@pytest.fixture(scope="module")
+def down_app(tmp_path_factory) -> Iterator[Flask]:
+    """An app whose broker nobody listens on, with Celery's default retry settings."""
+    app = make_monitored_app(
+        f"redis://127.0.0.1:{free_port()}/0", str(tmp_path_factory.mktemp("down-default"))
+    )
+    try:
+        yield app
+    finally:
+        app.extensions["celerymon"].shutdown()
+
+
+def test_workers_refresh_with_the_broker_down_is_503_not_an_empty_success(down_app):
+    api = Api(down_app)
+    started = time.monotonic()
+    resp = api.get("/api/workers?refresh=1")
+    assert resp.status_code == 503, resp.json
+    assert resp.json["error"].startswith("Broker or result backend unavailable: ")
+    assert "Connection refused" in resp.json["error"]
+    assert time.monotonic() - started < 5
+    # the page still renders what is known
+    page = down_app.test_client().get("/monitor/workers?refresh=1")
+    assert page.status_code == 200
+
+
+@pytest.fixture
+def memory_app(tmp_path) -> Iterator[Flask]:
+    app = make_monitored_app("memory://", str(tmp_path))
+    try:
+        yield app
+    finally:
+        app.extensions["celerymon"].shutdown()
+
+
+def test_a_lost_task_says_so_on_its_page_and_in_the_api(memory_app):
+    svc = memory_app.extensions["celerymon"].monitor
+    now = time.time()
+    svc.apply_events(
+        [
+            {"type": "worker-online", "hostname": "w@h", "timestamp": now - 3, "freq": 2.0},
+            {"type": "task-received", "uuid": "run", "name": "app.long", "hostname": "w@h",
+             "timestamp": now - 2},
+            {"type": "task-started", "uuid": "run", "hostname": "w@h", "timestamp": now - 1},
+            {"type": "task-received", "uuid": "wait", "name": "app.long", "hostname": "w@h",
+             "timestamp": now - 1},
+            {"type": "worker-offline", "hostname": "w@h", "timestamp": now},
+        ]
+    )  # fmt: skip
+    client = memory_app.test_client()
+    page = unescape(client.get("/monitor/task/run").get_data(as_text=True))
+    assert 'id="task-state">LOST</span>' in page
+    assert "Lost: this task was running on w@h when the worker went offline" in page
+    assert "task-lost" not in client.get("/monitor/task/wait").get_data(as_text=True)
+    api = Api(memory_app)
+    resp = api.get("/api/tasks?state=LOST")
+    assert list(resp.json) == ["run"]
+    # a received task is redelivered by the broker, not lost
+    assert api.get("/api/task/info/wait").json["state"] == "RECEIVED"
