@@ -290,7 +290,7 @@ class WorkerRecord:
         window = (
             offline_after if offline_after is not None else (self.freq * HEARTBEAT_EXPIRE_FACTOR)
         )
-        return now - self.last_seen <= window
+        return now - self.last_seen < window  # Celery: time() < heartbeat_expires
 
     def as_dict(self, now: float, offline_after: float | None) -> dict[str, Any]:
         """Flower's ``/workers?json=1`` item: counters, worker fields and ``status``."""
@@ -469,6 +469,8 @@ class State:
             # Sent by a client (a web process, beat, a script), not a worker: the client is a
             # property of the task (as in celery.events.state.State).
             return self._apply_task(etype, event, None, client=hostname)
+        if etype == "worker-offline" and hostname not in self.workers:
+            return None  # the farewell of a worker never seen (as Celery's state)
         worker = self._worker(hostname, now) if hostname else None
         if worker is not None:
             worker.counters[etype] = worker.counters.get(etype, 0) + 1
