@@ -221,11 +221,14 @@ def test_update_state_reports_progress(ctx):
     future = basic.celery.submit(basic.progress, 8)
     deadline = time.monotonic() + 10
     seen = set()
+    running = set()
     while not future.done() and time.monotonic() < deadline:
         if future.state == "PROGRESS":
             seen.add(future.info["total"])
+            running.add(future.running())  # False only if it finished in between
         time.sleep(0.05)
     assert seen == {8}
+    assert True in running  # a task in a custom state still runs
     assert future.result(timeout=10) == 8
 
 
