@@ -73,3 +73,35 @@ def test_a_lost_task_says_so_on_its_page_and_in_the_api(memory_app):
     assert list(resp.json) == ["run"]
     # a received task is redelivered by the broker, not lost
     assert api.get("/api/task/info/wait").json["state"] == "RECEIVED"
+
+
+def test_a_configured_queue_nobody_consumes_is_still_measured(redis_server, tmp_path):
+    from tests.web.conftest import _dbs
+
+    broker = redis_server.url(next(_dbs))
+    app = make_monitored_app(
+        broker, str(tmp_path), CELERY_WORKERS={"reporter": {"queues": ["reports", "archive"]}}
+    )
+    try:
+        api = Api(app)
+        lengths = {
+            q["name"]: q["messages"] for q in api.get("/api/queues/length").json["active_queues"]
+        }
+        assert lengths["reports"] == 0 and lengths["archive"] == 0
+        celery_app = app.extensions["celerymon"].celery_app
+        for _ in range(3):
+            celery_app.send_task("app.report", queue="reports")
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            resp = api.get("/api/queues/length")
+            lengths = {q["name"]: q["messages"] for q in resp.json["active_queues"]}
+            if lengths["reports"] == 3:
+                break
+            time.sleep(0.2)
+        assert lengths["reports"] == 3
+        metrics = app.test_client().get("/monitor/metrics").get_data(as_text=True)
+        assert 'celerymon_queue_length{queue="reports"} 3.0' in metrics
+        broker_page = unescape(app.test_client().get("/monitor/broker").get_data(as_text=True))
+        assert 'data-queue="archive"' in broker_page
+    finally:
+        app.extensions["celerymon"].shutdown()
