@@ -67,6 +67,8 @@ class Figures:
         self.lag_max: float = 0.0
         self.backlog_bytes = 0
         self.sink_errors = 0
+        #: When the stream was last lost (cleared by the service once subscribed again).
+        self.disconnected_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -217,6 +219,7 @@ class EventConsumer:
                         pass
                 if was and not self._stop.is_set():
                     self.figures.disconnects += 1
+                    self.figures.disconnected_at = time.time()
             if self._stop.wait(backoff):
                 break
             backoff = min(backoff * 2, BACKOFF_MAX)
@@ -391,6 +394,7 @@ class EventConsumer:
                 self._kombu_conn = None
                 if self._connected.is_set() and not self._stop.is_set():
                     self.figures.disconnects += 1
+                    self.figures.disconnected_at = time.time()
                 self._connected.clear()
             if self._stop.wait(backoff):
                 break

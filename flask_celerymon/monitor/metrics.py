@@ -535,6 +535,21 @@ class MonitorMetrics:
             ("events_malformed", "celerymon_events_malformed", "Events skipped as malformed"),
             ("connects", "celerymon_event_stream_connects", "Connections to the event stream"),
             ("disconnects", "celerymon_event_stream_disconnects", "Event stream disconnections"),
+            (
+                "gaps_total",
+                "celerymon_event_stream_gaps",
+                "Spans with no event consumed (a disconnect, the time between two runs)",
+            ),
+            (
+                "gap_seconds_total",
+                "celerymon_event_stream_gap_seconds",
+                "Seconds with no event consumed, over all gaps",
+            ),
+            (
+                "tasks_reconciled",
+                "celerymon_tasks_reconciled",
+                "Unfinished tasks brought to the finished state the result backend holds",
+            ),
             ("evicted", "celerymon_window_evicted_tasks", "Tasks evicted from the memory window"),
             ("listener_errors", "celerymon_listener_errors", "Errors raised by event listeners"),
         ):

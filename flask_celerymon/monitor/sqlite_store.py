@@ -264,6 +264,21 @@ class SQLiteStore(HistoryStore):
             rows = [(h, json.dumps(d, default=str)) for h, d in workers.items()]
             self._tx([("INSERT OR REPLACE INTO workers (hostname, data) VALUES (?, ?)", rows)])
 
+    def get_meta(self, key: str) -> str | None:
+        r = self._reader.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if r is None else r[0]
+
+    def set_meta(self, values: Mapping[str, str | None]) -> None:
+        self._tx(
+            [
+                (
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [(k, v) for k, v in values.items() if v is not None],
+                ),
+                ("DELETE FROM meta WHERE key = ?", [(k,) for k, v in values.items() if v is None]),
+            ]
+        )
+
     def delete_workers(self, hostnames: Iterable[str]) -> None:
         hs = [(h,) for h in hostnames]
         if hs:

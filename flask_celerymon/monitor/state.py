@@ -199,6 +199,28 @@ class TaskRecord:
             self.parent_id, self.history,
         )  # fmt: skip
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> TaskRecord:
+        """A record from a stored row (:data:`~flask_celerymon.monitor.store.TASK_COLUMNS`
+        keys, ``history`` a tuple), e.g. to bring a task of the history back to the window."""
+        t = cls(row["uuid"])
+        for k in TASK_COLUMNS:
+            if k in ("uuid", "args", "kwargs", "result", "history"):
+                continue
+            v = row.get(k)
+            if v is not None:
+                setattr(t, k, v)
+        for k in ("name", "state", "worker"):
+            if row.get(k) is None:
+                setattr(t, k, "")
+        t.text = _SEP.join(
+            (row.get(k) or "").replace(_SEP, "\\x00") for k in ("args", "kwargs", "result")
+        )
+        hist = tuple(row.get("history") or ())
+        if hist != history_from_times(t):
+            t.history = hist
+        return t
+
     def as_dict(self) -> dict[str, Any]:
         """Flower's ``Task.as_dict()`` plus ``history`` (see :func:`task_dict`)."""
         d = dict(zip(TASK_COLUMNS, self.row()))
@@ -710,6 +732,34 @@ class State:
                 out.append(r)
             i -= 1
         return out if len(out) == end else None
+
+    def adopt(self, t: TaskRecord) -> TaskRecord:
+        """Put ``t`` (e.g. from :meth:`TaskRecord.from_row`) in the window unless a task with
+        its id is there already; returns the window's record. Call with :attr:`lock` held."""
+        cur = self.tasks.get(t.uuid)
+        if cur is not None:
+            return cur
+        self.tasks[t.uuid] = t
+        self._order.append(t)
+        if t.received is not None:
+            self._index_received(t, t.received)
+        if t.state in FINISHED_STATES:
+            self._finished.append(t)
+        if len(self.tasks) > self.max_tasks:
+            self._evict()
+        return t
+
+    def note(self, uuid: str, what: str, now: float) -> bool:
+        """Add ``what`` at ``now`` to the history of unfinished task ``uuid`` (the monitor's
+        own actions, e.g. ``revoke-requested``); False if unknown or finished. Call with
+        :attr:`lock` held."""
+        t = self.tasks.get(uuid)
+        if t is None or t.finished:
+            return False
+        t.history = (*t.full_history(), what, now)
+        if self.on_task is not None:
+            self.on_task(t)
+        return True
 
     def mark_lost(self, hostname: str, now: float) -> list[TaskRecord]:
         """Give the tasks ``STARTED`` on ``hostname`` (gone offline) the state :data:`LOST`.

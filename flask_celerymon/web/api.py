@@ -520,6 +520,7 @@ def task_revoke(task_id: str) -> Response:
     _known_task(task_id)
     log.info("celerymon: revoking task %s (terminate=%s, signal=%s)", task_id, terminate, sig)
     _capp().control.revoke(task_id, terminate=terminate, signal=sig)
+    _service().revoke_requested([task_id])  # shown until the worker confirms
     return json_response({"message": f"Revoked '{task_id}'"})
 
 
@@ -994,6 +995,7 @@ def tasks_revoke() -> Response:
     if ids and not dry_run:
         log.info("celerymon: bulk revoke of %d tasks", len(ids))
         _capp().control.revoke(ids, terminate=terminate, signal=sig)
+        _service().revoke_requested(ids)  # shown until the workers confirm
     return json_response({"dry_run": dry_run, "matched": total, "count": len(ids), "task_ids": ids})
 
 

@@ -678,7 +678,9 @@ def workers() -> Any:
         _refresh(svc)
     if _flag(request.args.get("json")):
         return jsonify(data=svc.workers())
-    return render_template("celerymon/workers.html", body=Markup(render_workers_body()))
+    day_ago = time.time() - 86400
+    gaps = [g for g in svc.figures()["gaps"] if g["end"] >= day_ago]
+    return render_template("celerymon/workers.html", body=Markup(render_workers_body()), gaps=gaps)
 
 
 def _refresh(svc: Any, hostname: str | None = None) -> dict[str, Any]:

@@ -224,7 +224,10 @@ def test_worker_series_are_read_from_the_service_at_scrape_time(service, metrics
             {"type": "worker-online", "hostname": W1, "timestamp": now, "freq": 2.0},
             {"type": "worker-heartbeat", "hostname": W1, "timestamp": now, "freq": 2.0,
              "active": 3},
+            {"type": "worker-online", "hostname": W2, "timestamp": now - 1},
             {"type": "worker-offline", "hostname": W2, "timestamp": now},
+            # the farewell of a worker never seen registers nothing (as Celery's state)
+            {"type": "worker-offline", "hostname": "never@seen", "timestamp": now},
             ev("task-sent", 1, now, "gen1@client", name="app.add", queue="celery"),
         ]
     )  # fmt: skip

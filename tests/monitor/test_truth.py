@@ -184,3 +184,128 @@ def test_a_task_running_on_a_killed_worker_is_lost(module_broker, worker_app, ma
         assert svc.query_tasks(state="LOST", source="store").total == 1
     finally:
         w.stop()
+
+
+@pytest.fixture
+def busy_worker(module_broker, worker_app, tmp_path) -> Iterator[WorkerProcess]:
+    """One pool process (prefork, so its events flow while a task runs), queue ``busy``."""
+    w = _worker(module_broker, "busy@test", str(tmp_path / "busy.log"), "busy", "prefork")
+    try:
+        w.wait_ready(worker_app)
+        yield w
+    finally:
+        w.stop()
+
+
+def test_a_revoked_task_waiting_behind_a_long_one_shows_revoke_requested_until_confirmed(
+    busy_worker, worker_app, make_service
+):
+    svc = make_service(worker_app)
+    assert svc.wait_connected(10)
+    from tests.monitor.worker_app import add, sleep
+
+    long = sleep.apply_async((3,), queue="busy")
+    waiting = add.apply_async((1, 1), queue="busy")  # reserved behind the long task
+    wait_for(lambda: (t := svc.task(waiting.id)) and t["state"] == "RECEIVED", 20)
+    worker_app.control.revoke(waiting.id)
+    assert svc.revoke_requested([waiting.id, long.id, "unknown"]) == 2
+    t = svc.task(waiting.id)
+    assert t["state"] == "RECEIVED"
+    assert t["history"][-1]["state"] == "revoke-requested"
+    svc.flush()
+    assert svc.query_tasks(search="revoke-requested", source="store").total == 0  # not text
+    stored = svc._store.get_task(waiting.id)
+    assert stored["history"][-2] == "revoke-requested"  # the marker is in the history too
+    # when its turn comes the worker discards it: confirmed
+    t = wait_for(lambda: (t := svc.task(waiting.id)) and t["state"] == "REVOKED" and t, 20)
+    states = [h["state"] for h in t["history"]]
+    assert states.index("revoke-requested") < states.index("REVOKED")
+
+
+@pytest.fixture
+def backend_worker(module_broker, worker_app, tmp_path) -> Iterator[WorkerProcess]:
+    """A worker (queue ``results``) storing results in Redis, sending no events."""
+    w = WorkerProcess(
+        None, module_broker, "silent@test", str(tmp_path / "silent.log"),
+        args=("-P", "solo", "-c", "1", "-Q", "results"), celery_app="tests.monitor.worker_app",
+        env={"CELERYMON_MONITOR_TEST_BROKER": module_broker,
+             "CELERYMON_MONITOR_TEST_BACKEND": module_broker}, loglevel="warning",
+    )  # fmt: skip
+    try:
+        w.wait_ready(worker_app)
+        yield w
+    finally:
+        w.stop()
+
+
+def _backend_app(broker: str) -> Celery:
+    app = Celery("with_backend", broker=broker, backend=broker)
+    app.conf.task_send_sent_event = True
+    return app
+
+
+def test_tasks_whose_end_never_came_as_an_event_are_reconciled_with_the_backend(
+    backend_worker, module_broker, make_service, monkeypatch
+):
+    from flask_celerymon.monitor import reconcile
+
+    monkeypatch.setattr(reconcile, "MIN_AGE", 0.5)
+    app = _backend_app(module_broker)
+    svc = make_service(app, enable_events=False)  # the worker sends no event: only task-sent
+    assert svc.wait_connected(10)
+    ok = app.send_task("mon.add", (2, 2), queue="results")
+    bad = app.send_task("mon.fail", ("nope",), queue="results")
+    assert ok.get(timeout=20) == 4
+    with pytest.raises(ValueError):
+        bad.get(timeout=20)
+    t = wait_for(lambda: (t := svc.task(ok.id)) and t["state"] == "SUCCESS" and t, 20)
+    assert t["result"] == "4" and t["succeeded"] is not None
+    t = wait_for(lambda: (t := svc.task(bad.id)) and t["state"] == "FAILURE" and t, 20)
+    assert t["exception"] == "ValueError('nope')"
+    assert svc.figures()["tasks_reconciled"] == 2
+
+
+def test_a_killed_monitor_reports_the_gap_and_reconciles_after_a_restart(
+    backend_worker, module_broker, make_service, monkeypatch, tmp_path
+):
+    import subprocess
+    import sys
+
+    from flask_celerymon.monitor import reconcile
+    from flask_celerymon.monitor.sqlite_store import SQLiteStore
+
+    monkeypatch.setattr(reconcile, "MIN_AGE", 0.5)
+    db = str(tmp_path / "killed.sqlite3")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.monitor.monitor_proc", module_broker, module_broker, db],
+        cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        app = _backend_app(module_broker)
+        seen = app.send_task("mon.sleep", (2,), queue="results")
+        reader = SQLiteStore(db)
+        try:  # the killed monitor stored the task as sent
+            wait_for(lambda: (r := reader.get_task(seen.id)) and r["state"] == "PENDING", 20)
+        finally:
+            reader.close()
+        killed_at = time.time()
+        proc.kill()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+    assert seen.get(timeout=20) == 2  # finished while nobody consumed its events
+    svc = make_service(app, db=db, enable_events=False)
+    assert svc.wait_connected(10)
+    f = wait_for(lambda: (f := svc.figures())["gaps_total"] and f, 10)
+    (gap,) = f["gaps"]
+    assert gap["reason"] == "the monitor stopped without a clean shutdown (killed?)"
+    assert gap["start"] <= killed_at and gap["seconds"] >= time.time() - killed_at - 5
+    assert f["gap_seconds_total"] == pytest.approx(gap["seconds"], abs=0.001)
+    t = wait_for(lambda: (t := svc.task(seen.id)) and t["state"] == "SUCCESS" and t, 20)
+    assert t["result"] == "2"
+    svc.flush()
+    assert svc._store.get_task(seen.id)["state"] == "SUCCESS"

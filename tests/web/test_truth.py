@@ -105,3 +105,38 @@ def test_a_configured_queue_nobody_consumes_is_still_measured(redis_server, tmp_
         assert 'data-queue="archive"' in broker_page
     finally:
         app.extensions["celerymon"].shutdown()
+
+
+def test_a_revoke_from_the_api_shows_as_requested_until_the_worker_confirms(memory_app):
+    svc = memory_app.extensions["celerymon"].monitor
+    now = time.time()
+    svc.apply_events(
+        [{"type": "task-received", "uuid": f"r{i}", "name": "app.wait", "hostname": "w@h",
+          "timestamp": now} for i in range(3)]
+    )  # fmt: skip
+    api = Api(memory_app)
+    assert api.post("/api/task/revoke/r0").status_code == 200
+    resp = api.post("/api/tasks/revoke?name=app.wait&state=RECEIVED")
+    assert resp.json["count"] == 3
+    client = memory_app.test_client()
+    for i in range(3):
+        info = api.get(f"/api/task/info/r{i}").json
+        assert info["state"] == "RECEIVED"
+        assert info["history"][-1]["state"] == "revoke-requested"
+    assert 'id="task-revoke-requested"' in client.get("/monitor/task/r1").get_data(as_text=True)
+    svc.apply_events([{"type": "task-revoked", "uuid": "r1", "hostname": "w@h",
+                       "timestamp": time.time()}])  # fmt: skip
+    page = client.get("/monitor/task/r1").get_data(as_text=True)
+    assert 'id="task-revoke-requested"' not in page and ">REVOKED</span>" in page
+
+
+def test_the_workers_page_says_when_events_may_be_missing(memory_app):
+    svc = memory_app.extensions["celerymon"].monitor
+    client = memory_app.test_client()
+    assert 'id="event-gaps"' not in client.get("/monitor/").get_data(as_text=True)
+    svc._figures.disconnected_at = time.time() - 42  # the stream was lost 42 s ago...
+    svc._on_connect()  # ...and is subscribed again
+    page = unescape(client.get("/monitor/").get_data(as_text=True))
+    assert 'id="event-gaps"' in page
+    assert "(the event stream was disconnected)" in page
+    assert svc.figures()["gaps_total"] == 1
