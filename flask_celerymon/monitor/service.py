@@ -990,7 +990,9 @@ class MonitorService:
 
         Items: ``{"name", "start", "succeeded", "failed", "retried", "revoked",
         "runtime_p50", "runtime_p95", "runtime_max"}`` ordered by ``start`` then name; by
-        default the last hour. From the history store, or the window without one.
+        default the last hour. From the history store, or the window without one. A task
+        counts in the bucket of its last state; ``retried`` counts retries (``task-retried``
+        events) as the workers page does (see :func:`.sqlite_store.aggregate_stats`).
         """
         self._autostart()
         if bucket <= 0:
@@ -1003,7 +1005,7 @@ class MonitorService:
         finished = ("SUCCESS", "FAILURE", "RETRY", "REVOKED")
         with self._state.lock:
             rows = [
-                (t.name, t.timestamp, t.state, t.runtime)
+                (t.name, t.timestamp, t.state, t.runtime, t.retries)
                 for t in self._state.tasks.values()
                 if t.state in finished
                 and t.timestamp is not None

@@ -650,7 +650,8 @@ class State:
             t.__setattr__(k, self._intern(v) if k in _INTERNED else v)
         elif k == "root_id":
             t.root_id = t.uuid if v == t.uuid else v
-        elif k == "parent_id" and t.parent_id != v:
+        elif k == "parent_id" and v != t.uuid and t.parent_id != v:
+            # (a retry is sent from the task itself: its parent_id is its own id)
             t.parent_id = v
             parent = self.tasks.get(v)
             if parent is not None:

@@ -309,3 +309,26 @@ def test_a_killed_monitor_reports_the_gap_and_reconciles_after_a_restart(
     assert t["result"] == "2"
     svc.flush()
     assert svc._store.get_task(seen.id)["state"] == "SUCCESS"
+
+
+def test_a_task_that_retried_twice_then_succeeded_tells_one_story(
+    tokyo_worker, worker_app, make_service
+):
+    svc = make_service(worker_app)
+    assert svc.wait_connected(10)
+    from tests.monitor.worker_app import flaky
+
+    since = time.time() - 1
+    r = flaky.delay(2)
+    t = wait_for(lambda: (t := svc.task(r.id)) and t["state"] == "SUCCESS" and t, 30)
+    assert t["result"] == "2" and t["retries"] == 2
+    # a retry is sent from the task itself (parent_id = its own id): not its own parent/child
+    assert t["parent_id"] is None and t["children"] == []
+    assert [h["state"] for h in t["history"]].count("RETRY") == 2
+    # "retried" means the same everywhere: retries of the task (task-retried events)
+    assert svc.counters()["tasks"]["mon.flaky"]["task-retried"] == 2
+    (row,) = svc.task_stats(since=since, bucket=1e12, name="mon.flaky")
+    assert (row["succeeded"], row["failed"], row["retried"]) == (1, 0, 2)
+    svc.flush()
+    (row,) = svc._store.task_stats(since, time.time() + 1, 1e12, "mon.flaky")
+    assert row["retried"] == 2

@@ -41,6 +41,14 @@ def sleep(seconds: float) -> float:
     return seconds
 
 
+@app.task(name="mon.flaky", bind=True, max_retries=5)
+def flaky(self, failures: int) -> int:
+    """Fails (and retries at once) ``failures`` times, then returns its number of retries."""
+    if self.request.retries < failures:
+        raise self.retry(exc=ValueError(f"attempt {self.request.retries} failed"), countdown=0)
+    return self.request.retries
+
+
 @app.task(name="mon.spawn", bind=True)
 def spawn(self, n: int) -> list[str]:
     return [add.delay(i, i).id for i in range(n)]

@@ -140,3 +140,38 @@ def test_the_workers_page_says_when_events_may_be_missing(memory_app):
     assert 'id="event-gaps"' in page
     assert "(the event stream was disconnected)" in page
     assert svc.figures()["gaps_total"] == 1
+
+
+def test_a_retried_task_page_shows_earlier_attempts_as_attempts(memory_app):
+    svc = memory_app.extensions["celerymon"].monitor
+    t0 = time.time() - 10
+    events = [{"type": "worker-online", "hostname": "w@h", "timestamp": t0, "freq": 60.0}]
+    for attempt in range(3):
+        ts = t0 + attempt
+        events += [
+            {"type": "task-received", "uuid": "rt", "name": "app.flaky", "hostname": "w@h",
+             "timestamp": ts, "retries": attempt,
+             "parent_id": None if attempt == 0 else "rt", "root_id": "rt"},
+            {"type": "task-started", "uuid": "rt", "hostname": "w@h", "timestamp": ts + 0.1},
+        ]  # fmt: skip
+        if attempt < 2:
+            events.append({"type": "task-retried", "uuid": "rt", "hostname": "w@h",
+                           "timestamp": ts + 0.2, "exception": f"ValueError('attempt {attempt}')",
+                           "traceback": "Traceback (most recent call last): ..."})  # fmt: skip
+    events.append({"type": "task-succeeded", "uuid": "rt", "hostname": "w@h",
+                   "timestamp": t0 + 2.3, "result": "2", "runtime": 0.2})  # fmt: skip
+    svc.apply_events(events)
+    client = memory_app.test_client()
+    page = unescape(client.get("/monitor/task/rt").get_data(as_text=True))
+    assert 'id="task-state">SUCCESS</span>' in page
+    assert "Exception of the last retried attempt" in page and 'data-attempt="earlier"' in page
+    assert "Traceback of the last retried attempt" in page
+    assert "<th>Parent</th>" not in page and "<th>Children</th>" not in page
+    assert page.count('<span class="badge warn">RETRY</span>') == 2  # the timeline
+    charts = unescape(client.get("/monitor/charts?window=15m").get_data(as_text=True))
+    row = charts[charts.index(">app.flaky</a></td>") :].split("</tr>", 1)[0]
+    cells = [c.split("<", 1)[0] for c in row.split('<td class="n">')[1:]]
+    # succeeded (linked), failed (linked), retried, revoked
+    assert [c or "link" for c in cells[:4]] == ["link", "link", "2", "0"]
+    workers = unescape(client.get("/monitor/?json=1").get_data(as_text=True))
+    assert '"task-retried": 2' in workers or '"task-retried":2' in workers
