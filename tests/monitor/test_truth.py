@@ -99,7 +99,8 @@ def test_event_times_are_unix_times_whatever_the_zones(
     assert all(before - 1 <= x <= after + 1 for x in times), (before, times, after)
     # (task-sent is published after the message: it may come a moment after task-received)
     assert times[1:] == sorted(times[1:])
-    assert [h["state"] for h in t["history"]][-3:] == ["RECEIVED", "STARTED", "SUCCESS"]
+    worker_side = [h["state"] for h in t["history"] if h["state"] != "PENDING"]
+    assert worker_side == ["RECEIVED", "STARTED", "SUCCESS"]
     # "since 1 hour ago" finds it, in the window and in the history store
     for source in ("window", "store"):
         svc.flush()
