@@ -40,13 +40,20 @@ def _worker(
 
 
 @pytest.fixture(scope="module")
-def tokyo_worker(
-    module_broker: str, worker_app: Celery, tmp_path_factory: Any
-) -> Iterator[WorkerProcess]:
+def app(module_broker: str) -> Celery:
+    """This module's client of the workers below (the tasks of tests.monitor.worker_app are
+    sent by name: that app's connections may belong to an earlier module's database)."""
+    app = Celery("truth", broker=module_broker)
+    app.conf.task_send_sent_event = True
+    return app
+
+
+@pytest.fixture(scope="module")
+def tokyo_worker(module_broker: str, app: Celery, tmp_path_factory: Any) -> Iterator[WorkerProcess]:
     """A real worker whose local time zone is Asia/Tokyo (UTC+9)."""
     w = _worker(module_broker, "tokyo@test", str(tmp_path_factory.mktemp("w") / "w.log"))
     try:
-        w.wait_ready(worker_app)
+        w.wait_ready(app)
         yield w
     finally:
         w.stop()
@@ -64,16 +71,13 @@ def new_york(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         time.tzset()
 
 
-def test_a_process_that_sends_tasks_is_a_client_not_a_worker(
-    tokyo_worker, worker_app, make_service
-):
+def test_a_process_that_sends_tasks_is_a_client_not_a_worker(tokyo_worker, app, make_service):
     # max_workers=1: a client counted as a worker would push the real worker out
-    svc = make_service(worker_app, max_workers=1)
+    svc = make_service(app, max_workers=1)
     assert svc.wait_connected(10)
-    from tests.monitor.worker_app import add
 
     wait_for(lambda: svc.worker(tokyo_worker.name), 10)
-    result = add.delay(2, 3)  # task-sent comes from this process, gen<pid>@<host>
+    result = app.send_task("mon.add", (2, 3))  # task-sent comes from this process, gen<pid>@<host>
     task = wait_for(lambda: (t := svc.task(result.id)) and t["state"] == "SUCCESS" and t, 20)
     assert task["client"] == anon_nodename()
     assert task["worker"] == tokyo_worker.name
@@ -83,16 +87,13 @@ def test_a_process_that_sends_tasks_is_a_client_not_a_worker(
     assert svc.figures()["workers"] == 1
 
 
-def test_event_times_are_unix_times_whatever_the_zones(
-    new_york, tokyo_worker, worker_app, make_service
-):
-    svc = make_service(worker_app)
+def test_event_times_are_unix_times_whatever_the_zones(new_york, tokyo_worker, app, make_service):
+    svc = make_service(app)
     metrics = MonitorMetrics(svc)
     assert svc.wait_connected(10)
-    from tests.monitor.worker_app import add
 
     before = time.time()
-    result = add.delay(20, 22)
+    result = app.send_task("mon.add", (20, 22))
     t = wait_for(lambda: (t := svc.task(result.id)) and t["state"] == "SUCCESS" and t, 20)
     after = time.time()
     times = [t["sent"], t["received"], t["started"], t["succeeded"]]
@@ -155,17 +156,16 @@ def test_a_refresh_with_the_broker_down_is_an_error_not_an_empty_answer(make_ser
     assert svc.inspect() == {}  # the cache, without refresh, is still an answer
 
 
-def test_a_task_running_on_a_killed_worker_is_lost(module_broker, worker_app, make_service,
+def test_a_task_running_on_a_killed_worker_is_lost(module_broker, app, make_service,
                                                    tmp_path):  # fmt: skip
-    svc = make_service(worker_app)
+    svc = make_service(app)
     assert svc.wait_connected(10)
     # prefork: a solo worker sends no event (heartbeats included) while its task runs
     w = _worker(module_broker, "doomed@test", str(tmp_path / "doomed.log"), "doomed", "prefork")
     try:
-        w.wait_ready(worker_app)
-        from tests.monitor.worker_app import sleep
+        w.wait_ready(app)
 
-        result = sleep.apply_async((60,), queue="doomed")
+        result = app.send_task("mon.sleep", (60,), queue="doomed")
         wait_for(
             lambda: (t := svc.task(result.id)) and t["state"] == "STARTED",
             20,
@@ -188,27 +188,26 @@ def test_a_task_running_on_a_killed_worker_is_lost(module_broker, worker_app, ma
 
 
 @pytest.fixture
-def busy_worker(module_broker, worker_app, tmp_path) -> Iterator[WorkerProcess]:
+def busy_worker(module_broker, app, tmp_path) -> Iterator[WorkerProcess]:
     """One pool process (prefork, so its events flow while a task runs), queue ``busy``."""
     w = _worker(module_broker, "busy@test", str(tmp_path / "busy.log"), "busy", "prefork")
     try:
-        w.wait_ready(worker_app)
+        w.wait_ready(app)
         yield w
     finally:
         w.stop()
 
 
 def test_a_revoked_task_waiting_behind_a_long_one_shows_revoke_requested_until_confirmed(
-    busy_worker, worker_app, make_service
+    busy_worker, app, make_service
 ):
-    svc = make_service(worker_app)
+    svc = make_service(app)
     assert svc.wait_connected(10)
-    from tests.monitor.worker_app import add, sleep
 
-    long = sleep.apply_async((3,), queue="busy")
-    waiting = add.apply_async((1, 1), queue="busy")  # reserved behind the long task
+    long = app.send_task("mon.sleep", (3,), queue="busy")
+    waiting = app.send_task("mon.add", (1, 1), queue="busy")  # reserved behind the long task
     wait_for(lambda: (t := svc.task(waiting.id)) and t["state"] == "RECEIVED", 20)
-    worker_app.control.revoke(waiting.id)
+    app.control.revoke(waiting.id)
     assert svc.revoke_requested([waiting.id, long.id, "unknown"]) == 2
     t = svc.task(waiting.id)
     assert t["state"] == "RECEIVED"
@@ -224,7 +223,7 @@ def test_a_revoked_task_waiting_behind_a_long_one_shows_revoke_requested_until_c
 
 
 @pytest.fixture
-def backend_worker(module_broker, worker_app, tmp_path) -> Iterator[WorkerProcess]:
+def backend_worker(module_broker, app, tmp_path) -> Iterator[WorkerProcess]:
     """A worker (queue ``results``) storing results in Redis, sending no events."""
     w = WorkerProcess(
         None, module_broker, "silent@test", str(tmp_path / "silent.log"),
@@ -233,7 +232,7 @@ def backend_worker(module_broker, worker_app, tmp_path) -> Iterator[WorkerProces
              "CELERYMON_MONITOR_TEST_BACKEND": module_broker}, loglevel="warning",
     )  # fmt: skip
     try:
-        w.wait_ready(worker_app)
+        w.wait_ready(app)
         yield w
     finally:
         w.stop()
@@ -312,15 +311,12 @@ def test_a_killed_monitor_reports_the_gap_and_reconciles_after_a_restart(
     assert svc._store.get_task(seen.id)["state"] == "SUCCESS"
 
 
-def test_a_task_that_retried_twice_then_succeeded_tells_one_story(
-    tokyo_worker, worker_app, make_service
-):
-    svc = make_service(worker_app)
+def test_a_task_that_retried_twice_then_succeeded_tells_one_story(tokyo_worker, app, make_service):
+    svc = make_service(app)
     assert svc.wait_connected(10)
-    from tests.monitor.worker_app import flaky
 
     since = time.time() - 1
-    r = flaky.delay(2)
+    r = app.send_task("mon.flaky", (2,))
     t = wait_for(lambda: (t := svc.task(r.id)) and t["state"] == "SUCCESS" and t, 30)
     assert t["result"] == "2" and t["retries"] == 2
     # a retry is sent from the task itself (parent_id = its own id): not its own parent/child
