@@ -230,10 +230,17 @@ class TaskRecord:
 
 def history_from_times(task: Any) -> tuple[Any, ...]:
     """The history of a task that went through each state at most once, from its time fields
-    (a record or a row dict): ``(state, time, state, time, ...)`` oldest first."""
+    (a record or a row dict): ``(state, time, state, time, ...)``.
+
+    ``PENDING`` (sent) comes first, then the worker's states oldest first. The sent time is
+    the client's clock, stamped after the message left: it may be a little later than the
+    worker's ``received``, but the task was sent before it was received.
+    """
     get = task.get if isinstance(task, Mapping) else lambda a: getattr(task, a)
-    pairs = sorted((ts, st) for attr, st in _TIME_STATES if (ts := get(attr)) is not None)
-    return tuple(x for ts, st in pairs for x in (st, ts))
+    pairs = sorted((ts, st) for attr, st in _TIME_STATES[1:] if (ts := get(attr)) is not None)
+    sent = get("sent")
+    head = ("PENDING", sent) if sent is not None else ()
+    return head + tuple(x for ts, st in pairs for x in (st, ts))
 
 
 def task_dict(row: Mapping[str, Any], children: list[str]) -> dict[str, Any]:
