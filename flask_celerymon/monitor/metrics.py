@@ -274,10 +274,15 @@ class MonitorMetrics:
             if etype == "task-sent":
                 self._track_sent(event, task)
                 # The client's sent event may arrive after the worker's started event (two
-                # connections): measure the wait now. A retry's re-send comes after the
-                # previous run started, and is not measured here.
+                # connections), and even read later than it (the client stamps it after the
+                # message left): measure the wait now (0 then). A retry's re-send comes after
+                # the previous run started and a task-retried, and is not measured here.
                 sent = _number(event.get("timestamp"))
-                if sent is not None and task.started is not None and task.started >= sent:
+                if (
+                    sent is not None
+                    and task.started is not None
+                    and (task.started >= sent or task.retried is None)
+                ):
                     self._observe_queue_wait(task, name, task.worker or "")
                 return
             queue = self._pending_queue.pop(task.uuid, None)

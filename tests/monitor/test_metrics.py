@@ -162,6 +162,17 @@ def test_queue_wait_is_measured_when_the_sent_event_comes_last(service, metrics)
     assert value(s, "celerymon_task_queue_wait_seconds_sum", task="app.add", worker=W1) == 3
 
 
+def test_queue_wait_is_measured_when_the_sent_event_reads_later_than_started(service, metrics):
+    # the client stamps task-sent after the message left: on a busy machine that can read
+    # later than the worker's task-started, and arrive last
+    sent, received, started, succeeded = run(1, "app.add", T0)
+    sent = {**sent, "timestamp": started["timestamp"] + 0.01}
+    service.apply_events([received, started, succeeded, sent])
+    s = scrape(metrics)
+    assert value(s, "celerymon_task_queue_wait_seconds_count", task="app.add", worker=W1) == 1
+    assert value(s, "celerymon_task_queue_wait_seconds_sum", task="app.add", worker=W1) == 0
+
+
 def test_a_retry_is_measured_from_its_own_sent_event(service, metrics):
     first = run(1, "app.add", T0)
     service.apply_events(first[:3])  # sent T0, started T0+3

@@ -278,9 +278,9 @@ def test_charts_page_shows_counts_and_runtimes_per_task_name(monitored, done):
         [{"type": "task-revoked", "uuid": unnamed, "timestamp": time.time()}]
     )
     client = monitored.client()
-    body = text(client.get("/monitor/charts?window=15m"))
     with monitored.app.app_context():
-        rows = chart_data("15m", None)["names"]  # what the page was built from
+        rows = chart_data("15m", None)["names"]  # the page is built from these, or more
+    body = text(client.get("/monitor/charts?window=15m"))
     names = {r["name"] for r in rows}
     assert {ok["name"], bad["name"], ""} <= names
     assert next(r for r in rows if r["name"] == "")["revoked"] >= 1
