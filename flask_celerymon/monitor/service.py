@@ -360,6 +360,7 @@ class MonitorService:
             if self._pid != os.getpid():
                 return
             self._stop_event.set()
+            until = self._consuming_until()  # events were consumed up to now
             if self._consumer is not None:
                 self._consumer.stop(timeout)
             if self._house is not None:
@@ -368,9 +369,10 @@ class MonitorService:
             try:
                 self.flush()
                 if self._store is not None:
-                    self._store.set_meta(
-                        {"clean_stop": "1", "consuming_until": self._consuming_until()}
-                    )
+                    meta = {"clean_stop": "1"}
+                    if until is not None:
+                        meta["consuming_until"] = until
+                    self._store.set_meta(meta)
             except Exception:  # noqa: BLE001 - still release everything
                 log.exception("celerymon: the last write to the history store failed")
             if self._store is not None:
@@ -472,7 +474,7 @@ class MonitorService:
             self._gaps.append(gap)
             self._gaps_total += 1
             self._gap_seconds += gap["seconds"]
-            self._checked.clear()  # every unfinished task may have changed meanwhile
+            self._checked = {}  # every unfinished task may have changed meanwhile
             log.warning(
                 "celerymon: events between %s and %s are missing (%s); unfinished tasks are "
                 "checked against the result backend",

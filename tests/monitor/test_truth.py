@@ -329,3 +329,18 @@ def test_a_task_that_retried_twice_then_succeeded_tells_one_story(tokyo_worker, 
     svc.flush()
     (row,) = svc._store.task_stats(since, time.time() + 1, 1e12, "mon.flaky")
     assert row["retried"] == 2
+
+
+def test_the_time_between_two_runs_is_reported_as_a_gap(celery_app, make_service, tmp_path):
+    db = str(tmp_path / "runs.sqlite3")
+    first = make_service(celery_app, db=db)
+    assert first.wait_connected(10)
+    first.flush()
+    stopping = time.time()
+    first.stop()
+    stopped = time.time()
+    second = make_service(celery_app, db=db)
+    assert second.wait_connected(10)
+    (gap,) = second.figures()["gaps"]
+    assert gap["reason"] == "the monitor was not running"
+    assert stopping <= gap["start"] <= stopped <= gap["end"]
