@@ -31,6 +31,8 @@ METHODS = (
     "revoked",
     "conf",
 )
+#: Queue names remembered from ``active_queues`` answers.
+MAX_SEEN_QUEUES = 1_000
 #: What a refresh of all workers asks for (the task lists only for one worker, as Flower).
 GLOBAL_METHODS = ("stats", "active_queues", "registered", "conf")
 
@@ -57,6 +59,7 @@ class Inspector:
         self._executor: cf.ThreadPoolExecutor | None = None
         self.errors = 0
         self.last_refresh: float | None = None
+        self._seen_queues: dict[str, None] = {}
 
     def _pool(self) -> cf.ThreadPoolExecutor:
         with self._lock:
@@ -93,6 +96,21 @@ class Inspector:
         """Drop a worker's cached results (it was purged)."""
         with self._lock:
             self._cache.pop(worker, None)
+
+    def seen_queues(self) -> list[str]:
+        """Names of the queues workers were seen consuming since start, oldest first (at
+        most :data:`MAX_SEEN_QUEUES`): a queue whose consumers left stays measured."""
+        with self._lock:
+            return list(self._seen_queues)
+
+    def _saw_queues(self, queues: list[Any]) -> None:
+        seen = self._seen_queues
+        for q in queues:
+            name = q.get("name") if isinstance(q, dict) else None
+            if isinstance(name, str) and name and name not in seen:
+                if len(seen) >= MAX_SEEN_QUEUES:
+                    del seen[next(iter(seen))]
+                seen[name] = None
 
     # -- refreshing ------------------------------------------------------------------------
 
@@ -170,5 +188,7 @@ class Inspector:
                 d = self._cache.setdefault(host, {})
                 d[method] = value
                 d["timestamp"] = now
+                if method == "active_queues" and isinstance(value, list):
+                    self._saw_queues(value)
             self.last_refresh = now
         return None

@@ -1021,7 +1021,9 @@ class MonitorService:
     def queues(self, max_age: float = 1.0) -> list[dict[str, Any]] | None:
         """Queue lengths (Flower's ``/api/queues/length`` ``active_queues`` list).
 
-        Names: workers' active queues, ``CELERY_MONITOR_QUEUES``, Celery's configured queues.
+        Names: workers' active queues, the queues workers consumed earlier since start,
+        ``CELERY_MONITOR_QUEUES`` and the queues of ``CELERY_WORKERS``, Celery's configured
+        queues.
         Cached for ``max_age`` seconds. None when the broker cannot give lengths; raises the
         broker's connection error when it is unreachable.
         """
@@ -1032,6 +1034,8 @@ class MonitorService:
         active: list[Any] = []
         for info in self.inspector.get().values():
             active.extend(info.get("active_queues") or ())
+        # then the queues consumed earlier (a queue whose consumers left is still measured)
+        active.extend({"name": n} for n in self.inspector.seen_queues())
         names = _broker.queue_names(self.celery_app, active, self.settings.queues)
         result = _broker.queue_lengths(self.celery_app, names, self.settings.broker_api)
         self._queues_cache = (time.monotonic(), result)

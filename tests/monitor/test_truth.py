@@ -344,3 +344,22 @@ def test_the_time_between_two_runs_is_reported_as_a_gap(celery_app, make_service
     (gap,) = second.figures()["gaps"]
     assert gap["reason"] == "the monitor was not running"
     assert stopping <= gap["start"] <= stopped <= gap["end"]
+
+
+def test_a_queue_whose_consumers_left_is_still_measured(busy_worker, app, make_service):
+    svc = make_service(app)
+    assert svc.wait_connected(10)
+
+    def consumed() -> list[str]:
+        info = svc.inspect(refresh=True).get("busy@test") or {}
+        return [q["name"] for q in info.get("active_queues") or ()]
+
+    wait_for(lambda: "busy" in consumed(), 20)
+    app.control.cancel_consumer("busy", destination=["busy@test"], reply=True, timeout=5)
+    assert "busy" not in consumed()
+    app.send_task("mon.add", (1, 1), queue="busy")  # nobody takes it now
+    lengths = wait_for(
+        lambda: (d := {q["name"]: q["messages"] for q in svc.queues(max_age=0)}).get("busy") and d,
+        10,
+    )
+    assert lengths["busy"] == 1
