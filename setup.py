@@ -50,6 +50,8 @@ setup(
             "schemathesis>=4.0",
             "pyyaml>=6",
             "psutil>=5.9",
+            # tests/web/test_flower_parity.py runs Flower beside the monitor
+            "flower==2.2.0",
         ],
     },
     classifiers=[

@@ -242,8 +242,20 @@ def monitor_limits(threads: int) -> dict[str, int]:
 
 
 def serve(app: Flask, address: str, port: int, threads: int = 32) -> None:
-    """Serve ``app`` on gunicorn: one process (the monitor keeps state), gthread workers."""
+    """Serve ``app`` on gunicorn: one process (the monitor keeps state), gthread workers.
+
+    The monitor service of ``app`` starts as soon as the serving process is up (gunicorn's
+    ``post_worker_init``), not on the first request: tasks sent before anyone opens a page
+    are seen, and the healthcheck says "consuming" from the start.
+    """
     from gunicorn.app.base import BaseApplication
+
+    def start_monitor(worker: Any) -> None:
+        from .extension import EXTENSION_KEY
+
+        state = app.extensions.get(EXTENSION_KEY)
+        if state is not None and state.settings["CELERY_MONITOR_BLUEPRINT"]:
+            state.monitor.ensure_started()
 
     class MonitorServer(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -259,6 +271,7 @@ def serve(app: Flask, address: str, port: int, threads: int = 32) -> None:
                 # gunicorn >= 24 opens a control socket at one path per user: two monitors
                 # (two apps) would fight over it, and the monitor needs none
                 "control_socket_disable": True,
+                "post_worker_init": start_monitor,
             }
             for key, value in options.items():
                 if key in self.cfg.settings:

@@ -250,7 +250,11 @@ class AppState:
 
                 self._monitor = MonitorService(
                     self.celery_app,
-                    MonitorSettings.from_config(self.settings.own, self.settings.instance_path),
+                    MonitorSettings.from_config(
+                        self.settings.own,
+                        self.settings.instance_path,
+                        app_queues=[q for w in self.settings.workers for q in w.queues],
+                    ),
                 )
             return self._monitor
 

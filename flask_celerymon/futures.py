@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: Celery's own states; any other state was set by the running task (``update_state``).
+_CELERY_STATES = frozenset(states.ALL_STATES) | {states.REJECTED, states.IGNORED}
+
 __all__ = ["Future", "FuturePool", "ResultWatcher"]
 
 
@@ -137,7 +140,11 @@ class Future(cf.Future):  # type: ignore[type-arg]
 
     @_reads_backend
     def running(self) -> bool:
-        return not super().done() and self._async.state == states.STARTED
+        """True while the task runs: ``STARTED``, or a custom state it set (``PROGRESS``...)."""
+        if super().done():
+            return False
+        state = self._async.state
+        return state == states.STARTED or state not in _CELERY_STATES
 
     @_reads_backend
     def done(self) -> bool:

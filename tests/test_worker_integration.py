@@ -221,12 +221,15 @@ def test_update_state_reports_progress(ctx):
     future = basic.celery.submit(basic.progress, 8)
     deadline = time.monotonic() + 10
     seen = set()
+    running = set()
     while not future.done() and time.monotonic() < deadline:
         # state and info are two reads: the task may finish in between (info is then 8)
         if future.state == "PROGRESS" and isinstance(info := future.info, dict):
             seen.add(info["total"])
+            running.add(future.running())  # False only if it finished in between
         time.sleep(0.05)
     assert seen == {8}
+    assert True in running  # a task in a custom state still runs
     assert future.result(timeout=10) == 8
 
 

@@ -125,6 +125,17 @@ class HistoryStore(abc.ABC):
         "runtime_p50", "runtime_p95", "runtime_max"}`` with ``start`` the bucket's start time.
         """
 
+    def get_meta(self, key: str) -> str | None:
+        """A value the service keeps across restarts (e.g. when it last consumed events).
+
+        Default: none kept.
+        """
+        return None
+
+    def set_meta(self, values: Mapping[str, str | None]) -> None:
+        """Set (None: delete) values read back by :meth:`get_meta`. Default: not kept."""
+        return None
+
     def index_pending(self, max_rows: int) -> int:
         """Background upkeep (search indexing) of at most ``max_rows`` rows; returns rows done.
 

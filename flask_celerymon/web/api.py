@@ -76,7 +76,7 @@ LIST_DATE_FORMAT = "%Y-%m-%d %H:%M"
 APPLY_DATE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 #: States after which a task will not change any more (retry takes these, revoke skips them).
-FINISHED = frozenset(states.READY_STATES) | {"REJECTED", "IGNORED"}
+FINISHED = frozenset(states.READY_STATES) | {"REJECTED", "IGNORED", "LOST"}
 
 #: Longest wait of ``/api/task/apply`` and ``/api/task/result`` (seconds).
 MAX_WAIT = 3600.0
@@ -527,10 +527,7 @@ def list_workers() -> Response:
                 raise ApiError(404, f"Unknown worker '{name}'")
             status = {name: status[name]}
         return json_response(status)
-    errors = svc.inspector.errors
-    data = svc.inspect(name, refresh=refresh)
-    if refresh and svc.inspector.errors > errors and not data:
-        raise ApiError(503, "Broker or result backend unavailable: the workers could not be asked")
+    data = svc.inspect(name, refresh=refresh)  # an unreachable broker raises: 503
     if name is not None and name not in data:
         raise ApiError(404, f"Unknown worker '{name}'")
     return json_response(data)
@@ -764,6 +761,7 @@ def task_revoke(task_id: str) -> Response:
     _known_task(task_id)
     log.info("celerymon: revoking task %s (terminate=%s, signal=%s)", task_id, terminate, sig)
     _capp().control.revoke(task_id, terminate=terminate, signal=sig)
+    _service().revoke_requested([task_id])  # shown until the worker confirms
     return json_response({"message": f"Revoked '{task_id}'"})
 
 
@@ -1366,6 +1364,7 @@ def tasks_revoke() -> Response:
     if ids and not dry_run:
         log.info("celerymon: bulk revoke of %d tasks", len(ids))
         _capp().control.revoke(ids, terminate=terminate, signal=sig)
+        _service().revoke_requested(ids)  # shown until the workers confirm
     return json_response({"dry_run": dry_run, "matched": total, "count": len(ids), "task_ids": ids})
 
 

@@ -17,7 +17,9 @@ fragments rendered by the same templates as the page, so formatting lives in one
 ``broker``    none                                            ``queues`` (every 2 s)
 ============  ==============================================  ==================================
 
-Every message is a JSON object ``{"type": ...}``; the first is ``{"type": "hello"}`` and an
+Every message is a JSON object ``{"type": ...}``; the first is ``{"type": "hello"}``, then a
+``batch`` with the current state of what the page shows (it was rendered before the socket
+subscribed, and nothing that changed in between may be lost), and an
 idle feed sends ``{"type": "ping"}`` every :data:`PING_INTERVAL` seconds so dead peers are
 noticed. Updates are coalesced by the service's :class:`~..monitor.service.Subscription` and
 sent at most every :data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
@@ -114,6 +116,33 @@ class Feed:
             self.received = {t["uuid"]: t.get("received") or 0.0 for t in page.tasks}
         if self.view in ("workers", "worker"):
             self.status = service.worker_status()
+
+    def current(self, service: Any) -> list[dict[str, Any]]:
+        """Messages bringing the page to the current state, sent once subscribed.
+
+        The page was rendered before its websocket subscribed: a change in between would be
+        lost (a task page opened just before the task ended would never show its end).
+        Changes after the subscription are queued by it, so this closes the gap.
+        """
+        if self.view == "task":
+            t = service.task(self.task_id, children=False)
+            return [] if t is None else self.messages([{"type": "task", "id": t["uuid"],
+                                                        "data": t}])  # fmt: skip
+        if self.view in ("worker", "workers"):
+            return self.messages([{"type": "worker", "id": h, "data": None} for h in self.status])
+        if self.filter is not None:
+            flt = self.filter
+            out = []
+            for uuid in reversed(self.rows):  # oldest first: new ones end on top
+                t = service.task(uuid, children=False)
+                if t is not None:
+                    html = render_task_row(t, flt)
+                    msg = {"type": "task", "id": uuid, "html": html}
+                    if flt.live_inserts:
+                        msg["insert"] = True
+                    out.append(msg)
+            return out
+        return []
 
     def status_changes(self, service: Any) -> list[dict[str, Any]]:
         """Workers whose online status flipped without an event (heartbeats stopped).
@@ -256,6 +285,9 @@ def _serve(ws: Any, service: Any) -> None:
     try:
         f.prime(service)
         ws.send(json.dumps({"type": "hello", "view": f.view}))
+        first = f.current(service)
+        if first:
+            ws.send(json.dumps({"type": "batch", "items": first}))
         last_send = time.monotonic()
         next_queues = 0.0
         next_status = time.monotonic() + STATUS_INTERVAL

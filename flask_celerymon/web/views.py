@@ -28,6 +28,7 @@ would call is not there.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -56,6 +57,8 @@ from ..monitor.query import STATES, SearchError, compile_python, parse, parse_so
 from . import get_state
 from .auth import ANYONE, VIEWER, csrf_token, current_user, may, requires
 from .guard import safe
+
+log = logging.getLogger(__name__)
 
 #: Columns the task list can show (Flower's ``tasks_columns`` choices) and their titles.
 TASK_COLUMNS: dict[str, str] = {
@@ -102,7 +105,7 @@ STATE_BUTTONS = (
     ("Revoked", "REVOKED"),
 )
 WORKER_TABS = ("pool", "broker", "queues", "tasks", "limits", "config", "system")
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED"})
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED", "LOST"})
 
 
 class BadInput(ValueError):
@@ -189,6 +192,7 @@ def _state_class(state: str | None) -> str:
         "FAILURE": "bad",
         "REVOKED": "warn",
         "REJECTED": "bad",
+        "LOST": "bad",
         "RETRY": "warn",
         "STARTED": "info",
         "RECEIVED": "muted",
@@ -642,7 +646,9 @@ def chart_data(window: str, name: str | None, now: float | None = None) -> dict[
     top = _nice_max(max((b["total"] for b in bars), default=0))
     names = svc.task_stats(since=start, until=end, bucket=1e12)
     names.sort(key=lambda r: -(r["succeeded"] + r["failed"] + r["retried"] + r["revoked"]))
-    selected = name or (names[0]["name"] if names else None)
+    # by default the busiest task that has a name (a task revoked before any worker received
+    # it has none, and no runtime to chart)
+    selected = name or next((r["name"] for r in names if r["name"]), None)
     series = []
     if selected:
         series = [r for r in svc.task_stats(since=start, until=end, bucket=bucket, name=selected)]
@@ -681,10 +687,22 @@ def workers() -> Any:
     """
     svc = get_state().monitor
     if _flag(request.args.get("refresh")):
-        svc.inspect(refresh=True)
+        _refresh(svc)
     if _flag(request.args.get("json")):
         return jsonify(data=svc.workers())
-    return render_template("celerymon/workers.html", body=Markup(render_workers_body()))
+    day_ago = time.time() - 86400
+    gaps = [g for g in svc.figures()["gaps"] if g["end"] >= day_ago]
+    return render_template("celerymon/workers.html", body=Markup(render_workers_body()), gaps=gaps)
+
+
+def _refresh(svc: Any, hostname: str | None = None) -> dict[str, Any]:
+    """Ask the workers again; with the broker unreachable, log it and keep the cached data
+    (the page still renders and its broker figures say the broker is down)."""
+    try:
+        return svc.inspect(hostname, refresh=True)
+    except Exception as exc:  # noqa: BLE001 - a page shows what is known
+        log.warning("celerymon: could not ask the workers: %s", exc)
+        return svc.inspect(hostname)
 
 
 def _flag(value: str | None) -> bool:
@@ -740,7 +758,7 @@ def worker(hostname: str) -> Any:
         return _error(404, "Unknown worker", f"No worker named {hostname!r} is known.")
     info = svc.inspect(hostname).get(hostname) or {}
     if request.args.get("refresh") or (w.get("status") and "active" not in info):
-        info = svc.inspect(hostname, refresh=True).get(hostname) or info
+        info = _refresh(svc, hostname).get(hostname) or info
     return render_template(
         "celerymon/worker.html",
         hostname=hostname,
