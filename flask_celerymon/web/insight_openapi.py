@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import api as _api
+
 _STR = {"type": "string"}
 #: a required text: at least one character that is not white space (as the API parses it)
 _TEXT = {"type": "string", "minLength": 1, "pattern": "\\S"}
@@ -197,8 +199,9 @@ _GID = {"name": "gid", "in": "path", "required": True, "schema": _STR,
         "description": "error group id (16 hex digits)"}  # fmt: skip
 _ENTRY = {"name": "entry", "in": "path", "required": True, "schema": _STR,
           "description": "beat entry name"}  # fmt: skip
-_SINCE = _q("since", {"type": "string", "enum": ["1h", "24h", "7d", "30d"]}, "window (7d)")
-_WINDOW = _q("window", {"type": "string", "enum": ["15m", "1h", "6h", "24h", "7d", "30d"]},
+_SINCE = _q("since", {"type": "string", "enum": ["", "1h", "24h", "7d", "30d"]},
+             "window (7d; empty: the default)")  # fmt: skip
+_WINDOW = _q("window", {"type": "string", "enum": ["", "15m", "1h", "6h", "24h", "7d", "30d"]},
              "window (24h)")  # fmt: skip
 _LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "at most this many")
 _DRY = _q("dry_run", _BOOL, "only count and list")
@@ -209,7 +212,7 @@ def paths() -> dict[str, Any]:
     return {
         "/api/errors": {"get": _op("Error groups", "ErrorGroups", (400,), [
             _SINCE, _q("name", _STR, "task name"),
-            _q("status", {"type": "string", "enum": ["all", "open", "resolved"]}, "status")])},
+            _q("status", {"type": "string", "enum": ["", "all", "open", "resolved"]}, "status")])},
         "/api/errors/{gid}": {"get": _op("One error group and its recent tasks", "ErrorGroup",
                                          (400, 404), [_GID, _LIMIT])},
         "/api/errors/{gid}/retry": {"post": _op(
@@ -218,7 +221,8 @@ def paths() -> dict[str, Any]:
         "/api/errors/{gid}/revoke": {"post": _op(
             "Revoke the unfinished tasks of an error group", "GroupBulk", (400, 403, 404, 503),
             [_GID, _LIMIT, _DRY, _q("terminate", _BOOL, "also kill running ones"),
-             _q("signal", _STR, "signal sent with terminate (default SIGTERM)")])},
+             _q("signal", {"type": "string", "enum": ["", *_api.SIGNALS]},
+                "signal sent with terminate (default SIGTERM)")])},
         "/api/analytics": {"get": _op("Task analytics over a window and the one before",
                                       "Analytics", (400,), [_WINDOW, _q("name", _STR, "task")])},
         "/api/analytics/series": {"get": _op(
@@ -232,5 +236,5 @@ def paths() -> dict[str, Any]:
             [{"name": "task_id", "in": "path", "required": True, "schema": _STR,
               "description": "task id"}])},
         "/api/alerts": {"get": _op("Alert rules and alerts", "Alerts", (400,), [
-            _q("status", {"type": "string", "enum": ["all", "firing", "resolved"]}, "status")])},
+            _q("status", {"type": "string", "enum": ["", "all", "firing", "resolved"]}, "status")])},
     }  # fmt: skip
