@@ -56,3 +56,64 @@ def test_the_ui_docs_list_exactly_the_sort_columns_of_the_tasks_page():
 
     ui = (DOCS / "ui.rst").read_text(encoding="utf-8")
     assert _names_between(ui, "``sort``\n", "with\n") == set(SORTABLE)
+
+
+#: A measured figure: a number with a unit of time, rate, size or a ratio.
+FIGURE = re.compile(r"\d[\d,.]*\s?(?:ms|µs|events/s|ev/s|B|KB|MB|×)(?!\w)")
+HEADING = re.compile(r"\n([^\n]+)\n([=\-~^])\2{3,}\n")
+BENCH_REF = re.compile(r"bench[/.]([a-z_]+)")
+#: Figures that are not measurements: limits and bucket bounds the code sets, formulas, an
+#: example message. (file, the figure, words of its paragraph)
+NOT_MEASURED = [
+    ("insight.rst", "2.1×", '("p95 2.1× slower")'),
+    ("metrics.rst", "5 ms", "prometheus_client's defaults (5 ms to 10 s)"),
+    ("metrics.rst", "50 ms", "(histogram, 50 ms to 30 min)"),
+    ("monitor-service.rst", "2 ×", "last heartbeat + 2 × its frequency"),
+    ("monitor-service.rst", "2 ×", "heartbeat expiry (2 × freq)"),
+    ("monitor-service.rst", "256 MB", "256 MB"),
+    ("ui.rst", "2 ×", "2 × the worker's heartbeat interval"),
+]
+
+
+def _unsourced_figures() -> list[tuple[str, str, str]]:
+    """(file, figure, paragraph) for each figure whose section names no script in bench/ and
+    whose paragraph does not say *no script*."""
+    scripts = {p.stem for p in (DOCS.parent / "bench").glob("*.py")}
+    out = []
+    for path in sorted(DOCS.glob("*.rst")):
+        text = path.read_text(encoding="utf-8")
+        bounds = [0, *(m.start() for m in HEADING.finditer(text)), len(text)]
+        for start, end in zip(bounds, bounds[1:]):
+            section = text[start:end]
+            if set(BENCH_REF.findall(section)) & scripts:
+                continue
+            for para in re.split(r"\n\s*\n", section):
+                if "no script" in para:
+                    continue
+                out += [(path.name, m.group(), para) for m in FIGURE.finditer(para)]
+    return out
+
+
+def test_every_figure_in_the_docs_names_the_benchmark_that_produces_it():
+    left = _unsourced_figures()
+    for name, figure, words in NOT_MEASURED:
+        match = next((f for f in left if f[:2] == (name, figure) and words in f[2]), None)
+        assert match is not None, f"{name}: {words!r} is gone; drop it from NOT_MEASURED"
+        left.remove(match)
+    assert [(n, f, p[:120]) for n, f, p in left] == [], (
+        "name the bench/ script and command next to these figures, or mark them *no script*"
+    )
+
+
+def test_every_benchmark_command_in_the_docs_runs_a_script_with_those_options():
+    commands = []
+    for path in sorted(DOCS.glob("*.rst")):
+        text = " ".join(path.read_text(encoding="utf-8").replace("``", " ").split())
+        commands += re.findall(
+            r"python (?:-m bench\.(\w+)|bench/(\w+)\.py)((?: --[\w-]+(?: [^\s-]\S*)?)*)", text
+        )
+    assert len(commands) >= 4
+    for module, script, options in commands:
+        source = (DOCS.parent / "bench" / f"{module or script}.py").read_text(encoding="utf-8")
+        for option in re.findall(r"--[\w-]+", options):
+            assert f'"{option}"' in source, f"bench/{module or script}.py has no {option}"
