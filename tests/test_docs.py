@@ -117,3 +117,31 @@ def test_every_benchmark_command_in_the_docs_runs_a_script_with_those_options():
         source = (DOCS.parent / "bench" / f"{module or script}.py").read_text(encoding="utf-8")
         for option in re.findall(r"--[\w-]+", options):
             assert f'"{option}"' in source, f"bench/{module or script}.py has no {option}"
+
+
+def test_the_api_docs_range_table_states_the_ranges_the_api_declares():
+    from flask_celerymon.web import api
+
+    rows = {
+        "``limit`` of ``GET /api/tasks``": [api.TASKS_LIMIT],
+        "``offset`` of ``GET /api/tasks``": [api.TASKS_OFFSET],
+        "``limit`` of the bulk actions": [api.BULK_RANGE],
+        "``limit`` of ``GET /api/queues/messages``": [api.MESSAGES_LIMIT],
+        "``n`` of pool grow/shrink": [api.POOL_STEP],
+        "``min`` / ``max`` of autoscale": [api.POOL_MIN, api.POOL_MAX],
+        "``timeout`` of ``result`` and ``apply``": [api.WAIT],
+        "``soft`` / ``hard`` of ``task/timeout``": [api.SECONDS],
+        "apply body: ``countdown`` ``expires`` ``*time_limit``": [api.SECONDS],
+        "``priority`` / ``retries`` of the apply body": [api.PRIORITY, api.RETRIES],
+        "``received_start`` ... ``started_end``": [api.UNIX_TIME],
+    }
+    text = (DOCS / "api.rst").read_text(encoding="utf-8")
+    table = text[text.index("Parameter    ") : text.index("Text parameters with a fixed set")]
+    for label, ranges in rows.items():
+        line = next(ln for ln in table.splitlines() if ln.startswith(label))
+        said = line[len(label) :]
+        if label.startswith("``received_start``"):  # stated as the Unix seconds it allows
+            said = said[said.index("Unix") :]
+        numbers = [float(n.replace(",", "")) for n in re.findall(r"\d[\d,]*", said)]
+        bounds = [b for r in ranges for b in (r.minimum, r.maximum)]
+        assert numbers[: len(bounds)] == bounds, label
