@@ -4,7 +4,7 @@
 
 An existing file is reused (``--refill`` to rebuild). Prints the time to the first answer of a
 fresh service on the store (in this process, and in a new Python process including its
-imports), then one JSON line per query with p50/p95 in ms.
+imports) and the file's size per stored task, then one JSON line per query with p50/p95 in ms.
 """
 
 from __future__ import annotations
@@ -132,8 +132,11 @@ def main() -> None:
         check=True, stdout=subprocess.DEVNULL,
     )  # fmt: skip
     spawn = time.perf_counter() - t0
+    size = sum(os.path.getsize(a.db + x) for x in ("", "-wal") if os.path.exists(a.db + x))
     print(json.dumps({"stored": first.total, "first_answer_s": round(ttfa, 3),
-                      "new_process_first_answer_s": round(spawn, 3)}), flush=True)  # fmt: skip
+                      "new_process_first_answer_s": round(spawn, 3),
+                      "file_bytes_per_task": round(size / max(first.total, 1))}),
+          flush=True)  # fmt: skip
     range_start = time.time() - a.tasks * 0.01 / 2
     for label, kw in QUERIES:
         kw = {k: (range_start if v == "RANGE_START" else v) for k, v in kw.items()}

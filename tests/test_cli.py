@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
+import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -337,3 +340,68 @@ def test_cluster_runs_workers_beat_and_monitor_until_ctrl_c(own_redis, tmp_path)
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
         return None
+
+
+DOC_APP = """\
+import os
+import pathlib
+import re
+import shlex
+
+from flask import Flask
+
+from flask_celerymon import Celery
+
+app = Flask(__name__)
+app.config["CELERY_BROKER_URL"] = os.environ["DOC_BROKER"]
+Celery(app)
+"""
+
+
+def _doc_examples() -> list[tuple[str, str, str]]:
+    """(command, where it runs, output) for each ``$`` line of the Errors block of cli.rst."""
+    text = (pathlib.Path(ROOT) / "docs" / "cli.rst").read_text(encoding="utf-8")
+    block = text[text.index("Errors\n------") :]
+    block = block[block.index(".. code-block:: console") :].split("\n\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line and not line.startswith("    "):
+            break  # the paragraph after the block
+        lines.append(line[4:])
+    examples: list[tuple[str, str, list[str]]] = []
+    for line in lines:
+        if line.startswith("$ "):
+            command, _, where = line[2:].partition("#")
+            examples.append((command.strip(), where.strip(), []))
+        else:
+            examples[-1][2].append(line)
+    return [(c, w, "\n".join(out).rstrip("\n") + "\n") for c, w, out in examples]
+
+
+def test_the_error_examples_of_the_cli_docs_are_what_the_commands_print(own_redis, tmp_path):
+    examples = _doc_examples()
+    assert len(examples) == 5
+    flask = str(pathlib.Path(sys.executable).with_name("flask"))
+    down_port = str(free_port())
+    checked = 0
+    for command, where, expected in examples:
+        folder = tmp_path / str(checked)
+        folder.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "FLASK_APP"}
+        if where != "no app":
+            match = re.fullmatch(r"broker (redis://\S+) is (up|down)", where)
+            assert match, where
+            port = str(own_redis.port) if match[2] == "up" else down_port
+            env["DOC_BROKER"] = match[1].replace(":6379", f":{port}")
+            expected = expected.replace(":6379", f":{port}")
+            (folder / "app.py").write_text(DOC_APP, encoding="utf-8")
+        args = shlex.split(command)
+        assert args[:2] == ["flask", "celery"], command
+        proc = subprocess.run(
+            [flask, *args[1:]], cwd=folder, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, timeout=60,
+        )  # fmt: skip
+        assert proc.stdout == expected, command
+        assert proc.returncode == (2 if "\nUsage: " in "\n" + expected else 1), command
+        checked += 1
+    assert checked == 5

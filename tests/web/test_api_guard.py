@@ -99,6 +99,68 @@ def test_read_only_still_answers_reads(read_only_app):
         assert api.get(path).status_code == 200, path
 
 
+#: Sample queries for each route marked as a read by POST (``guard.safe``): a new such route
+#: needs its queries here and its line in docs/api.rst's read-only rule.
+SAFE_QUERIES = {
+    "celerymon.tasks_datatable": [
+        {},
+        {"draw": "3", "start": "1", "length": "2"},
+        {"length": "-1", "search[value]": "name:app.add"},
+        {"order[0][column]": "0", "columns[0][data]": "runtime", "order[0][dir]": "desc"},
+        {"order[0][column]": "1", "columns[1][data]": "name", "search[value]": "state:failure"},
+    ],
+}
+
+
+def _snapshot(svc) -> tuple:
+    """Everything a request could change in the monitor: every task and every worker."""
+    return svc.query_tasks(limit=None).tasks, svc.workers(), svc.task_types()
+
+
+def test_every_route_marked_safe_only_reads_and_is_named_in_the_docs(tmp_path):
+    from tests.test_docs import DOCS
+
+    app = make_monitored_app("memory://", str(tmp_path), CELERY_MONITOR_READ_ONLY=True)
+    try:
+        svc = app.extensions["celerymon"].monitor
+        now = time.time()
+        events = [{"type": "worker-online", "hostname": "w@h", "timestamp": now - 9, "freq": 60}]
+        for i in range(6):
+            events += [
+                {"type": "task-received", "uuid": f"t{i}", "name": "app.add" if i % 2 else "app.x",
+                 "args": f"({i},)", "hostname": "w@h", "timestamp": now - 8 + i},
+                {"type": "task-started", "uuid": f"t{i}", "hostname": "w@h",
+                 "timestamp": now - 7.5 + i},
+                {"type": "task-failed" if i == 3 else "task-succeeded", "uuid": f"t{i}",
+                 "hostname": "w@h", "timestamp": now - 7.5 + i + i / 10, "runtime": i / 10},
+            ]  # fmt: skip
+        svc.apply_events(events)
+        safe = {
+            rule.rule: rule.endpoint
+            for rule in app.url_map.iter_rules()
+            if "POST" in (rule.methods or ())
+            and getattr(app.view_functions[rule.endpoint], "_celerymon_safe", False)
+        }
+        assert sorted(safe.values()) == sorted(SAFE_QUERIES)
+        docs = " ".join((DOCS / "api.rst").read_text(encoding="utf-8").split())
+        read_only = docs[docs.index("With ``CELERY_MONITOR_READ_ONLY = True``") :]
+        for path in safe:
+            assert f"``POST <prefix>{path.removeprefix('/monitor')}``" in read_only, path
+        client = app.test_client()
+        for path, endpoint in safe.items():
+            for query in SAFE_QUERIES[endpoint]:
+                before = _snapshot(svc)
+                got = client.get(path, query_string=query)
+                posted = client.post(path, data=query)
+                assert got.status_code == posted.status_code == 200, (query, posted.json)
+                assert posted.json == got.json, query
+                assert _snapshot(svc) == before, query
+        # the samples are not vacuous: they read the tasks the events made
+        assert client.post("/monitor/tasks/datatable", data={}).json["recordsTotal"] == 6
+    finally:
+        app.extensions["celerymon"].shutdown()
+
+
 # -- cross-site --------------------------------------------------------------------------------
 
 

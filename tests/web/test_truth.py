@@ -3,6 +3,7 @@ tasks say so. Event-level cases with a real worker are in tests/monitor/test_tru
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from html import unescape
@@ -175,3 +176,42 @@ def test_a_retried_task_page_shows_earlier_attempts_as_attempts(memory_app):
     assert [c or "link" for c in cells[:4]] == ["link", "link", "2", "0"]
     workers = unescape(client.get("/monitor/?json=1").get_data(as_text=True))
     assert '"task-retried": 2' in workers or '"task-retried":2' in workers
+
+
+def test_the_dashboard_counts_online_workers_not_clients_nor_expired_ones(memory_app):
+    svc = memory_app.extensions["celerymon"].monitor
+    # heartbeats every 10 ms: it is offline 20 ms after its last one
+    quiet = {"type": "worker-online", "hostname": "quiet@h", "timestamp": time.time(), "freq": 0.01}
+    svc.apply_events([quiet])
+    deadline = time.monotonic() + 10
+    while svc.worker_status()["quiet@h"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    now = time.time()
+    svc.apply_events(
+        [
+            # heartbeats every minute: online for the next two
+            {"type": "worker-heartbeat", "hostname": "up@h", "timestamp": now - 1, "freq": 60,
+             "active": 2},
+            {"type": "worker-heartbeat", "hostname": "gone@h", "timestamp": now - 5, "freq": 60,
+             "active": 5},
+            {"type": "task-received", "uuid": "r2", "name": "app.add", "hostname": "gone@h",
+             "timestamp": now - 5},
+            {"type": "task-succeeded", "uuid": "r2", "hostname": "gone@h",
+             "timestamp": now - 4.5, "runtime": 0.5},
+            {"type": "worker-offline", "hostname": "gone@h", "timestamp": now - 4},
+            # a web process sending tasks: a client, not a worker
+            {"type": "task-sent", "uuid": "s1", "name": "app.add", "hostname": "gen42@web",
+             "timestamp": now - 3},
+            {"type": "task-received", "uuid": "r1", "name": "app.add", "hostname": "up@h",
+             "timestamp": now - 2},
+            {"type": "task-started", "uuid": "r1", "hostname": "up@h", "timestamp": now - 2},
+        ]
+    )  # fmt: skip
+    assert svc.worker_status() == {"up@h": True, "quiet@h": False, "gone@h": False}
+    page = unescape(memory_app.test_client().get("/monitor/").get_data(as_text=True))
+    assert '<b data-total="online">1</b><small data-total="known">of 3 known</small>' in page
+    assert '<b data-total="active">2</b>' in page  # up@h's last heartbeat; not gone@h's 5
+    assert re.search(r'data-total="succeeded"><a [^>]*>1</a>', page)  # gone@h's, still counted
+    assert "gen42@web" not in page
+    assert "3 workers, 1 online" in page
