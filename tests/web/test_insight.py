@@ -407,9 +407,8 @@ LIVE_PAGES = {
     ),
     "analytics": (
         f"/analytics?window=15m&name={TOTAL}",
-        "document.querySelector("
-        f"'#analytics-table tr[data-task=\"{TOTAL}\"] td:nth-child(4)')"
-        ".textContent.includes('%')",
+        "(c => !!c && parseFloat(c.textContent) > 0)(document.querySelector("
+        f"'#analytics-table tr[data-task=\"{TOTAL}\"] td:nth-child(4)'))",
     ),
     "charts": (
         f"/charts?window=1h&name={TOTAL}",
