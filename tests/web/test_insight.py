@@ -499,12 +499,9 @@ def test_the_live_feed_sends_each_insight_page_on_subscribe_and_refuses_bad_para
                 continue
             value, message = bad[view]
             ws = simple_websocket.Client.connect(f"{ws_url}{view}&{value}")
-            try:
-                with pytest.raises(simple_websocket.ConnectionClosed) as closed:
-                    ws.receive(timeout=10)
-                assert closed.value.reason == 1008 and message in closed.value.message
-            finally:
-                ws.close()
+            with pytest.raises(simple_websocket.ConnectionClosed) as closed:
+                ws.receive(timeout=10)
+            assert closed.value.reason == 1008 and message in closed.value.message
 
 
 def test_read_only_refuses_every_insight_action_and_hides_its_buttons(redis_url, tmp_path):
