@@ -506,6 +506,50 @@ def test_the_live_feed_sends_each_insight_page_on_subscribe_and_refuses_bad_para
             assert closed.value.reason == 1008 and message in closed.value.message
 
 
+@pytest.mark.browser
+def test_without_a_live_socket_an_insight_page_polls_and_shows_a_new_failure(env):
+    """``CELERY_MONITOR_MAX_LIVE_SOCKETS=0``: every feed is refused (4503), the page reloads its
+    ``#live-root`` every ``CELERY_MONITOR_POLL_INTERVAL`` seconds instead."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.web.test_ui import CHROMIUM, CHROMIUM_ARGS, Tab, serving
+
+    os.environ["CELERYMON_TEST_BROKER"] = env.broker
+    try:
+        app = insight_app.create_app(
+            CELERY_MONITOR_BLUEPRINT=True, CELERY_MONITOR_ALLOW_ANONYMOUS=True,
+            CELERY_MONITOR_DB=str(env.tmp / "polling.sqlite3"),
+            CELERY_MONITOR_MAX_LIVE_SOCKETS=0, CELERY_MONITOR_POLL_INTERVAL=0.5,
+        )  # fmt: skip
+    finally:
+        del os.environ["CELERYMON_TEST_BROKER"]
+    state = app.extensions["celerymon"]
+    try:
+        state.monitor.ensure_started()
+        assert state.monitor.wait_connected(10)
+        with serving(app) as url, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            tab = Tab(browser)
+            try:
+                page = tab.open(f"{url}/monitor/errors?since=1h", live=False)
+                page.wait_for_selector('#live[data-state="polling"]')
+                assert page.locator("#error-groups tr", has_text="total").count() == 0
+                page.evaluate("window.openedOnce = true")
+                with env.app.app_context():
+                    insight_app.total.delay({"no": "sum"}).get(timeout=30, propagate=False)
+                page.locator("#error-groups tr", has_text="total").first.wait_for(timeout=20_000)
+                assert page.evaluate("window.openedOnce") is True
+                assert page.evaluate("window.celerymon.connects") == 0
+                assert page.evaluate("window.celerymon.polls") >= 1
+            finally:
+                tab.close()
+                browser.close()
+            # the browser reports the refused sockets as console errors; nothing else
+            assert [e for e in tab.errors if "WebSocket" not in e] == []
+    finally:
+        state.shutdown()
+
+
 def test_read_only_refuses_every_insight_action_and_hides_its_buttons(redis_url, tmp_path):
     """The kind: every POST route of the insight module, from its own route table."""
     from flask_celerymon.web import insight
