@@ -486,6 +486,12 @@ def test_the_live_feed_sends_each_insight_page_on_subscribe_and_refuses_bad_para
            "error-group": ("id=nope", "no error group 'nope'"),
            "alerts": None}  # fmt: skip
     assert set(args) == set(bad) == set(PAGES)
+    sockets = env.state.limits.sockets
+
+    def released() -> bool:  # the feeds of closed pages end and give back their place
+        return sockets.held == 0
+
+    env.wait_for(released, timeout=10)
     with serving(env.app) as url:
         ws_url = url.replace("http://", "ws://") + "/monitor/ws?view="
         for view in PAGES:
@@ -497,6 +503,7 @@ def test_the_live_feed_sends_each_insight_page_on_subscribe_and_refuses_bad_para
                 assert first["items"][0]["html"].strip()
             finally:
                 ws.close()
+            env.wait_for(released, timeout=10)
             if bad[view] is None:
                 continue
             value, message = bad[view]
