@@ -182,20 +182,24 @@ def _error_page(status: int, title: str, message: str) -> tuple[str, int]:
     return render_template("celerymon/error.html", title=title, message=message), status
 
 
+def errors_context(args: Any, now: float) -> dict[str, Any]:
+    """The error list's template context from its query ``args``. Raises :class:`BadParam`."""
+    since = _choice("since", args.get("since"), ERROR_WINDOWS, "7d")
+    status = _choice("status", args.get("status"), {"open": 1, "resolved": 1, "all": 1}, "all")
+    name = args.get("name") or None
+    data = error_groups(since, name, status, now)
+    return {"window": since, "status": status, "name": name, "windows": ERROR_WINDOWS,
+            "spark": _spark_points, **data}  # fmt: skip
+
+
 @requires(VIEWER)
 def errors_page() -> Any:
     """Error groups. 200; 400 bad parameter."""
-    now = time.time()
     try:
-        since = _choice("since", request.args.get("since"), ERROR_WINDOWS, "7d")
-        status = _choice("status", request.args.get("status"),
-                         {"open": 1, "resolved": 1, "all": 1}, "all")  # fmt: skip
+        ctx = errors_context(request.args, time.time())
     except BadParam as exc:
         return _error_page(400, "Bad request", str(exc))
-    name = request.args.get("name") or None
-    data = error_groups(since, name, status, now)
-    return render_template("celerymon/errors.html", window=since, status=status, name=name,
-                           windows=ERROR_WINDOWS, spark=_spark_points, **data)  # fmt: skip
+    return render_template("celerymon/errors.html", **ctx)
 
 
 def _spark_points(values: list[int], width: int = 120, height: int = 24) -> str:
@@ -207,37 +211,44 @@ def _spark_points(values: list[int], width: int = 120, height: int = 24) -> str:
     )
 
 
+def error_group_context(gid: str) -> dict[str, Any]:
+    """One error group's template context. Raises :class:`~.api.ApiError` (404) when unknown."""
+    from .views import can
+
+    g = _group(gid)
+    return {"g": g, "tasks": _group_tasks(gid, 50), "can_act": can(f"errors/{gid}/retry")}
+
+
 @requires(VIEWER)
 def error_group_page(gid: str) -> Any:
     """One error group. 200; 404 unknown group."""
     try:
-        g = _group(gid)
+        ctx = error_group_context(gid)
     except api.ApiError as exc:
         return _error_page(404, "Unknown error group", exc.message)
-    tasks = _group_tasks(gid, 50)
-    from .views import can
+    return render_template("celerymon/error_group.html", **ctx)
 
-    return render_template(
-        "celerymon/error_group.html", g=g, tasks=tasks,
-        can_act=can(f"errors/{gid}/retry"),
-    )  # fmt: skip
+
+def analytics_context(args: Any, now: float) -> dict[str, Any]:
+    """The analytics page's template context from its query ``args`` (``window``, ``name``).
+    Raises :class:`BadParam`."""
+    window = _choice("window", args.get("window"), _analytics.WINDOWS, "24h")
+    ins = get_insight()
+    ins.flush()
+    data = _analytics.task_analytics(ins.store, window, now)
+    name = args.get("name") or (data["tasks"][0]["name"] if data["tasks"] else None)
+    series = _analytics.task_series(ins.store, name, window, now) if name else None
+    return {"windows": _analytics.WINDOWS, "selected": name, "series": series, **data}
 
 
 @requires(VIEWER)
 def analytics_page() -> Any:
     """Task analytics over a window, with the previous window. 200; 400 bad window."""
-    now = time.time()
     try:
-        window = _choice("window", request.args.get("window"), _analytics.WINDOWS, "24h")
+        ctx = analytics_context(request.args, time.time())
     except BadParam as exc:
         return _error_page(400, "Bad request", str(exc))
-    store = get_insight().store
-    get_insight().flush()
-    data = _analytics.task_analytics(store, window, now)
-    name = request.args.get("name") or (data["tasks"][0]["name"] if data["tasks"] else None)
-    series = _analytics.task_series(store, name, window, now) if name else None
-    return render_template("celerymon/analytics.html", windows=_analytics.WINDOWS, selected=name,
-                           series=series, **data)  # fmt: skip
+    return render_template("celerymon/analytics.html", **ctx)
 
 
 @requires(VIEWER)
@@ -249,14 +260,18 @@ def beat_page() -> Any:
     return render_template("celerymon/beat.html", can_run=can("beat/run/x"), **data)
 
 
+def alerts_context() -> dict[str, Any]:
+    """The alerts page's template context: rules, firing and the 100 most recent alerts."""
+    ins = get_insight()
+    return {"rules": _rules(), "firing": ins.store.alerts(status="firing"),
+            "recent": ins.store.alerts(limit=100), "settings": ins.settings,
+            "figures": ins.figures()}  # fmt: skip
+
+
 @requires(VIEWER)
 def alerts_page() -> Any:
     """Alert rules, firing and recent alerts. 200."""
-    ins = get_insight()
-    return render_template(
-        "celerymon/alerts.html", rules=_rules(), firing=ins.store.alerts(status="firing"),
-        recent=ins.store.alerts(limit=100), settings=ins.settings, figures=ins.figures(),
-    )  # fmt: skip
+    return render_template("celerymon/alerts.html", **alerts_context())
 
 
 # -- API ---------------------------------------------------------------------------------------

@@ -12,10 +12,26 @@ fragments rendered by the same templates as the page, so formatting lives in one
 ``tasks``     the task list's (:class:`~.views.TaskFilter`)   ``task`` (row, ``insert`` when new
                                                               and it belongs at the top),
                                                               ``new-tasks`` (count of others)
-``task``      ``id``                                          ``task-detail``
+``task``      ``id``                                          ``task-detail``, ``canvas`` (the
+                                                              chain/group/chord graph, when a
+                                                              task of it changed)
 ``worker``    ``name``                                        ``worker-head``
 ``broker``    none                                            ``queues`` (every 2 s)
+``charts``    the charts page's (``window``, ``name``)        ``page``
+``analytics`` the analytics page's (``window``, ``name``)     ``page``
+``errors``    the error list's (``since``, ``status``,        ``page``
+              ``name``)
+``error-      ``id`` (the group id)                           ``page``
+group``
+``alerts``    none                                            ``page``
 ============  ==============================================  ==================================
+
+The last five are the insight pages (:data:`PAGES`): their data is written by the insight
+engine about once a second, and the feed waits for the engine's topics the page shows
+(:meth:`~..monitor.insight.Insight.wait_changes`), then sends ``page``, the page's
+``#live-root`` rendered again by its own partial template, when it differs from the last one
+sent; at most every :data:`PAGE_INTERVAL` seconds. The task page's canvas graph is sent the
+same way (``canvas``, the ``#canvas`` card) when a task with the graph's root changed.
 
 Every message is a JSON object ``{"type": ...}``; the first is ``{"type": "hello"}``, then a
 ``batch`` with the current state of what the page shows (it was rendered before the socket
@@ -59,7 +75,15 @@ from .views import (
 
 log = logging.getLogger(__name__)
 
-VIEWS = ("workers", "tasks", "task", "worker", "broker")
+#: Insight pages: view -> (insight topics it shows, partial template of its #live-root)
+PAGES: dict[str, tuple[tuple[str, ...], str]] = {
+    "charts": (("analytics",), "celerymon/_charts_body.html"),
+    "analytics": (("analytics",), "celerymon/_analytics_body.html"),
+    "errors": (("errors",), "celerymon/_errors_body.html"),
+    "error-group": (("errors",), "celerymon/_error_group_body.html"),
+    "alerts": (("alerts",), "celerymon/_alerts_body.html"),
+}
+VIEWS = ("workers", "tasks", "task", "worker", "broker", *PAGES)
 #: Seconds between two sends to one page (changes in between are coalesced).
 MIN_INTERVAL = 0.1
 #: Seconds of silence after which a ping is sent.
@@ -68,6 +92,33 @@ PING_INTERVAL = 15.0
 STATUS_INTERVAL = 2.0
 #: Seconds between two queue-length pushes on the broker page.
 QUEUES_INTERVAL = 2.0
+#: Seconds between two sends of an insight page or of the canvas graph to one page.
+PAGE_INTERVAL = 1.0
+
+
+def page_context(view: str, args: Any) -> dict[str, Any]:
+    """The template context of an insight page (:data:`PAGES`) for its query ``args``.
+
+    Raises :class:`~.views.BadInput` naming a bad parameter (or an unknown error group).
+    """
+    from . import api, insight
+    from .views import charts_context
+
+    now = time.time()
+    try:
+        if view == "charts":
+            return charts_context(args)
+        if view == "analytics":
+            return insight.analytics_context(args, now)
+        if view == "errors":
+            return insight.errors_context(args, now)
+        if view == "error-group":
+            return insight.error_group_context(args.get("id") or "")
+        if view == "alerts":
+            return insight.alerts_context()
+    except (insight.BadParam, api.ApiError) as exc:
+        raise BadInput(getattr(exc, "message", None) or str(exc)) from None
+    raise BadInput(f"view {view!r} is not an insight page")
 
 
 class Feed:
@@ -84,7 +135,18 @@ class Feed:
         self.rows: deque[str] = deque()
         self.received: dict[str, float] = {}
         self.status: dict[str, bool] = {}
-        if view == "tasks":
+        self.args = args
+        #: insight topics the page shows and their versions sent (insight pages)
+        self.topics: tuple[str, ...] = PAGES[view][0] if view in PAGES else ()
+        self.seen: dict[str, int] = {}
+        self.last_html: str | None = None
+        #: the task page's canvas: the roots and nodes of its graph, and whether to send it
+        self.canvas_roots: set[str] = set()
+        self.canvas_nodes: set[str] = set()
+        self.canvas_dirty = False
+        if view in PAGES:
+            page_context(view, args)  # a bad parameter closes the socket before "hello"
+        elif view == "tasks":
             self.filter = TaskFilter.from_args(args)
         elif view == "task":
             self.task_id = args.get("id") or None
@@ -96,10 +158,18 @@ class Feed:
                 raise BadInput("view=worker needs name=<worker hostname>")
 
     def subscribe(self, service: Any) -> Any:
+        if self.view in PAGES:
+            self.seen = _insight().versions()  # what changes from now on is sent
+            return None
         if self.view == "broker":
             return None
         if self.view == "task":
-            return service.subscribe(kinds=("task",), task_ids=(self.task_id,))
+            graph = self._canvas_graph()
+            if graph is None or (len(graph["nodes"]) <= 1 and graph["final"]):
+                # a lone finished task: no graph will grow from it
+                return service.subscribe(kinds=("task",), task_ids=(self.task_id,))
+            self.canvas_dirty = True  # sent once subscribed: the page may predate a change
+            return service.subscribe(kinds=("task",))
         if self.view == "worker":
             return service.subscribe(kinds=("worker", "worker-purged"))
         if self.view == "tasks":
@@ -124,10 +194,13 @@ class Feed:
         lost (a task page opened just before the task ended would never show its end).
         Changes after the subscription are queued by it, so this closes the gap.
         """
+        if self.view in PAGES:
+            return self.page()
         if self.view == "task":
             t = service.task(self.task_id, children=False)
-            return [] if t is None else self.messages([{"type": "task", "id": t["uuid"],
-                                                        "data": t}])  # fmt: skip
+            out = [] if t is None else self.messages([{"type": "task", "id": t["uuid"],
+                                                       "data": t}])  # fmt: skip
+            return out + self.canvas()
         if self.view in ("worker", "workers"):
             return self.messages([{"type": "worker", "id": h, "data": None} for h in self.status])
         if self.filter is not None:
@@ -209,8 +282,13 @@ class Feed:
             out = self._task_rows(items)
         elif self.view == "task":
             for it in items:
-                if it["data"] is not None:
-                    out.append({"type": "task-detail", "html": render_task_detail(it["data"])})
+                data = it["data"]
+                if data is None:
+                    continue
+                if it["id"] == self.task_id:
+                    out.append({"type": "task-detail", "html": render_task_detail(data)})
+                if it["id"] in self.canvas_nodes or data.get("root_id") in self.canvas_roots:
+                    self.canvas_dirty = True
         elif self.view == "worker":
             for it in items:
                 if it["id"] == self.worker and it["type"] == "worker":
@@ -233,6 +311,41 @@ class Feed:
             if hosts or out:
                 out.append(self.summary())
         return out
+
+    def page(self) -> list[dict[str, Any]]:
+        """An insight page's ``page`` message, or none when it did not change since the last."""
+        from flask import render_template
+
+        html = render_template(PAGES[self.view][1], **page_context(self.view, self.args))
+        if html == self.last_html:
+            return []
+        self.last_html = html
+        return [{"type": "page", "html": html}]
+
+    def _canvas_graph(self) -> dict[str, Any] | None:
+        from .insight import task_canvas
+
+        assert self.task_id is not None
+        graph = task_canvas(self.task_id)
+        if graph is not None:
+            self.canvas_nodes = {n["id"] for n in graph["nodes"]}
+            # members carry their Celery root_id, normally the graph's root
+            self.canvas_roots = {graph["root"], *self.canvas_nodes}
+        return graph
+
+    def canvas(self) -> list[dict[str, Any]]:
+        """The task page's ``canvas`` message when a task of its graph changed, else none."""
+        from flask import render_template
+
+        if not self.canvas_dirty:
+            return []
+        self.canvas_dirty = False
+        graph = self._canvas_graph()
+        html = render_template("celerymon/_canvas.html", canvas=graph)
+        if html == self.last_html:
+            return []
+        self.last_html = html
+        return [{"type": "canvas", "html": html}]
 
     def summary(self) -> dict[str, Any]:
         from flask import render_template
@@ -291,10 +404,20 @@ def _serve(ws: Any, service: Any) -> None:
         last_send = time.monotonic()
         next_queues = 0.0
         next_status = time.monotonic() + STATUS_INTERVAL
+        next_page = time.monotonic() + PAGE_INTERVAL
+        ins = _insight() if f.topics else None
         while ws.connected:
             now = time.monotonic()
             msgs: list[dict[str, Any]] = []
-            if f.view == "broker":
+            if ins is not None:
+                versions = ins.wait_changes(f.seen, f.topics, timeout=1.0)
+                if versions != f.seen and time.monotonic() >= next_page:
+                    f.seen = versions
+                    msgs = f.page()
+                    next_page = time.monotonic() + PAGE_INTERVAL
+                elif versions != f.seen:  # coalesced with the next changes
+                    time.sleep(max(0.0, next_page - time.monotonic()))
+            elif f.view == "broker":
                 if now >= next_queues:
                     next_queues = now + QUEUES_INTERVAL
                     msgs.append({"type": "queues", "html": render_queues()})
@@ -311,6 +434,9 @@ def _serve(ws: Any, service: Any) -> None:
                     items.extend(f.status_changes(service))
                 if items:
                     msgs = f.messages(items)
+                if f.canvas_dirty and time.monotonic() >= next_page:
+                    msgs.extend(f.canvas())
+                    next_page = time.monotonic() + PAGE_INTERVAL
             now = time.monotonic()
             if msgs:
                 ws.send(json.dumps({"type": "batch", "items": msgs}))
@@ -323,6 +449,12 @@ def _serve(ws: Any, service: Any) -> None:
         if sub is not None:
             sub.close()
         _end_of_stream(ws, tcp)
+
+
+def _insight() -> Any:
+    from .insight import get_insight
+
+    return get_insight()
 
 
 def _own_tcp(ws: Any) -> socket.socket | None:

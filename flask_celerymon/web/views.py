@@ -819,17 +819,26 @@ def broker() -> Any:
     )
 
 
+def charts_context(args: Any) -> dict[str, Any]:
+    """The charts page's template context from its query ``args`` (``window``, ``name``).
+
+    Raises :class:`BadInput` for an unknown window.
+    """
+    window = args.get("window", "1h")
+    if window not in RANGES:
+        raise BadInput(f"window must be one of {', '.join(RANGES)}")
+    data = chart_data(window, args.get("name") or None)
+    return {"window": window, "ranges": RANGES, "tasks_url": tasks_url, **data}
+
+
 @requires(VIEWER)
 def charts() -> Any:
     """Finished tasks per bucket and runtime p50/p95 per task name; 400 bad window."""
-    window = request.args.get("window", "1h")
-    if window not in RANGES:
-        return _error(400, "Bad request", f"window must be one of {', '.join(RANGES)}")
-    name = request.args.get("name") or None
-    data = chart_data(window, name)
-    return render_template(
-        "celerymon/charts.html", window=window, ranges=RANGES, tasks_url=tasks_url, **data
-    )
+    try:
+        ctx = charts_context(request.args)
+    except BadInput as exc:
+        return _error(400, "Bad request", str(exc))
+    return render_template("celerymon/charts.html", **ctx)
 
 
 def register(bp: Blueprint) -> None:

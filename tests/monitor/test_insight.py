@@ -293,6 +293,52 @@ def test_alerts_fire_once_repeat_after_the_quiet_period_and_resolve(tmp_path):
     assert {u for u, _ in sent} == {"http://hook"}
 
 
+def test_each_write_moves_the_versions_of_the_topics_it_changed(insight):
+    """What a live page waits for: a failure moves ``errors`` and ``analytics``, a canvas
+    member ``canvas``; an empty flush moves nothing; waiting returns at once once moved."""
+    svc, ins = insight
+    now = time.time()
+    v0 = ins.versions()
+    assert set(v0) == {"analytics", "errors", "canvas", "alerts"}
+    assert ins.flush() == 0 and ins.versions() == v0
+    t0 = time.monotonic()
+    assert ins.wait_changes(v0, ("errors",), timeout=0.2) == {"errors": v0["errors"]}
+    assert time.monotonic() - t0 >= 0.2  # nothing moved: it waited the whole timeout
+    svc.apply_events([
+        {"type": "task-received", "uuid": "a", "name": "app.t", "hostname": "w", "timestamp": now},
+        {"type": "task-failed", "uuid": "a", "hostname": "w", "timestamp": now,
+         "exception": "ValueError('id 1')"},
+        {"type": "task-received", "uuid": "b", "name": "app.t", "hostname": "w", "timestamp": now,
+         "root_id": "a"},
+    ])  # fmt: skip
+    ins.flush()
+    v1 = ins.versions()
+    assert {t: v1[t] - v0[t] for t in v0} == {"analytics": 1, "errors": 1, "canvas": 1,
+                                              "alerts": 0}  # fmt: skip
+    t0 = time.monotonic()
+    assert ins.wait_changes(v0, ("errors", "alerts"), timeout=5) == {
+        "errors": v1["errors"], "alerts": v1["alerts"]
+    }  # fmt: skip
+    assert time.monotonic() - t0 < 1
+    with pytest.raises(ValueError, match=r"unknown insight topic\(s\) \['nope'\]"):
+        ins.wait_changes(v0, ("nope",), timeout=0)
+
+
+def test_an_alert_that_fires_or_resolves_moves_the_alerts_version(tmp_path):
+    svc = MonitorService(Celery(broker="memory://"), MonitorSettings(db=False), autostart=False)
+    rules = parse_rules([{"kind": "no_events", "threshold": 30, "name": "quiet"}])
+    ins = Insight(svc, InsightSettings(alerts=rules), send=lambda url, body: "sent (200)")
+    svc.apply_events([{"type": "worker-online", "hostname": "w", "timestamp": time.time()}])
+    t0 = time.time()
+    v = ins.versions()["alerts"]
+    assert ins.evaluate(t0 + 10) == [] and ins.versions()["alerts"] == v  # nothing to show
+    ins.evaluate(t0 + 40)
+    assert ins.versions()["alerts"] == v + 1  # fired
+    svc.apply_events([{"type": "worker-heartbeat", "hostname": "w", "timestamp": time.time()}])
+    ins.evaluate(time.time() + 1)
+    assert ins.versions()["alerts"] == v + 2  # resolved
+
+
 # -- beat --------------------------------------------------------------------------------------
 
 

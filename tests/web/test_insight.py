@@ -26,6 +26,7 @@ from tests.web.conftest import Monitored
 
 FLAKY = "tests.apps.insight_app.flaky"
 RETRYING = "tests.apps.insight_app.retrying"
+TOTAL = "tests.apps.insight_app.total"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -80,11 +81,22 @@ def env(redis_server, tmp_path_factory, receiver):
                     "repeat": 0,
                     "name": "flaky-failing",
                 },
+                # fires only in the live-pages test, which makes ``total`` fail
+                {
+                    "kind": "failure_rate",
+                    "task": TOTAL,
+                    "threshold": 0.3,
+                    "min_tasks": 1,
+                    "repeat": 0,
+                    "name": "total-failing",
+                },
             ],  # fmt: skip
             CELERY_MONITOR_ALERT_WEBHOOK=receiver.url,
             CELERY_MONITOR_ALERT_INTERVAL=0.3,
             # the monitor refuses everyone without authentication outside debug/testing mode
             CELERY_MONITOR_ALLOW_ANONYMOUS=True,
+            # pages poll only without a websocket: an hour, so what updates them is the socket
+            CELERY_MONITOR_POLL_INTERVAL=3600,
         )
     finally:
         del os.environ["CELERYMON_TEST_BROKER"]
@@ -187,7 +199,8 @@ def test_a_success_resolves_the_group_and_the_alert(env, receiver):
         lambda: [b for _, b in receiver.bodies if b["status"] == "resolved"], timeout=20
     )
     assert resolved[0]["rule"] == "flaky-failing" and resolved[0]["resolved"] is not None
-    assert env.client().get("/monitor/api/alerts?status=firing").get_json()["alerts"] == []
+    firing = env.client().get("/monitor/api/alerts?status=firing").get_json()["alerts"]
+    assert [a for a in firing if a["rule"] == "total-failing"] == []
 
 
 def test_revoking_a_group_revokes_its_tasks_waiting_for_a_retry(env):
@@ -311,7 +324,7 @@ def test_the_task_page_draws_the_chain_group_and_chord_a_task_belongs_to(env):
     assert 'id="canvas"' in page and 'data-final="1"' in page
     for tid in (first, second, *members):
         assert f'data-node="{tid}"' in page
-    assert "insight.js" in page
+    assert 'data-live="task"' in page and "data-refresh" not in page  # live over the socket
     fragment = env.client().get(f"/monitor/canvas/{members[0]}").get_data(as_text=True)
     assert fragment.lstrip().startswith('<div class="card pad" id="canvas"')
     lone = env.client().get(f"/monitor/task/{env.service.query_tasks(limit=1).tasks[0]['uuid']}")
@@ -338,13 +351,13 @@ def test_the_insight_pages_in_a_real_browser_and_the_canvas_live(env):
                 assert page.locator("nav.nav a.active").inner_text() == label
                 assert page.locator("main").inner_text().strip()
                 tab.shot(f"insight-{label.lower()}")
-            page = tab.open(f"{base}/analytics?window=15m&name={FLAKY}", live=False)
+            page = tab.open(f"{base}/analytics?window=15m&name={FLAKY}")
             assert page.locator("#analytics-throughput rect.bar-ok").count() >= 1
             cell = f'#analytics-table tr[data-task="{FLAKY}"] td:nth-child(2)'
             shown = int(page.locator(cell).inner_text())
             with env.app.app_context():
                 insight_app.flaky.delay(1).get(timeout=30)
-            # the table follows without a reload (refreshed every 10 s)
+            # the table follows without a reload (pushed over the websocket)
             page.wait_for_function(
                 "([sel, n]) => parseInt(document.querySelector(sel).textContent) === n",
                 arg=[cell, shown + 1], timeout=30_000,
@@ -366,17 +379,182 @@ def test_the_insight_pages_in_a_real_browser_and_the_canvas_live(env):
                 c = (insight_app.nap.si(3) | insight_app.flaky.si(5)).apply_async()
             first = c.parent.id
             env.wait_for(lambda: env.service.task(first), timeout=10)
-            page = tab.open(f"{base}/task/{first}", live=False)
+            page = tab.open(f"{base}/task/{first}")
             env.wait_for(lambda: env.service.task(c.id), timeout=20)
             # drawn while running, then updated in place (no reload) until every node is done
             page.wait_for_selector(f'#canvas [data-node="{c.id}"][data-state="SUCCESS"]',
                                    timeout=20_000)  # fmt: skip
             page.wait_for_selector('#canvas[data-final="1"]')
+            assert page.evaluate("window.celerymon.connects") == 1  # one socket, no reload
             tab.shot("insight-canvas")
         finally:
             tab.close()
             browser.close()
         assert tab.errors == []
+
+
+LIVE_PAGES = {
+    # view: (path, a JS condition on the page, true once the new failures are shown)
+    "errors": (
+        "/errors?since=1h",
+        "[...document.querySelectorAll('#error-groups tr')]"
+        ".some(r => r.textContent.includes('TypeError') && r.textContent.includes('total'))",
+    ),
+    "error-group": (
+        "/errors/{flaky_group}",
+        "parseInt([...document.querySelectorAll("
+        "'#live-root table.kv tr')].find(r => r.textContent.startsWith('Failures'))"
+        ".querySelector('td').textContent) === {flaky_failures} + 1",
+    ),
+    "analytics": (
+        f"/analytics?window=15m&name={TOTAL}",
+        "(c => !!c && parseFloat(c.textContent) > 0)(document.querySelector("
+        f"'#analytics-table tr[data-task=\"{TOTAL}\"] td:nth-child(4)'))",
+    ),
+    "charts": (
+        f"/charts?window=1h&name={TOTAL}",
+        "[...document.querySelectorAll("
+        "'#runtime-table tr')].some(r => r.textContent.includes('total') && "
+        "r.querySelector('td:nth-child(3)').textContent.trim() === '1')",
+    ),
+    "alerts": (
+        "/alerts",
+        "document.querySelector('#alerts-firing').textContent.includes('total-failing')",
+    ),
+}
+
+
+@pytest.mark.browser
+def test_insight_pages_opened_before_a_failure_show_it_over_the_websocket(env):
+    """The kind: every insight page the live feed serves (``live.PAGES``), opened before new
+    failures, shows them without a reload and without polling (an hour apart here)."""
+    from playwright.sync_api import sync_playwright
+
+    from flask_celerymon.web.live import PAGES
+    from tests.web.test_ui import CHROMIUM, CHROMIUM_ARGS, Tab, serving
+
+    assert set(LIVE_PAGES) == set(PAGES)
+    g = _groups(env, FLAKY)[0]
+    fill = {"flaky_group": g["id"], "flaky_failures": g["failures"]}
+    firing = env.client().get("/monitor/api/alerts?status=firing").get_json()["alerts"]
+    assert [a for a in firing if a["rule"] == "total-failing"] == []
+    with serving(env.app) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        tabs = {view: Tab(browser) for view in LIVE_PAGES}
+        try:
+            for view, (path, shown) in LIVE_PAGES.items():
+                page = tabs[view].open(f"{url}/monitor{path.format(**fill)}")
+                assert page.locator("body").get_attribute("data-live") == view
+                assert not page.evaluate(f"() => {shown.format(**fill)}"), view
+                page.evaluate("window.openedOnce = true")
+            with env.app.app_context():
+                bad = insight_app.total.delay(5)  # TypeError: a new group of ``total``
+                insight_app.flaky.delay(-9).get(timeout=30, propagate=False)
+            bad.get(timeout=30, propagate=False)
+            for view, (_, shown) in LIVE_PAGES.items():
+                page = tabs[view].page
+                page.wait_for_function(f"() => {shown.format(**fill)}", timeout=30_000)
+                # the same document (no reload), one socket, never polled
+                assert page.evaluate("window.openedOnce") is True, view
+                assert page.evaluate("[window.celerymon.connects, window.celerymon.polls]") == [
+                    1,
+                    None,
+                ], view
+                assert page.locator("#live").get_attribute("data-state") == "live"
+            tabs["errors"].shot("insight-errors-live")
+        finally:
+            for t in tabs.values():
+                t.close()
+            browser.close()
+        assert {v: t.errors for v, t in tabs.items() if t.errors} == {}
+
+
+def test_the_live_feed_sends_each_insight_page_on_subscribe_and_refuses_bad_parameters(env):
+    """The kind: every view of ``live.PAGES`` answers hello, then its current ``#live-root``
+    (rendered by the page's own partial); a bad parameter closes the socket with 1008."""
+    import simple_websocket
+
+    from flask_celerymon.web.live import PAGES
+    from tests.web.test_ui import serving
+
+    gid = _groups(env, FLAKY)[0]["id"]
+    args = {"charts": "window=1h", "analytics": "window=15m", "errors": "since=1h",
+            "error-group": f"id={gid}", "alerts": ""}  # fmt: skip
+    bad = {"charts": ("window=2w", "window must be one of"),
+           "analytics": ("window=2w", "window must be one of"),
+           "errors": ("since=2w", "since must be one of"),
+           "error-group": ("id=nope", "no error group 'nope'"),
+           "alerts": None}  # fmt: skip
+    assert set(args) == set(bad) == set(PAGES)
+    sockets = env.state.limits.sockets
+
+    def released() -> bool:  # the feeds of closed pages end and give back their place
+        return sockets.held == 0
+
+    env.wait_for(released, timeout=10)
+    with serving(env.app) as url:
+        ws_url = url.replace("http://", "ws://") + "/monitor/ws?view="
+        for view in PAGES:
+            ws = simple_websocket.Client.connect(f"{ws_url}{view}&{args[view]}")
+            try:
+                assert json.loads(ws.receive(timeout=10)) == {"type": "hello", "view": view}
+                first = json.loads(ws.receive(timeout=10))
+                assert first["type"] == "batch" and [m["type"] for m in first["items"]] == ["page"]
+                assert first["items"][0]["html"].strip()
+            finally:
+                ws.close()
+            env.wait_for(released, timeout=10)
+            if bad[view] is None:
+                continue
+            value, message = bad[view]
+            ws = simple_websocket.Client.connect(f"{ws_url}{view}&{value}")
+            with pytest.raises(simple_websocket.ConnectionClosed) as closed:
+                ws.receive(timeout=10)
+            assert closed.value.reason == 1008 and message in closed.value.message
+
+
+@pytest.mark.browser
+def test_without_a_live_socket_an_insight_page_polls_and_shows_a_new_failure(env):
+    """``CELERY_MONITOR_MAX_LIVE_SOCKETS=0``: every feed is refused (4503), the page reloads its
+    ``#live-root`` every ``CELERY_MONITOR_POLL_INTERVAL`` seconds instead."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.web.test_ui import CHROMIUM, CHROMIUM_ARGS, Tab, serving
+
+    os.environ["CELERYMON_TEST_BROKER"] = env.broker
+    try:
+        app = insight_app.create_app(
+            CELERY_MONITOR_BLUEPRINT=True, CELERY_MONITOR_ALLOW_ANONYMOUS=True,
+            CELERY_MONITOR_DB=str(env.tmp / "polling.sqlite3"),
+            CELERY_MONITOR_MAX_LIVE_SOCKETS=0, CELERY_MONITOR_POLL_INTERVAL=0.5,
+        )  # fmt: skip
+    finally:
+        del os.environ["CELERYMON_TEST_BROKER"]
+    state = app.extensions["celerymon"]
+    try:
+        state.monitor.ensure_started()
+        assert state.monitor.wait_connected(10)
+        with serving(app) as url, sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            tab = Tab(browser)
+            try:
+                page = tab.open(f"{url}/monitor/errors?since=1h", live=False)
+                page.wait_for_selector('#live[data-state="polling"]')
+                assert page.locator("#error-groups tr", has_text="total").count() == 0
+                page.evaluate("window.openedOnce = true")
+                with env.app.app_context():
+                    insight_app.total.delay({"no": "sum"}).get(timeout=30, propagate=False)
+                page.locator("#error-groups tr", has_text="total").first.wait_for(timeout=20_000)
+                assert page.evaluate("window.openedOnce") is True
+                assert page.evaluate("window.celerymon.connects") == 0
+                assert page.evaluate("window.celerymon.polls") >= 1
+            finally:
+                tab.close()
+                browser.close()
+            # the browser reports the refused sockets as console errors; nothing else
+            assert [e for e in tab.errors if "WebSocket" not in e] == []
+    finally:
+        state.shutdown()
 
 
 def test_read_only_refuses_every_insight_action_and_hides_its_buttons(redis_url, tmp_path):

@@ -18,6 +18,11 @@ What is counted, per task name and minute of the event's timestamp:
   that root's canvas (for the task page's graph).
 
 A task succeeding resolves the error groups of its name last seen before that success.
+
+Each write bumps the version of the topics it changed (:data:`TOPICS`: ``analytics`` for
+roll-ups, ``errors`` for error groups, ``canvas`` for canvas members, ``alerts`` for alert
+rows); :meth:`Insight.wait_changes` lets a reader (a live page) sleep until one of its topics
+moves, so pages are pushed at most once per write, that is about once a second.
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ PRUNE_INTERVAL = 600.0
 MAX_PENDING = 200_000
 _WATCHED = frozenset({"task-succeeded", "task-failed", "task-retried", "task-revoked",
                       "task-started", "task-received", "task-sent"})  # fmt: skip
+#: The kinds of insight data a reader can wait for (:meth:`Insight.wait_changes`).
+TOPICS = ("analytics", "errors", "canvas", "alerts")
 _COUNT = {"task-succeeded": "succeeded", "task-failed": "failed", "task-retried": "retried",
           "task-revoked": "revoked"}  # fmt: skip
 
@@ -83,6 +90,8 @@ class Insight:
         self.last_evaluation: float | None = None
         #: When this process began watching events (Unix time), None before start.
         self.started_at: float | None = None
+        self._versions = dict.fromkeys(TOPICS, 0)
+        self._changed = threading.Condition(threading.Lock())
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -208,7 +217,45 @@ class Insight:
                 failures.append(Failure(gid, name, etype_, message, exc, tb, uuid, worker, ts,
                                         "failure" if etype == "task-failed" else "retry"))  # fmt: skip
         self.store.write(rollups, failures, resolved, members)
+        self._bump(
+            *(["analytics"] if rollups else []),
+            *(["errors"] if failures or resolved else []),
+            *(["canvas"] if members else []),
+        )
         return len(items)
+
+    # -- change notification ---------------------------------------------------------------
+
+    def versions(self) -> dict[str, int]:
+        """``{topic: version}`` now; a version grows by one with each write of its topic."""
+        with self._changed:
+            return dict(self._versions)
+
+    def wait_changes(
+        self, seen: Mapping[str, int], topics: tuple[str, ...], timeout: float
+    ) -> dict[str, int]:
+        """Wait up to ``timeout`` seconds until one of ``topics`` has a version other than
+        ``seen`` has; return the current versions of ``topics`` (the caller's next ``seen``).
+        Returns at once when one already differs. Raises ``ValueError`` for an unknown topic.
+        """
+        bad = set(topics) - set(TOPICS)
+        if bad:
+            raise ValueError(f"unknown insight topic(s) {sorted(bad)}; known: {TOPICS}")
+
+        def moved() -> bool:
+            return any(self._versions[t] != seen.get(t) for t in topics)
+
+        with self._changed:
+            self._changed.wait_for(moved, timeout)
+            return {t: self._versions[t] for t in topics}
+
+    def _bump(self, *topics: str) -> None:
+        if not topics:
+            return
+        with self._changed:
+            for t in topics:
+                self._versions[t] += 1
+            self._changed.notify_all()
 
     # -- the thread ------------------------------------------------------------------------
 
@@ -300,6 +347,7 @@ class Insight:
             return queues_cache[0]
 
         seen: set[tuple[str, str]] = set()
+        changed_alerts = False
         for rule in self.settings.alerts:
             totals: Mapping[str, Any] = {}
             waits: dict[str, float | None] = {}
@@ -328,8 +376,10 @@ class Insight:
                         continue  # pending
                     a["id"] = store.open_alert(rule.name, rule.kind, subject, value,
                                                rule.threshold, message, now)  # fmt: skip
+                    changed_alerts = True
                 else:
                     store.update_alert(a["id"], value=value, message=message)
+                    changed_alerts = True
                 due = a["notified"] is None or (
                     rule.repeat > 0 and now - a["notified"] >= rule.repeat
                 )
@@ -345,7 +395,10 @@ class Insight:
             a = self._active.pop(key)
             if a["id"] is not None:
                 store.update_alert(a["id"], status="resolved", resolved=now)
+                changed_alerts = True
         self.last_evaluation = now
+        if changed_alerts or sent:
+            self._bump("alerts")
         return sent
 
     def _notify(self, active: dict[str, Any], now: float) -> dict[str, Any]:

@@ -2,7 +2,8 @@
  *
  * The pages are complete without this script. With it:
  * - a websocket (<prefix>/ws?view=...) swaps in the HTML fragments the server renders when
- *   something on the page changes; it reconnects by itself and the "live" pill says how it is;
+ *   something on the page changes (rows, the task detail and its canvas graph, or the whole
+ *   #live-root of the insight and charts pages); it reconnects by itself and the "live" pill says how it is;
  *   when the server has as many live pages as it allows (close code 4503), the page reloads
  *   what it shows every data-poll milliseconds instead, trying the websocket again each time;
  * - forms with class "js-action" POST to the JSON API with fetch() and show the answer;
@@ -269,6 +270,12 @@
     "task-detail": function (m) { swap($("#live-root"), m.html); },
     "worker-head": function (m) { swap($("#live-root"), m.html); },
     queues: function (m) { swap($("#live-root"), m.html); },
+    page: function (m) { swap($("#live-root"), m.html); },
+    canvas: function (m) {
+      var here = $("#canvas");
+      var fresh = fragment(m.html).firstElementChild;
+      if (here && fresh) here.replaceWith(fresh);
+    },
   };
 
   function apply(msg) {
@@ -300,22 +307,28 @@
         localTimes(here);
         filterWorkers();
       }
+      var canvas = doc.getElementById("canvas");
+      if (canvas && $("#canvas")) $("#canvas").replaceWith(document.importNode(canvas, true));
     }).catch(function () { /* the next reconnect tries again */ });
   }
 
   function feedUrl() {
     var view = body.dataset.live;
     var params = new URLSearchParams();
-    if (view === "tasks") {
+    if (view === "tasks" || PAGE_VIEWS.indexOf(view) !== -1) {
       new URLSearchParams(location.search).forEach(function (v, k) { params.append(k, v); });
     }
     params.set("view", view);
     var root = $("#live-root");
     if (view === "task") params.set("id", root.dataset.task);
     if (view === "worker") params.set("name", root.dataset.worker);
+    if (view === "error-group") params.set("id", root.dataset.group);
     var proto = location.protocol === "https:" ? "wss:" : "ws:";
     return proto + "//" + location.host + body.dataset.ws + "?" + params.toString();
   }
+
+  // pages whose query string says what they show (the server renders their #live-root)
+  var PAGE_VIEWS = ["charts", "analytics", "errors", "alerts"];
 
   var delay = 500;
   function connect() {
