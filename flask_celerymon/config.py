@@ -119,7 +119,7 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_MONITOR_BLUEPRINT": (True, _is_bool, "True or False"),
     "CELERY_MONITOR_MAX_TASKS": (100_000, _is_pos_int, "an integer > 0"),
     "CELERY_MONITOR_MAX_WORKERS": (5_000, _is_pos_int, "an integer > 0"),
-    "CELERY_MONITOR_DB": (None, _is_db, "a SQLite path, False to disable, or None"),
+    "CELERY_MONITOR_DB": (None, _is_db, "a SQLite path, a postgresql:// URL, False to disable, or None"),
     "CELERY_MONITOR_RETENTION_TASKS": (1_000_000, _is_pos_int, "an integer > 0"),
     "CELERY_MONITOR_RETENTION_DAYS": (30, _is_pos_number, "a number of days > 0"),
     "CELERY_MONITOR_INSPECT_TIMEOUT": (1.0, _is_pos_number, "a number of seconds > 0"),

@@ -31,10 +31,10 @@ from .events import EventConsumer, Figures
 from .inspector import Inspector
 from .query import SearchError, parse, parse_sort
 from .settings import MonitorSettings
-from .sqlite_store import SQLiteStore, aggregate_stats
+from .sqlite_store import aggregate_stats
 from .state import TASK_EVENTS, WORKER_EVENTS, MalformedEvent, State, TaskRecord, WorkerRecord
 from .state import task_dict as _task_dict
-from .store import HistoryStore, TaskQuery
+from .store import HistoryStore, TaskQuery, open_store
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class MonitorService:
             self._stop_event.clear()
             path = self.settings.db_path
             if path is not None and self._store is None:
-                store = SQLiteStore(path)
+                store = open_store(path)
                 self._store_empty_at_start = store.is_empty()
                 with self._state.lock:
                     self._state.restore_workers(store.load_workers().values())

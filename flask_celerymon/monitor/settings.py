@@ -22,8 +22,8 @@ DB_FILENAME = "celerymon.sqlite3"
 class MonitorSettings:
     """How the monitor service runs. Every attribute has a usable default.
 
-    ``db`` is the SQLite history file: a path, or ``False`` for an in-memory service without
-    history. ``None`` means "no file" here too when the settings are built directly; it only
+    ``db`` is the history store: a SQLite file path, a ``postgresql://`` URL (see
+    :func:`~.store.open_store`), or ``False`` for an in-memory service without history. ``None`` means "no file" here too when the settings are built directly; it only
     means ``<instance_path>/celerymon.sqlite3`` in :meth:`from_config`, which resolves it.
     """
 
@@ -47,7 +47,7 @@ class MonitorSettings:
 
     @property
     def db_path(self) -> str | None:
-        """The SQLite file to use, or None when the history store is off."""
+        """The SQLite file or PostgreSQL URL to use, or None when the history store is off."""
         return self.db if isinstance(self.db, str) else None
 
     @classmethod

@@ -2,7 +2,8 @@
 
 A store keeps finished (and, at shutdown, unfinished) tasks beyond the in-memory window and
 worker snapshots across restarts. :class:`flask_celerymon.monitor.sqlite_store.SQLiteStore` is
-the embedded default; a server database can implement :class:`HistoryStore` later.
+the embedded default; :class:`flask_celerymon.monitor.pg_store.PostgresStore` serves several
+processes and hosts. :func:`open_store` picks one from the ``CELERY_MONITOR_DB`` value.
 
 Stores are written by one thread (the service's flusher) and read by many; implementations must
 allow concurrent reads while a batch is being written.
@@ -125,6 +126,10 @@ class HistoryStore(abc.ABC):
         "runtime_p50", "runtime_p95", "runtime_max"}`` with ``start`` the bucket's start time.
         """
 
+    def is_empty(self) -> bool:
+        """True when no task is stored."""
+        return self.count() == 0
+
     def index_pending(self, max_rows: int) -> int:
         """Background upkeep (search indexing) of at most ``max_rows`` rows; returns rows done.
 
@@ -135,3 +140,24 @@ class HistoryStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Flush and release the store; later calls may fail."""
+
+
+#: URL schemes that select the PostgreSQL store.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def open_store(target: str) -> HistoryStore:
+    """The store for a ``CELERY_MONITOR_DB`` value: a ``postgresql://`` URL opens
+    :class:`~.pg_store.PostgresStore`, anything else is a SQLite file path.
+
+    Raises :class:`~flask_celerymon.errors.CeleryMonError` when the PostgreSQL driver is missing
+    (the message says what to install) and the driver's errors when the server cannot be
+    reached.
+    """
+    if target.startswith(POSTGRES_SCHEMES):
+        from .pg_store import PostgresStore
+
+        return PostgresStore(target)
+    from .sqlite_store import SQLiteStore
+
+    return SQLiteStore(target)

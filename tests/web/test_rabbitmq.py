@@ -1,0 +1,161 @@
+"""The monitor against a real RabbitMQ (with its management plugin) and a real worker.
+
+The worker and task control tests of test_api.py run here again, unchanged, with this
+module's ``monitored`` (a RabbitMQ broker in a virtual host of its own, queue lengths from the
+management API, the default ``rpc://`` result backend): the event consumer (kombu's AMQP path),
+every worker and task control action, revoke, retry and bulk actions. What differs from Redis
+is tested below: purging, queue lengths from the management API and by passive declare, and
+the message listing that only Redis can give.
+
+RabbitMQ is never skipped: CI starts it (``.ci/rabbitmq``); without it these tests fail.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from flask_celerymon.monitor import broker as broker_lengths
+from tests.conftest import WorkerProcess
+from tests.web.conftest import Monitored, make_monitored_app
+from tests.web.test_api import (  # noqa: F401 - collected again with this module's fixtures
+    ADD,
+    SLEEP,
+    Api,
+    _send,
+    test_abort_marks_a_running_task_and_refuses_finished_ones,
+    test_apply_of_a_failing_task_gives_the_exception_and_traceback,
+    test_async_apply_then_result_info_and_types,
+    test_autoscale_then_shutdown_of_a_worker,
+    test_bulk_retry_resends_every_matching_finished_task,
+    test_bulk_revoke_counts_in_dry_run_then_revokes,
+    test_pool_grow_and_shrink,
+    test_pool_restart_and_autoscale_report_the_worker_refusal,
+    test_queue_lengths_list_the_worker_queues,
+    test_queue_operations_on_an_unknown_queue_are_404,
+    test_rate_limit_and_time_limits,
+    test_retry_of_a_failed_task_fails_the_same_way,
+    test_retry_resends_with_the_original_arguments_name_and_queue,
+    test_revoke_of_a_waiting_task_reaches_the_worker,
+    test_revoke_with_terminate_and_signal_kills_a_running_task,
+    test_send_task_sends_an_unregistered_name_and_records_it,
+    test_tasks_list_filters_sorts_pages_and_searches,
+    test_workers_refresh_filter_and_status,
+)
+
+
+@pytest.fixture(scope="module")
+def monitored(rabbitmq, amqp_vhost, tmp_path_factory):
+    broker = rabbitmq.url(amqp_vhost)
+    tmp = tmp_path_factory.mktemp("rabbit")
+    app = make_monitored_app(broker, str(tmp), CELERY_MONITOR_BROKER_API=rabbitmq.api + "/")
+    name = f"rabbit@{socket.gethostname()}"
+    worker = WorkerProcess(
+        "tests.apps.basic:create_app",
+        broker,
+        name,
+        str(tmp / "worker.log"),
+        args=("-P", "prefork", "-c", "2", "-Q", "celery,high", "-E"),
+    )
+    env = Monitored(app, broker, worker, name)
+    try:
+        worker.wait_ready(env.celery_app)
+        env.service.ensure_started()
+        assert env.service.wait_connected(20)
+        yield env
+    finally:
+        env.state.shutdown()
+        worker.stop()
+
+
+@pytest.fixture(scope="module")
+def api(monitored) -> Api:
+    return Api(monitored.app)
+
+
+def _lengths(api: Api) -> dict[str, dict]:
+    return {q["name"]: q for q in api.get("/api/queues/length").json["active_queues"]}
+
+
+def test_the_monitor_consumes_events_over_amqp(monitored, api):
+    task_id = _send(api, ADD, 20, 22)
+    monitored.wait_for(
+        lambda: (t := monitored.service.task(task_id)) and t["state"] == "SUCCESS", timeout=20
+    )
+    task = monitored.service.task(task_id)
+    assert task["result"] == "42"
+    assert task["worker"] == monitored.worker_name
+    assert monitored.service.figures()["events_received"] > 0
+
+
+def test_purge_empties_a_queue_and_lengths_come_from_the_management_api(monitored, api):
+    name = monitored.worker_name
+    resp = api.post(f"/api/worker/queue/cancel-consumer/{name}?queue=high")
+    assert resp.json == {"message": "no longer consuming from high"}
+    try:
+        monitored.wait_for(
+            lambda: not any(
+                q["name"] == "high"
+                for q in monitored.celery_app.control.inspect(destination=[name], timeout=2)
+                .active_queues()[name]
+            )
+        )
+        ids = [_send(api, ADD, i, i, queue="high") for i in range(3)]
+        # the management API refreshes its figures every few seconds
+        high = monitored.wait_for(
+            lambda: (q := _lengths(api).get("high")) and q["messages"] == 3 and q, timeout=30
+        )
+        assert high["messages_ready"] == 3
+        assert high["consumers"] == 0
+        assert len(ids) == 3
+
+        # listing and removing one message need Redis; AMQP says so instead of failing
+        resp = api.get("/api/queues/messages/high")
+        assert resp.status_code == 409
+        assert resp.json == {"error": "the amqp broker does not allow listing messages"}
+        resp = api.post(f"/api/queues/remove/high/{ids[0]}")
+        assert resp.status_code == 409
+        assert resp.json == {"error": "the amqp broker does not allow deleting one message"}
+
+        resp = api.post("/api/queues/purge/high")
+        assert resp.json == {"message": "Purged 3 messages from 'high'", "purged": 3}
+        monitored.wait_for(lambda: _lengths(api)["high"]["messages"] == 0, timeout=30)
+    finally:
+        resp = api.post(f"/api/worker/queue/add-consumer/{name}?queue=high")
+        assert resp.json == {"message": "add consumer high"}
+
+
+def test_lengths_by_passive_declare_without_the_management_api(monitored, api):
+    app = monitored.celery_app
+    _send(api, SLEEP, 0, queue="celery")
+    lengths = broker_lengths.queue_lengths(app, ["celery", "high", "no-such-queue"])
+    by_name = {q["name"]: q for q in lengths}
+    assert set(by_name) == {"celery", "high", "no-such-queue"}
+    assert by_name["celery"]["consumers"] == 1  # the worker
+    assert by_name["no-such-queue"] == {"name": "no-such-queue", "messages": 0}
+    assert all(isinstance(q["messages"], int) for q in lengths)
+
+
+def test_the_consumer_comes_back_after_its_connection_is_closed(monitored, rabbitmq, api):
+    """The management API closes the monitor's connection; the consumer reconnects."""
+    svc = monitored.service
+    before = svc.figures()["events_received"]
+
+    def monitor_connections() -> list[str]:
+        return [
+            c["name"]
+            for c in rabbitmq.request("GET", "/connections")
+            if c.get("vhost") == monitored.broker.rsplit("/", 1)[1]
+        ]
+
+    conns = monitored.wait_for(monitor_connections, timeout=20)
+    for c in conns:
+        rabbitmq.request("DELETE", "/connections/" + c.replace(" ", "%20"))
+    time.sleep(0.5)  # let the consumer notice before the task below is sent
+    task_id = _send(api, ADD, 1, 2)
+    monitored.wait_for(
+        lambda: (t := svc.task(task_id)) and t["state"] == "SUCCESS", timeout=30
+    )
+    assert svc.figures()["events_received"] > before
