@@ -35,7 +35,7 @@ from ..errors import CeleryMonError
 from .query import compile_sql
 from .sqlite_store import COUNT_CAP, aggregate_stats
 from .state import history_from_times
-from .store import TASK_COLUMNS, HistoryStore, TaskQuery
+from .store import TASK_COLUMNS, HistoryStore, TaskQuery, redact
 
 log = logging.getLogger(__name__)
 
@@ -122,16 +122,6 @@ def _driver() -> Any:
             "pip install 'flask-celerymon[postgres]'"
         ) from exc
     return psycopg, psycopg_pool
-
-
-def redact(url: str) -> str:
-    """``url`` without its password, for logs and messages."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
 def _like(phrase: str) -> str:

@@ -35,6 +35,7 @@ from .sqlite_store import aggregate_stats
 from .state import TASK_EVENTS, WORKER_EVENTS, MalformedEvent, State, TaskRecord, WorkerRecord
 from .state import task_dict as _task_dict
 from .store import HistoryStore, TaskQuery, open_store
+from .store import redact as _redact
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,9 @@ class MonitorService:
         self._consumer: EventConsumer | None = None
         self._store: HistoryStore | None = None
         self._store_empty_at_start = True
+        #: With ``single_ingester``: the lease (see :mod:`.lease`) and whether we follow.
+        self._coordinator: Any = None
+        self._following = False
         self._figures = Figures()
         self._state = self._new_state()
         self._dirty: dict[str, TaskRecord] = {}
@@ -276,17 +280,84 @@ class MonitorService:
                 with self._state.lock:
                     self._state.restore_workers(store.load_workers().values())
                 self._store = store
-            self._consumer = EventConsumer(
-                self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
-            )
-            self._consumer.start()
+            if self.settings.single_ingester:
+                self._start_coordinated()
+            else:
+                self._consumer = EventConsumer(
+                    self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
+                )
+                self._consumer.start()
             self._house = threading.Thread(
                 target=self._housekeeping, name="celerymon-house", daemon=True
             )
             self._house.start()
             self._pid = os.getpid()
 
+    # -- one ingester per cluster (see lease.py) --------------------------------------------
+
+    def _start_coordinated(self) -> None:
+        from .lease import Coordinator
+
+        self._following = True
+        self._coordinator = Coordinator(
+            self.celery_app,
+            self.celery_app.main or "celery",
+            self.settings.lease_ttl,
+            on_lead=self._lead,
+            on_follow=self._follow,
+            on_changes=self._changes_elsewhere,
+        )
+        self._coordinator.start()
+
+    def _lead(self) -> None:
+        """Lease thread: we hold the lease now; consume events and write the store."""
+        with self._lifecycle:
+            if self._stop_event.is_set() or self._consumer is not None:
+                return
+            self._following = False
+            self._consumer = EventConsumer(
+                self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
+            )
+            self._consumer.start()
+
+    def _follow(self) -> None:
+        """Lease thread: the lease is lost; stop consuming (what was applied is flushed)."""
+        with self._lifecycle:
+            consumer, self._consumer = self._consumer, None
+            self._following = True
+        if consumer is not None:
+            consumer.stop()
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - the next ingester writes its own
+            log.exception("celerymon: the last write as ingester failed")
+
+    def _changes_elsewhere(self, tasks: list[str], workers: list[str]) -> None:
+        """Fan-out thread (followers): the ingester wrote these tasks and workers."""
+        store = self._store
+        if workers and store is not None:
+            snaps = store.load_workers()
+            with self._state.lock:
+                for h in workers:
+                    self._state.workers.pop(h, None)
+                self._state.restore_workers(snaps[h] for h in workers if h in snaps)
+        for sub in self._subs:
+            for t in tasks:
+                sub._offer("task", t)
+            for h in workers:
+                sub._offer("worker", h)
+
+    @property
+    def role(self) -> str:
+        """``"ingester"`` (consumes events), ``"follower"`` (reads the shared store) or
+        ``"stopped"``."""
+        if not self.running:
+            return "stopped"
+        return "follower" if self._following else "ingester"
+
     def _reset_after_fork(self) -> None:
+        self._coordinator = None
+        self._following = False
         self._consumer = None
         self._house = None
         self._store = None
@@ -309,6 +380,9 @@ class MonitorService:
             if self._pid != os.getpid():
                 return
             self._stop_event.set()
+            if self._coordinator is not None:
+                self._coordinator.stop(timeout)
+                self._coordinator = None
             if self._consumer is not None:
                 self._consumer.stop(timeout)
             if self._house is not None:
@@ -437,7 +511,7 @@ class MonitorService:
                     log.exception("celerymon: purging offline workers failed")
             if now >= next_purge:
                 next_purge = now + PURGE_CHECK_INTERVAL
-            if s.enable_events and now >= next_enable:
+            if s.enable_events and now >= next_enable and not self._following:
                 next_enable = now + s.enable_events_interval
                 self._enable_events()
             if now >= next_inspect:
@@ -446,7 +520,7 @@ class MonitorService:
                     self.inspector.refresh(wait=False)
                 except Exception:  # noqa: BLE001
                     log.exception("celerymon: inspect refresh failed")
-            if now >= next_prune:
+            if now >= next_prune and not self._following:
                 next_prune = now + PRUNE_INTERVAL
                 try:
                     self.prune()
@@ -480,6 +554,12 @@ class MonitorService:
             raise
         self._flushes += 1
         self._flush_seconds += time.perf_counter() - t0
+        coordinator = self._coordinator
+        if coordinator is not None:
+            try:
+                coordinator.publish(list(dirty), [*wsnap, *gone])
+            except Exception:  # noqa: BLE001 - followers still read the store
+                log.warning("celerymon: could not publish changes to followers", exc_info=True)
         return len(rows)
 
     def _index(self, written: int) -> None:
@@ -741,7 +821,9 @@ class MonitorService:
         if source == "store" and store is None:
             raise SearchError("source='store' needs a history store (CELERY_MONITOR_DB)")
         if source == "window" or (
-            source == "auto" and (store is None or (st.complete and self._store_empty_at_start))
+            source == "auto"
+            and (store is None or (st.complete and self._store_empty_at_start))
+            and not self._following
         ):
             with st.lock:
                 total, recs = st.query(q)
@@ -867,7 +949,9 @@ class MonitorService:
             inspect_errors=self.inspector.errors,
             connected=c is not None and c.connected,
             running=self.running,
-            store=self.settings.db_path,
+            store=None if self.settings.db_path is None else _redact(self.settings.db_path),
+            role=self.role,
+            handovers=0 if self._coordinator is None else self._coordinator.handovers,
         )
         return d
 

@@ -44,6 +44,11 @@ class MonitorSettings:
     flush_interval: float = 0.5
     #: Queued updates per live subscriber before it is dropped as too slow.
     subscriber_buffer: int = 1_000
+    #: One process of the cluster ingests, chosen by a lease in the broker's Redis; the others
+    #: read the shared store (see :mod:`.lease`).
+    single_ingester: bool = False
+    #: Seconds the ingester's lease lasts without renewal (failover takes at most 4/3 of it).
+    lease_ttl: float = 6.0
 
     @property
     def db_path(self) -> str | None:
@@ -80,4 +85,6 @@ class MonitorSettings:
             purge_offline_workers=get("CELERY_MONITOR_PURGE_OFFLINE_WORKERS", None),
             broker_api=get("CELERY_MONITOR_BROKER_API", None),
             queues=tuple(get("CELERY_MONITOR_QUEUES", ())),
+            single_ingester=get("CELERY_MONITOR_SINGLE_INGESTER", d.single_ingester),
+            lease_ttl=float(get("CELERY_MONITOR_LEASE_TTL", d.lease_ttl)),
         )

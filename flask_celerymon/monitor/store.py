@@ -12,6 +12,7 @@ allow concurrent reads while a batch is being written.
 from __future__ import annotations
 
 import abc
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -161,3 +162,14 @@ def open_store(target: str) -> HistoryStore:
     from .sqlite_store import SQLiteStore
 
     return SQLiteStore(target)
+
+
+def redact(target: str) -> str:
+    """A ``CELERY_MONITOR_DB`` value fit to show: a URL's password replaced by ``***``."""
+    if "://" not in target:
+        return target
+    parts = urllib.parse.urlsplit(target)
+    if parts.password is None:
+        return target
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
