@@ -311,20 +311,39 @@ class MonitorService:
 
     def _lead(self) -> None:
         """Lease thread: we hold the lease now; consume events and write the store."""
-        with self._lifecycle:
-            if self._stop_event.is_set() or self._consumer is not None:
+        if not self._lock_unless_stopping():
+            return
+        try:
+            if self._consumer is not None:
                 return
             self._following = False
             self._consumer = EventConsumer(
                 self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
             )
             self._consumer.start()
+        finally:
+            self._lifecycle.release()
+
+    def _lock_unless_stopping(self) -> bool:
+        """Take the lifecycle lock, or give up (False) once :meth:`stop` runs: stop() holds
+        the lock while it waits for the lease thread."""
+        while not self._lifecycle.acquire(timeout=0.1):
+            if self._stop_event.is_set():
+                return False
+        if self._stop_event.is_set():
+            self._lifecycle.release()
+            return False
+        return True
 
     def _follow(self) -> None:
         """Lease thread: the lease is lost; stop consuming (what was applied is flushed)."""
-        with self._lifecycle:
+        if not self._lock_unless_stopping():
+            return
+        try:
             consumer, self._consumer = self._consumer, None
             self._following = True
+        finally:
+            self._lifecycle.release()
         if consumer is not None:
             consumer.stop()
         try:
