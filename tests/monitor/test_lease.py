@@ -10,6 +10,7 @@ from celery import Celery
 
 from flask_celerymon.errors import CeleryMonError
 from flask_celerymon.monitor.lease import RedisLease, redis_client
+from flask_celerymon.monitor.metrics import check_health
 
 from .conftest import task_events, wait_for
 
@@ -91,6 +92,8 @@ def test_followers_answer_from_the_store_and_hear_each_change(redis_url, make_se
     assert follower.worker("w-9@host")["freq"] == 2.0
     assert follower.figures()["events_received"] == 0
     assert (follower.figures()["role"], ingester.figures()["role"]) == ("follower", "ingester")
+    # consuming nothing is a follower's job, not a fault
+    assert check_health(follower) == (True, "", {"service": True, "events": True, "broker": True})
 
 
 def test_an_ingester_that_loses_its_lease_stops_ingesting(redis_url, make_service, tmp_path):

@@ -59,11 +59,8 @@ class Monitored:
 def make_monitored_app(broker: str, instance_path: str, **config: Any) -> Flask:
     os.environ["CELERYMON_TEST_BROKER"] = broker
     try:
-        app = basic.create_app(
-            CELERY_MONITOR_BLUEPRINT=True,
-            CELERY_MONITOR_DB=os.path.join(instance_path, "monitor.sqlite3"),
-            **config,
-        )
+        config.setdefault("CELERY_MONITOR_DB", os.path.join(instance_path, "monitor.sqlite3"))
+        app = basic.create_app(CELERY_MONITOR_BLUEPRINT=True, **config)
     finally:
         del os.environ["CELERYMON_TEST_BROKER"]
     app.instance_path = instance_path
