@@ -163,3 +163,40 @@ def test_without_the_driver_the_error_says_what_to_install(monkeypatch):
 def test_passwords_never_appear_in_what_the_store_prints(postgres_url):
     assert redact("postgresql://me:s3cret@db:5432/x") == "postgresql://me:***@db:5432/x"
     assert redact("postgresql://me@db/x") == "postgresql://me@db/x"
+
+
+def test_an_older_schema_with_data_is_migrated_in_place(postgres_url, monkeypatch):
+    from flask_celerymon.monitor import pg_store
+
+    monkeypatch.setattr(pg_store, "MIGRATIONS", MIGRATIONS[:1])
+    old = PostgresStore(postgres_url)
+    old.write_tasks([row(f"t{i}", received=float(i), timestamp=float(i)) for i in range(5)])
+    assert old.schema_version() == 1
+    old.close()
+    monkeypatch.setattr(pg_store, "MIGRATIONS", MIGRATIONS)
+    new = PostgresStore(postgres_url)
+    try:
+        assert new.schema_version() == SCHEMA_VERSION
+        assert new.count() == 5
+        assert new.query(TaskQuery(limit=2))[0] == 5
+    finally:
+        new.close()
+
+
+def test_the_kept_count_follows_inserts_updates_retention_and_truncation(postgres_url):
+    store = PostgresStore(postgres_url)
+    try:
+        rows = [row(f"t{i}", received=float(i), timestamp=float(i)) for i in range(30)]
+        store.write_tasks(rows[:20])
+        store.write_tasks(rows[10:] + rows[:3])  # 10 new, 13 updated, one statement
+        store.write_tasks([row("t0", received=0.0, timestamp=0.0, state="SUCCESS")] * 3)
+        with psycopg.connect(postgres_url) as c:
+            real = c.execute("SELECT count(*) FROM celerymon.tasks").fetchone()[0]
+        assert store.count() == real == 30
+        assert store.prune(max_tasks=25, older_than=2.0) == 2 + 3
+        assert store.count() == store.query(TaskQuery(limit=None))[0] == 25
+        with psycopg.connect(postgres_url) as c:
+            c.execute("TRUNCATE celerymon.tasks")
+        assert store.count() == 0
+    finally:
+        store.close()
