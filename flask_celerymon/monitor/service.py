@@ -944,7 +944,10 @@ class MonitorService:
         (read but not decoded), ``tasks``/``workers`` in the window, ``evicted``,
         ``store_pending``, ``flushes``, ``flush_seconds``, ``indexed`` and ``index_seconds`` (search
         indexing in the store), ``subscribers``,
-        ``subscribers_dropped``, ``listener_errors``, ``connected``, ``running``.
+        ``subscribers_dropped``, ``listener_errors``, ``connected``, ``running``, ``store``
+        (the store's path or URL, without a password), ``role`` (``ingester``, ``follower``
+        or ``stopped``, see :attr:`role`) and ``handovers`` (times this process took the
+        ingester lease).
         """
         d = self._figures.as_dict()
         st = self._state
