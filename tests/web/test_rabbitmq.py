@@ -83,7 +83,7 @@ def monitored(rabbitmq, amqp_vhost, redis_server, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rabbit")
     app = make_monitored_app(
         broker, str(tmp), CELERY_MONITOR_BROKER_API=rabbitmq.api + "/",
-        CELERY_RESULT_BACKEND=backend,
+        CELERY_RESULT_BACKEND=backend, CELERY_MONITOR_QUEUES=("parked",),
     )  # fmt: skip
     name = f"rabbit@{socket.gethostname()}"
     worker = WorkerProcess(
@@ -126,54 +126,26 @@ def test_the_monitor_consumes_events_over_amqp(monitored, api):
 
 
 def test_purge_empties_a_queue_and_lengths_come_from_the_management_api(monitored, api, rabbitmq):
-    name = monitored.worker_name
-    resp = api.post(f"/api/worker/queue/cancel-consumer/{name}?queue=high")
-    assert resp.json == {"message": "no longer consuming from high"}
-    try:
-        monitored.wait_for(
-            lambda: (
-                not any(
-                    q["name"] == "high"
-                    for q in monitored.celery_app.control.inspect(
-                        destination=[name], timeout=2
-                    ).active_queues()[name]
-                )
-            )
-        )
-        ids = [_send(api, ADD, i, i, queue="high") for i in range(3)]
-        # the management API refreshes its figures every few seconds
-        # The management API refreshes its figures every few seconds. Count ready messages:
-        # a prefork worker may still hold (unacknowledged) messages it took before the cancel.
-        high = monitored.wait_for(
-            lambda: (q := _lengths(api).get("high")) and q.get("messages_ready") == 3 and q,
-            timeout=30,
-        )
-        assert high["consumers"] == 0
-        assert len(ids) == 3
+    """``parked`` is a configured queue (CELERY_MONITOR_QUEUES) that no worker consumes."""
+    ids = [_send(api, ADD, i, i, queue="parked") for i in range(3)]
+    # the management API refreshes its figures every few seconds
+    parked = monitored.wait_for(
+        lambda: (q := _lengths(api).get("parked")) and q.get("messages_ready") == 3 and q,
+        timeout=30,
+    )
+    assert (parked["messages"], parked["consumers"]) == (3, 0)
 
-        # listing and removing one message need Redis; AMQP says so instead of failing
-        resp = api.get("/api/queues/messages/high")
-        assert resp.status_code == 409
-        assert resp.json == {"error": "the amqp broker does not allow listing messages"}
-        resp = api.post(f"/api/queues/remove/high/{ids[0]}")
-        assert resp.status_code == 409
-        assert resp.json == {"error": "the amqp broker does not allow deleting one message"}
+    # listing and removing one message need Redis; AMQP says so instead of failing
+    resp = api.get("/api/queues/messages/parked")
+    assert resp.status_code == 409
+    assert resp.json == {"error": "the amqp broker does not allow listing messages"}
+    resp = api.post(f"/api/queues/remove/parked/{ids[0]}")
+    assert resp.status_code == 409
+    assert resp.json == {"error": "the amqp broker does not allow deleting one message"}
 
-        resp = api.post("/api/queues/purge/high")
-        assert resp.json == {"message": "Purged 3 messages from 'high'", "purged": 3}
-        # (the worker no longer lists "high", so ask for it by name)
-        monitored.wait_for(
-            lambda: (
-                broker_lengths.queue_lengths(monitored.celery_app, ["high"], rabbitmq.api + "/")[
-                    0
-                ].get("messages_ready")
-                == 0
-            ),
-            timeout=30,
-        )
-    finally:
-        resp = api.post(f"/api/worker/queue/add-consumer/{name}?queue=high")
-        assert resp.json == {"message": "add consumer high"}
+    resp = api.post("/api/queues/purge/parked")
+    assert resp.json == {"message": "Purged 3 messages from 'parked'", "purged": 3}
+    monitored.wait_for(lambda: _lengths(api)["parked"].get("messages_ready") == 0, timeout=30)
 
 
 def test_lengths_by_passive_declare_without_the_management_api(monitored, api):
