@@ -259,7 +259,19 @@ def load(config: Mapping[str, Any], instance_path: str) -> Settings:
     celery_conf = {**legacy, **new}
 
     _check_serializers(celery_conf, own["CELERY_ALLOW_PICKLE"])
+    _check_single_ingester(own, celery_conf)
     return Settings(own=own, celery=celery_conf, workers=workers, instance_path=instance_path)
+
+
+def _check_single_ingester(own: Mapping[str, Any], conf: Mapping[str, Any]) -> None:
+    """The ingester lease lives in the broker's Redis (no broker URL: the embedded Redis)."""
+    url = conf.get("broker_url")
+    scheme = url.partition("://")[0] if isinstance(url, str) else "redis"
+    if own["CELERY_MONITOR_SINGLE_INGESTER"] and scheme not in ("redis", "rediss", "redis+socket"):
+        raise ConfigurationError(
+            f"CELERY_MONITOR_SINGLE_INGESTER needs a Redis broker for its lease, not {scheme}://; "
+            "run one standalone monitor (flask celery monitor) instead"
+        )
 
 
 _SERIALIZER_KEYS = ("task_serializer", "result_serializer", "event_serializer")

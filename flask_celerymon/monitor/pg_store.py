@@ -141,6 +141,10 @@ class StoreVersionError(CeleryMonError, RuntimeError):
     """The database holds a schema newer than this release understands."""
 
 
+class StoreUnavailable(CeleryMonError, RuntimeError):
+    """The database server could not be reached (or refused the login) at start."""
+
+
 def _driver() -> Any:
     try:
         import psycopg
@@ -173,8 +177,8 @@ class PostgresStore(HistoryStore):
     ``url`` is a libpq URL (``postgresql://user:password@host:5432/dbname``); a ``schema``
     query parameter picks the schema (default ``celerymon``). Raises :class:`CeleryMonError`
     when psycopg is missing or the schema name is not valid, :class:`StoreVersionError` for a
-    schema newer than this release, and psycopg's ``OperationalError`` when the server cannot
-    be reached within :data:`POOL_TIMEOUT` seconds.
+    schema newer than this release, and :class:`StoreUnavailable` when the server cannot be
+    reached (or refuses the login) within :data:`POOL_TIMEOUT` seconds.
     """
 
     def __init__(self, url: str) -> None:
@@ -194,7 +198,13 @@ class PostgresStore(HistoryStore):
         )
         self._local = threading.local()
         self._write_lock = threading.Lock()
-        search_path = self._migrate()
+        try:
+            search_path = self._migrate()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(
+                f"cannot reach the history database {redact(self.url)} ({exc}); check "
+                "CELERY_MONITOR_DB and that the server runs"
+            ) from exc
         self._pool = psycopg_pool.ConnectionPool(
             self.url,
             min_size=1,

@@ -108,3 +108,22 @@ def test_an_ingester_that_loses_its_lease_stops_ingesting(redis_url, make_servic
     client.delete("celerymon:pair:ingester")  # someone-else is gone: one of ours takes over
     wait_for(lambda: sorted((ingester.role, follower.role)) == ["follower", "ingester"], 5)
     client.close()
+
+
+@pytest.mark.parametrize("broker", ["amqp://guest@localhost//", "memory://"])
+def test_init_app_refuses_a_single_ingester_without_a_redis_broker(broker):
+    from flask import Flask
+
+    from flask_celerymon import Celery as FlaskCelery
+    from flask_celerymon.errors import ConfigurationError
+
+    app = Flask(__name__)
+    app.config.update(CELERY_BROKER_URL=broker, CELERY_MONITOR_SINGLE_INGESTER=True,
+                      CELERY_START_LOCAL_WORKERS=False)  # fmt: skip
+    with pytest.raises(ConfigurationError) as exc:
+        FlaskCelery(app)
+    scheme = broker.partition("://")[0]
+    assert str(exc.value) == (
+        f"CELERY_MONITOR_SINGLE_INGESTER needs a Redis broker for its lease, not {scheme}://; "
+        "run one standalone monitor (flask celery monitor) instead"
+    )

@@ -15,6 +15,7 @@ from flask_celerymon.monitor.pg_store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     PostgresStore,
+    StoreUnavailable,
     StoreVersionError,
     redact,
 )
@@ -200,3 +201,15 @@ def test_the_kept_count_follows_inserts_updates_retention_and_truncation(postgre
         assert store.count() == 0
     finally:
         store.close()
+
+
+def test_an_unreachable_server_is_named_without_its_password():
+    from tests.conftest import free_port
+
+    url = f"postgresql://me:s3cret@127.0.0.1:{free_port()}/db"
+    with pytest.raises(StoreUnavailable) as exc:
+        PostgresStore(url)
+    message = str(exc.value)
+    assert message.startswith(f"cannot reach the history database {redact(url)} (")
+    assert message.endswith("); check CELERY_MONITOR_DB and that the server runs")
+    assert "s3cret" not in message
