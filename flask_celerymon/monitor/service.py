@@ -215,6 +215,7 @@ class MonitorService:
         #: With ``single_ingester``: the lease (see :mod:`.lease`) and whether we follow.
         self._coordinator: Any = None
         self._following = False
+        self._workers_stale = False
         self._figures = Figures()
         self._state = self._new_state()
         self._dirty: dict[str, TaskRecord] = {}
@@ -353,18 +354,24 @@ class MonitorService:
 
     def _changes_elsewhere(self, tasks: list[str], workers: list[str]) -> None:
         """Fan-out thread (followers): the ingester wrote these tasks and workers."""
-        store = self._store
-        if workers and store is not None:
-            snaps = store.load_workers()
-            with self._state.lock:
-                for h in workers:
-                    self._state.workers.pop(h, None)
-                self._state.restore_workers(snaps[h] for h in workers if h in snaps)
+        if workers:
+            self._workers_stale = True  # reloaded from the store when next read
         for sub in self._subs:
             for t in tasks:
                 sub._offer("task", t)
             for h in workers:
                 sub._offer("worker", h)
+
+    def _refresh_workers(self) -> None:
+        """Followers: reload the workers from the store if the ingester wrote some since."""
+        store = self._store
+        if not self._workers_stale or store is None:
+            return
+        self._workers_stale = False
+        snaps = store.load_workers()
+        with self._state.lock:
+            self._state.workers.clear()
+            self._state.restore_workers(snaps.values())
 
     @property
     def role(self) -> str:
@@ -714,6 +721,7 @@ class MonitorService:
         ``status`` (online, bool) and ``last_seen`` (local time of its last event).
         """
         self._autostart()
+        self._refresh_workers()
         now = time.time()
         st = self._state
         with st.lock:
@@ -723,6 +731,7 @@ class MonitorService:
     def worker(self, hostname: str) -> dict[str, Any] | None:
         """One worker like :meth:`workers` items, or None if unknown."""
         self._autostart()
+        self._refresh_workers()
         st = self._state
         with st.lock:
             w = st.workers.get(hostname)
