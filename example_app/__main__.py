@@ -11,6 +11,7 @@ import logging
 import sys
 
 from flask_celerymon import StartError
+from flask_celerymon.processes import is_loopback
 
 from . import celery, create_app
 
@@ -21,7 +22,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5000)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app()
+    # Open on loopback only: on any other address the monitor needs authentication configured.
+    app = create_app(open_monitor=is_loopback(args.host))
     with app.app_context():
         print(f"starting the workers and beat (logs in {app.instance_path}/celery/logs) ...")
         try:

@@ -18,7 +18,7 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
-from .errors import StartError
+from .errors import ConnectionFailed, StartError
 from .processes import ROLE_ENV, ManagedProcess, check_broker, worker_args
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def beat(celery_args: tuple[str, ...]) -> None:
     type=click.IntRange(1, 1000),
     default=32,
     show_default=True,
-    help="Threads serving requests (each live page holds one).",
+    help="Threads serving requests (each live page and each result wait holds one).",
 )
 def monitor(port: int | None, address: str | None, threads: int) -> None:
     """Serve the monitor on gunicorn (websockets included) in the foreground."""
@@ -139,20 +139,65 @@ def monitor(port: int | None, address: str | None, threads: int) -> None:
     settings = state.settings
     port = settings["CELERY_MONITOR_PORT"] if port is None else port
     address = address or settings["CELERY_MONITOR_ADDRESS"]
+    open_locally = _check_exposure(settings, address)
     os.environ[ROLE_ENV] = "monitor"
-    app = make_monitor_app(state)
+    app = make_monitor_app(state, open_locally=open_locally, address=address, threads=threads)
+    if open_locally:
+        click.echo(
+            f"no authentication configured: the monitor is open to every user of this machine "
+            f"({address} is a loopback address)"
+        )
     click.echo(f"monitor of {state.app.name} on http://{address}:{port}/")
     serve(app, address, port, threads=threads)
 
 
-def make_monitor_app(state: AppState) -> Flask:
+def _check_exposure(settings: Any, address: str) -> bool:
+    """Whether the standalone monitor may serve ``address``; True when it is open locally.
+
+    Without CELERY_MONITOR_BASIC_AUTH or CELERY_MONITOR_AUTH_PROVIDER (the standalone monitor
+    has no host app, so no flask-login) and without CELERY_MONITOR_ALLOW_ANONYMOUS, it serves
+    loopback addresses only, open (True); any other address is a click error.
+    """
+    from .processes import is_loopback
+
+    authenticated = bool(
+        settings["CELERY_MONITOR_BASIC_AUTH"] or settings["CELERY_MONITOR_AUTH_PROVIDER"]
+    )
+    if authenticated or settings["CELERY_MONITOR_ALLOW_ANONYMOUS"] is not False:
+        return False
+    if is_loopback(address):
+        return True
+    raise click.ClickException(
+        f"refusing to serve the monitor on {address} without authentication: set "
+        "CELERY_MONITOR_BASIC_AUTH or CELERY_MONITOR_AUTH_PROVIDER, bind a loopback address "
+        "(--address 127.0.0.1), or set CELERY_MONITOR_ALLOW_ANONYMOUS = True to open it on "
+        "purpose"
+    )
+
+
+def make_monitor_app(
+    state: AppState,
+    open_locally: bool = False,
+    address: str | None = None,
+    threads: int | None = None,
+) -> Flask:
     """A Flask app serving only the monitor of ``state.app``: same config, same extension.
 
     It shares the user's config (broker, secret key, monitor auth settings) and the extension
     object (so the monitor knows the app's tasks and schedules), never starts local processes,
-    and redirects ``/`` to the monitor's URL prefix.
+    and redirects ``/`` to the monitor's URL prefix. ``open_locally`` (a loopback bind without
+    authentication) lets anyone who reaches it in.
+
+    Served on ``address`` (an IP address or name) by ``threads`` threads, it fills in what the
+    user's config leaves unset: bound to a loopback address, it serves only the loopback host
+    names (:data:`~.web.hardening.LOOPBACK_HOSTS`, against DNS rebinding) unless
+    ``CELERY_MONITOR_TRUSTED_HOSTS`` or Flask's ``TRUSTED_HOSTS`` is set; live pages may hold
+    half the threads and result waits an eighth (:func:`monitor_limits`).
     """
     from flask import redirect
+
+    from .processes import is_loopback
+    from .web.hardening import LOOPBACK_HOSTS
 
     user = state.app
     app = Flask(user.import_name, instance_path=user.instance_path, root_path=user.root_path)
@@ -160,16 +205,57 @@ def make_monitor_app(state: AppState) -> Flask:
     app.config.update(
         CELERY_START_LOCAL_WORKERS=False, CELERY_MONITOR=False, CELERY_MONITOR_BLUEPRINT=True
     )
+    if open_locally:
+        app.config["CELERY_MONITOR_ALLOW_ANONYMOUS"] = True
+    if (
+        address is not None
+        and is_loopback(address)
+        and user.config.get("CELERY_MONITOR_TRUSTED_HOSTS") is None
+        and user.config.get("TRUSTED_HOSTS") is None
+    ):
+        app.config["CELERY_MONITOR_TRUSTED_HOSTS"] = list(LOOPBACK_HOSTS)
+    if threads is not None:
+        for key, value in monitor_limits(threads).items():
+            if key not in user.config:
+                app.config[key] = value
     state.extension.init_app(app)
+    if app.config.get("CELERY_MONITOR_TRUSTED_HOSTS") is not None:
+        from .web.hardening import check_host
+
+        app.before_request(check_host)  # the redirect at / too, not only the blueprint
     prefix = state.settings["CELERY_MONITOR_URL_PREFIX"]
     if prefix:
         app.add_url_rule("/", "celerymon_root", lambda: redirect(prefix + "/"))
     return app
 
 
+def monitor_limits(threads: int) -> dict[str, int]:
+    """The live-socket and result-wait caps of a monitor served by ``threads`` threads.
+
+    Half the threads for live pages, an eighth for result waits: the rest always answer
+    pages and API calls (32 threads: 16 live pages, 4 waits, 12 free).
+    """
+    return {
+        "CELERY_MONITOR_MAX_LIVE_SOCKETS": threads // 2,
+        "CELERY_MONITOR_MAX_CONCURRENT_WAITS": threads // 8,
+    }
+
+
 def serve(app: Flask, address: str, port: int, threads: int = 32) -> None:
-    """Serve ``app`` on gunicorn: one process (the monitor keeps state), gthread workers."""
+    """Serve ``app`` on gunicorn: one process (the monitor keeps state), gthread workers.
+
+    The monitor service of ``app`` starts as soon as the serving process is up (gunicorn's
+    ``post_worker_init``), not on the first request: tasks sent before anyone opens a page
+    are seen, and the healthcheck says "consuming" from the start.
+    """
     from gunicorn.app.base import BaseApplication
+
+    def start_monitor(worker: Any) -> None:
+        from .extension import EXTENSION_KEY
+
+        state = app.extensions.get(EXTENSION_KEY)
+        if state is not None and state.settings["CELERY_MONITOR_BLUEPRINT"]:
+            state.monitor.ensure_started()
 
     class MonitorServer(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -185,6 +271,7 @@ def serve(app: Flask, address: str, port: int, threads: int = 32) -> None:
                 # gunicorn >= 24 opens a control socket at one path per user: two monitors
                 # (two apps) would fight over it, and the monitor needs none
                 "control_socket_disable": True,
+                "post_worker_init": start_monitor,
             }
             for key, value in options.items():
                 if key in self.cfg.settings:
@@ -266,7 +353,10 @@ def status(timeout: float) -> None:
 
     state = _state()
     _check_broker(state)
-    replies = state.extension.status(timeout=timeout)
+    try:
+        replies = state.extension.status(timeout=timeout)
+    except ConnectionFailed as exc:  # the broker went away after the check
+        raise click.ClickException(str(exc)) from None
     if not replies:
         url = maybe_sanitize_url(state.celery_app.conf.broker_url)
         raise click.ClickException(f"no worker replied within {timeout:g}s on {url}")
@@ -365,7 +455,10 @@ def _remote(
     _check_broker(state)
     nodes = [d.strip() for d in destination.split(",") if d.strip()] if destination else None
     if method == "shutdown":  # a worker shutting down sends no reply
-        state.celery_app.control.broadcast(method, arguments=arguments, destination=nodes)
+        try:
+            state.celery_app.control.broadcast(method, arguments=arguments, destination=nodes)
+        except Exception as exc:  # noqa: BLE001 - transport errors become one line
+            raise click.ClickException(f"{kind} {method} failed: {exc}") from None
         click.echo(f"shutdown sent to {', '.join(nodes) if nodes else 'every worker'}")
         return
     try:

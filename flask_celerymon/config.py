@@ -9,14 +9,21 @@ Reading rules:
   legacy and the new name are given the new one wins.
 * Our own keys (:data:`OWN_KEYS`) are validated and never reach Celery's conf.
 * Every other Flask key (``SECRET_KEY``, database URLs ...) is ignored; an unknown ``CELERY_*``
-  key is logged as a warning because it is most likely a typo.
+  key is most likely a typo: it is logged as a warning naming the closest known key ("did you
+  mean CELERY_BROKER_URL?"), or refused with :class:`ConfigurationError` when
+  ``CELERY_STRICT_CONFIG`` is on.
+* The broker and result backend URLs are checked without connecting: a scheme kombu (broker) or
+  Celery (backend) knows, ``://`` after it, and a parseable host and port.
 """
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
-from collections.abc import Callable, Mapping
+import re
+import urllib.parse
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +87,10 @@ def _is_opt_str_list(v: Any) -> bool:
     return v is None or _is_str_list(v)
 
 
+def _is_nonneg_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
 def _is_log_level(v: Any) -> bool:
     return isinstance(v, str) and v.lower() in LOG_LEVELS
 
@@ -92,12 +103,72 @@ def _is_db(v: Any) -> bool:
     return v is None or v is False or (isinstance(v, str) and v != "")
 
 
+#: The monitor's roles, weakest first (each may do what the ones before it may).
+ROLES = ("viewer", "operator", "admin")
+
+#: ``CELERY_MONITOR_AUTH_PROVIDER`` values, with Flower's ``auth_provider`` class paths.
+AUTH_PROVIDERS = ("google", "github", "gitlab", "okta", "oidc")
+FLOWER_AUTH_PROVIDERS = {
+    "flower.views.auth.GoogleAuth2LoginHandler": "google",
+    "flower.views.auth.GithubLoginHandler": "github",
+    "flower.views.auth.GitLabLoginHandler": "gitlab",
+    "flower.views.auth.OktaLoginHandler": "okta",
+}
+
+
+def _is_anonymous(v: Any) -> bool:
+    return isinstance(v, bool) or v in ROLES
+
+
+def _is_role(v: Any) -> bool:
+    return v in ROLES
+
+
+def _is_basic_auth(v: Any) -> bool:
+    if v is None:
+        return True
+    if isinstance(v, str):
+        return v.strip() != ""
+    if isinstance(v, Mapping):
+        return bool(v) and all(
+            isinstance(k, str) and k and isinstance(p, (str, Mapping)) for k, p in v.items()
+        )
+    return _is_str_list(v) and len(v) > 0
+
+
+def _is_provider(v: Any) -> bool:
+    return v is None or v in AUTH_PROVIDERS or v in FLOWER_AUTH_PROVIDERS
+
+
+def _is_opt_callable(v: Any) -> bool:
+    return v is None or callable(v)
+
+
+def _is_url(v: Any) -> bool:
+    return v is None or (isinstance(v, str) and v.startswith(("https://", "http://")))
+
+
+def _is_alert_rules(v: Any) -> bool:
+    """Valid alert rules; raises :class:`ConfigurationError` naming the rule and key at fault."""
+    from .monitor.insight.alerts import parse_rules
+
+    parse_rules(v)
+    return True
+
+
+def _is_opt_http_url(v: Any) -> bool:
+    return v is None or (
+        isinstance(v, str) and v.startswith(("http://", "https://")) and len(v) > 8
+    )
+
+
 # name -> (default, validator, what a valid value is)
 OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     # local processes
     "CELERY_WORKERS": (1, lambda v: True, "a number, a list of names or a dict of name -> options"),
     "CELERY_START_LOCAL_WORKERS": (True, _is_bool, "True or False"),
     "CELERY_START_TIMEOUT": (30, _is_pos_number, "a number of seconds > 0"),
+    "CELERY_STOP_TIMEOUT": (30, _is_nonneg_number, "a number of seconds >= 0"),
     "CELERY_LOG_LEVEL": ("info", _is_log_level, "one of " + ", ".join(LOG_LEVELS)),
     "CELERY_LOG_DIR": (None, _is_opt_str, "a directory path or None"),
     "CELERY_SCHEDULER": (True, _is_bool, "True or False"),
@@ -105,6 +176,7 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_MONITOR_PORT": (5555, _is_port, "a port number 0-65535"),
     "CELERY_MONITOR_ADDRESS": ("127.0.0.1", _is_opt_str, "a host address"),
     "CELERY_APP_IMPORT": (None, _is_opt_str, "None or an import like 'module:create_app()'"),
+    "CELERY_EAGER_CALLER_CONTEXT": (False, _is_bool, "True or False"),
     # safe submit
     "CELERY_SUBMIT_ALLOWLIST": (
         None,
@@ -112,6 +184,9 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
         "a list of module prefixes or 'module:function' references",
     ),
     "CELERY_ALLOW_PICKLE": (False, _is_bool, "True or False"),
+    "CELERY_SEND_TIMEOUT": (5.0, _is_pos_number, "a number of seconds > 0"),
+    # reading the config
+    "CELERY_STRICT_CONFIG": (False, _is_bool, "True or False"),
     # embedded broker
     "CELERY_EMBEDDED_BROKER_DIR": (None, _is_opt_str, "a directory path or None"),
     # monitor
@@ -145,6 +220,72 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_MONITOR_READ_ONLY": (False, _is_bool, "True or False"),
     "CELERY_MONITOR_BROKER_API": (None, _is_opt_str, "a RabbitMQ management API URL or None"),
     "CELERY_MONITOR_QUEUES": ((), _is_str_list, "a list of queue names"),
+    # who may see and do what (flask_celerymon.web.auth, docs/security.rst)
+    "CELERY_MONITOR_ALLOW_ANONYMOUS": (
+        False,
+        _is_anonymous,
+        "False, True (anyone may do everything) or a role: " + ", ".join(ROLES),
+    ),
+    "CELERY_MONITOR_BASIC_AUTH": (
+        None,
+        _is_basic_auth,
+        "None, 'user:password[:role],...', a list of 'user:password[:role]' or a dict "
+        "user -> password or {'password': ..., 'role': ...}",
+    ),
+    "CELERY_MONITOR_ROLE": (
+        None,
+        _is_opt_callable,
+        "None or a function user -> 'viewer', 'operator', 'admin' or None",
+    ),
+    "CELERY_MONITOR_DEFAULT_ROLE": ("admin", _is_role, "one of " + ", ".join(ROLES)),
+    "CELERY_MONITOR_AUTH": (None, _is_opt_str, "None or an e-mail pattern (Flower's --auth)"),
+    "CELERY_MONITOR_AUTH_PROVIDER": (
+        None,
+        _is_provider,
+        "None or one of " + ", ".join(AUTH_PROVIDERS),
+    ),
+    "CELERY_MONITOR_OAUTH2_KEY": (None, _is_opt_str, "the OAuth2 client id or None"),
+    "CELERY_MONITOR_OAUTH2_SECRET": (None, _is_opt_str, "the OAuth2 client secret or None"),
+    "CELERY_MONITOR_OAUTH2_REDIRECT_URI": (
+        None,
+        _is_url,
+        "None (the monitor's /login/callback) or an http(s) URL",
+    ),
+    "CELERY_MONITOR_OAUTH2_SERVER": (
+        None,
+        _is_url,
+        "None or the provider's base URL (https://...)",
+    ),
+    "CELERY_MONITOR_GITLAB_GROUPS": (
+        None,
+        _is_opt_str_list,
+        "None or a list of GitLab group paths",
+    ),
+    "CELERY_MONITOR_GITLAB_MIN_ACCESS_LEVEL": (
+        20,
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "a GitLab access level (10, 20, 30, 40, 50)",
+    ),
+    "CELERY_MONITOR_METRICS_TOKEN": (None, _is_opt_str, "None or a bearer token string"),
+    "CELERY_MONITOR_METRICS_PUBLIC": (False, _is_bool, "True or False"),
+    # monitor: browser surface and limits (web/hardening.py)
+    "CELERY_MONITOR_TRUSTED_HOSTS": (
+        None,
+        _is_opt_str_list,
+        "None or a list of host names like ['monitor.example.com', '.example.org']",
+    ),
+    "CELERY_MONITOR_MAX_LIVE_SOCKETS": (8, _is_nonneg_int, "an integer >= 0"),
+    "CELERY_MONITOR_POLL_INTERVAL": (5.0, _is_pos_number, "a number of seconds > 0"),
+    "CELERY_MONITOR_MAX_CONCURRENT_WAITS": (4, _is_nonneg_int, "an integer >= 0"),
+    "CELERY_MONITOR_MAX_WAIT_SECONDS": (30.0, _is_pos_number, "a number of seconds > 0"),
+    "CELERY_MONITOR_MAX_CONTENT_LENGTH": (1024 * 1024, _is_pos_int, "a number of bytes > 0"),
+    "CELERY_MONITOR_MAX_JSON_DEPTH": (64, _is_pos_int, "an integer > 0"),
+    # insight: alerts
+    "CELERY_MONITOR_ALERTS": ((), _is_alert_rules, "a list of alert rules (dicts)"),
+    "CELERY_MONITOR_ALERT_WEBHOOK": (None, _is_opt_http_url, "None or an http(s):// URL"),
+    "CELERY_MONITOR_ALERT_FORMAT": ("json", lambda v: v in ("json", "slack"), "'json' or 'slack'"),
+    "CELERY_MONITOR_ALERT_INTERVAL": (15.0, _is_pos_number, "a number of seconds > 0"),
+    "CELERY_MONITOR_ALERT_LINK": (None, _is_opt_http_url, "None or an http(s):// URL"),
 }
 
 # Keys Celery knows in their new lowercase form, addressed with the CELERY_ prefix.
@@ -181,6 +322,25 @@ class Settings:
     @property
     def log_dir(self) -> str:
         return self.own["CELERY_LOG_DIR"] or os.path.join(self.instance_path, "celery", "logs")
+
+
+#: Celery settings read again from ``app.config`` at each send, so that setting them after
+#: ``init_app`` (the usual pytest fixture) still works; every other key is read once.
+LATE_SETTINGS = ("task_always_eager", "task_eager_propagates", "task_store_eager_result")
+#: The Flask keys of :data:`LATE_SETTINGS`: new names, then legacy ones (the new name wins).
+LATE_KEYS: tuple[tuple[str, str], ...] = tuple(
+    [(f"CELERY_{name.upper()}", name) for name in LATE_SETTINGS]
+    + [(old, new) for old, new in _LEGACY.items() if new in LATE_SETTINGS]
+)
+
+
+def late_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`LATE_SETTINGS` that ``config`` sets now, by Celery name."""
+    found: dict[str, Any] = {}
+    for key, name in LATE_KEYS:
+        if name not in found and key in config:
+            found[name] = config[key]
+    return found
 
 
 def celery_key(flask_key: str) -> str | None:
@@ -248,17 +408,21 @@ def load(config: Mapping[str, Any], instance_path: str) -> Settings:
 
     legacy: dict[str, Any] = {}
     new: dict[str, Any] = {}
+    unknown: list[str] = []
     for key, value in config.items():
         if key in OWN_KEYS or not key.startswith("CELERY"):
             continue
         name = celery_key(key)
         if name is None:
-            log.warning("Flask config key %s is not a Celery setting nor ours; ignored", key)
+            unknown.append(key)
             continue
         (legacy if key in _LEGACY else new)[name] = value
     celery_conf = {**legacy, **new}
 
+    _check_unknown_keys(unknown, strict=own["CELERY_STRICT_CONFIG"])
     _check_serializers(celery_conf, own["CELERY_ALLOW_PICKLE"])
+    check_broker_url(celery_conf.get("broker_url"))
+    check_backend_url(celery_conf.get("result_backend"))
     _check_single_ingester(own, celery_conf)
     return Settings(own=own, celery=celery_conf, workers=workers, instance_path=instance_path)
 
@@ -299,3 +463,107 @@ def _check_serializers(conf: dict[str, Any], allow_pickle: bool) -> None:
         conf.setdefault("result_serializer", "pickle")
         conf.setdefault("accept_content", ["json", "pickle"])
         conf.setdefault("result_accept_content", ["json", "pickle"])
+
+
+def known_keys() -> list[str]:
+    """Every Flask config key flask_celerymon reads: ours, Celery's new and legacy names."""
+    return sorted({*OWN_KEYS, *(f"CELERY_{name.upper()}" for name in _CELERY_SETTINGS), *_LEGACY})
+
+
+def suggest_key(key: str) -> str | None:
+    """The known config key closest to ``key`` (a typo), or None when none is close."""
+    matches = difflib.get_close_matches(key, known_keys(), n=1, cutoff=0.85)
+    return matches[0] if matches else None
+
+
+def _check_unknown_keys(keys: list[str], strict: bool) -> None:
+    """Warn about (or, with ``CELERY_STRICT_CONFIG``, refuse) ``CELERY*`` keys nobody reads."""
+    messages = []
+    for key in sorted(keys):
+        near = suggest_key(key)
+        hint = f"did you mean {near}?" if near else "it is not a Celery setting nor ours"
+        messages.append(f"Flask config key {key} is unknown; {hint}")
+    if not messages:
+        return
+    if strict:
+        raise ConfigurationError(
+            "; ".join(messages) + " (CELERY_STRICT_CONFIG is on: fix or remove the key)"
+        )
+    for message in messages:
+        log.warning("%s; ignored", message)
+
+
+def _scheme(url: str) -> str:
+    """``sqla+postgresql://...`` -> ``sqla``; ``redis+socket://`` -> ``redis``."""
+    return url.partition("://")[0].partition("+")[0].lower()
+
+
+def mask_url(url: str) -> str:
+    """``url`` as written, with the password of its user part replaced by ``**``.
+
+    Unlike kombu's ``maybe_sanitize_url`` it never normalises the URL and never fails, so the
+    value shown in an error is the value in the config.
+    """
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1**@", url)
+
+
+def _check_url(key: str, url: str, known: Iterable[str], what: str) -> None:
+    shown = mask_url(url)
+    if "://" not in url:
+        raise ConfigurationError(
+            f"{key} = {shown!r} is not a URL: write it as scheme://host:port/... "
+            f"(e.g. redis://127.0.0.1:6379/0)"
+        )
+    scheme = _scheme(url)
+    if scheme not in known:
+        raise ConfigurationError(
+            f"{key} = {shown!r}: {scheme!r} is not a {what} scheme; use one of "
+            + ", ".join(sorted(known))
+        )
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number 0-65535
+    except ValueError as exc:
+        raise ConfigurationError(f"{key} = {shown!r} cannot be parsed: {exc}") from None
+
+
+def check_broker_url(value: Any) -> None:
+    """Raise :class:`ConfigurationError` for a ``CELERY_BROKER_URL`` kombu cannot use.
+
+    ``value`` is None (the embedded broker), a URL, a ``;``-separated failover list or a list of
+    URLs. Nothing is imported and nothing connects.
+    """
+    if value is None or value == "":
+        return
+    key = "CELERY_BROKER_URL"
+    if isinstance(value, str):
+        urls = [u.strip() for u in value.split(";")]
+    elif isinstance(value, (list, tuple)) and all(isinstance(u, str) for u in value):
+        urls = list(value)
+    else:
+        raise ConfigurationError(f"{key} must be a URL string or a list of them, not {value!r}")
+    from kombu.transport import TRANSPORT_ALIASES
+
+    for url in urls:
+        _check_url(key, url, TRANSPORT_ALIASES, "broker (kombu transport)")
+
+
+def check_backend_url(value: Any) -> None:
+    """Raise :class:`ConfigurationError` for a ``CELERY_RESULT_BACKEND`` Celery cannot use.
+
+    A URL needs a scheme Celery knows (``redis://``, ``db+sqlite://``, ``cache+memory://``...);
+    without ``://`` the value must be a backend alias (``rpc``, ``disabled``) or an import path
+    of a backend class (``package.module:Backend``), which Celery resolves when first used.
+    """
+    if value is None or value == "" or not isinstance(value, str):
+        return
+    from celery.app.backends import BACKEND_ALIASES
+
+    key = "CELERY_RESULT_BACKEND"
+    if (
+        "://" in value
+        or "//" in value
+        or value.lower() not in BACKEND_ALIASES
+        and not ("." in value or ":" in value)
+    ):
+        _check_url(key, value, BACKEND_ALIASES, "result backend")

@@ -4,9 +4,10 @@ A function travels as ``"package.module:name"`` inside a JSON message, never as 
 
 The one rule, applied by :meth:`Allowlist.resolve` on the submitting side *and* in the worker:
 
-- the reference is well formed: a dotted module path of identifiers, a colon, and one
-  identifier that is not a dunder name (module-level objects only; no dotted path after the
-  colon);
+- the reference is well formed: a dotted module path of identifiers, none of them a dunder
+  name (so no ``pkg.__main__``: importing an entry point runs it, and its ``main()`` would
+  parse the worker's command line), a colon, and one identifier that is not a dunder name
+  (module-level objects only; no dotted path after the colon);
 - the module is on the allowlist (checked before anything is imported);
 - the name is *defined* in that module: the object found in the module's own namespace (never
   through ``getattr``, a module ``__getattr__`` or any other object) has ``__module__`` equal to
@@ -97,13 +98,17 @@ def parse_reference(ref: Any) -> tuple[str, str]:
         not sep
         or not _MODULE_RE.fullmatch(module)
         or not _NAME_RE.fullmatch(name)
-        or (name.startswith("__") and name.endswith("__"))
+        or any(_is_dunder(part) for part in (*module.split("."), name))
     ):
         raise DispatchRefused(
             f"malformed function reference {ref!r}; expected 'package.module:function' "
             "naming a module-level function"
         )
     return module, name
+
+
+def _is_dunder(name: str) -> bool:
+    return name.startswith("__") and name.endswith("__")
 
 
 def defined_object(ref: str, tasks: Mapping[str, Any] | None = None) -> Any:
@@ -217,7 +222,10 @@ class Allowlist:
 def run_reference(
     allowlist: Allowlist, ref: Any, args: Any, kwargs: Any, tasks: Mapping[str, Any] | None = None
 ) -> Any:
-    """Worker side of submit(): check, import, call. Raises :class:`DispatchRefused`."""
+    """Worker side of submit(): check, import, call.
+
+    Raises :class:`DispatchRefused` for a refused reference or malformed arguments.
+    """
     fn = allowlist.resolve(ref, tasks)
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
         raise DispatchRefused(f"malformed arguments for {ref}: args must be a list, kwargs a dict")

@@ -30,12 +30,15 @@ from kombu.exceptions import EncodeError
 from werkzeug.local import LocalProxy
 
 from . import config as config_mod
+from . import network
+from .context import AppContextCelery, combine_base, run_like_a_worker, traced_in_app_context
 from .dispatch import DISPATCH_TASK_NAME, Allowlist, reference_of, run_reference
 from .errors import (
     AlreadyRegisteredError,
     ConfigurationError,
     DispatchRefused,
     NotInitializedError,
+    SubmitConnectionError,
     SubmitError,
     TaskNotFound,
 )
@@ -45,6 +48,7 @@ from .schedule import ScheduleEntry, make_schedule
 if TYPE_CHECKING:
     from .monitor.service import MonitorService
     from .processes import LocalProcesses
+    from .web.hardening import Limits
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,8 @@ EXTENSION_KEY = "celerymon"
 
 #: keywords of submit()/map() that are sending options, not arguments of the function
 RESERVED_OPTIONS = ("queue", "countdown", "eta", "priority", "expires")
+
+_UNSET = object()
 
 #: the size Celery itself cuts argument reprs in messages and events at
 ARGSREPR_MAXSIZE = 1024
@@ -66,9 +72,17 @@ current_task: CeleryTask = LocalProxy(_current_task)  # type: ignore[assignment]
 
 
 class AppContextTask(CeleryTask):
-    """Base of every task of an app: runs inside that Flask app's context.
+    """Base of every task of an app: each execution runs inside that Flask app's context.
 
-    A task called while the app context is already pushed (eager or nested calls) reuses it.
+    On a worker, one new app context is pushed per execution, before ``task_prerun``, and
+    popped after ``task_postrun``: the signal handlers, ``before_start``, the body, the
+    handlers (``on_success``, ``on_failure``, ``on_retry``, ``after_return``) and the result
+    store all run inside it, with one ``g`` that starts empty (see :mod:`flask_celerymon.context`).
+    ``apply()`` (eager mode) does the same in an empty :class:`contextvars.Context`, so the
+    caller's request context and ``g`` are not visible, unless ``CELERY_EAGER_CALLER_CONTEXT``
+    is on. Calling the task object directly is a plain call: it reuses the app context that is
+    pushed, or pushes one.
+
     ``apply_async`` records the task as PENDING (with name, arguments and queue when
     ``result_extended`` is on) before publishing, so ``celery.get(id)`` can tell a queued task
     from an id nobody sent, and the monitor can retry it with its original arguments.
@@ -76,23 +90,54 @@ class AppContextTask(CeleryTask):
 
     abstract = True
 
+    @property  # type: ignore[override]
+    def __trace__(self) -> Callable[..., Any] | None:
+        """The tracer the worker runs each execution through, wrapped in an app context."""
+        return self.__dict__.get("_celerymon_trace")
+
+    @__trace__.setter
+    def __trace__(self, tracer: Callable[..., Any] | None) -> None:
+        flask_app: Flask | None = getattr(self.app, "flask_app", None)
+        if tracer is not None and flask_app is not None:
+            tracer = traced_in_app_context(flask_app, tracer)
+        self.__dict__["_celerymon_trace"] = tracer
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         flask_app: Flask | None = getattr(self.app, "flask_app", None)
-        if flask_app is None or (
-            has_app_context() and current_app._get_current_object() is flask_app  # type: ignore[attr-defined]
-        ):
+        if flask_app is None or _in_context_of(flask_app):
             return super().__call__(*args, **kwargs)
         with flask_app.app_context():
             return super().__call__(*args, **kwargs)
+
+    def apply(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task here and now (eager mode), in a fresh app context as on a worker."""
+        flask_app: Flask | None = getattr(self.app, "flask_app", None)
+        if flask_app is None:
+            return super().apply(*args, **kwargs)
+        state = flask_app.extensions.get(EXTENSION_KEY)
+        if state is not None and state.settings["CELERY_EAGER_CALLER_CONTEXT"]:
+            if _in_context_of(flask_app):
+                return super().apply(*args, **kwargs)
+            with flask_app.app_context():
+                return super().apply(*args, **kwargs)
+        return run_like_a_worker(flask_app, super().apply, *args, **kwargs)
 
     def apply_async(
         self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any
     ) -> Any:
         conf = self.app.conf
+        flask_app: Flask | None = getattr(self.app, "flask_app", None)
+        if flask_app is not None and EXTENSION_KEY in flask_app.extensions:
+            flask_app.extensions[EXTENSION_KEY].sync_late_settings()
         if not conf.task_always_eager and not options.get("ignore_result", self.ignore_result):
             task_id = task_id or uuid()
             _record_pending(self, task_id, args, kwargs, options)
         return super().apply_async(args, kwargs, task_id=task_id, **options)
+
+
+def _in_context_of(flask_app: Flask) -> bool:
+    """True when an app context of ``flask_app`` is pushed in this context."""
+    return has_app_context() and current_app._get_current_object() is flask_app  # type: ignore[attr-defined]
 
 
 def _record_pending(
@@ -113,7 +158,10 @@ def _record_pending(
     )
     try:
         backend.store_result(task_id, None, states.PENDING, request=request)
-    except Exception:  # noqa: BLE001 - never block a send on the bookkeeping write
+    except Exception as exc:
+        if network.is_connection_error(exc):  # the send fails: the caller gets the error
+            text = network.message(task.app, "apply_async()", network.BACKEND, exc)
+            raise network.BackendUnreachable(text, exc) from None
         log.warning(
             "could not record task %s as PENDING in the result backend", task_id, exc_info=True
         )
@@ -156,10 +204,31 @@ class AppState:
         self._lock = threading.RLock()
         self._processes: LocalProcesses | None = None
         self._monitor: MonitorService | None = None
+        self._limits: Limits | None = None
+        self._late_seen = config_mod.late_settings(app.config)
 
     @property
     def eager(self) -> bool:
+        """True when tasks run here and now (``task_always_eager``, as ``app.config`` says now)."""
+        self.sync_late_settings()
         return bool(self.celery_app.conf.task_always_eager)
+
+    def sync_late_settings(self) -> None:
+        """Apply the eager-mode keys (:data:`~flask_celerymon.config.LATE_KEYS`) set after init_app.
+
+        Tests often set ``app.config["CELERY_TASK_ALWAYS_EAGER"] = True`` after the factory
+        returned. Each send compares those keys with the values seen last, and passes a changed
+        one on to Celery's conf (a value set on the Celery conf directly is left alone while the
+        Flask key does not change).
+        """
+        now = config_mod.late_settings(self.app.config)
+        if now == self._late_seen:
+            return
+        changed = {k: v for k, v in now.items() if self._late_seen.get(k, _UNSET) != v}
+        self._late_seen = now
+        if changed:
+            log.info("Celery settings changed in app.config after init_app: %s", changed)
+            self.celery_app.conf.update(changed)
 
     @property
     def processes(self) -> LocalProcesses:
@@ -181,9 +250,23 @@ class AppState:
 
                 self._monitor = MonitorService(
                     self.celery_app,
-                    MonitorSettings.from_config(self.settings.own, self.settings.instance_path),
+                    MonitorSettings.from_config(
+                        self.settings.own,
+                        self.settings.instance_path,
+                        app_queues=[q for w in self.settings.workers for q in w.queues],
+                    ),
                 )
             return self._monitor
+
+    @property
+    def limits(self) -> Limits:
+        """The monitor's per-process limits: live sockets, result waits, JSON depth."""
+        with self._lock:
+            if self._limits is None:
+                from .web.hardening import Limits
+
+                self._limits = Limits.from_settings(self.settings)
+            return self._limits
 
     def ensure_local_processes(self) -> None:
         """Start the configured local processes on first send, when the config asks for it."""
@@ -197,9 +280,12 @@ class AppState:
         """Start the local processes; with the monitor mounted in this app, start it too.
 
         The in-app monitor otherwise starts on the first request to it, and would miss every
-        task sent before someone opened it.
+        task sent before someone opened it. Nothing starts in the watcher process of
+        Werkzeug's reloader (see :func:`~flask_celerymon.processes.reloader_watcher`).
         """
         self.processes.start(timeout=timeout)
+        if not self.processes.started:  # the reloader's watcher: its serving child starts them
+            return
         if self.settings["CELERY_MONITOR"] and self.processes.monitor_mounted:
             try:
                 self.monitor.ensure_started()
@@ -261,6 +347,9 @@ class TaskRegistry:
     def __call__(self, fn: Callable[..., Any] | None = None, **options: Any) -> Any:
         if fn is not None and not callable(fn):
             raise TypeError(f"@celery.task takes a function, not {fn!r}")
+
+        if options.get("base") is not None:  # refuse a base that can never be combined, now
+            combine_base(AppContextTask, options["base"], what="@celery.task(base)")
 
         def decorate(func: Callable[..., Any]) -> TaskProxy:
             proxy = TaskProxy(self._extension, func, options)
@@ -326,13 +415,15 @@ class _Commands:
             if self._kind == "control":
                 params = pyinspect.signature(bound).parameters
                 open_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-                if "reply" in params or open_kw:
+                if ("reply" in params or open_kw) and method not in _REPLIES_ALWAYS:
                     kwargs.setdefault("reply", True)
                 if "timeout" in params or open_kw:
                     kwargs.setdefault("timeout", timeout)
                 if destination is not None and ("destination" in params or open_kw):
                     kwargs.setdefault("destination", _destination(destination))
-            return _merge(bound(*args, **kwargs))
+            capp = self._extension._state().celery_app
+            with network.translated(capp, f"celery.{self._kind}.{method}()"):
+                return _merge(bound(*args, **kwargs))
 
         call.__name__ = method
         call.__doc__ = fn.__doc__
@@ -346,6 +437,9 @@ class _Commands:
 
 
 _NOT_COMMANDS = frozenset({"app", "mailbox", "inspect", "Mailbox", "election"})
+#: control methods that pass ``reply=True`` to ``broadcast`` themselves (a second one is a
+#: TypeError)
+_REPLIES_ALWAYS = frozenset({"ping"})
 
 
 def _destination(destination: Any) -> list[str] | None:
@@ -386,6 +480,8 @@ class Celery:
         self.control = _Commands(self, "control")
         self._schedules: dict[str, ScheduleEntry] = {}
         self._allowed: list[str] = []
+        #: the role hook set with :meth:`monitor_role` (``CELERY_MONITOR_ROLE`` wins over it)
+        self.monitor_role_hook: Callable[[Any], str | None] | None = None
         self._apps: list[weakref.ref[Flask]] = []
         self._apps_lock = threading.Lock()
         if app is not None:
@@ -420,9 +516,8 @@ class Celery:
         self._init_monitor(app, state)
 
     def _make_celery(self, app: Flask, settings: config_mod.Settings) -> celery_pkg.Celery:
-        base = self.base_task or CeleryTask
-        task_cls = type(f"FlaskTask[{app.name}]", (AppContextTask, base), {"abstract": True})
-        celery_app = celery_pkg.Celery(
+        task_cls = _app_task_class(app, self.base_task)
+        celery_app = AppContextCelery(
             app.import_name, task_cls=task_cls, amqp=ShadowAwareAMQP, set_as_current=False
         )
         conf: dict[str, Any] = {
@@ -449,8 +544,10 @@ class Celery:
         else:
             conf.setdefault("result_backend", _default_backend(conf["broker_url"]))
         conf["beat_schedule"] = dict(conf.get("beat_schedule") or {})
+        conf.update(network.bounded_settings(conf, settings["CELERY_SEND_TIMEOUT"]))
         celery_app.conf.update(conf)
         celery_app.flask_app = app  # read by AppContextTask
+        celery_app.celerymon_send_timeout = settings["CELERY_SEND_TIMEOUT"]  # read by network
         return celery_app
 
     def _make_allowlist(self, app: Flask, settings: config_mod.Settings) -> Allowlist:
@@ -467,6 +564,10 @@ class Celery:
     def _register_task(self, state: AppState, proxy: TaskProxy) -> None:
         options = dict(proxy._options)
         options["name"] = proxy.name
+        if options.get("base") is not None:  # combined now, so a conflict is raised now
+            options["base"] = combine_base(
+                state.celery_app.Task, options["base"], what=f"@celery.task({proxy.name}, base)"
+            )
         state.celery_app.task(shared=False, **options)(proxy._fn)
 
     def _init_cli(self, app: Flask) -> None:
@@ -493,6 +594,20 @@ class Celery:
         self._allowed.append(ref)
         for state in self._states():
             state.allowlist.add(ref)
+
+    def monitor_role(self, fn: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+        """Decorator: ``fn(user)`` gives the monitor role of a logged-in user.
+
+        ``user`` is the host's flask-login ``current_user``, or a
+        :class:`~flask_celerymon.web.auth.MonitorUser` after an OAuth2/OIDC login. ``fn``
+        answers ``"viewer"``, ``"operator"``, ``"admin"`` or None (no access). Applies to every
+        app of this extension that does not set ``CELERY_MONITOR_ROLE``. Raises TypeError for a
+        non-callable.
+        """
+        if not callable(fn):
+            raise TypeError(f"@celery.monitor_role takes a function, not {fn!r}")
+        self.monitor_role_hook = fn
+        return fn
 
     def schedule(
         self,
@@ -587,7 +702,7 @@ class Celery:
         options = _pop_options(kwargs)
         sig = self._signature(state, fn, args, kwargs)
         state.ensure_local_processes()
-        return self._send(state, sig, options)
+        return self._send(state, sig, options, "submit()")
 
     def map(self, fn: Callable[..., Any], *iterables: Any, **kwargs: Any) -> FuturePool:
         """Send one call per positional argument as a single group; return a :class:`FuturePool`.
@@ -607,7 +722,8 @@ class Celery:
         for sig, task_id in zip(sigs, task_ids):
             sig.set(task_id=task_id)
         try:
-            group_result = celery_pkg.group(sigs, app=state.celery_app).apply_async(**options)
+            with _sending(state, "map()"):
+                group_result = celery_pkg.group(sigs, app=state.celery_app).apply_async(**options)
         except EncodeError as exc:
             raise _encode_error(exc) from None
         futures = [
@@ -622,7 +738,8 @@ class Celery:
             raise TypeError(f"get() takes a task id string, not {task_id!r}")
         state = self._state()
         result = state.celery_app.AsyncResult(task_id)
-        meta = result.backend.get_task_meta(task_id)
+        with network.translated(state.celery_app, "get()", network.BACKEND):
+            meta = result.backend.get_task_meta(task_id)
         if meta.get("status") == states.PENDING and not meta.get("task_id"):
             raise TaskNotFound(
                 f"no task with id {task_id!r} is known to the result backend: it was not sent "
@@ -633,10 +750,10 @@ class Celery:
     def _signature(
         self, state: AppState, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        if isinstance(fn, TaskProxy):
-            return fn.bound(state).s(*args, **kwargs)
-        if isinstance(fn, CeleryTask):
-            return fn.s(*args, **kwargs)
+        if isinstance(fn, (TaskProxy, CeleryTask)):
+            task = fn.bound(state) if isinstance(fn, TaskProxy) else fn
+            _check_serializable(state, task.name, args, kwargs)
+            return task.s(*args, **kwargs)
         ref = reference_of(fn)
         if not state.allowlist.allows(ref):
             raise SubmitError(
@@ -647,8 +764,7 @@ class Celery:
             state.allowlist.resolve(ref, state.celery_app.tasks)
         except DispatchRefused as exc:
             raise SubmitError(str(exc)) from None
-        if state.eager:
-            _check_serializable(state, ref, args, kwargs)
+        _check_serializable(state, ref, args, kwargs)
         # Events and the monitor show the function's own name and arguments, not the wrapper's.
         return state.dispatch_task.s(ref, list(args), dict(kwargs)).set(
             shadow=ref,
@@ -656,17 +772,23 @@ class Celery:
             kwargsrepr=saferepr(dict(kwargs), ARGSREPR_MAXSIZE),
         )
 
-    def _send(self, state: AppState, sig: Any, options: dict[str, Any]) -> Future:
+    def _send(self, state: AppState, sig: Any, options: dict[str, Any], action: str) -> Future:
         try:
-            result = sig.apply_async(**options)
+            with _sending(state, action):
+                result = sig.apply_async(**options)
         except EncodeError as exc:
             raise _encode_error(exc) from None
         return Future(result, state.watcher, name=sig.options.get("shadow") or sig.task)
 
     # -- workers ------------------------------------------------------------------------
     def status(self, timeout: float = 1.0) -> dict[str, str]:
-        """``{"name@host": "OK"}`` for every worker answering a ping within ``timeout``."""
-        replies = self._state().celery_app.control.inspect(timeout=timeout).ping() or {}
+        """``{"name@host": "OK"}`` for every worker answering a ping within ``timeout``.
+
+        Raises :class:`~flask_celerymon.errors.ConnectionFailed` when the broker does not answer.
+        """
+        state = self._state()
+        with network.translated(state.celery_app, "status()"):
+            replies = state.celery_app.control.inspect(timeout=timeout).ping() or {}
         return {
             name: "OK" if (r or {}).get("ok") == "pong" else str(r)
             for name, r in sorted(replies.items())
@@ -684,6 +806,20 @@ class Celery:
     def processes(self) -> dict[str, Any]:
         """The local processes of the current app by name."""
         return self._state().processes.processes
+
+
+def _app_task_class(app: Flask, base_task: type[CeleryTask] | None) -> type[CeleryTask]:
+    """The task class of one app: :class:`AppContextTask` with ``base_task`` behind it.
+
+    A ``base_task`` that already derives from :class:`AppContextTask` is used as it is.
+    """
+    if base_task is None:
+        bases: tuple[type, ...] = (AppContextTask,)
+    elif issubclass(base_task, AppContextTask):
+        bases = (base_task,)
+    else:
+        bases = (AppContextTask, base_task)
+    return type(f"FlaskTask[{app.name}]", bases, {"abstract": True})
 
 
 def _register_dispatch(celery_app: celery_pkg.Celery, allowlist: Allowlist) -> None:
@@ -732,18 +868,34 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _sending(state: AppState, action: str) -> Any:
+    """Turn a broker or backend that does not answer during a send into a SubmitError."""
+    return network.translated(state.celery_app, action, network.BROKER, SubmitConnectionError)
+
+
 def _check_serializable(state: AppState, ref: str, args: Any, kwargs: Any) -> None:
-    """Eager mode never serialises; fail the same way a real send would."""
+    """Encode the arguments as the send would, before any network call (and in eager mode).
+
+    The message body uses ``task_serializer``; with ``result_extended`` the PENDING record
+    written first carries the arguments too, in ``result_serializer``.
+    """
     from kombu.serialization import dumps
 
-    try:
-        dumps((args, kwargs), serializer=state.celery_app.conf.task_serializer)
-    except EncodeError as exc:
-        raise _encode_error(exc, ref) from None
+    conf = state.celery_app.conf
+    serializers = {conf.task_serializer}
+    if conf.result_extended:
+        serializers.add(conf.result_serializer)
+    for serializer in sorted(serializers):
+        try:
+            dumps((list(args), dict(kwargs)), serializer=serializer)
+        except EncodeError as exc:
+            raise _encode_error(exc, ref, serializer) from None
 
 
-def _encode_error(exc: Exception, ref: str | None = None) -> SubmitError:
+def _encode_error(exc: Exception, ref: str | None = None, serializer: str = "json") -> SubmitError:
     what = f"the arguments of {ref}" if ref else "the task arguments"
+    if serializer != "json":
+        return SubmitError(f"{what} cannot be serialised with {serializer} ({exc})")
     return SubmitError(
         f"{what} cannot be serialised as JSON ({exc}); pass plain data (ids, strings, numbers, "
         "lists, dicts), or opt in to pickle with CELERY_ALLOW_PICKLE = True"

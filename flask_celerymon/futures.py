@@ -5,11 +5,16 @@ A :class:`Future` *is* a :class:`concurrent.futures.Future`, so ``concurrent.fut
 result backend directly, and a per-app :class:`ResultWatcher` thread (started only while somebody
 waits through ``wait``/``as_completed`` or has a done-callback) polls the backend in batches and
 completes the future, so callbacks run once when the task finishes even if nobody waits.
+
+In eager mode Celery hands back an :class:`~celery.result.EagerResult`, which is finished when
+it is created and has no result backend: its future is completed at once, so every method
+answers from it without a backend call.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import logging
 import threading
 import time
@@ -17,12 +22,17 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from celery import states
-from celery.result import AsyncResult
+from celery.result import AsyncResult, EagerResult
+
+from . import network
 
 if TYPE_CHECKING:
     import celery
 
 log = logging.getLogger(__name__)
+
+#: Celery's own states; any other state was set by the running task (``update_state``).
+_CELERY_STATES = frozenset(states.ALL_STATES) | {states.REJECTED, states.IGNORED}
 
 __all__ = ["Future", "FuturePool", "ResultWatcher"]
 
@@ -39,11 +49,24 @@ class _NotifyingList(list):  # type: ignore[type-arg]
         self._on_append()
 
 
+def _reads_backend(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Raise ConnectionFailed, naming the result backend, when it does not answer."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Future, *args: Any, **kwargs: Any) -> Any:
+        with network.translated(self._async.app, f"Future.{fn.__name__}()", network.BACKEND):
+            return fn(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Future(cf.Future):  # type: ignore[type-arg]
     """The future of one Celery task.
 
     ``running()`` is true only while the task is STARTED (not while PENDING), ``cancel()``
     revokes a task that has not started, ``done()`` is true for SUCCESS, FAILURE and REVOKED.
+    Every method that asks the result backend (or, for ``cancel``, the broker) raises
+    :class:`~flask_celerymon.errors.ConnectionFailed` naming it when it does not answer.
     """
 
     def __init__(
@@ -58,6 +81,8 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self._name = name
         self._finish_lock = threading.Lock()
         self._waiters = _NotifyingList(self._watch)
+        if isinstance(result, EagerResult):  # finished before it was returned; no backend to poll
+            self._sync()
 
     # -- Celery-side properties -------------------------------------------------------
     @property
@@ -65,6 +90,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
         return self._async.id
 
     @property
+    @_reads_backend
     def state(self) -> str:
         if super().cancelled():
             return states.REVOKED
@@ -82,6 +108,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
         return self._async
 
     @property
+    @_reads_backend
     def info(self) -> Any:
         """The task's current meta (e.g. progress set with ``update_state``)."""
         return self._async.info
@@ -90,6 +117,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
         return f"<Future {self.id} {self.name or ''} state={self.state}>"
 
     # -- concurrent.futures API -------------------------------------------------------
+    @_reads_backend
     def cancel(self) -> bool:
         """Revoke the task unless it already started; True when it is (now) cancelled."""
         if super().done():
@@ -100,27 +128,37 @@ class Future(cf.Future):  # type: ignore[type-arg]
         if state in (states.STARTED, states.RETRY) or state in states.READY_STATES:
             self._sync(state)
             return False
-        self._async.revoke()
+        with network.translated(self._async.app, "Future.cancel()", network.BROKER):
+            self._async.revoke()
         return self._finish_cancelled()
 
+    @_reads_backend
     def cancelled(self) -> bool:
         if super().cancelled():
             return True
         return self._sync() == states.REVOKED
 
+    @_reads_backend
     def running(self) -> bool:
-        return not super().done() and self._async.state == states.STARTED
+        """True while the task runs: ``STARTED``, or a custom state it set (``PROGRESS``...)."""
+        if super().done():
+            return False
+        state = self._async.state
+        return state == states.STARTED or state not in _CELERY_STATES
 
+    @_reads_backend
     def done(self) -> bool:
         if super().done():
             return True
         self._sync()
         return super().done()
 
+    @_reads_backend
     def result(self, timeout: float | None = None) -> Any:
         self._wait(timeout)
         return super().result(0)
 
+    @_reads_backend
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._wait(timeout)
         return super().exception(0)
@@ -145,6 +183,9 @@ class Future(cf.Future):  # type: ignore[type-arg]
         """
         if super().done():
             return
+        if self._async.backend is None:  # nothing to wait on: what we have is all there is
+            self._sync()
+            return
         if timeout is None:
             self._async.get(propagate=False, disable_sync_subtasks=False)
             self._sync()
@@ -158,7 +199,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise cf.TimeoutError(f"task {self.id} did not finish within {timeout} s")
+                raise network.WaitTimeout(f"task {self.id} did not finish within {timeout} s")
             time.sleep(min(delay, remaining))
             delay = min(delay * 1.5, 0.05)
 
@@ -327,6 +368,7 @@ class ResultWatcher:
             thread.join(2)
 
     def _run(self) -> None:
+        failing = False
         while True:
             with self._lock:
                 if not self._pending or self._stopped:
@@ -335,10 +377,22 @@ class ResultWatcher:
                 ids = list(self._pending)
             try:
                 metas = self._fetch(ids)
-            except Exception:  # noqa: BLE001 - backend hiccup: log, back off, go on
-                log.warning("result backend poll failed; retrying", exc_info=True)
+            except Exception as exc:  # noqa: BLE001 - backend hiccup: log, back off, go on
+                # once per outage, one line for a connection error (nobody receives it)
+                if not failing:
+                    log.warning(
+                        "polling the result backend for %d futures failed (%s); retrying every "
+                        "second",
+                        len(ids),
+                        " ".join(str(exc).split()) or type(exc).__name__,
+                        exc_info=not network.is_connection_error(exc),
+                    )
+                failing = True
                 time.sleep(1.0)
                 continue
+            if failing:
+                log.warning("the result backend answers again")
+                failing = False
             for task_id, meta in metas.items():
                 if meta.get("status") not in states.READY_STATES:
                     continue

@@ -12,10 +12,13 @@ appended to ``<CELERY_LOG_DIR>/<name>.log`` (never a pipe, so no child can block
 own process group. ``start`` returns once every worker answers a ping, or raises
 :class:`~flask_celerymon.errors.StartError` naming the workers that did not and their log files.
 
-Children never outlive the parent: ``stop`` sends ``SIGTERM``, waits a grace period, then kills
-the whole process group; it runs on interpreter exit and on ``SIGTERM``/``SIGINT`` of the parent
-(the previous handlers are chained); and on Linux every child gets ``PR_SET_PDEATHSIG`` so it is
-told to stop even when the parent is killed with ``SIGKILL``.
+Children never outlive the parent: ``stop`` sends ``SIGTERM`` (a Celery worker's warm shutdown:
+it takes no new task and finishes the ones it runs), waits up to ``CELERY_STOP_TIMEOUT`` seconds,
+logging which tasks are still running every few seconds, then kills the whole process group and
+logs the tasks it cut off (name and id). It runs on interpreter exit and on ``SIGTERM``/``SIGINT``
+of the parent (the previous handlers are chained; a second signal while waiting kills at once);
+and on Linux every child gets ``PR_SET_PDEATHSIG`` so it is told to stop even when the parent is
+killed with ``SIGKILL``.
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ log = logging.getLogger(__name__)
 #: Set in every child we start ("worker", "beat" or "monitor"); a process carrying it never starts
 #: local processes of its own (a task calling submit() inside a worker must not spawn workers).
 ROLE_ENV = "FLASK_CELERYMON_ROLE"
-#: Seconds ``stop()`` waits after ``SIGTERM`` before killing, when no timeout is given.
+#: Seconds ``stop()`` waits after ``SIGTERM`` before killing leftovers of a failed start.
 DEFAULT_STOP_TIMEOUT = 10.0
+#: Seconds between two "still running" lines while ``stop()`` waits for tasks.
+PROGRESS_INTERVAL = 3.0
 
 #: ``CELERY_WORKERS`` option -> the ``celery worker`` flag it becomes.
 _WORKER_FLAGS = {
@@ -193,6 +198,29 @@ def _flask_app_from_argv(argv: list[str]) -> str | None:
         elif not arg.startswith("-"):
             return None  # the sub-command: --app must come before it
     return None
+
+
+def reloader_watcher() -> bool:
+    """True in the watcher process of Werkzeug's reloader under ``flask run``.
+
+    With the reloader on (``flask run --debug``, or ``--reload``), ``flask run`` loads the app
+    in a watcher process that serves nothing: it starts a serving child (with
+    ``WERKZEUG_RUN_MAIN=true``) and starts it again after each code change. Local processes
+    belong to the serving child, which stops them when it exits for a reload, so the next child
+    starts workers that run the new code. The ``flask run`` command is found in click's context
+    of the calling thread (the one loading the app); anywhere else this is False.
+    """
+    if os.environ.get("WERKZEUG_RUN_MAIN") == "true":
+        return False
+    import click
+    from flask.cli import run_command
+    from flask.helpers import get_debug_flag
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or ctx.command is not run_command:
+        return False
+    reload = ctx.params.get("reload")
+    return bool(get_debug_flag() if reload is None else reload)
 
 
 def check_broker(celery_app: Any, timeout: float = 5.0) -> None:
@@ -343,6 +371,8 @@ class LocalProcesses:
         self.started = False
         self._procs: dict[str, ManagedProcess] = {}
         self._lock = threading.RLock()
+        self._stopping = False
+        self._hurry = threading.Event()  # a second interrupt while stopping: kill now
         _live.add(self)
         self_ref = weakref.ref(self)
         atexit.register(_stop_ref, self_ref)
@@ -454,6 +484,12 @@ class LocalProcesses:
             if os.environ.get(ROLE_ENV):
                 log.debug("not starting local processes inside a %s process", os.environ[ROLE_ENV])
                 self.started = True
+                return
+            if reloader_watcher():
+                log.info(
+                    "not starting local processes in the reloader's watcher process; the "
+                    "serving process it restarts on each code change starts (and stops) them"
+                )
                 return
             if self.started and all(
                 p.alive() or p.status == "external" for p in self._procs.values()
@@ -596,36 +632,133 @@ class LocalProcesses:
 
     # -- stop -------------------------------------------------------------------------------
     def stop(self, timeout: float | None = None) -> None:
-        """Stop the processes this object started: SIGTERM, ``timeout`` seconds grace, kill."""
+        """Stop the processes this object started, letting running tasks finish.
+
+        Sends ``SIGTERM`` (warm shutdown), waits up to ``timeout`` seconds (default
+        ``CELERY_STOP_TIMEOUT``) while logging the tasks still running, then kills what is left
+        and logs each task it cut off as ``name[id]``.
+        """
+        if timeout is None:
+            timeout = self.state.settings["CELERY_STOP_TIMEOUT"]
         with self._lock:
-            self._stop_children(DEFAULT_STOP_TIMEOUT if timeout is None else float(timeout))
+            self._stopping = True
+            try:
+                self._stop_children(float(timeout))
+            finally:
+                self._stopping = False
+                self._hurry.clear()
             self.started = False
+
+    def hurry(self) -> bool:
+        """Kill now instead of waiting, if a stop is waiting; True when one was."""
+        if self._stopping:
+            self._hurry.set()
+        return self._stopping
+
+    def _running_tasks(self, procs: list[ManagedProcess]) -> dict[str, list[tuple[str, str]]]:
+        """``{worker name: [(task name, task id), ...]}`` of the tasks our workers run now."""
+        nodes = {p.node: p.name for p in procs if p.kind == "worker" and p.node and p.alive()}
+        if not nodes:
+            return {}
+        try:
+            replies = (
+                self.state.celery_app.control.inspect(
+                    destination=list(nodes), timeout=1.0, limit=len(nodes)
+                ).active()
+                or {}
+            )
+        except Exception:  # noqa: BLE001 - the broker may be gone: stop without the list
+            log.debug("could not ask the workers what they run", exc_info=True)
+            return {}
+        return {
+            nodes[node]: [(t.get("name") or "?", t.get("id") or "?") for t in tasks or []]
+            for node, tasks in replies.items()
+            if node in nodes and tasks
+        }
+
+    def _unfinished(self, tasks: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """The tasks whose result is not ready yet (all of them when the backend is unknown)."""
+        from celery import states
+
+        backend = self.state.celery_app.backend
+        out = []
+        for name, task_id in tasks:
+            try:
+                status = backend.get_task_meta(task_id).get("status")
+            except Exception:  # noqa: BLE001 - no answer: count it as still running
+                status = None
+            if status not in states.READY_STATES:
+                out.append((name, task_id))
+        return out
 
     def _stop_children(self, grace: float) -> None:
         procs = [p for p in self._procs.values() if p.popen is not None]
+        running = self._running_tasks(procs)
         for proc in procs:
             if proc.alive():
                 with contextlib.suppress(ProcessLookupError):
                     proc.popen.terminate()  # type: ignore[union-attr]
         deadline = time.monotonic() + grace
+        if running:
+            log.warning(
+                "stopping: waiting up to %gs (CELERY_STOP_TIMEOUT) for %s to finish",
+                grace,
+                _describe(running),
+            )
+        next_report = time.monotonic() + PROGRESS_INTERVAL
+        while any(p.alive() for p in procs) and time.monotonic() < deadline:
+            if self._hurry.wait(0.1):
+                log.warning("stopping: interrupted again; killing the local processes now")
+                break
+            if running and time.monotonic() >= next_report:
+                still = {
+                    name: self._unfinished(tasks)
+                    for name, tasks in running.items()
+                    if self._procs.get(name) is not None and self._procs[name].alive()
+                }
+                still = {name: tasks for name, tasks in still.items() if tasks}
+                if still:
+                    left = max(0.0, deadline - time.monotonic())
+                    log.warning("stopping: still running (%.0fs left): %s", left, _describe(still))
+                next_report = time.monotonic() + PROGRESS_INTERVAL
         for proc in procs:
             assert proc.popen is not None
-            try:
-                proc.popen.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning(
-                    "%s %s (pid %s) did not stop within %ss; killing it",
-                    proc.kind,
-                    proc.name,
-                    proc.pid,
-                    grace,
-                )
+            if proc.alive():
+                cut = self._unfinished(running.get(proc.name, []))
+                if cut:
+                    log.warning(
+                        "%s %s (pid %s) did not stop within %gs (CELERY_STOP_TIMEOUT); killing "
+                        "it cuts off %s",
+                        proc.kind,
+                        proc.name,
+                        proc.pid,
+                        grace,
+                        _describe({proc.name: cut}),
+                    )
+                else:
+                    log.warning(
+                        "%s %s (pid %s) did not stop within %gs; killing it",
+                        proc.kind,
+                        proc.name,
+                        proc.pid,
+                        grace,
+                    )
             # the pool children of a worker are in its process group: none may linger
             proc._signal_group(signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(5)
             proc.status = "stopped"
         self._procs.clear()
+
+
+def _describe(tasks: dict[str, list[tuple[str, str]]]) -> str:
+    """``"2 tasks: add[id1], nap[id2] on worker1"`` for the log."""
+    total = sum(len(t) for t in tasks.values())
+    parts = [
+        ", ".join(f"{name}[{task_id}]" for name, task_id in items) + f" on {worker}"
+        for worker, items in sorted(tasks.items())
+    ]
+    return f"{total} task{'s' if total != 1 else ''}: " + "; ".join(parts)
 
 
 def _stop_ref(ref: weakref.ref[LocalProcesses]) -> None:
@@ -661,12 +794,28 @@ def _install_signal_handlers() -> None:
 
 
 def _on_signal(signum: int, frame: Any) -> None:
-    for procs in list(_live):
+    live = list(_live)
+    if any([procs.hurry() for procs in live]):
+        return  # a second signal while the first one's stop waits: it kills now and chains
+    for procs in live:
         with contextlib.suppress(Exception):
-            procs.stop(timeout=5.0)
+            procs.stop()
     previous = _previous.get(signum, signal.SIG_DFL)
     if callable(previous):
         previous(signum, frame)
     elif previous == signal.SIG_DFL:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
+
+
+def is_loopback(address: str) -> bool:
+    """True when ``address`` (an IP address or host name) only reaches this machine."""
+    import ipaddress
+
+    host = address.strip().strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

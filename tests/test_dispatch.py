@@ -39,6 +39,10 @@ def generated_references():
             refs.add(f"{PKG}:{name}.{attr}")
     for name in vars(surface.sub):
         refs.add(f"{PKG}.sub:{name}")
+    # the package's entry point and its __init__ under another name
+    for module in ("__main__", "__init__"):
+        for name in (*vars(surface), "main"):
+            refs.add(f"{PKG}.{module}:{name}")
     # the module part walking into an imported module, and decoys of the parser
     refs |= {
         f"{PKG}.os:system",
@@ -95,6 +99,9 @@ def test_only_functions_defined_in_the_package_resolve(tasks):
         ("os:system", "os:system is not on this worker's submit allowlist"),
         ("tests.apps_other:x", "tests.apps_other:x is not on this worker's submit allowlist"),
         (["x"], "malformed function reference ['x']"),
+        (f"{PKG}.__main__:main", f"malformed function reference '{PKG}.__main__:main'"),
+        (f"{PKG}.__init__:plain", f"malformed function reference '{PKG}.__init__:plain'"),
+        ("__main__:plain", "malformed function reference '__main__:plain'"),
     ],
 )
 def test_refusals_name_the_reason(tasks, ref, message):

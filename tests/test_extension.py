@@ -125,7 +125,10 @@ def test_unknown_celery_key_is_logged(caplog):
     caplog.set_level(logging.WARNING, logger="flask_celerymon.config")
     app = eager_app(CELERY_BROKR_URL="redis://typo")
     Celery(app)
-    assert "CELERY_BROKR_URL is not a Celery setting nor ours; ignored" in caplog.text
+    assert (
+        "Flask config key CELERY_BROKR_URL is unknown; did you mean CELERY_BROKER_URL?; ignored"
+        in caplog.text
+    )
 
 
 @pytest.mark.parametrize(
@@ -247,18 +250,38 @@ def test_eager_submit_map_and_get_run_synchronously():
         assert again.state == "SUCCESS"
 
 
-def test_eager_task_runs_in_the_callers_app_context():
+def test_eager_task_gets_a_fresh_app_context_not_the_callers_g():
     ext = Celery()
     app = eager_app()
     ext.init_app(app)
-    with app.app_context() as ctx:
-        seen = ext.submit(basic.app_name).result()
-        assert seen == "tests.apps.basic"
-        from flask import g
+    from flask import g
 
+    with app.test_request_context("/view"):
+        g.marker = "the view's"
+        assert ext.submit(basic.app_name).result() == "tests.apps.basic"
+        assert ext.submit(_read_g_marker).result() is None
+        assert ext.submit(_has_request_context).result() is False
+        assert g.marker == "the view's"  # and the task's context is gone again
+
+
+def test_eager_caller_context_switch_restores_sharing_the_callers_context():
+    ext = Celery()
+    app = eager_app(CELERY_EAGER_CALLER_CONTEXT=True)
+    ext.init_app(app)
+    from flask import g
+
+    with app.test_request_context("/view"):
         g.marker = "kept"
         assert ext.submit(_read_g_marker).result() == "kept"
-        assert ctx is not None
+        assert ext.submit(_has_request_context).result() is True
+    with app.app_context():
+        assert ext.submit(basic.app_name).result() == "tests.apps.basic"
+
+
+def _has_request_context():
+    from flask import has_request_context
+
+    return has_request_context()
 
 
 def _read_g_marker():
@@ -290,6 +313,61 @@ def test_current_task_inside_and_outside_tasks():
         future = ext.submit(basic.whoami)
         assert future.result() == future.id
         assert not current_task  # nothing leaks into the caller after an eager run
+
+
+@pytest.mark.parametrize("key", ["CELERY_TASK_ALWAYS_EAGER", "CELERY_ALWAYS_EAGER"])
+def test_eager_flag_set_after_init_app_is_honoured(key):
+    ext = Celery()
+    app = make_app(CELERY_BROKER_URL="memory://")
+    ext.init_app(app)
+
+    @ext.task
+    def double(x):
+        return 2 * x
+
+    app.config[key] = True  # the usual pytest fixture: after the factory returned
+    with app.app_context():
+        future = ext.submit(basic.add, 1, 2)
+        assert future.done() and future.result(timeout=0) == 3
+        assert ext.map(basic.add, [1, 1], [2, 2]).result(timeout=0) == [2, 4]
+        assert double.delay(4).get(timeout=0) == 8
+    assert ext.get_app(app).conf.task_always_eager is True
+    app.config[key] = False
+    with app.app_context():
+        assert not double.delay(4).ready()  # queued on memory://, no worker
+    assert ext.get_app(app).conf.task_always_eager is False
+
+
+def test_eager_propagation_set_after_init_app_is_honoured():
+    ext = Celery()
+    app = eager_app()
+    ext.init_app(app)
+    app.config["CELERY_TASK_EAGER_PROPAGATES"] = True
+    with app.app_context(), pytest.raises(ValueError, match="bad"):
+        ext.submit(basic.fail, "bad")
+
+
+def test_eager_flag_set_on_the_celery_conf_stays_while_app_config_keeps_its_value():
+    ext = Celery()
+    app = make_app(CELERY_BROKER_URL="memory://", CELERY_TASK_ALWAYS_EAGER=False)
+    ext.init_app(app)
+    ext.get_app(app).conf.task_always_eager = True
+    with app.app_context():
+        assert ext.submit(basic.add, 1, 2).result(timeout=0) == 3
+
+
+def test_eager_future_is_done_at_once_for_every_wait():
+    import concurrent.futures as cf
+
+    ext = Celery()
+    app = eager_app()
+    ext.init_app(app)
+    with app.app_context():
+        assert ext.submit(basic.add, 1, 2).result(timeout=0) == 3
+        assert isinstance(ext.submit(basic.fail, "x").exception(timeout=0), ValueError)
+        assert ext.map(basic.add, [1, 1], [2, 2]).result(timeout=0) == [2, 4]
+        future = ext.submit(basic.add, 2, 2)
+        assert cf.wait([future], timeout=0).done == {future}
 
 
 def test_eager_failure_is_kept_in_the_future():

@@ -1,16 +1,21 @@
 """Queue lengths per broker type.
 
 * Redis (and the embedded Redis broker): ``LLEN`` of each queue summed over kombu's priority
-  sub-queues (``queue``, ``queue\\x06\\x163``...), with ``global_keyprefix`` applied by kombu's
-  own client, in one pipeline.
+  sub-queues (``queue``, ``queue\\x06\\x163``...), in one pipeline.
 * RabbitMQ with ``CELERY_MONITOR_BROKER_API`` (management API URL): the API's queue objects
   (``messages``, ``messages_ready``, ``messages_unacknowledged``, ``consumers``...), one per
   name asked for (``messages`` 0 until the API has figures for a new queue).
 * Any other transport (RabbitMQ without the API...): a passive ``queue_declare`` per queue,
   which gives ``messages`` and ``consumers``.
 
-Every function returns ``[{"name": ..., "messages": int, ...}, ...]``, one item per name asked
-for, in that order, or None when the broker gives no lengths.
+:func:`queue_lengths` returns ``[{"name": ..., "messages": int, ...}, ...]``, one item per name
+asked for, in that order, or None when the broker gives no lengths.
+
+Raw Redis commands on queues (lengths, listing and removing waiting messages) go through
+:func:`redis_queue_keys`, the one place that builds a queue's full keys: kombu's priority
+sub-queue names with the transport's ``global_keyprefix`` in front. They are sent with a
+client that prefixes nothing (:func:`_raw_client`): kombu's own client prefixes only the
+commands on its list, so ``LRANGE``/``LREM`` through it would miss prefixed keys.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import json
 import logging
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import redis
 from celery import Celery
 
 log = logging.getLogger(__name__)
@@ -64,14 +70,56 @@ def queue_lengths(
             return None
 
 
+def redis_queue_keys(chan: Any, queue: str) -> list[str]:
+    """The full Redis keys of ``queue`` on kombu Redis channel ``chan``, highest priority first.
+
+    One key per distinct priority step (``priority_steps``, e.g. ``[0, 3, 6, 9]``), each with
+    ``global_keyprefix`` (``CELERY_BROKER_TRANSPORT_OPTIONS``) in front. kombu takes from the
+    first key before the next, so the order is the order messages are taken.
+    """
+    prefix = getattr(chan, "global_keyprefix", "") or ""
+    steps = list(getattr(chan, "priority_steps", None) or [0])
+    # kombu's only spelling of a priority sub-queue's name (Channel._q_for_pri, private)
+    names = dict.fromkeys(chan._q_for_pri(queue, p) for p in steps)
+    return [prefix + name for name in names]
+
+
+def _raw_client(chan: Any) -> redis.Redis:
+    """A client on ``chan``'s connection pool that adds no key prefix (keys come full)."""
+    return redis.Redis(connection_pool=chan.client.connection_pool)
+
+
+def redis_messages(chan: Any, queue: str, limit: int) -> list[bytes]:
+    """Up to ``limit`` raw messages waiting in ``queue``, the next to be taken first."""
+    client = _raw_client(chan)
+    out: list[bytes] = []
+    for key in redis_queue_keys(chan, queue):
+        if len(out) >= limit:
+            break
+        # kombu pushes with LPUSH and takes with BRPOP: the tail is taken first
+        out.extend(reversed(client.lrange(key, -(limit - len(out)), -1)))
+    return out
+
+
+def redis_remove(chan: Any, queue: str, matches: Callable[[bytes], bool]) -> bool:
+    """Delete the first waiting message of ``queue`` for which ``matches(raw)``; whether one was.
+
+    A message a worker takes meanwhile is not deleted (``LREM`` finds it gone).
+    """
+    client = _raw_client(chan)
+    for key in redis_queue_keys(chan, queue):
+        for raw in client.lrange(key, 0, -1):
+            if matches(raw) and client.lrem(key, 1, raw):
+                return True
+    return False
+
+
 def _redis(conn: Any, names: list[str]) -> list[dict]:
     chan = conn.default_channel
-    client = chan.client
-    steps = list(getattr(chan, "priority_steps", [0]))
-    with client.pipeline(transaction=False) as pipe:
+    with _raw_client(chan).pipeline(transaction=False) as pipe:
         plan = []
         for name in names:
-            keys = list(dict.fromkeys(chan._q_for_pri(name, p) for p in steps))
+            keys = redis_queue_keys(chan, name)
             plan.append((name, len(keys)))
             for k in keys:
                 pipe.llen(k)

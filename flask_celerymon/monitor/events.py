@@ -32,7 +32,6 @@ from typing import Any
 
 import kombu
 from celery import Celery
-from celery.utils.time import utcoffset
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +70,8 @@ class Figures:
         self.lag_max: float = 0.0
         self.backlog_bytes = 0
         self.sink_errors = 0
+        #: When the stream was last lost (cleared by the service once subscribed again).
+        self.disconnected_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
@@ -104,7 +105,6 @@ class EventConsumer:
         self.on_connect = on_connect
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._here = utcoffset()
         self._connected = threading.Event()
         self._sock: socket.socket | None = None
         self._kombu_conn: Any = None
@@ -158,14 +158,12 @@ class EventConsumer:
         else:
             body = self._decode_slow(envelope)
         events = body if isinstance(body, list) else [body]
-        here = self._here
+        # Event timestamps are Unix times (time.time() in the sender): they need no zone
+        # correction, whatever the sender's ``utcoffset`` (Celery's adjust_timestamp would
+        # shift them by the difference of the two zones).
         for ev in events:
             if not isinstance(ev, dict):
                 raise ValueError("event body is not an object")
-            off = ev.get("utcoffset")
-            ts = ev.get("timestamp")
-            if off is not None and off != here and isinstance(ts, (int, float)):
-                ev["timestamp"] = ts - (off - here) * 3600
         return events
 
     def _decode_slow(self, envelope: bytes) -> Any:
@@ -224,6 +222,7 @@ class EventConsumer:
                         pass
                 if was and not self._stop.is_set():
                     self.figures.disconnects += 1
+                    self.figures.disconnected_at = time.time()
             if self._stop.wait(backoff):
                 break
             backoff = min(backoff * 2, BACKOFF_MAX)
@@ -331,6 +330,9 @@ class EventConsumer:
                     except Exception as exc:  # noqa: BLE001 - count and skip bad messages
                         fig.messages_malformed += 1
                         fig.events_malformed += 1
+                        # at least one event is lost with it
+                        fig.events_received += 1
+                        fig.events_dropped += 1
                         log.warning("celerymon: skipped a malformed event message: %s", exc)
                     if len(events) >= BATCH:
                         self._deliver(events)
@@ -352,6 +354,7 @@ class EventConsumer:
             self.sink(events)
         except Exception:  # noqa: BLE001 - the thread must survive a bad batch
             self.figures.sink_errors += 1
+            self.figures.events_dropped += len(events)
             log.exception("celerymon: applying a batch of %d events failed", len(events))
 
     def _safe(self, fn: Callable[[], None]) -> None:
@@ -398,6 +401,7 @@ class EventConsumer:
                 self._kombu_conn = None
                 if self._connected.is_set() and not self._stop.is_set():
                     self.figures.disconnects += 1
+                    self.figures.disconnected_at = time.time()
                 self._connected.clear()
             if self._stop.wait(backoff):
                 break

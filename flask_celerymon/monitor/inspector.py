@@ -31,6 +31,8 @@ METHODS = (
     "revoked",
     "conf",
 )
+#: Queue names remembered from ``active_queues`` answers.
+MAX_SEEN_QUEUES = 1_000
 #: What a refresh of all workers asks for (the task lists only for one worker, as Flower).
 GLOBAL_METHODS = ("stats", "active_queues", "registered", "conf")
 
@@ -53,10 +55,11 @@ class Inspector:
         self.expected_workers = expected_workers
         self._cache: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._inflight: dict[tuple[str | None, str], cf.Future[None]] = {}
+        self._inflight: dict[tuple[str | None, str], cf.Future[Exception | None]] = {}
         self._executor: cf.ThreadPoolExecutor | None = None
         self.errors = 0
         self.last_refresh: float | None = None
+        self._seen_queues: dict[str, None] = {}
 
     def _pool(self) -> cf.ThreadPoolExecutor:
         with self._lock:
@@ -94,6 +97,21 @@ class Inspector:
         with self._lock:
             self._cache.pop(worker, None)
 
+    def seen_queues(self) -> list[str]:
+        """Names of the queues workers were seen consuming since start, oldest first (at
+        most :data:`MAX_SEEN_QUEUES`): a queue whose consumers left stays measured."""
+        with self._lock:
+            return list(self._seen_queues)
+
+    def _saw_queues(self, queues: list[Any]) -> None:
+        seen = self._seen_queues
+        for q in queues:
+            name = q.get("name") if isinstance(q, dict) else None
+            if isinstance(name, str) and name and name not in seen:
+                if len(seen) >= MAX_SEEN_QUEUES:
+                    del seen[next(iter(seen))]
+                seen[name] = None
+
     # -- refreshing ------------------------------------------------------------------------
 
     def refresh(
@@ -106,7 +124,9 @@ class Inspector:
 
         With ``wait`` the call returns when the answers are in or after ``timeout`` seconds,
         whichever is first; then or without ``wait`` it returns :meth:`get`. Raises
-        ``ValueError`` for an unknown method name.
+        ``ValueError`` for an unknown method name and, with ``wait``, the broker's connection
+        error (kombu's ``OperationalError``...) when no broadcast could be sent: an
+        unreachable broker is a failure, not an empty answer.
         """
         if methods is None:
             methods = METHODS if worker is not None else GLOBAL_METHODS
@@ -116,10 +136,13 @@ class Inspector:
                 raise ValueError(f"unknown inspect method {m!r}; use one of {', '.join(METHODS)}")
         futures = [self._start(worker, m) for m in methods]
         if wait:
-            cf.wait(futures, timeout=self.timeout)
+            done, _ = cf.wait(futures, timeout=self.timeout)
+            failures = [f.result() for f in done]
+            if futures and len(done) == len(futures) and all(failures):
+                raise failures[0]  # type: ignore[misc]
         return self.get(worker)
 
-    def _start(self, worker: str | None, method: str) -> cf.Future[None]:
+    def _start(self, worker: str | None, method: str) -> cf.Future[Exception | None]:
         key = (worker, method)
         pool = self._pool()
         with self._lock:
@@ -130,7 +153,8 @@ class Inspector:
             self._inflight[key] = fut
         return fut
 
-    def _call(self, worker: str | None, method: str) -> None:
+    def _call(self, worker: str | None, method: str) -> Exception | None:
+        """One broadcast; returns the exception that stopped it, or None."""
         limit = None
         if worker is not None:
             destination: list[str] | None = [worker]
@@ -141,18 +165,30 @@ class Inspector:
                 expected = list(self.expected_workers())
                 limit = len(expected) or None
         try:
-            insp = self.app.control.inspect(
-                destination=destination, timeout=self.timeout * 0.9, limit=limit
-            )
-            replies = getattr(insp, method)() or {}
+            with self.app.connection_for_write() as conn:
+                # Fail within the timeout when the broker is down (kombu's publish would
+                # retry for seconds, long after the caller concluded "no workers").
+                conn.ensure_connection(
+                    max_retries=1, interval_start=0, interval_step=0, timeout=self.timeout
+                )
+                insp = self.app.control.inspect(
+                    destination=destination,
+                    timeout=self.timeout * 0.9,
+                    limit=limit,
+                    connection=conn,
+                )
+                replies = getattr(insp, method)() or {}
         except Exception as exc:  # noqa: BLE001 - a broker error must not escape the pool
             self.errors += 1
             log.warning("celerymon: inspect %s failed: %s", method, exc)
-            return
+            return exc
         now = time.time()
         with self._lock:
             for host, value in replies.items():
                 d = self._cache.setdefault(host, {})
                 d[method] = value
                 d["timestamp"] = now
+                if method == "active_queues" and isinstance(value, list):
+                    self._saw_queues(value)
             self.last_refresh = now
+        return None

@@ -48,7 +48,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .state import TASK_EVENTS
+from .state import TASK_EVENTS, clean_text
 
 if TYPE_CHECKING:
     from .service import MonitorService
@@ -242,9 +242,10 @@ class MonitorMetrics:
         etype = event.get("type")
         if task is None or not isinstance(etype, str) or not etype.startswith("task-"):
             return
-        worker = event.get("hostname")
-        # task-sent comes from a client (gen<pid>@host, a new name per process): not a label
-        worker = worker if isinstance(worker, str) and etype != "task-sent" else ""
+        etype = clean_text(etype)
+        # task-sent comes from a client (gen<pid>@host, a new name per process): not a label.
+        # The task's worker is the event's hostname, already checked by the state.
+        worker = task.worker if etype != "task-sent" else ""
         with self._lock:
             name = self._bounded(task.name or "", self._names, self.max_task_names)
             key = (worker, name)
@@ -274,10 +275,15 @@ class MonitorMetrics:
             if etype == "task-sent":
                 self._track_sent(event, task)
                 # The client's sent event may arrive after the worker's started event (two
-                # connections): measure the wait now. A retry's re-send comes after the
-                # previous run started, and is not measured here.
+                # connections), and even read later than it (the client stamps it after the
+                # message left): measure the wait now (0 then). A retry's re-send comes after
+                # the previous run started and a task-retried, and is not measured here.
                 sent = _number(event.get("timestamp"))
-                if sent is not None and task.started is not None and task.started >= sent:
+                if (
+                    sent is not None
+                    and task.started is not None
+                    and (task.started >= sent or task.retried is None)
+                ):
                     self._observe_queue_wait(task, name, task.worker or "")
                 return
             queue = self._pending_queue.pop(task.uuid, None)
@@ -321,6 +327,7 @@ class MonitorMetrics:
         sent = _number(event.get("timestamp"))
         if not isinstance(queue, str) or not queue or sent is None:
             return
+        queue = clean_text(queue)
         old = self._pending_queue.get(task.uuid)
         if old is not None and old != queue:
             self._pending.get(old, {}).pop(task.uuid, None)
@@ -471,8 +478,6 @@ class MonitorMetrics:
         )
         n_online = n_known = 0
         for w in self.service.workers():
-            if not _is_worker(w):
-                continue
             n_known += 1
             n_online += bool(w["status"])
             online.add_metric([w["hostname"]], 1.0 if w["status"] else 0.0)
@@ -528,10 +533,29 @@ class MonitorMetrics:
         for key, name, doc in (
             ("events_received", "celerymon_events_received", "Events decoded from the broker"),
             ("events_applied", "celerymon_events_applied", "Events applied to the monitor state"),
-            ("events_dropped", "celerymon_events_dropped", "Events dropped by the consumer"),
+            (
+                "events_dropped",
+                "celerymon_events_dropped",
+                "Events received and never applied (undecodable, malformed, failed batch)",
+            ),
             ("events_malformed", "celerymon_events_malformed", "Events skipped as malformed"),
             ("connects", "celerymon_event_stream_connects", "Connections to the event stream"),
             ("disconnects", "celerymon_event_stream_disconnects", "Event stream disconnections"),
+            (
+                "gaps_total",
+                "celerymon_event_stream_gaps",
+                "Spans with no event consumed (a disconnect, the time between two runs)",
+            ),
+            (
+                "gap_seconds_total",
+                "celerymon_event_stream_gap_seconds",
+                "Seconds with no event consumed, over all gaps",
+            ),
+            (
+                "tasks_reconciled",
+                "celerymon_tasks_reconciled",
+                "Unfinished tasks brought to the finished state the result backend holds",
+            ),
             ("evicted", "celerymon_window_evicted_tasks", "Tasks evicted from the memory window"),
             ("listener_errors", "celerymon_listener_errors", "Errors raised by event listeners"),
         ):
@@ -563,11 +587,6 @@ class MonitorMetrics:
                 "Unix time the monitor applied its last event",
                 value=last,
             )
-
-
-def _is_worker(w: dict[str, Any]) -> bool:
-    """False for a hostname seen only on ``task-sent`` events: a client, not a worker."""
-    return any(k.startswith(("worker-", "task-")) and k != "task-sent" for k in w)
 
 
 class _Collector(Collector):

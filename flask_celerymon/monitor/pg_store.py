@@ -7,7 +7,9 @@ Layout: everything lives in the schema ``celerymon`` (override with ``?schema=na
 URL, e.g. one schema per cluster in one database): ``tasks`` (one row per task, the columns of
 :data:`~flask_celerymon.monitor.store.TASK_COLUMNS`, text columns in the byte order of the
 ``C`` collation so sorts agree with SQLite), ``task_names`` and ``task_workers`` (distinct
-values, for search), ``workers`` (JSON snapshots) and ``schema_version``. Substring search uses
+values, for search), ``workers`` (JSON snapshots), ``meta`` (what the ingester keeps across
+restarts, see :meth:`~flask_celerymon.monitor.store.HistoryStore.get_meta`) and
+``schema_version``. Substring search uses
 ``pg_trgm`` GIN indexes over ``args``, ``kwargs`` and ``result``: a ``LIKE '%term%'`` is
 answered from the index and rechecked, so it matches exactly what the SQLite store and the
 in-memory window match (case-sensitive).
@@ -44,7 +46,7 @@ POOL_MAX = 8
 #: Seconds to wait for a connection from the pool before failing the call.
 POOL_TIMEOUT = 10.0
 #: The schema's version after :data:`MIGRATIONS`.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _REAL = {"sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected",
          "timestamp", "runtime"}  # fmt: skip
@@ -118,6 +120,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE TRIGGER tasks_counted_none AFTER TRUNCATE ON tasks "
         "FOR EACH STATEMENT EXECUTE FUNCTION task_count_zero()",
     ),
+    (
+        # 3: values the ingester keeps across restarts (HistoryStore.get_meta: when events were
+        # last consumed, whether the last run stopped cleanly).
+        "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
+    ),
 )
 
 _COLS = ", ".join(TASK_COLUMNS)
@@ -184,6 +191,8 @@ class PostgresStore(HistoryStore):
     def __init__(self, url: str) -> None:
         psycopg, psycopg_pool = _driver()
         self._psycopg = psycopg
+        #: The errors that mean the server is unreachable (retry later), not a refused row.
+        self.unavailable_errors = (psycopg.OperationalError, OSError)
         parts = urllib.parse.urlsplit(url)
         query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
         schema = query.pop("schema", ["celerymon"])[-1]
@@ -316,6 +325,26 @@ class PostgresStore(HistoryStore):
                 rows,
             )
 
+    def get_meta(self, key: str) -> str | None:
+        with self._pool.connection() as c:
+            r = c.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        return None if r is None else r[0]
+
+    def set_meta(self, values: Mapping[str, str | None]) -> None:
+        put = [(k, v) for k, v in sorted(values.items()) if v is not None]
+        drop = [k for k, v in values.items() if v is None]
+        if not put and not drop:
+            return
+        with self._write_lock, self._pool.connection() as c, c.transaction(), c.cursor() as cur:
+            if put:
+                cur.executemany(
+                    "INSERT INTO meta (key, value) VALUES (%s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    put,
+                )
+            if drop:
+                cur.execute("DELETE FROM meta WHERE key = ANY(%s)", (drop,))
+
     def delete_workers(self, hostnames: Iterable[str]) -> None:
         hs = list(hostnames)
         if hs:
@@ -434,7 +463,7 @@ class PostgresStore(HistoryStore):
         self, since: float, until: float, bucket: float, name: str | None = None
     ) -> list[dict[str, Any]]:
         sql = (
-            "SELECT name, timestamp, state, runtime FROM tasks "
+            "SELECT name, timestamp, state, runtime, retries FROM tasks "
             "WHERE timestamp >= %s AND timestamp < %s "
             "AND state IN ('SUCCESS', 'FAILURE', 'RETRY', 'REVOKED')"
         )

@@ -50,6 +50,7 @@ STATES = (
     "REVOKED",
     "REJECTED",
     "IGNORED",
+    "LOST",
 )
 
 

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -27,12 +28,20 @@ from typing import Any
 from celery import Celery
 
 from . import broker as _broker
+from . import reconcile as _reconcile
 from .events import EventConsumer, Figures
 from .inspector import Inspector
 from .query import SearchError, parse, parse_sort
 from .settings import MonitorSettings
 from .sqlite_store import aggregate_stats
-from .state import TASK_EVENTS, WORKER_EVENTS, MalformedEvent, State, TaskRecord, WorkerRecord
+from .state import (
+    TASK_EVENTS,
+    WORKER_EVENTS,
+    MalformedEvent,
+    State,
+    TaskRecord,
+    WorkerRecord,
+)
 from .state import task_dict as _task_dict
 from .store import HistoryStore, TaskQuery, open_store
 from .store import redact as _redact
@@ -49,6 +58,10 @@ PURGE_CHECK_INTERVAL = 1.0
 #: Rows the store may index for search per housekeeping tick, while ingest is busy / idle.
 INDEX_BUSY = 500
 INDEX_IDLE = 2_000
+#: Gaps in the event stream remembered for figures() and the pages.
+GAPS_KEPT = 20
+#: Unfinished tasks of the history read back after a restart, to reconcile.
+RESTART_RECHECK_MAX = 10_000
 
 
 class TaskPage:
@@ -231,6 +244,18 @@ class MonitorService:
         self._queues_cache: tuple[float, list[dict] | None] | None = None
         self._flushes = 0
         self._flush_seconds = 0.0
+        self._rows_dropped = 0
+        self._flush_lock = threading.Lock()
+        # Gaps in the event stream and reconciliation with the result backend.
+        self._gaps: deque[dict[str, Any]] = deque(maxlen=GAPS_KEPT)
+        self._gaps_total = 0
+        self._gap_seconds = 0.0
+        self._gap_open: tuple[float, str] | None = None
+        self._checked: dict[str, float] = {}
+        self._store_unfinished: list[str] = []
+        self._reconcile_ok: bool | None = None
+        self._reconciled = 0
+        self._reconcile_errors = 0
         self._indexed = 0
         self._index_seconds = 0.0
         self.inspector = Inspector(
@@ -280,6 +305,8 @@ class MonitorService:
                 self._store_empty_at_start = store.is_empty()
                 with self._state.lock:
                     self._state.restore_workers(store.load_workers().values())
+                if not self.settings.single_ingester:  # else when it takes the lease
+                    self._open_restart_gap(store)
                 self._store = store
             if self.settings.single_ingester:
                 self._start_coordinated()
@@ -317,6 +344,13 @@ class MonitorService:
         try:
             if self._consumer is not None:
                 return
+            if self._store is not None:
+                # Events sent while no process ingested are gone: the gap since the last
+                # ingester consumed, and its unfinished tasks to reconcile, are ours now.
+                try:
+                    self._open_restart_gap(self._store)
+                except Exception:  # noqa: BLE001 - ingest anyway; the gap goes unreported
+                    log.exception("celerymon: reading the last ingester's meta failed")
             self._following = False
             self._consumer = EventConsumer(
                 self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
@@ -381,6 +415,30 @@ class MonitorService:
             return "stopped"
         return "follower" if self._following else "ingester"
 
+    def _open_restart_gap(self, store: HistoryStore) -> None:
+        """After a restart, events sent since the last run consumed are gone: open a gap from
+        then (closed when the stream is subscribed), and read back the unfinished tasks of the
+        history to reconcile them against the result backend."""
+        until = store.get_meta("consuming_until")
+        clean = store.get_meta("clean_stop") == "1"
+        store.set_meta({"clean_stop": None})
+        try:
+            since = float(until) if until is not None else None
+        except ValueError:
+            since = None
+        if since is None:
+            return
+        self._gap_open = (
+            since,
+            "the monitor was not running"
+            if clean
+            else "the monitor stopped without a clean shutdown (killed?)",
+        )
+        _, rows = store.query(
+            TaskQuery(state=_reconcile.UNFINISHED, limit=RESTART_RECHECK_MAX, sort_key="received")
+        )
+        self._store_unfinished = [r["uuid"] for r in rows]
+
     def _reset_after_fork(self) -> None:
         self._coordinator = None
         self._following = False
@@ -406,9 +464,8 @@ class MonitorService:
             if self._pid != os.getpid():
                 return
             self._stop_event.set()
-            if self._coordinator is not None:
-                self._coordinator.stop(timeout)
-                self._coordinator = None
+            until = self._consuming_until()  # events were consumed up to now
+            ingesting = not self._following
             if self._consumer is not None:
                 self._consumer.stop(timeout)
             if self._house is not None:
@@ -416,8 +473,17 @@ class MonitorService:
             self.inspector.close()
             try:
                 self.flush()
+                if self._store is not None and ingesting:  # followers leave the meta alone
+                    meta = {"clean_stop": "1"}
+                    if until is not None:
+                        meta["consuming_until"] = until
+                    self._store.set_meta(meta)
             except Exception:  # noqa: BLE001 - still release everything
                 log.exception("celerymon: the last write to the history store failed")
+            if self._coordinator is not None:
+                # Given up only now: a successor reads the meta written just above.
+                self._coordinator.stop(timeout)
+                self._coordinator = None
             if self._store is not None:
                 self._store.close()
                 self._store = None
@@ -468,6 +534,7 @@ class MonitorService:
                             log.exception("celerymon: event listener %r failed", fn)
         fig.events_applied += applied
         fig.events_malformed += malformed
+        fig.events_dropped += malformed  # received, never applied
         fig.events_unknown += unknown
         last = events[-1].get("timestamp")
         if isinstance(last, (int, float)):
@@ -502,9 +569,107 @@ class MonitorService:
         self._evicted_workers.append(hostname)
 
     def _on_connect(self) -> None:
+        now = time.time()
+        fig = self._figures
+        opened = self._gap_open
+        if fig.disconnected_at is not None:
+            if opened is None:
+                opened = (fig.disconnected_at, "the event stream was disconnected")
+            fig.disconnected_at = None
+        self._gap_open = None
+        if opened is not None:
+            start, reason = opened
+            gap = {"start": start, "end": now, "seconds": max(0.0, now - start), "reason": reason}
+            self._gaps.append(gap)
+            self._gaps_total += 1
+            self._gap_seconds += gap["seconds"]
+            self._checked = {}  # every unfinished task may have changed meanwhile
+            log.warning(
+                "celerymon: events between %s and %s are missing (%s); unfinished tasks are "
+                "checked against the result backend",
+                time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(start)),
+                time.strftime("%H:%M:%S", time.gmtime(now)),
+                reason,
+            )
         if self.settings.enable_events:
             self._enable_events()
         self.inspector.refresh(wait=False)
+
+    def _consuming_until(self) -> str | None:
+        """Now, as the time up to which events were consumed, if subscribed; else None."""
+        c = self._consumer
+        return repr(time.time()) if c is not None and c.connected else None
+
+    def reconcile(self) -> int:
+        """Ask the result backend about a batch of tasks held as unfinished; returns how many
+        it brought to a finished state (see :mod:`.reconcile`).
+
+        The window's unfinished tasks whose last event is older than ``reconcile.MIN_AGE``
+        and not asked about for ``reconcile.RECHECK`` seconds come first, then the history's
+        unfinished tasks read back after a restart. At most ``reconcile.BATCH`` per call.
+        """
+        if self._reconcile_ok is None:
+            self._reconcile_ok = _reconcile.supported(self.celery_app)
+        if not self._reconcile_ok:
+            return 0
+        now = time.time()
+        mono = time.monotonic()
+        st = self._state
+        checked = self._checked
+        old = now - _reconcile.MIN_AGE
+        again = mono - _reconcile.RECHECK
+        ask: list[str] = []
+        with st.lock:
+            for t in st.tasks.values():
+                if (
+                    t.state in _reconcile.UNFINISHED
+                    and (t.timestamp or 0.0) <= old
+                    and checked.get(t.uuid, -1e18) <= again
+                ):
+                    ask.append(t.uuid)
+                    if len(ask) >= _reconcile.BATCH:
+                        break
+            if len(checked) > 2 * st.max_tasks + 1000:
+                self._checked = checked = {u: m for u, m in checked.items() if u in st.tasks}
+        room = _reconcile.BATCH - len(ask)
+        from_store = set(self._store_unfinished[:room]) if room > 0 else set()
+        del self._store_unfinished[: len(from_store)]
+        ask += [u for u in from_store if u not in ask]
+        if not ask:
+            return 0
+        for u in ask:
+            checked[u] = mono
+        try:
+            events = _reconcile.finished_events(self.celery_app, ask, now)
+        except Exception as exc:  # noqa: BLE001 - the backend may be down; asked again later
+            self._reconcile_errors += 1
+            log.warning("celerymon: asking the result backend failed: %s", exc)
+            return 0
+        store = self._store
+        rows = {}
+        if store is not None:
+            for ev in events:
+                if ev["uuid"] in from_store:
+                    row = store.get_task(ev["uuid"])
+                    if row is not None:
+                        rows[ev["uuid"]] = row
+        with st.lock:
+            for row in rows.values():
+                st.adopt(TaskRecord.from_row(row))
+            for ev in events:
+                st.apply(ev, now)
+        self._reconciled += len(events)
+        if events:
+            log.info("celerymon: %d task(s) finished per the result backend", len(events))
+        return len(events)
+
+    def revoke_requested(self, task_ids: Iterable[str]) -> int:
+        """Note in the history of each unfinished task that this monitor asked to revoke it
+        (``revoke-requested``), shown until the worker confirms; returns tasks noted."""
+        now = time.time()
+        st = self._state
+        with st.lock:
+            return sum(st.note(u, "revoke-requested", now) for u in task_ids)
 
     def _enable_events(self) -> None:
         try:
@@ -521,6 +686,7 @@ class MonitorService:
         next_prune = time.monotonic() + 5.0
         next_purge = time.monotonic() + PURGE_CHECK_INTERVAL
         next_flush = time.monotonic() + s.flush_interval
+        next_reconcile = time.monotonic() + 1.0
         tick = min(s.flush_interval, PURGE_CHECK_INTERVAL, 0.5)
         while not self._stop_event.wait(tick):
             now = time.monotonic()
@@ -532,6 +698,8 @@ class MonitorService:
                     log.exception("celerymon: writing to the history store failed")
             if now >= next_purge:
                 try:
+                    if not self._following:  # the ingester marks them in the shared store
+                        self._mark_lost()
                     self._purge_offline()
                 except Exception:  # noqa: BLE001
                     log.exception("celerymon: purging offline workers failed")
@@ -546,6 +714,12 @@ class MonitorService:
                     self.inspector.refresh(wait=False)
                 except Exception:  # noqa: BLE001
                     log.exception("celerymon: inspect refresh failed")
+            if now >= next_reconcile and not self._following:
+                next_reconcile = now + _reconcile.INTERVAL
+                try:
+                    self.reconcile()
+                except Exception:  # noqa: BLE001
+                    log.exception("celerymon: reconciling with the result backend failed")
             if now >= next_prune and not self._following:
                 next_prune = now + PRUNE_INTERVAL
                 try:
@@ -554,7 +728,15 @@ class MonitorService:
                     log.exception("celerymon: pruning the history failed")
 
     def flush(self) -> int:
-        """Write changed tasks and workers to the store now; returns the number of tasks."""
+        """Write changed tasks and workers to the store now; returns the number of tasks.
+
+        When it returns, every change made before the call is in the store (a flush running
+        in the housekeeping thread is waited for).
+        """
+        with self._flush_lock:
+            return self._flush()
+
+    def _flush(self) -> int:
         store = self._store
         if store is None:
             return 0
@@ -568,7 +750,12 @@ class MonitorService:
             wsnap = {h: w.as_dict(now, st.worker_offline_after) for h, w in wdirty.items()}
         t0 = time.perf_counter()
         try:
-            store.write_tasks(rows)
+            try:
+                store.write_tasks(rows)
+            except store.unavailable_errors:
+                raise  # the store is unavailable (disk full, locked...): retry them later
+            except Exception:  # noqa: BLE001 - a row the store refuses
+                self._write_one_by_one(store, rows)
             store.write_workers(wsnap)
             store.delete_workers(gone)
         except Exception:
@@ -578,6 +765,9 @@ class MonitorService:
                 self._dirty_workers = {**wdirty, **self._dirty_workers}
                 self._evicted_workers = gone + self._evicted_workers
             raise
+        until = self._consuming_until()
+        if until is not None:
+            store.set_meta({"consuming_until": until})
         self._flushes += 1
         self._flush_seconds += time.perf_counter() - t0
         coordinator = self._coordinator
@@ -587,6 +777,18 @@ class MonitorService:
             except Exception:  # noqa: BLE001 - followers still read the store
                 log.warning("celerymon: could not publish changes to followers", exc_info=True)
         return len(rows)
+
+    def _write_one_by_one(self, store: HistoryStore, rows: list[tuple[Any, ...]]) -> None:
+        """Write ``rows`` singly, dropping (logging, counting) each row the store refuses, so
+        that one bad row never stops the history of every other task."""
+        for row in rows:
+            try:
+                store.write_tasks([row])
+            except store.unavailable_errors:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self._rows_dropped += 1
+                log.error("celerymon: the history store refused task %r: %s", row[0], exc)
 
     def _index(self, written: int) -> None:
         """Let the store index for search: a little while busy, more when idle."""
@@ -603,6 +805,18 @@ class MonitorService:
             return 0
         s = self.settings
         return store.prune(s.retention_tasks, time.time() - s.retention_days * 86400)
+
+    def _mark_lost(self) -> None:
+        """Tasks running on a worker whose heartbeats expired become LOST."""
+        st = self._state
+        with st.lock:
+            lost = st.mark_lost_offline(time.time())
+        if lost:
+            log.warning(
+                "celerymon: %d task(s) lost with their offline worker(s): %s",
+                len(lost),
+                ", ".join(sorted({t.worker for t in lost})),
+            )
 
     def _purge_offline(self) -> None:
         after = self.settings.purge_offline_workers
@@ -748,8 +962,9 @@ class MonitorService:
         timestamp[, scheduled, active, reserved, revoked]}}``.
 
         Workers known only from events are included with what is known (``timestamp`` None).
-        With ``refresh`` the cache is refreshed first, waiting at most the inspect timeout.
-        An unknown ``worker`` gives ``{}``.
+        With ``refresh`` the cache is refreshed first, waiting at most the inspect timeout;
+        then an unreachable broker raises its connection error (kombu's ``OperationalError``)
+        instead of answering with what the cache holds. An unknown ``worker`` gives ``{}``.
         """
         self._autostart()
         if refresh:
@@ -897,7 +1112,9 @@ class MonitorService:
 
         Items: ``{"name", "start", "succeeded", "failed", "retried", "revoked",
         "runtime_p50", "runtime_p95", "runtime_max"}`` ordered by ``start`` then name; by
-        default the last hour. From the history store, or the window without one.
+        default the last hour. From the history store, or the window without one. A task
+        counts in the bucket of its last state; ``retried`` counts retries (``task-retried``
+        events) as the workers page does (see :func:`.sqlite_store.aggregate_stats`).
         """
         self._autostart()
         if bucket <= 0:
@@ -910,7 +1127,7 @@ class MonitorService:
         finished = ("SUCCESS", "FAILURE", "RETRY", "REVOKED")
         with self._state.lock:
             rows = [
-                (t.name, t.timestamp, t.state, t.runtime)
+                (t.name, t.timestamp, t.state, t.runtime, t.retries)
                 for t in self._state.tasks.values()
                 if t.state in finished
                 and t.timestamp is not None
@@ -924,7 +1141,9 @@ class MonitorService:
     def queues(self, max_age: float = 1.0) -> list[dict[str, Any]] | None:
         """Queue lengths (Flower's ``/api/queues/length`` ``active_queues`` list).
 
-        Names: workers' active queues, ``CELERY_MONITOR_QUEUES``, Celery's configured queues.
+        Names: workers' active queues, the queues workers consumed earlier since start,
+        ``CELERY_MONITOR_QUEUES`` and the queues of ``CELERY_WORKERS``, Celery's configured
+        queues.
         Cached for ``max_age`` seconds. None when the broker cannot give lengths; raises the
         broker's connection error when it is unreachable.
         """
@@ -935,6 +1154,8 @@ class MonitorService:
         active: list[Any] = []
         for info in self.inspector.get().values():
             active.extend(info.get("active_queues") or ())
+        # then the queues consumed earlier (a queue whose consumers left is still measured)
+        active.extend({"name": n} for n in self.inspector.seen_queues())
         names = _broker.queue_names(self.celery_app, active, self.settings.queues)
         result = _broker.queue_lengths(self.celery_app, names, self.settings.broker_api)
         self._queues_cache = (time.monotonic(), result)
@@ -945,8 +1166,16 @@ class MonitorService:
     def figures(self) -> dict[str, Any]:
         """The service's own health numbers.
 
-        ``events_received`` (decoded), ``events_applied``, ``events_malformed`` (skipped),
-        ``events_unknown`` (unknown types, applied to counters only), ``events_dropped``,
+        ``events_received`` (decoded; an undecodable message counts as one), ``events_applied``, ``events_malformed`` (skipped),
+        ``events_unknown`` (unknown types, applied to counters only), ``events_dropped``
+        (received and never applied: undecodable messages, malformed events, failed batches;
+        ``events_received == events_applied + events_dropped`` once ingest is idle),
+        ``fields_coerced`` (event fields of the wrong type or encoding, coerced or left out),
+        ``store_rows_dropped`` (task rows the history store refused), ``gaps`` (the last 20
+        spans with no event consumed, ``{"start", "end", "seconds", "reason"}``: a broker
+        disconnect, or the time between two runs of the monitor), ``gaps_total``,
+        ``gap_seconds_total``, ``tasks_reconciled`` (unfinished tasks brought to the finished
+        state the result backend holds) and ``reconcile_errors``,
         ``connects``, ``disconnects`` (each one may have lost events published meanwhile:
         ``events_maybe_lost`` is True once that happened), ``last_error``, ``lag`` and
         ``lag_max`` (seconds from an event's timestamp to its application), ``backlog_bytes``
@@ -970,6 +1199,13 @@ class MonitorService:
         c = self._consumer
         d.update(
             events_maybe_lost=d["disconnects"] > 0,
+            fields_coerced=st.coerced,
+            gaps=list(self._gaps),
+            gaps_total=self._gaps_total,
+            gap_seconds_total=round(self._gap_seconds, 3),
+            tasks_reconciled=self._reconciled,
+            reconcile_errors=self._reconcile_errors,
+            store_rows_dropped=self._rows_dropped,
             flushes=self._flushes,
             flush_seconds=round(self._flush_seconds, 6),
             indexed=self._indexed,

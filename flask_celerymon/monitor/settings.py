@@ -8,7 +8,7 @@ standalone process with ``MonitorSettings()`` defaults.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -56,10 +56,14 @@ class MonitorSettings:
         return self.db if isinstance(self.db, str) else None
 
     @classmethod
-    def from_config(cls, own: Mapping[str, Any], instance_path: str) -> MonitorSettings:
+    def from_config(
+        cls, own: Mapping[str, Any], instance_path: str, app_queues: Iterable[str] = ()
+    ) -> MonitorSettings:
         """Build settings from validated ``CELERY_MONITOR_*`` keys (missing keys get defaults).
 
         ``CELERY_MONITOR_DB = None`` puts the store at ``<instance_path>/celerymon.sqlite3``.
+        ``queues`` are ``CELERY_MONITOR_QUEUES`` and then ``app_queues`` (the queues the app
+        configures, e.g. in ``CELERY_WORKERS``): watched even while no worker consumes them.
         """
         d = cls()
 
@@ -84,7 +88,7 @@ class MonitorSettings:
             worker_offline_after=get("CELERY_MONITOR_WORKER_OFFLINE_AFTER", None),
             purge_offline_workers=get("CELERY_MONITOR_PURGE_OFFLINE_WORKERS", None),
             broker_api=get("CELERY_MONITOR_BROKER_API", None),
-            queues=tuple(get("CELERY_MONITOR_QUEUES", ())),
+            queues=tuple(dict.fromkeys([*get("CELERY_MONITOR_QUEUES", ()), *app_queues])),
             single_ingester=get("CELERY_MONITOR_SINGLE_INGESTER", d.single_ingester),
             lease_ttl=float(get("CELERY_MONITOR_LEASE_TTL", d.lease_ttl)),
         )

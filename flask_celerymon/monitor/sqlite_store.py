@@ -132,6 +132,8 @@ def _kwarg_match(kwargs: str | None, key: str, value: str) -> int:
 class SQLiteStore(HistoryStore):
     """History in a SQLite file (created with its directory when missing)."""
 
+    unavailable_errors = (sqlite3.OperationalError, OSError)
+
     def __init__(self, path: str) -> None:
         self.path = path
         d = os.path.dirname(os.path.abspath(path))
@@ -263,6 +265,21 @@ class SQLiteStore(HistoryStore):
         if workers:
             rows = [(h, json.dumps(d, default=str)) for h, d in workers.items()]
             self._tx([("INSERT OR REPLACE INTO workers (hostname, data) VALUES (?, ?)", rows)])
+
+    def get_meta(self, key: str) -> str | None:
+        r = self._reader.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if r is None else r[0]
+
+    def set_meta(self, values: Mapping[str, str | None]) -> None:
+        self._tx(
+            [
+                (
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                    [(k, v) for k, v in values.items() if v is not None],
+                ),
+                ("DELETE FROM meta WHERE key = ?", [(k,) for k, v in values.items() if v is None]),
+            ]
+        )
 
     def delete_workers(self, hostnames: Iterable[str]) -> None:
         hs = [(h,) for h in hostnames]
@@ -462,7 +479,7 @@ class SQLiteStore(HistoryStore):
         self, since: float, until: float, bucket: float, name: str | None = None
     ) -> list[dict[str, Any]]:
         sql = (
-            "SELECT name, timestamp, state, runtime FROM tasks "
+            "SELECT name, timestamp, state, runtime, retries FROM tasks "
             "WHERE timestamp >= ? AND timestamp < ? "
             "AND state IN ('SUCCESS', 'FAILURE', 'RETRY', 'REVOKED')"
         )
@@ -494,15 +511,26 @@ def _percentile(sorted_values: list[float], p: float) -> float | None:
 
 
 def aggregate_stats(rows: Iterable[Sequence[Any]], bucket: float) -> list[dict[str, Any]]:
-    """(name, timestamp, state, runtime) rows -> per (bucket, name) counts and percentiles."""
+    """(name, timestamp, state, runtime, retries) rows -> per (bucket, name) counts and
+    runtime percentiles, by the time of each task's last state.
+
+    ``succeeded``, ``failed``, ``revoked``: tasks in that state. ``retried``: retries of the
+    tasks counted (the ``task-retried`` events: a task that retried twice then succeeded
+    counts 2, one waiting for its first retry counts 1), as the workers page counts them.
+    """
     acc: dict[tuple[float, str], dict[str, Any]] = {}
-    for name, ts, state, runtime in rows:
+    for name, ts, state, runtime, retries in rows:
         start = (ts // bucket) * bucket
         k = (start, name or "")
         a = acc.get(k)
         if a is None:
             a = acc[k] = {"succeeded": 0, "failed": 0, "retried": 0, "revoked": 0, "rt": []}
-        a[_STAT_KEYS[state]] += 1
+        n = retries if isinstance(retries, int) and retries > 0 else 0
+        if state == "RETRY":
+            a["retried"] += n + 1  # this attempt's retry, and the ones before
+        else:
+            a[_STAT_KEYS[state]] += 1
+            a["retried"] += n
         if runtime is not None:
             a["rt"].append(runtime)
     out = []

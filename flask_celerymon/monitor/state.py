@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import math
 import threading
 import time
 from array import array
@@ -26,6 +27,13 @@ from .query import STATES, compile_python
 from .store import TASK_COLUMNS, TaskQuery
 
 _NONE_PRECEDENCE = PRECEDENCE_LOOKUP[None]
+
+#: The state of a task that was running (``STARTED``) on a worker that went offline (a
+#: worker-offline event, or its heartbeats expired) without an end event. Not a Celery
+#: state: the monitor concludes it. A later event of the task (a redelivery) replaces it.
+LOST = "LOST"
+#: States after which a task changes no more (Celery's READY_STATES and LOST).
+FINISHED_STATES = frozenset(READY_STATES) | {LOST}
 
 #: task event type -> (state, timestamp attribute)
 TASK_EVENTS: dict[str, tuple[str, str]] = {
@@ -44,12 +52,14 @@ WORKER_EVENTS = frozenset({"worker-online", "worker-heartbeat", "worker-offline"
 _EARLY_FIELDS = frozenset(
     {"name", "args", "kwargs", "parent_id", "root_id", "retries", "eta", "expires"}
 )
-_SKIP_FIELDS = frozenset({"type", "uuid", "timestamp", "hostname", "local_received", "pid",
-                          "utcoffset", "queue", "state"})  # fmt: skip
 #: Fields copied as they are.
 _PLAIN_FIELDS = frozenset({"runtime", "retries", "clock", "eta", "expires", "exception",
                            "traceback"})  # fmt: skip
 _OPT_FIELDS = ("exchange", "routing_key", "client")
+#: The fields a task event may set; any other field is ignored.
+_TASK_FIELDS = frozenset(
+    {"args", "kwargs", "result", "name", "root_id", "parent_id", *_PLAIN_FIELDS, *_OPT_FIELDS}
+)
 _INTERNED = ("name", "exchange", "routing_key", "client")
 
 #: Celery's heartbeat expiry: last heartbeat + freq * 2 (HEARTBEAT_EXPIRE_WINDOW = 200 %).
@@ -149,7 +159,7 @@ class TaskRecord:
 
     @property
     def finished(self) -> bool:
-        return self.state in READY_STATES
+        return self.state in FINISHED_STATES
 
     @property
     def args(self) -> str:
@@ -189,6 +199,28 @@ class TaskRecord:
             self.parent_id, self.history,
         )  # fmt: skip
 
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> TaskRecord:
+        """A record from a stored row (:data:`~flask_celerymon.monitor.store.TASK_COLUMNS`
+        keys, ``history`` a tuple), e.g. to bring a task of the history back to the window."""
+        t = cls(row["uuid"])
+        for k in TASK_COLUMNS:
+            if k in ("uuid", "args", "kwargs", "result", "history"):
+                continue
+            v = row.get(k)
+            if v is not None:
+                setattr(t, k, v)
+        for k in ("name", "state", "worker"):
+            if row.get(k) is None:
+                setattr(t, k, "")
+        t.text = _SEP.join(
+            (row.get(k) or "").replace(_SEP, "\\x00") for k in ("args", "kwargs", "result")
+        )
+        hist = tuple(row.get("history") or ())
+        if hist != history_from_times(t):
+            t.history = hist
+        return t
+
     def as_dict(self) -> dict[str, Any]:
         """Flower's ``Task.as_dict()`` plus ``history`` (see :func:`task_dict`)."""
         d = dict(zip(TASK_COLUMNS, self.row()))
@@ -198,10 +230,17 @@ class TaskRecord:
 
 def history_from_times(task: Any) -> tuple[Any, ...]:
     """The history of a task that went through each state at most once, from its time fields
-    (a record or a row dict): ``(state, time, state, time, ...)`` oldest first."""
+    (a record or a row dict): ``(state, time, state, time, ...)``.
+
+    ``PENDING`` (sent) comes first, then the worker's states oldest first. The sent time is
+    the client's clock, stamped after the message left: it may be a little later than the
+    worker's ``received``, but the task was sent before it was received.
+    """
     get = task.get if isinstance(task, Mapping) else lambda a: getattr(task, a)
-    pairs = sorted((ts, st) for attr, st in _TIME_STATES if (ts := get(attr)) is not None)
-    return tuple(x for ts, st in pairs for x in (st, ts))
+    pairs = sorted((ts, st) for attr, st in _TIME_STATES[1:] if (ts := get(attr)) is not None)
+    sent = get("sent")
+    head = ("PENDING", sent) if sent is not None else ()
+    return head + tuple(x for ts, st in pairs for x in (st, ts))
 
 
 def task_dict(row: Mapping[str, Any], children: list[str]) -> dict[str, Any]:
@@ -257,6 +296,7 @@ class WorkerRecord:
     __slots__ = (
         "hostname", "pid", "freq", "clock", "active", "processed", "loadavg", "sw_ident",
         "sw_ver", "sw_sys", "heartbeats", "counters", "last_seen", "offline_event",
+        "lost_marked",
     )  # fmt: skip
 
     def __init__(self, hostname: str) -> None:
@@ -269,6 +309,8 @@ class WorkerRecord:
         self.counters: dict[str, int] = {}
         self.last_seen = 0.0  # local time of the last event from this worker
         self.offline_event = False
+        #: True once its running tasks were marked LOST (until it sends an event again).
+        self.lost_marked = False
 
     def alive(self, now: float, offline_after: float | None) -> bool:
         """Online unless a worker-offline came last or heartbeats expired."""
@@ -277,7 +319,7 @@ class WorkerRecord:
         window = (
             offline_after if offline_after is not None else (self.freq * HEARTBEAT_EXPIRE_FACTOR)
         )
-        return now - self.last_seen <= window
+        return now - self.last_seen < window  # Celery: time() < heartbeat_expires
 
     def as_dict(self, now: float, offline_after: float | None) -> dict[str, Any]:
         """Flower's ``/workers?json=1`` item: counters, worker fields and ``status``."""
@@ -313,7 +355,69 @@ class WorkerRecord:
 
 
 class MalformedEvent(ValueError):
-    """An event lacks a field it needs or has a field of the wrong type."""
+    """An event lacks a field it needs (``type``, a task's ``uuid`` and ``timestamp``)."""
+
+
+# -- values from the wire ------------------------------------------------------------------
+#
+# Events come from any process that can publish to the broker: no field is trusted to have
+# its expected type or a valid encoding. Each field is coerced to its type (free text by
+# ``repr``) or dropped, per field, and counted; an event is refused (MalformedEvent) only
+# without the fields that identify it. So one bad value never reaches the history store,
+# where it would fail every later batch (SQLite refuses lists, lone surrogates and integers
+# past 64 bits).
+
+_INT64 = (1 << 63) - 1
+#: Fields kept as free text: a value of another type is kept as its ``repr``.
+_FREE_TEXT = frozenset({"args", "kwargs", "result", "exception", "traceback"})
+_INT_FIELDS = frozenset({"retries", "clock", "pid", "active", "processed"})
+_FLOAT_FIELDS = frozenset({"runtime", "freq"})
+
+
+class _Drop(Exception):
+    """The field's value cannot be coerced: leave the field out."""
+
+
+def clean_text(s: str) -> str:
+    """``s`` with lone surrogates (not encodable in UTF-8) written as ``\\udXXX`` escapes."""
+    if s.isascii():
+        return s
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return s
+
+
+def _number(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise _Drop
+    f = float(v) if isinstance(v, float) or abs(v) <= _INT64 else math.inf
+    if not math.isfinite(f):
+        raise _Drop
+    return f
+
+
+def coerce_field(key: str, v: Any) -> Any:
+    """``v`` as the type field ``key`` has (a string unless listed above); raises _Drop."""
+    if key in _INT_FIELDS:
+        if isinstance(v, int) and not isinstance(v, bool) and -_INT64 <= v <= _INT64:
+            return v
+        f = _number(v)
+        if f != int(f):
+            raise _Drop
+        return int(f)
+    if key in _FLOAT_FIELDS:
+        return v if type(v) is float and math.isfinite(v) else _number(v)
+    if key == "loadavg":
+        if not isinstance(v, (list, tuple)) or len(v) > 3:
+            raise _Drop
+        return [_number(x) for x in v]
+    if isinstance(v, str):
+        return clean_text(v)
+    if key in _FREE_TEXT:
+        return clean_text(repr(v))
+    raise _Drop
 
 
 def _precedence(state: str) -> int:
@@ -349,6 +453,8 @@ class State:
         #: hostnames that ran a task in the window (kept when a worker is purged)
         self.task_workers: set[str] = set()
         self.evicted = 0
+        #: Event fields coerced to their type or dropped (see :func:`coerce_field`).
+        self.coerced = 0
         #: True while every task ever seen is still in the window.
         self.complete = True
         self.on_task: Callable[[TaskRecord], None] | None = None
@@ -376,13 +482,24 @@ class State:
         types only count towards their worker's counters. Call with :attr:`lock` held.
         """
         etype = event.get("type")
-        if not isinstance(etype, str):
+        if not isinstance(etype, str) or not etype:
             raise MalformedEvent("event has no 'type'")
+        etype = clean_text(etype)
         if now is None:
             now = time.time()
         hostname = event.get("hostname")
-        if hostname is not None and not isinstance(hostname, str):
-            raise MalformedEvent(f"{etype}: 'hostname' is not a string")
+        if hostname is not None:
+            if isinstance(hostname, str):
+                hostname = clean_text(hostname)
+            else:
+                self.coerced += 1  # dropped: an event from nobody we can name
+                hostname = None
+        if etype == "task-sent":
+            # Sent by a client (a web process, beat, a script), not a worker: the client is a
+            # property of the task (as in celery.events.state.State).
+            return self._apply_task(etype, event, None, client=hostname)
+        if etype == "worker-offline" and hostname not in self.workers:
+            return None  # the farewell of a worker never seen (as Celery's state)
         worker = self._worker(hostname, now) if hostname else None
         if worker is not None:
             worker.counters[etype] = worker.counters.get(etype, 0) + 1
@@ -404,6 +521,7 @@ class State:
             self.workers[hostname] = w
         w.last_seen = now
         w.offline_event = False
+        w.lost_marked = False
         return w
 
     def _evict_worker(self, now: float) -> None:
@@ -419,26 +537,46 @@ class State:
         for f in WORKER_FIELDS:
             v = event.get(f)
             if v is not None:
-                setattr(w, f, v)
-        if not isinstance(w.freq, (int, float)) or w.freq <= 0:
+                try:
+                    c = coerce_field(f, v)
+                except _Drop:
+                    self.coerced += 1
+                    continue
+                if c is not v:
+                    self.coerced += 1
+                setattr(w, f, c)
+        if w.freq <= 0:
             w.freq = 60.0
         ts = event.get("timestamp")
-        if isinstance(ts, (int, float)):
-            w.heartbeats.append(ts)
+        try:
+            w.heartbeats.append(_number(ts))
+        except _Drop:
+            if ts is not None:
+                self.coerced += 1
         if etype == "worker-offline":
             w.offline_event = True
         if self.on_worker is not None:
             self.on_worker(w)
+        if etype == "worker-offline":
+            self.mark_lost(w.hostname, now)
 
     def _apply_task(
-        self, etype: str, event: dict[str, Any], worker: WorkerRecord | None
+        self,
+        etype: str,
+        event: dict[str, Any],
+        worker: WorkerRecord | None,
+        client: str | None = None,
     ) -> TaskRecord | None:
         uuid = event.get("uuid")
         if not isinstance(uuid, str) or not uuid:
             raise MalformedEvent(f"{etype}: 'uuid' is missing or not a string")
-        ts = event.get("timestamp")
-        if not isinstance(ts, (int, float)):
-            raise MalformedEvent(f"{etype}: 'timestamp' is missing or not a number")
+        uuid = clean_text(uuid)
+        try:
+            ts = _number(event.get("timestamp"))
+        except _Drop:
+            raise MalformedEvent(
+                f"{etype}: 'timestamp' is missing or not a finite number"
+            ) from None
         known = TASK_EVENTS.get(etype)
         t = self.tasks.get(uuid)
         if t is None:
@@ -460,38 +598,50 @@ class State:
                 self._index_received(t, ts)
             cur = t.state
             early = (
-                cur and state != RETRY and cur != RETRY and _precedence(state) > _precedence(cur)
+                cur
+                and cur != LOST
+                and state != RETRY
+                and cur != RETRY
+                and _precedence(state) > _precedence(cur)
             )
             text = None
             for k, v in event.items():
-                if v is None or k in _SKIP_FIELDS or (early and k not in _EARLY_FIELDS):
+                if v is None or k not in _TASK_FIELDS or (early and k not in _EARLY_FIELDS):
                     continue
                 if early and k == "name" and t.name:
                     # a late task-sent names the task the client sent (for submit(): the
                     # dispatch task); the worker's name (its shadow, the function) stays
                     continue
+                try:
+                    c = coerce_field(k, v)
+                except _Drop:
+                    self.coerced += 1
+                    continue
+                if c is not v:
+                    self.coerced += 1
+                    v = c
                 if k in _TEXT_INDEX:
                     if text is None:
                         text = t.text.split(_SEP, 2)
-                    text[_TEXT_INDEX[k]] = (v if isinstance(v, str) else repr(v)).replace(
-                        _SEP, "\\x00"
-                    )
+                    text[_TEXT_INDEX[k]] = v.replace(_SEP, "\\x00")
                 elif k in _PLAIN_FIELDS:
                     setattr(t, k, v)
                 else:
                     self._set(t, k, v)
             if text is not None:
                 t.text = _SEP.join(text)
+            if client:
+                t.client = self._intern(client)
             if not early:
                 t.state = state
                 t.timestamp = ts
-            if worker is not None and etype != "task-sent" and t.worker is not worker.hostname:
+            if worker is not None and t.worker is not worker.hostname:
                 t.worker = worker.hostname
                 self.task_workers.add(worker.hostname)
                 if len(self.task_workers) > 2 * self.max_workers + 100:
                     # Worker churn: keep only hostnames that tasks in the window still name.
                     self.task_workers = {r.worker for r in self.tasks.values() if r.worker}
-            if t.state in READY_STATES and cur not in READY_STATES:
+            if t.state in FINISHED_STATES and cur not in FINISHED_STATES:
                 self._finished.append(t)
             if t.name:
                 c = self.task_counters.get(t.name)
@@ -507,7 +657,8 @@ class State:
             t.__setattr__(k, self._intern(v) if k in _INTERNED else v)
         elif k == "root_id":
             t.root_id = t.uuid if v == t.uuid else v
-        elif k == "parent_id" and t.parent_id != v:
+        elif k == "parent_id" and v != t.uuid and t.parent_id != v:
+            # (a retry is sent from the task itself: its parent_id is its own id)
             t.parent_id = v
             parent = self.tasks.get(v)
             if parent is not None:
@@ -522,7 +673,7 @@ class State:
         fin = self._finished
         while fin:
             r = fin.popleft()
-            if r.state in READY_STATES and tasks.get(r.uuid) is r:
+            if r.state in FINISHED_STATES and tasks.get(r.uuid) is r:
                 victim = r
                 break
         if victim is None:
@@ -590,13 +741,74 @@ class State:
             i -= 1
         return out if len(out) == end else None
 
+    def adopt(self, t: TaskRecord) -> TaskRecord:
+        """Put ``t`` (e.g. from :meth:`TaskRecord.from_row`) in the window unless a task with
+        its id is there already; returns the window's record. Call with :attr:`lock` held."""
+        cur = self.tasks.get(t.uuid)
+        if cur is not None:
+            return cur
+        self.tasks[t.uuid] = t
+        self._order.append(t)
+        if t.received is not None:
+            self._index_received(t, t.received)
+        if t.state in FINISHED_STATES:
+            self._finished.append(t)
+        if len(self.tasks) > self.max_tasks:
+            self._evict()
+        return t
+
+    def note(self, uuid: str, what: str, now: float) -> bool:
+        """Add ``what`` at ``now`` to the history of unfinished task ``uuid`` (the monitor's
+        own actions, e.g. ``revoke-requested``); False if unknown or finished. Call with
+        :attr:`lock` held."""
+        t = self.tasks.get(uuid)
+        if t is None or t.finished:
+            return False
+        t.history = (*t.full_history(), what, now)
+        if self.on_task is not None:
+            self.on_task(t)
+        return True
+
+    def mark_lost(self, hostname: str, now: float) -> list[TaskRecord]:
+        """Give the tasks ``STARTED`` on ``hostname`` (gone offline) the state :data:`LOST`.
+
+        Returns them. A task the worker had only received is left alone: its message was not
+        acknowledged, so the broker delivers it again. Call with :attr:`lock` held.
+        """
+        w = self.workers.get(hostname)
+        if w is not None:
+            w.lost_marked = True
+        lost = [t for t in self.tasks.values() if t.worker == hostname and t.state == "STARTED"]
+        for t in lost:
+            t.history = (*t.full_history(), LOST, now)
+            t.state = LOST
+            t.timestamp = now
+            self._finished.append(t)
+            if self.on_task is not None:
+                self.on_task(t)
+        return lost
+
+    def mark_lost_offline(self, now: float) -> list[TaskRecord]:
+        """:meth:`mark_lost` for every worker found offline since the last call."""
+        lost: list[TaskRecord] = []
+        for w in list(self.workers.values()):
+            if not w.lost_marked and not w.alive(now, self.worker_offline_after):
+                lost += self.mark_lost(w.hostname, now)
+        return lost
+
     def remove_worker(self, hostname: str) -> bool:
         """Forget a worker and its counters; True if it was known."""
         return self.workers.pop(hostname, None) is not None
 
     def restore_workers(self, snapshots: Iterable[Mapping[str, Any]]) -> None:
-        """Load stored worker snapshots (after a restart); events keep them current."""
+        """Load stored worker snapshots (after a restart); events keep them current.
+
+        Snapshots of clients stored by earlier versions (hostnames seen only on ``task-sent``)
+        are skipped.
+        """
         for d in snapshots:
+            if not any(k.startswith(("worker-", "task-")) and k != "task-sent" for k in d):
+                continue
             if d.get("hostname") and d["hostname"] not in self.workers:
                 self.workers[d["hostname"]] = WorkerRecord.from_dict(d)
 

@@ -74,6 +74,10 @@ class TaskQuery:
 class HistoryStore(abc.ABC):
     """Persistent task history and worker snapshots. All methods are thread-safe."""
 
+    #: Errors of a write that mean the store is unavailable (disk full, locked, server down):
+    #: the writer keeps its rows and tries again later. Any other error means a row was refused.
+    unavailable_errors: tuple[type[BaseException], ...] = (OSError,)
+
     @abc.abstractmethod
     def write_tasks(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert or replace tasks given as rows in :data:`TASK_COLUMNS` order."""
@@ -130,6 +134,17 @@ class HistoryStore(abc.ABC):
     def is_empty(self) -> bool:
         """True when no task is stored."""
         return self.count() == 0
+
+    def get_meta(self, key: str) -> str | None:
+        """A value the service keeps across restarts (e.g. when it last consumed events).
+
+        Default: none kept.
+        """
+        return None
+
+    def set_meta(self, values: Mapping[str, str | None]) -> None:
+        """Set (None: delete) values read back by :meth:`get_meta`. Default: not kept."""
+        return None
 
     def index_pending(self, max_rows: int) -> int:
         """Background upkeep (search indexing) of at most ``max_rows`` rows; returns rows done.

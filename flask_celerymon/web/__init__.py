@@ -4,6 +4,12 @@
 is on. Each part lives in its own module and adds its routes to the blueprint through a
 ``register(bp)`` function; views find the app's :class:`~flask_celerymon.extension.AppState`
 through :func:`get_state`, never through a global.
+
+Parts: ``views`` (pages), ``api`` (JSON API), ``live`` (websocket feed), ``metrics``
+(``/metrics``, ``/healthcheck``), ``login`` (OAuth2/OIDC login and logout). In front of all of
+them, ``guard`` runs its checks; ``auth`` holds who may see and do what: each view declares
+the role it needs with ``auth.requires``, and ``init_monitor`` builds the app's access policy
+(``app.extensions["celerymon.access"]``) and login client from the settings.
 """
 
 from __future__ import annotations
@@ -25,30 +31,42 @@ def get_state() -> AppState:
 
 def make_blueprint() -> Blueprint:
     """A fresh blueprint with every part of the monitor registered on it."""
-    from . import api, guard, live, metrics, views
+    from . import api, guard, hardening, insight, live, login, metrics, views
 
-    bp = Blueprint(
-        BLUEPRINT_NAME,
-        __name__,
-        template_folder="../templates",
-        static_folder="../static/celerymon",
-        static_url_path="/static",
-    )
+    # no static_folder: the pages' assets have a route of their own (views.assets), so that
+    # every route of the blueprint declares who may use it
+    bp = Blueprint(BLUEPRINT_NAME, __name__, template_folder="../templates")
     guard.register(bp)  # refuse first: a refused request must not start the service
+    hardening.register(bp)  # security headers on every response
     bp.before_request(_start_service)
     api.register(bp)
     views.register(bp)
     live.register(bp)
     metrics.register(bp)
+    login.register(bp)
+    insight.register(bp)
     return bp
 
 
 def _start_service() -> None:
-    """The monitor service starts lazily, on the first request to the monitor."""
-    get_state().monitor.ensure_started()
+    """The monitor service starts lazily, on the first request to the monitor.
+
+    Not for the routes that need no monitor (assets, login pages).
+    """
+    from flask import request
+
+    from .auth import ANYONE, required_level
+
+    if required_level(request.endpoint) != ANYONE:
+        get_state().monitor.ensure_started()
 
 
 def init_monitor(app: Flask, state: AppState) -> None:
     """Mount the monitor blueprint on ``app`` at ``CELERY_MONITOR_URL_PREFIX``."""
+    from .auth import init_policy
+    from .login import init_login
+
+    policy = init_policy(app, state.settings, state.extension)
+    init_login(app, state.settings, policy)
     prefix = state.settings["CELERY_MONITOR_URL_PREFIX"]
     app.register_blueprint(make_blueprint(), url_prefix=prefix or None)

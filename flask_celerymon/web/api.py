@@ -8,12 +8,14 @@ take a JSON body as in Flower.
 
 Errors are always ``{"error": "..."}`` with a status (Flower answers ``text/plain``):
 
-* 400: a bad parameter (the message names it)
+* 400: a bad parameter (the message names it), JSON nested deeper than
+  ``CELERY_MONITOR_MAX_JSON_DEPTH``, or a host not in ``CELERY_MONITOR_TRUSTED_HOSTS``
 * 403: read-only, cross-site (both from :mod:`.guard`), or a worker refused the command
 * 404: unknown task, worker, task name, queue or route
 * 405: a known route with another method
-* 409: the action conflicts with the task's state, or the broker cannot do it
-* 422: a retry whose original arguments are not known
+* 409: the action conflicts with the state of the task (not finished, or its original
+  arguments are not known for a retry), of the worker's pool, or the broker cannot do it
+* 413: a body larger than ``CELERY_MONITOR_MAX_CONTENT_LENGTH`` bytes
 * 503: the broker or the result backend is unavailable, or a worker did not reply
 
 Read-only mode and cross-site refusals are decided once, in :mod:`.guard`, never here.
@@ -21,24 +23,30 @@ Read-only mode and cross-site refusals are decided once, in :mod:`.guard`, never
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import inspect
 import json
 import logging
 import math
+import re
 import signal as _signal
 import socket
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from celery import states
 from celery.backends.base import DisabledBackend
 from celery.backends.rpc import RPCBackend
 from celery.contrib.abortable import AbortableAsyncResult
+from celery.exceptions import QueueNotFound
 from celery.exceptions import TimeoutError as CeleryTimeout
 from celery.utils import uuid as new_uuid
 from celery.utils.time import rate as parse_rate
 from flask import Blueprint, Response, current_app, request
-from kombu.exceptions import OperationalError
+from kombu.exceptions import EncodeError, OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -47,9 +55,11 @@ from werkzeug.routing import PathConverter
 from ..dispatch import DISPATCH_TASK_NAME
 from ..errors import DispatchRefused
 from ..monitor import broker as _broker
-from ..monitor.query import SearchError
+from ..monitor.query import SORT_KEYS, SearchError
 from . import get_state
+from .auth import ADMIN, OPERATOR, VIEWER, requires
 from .guard import error
+from .hardening import JSONTooDeep, load_json
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +77,7 @@ LIST_DATE_FORMAT = "%Y-%m-%d %H:%M"
 APPLY_DATE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 #: States after which a task will not change any more (retry takes these, revoke skips them).
-FINISHED = frozenset(states.READY_STATES) | {"REJECTED", "IGNORED"}
+FINISHED = frozenset(states.READY_STATES) | {"REJECTED", "IGNORED", "LOST"}
 
 #: Longest wait of ``/api/task/apply`` and ``/api/task/result`` (seconds).
 MAX_WAIT = 3600.0
@@ -78,9 +88,81 @@ BULK_LIMIT = 1000
 BULK_MAX = 10_000
 #: Largest ``n`` of pool grow/shrink and ``max`` of autoscale.
 MAX_POOL_STEP = 1000
+#: Longest wait for a pool action to show in the worker's stats (seconds; Celery's prefork
+#: pool drops exited processes at least every 5 s).
+POOL_READ_BACK = 6.0
+#: Longest countdown, expiry and time limit accepted (seconds: ten years).
+MAX_SECONDS = 10 * 365 * 86400
+#: Latest Unix time accepted by the time filters (9999-12-31 23:59:59 UTC).
+MAX_UNIX_TIME = 253_402_300_799
+
+
+@dataclass(frozen=True)
+class Range:
+    """The documented range of a number parameter, inclusive at both ends.
+
+    The one declaration of each bound: :func:`p_int`/:func:`p_float` refuse a value outside
+    it with a 400 naming the parameter and the range, and :mod:`.openapi` writes it into the
+    document (``minimum``/``maximum``). Every bound fits SQLite's 64-bit integers.
+    """
+
+    minimum: float
+    maximum: float
+    integer: bool = True
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAPI schema of a value in this range."""
+        kind = "integer" if self.integer else "number"
+        return {"type": kind, "minimum": self.minimum, "maximum": self.maximum}
+
+    def text(self) -> str:
+        """``"an integer from 0 to 10000"``, for error messages and the docs."""
+        kind = "an integer" if self.integer else "a number"
+        return f"{kind} from {_plain(self.minimum)} to {_plain(self.maximum)}"
+
+
+def _plain(x: float) -> str:
+    """``1000000`` rather than ``1e+06``."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+#: ``ratelimit`` of ``/api/task/rate-limit``: Celery's syntax (tasks per second, or per
+#: ``/s``, ``/m``, ``/h``); matched with ``re.search`` as JSON Schema's ``pattern`` is.
+RATE_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,6})?(/[smh])?$"
+#: Every value of ``sort_by`` (``-`` for descending).
+SORT_CHOICES = tuple(f"{d}{k}" for k in SORT_KEYS for d in ("", "-"))
+
+#: ``limit`` and ``offset`` of ``GET /api/tasks``.
+TASKS_LIMIT = Range(0, 1_000_000)
+TASKS_OFFSET = Range(0, 1_000_000_000)
+#: ``limit`` of the bulk actions and of ``GET /api/queues/messages``.
+BULK_RANGE = Range(1, BULK_MAX)
+MESSAGES_LIMIT = Range(0, BULK_MAX)
+#: ``n`` of pool grow/shrink, ``min``/``max`` of autoscale.
+POOL_STEP = Range(1, MAX_POOL_STEP)
+POOL_MIN = Range(0, MAX_POOL_STEP)
+POOL_MAX = Range(1, MAX_POOL_STEP)
+#: ``timeout`` of result and apply (seconds).
+WAIT = Range(0, MAX_WAIT, integer=False)
+#: ``soft``/``hard`` time limits, ``countdown``, ``expires``, ``(soft_)time_limit`` (seconds).
+SECONDS = Range(0, MAX_SECONDS, integer=False)
+#: apply's ``priority`` (AMQP's 0-255; Redis uses 0-9) and ``retries``.
+PRIORITY = Range(0, 255)
+RETRIES = Range(0, 1_000_000)
+#: The time filters given as Unix seconds.
+UNIX_TIME = Range(0, MAX_UNIX_TIME, integer=False)
 
 TRUE = frozenset({"y", "yes", "t", "true", "on", "1"})
 FALSE = frozenset({"n", "no", "f", "false", "off", "0", ""})
+
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in word)
+
+
+#: The texts a boolean parameter takes (Flower's ``strtobool`` words in any case, or empty for
+#: the default), as a JSON Schema ``pattern`` matched with ``re.search`` (as JSON Schema is).
+BOOL_PATTERN = "^(" + "|".join(_any_case(w) for w in sorted(TRUE | FALSE) if w) + ")?$"
 
 
 class ApiError(Exception):
@@ -139,15 +221,22 @@ def _safe_result(value: Any) -> Any:
 # -- parameters -------------------------------------------------------------------------------
 
 
+def _parse_json(raw: bytes) -> Any:
+    """Request JSON, nested at most ``CELERY_MONITOR_MAX_JSON_DEPTH`` deep; 400 otherwise."""
+    try:
+        return load_json(raw, get_state().limits.max_json_depth)
+    except JSONTooDeep as exc:
+        raise ApiError(400, str(exc)) from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+
+
 def _json_body() -> Any:
     if not request.get_data(cache=True):
         return None
     if not request.is_json:
         return None
-    try:
-        return json.loads(request.get_data(cache=True))
-    except ValueError as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+    return _parse_json(request.get_data(cache=True))
 
 
 def params() -> dict[str, Any]:
@@ -176,7 +265,39 @@ def p_str(p: Mapping[str, Any], name: str, required: bool = False) -> str | None
     return value.strip()
 
 
+def p_choice(
+    p: Mapping[str, Any], name: str, choices: tuple[str, ...], shown: str | None = None
+) -> str | None:
+    """``p[name]`` exactly as given when it is one of ``choices``; None when absent or empty.
+
+    Raises :class:`ApiError` (400) naming the choices otherwise.
+    """
+    value = p.get(name)
+    if value is None or value == "":
+        return None
+    if value not in choices:
+        raise ApiError(
+            400, f"{name} must be {shown or 'one of ' + ', '.join(choices)}, not {value!r}"
+        )
+    return value
+
+
+def p_pattern(p: Mapping[str, Any], name: str, pattern: str, example: str) -> str:
+    """Required ``p[name]`` matching ``pattern`` (``re.search``, as JSON Schema), stripped.
+
+    Raises :class:`ApiError` (400) when it is missing or does not match.
+    """
+    value = p.get(name)
+    if not _present(value):
+        raise ApiError(400, f"missing parameter {name!r}")
+    if not isinstance(value, str) or not re.search(pattern, value):
+        raise ApiError(400, f"{name} must be like {example}, not {value!r}")
+    return value.strip()
+
+
 def p_bool(p: Mapping[str, Any], name: str, default: bool = False) -> bool:
+    """``p[name]`` as a boolean: a text matching :data:`BOOL_PATTERN` (empty: ``default``),
+    or a JSON boolean, 0 or 1. Raises :class:`ApiError` (400) for anything else."""
     value = p.get(name)
     if value is None:
         return default
@@ -184,81 +305,100 @@ def p_bool(p: Mapping[str, Any], name: str, default: bool = False) -> bool:
         return value
     if isinstance(value, int) and value in (0, 1):
         return bool(value)
-    text = str(value).strip().lower()
-    if text in TRUE:
-        return True
-    if text in FALSE:
-        return False if text else default
+    if isinstance(value, str) and re.search(BOOL_PATTERN, value):
+        text = value.strip().lower()
+        return True if text in TRUE else (False if text else default)
     raise ApiError(400, f"{name} must be a boolean (1/0, true/false, yes/no), not {value!r}")
+
+
+#: Number texts: ASCII digits only (Python's int() and float() also take other scripts' digits,
+#: ``_`` separators, white space, ``inf`` and ``nan``).
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def p_int(
     p: Mapping[str, Any],
     name: str,
+    bounds: Range,
     default: int | None = None,
-    minimum: int | None = None,
-    maximum: int | None = None,
     required: bool = False,
 ) -> int | None:
+    """``p[name]`` as an int within ``bounds``; ``default`` when absent or empty.
+
+    Raises :class:`ApiError` (400) when it is missing but ``required``, not an integer (white
+    space is not one), or outside ``bounds``.
+    """
     value: Any = p.get(name)
-    if not _present(value):
+    if value is None or value == "":
         if required:
             raise ApiError(400, f"missing parameter {name!r}")
         return default
-    try:
-        if isinstance(value, (bool, float)):
-            raise ValueError
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value):
         n = int(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"{name} must be an integer, not {value!r}") from None
-    if minimum is not None and n < minimum:
-        raise ApiError(400, f"{name} must be >= {minimum}, not {n}")
-    if maximum is not None and n > maximum:
-        raise ApiError(400, f"{name} must be <= {maximum}, not {n}")
+    elif isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
+    if not bounds.minimum <= n <= bounds.maximum:
+        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
     return n
 
 
-def p_float(
-    p: Mapping[str, Any],
-    name: str,
-    minimum: float = 0.0,
-    maximum: float | None = None,
-) -> float | None:
+def p_float(p: Mapping[str, Any], name: str, bounds: Range) -> float | None:
+    """``p[name]`` as a finite float within ``bounds``, or None when absent or empty.
+
+    Raises :class:`ApiError` (400) when it is not a number (white space is not one) or
+    outside ``bounds``.
+    """
     value: Any = p.get(name)
-    if not _present(value):
+    if value is None or value == "":
         return None
-    try:
-        if isinstance(value, bool):
-            raise ValueError
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value):
         f = float(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"{name} must be a number, not {value!r}") from None
-    if not math.isfinite(f) or f < minimum or (maximum is not None and f > maximum):
-        top = f" and <= {maximum:g}" if maximum is not None else ""
-        raise ApiError(400, f"{name} must be a number >= {minimum:g}{top}, not {value!r}")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            f = float(value)
+        except OverflowError:
+            raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}") from None
+    else:
+        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
+    if not (math.isfinite(f) and bounds.minimum <= f <= bounds.maximum):
+        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
     return f
 
 
 def p_time(p: Mapping[str, Any], name: str) -> float | None:
-    """Flower's ``%Y-%m-%d %H:%M`` (local time), ISO 8601, or Unix seconds; as Unix seconds."""
+    """Flower's ``%Y-%m-%d %H:%M`` (local time), ISO 8601, or Unix seconds; as Unix seconds.
+
+    Raises :class:`ApiError` (400) for any other value, and for a time outside
+    :data:`UNIX_TIME` (1970 to 9999).
+    """
     value = p.get(name)
     if not _present(value):
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ApiError(400, f"{name} must be a finite Unix time, not {value!r}")
-        return float(value)
-    text = str(value).strip()
+    bad = ApiError(
+        400,
+        f"{name} must be a date like '2024-01-31 13:45' (local time), ISO 8601 or "
+        f"Unix seconds from 0 to {MAX_UNIX_TIME}, not {value!r}",
+    )
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise bad
     try:
-        if text.replace(".", "", 1).isdigit():
-            return float(text)
-        return _parse_date(text).timestamp()
+        if isinstance(value, str):
+            text = value.strip()
+            digits = text.replace(".", "", 1)
+            if digits.isascii() and digits.isdigit():
+                seconds = float(text)
+            else:
+                seconds = _parse_date(text).timestamp()
+        else:
+            seconds = float(value)
     except (ValueError, OverflowError, OSError):
-        raise ApiError(
-            400,
-            f"{name} must be a date like '2024-01-31 13:45' (local time), ISO 8601 or "
-            f"Unix seconds, not {value!r}",
-        ) from None
+        raise bad from None
+    if not (math.isfinite(seconds) and UNIX_TIME.minimum <= seconds <= UNIX_TIME.maximum):
+        raise bad
+    return seconds
 
 
 def _parse_date(text: str) -> dt.datetime:
@@ -378,6 +518,7 @@ def _broadcast(worker: str, command: str, failure: str, **arguments: Any) -> str
 # -- workers -----------------------------------------------------------------------------------
 
 
+@requires(VIEWER)
 def list_workers() -> Response:
     """``GET /api/workers``: inspect results per worker (Flower's shape).
 
@@ -397,15 +538,13 @@ def list_workers() -> Response:
                 raise ApiError(404, f"Unknown worker '{name}'")
             status = {name: status[name]}
         return json_response(status)
-    errors = svc.inspector.errors
-    data = svc.inspect(name, refresh=refresh)
-    if refresh and svc.inspector.errors > errors and not data:
-        raise ApiError(503, "Broker or result backend unavailable: the workers could not be asked")
+    data = svc.inspect(name, refresh=refresh)  # an unreachable broker raises: 503
     if name is not None and name not in data:
         raise ApiError(404, f"Unknown worker '{name}'")
     return json_response(data)
 
 
+@requires(ADMIN)
 def worker_shutdown(name: str) -> Response:
     """``POST /api/worker/shutdown/<name>``: ask a worker to shut down (no reply awaited).
 
@@ -417,64 +556,155 @@ def worker_shutdown(name: str) -> Response:
     return json_response({"message": "Shutting down!"})
 
 
+def _pool(worker: str) -> dict[str, Any] | None:
+    """``worker``'s pool as its ``stats`` reply says now (``processes`` list of pids,
+    ``max-concurrency``...) plus ``autoscaler``; None when it does not reply."""
+    stats = (
+        _capp().control.inspect(destination=[worker], timeout=_reply_timeout()).stats() or {}
+    ).get(worker)
+    if not isinstance(stats, dict):
+        return None
+    pool = dict(stats.get("pool") or {})
+    pool["autoscaler"] = stats.get("autoscaler") or None
+    return pool
+
+
+def _processes(pool: dict[str, Any] | None) -> int | None:
+    procs = (pool or {}).get("processes")
+    return len(procs) if isinstance(procs, list) else None
+
+
+def _pool_after(worker: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """Read ``worker``'s pool until ``done(pool)`` or the reply timeout; the last read.
+
+    A pool action returns before the pool shows it (a shrunk process leaves the list when
+    the worker next maintains its pool, within 5 s), so the answer waits, at most
+    :data:`POOL_READ_BACK` seconds, for what is true.
+    """
+    deadline = time.monotonic() + max(_reply_timeout(), POOL_READ_BACK)
+    pool = _pool(worker)
+    while pool is not None and not done(pool) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pool = _pool(worker)
+    return pool
+
+
+def _pool_text(pool: dict[str, Any] | None) -> str:
+    n = _processes(pool)
+    if n is None:
+        return "the pool size could not be read back"
+    return f"the pool has {n} process{'' if n == 1 else 'es'}"
+
+
+@requires(ADMIN)
 def worker_pool_restart(name: str) -> Response:
     """``POST /api/worker/pool/restart/<name>``: restart the pool (``reload=False``).
 
+    Answers ``{"message", "processes"}``: the pool size read back after the restart.
     Status codes: 200; 403 pool restarts not enabled on the worker
     (``worker_pool_restarts``), read-only or cross-site; 404 unknown worker; 503 no reply or
     broker unavailable.
     """
     _known_worker(name)
+    before = _pool(name)
+    old = set((before or {}).get("processes") or ())
     _broadcast(name, "pool_restart", f"Failed to restart the '{name}' pool", reload=False)
-    return json_response({"message": f"Restarting '{name}' worker's pool"})
+    after = _pool_after(name, lambda pool: not old & set(pool.get("processes") or ()))
+    return json_response(
+        {
+            "message": f"Restarting '{name}' worker's pool; {_pool_text(after)}",
+            "processes": _processes(after),
+        }
+    )
 
 
 def _pool_resize(name: str, grow: bool) -> Response:
     _known_worker(name)
-    n = p_int(params(), "n", default=1, minimum=1, maximum=MAX_POOL_STEP)
+    n = p_int(params(), "n", POOL_STEP, default=1)
+    assert n is not None
+    before = _processes(_pool(name))
+    if not grow and before is not None and n >= before:
+        raise ApiError(
+            409,
+            f"shrinking '{name}' worker's pool by {n} would leave it without a process "
+            f"(it has {before}); shrink by at most {before - 1}",
+        )
     capp = _capp()
     fn = capp.control.pool_grow if grow else capp.control.pool_shrink
     verb = "grow" if grow else "shrink"
     replies = fn(n=n, destination=[name], reply=True, timeout=_reply_timeout(), limit=1)
-    _control_reply(name, replies, f"Failed to {verb} '{name}' worker's pool")
+    want = None if before is None else before + (n if grow else -n)
+    try:
+        _control_reply(name, replies, f"Failed to {verb} '{name}' worker's pool")
+    except ApiError as exc:
+        after = _pool(name)
+        raise ApiError(exc.status, f"{exc.message}; {_pool_text(after)}") from None
+    after = _pool_after(name, lambda pool: want is None or _processes(pool) == want)
     doing = "Growing" if grow else "Shrinking"
-    return json_response({"message": f"{doing} '{name}' worker's pool by {n}"})
+    return json_response(
+        {
+            "message": f"{doing} '{name}' worker's pool by {n}; {_pool_text(after)}",
+            "processes": _processes(after),
+        }
+    )
 
 
+@requires(ADMIN)
 def worker_pool_grow(name: str) -> Response:
     """``POST /api/worker/pool/grow/<name>?n=1``: add ``n`` pool processes.
 
-    Status codes: 200; 400 bad ``n``; 403 the worker refused, read-only or cross-site;
-    404 unknown worker; 503 no reply or broker unavailable.
+    Answers ``{"message", "processes"}``: the pool size read back after the action.
+    Status codes: 200; 400 bad ``n``; 403 the worker refused (the message says the size the
+    pool has now), read-only or cross-site; 404 unknown worker; 503 no reply or broker
+    unavailable.
     """
     return _pool_resize(name, grow=True)
 
 
+@requires(ADMIN)
 def worker_pool_shrink(name: str) -> Response:
     """``POST /api/worker/pool/shrink/<name>?n=1``: remove ``n`` pool processes.
 
-    Status codes: as :func:`worker_pool_grow`.
+    Status codes: as :func:`worker_pool_grow`, and 409 when ``n`` is not below the number of
+    processes (the pool would be left empty: the worker would take tasks and never run them).
     """
     return _pool_resize(name, grow=False)
 
 
+@requires(ADMIN)
 def worker_pool_autoscale(name: str) -> Response:
     """``POST /api/worker/pool/autoscale/<name>?min=&max=``: set the autoscaler's bounds.
 
+    Answers ``{"message", "processes", "autoscaler"}`` read back from the worker.
     Status codes: 200; 400 missing or bad ``min``/``max``; 403 autoscale not enabled on the
     worker, read-only or cross-site; 404 unknown worker; 503 no reply or broker unavailable.
     """
     _known_worker(name)
     p = params()
-    lo = p_int(p, "min", minimum=0, maximum=MAX_POOL_STEP, required=True)
-    hi = p_int(p, "max", minimum=1, maximum=MAX_POOL_STEP, required=True)
+    lo = p_int(p, "min", POOL_MIN, required=True)
+    hi = p_int(p, "max", POOL_MAX, required=True)
     assert lo is not None and hi is not None
     if lo > hi:
         raise ApiError(400, f"min must be <= max, not min={lo} max={hi}")
     _broadcast(name, "autoscale", f"Failed to autoscale '{name}' worker", min=lo, max=hi)
-    return json_response({"message": f"Autoscaling '{name}' worker (min={lo}, max={hi})"})
+    after = _pool_after(
+        name,
+        lambda pool: (
+            (pool.get("autoscaler") or {}).get("max") == hi
+            and (pool.get("autoscaler") or {}).get("min") == lo
+        ),
+    )
+    scaler = (after or {}).get("autoscaler")
+    return json_response(
+        {
+            "message": f"Autoscaling '{name}' worker (min={lo}, max={hi}); {_pool_text(after)}",
+            "processes": _processes(after),
+            "autoscaler": scaler,
+        }
+    )
 
 
+@requires(ADMIN)
 def worker_add_consumer(name: str) -> Response:
     """``POST /api/worker/queue/add-consumer/<name>?queue=``: start consuming a queue.
 
@@ -489,6 +719,7 @@ def worker_add_consumer(name: str) -> Response:
     return json_response({"message": msg})
 
 
+@requires(ADMIN)
 def worker_cancel_consumer(name: str) -> Response:
     """``POST /api/worker/queue/cancel-consumer/<name>?queue=``: stop consuming a queue.
 
@@ -508,19 +739,26 @@ def worker_cancel_consumer(name: str) -> Response:
 # -- task control ------------------------------------------------------------------------------
 
 
-def _signal_name(value: str | None) -> str:
+def _signal_choices() -> tuple[str, ...]:
+    """Signal names ``signal`` takes: ``SIGTERM``, ``TERM``, ``sigterm``, ``term``..."""
+    names = sorted(n for n in _signal.Signals.__members__ if n.startswith("SIG") and "_" not in n)
+    return tuple(dict.fromkeys(f for n in names for f in (n, n[3:], n.lower(), n[3:].lower())))
+
+
+#: Every value of ``signal`` (revoke, bulk revoke), generated from the platform's signals.
+SIGNALS = _signal_choices()
+
+
+def _signal_name(p: Mapping[str, Any]) -> str:
+    """The ``signal`` parameter as ``SIGTERM``-style name; 400 for an unknown one."""
+    value = p_choice(p, "signal", SIGNALS, "a signal name such as SIGTERM, SIGKILL, TERM, kill")
     if value is None:
         return "SIGTERM"
     name = value.upper()
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    if name.isdigit() or name not in _signal.Signals.__members__:
-        raise ApiError(
-            400, f"signal must be a signal name such as SIGTERM or SIGKILL, not {value!r}"
-        )
-    return name
+    return name if name.startswith("SIG") else "SIG" + name
 
 
+@requires(OPERATOR)
 def task_revoke(task_id: str) -> Response:
     """``POST /api/task/revoke/<id>?terminate=false&signal=SIGTERM``: revoke a task.
 
@@ -530,13 +768,15 @@ def task_revoke(task_id: str) -> Response:
     """
     p = params()
     terminate = p_bool(p, "terminate")
-    sig = _signal_name(p_str(p, "signal"))
+    sig = _signal_name(p)
     _known_task(task_id)
     log.info("celerymon: revoking task %s (terminate=%s, signal=%s)", task_id, terminate, sig)
     _capp().control.revoke(task_id, terminate=terminate, signal=sig)
+    _service().revoke_requested([task_id])  # shown until the worker confirms
     return json_response({"message": f"Revoked '{task_id}'"})
 
 
+@requires(OPERATOR)
 def task_abort(task_id: str) -> Response:
     """``POST /api/task/abort/<id>``: mark a task ABORTED for ``AbortableTask`` to see.
 
@@ -571,6 +811,7 @@ def _registered_name(name: str, worker: str | None = None) -> None:
     raise ApiError(404, f"Unknown task '{name}'")
 
 
+@requires(OPERATOR)
 def task_timeout(name: str) -> Response:
     """``POST /api/task/timeout/<name>?workername=&soft=&hard=``: set time limits.
 
@@ -581,8 +822,8 @@ def task_timeout(name: str) -> Response:
     p = params()
     worker = p_str(p, "workername", required=True)
     assert worker is not None
-    soft = p_float(p, "soft")
-    hard = p_float(p, "hard")
+    soft = p_float(p, "soft", SECONDS)
+    hard = p_float(p, "hard", SECONDS)
     _registered_name(name, worker)
     _known_worker(worker)
     replies = _capp().control.time_limit(
@@ -598,6 +839,7 @@ def task_timeout(name: str) -> Response:
     return json_response({"message": msg})
 
 
+@requires(OPERATOR)
 def task_rate_limit(name: str) -> Response:
     """``POST /api/task/rate-limit/<name>?workername=&ratelimit=``: set a rate limit.
 
@@ -607,16 +849,8 @@ def task_rate_limit(name: str) -> Response:
     """
     p = params()
     worker = p_str(p, "workername", required=True)
-    limit = p.get("ratelimit")
-    if not _present(limit):
-        raise ApiError(400, "missing parameter 'ratelimit'")
-    limit = str(limit).strip()
-    try:
-        parse_rate(limit)
-    except (ValueError, KeyError, TypeError):
-        raise ApiError(
-            400, f"ratelimit must be like '10/m', '2/s', '1/h' or a number, not {limit!r}"
-        ) from None
+    limit = p_pattern(p, "ratelimit", RATE_PATTERN, "'10/m', '2/s', '1/h' or a number")
+    parse_rate(limit)
     assert worker is not None
     _registered_name(name, worker)
     _known_worker(worker)
@@ -663,6 +897,7 @@ def _query(p: Mapping[str, Any], **kw: Any) -> Any:
         raise ApiError(400, str(exc)) from None
 
 
+@requires(VIEWER)
 def list_tasks() -> Response:
     """``GET /api/tasks``: tasks keyed by uuid, in ``sort_by`` order (default newest received).
 
@@ -675,18 +910,20 @@ def list_tasks() -> Response:
     """
     p = params()
     svc = _service()
-    limit = p_int(p, "limit", default=svc.settings.max_tasks, minimum=0)
-    offset = p_int(p, "offset", default=0, minimum=0)
-    sort_by = p_str(p, "sort_by")
+    limit = p_int(p, "limit", TASKS_LIMIT, default=svc.settings.max_tasks)
+    offset = p_int(p, "offset", TASKS_OFFSET, default=0)
+    sort_by = p_choice(p, "sort_by", SORT_CHOICES)
     page = _query(p, sort_by=sort_by, offset=offset, limit=limit)
     return json_response({t["uuid"]: t for t in page.tasks})
 
 
+@requires(VIEWER)
 def task_types() -> Response:
     """``GET /api/task/types``: ``{"task-types": [names seen]}``. Status codes: 200."""
     return json_response({"task-types": _service().task_types()})
 
 
+@requires(VIEWER)
 def task_info(task_id: str) -> Response:
     """``GET /api/task/info/<id>``: the task as Flower's ``Task.as_dict()`` plus ``history``.
 
@@ -699,26 +936,49 @@ def task_info(task_id: str) -> Response:
     return json_response(info)
 
 
+@requires(VIEWER)
 def task_result(task_id: str) -> Response:
     """``GET /api/task/result/<id>?timeout=``: state and, once ready, result (and traceback).
 
-    With ``timeout`` (seconds) waits that long for the result. Status codes: 200; 400 bad
-    ``timeout``; 404 unknown task; 503 no result backend, or it is unavailable.
+    With ``timeout`` (seconds) waits that long for the result, at most
+    ``CELERY_MONITOR_MAX_WAIT_SECONDS``, and not at all while
+    ``CELERY_MONITOR_MAX_CONCURRENT_WAITS`` requests wait already (the answer then has the
+    state so far). Status codes: 200; 400 bad ``timeout``; 404 unknown task; 503 no result
+    backend, or it is unavailable.
     """
-    timeout = p_float(params(), "timeout", maximum=MAX_WAIT)
+    timeout = p_float(params(), "timeout", WAIT)
     if _backend() is None:
         raise ApiError(503, "no result backend is configured")
     _known_task(task_id)
     result = _capp().AsyncResult(task_id)
     if timeout:
-        try:
-            result.get(timeout=timeout, propagate=False, disable_sync_subtasks=False)
-        except CeleryTimeout:
-            pass
+        _wait(result, timeout)
     response: dict[str, Any] = {"task-id": task_id, "state": result.state}
     if result.ready():
         _add_result(response, result)
     return json_response(response)
+
+
+def _wait(result: Any, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``result``, within the app's limits.
+
+    The wait is cut to ``CELERY_MONITOR_MAX_WAIT_SECONDS``, and skipped when
+    ``CELERY_MONITOR_MAX_CONCURRENT_WAITS`` requests are waiting already: a waiting request
+    holds one of the server's threads, so the waits together must never hold them all. The
+    caller answers with the state the task has then (as when a wait times out).
+    """
+    limits = get_state().limits
+    with limits.waits.hold() as entered:
+        if not entered:
+            return
+        try:
+            result.get(
+                timeout=min(timeout, limits.max_wait),
+                propagate=False,
+                disable_sync_subtasks=False,
+            )
+        except CeleryTimeout:
+            pass
 
 
 def _add_result(response: dict[str, Any], result: Any) -> None:
@@ -727,6 +987,7 @@ def _add_result(response: dict[str, Any], result: Any) -> None:
         response["traceback"] = result.traceback
 
 
+@requires(VIEWER)
 def queue_lengths() -> Response:
     """``GET /api/queues/length``: ``{"active_queues": [{"name", "messages"}...]}``.
 
@@ -761,13 +1022,7 @@ APPLY_OPTIONS = (
 def _apply_body() -> tuple[list[Any], dict[str, Any], dict[str, Any], float | None]:
     """(args, kwargs, apply_async options, timeout) from the JSON body; 400 when malformed."""
     raw = request.get_data(cache=True)
-    if raw.strip():
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-    else:
-        body = {}
+    body = _parse_json(raw) if raw.strip() else {}
     if not isinstance(body, dict):
         raise ApiError(400, 'the request body must be a JSON object like {"args": [1, 2]}')
     body = dict(body)
@@ -779,7 +1034,7 @@ def _apply_body() -> tuple[list[Any], dict[str, Any], dict[str, Any], float | No
         raise ApiError(400, f"args must be an array, not {args!r}")
     if not isinstance(kwargs, dict):
         raise ApiError(400, f"kwargs must be an object, not {kwargs!r}")
-    timeout = p_float(body, "timeout", maximum=MAX_WAIT)
+    timeout = _json_number(body, "timeout", WAIT)
     body.pop("timeout", None)
     unknown = sorted(set(body) - set(APPLY_OPTIONS))
     if unknown:
@@ -789,34 +1044,69 @@ def _apply_body() -> tuple[list[Any], dict[str, Any], dict[str, Any], float | No
     return args, kwargs, _options(body), timeout
 
 
+def _json_number(body: Mapping[str, Any], key: str, bounds: Range) -> Any:
+    """``body[key]`` as a JSON number within ``bounds`` (None when null or absent); 400 else.
+
+    A JSON body is typed: ``"5"`` is not a number here (a query string or form has only text,
+    and :func:`p_int`/:func:`p_float` parse that).
+    """
+    value = body.get(key)
+    if value is None:
+        return None
+    integer_ok = isinstance(value, int) and not isinstance(value, bool)
+    if not (integer_ok or (not bounds.integer and isinstance(value, float))):
+        raise ApiError(400, f"{key} must be {bounds.text()}, not {value!r}")
+    if not (math.isfinite(value) and bounds.minimum <= value <= bounds.maximum):
+        raise ApiError(400, f"{key} must be {bounds.text()}, not {value!r}")
+    return value
+
+
 def _options(body: dict[str, Any]) -> dict[str, Any]:
+    """apply_async options from the apply body's JSON values; null means Celery's default."""
     opts: dict[str, Any] = {}
     for key in ("queue", "routing_key", "exchange", "task_id"):
-        if key in body and body[key] is not None:
-            if not isinstance(body[key], str) or (key != "exchange" and not body[key]):
-                raise ApiError(400, f"{key} must be a non-empty string, not {body[key]!r}")
-            opts[key] = body[key]
-    if "priority" in body and body["priority"] is not None:
-        opts["priority"] = p_int(body, "priority", minimum=0, maximum=255)
-    if "retries" in body and body["retries"] is not None:
-        opts["retries"] = p_int(body, "retries", minimum=0)
-    for key in ("countdown", "time_limit", "soft_time_limit"):
-        value = p_float(body, key, maximum=10 * 365 * 86400)
+        value = body.get(key)
+        if value is not None:
+            if not isinstance(value, str) or (key != "exchange" and not value):
+                raise ApiError(400, f"{key} must be a non-empty string, not {value!r}")
+            opts[key] = value
+    for key, bounds in (
+        ("priority", PRIORITY),
+        ("retries", RETRIES),
+        ("countdown", SECONDS),
+        ("time_limit", SECONDS),
+        ("soft_time_limit", SECONDS),
+    ):
+        value = _json_number(body, key, bounds)
         if value is not None:
             opts[key] = value
-    if "ignore_result" in body:
-        opts["ignore_result"] = p_bool(body, "ignore_result")
-    if _present(body.get("eta")):
+    soft, hard = opts.get("soft_time_limit"), opts.get("time_limit")
+    if soft and hard and soft > hard:
+        raise ApiError(
+            400, f"soft_time_limit ({soft:g}) must be <= time_limit ({hard:g}), as Celery requires"
+        )
+    ignore = body.get("ignore_result")
+    if ignore is not None:
+        if not isinstance(ignore, bool):
+            raise ApiError(400, f"ignore_result must be true or false, not {ignore!r}")
+        opts["ignore_result"] = ignore
+    if body.get("eta") is not None:
         opts["eta"] = _apply_date(body, "eta")
-    if _present(body.get("expires")):
-        try:
-            opts["expires"] = p_float(body, "expires", maximum=10 * 365 * 86400)
-        except ApiError:
-            opts["expires"] = _apply_date(body, "expires")
+    expires = body.get("expires")
+    if isinstance(expires, str):
+        opts["expires"] = _apply_date(body, "expires")
+    elif expires is not None:
+        opts["expires"] = _json_number(body, "expires", SECONDS)
     return opts
 
 
+#: Dates apply accepts for ``eta`` and ``expires``: years 1970 to 9998, so that Celery's time
+#: zone conversions cannot overflow.
+_DATE_RANGE = (dt.datetime(1970, 1, 2), dt.datetime(9998, 12, 31))
+
+
 def _apply_date(body: Mapping[str, Any], key: str) -> dt.datetime:
+    """``body[key]``: Flower's ``%Y-%m-%d %H:%M:%S.%f`` or ISO 8601, 1970-9998; 400 else."""
     value = body[key]
     if isinstance(value, str):
         for parse in (
@@ -824,11 +1114,15 @@ def _apply_date(body: Mapping[str, Any], key: str) -> dt.datetime:
             dt.datetime.fromisoformat,
         ):
             try:
-                return parse(value.strip())
+                date = parse(value.strip())
             except ValueError:
                 continue
+            if _DATE_RANGE[0] <= date.replace(tzinfo=None) <= _DATE_RANGE[1]:
+                return date
     raise ApiError(
-        400, f"{key} must be a date like '2024-01-31 13:45:00.000000' or ISO 8601, not {value!r}"
+        400,
+        f"{key} must be a date like '2024-01-31 13:45:00.000000' or ISO 8601 between 1970 and "
+        f"9998, not {value!r}",
     )
 
 
@@ -836,19 +1130,40 @@ def _sendable(name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, 
     """(task, args, kwargs, extra options) to send ``name``; 404 when it is unknown.
 
     ``name`` is a registered task, or a ``module:function`` reference on the submit allowlist
-    (sent through the dispatch task, as ``celery.submit`` does).
+    (sent through the dispatch task, as ``celery.submit`` does). The arguments are checked
+    against the task's or the function's signature here, before anything is sent: 400 with
+    Python's message when they do not fit.
     """
     state = get_state()
     task = state.celery_app.tasks.get(name)
     if task is not None and name != DISPATCH_TASK_NAME:
+        if getattr(task, "typing", True):
+            _check_arguments(name, getattr(task, "__header__", None), args, kwargs)
         return task, args, kwargs, {}
     if ":" in name:
         try:
-            state.allowlist.resolve(name, state.celery_app.tasks)
+            fn = state.allowlist.resolve(name, state.celery_app.tasks)
         except DispatchRefused:
             raise ApiError(404, f"Unknown task '{name}'") from None
+        _check_arguments(name, getattr(fn, "__header__", fn), args, kwargs)
         return state.dispatch_task, [name, args, kwargs], {}, {"shadow": name}
     raise ApiError(404, f"Unknown task '{name}'")
+
+
+def _check_arguments(name: str, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> None:
+    """400 with Python's message when ``fn(*args, **kwargs)`` would not bind."""
+    if fn is None:
+        return
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: the worker will tell
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ApiError(
+            400, f"the arguments do not fit task '{name}': {exc}; fix args/kwargs in the body"
+        ) from None
 
 
 def _record_pending(name: str, task_id: str, args: Any, kwargs: Any, queue: str | None) -> None:
@@ -871,14 +1186,54 @@ def _record_pending(name: str, task_id: str, args: Any, kwargs: Any, queue: str 
         log.warning("celerymon: could not record task %s as PENDING", task_id, exc_info=True)
 
 
+@contextlib.contextmanager
+def _sending(name: str) -> Iterator[None]:
+    """Celery's and kombu's refusals of a message become a 400 with their message."""
+    try:
+        yield
+    except (TypeError, ValueError, EncodeError, QueueNotFound) as exc:
+        raise ApiError(400, f"Celery refused to send task '{name}': {exc}") from None
+
+
+def _apply(name: str, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
+    """Send the task or reference ``name`` (see :func:`_sendable`); its AsyncResult."""
+    task, a, kw, extra = _sendable(name, args, kwargs)
+    with _sending(name):
+        return task.apply_async(a, kw, **options, **extra)
+
+
 def _send(name: str, args: list[Any], kwargs: dict[str, Any], options: dict[str, Any]) -> Any:
     capp = _capp()
     if name in capp.tasks or ":" in name:
-        task, a, kw, extra = _sendable(name, args, kwargs)
-        return task.apply_async(a, kw, **options, **extra)
+        return _apply(name, args, kwargs, options)
     task_id = options.pop("task_id", None) or new_uuid()
     _record_pending(name, task_id, args, kwargs, options.get("queue"))
-    return capp.send_task(name, args=args, kwargs=kwargs, task_id=task_id, **options)
+    try:
+        with _sending(name):
+            return capp.send_task(name, args=args, kwargs=kwargs, task_id=task_id, **options)
+    except ApiError:
+        backend = _backend()
+        if backend is not None:
+            backend.forget(task_id)  # nothing was sent: no PENDING record left behind
+        raise
+
+
+def _check_new_task_id(options: Mapping[str, Any]) -> None:
+    """409 when ``options`` names a ``task_id`` that a task already has.
+
+    Sending under a taken id would overwrite that task's record in the result backend (its
+    result, traceback and arguments) and mix two runs in the monitor's history.
+    """
+    task_id = options.get("task_id")
+    if task_id is None:
+        return
+    if _service().task(task_id, children=False) is None and _backend_meta(task_id) is None:
+        return
+    raise ApiError(
+        409,
+        f"task_id {task_id!r} is taken by an existing task, whose record sending it again "
+        "would overwrite; leave task_id out (a new id is made) or choose an unused one",
+    )
 
 
 def _sent(result: Any) -> dict[str, Any]:
@@ -888,47 +1243,51 @@ def _sent(result: Any) -> dict[str, Any]:
     return response
 
 
+@requires(OPERATOR)
 def task_apply(name: str) -> Response:
     """``POST /api/task/apply/<name>``: run a task and wait for its result.
 
-    JSON body: ``args``, ``kwargs``, ``timeout`` (seconds to wait, default 60, at most 3600;
-    on expiry the answer has the state so far and no result), and ``apply_async`` options
-    (:data:`APPLY_OPTIONS`). Status codes: 200; 400 bad body or option; 403
-    read-only/cross-site; 404 unknown task; 503 broker or backend unavailable.
+    JSON body: ``args``, ``kwargs``, ``timeout`` (seconds to wait, default 60, at most 3600,
+    cut to ``CELERY_MONITOR_MAX_WAIT_SECONDS`` and skipped while
+    ``CELERY_MONITOR_MAX_CONCURRENT_WAITS`` requests wait already; on expiry the answer has
+    the state so far and no result), and ``apply_async`` options (:data:`APPLY_OPTIONS`).
+    Status codes: 200; 400 bad body or option, or JSON nested too deep; 403
+    read-only/cross-site; 404 unknown task; 409 ``task_id`` names an existing task; 413 body
+    too large; 503 broker or backend unavailable.
     """
     args, kwargs, options, timeout = _apply_body()
-    task, a, kw, extra = _sendable(name, args, kwargs)
-    result = task.apply_async(a, kw, **options, **extra)
+    _check_new_task_id(options)
+    result = _apply(name, args, kwargs, options)
     response: dict[str, Any] = {"task-id": result.id}
     if _backend() is None:
         return json_response(response)
-    try:
-        result.get(timeout=timeout or APPLY_WAIT, propagate=False, disable_sync_subtasks=False)
-    except CeleryTimeout:
-        pass
+    _wait(result, timeout or APPLY_WAIT)
     response["state"] = result.state
     if result.ready():
         _add_result(response, result)
     return json_response(response)
 
 
+@requires(OPERATOR)
 def task_async_apply(name: str) -> Response:
     """``POST /api/task/async-apply/<name>``: send a task; answer at once with its id.
 
     Body and status codes as :func:`task_apply` (``timeout`` is ignored).
     """
     args, kwargs, options, _ = _apply_body()
-    task, a, kw, extra = _sendable(name, args, kwargs)
-    return json_response(_sent(task.apply_async(a, kw, **options, **extra)))
+    _check_new_task_id(options)
+    return json_response(_sent(_apply(name, args, kwargs, options)))
 
 
+@requires(OPERATOR)
 def task_send(name: str) -> Response:
     """``POST /api/task/send-task/<name>``: send by name; the task need not be registered here.
 
     Body as :func:`task_apply`. Status codes: 200; 400 bad body or option; 403
-    read-only/cross-site; 503 broker unavailable.
+    read-only/cross-site; 409 ``task_id`` names an existing task; 503 broker unavailable.
     """
     args, kwargs, options, _ = _apply_body()
+    _check_new_task_id(options)
     return json_response(_sent(_send(name, args, kwargs, options)))
 
 
@@ -945,7 +1304,7 @@ def _retry(task_id: str) -> Any:
         )
     if meta is None or meta.get("args") is None or not meta.get("name"):
         raise ApiError(
-            422,
+            409,
             f"the original arguments of task '{task_id}' are not known: the result backend "
             "keeps no extended result for it (result_extended off, result expired, or the "
             "task was aborted); events only carry truncated reprs",
@@ -959,18 +1318,20 @@ def _retry(task_id: str) -> Any:
         try:
             state_.allowlist.resolve(args[0], state_.celery_app.tasks)
         except DispatchRefused as exc:
-            raise ApiError(422, f"task '{task_id}' cannot be retried: {exc}") from None
-        return state_.dispatch_task.apply_async(args, kwargs, shadow=args[0], **options)
+            raise ApiError(409, f"task '{task_id}' cannot be retried: {exc}") from None
+        with _sending(name):
+            return state_.dispatch_task.apply_async(args, kwargs, shadow=args[0], **options)
     return _send(name, args, kwargs, options)
 
 
+@requires(OPERATOR)
 def task_retry(task_id: str) -> Response:
     """``POST /api/task/retry/<id>``: send a finished task again, as it was first sent.
 
     The name, arguments and queue come from the result backend's extended record
     (``result_extended``, on by default here), never from the truncated reprs in events.
     Answers ``{"task-id": new id, "retried-from": id, "message"}``. Status codes: 200; 403
-    read-only/cross-site; 404 unknown task; 409 the task has not finished; 422 the original
+    read-only/cross-site; 404 unknown task; 409 the task has not finished, or its original
     arguments are not known; 503 broker or backend unavailable.
     """
     result = _retry(task_id)
@@ -983,20 +1344,26 @@ def task_retry(task_id: str) -> Response:
     )
 
 
-def _bulk_selection(p: Mapping[str, Any], action: str) -> tuple[int, list[dict[str, Any]]]:
-    if not any(
+def has_filter(p: Mapping[str, Any]) -> bool:
+    """Whether ``p`` names at least one task filter (what a bulk action requires)."""
+    return any(
         _present(p.get(k)) and p.get(k) != "All" for k in (*FILTERS, *TIME_FILTERS, "search")
-    ):
+    )
+
+
+def _bulk_selection(p: Mapping[str, Any], action: str) -> tuple[int, list[dict[str, Any]]]:
+    if not has_filter(p):
         raise ApiError(
             400,
             f"bulk {action} needs at least one filter: state, taskname, workername, "
             "received_start, received_end, started_start, started_end or search",
         )
-    limit = p_int(p, "limit", default=BULK_LIMIT, minimum=1, maximum=BULK_MAX)
-    page = _query(p, sort_by=p_str(p, "sort_by"), offset=0, limit=limit)
+    limit = p_int(p, "limit", BULK_RANGE, default=BULK_LIMIT)
+    page = _query(p, sort_by=p_choice(p, "sort_by", SORT_CHOICES), offset=0, limit=limit)
     return page.total, page.tasks
 
 
+@requires(ADMIN)
 def tasks_revoke() -> Response:
     """``POST /api/tasks/revoke``: revoke every unfinished task matching the filters.
 
@@ -1008,15 +1375,17 @@ def tasks_revoke() -> Response:
     p = params()
     dry_run = p_bool(p, "dry_run")
     terminate = p_bool(p, "terminate")
-    sig = _signal_name(p_str(p, "signal"))
+    sig = _signal_name(p)
     total, tasks = _bulk_selection(p, "revoke")
     ids = [t["uuid"] for t in tasks if t.get("state") not in FINISHED]
     if ids and not dry_run:
         log.info("celerymon: bulk revoke of %d tasks", len(ids))
         _capp().control.revoke(ids, terminate=terminate, signal=sig)
+        _service().revoke_requested(ids)  # shown until the workers confirm
     return json_response({"dry_run": dry_run, "matched": total, "count": len(ids), "task_ids": ids})
 
 
+@requires(ADMIN)
 def tasks_retry() -> Response:
     """``POST /api/tasks/retry``: retry every finished task matching the filters.
 
@@ -1068,15 +1437,10 @@ def _redis_channel(conn: Any, what: str) -> Any:
     return conn.default_channel
 
 
-def _queue_keys(chan: Any, queue: str) -> list[str]:
-    steps = list(getattr(chan, "priority_steps", [0]))
-    return list(dict.fromkeys(chan._q_for_pri(queue, p) for p in steps))
-
-
 def _message_summary(raw: bytes | str) -> dict[str, Any] | None:
     try:
         msg = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep for the parser
         return None
     if not isinstance(msg, dict):
         return None
@@ -1094,6 +1458,7 @@ def _message_summary(raw: bytes | str) -> dict[str, Any] | None:
     }
 
 
+@requires(ADMIN)
 def queue_purge(queue: str) -> Response:
     """``POST /api/queues/purge/<queue>``: delete every message waiting in a queue.
 
@@ -1107,6 +1472,7 @@ def queue_purge(queue: str) -> Response:
     return json_response({"message": f"Purged {n} messages from '{queue}'", "purged": n})
 
 
+@requires(VIEWER)
 def queue_messages(queue: str) -> Response:
     """``GET /api/queues/messages/<queue>?limit=100``: the messages waiting (Redis only).
 
@@ -1114,25 +1480,16 @@ def queue_messages(queue: str) -> Response:
     Status codes: 200; 400 bad ``limit``; 404 unknown queue; 409 the broker cannot list
     messages; 503 broker unavailable.
     """
-    limit = p_int(params(), "limit", default=100, minimum=0, maximum=BULK_MAX)
+    limit = p_int(params(), "limit", MESSAGES_LIMIT, default=100)
     assert limit is not None
     _known_queue(queue)
-    out: list[dict[str, Any]] = []
     with _capp().connection_for_read() as conn:
-        chan = _redis_channel(conn, "listing messages")
-        client = chan.client
-        for key in _queue_keys(chan, queue):
-            if len(out) >= limit:
-                break
-            # kombu pushes with LPUSH and takes with BRPOP: the tail is taken first
-            raw = client.lrange(key, -(limit - len(out)), -1)
-            for item in reversed(raw):
-                summary = _message_summary(item)
-                if summary is not None:
-                    out.append(summary)
+        raws = _broker.redis_messages(_redis_channel(conn, "listing messages"), queue, limit)
+    out = [m for m in map(_message_summary, raws) if m is not None]
     return json_response({"queue": queue, "messages": out})
 
 
+@requires(ADMIN)
 def queue_remove_message(queue: str, task_id: str) -> Response:
     """``POST /api/queues/remove/<queue>/<id>``: delete one waiting message (Redis only).
 
@@ -1140,24 +1497,22 @@ def queue_remove_message(queue: str, task_id: str) -> Response:
     task waits in it; 409 the broker cannot delete one message; 503 broker unavailable.
     """
     _known_queue(queue)
+
+    def of_task(raw: bytes) -> bool:
+        summary = _message_summary(raw)
+        return summary is not None and summary["task-id"] == task_id
+
     with _capp().connection_for_write() as conn:
         chan = _redis_channel(conn, "deleting one message")
-        client = chan.client
-        for key in _queue_keys(chan, queue):
-            for raw in client.lrange(key, 0, -1):
-                summary = _message_summary(raw)
-                if (
-                    summary is not None
-                    and summary["task-id"] == task_id
-                    and client.lrem(key, 1, raw)
-                ):
-                    log.info("celerymon: removed task %s from queue %s", task_id, queue)
-                    return json_response(
-                        {"message": f"Removed '{task_id}' from '{queue}'", "task-id": task_id}
-                    )
+        if _broker.redis_remove(chan, queue, of_task):
+            log.info("celerymon: removed task %s from queue %s", task_id, queue)
+            return json_response(
+                {"message": f"Removed '{task_id}' from '{queue}'", "task-id": task_id}
+            )
     raise ApiError(404, f"no message of task '{task_id}' waits in queue '{queue}'")
 
 
+@requires(VIEWER)
 def openapi_document() -> Response:
     """``GET /api/openapi.json``: the OpenAPI 3 description of this API. Status codes: 200."""
     from .openapi import build_spec
@@ -1166,27 +1521,49 @@ def openapi_document() -> Response:
     return json_response(build_spec(prefix))
 
 
-def not_found(rest: str) -> Response:
-    """Any other path under ``/api/``: 404, or 405 when the path exists for other methods."""
+def _allowed_methods() -> list[str]:
+    """The methods the API route at this request's path takes (not counting the catch-all),
+    with HEAD and OPTIONS as Flask adds them; empty when no route has this path."""
     adapter = current_app.url_map.bind_to_environ(request.environ)
     allowed = []
     for method in ("GET", "POST"):
-        if method == request.method:
-            continue
         try:
             endpoint, _ = adapter.match(method=method)
         except HTTPException:
             continue
         if not endpoint.endswith(".api_not_found"):
             allowed.append(method)
+    if not allowed:
+        return []
+    return [*allowed, *(["HEAD", "OPTIONS"] if "GET" in allowed else ["OPTIONS"])]
+
+
+def _method_not_allowed(allowed: list[str]) -> Response:
+    """405 naming the methods to use, with the ``Allow`` header."""
+    usable = [m for m in allowed if m not in ("HEAD", "OPTIONS")]
+    resp = error(405, f"{request.method} is not allowed here; use {', '.join(usable)}")
+    resp.headers["Allow"] = ", ".join(allowed)
+    return resp
+
+
+@requires(VIEWER)
+def not_found(rest: str) -> Response:
+    """Any other path under ``/api/``: 404, or 405 when the path exists for other methods."""
+    allowed = _allowed_methods()
     if allowed:
-        resp = error(405, f"{request.method} is not allowed here; use {', '.join(allowed)}")
-        extra = ["HEAD", "OPTIONS"] if "GET" in allowed else ["OPTIONS"]
-        resp.headers["Allow"] = ", ".join([*allowed, *extra])
-        return resp
+        return _method_not_allowed(allowed)
     return error(
         404, f"no API route {request.path}; see {request.script_root}{_api_root()}/openapi.json"
     )
+
+
+def _allow_header(response: Response) -> Response:
+    """An API ``OPTIONS`` answer lists the route's own methods, not the catch-all's."""
+    if request.method == "OPTIONS" and _is_api_request():
+        allowed = _allowed_methods()
+        if allowed:
+            response.headers["Allow"] = ", ".join(allowed)
+    return response
 
 
 def _api_root() -> str:
@@ -1263,6 +1640,10 @@ def _runtime_error(exc: RuntimeError) -> Response:
 def _http_error(exc: HTTPException) -> Any:
     if not _is_api_request():
         return exc
+    if isinstance(exc, MethodNotAllowed):
+        allowed = _allowed_methods()
+        if allowed:
+            return _method_not_allowed(allowed)
     if isinstance(exc, (NotFound, MethodNotAllowed)) or exc.code is None:
         return error(exc.code or 500, exc.description or exc.name)
     return error(exc.code, exc.description or exc.name)
@@ -1281,8 +1662,9 @@ def register(bp: Blueprint) -> None:
         "/api/<celerymon_path:rest>",
         "api_not_found",
         not_found,
-        methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+        methods=["GET", "POST", "PUT", "PATCH", "DELETE", "TRACE"],
     )
+    bp.after_request(_allow_header)
     bp.register_error_handler(ApiError, _api_error)
     for exc_type in UNAVAILABLE:
         bp.register_error_handler(exc_type, _unavailable)

@@ -1,21 +1,28 @@
 """The one guard in front of every route of the monitor blueprint.
 
 A single ``before_request`` function decides, for every request the blueprint serves (pages,
-JSON API, websockets, metrics), whether it may go on. Handlers never repeat these checks.
+JSON API, websockets, metrics, login), whether it may go on. Handlers never repeat these
+checks. It runs :data:`CHECKS` in order and sends the first refusal:
 
-Today it refuses, with ``403 {"error": ...}``:
+0. :func:`~.hardening.check_surface`: 400 for a ``Host`` that is not served (DNS rebinding),
+   403 for a websocket handshake from another origin, 413 for a body over the size limit
+   (see :mod:`.hardening`). It runs before anything reads the body;
+1. :func:`~.auth.check_access`: who is asking, and whether their role meets what the route
+   declares with :func:`~.auth.requires` (401 not logged in, 403 role too weak or no
+   authentication configured; see :mod:`.auth`);
+2. :func:`check_same_origin`: 403 for any **cross-site mutation**: a browser request whose
+   ``Sec-Fetch-Site`` header is ``cross-site`` or ``same-site``, or whose ``Origin`` header
+   is not this server's origin. Same-origin fetches of the monitor's own pages pass, and so
+   do clients that send neither header (curl, ``requests`` scripts written for Flower):
+   browsers always send at least one of them on a cross-site POST, so a forged form or
+   ``fetch`` from another site cannot act;
+3. :func:`~.auth.check_csrf`: 403 for a mutation by a user logged in with a cookie (OAuth2
+   login, flask-login) without the page's CSRF token;
+4. :func:`check_read_only`: 403 for any **mutation** (a method other than GET, HEAD,
+   OPTIONS) while ``CELERY_MONITOR_READ_ONLY`` is on, except views marked :func:`safe` (a
+   POST that only reads, such as a datatable query).
 
-* any **mutation** (a method other than GET, HEAD, OPTIONS) while
-  ``CELERY_MONITOR_READ_ONLY`` is on, except views marked :func:`safe` (a POST that only reads,
-  such as a datatable query);
-* any **cross-site mutation**: a browser request whose ``Sec-Fetch-Site`` header is
-  ``cross-site`` or ``same-site``, or whose ``Origin`` header is not this server's origin.
-  Same-origin fetches of the monitor's own pages pass, and so do clients that send neither
-  header (curl, ``requests`` scripts written for Flower): browsers always send at least one of
-  them on a cross-site POST, so a forged form or ``fetch`` from another site cannot act.
-
-Authentication and roles will hook in here (:data:`CHECKS`), so that there stays one place
-that says who may do what.
+Refusals are ``{"error": ...}`` JSON (the HTML pages get the error page).
 """
 
 from __future__ import annotations
@@ -116,9 +123,15 @@ def check_same_origin() -> Response | None:
     return None
 
 
+def _checks() -> tuple[Callable[[], Response | None], ...]:
+    from .auth import check_access, check_csrf
+    from .hardening import check_surface  # first: host, websocket origin, body size
+
+    return (check_surface, check_access, check_same_origin, check_csrf, check_read_only)
+
+
 #: The checks run in order for every request; the first response returned is sent instead.
-#: Authentication (and then roles) will be inserted first.
-CHECKS: tuple[Callable[[], Response | None], ...] = (check_same_origin, check_read_only)
+CHECKS: tuple[Callable[[], Response | None], ...] = _checks()
 
 
 def guard() -> Response | None:

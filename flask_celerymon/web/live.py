@@ -17,12 +17,17 @@ fragments rendered by the same templates as the page, so formatting lives in one
 ``broker``    none                                            ``queues`` (every 2 s)
 ============  ==============================================  ==================================
 
-Every message is a JSON object ``{"type": ...}``; the first is ``{"type": "hello"}`` and an
+Every message is a JSON object ``{"type": ...}``; the first is ``{"type": "hello"}``, then a
+``batch`` with the current state of what the page shows (it was rendered before the socket
+subscribed, and nothing that changed in between may be lost), and an
 idle feed sends ``{"type": "ping"}`` every :data:`PING_INTERVAL` seconds so dead peers are
 noticed. Updates are coalesced by the service's :class:`~..monitor.service.Subscription` and
 sent at most every :data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
 1008 and the reason; a subscriber too slow for the event rate is closed with 1013 and the
-page reconnects (and reloads what it shows).
+page reconnects (and reloads what it shows). Beyond ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` open
+feeds a new one is closed with code 4503 (:data:`~.hardening.BUSY_CLOSE_CODE`): the page then
+reloads what it shows every ``CELERY_MONITOR_POLL_INTERVAL`` seconds, trying the feed again
+each time.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from flask import Blueprint, request
 from flask_sock import Sock  # type: ignore[import-untyped]
 
 from . import get_state
+from .auth import VIEWER, requires
+from .hardening import BUSY_CLOSE_CODE
 from .views import (
     BadInput,
     TaskFilter,
@@ -109,6 +116,33 @@ class Feed:
             self.received = {t["uuid"]: t.get("received") or 0.0 for t in page.tasks}
         if self.view in ("workers", "worker"):
             self.status = service.worker_status()
+
+    def current(self, service: Any) -> list[dict[str, Any]]:
+        """Messages bringing the page to the current state, sent once subscribed.
+
+        The page was rendered before its websocket subscribed: a change in between would be
+        lost (a task page opened just before the task ended would never show its end).
+        Changes after the subscription are queued by it, so this closes the gap.
+        """
+        if self.view == "task":
+            t = service.task(self.task_id, children=False)
+            return [] if t is None else self.messages([{"type": "task", "id": t["uuid"],
+                                                        "data": t}])  # fmt: skip
+        if self.view in ("worker", "workers"):
+            return self.messages([{"type": "worker", "id": h, "data": None} for h in self.status])
+        if self.filter is not None:
+            flt = self.filter
+            out = []
+            for uuid in reversed(self.rows):  # oldest first: new ones end on top
+                t = service.task(uuid, children=False)
+                if t is not None:
+                    html = render_task_row(t, flt)
+                    msg = {"type": "task", "id": uuid, "html": html}
+                    if flt.live_inserts:
+                        msg["insert"] = True
+                    out.append(msg)
+            return out
+        return []
 
     def status_changes(self, service: Any) -> list[dict[str, Any]]:
         """Workers whose online status flipped without an event (heartbeats stopped).
@@ -216,9 +250,31 @@ class Feed:
         }
 
 
+@requires(VIEWER)
 def feed(ws: Any) -> None:
-    """Serve one page's websocket until the page goes away (see the module docstring)."""
-    service = get_state().monitor
+    """Serve one page's websocket until the page goes away (see the module docstring).
+
+    Each open feed holds one of the server's threads, so at most
+    ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` run at once; the next is closed at once with
+    :data:`~.hardening.BUSY_CLOSE_CODE` and the page polls instead.
+    """
+    state = get_state()
+    sockets = state.limits.sockets
+    if not sockets.enter():
+        tcp = _own_tcp(ws)
+        ws.close(
+            reason=BUSY_CLOSE_CODE,
+            message=f"{sockets.size} live pages are open (CELERY_MONITOR_MAX_LIVE_SOCKETS)",
+        )
+        _end_of_stream(ws, tcp)
+        return
+    try:
+        _serve(ws, state.monitor)
+    finally:
+        sockets.leave()
+
+
+def _serve(ws: Any, service: Any) -> None:
     try:
         f = Feed(request.args.get("view", ""), request.args)
     except BadInput as exc:
@@ -229,6 +285,9 @@ def feed(ws: Any) -> None:
     try:
         f.prime(service)
         ws.send(json.dumps({"type": "hello", "view": f.view}))
+        first = f.current(service)
+        if first:
+            ws.send(json.dumps({"type": "batch", "items": first}))
         last_send = time.monotonic()
         next_queues = 0.0
         next_status = time.monotonic() + STATUS_INTERVAL

@@ -22,6 +22,7 @@ from prometheus_flask_exporter import PrometheusMetrics
 
 from ..monitor.metrics import MonitorMetrics, check_health
 from . import get_state
+from .auth import METRICS, PUBLIC, requires
 
 #: ``app.extensions`` key of the app's :class:`WebMetrics`.
 EXTENSION_KEY = "celerymon.metrics"
@@ -88,6 +89,7 @@ def _setup(setup_state: BlueprintSetupState) -> None:
     app.extensions[EXTENSION_KEY] = WebMetrics(monitor, requests)
 
 
+@requires(METRICS)
 def metrics() -> Response:
     """Prometheus metrics of the monitor and of the app's requests.
 
@@ -100,6 +102,7 @@ def metrics() -> Response:
     return resp
 
 
+@requires(PUBLIC)
 def healthcheck() -> Response | tuple[Response, int]:
     """``OK`` when the monitor consumes events and the broker answers.
 

@@ -9,23 +9,29 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import api as _api
+
 OPENAPI_VERSION = "3.0.3"
 
 _STR = {"type": "string"}
+#: A required text parameter: at least one character that is not white space.
+_TEXT = {"type": "string", "minLength": 1, "pattern": "\\S"}
+_EMPTY = {"type": "string", "maxLength": 0}
 _NSTR = {"type": "string", "nullable": True}
 _NNUM = {"type": "number", "nullable": True}
 _NINT = {"type": "integer", "nullable": True}
-_BOOL_PARAM = {
-    "type": "string",
-    "enum": ["1", "0", "true", "false", "yes", "no", "on", "off"],
-}
+_BOOL_PARAM = {"type": "string", "pattern": _api.BOOL_PATTERN}
 
 ERROR_MESSAGES = {
-    400: "A parameter is missing or not valid; the message names it",
+    400: (
+        "A parameter is missing or not valid (the message names it), a JSON body nested too "
+        "deep, or a Host not in CELERY_MONITOR_TRUSTED_HOSTS"
+    ),
     403: "Read-only mode, a cross-site request, or the worker refused the command",
     404: "Unknown task, worker, task name or queue",
-    409: "Conflicts with the task's state, or the broker cannot do it",
-    422: "The task's original arguments are not known",
+    409: "Conflicts with the state of the task (unfinished, or its arguments unknown for a "
+    "retry) or of the worker's pool, or the broker cannot do it",
+    413: "The request body is larger than CELERY_MONITOR_MAX_CONTENT_LENGTH",
     503: "The broker or the result backend is unavailable, or the worker did not reply",
 }
 
@@ -124,6 +130,17 @@ SCHEMAS: dict[str, Any] = {
             "oneOf": [{"$ref": "#/components/schemas/WorkerInspect"}, {"type": "boolean"}]
         },
     },
+    "Pool": {
+        "type": "object",
+        "description": "A pool action's answer: processes and autoscaler read back from the "
+        "worker after the action (null when it did not reply in time).",
+        "required": ["message", "processes"],
+        "properties": {
+            "message": _STR,
+            "processes": {"type": "integer", "nullable": True},
+            "autoscaler": {"type": "object", "nullable": True},
+        },
+    },
     "Sent": {
         "type": "object",
         "required": ["task-id"],
@@ -141,26 +158,30 @@ SCHEMAS: dict[str, Any] = {
     },
     "ApplyBody": {
         "type": "object",
-        "description": "args, kwargs, timeout (apply only) and apply_async options.",
+        "description": "args, kwargs, timeout (apply only) and apply_async options; null (or "
+        "leaving a key out) means the default.",
         "properties": {
-            "args": {"type": "array"},
-            "kwargs": {"type": "object"},
-            "timeout": {"type": "number", "minimum": 0, "maximum": 3600},
-            "queue": {"type": "string", "minLength": 1},
-            "routing_key": {"type": "string", "minLength": 1},
-            "exchange": _STR,
-            "priority": {"type": "integer", "minimum": 0, "maximum": 255},
-            "countdown": {"type": "number", "minimum": 0},
-            "eta": {"type": "string", "description": "%Y-%m-%d %H:%M:%S.%f or ISO 8601"},
-            "expires": {
-                "description": "seconds, or a date like eta",
-                "oneOf": [{"type": "number", "minimum": 0}, {"type": "string"}],
-            },
-            "time_limit": {"type": "number", "minimum": 0},
-            "soft_time_limit": {"type": "number", "minimum": 0},
-            "task_id": {"type": "string", "minLength": 1},
-            "ignore_result": {"type": "boolean"},
-            "retries": {"type": "integer", "minimum": 0},
+            k: {**v, "nullable": True}
+            for k, v in {
+                "args": {"type": "array"},
+                "kwargs": {"type": "object"},
+                "timeout": _api.WAIT.schema(),
+                "queue": {"type": "string", "minLength": 1},
+                "routing_key": {"type": "string", "minLength": 1},
+                "exchange": _STR,
+                "priority": _api.PRIORITY.schema(),
+                "countdown": _api.SECONDS.schema(),
+                "eta": {"type": "string", "description": "%Y-%m-%d %H:%M:%S.%f or ISO 8601"},
+                "expires": {
+                    "description": "seconds, or a date like eta",
+                    "oneOf": [_api.SECONDS.schema(), {"type": "string"}],
+                },
+                "time_limit": _api.SECONDS.schema(),
+                "soft_time_limit": _api.SECONDS.schema(),
+                "task_id": {"type": "string", "minLength": 1},
+                "ignore_result": {"type": "boolean"},
+                "retries": _api.RETRIES.schema(),
+            }.items()
         },
         "additionalProperties": False,
     },
@@ -238,6 +259,11 @@ SCHEMAS: dict[str, Any] = {
 
 
 def _q(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict:
+    if required and schema == _STR:
+        schema = _TEXT
+    if not required and schema.get("type") in ("integer", "number"):
+        # an empty value (an empty form field) means the default
+        schema = {"anyOf": [schema, _EMPTY]}
     return {
         "name": name,
         "in": "query",
@@ -272,15 +298,23 @@ _FILTERS = [
     _q("started_end", _STR, "as received_start"),
     _q("search", _STR, "the search language (name:, state:, worker:, args:, kwargs:, result:)"),
 ]
-_SORT = _q("sort_by", _STR, "name, state, received, started, runtime, timestamp; - = descending")
+_SORT = _q(
+    "sort_by",
+    {"type": "string", "enum": ["", *_api.SORT_CHOICES]},
+    "a column; a leading - sorts descending (default -received)",
+)
 _REVOKE = [
     _q("terminate", _BOOL_PARAM, "also kill the process running the task"),
-    _q("signal", _STR, "signal sent with terminate (default SIGTERM)"),
+    _q(
+        "signal",
+        {"type": "string", "enum": ["", *_api.SIGNALS]},
+        "signal sent with terminate (default SIGTERM)",
+    ),
 ]
 _BULK = [
     *_FILTERS,
     _SORT,
-    _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "at most this many"),
+    _q("limit", _api.BULK_RANGE.schema(), "at most this many (default 1000)"),
     _q("dry_run", _BOOL_PARAM, "only count and list"),
 ]
 
@@ -299,7 +333,9 @@ def _op(
             "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ok}"}}},
         }
     }
-    codes = set(errors) | ({403} if mutation else set())
+    # every route may refuse the Host (400); a mutation may be cross-site or read-only (403)
+    # and its body too large (413)
+    codes = set(errors) | {400} | ({403, 413} if mutation else set())
     for code in sorted(codes):
         responses[str(code)] = {"$ref": f"#/components/responses/E{code}"}
     op: dict[str, Any] = {"summary": summary, "responses": responses}
@@ -334,20 +370,25 @@ _CONTROL = (400, 404, 503)
 
 def paths() -> dict[str, Any]:
     """The ``paths`` object (relative to the server URL, i.e. the monitor prefix)."""
-    n = [_q("n", {"type": "integer", "minimum": 1, "maximum": 1000}, "processes (default 1)")]
+    n = [_q("n", _api.POOL_STEP.schema(), "processes (default 1)")]
     queue = [_q("queue", _STR, "queue name", required=True)]
     limits = [
         _q("workername", _STR, "worker hostname", required=True),
-        _q("soft", {"type": "number", "minimum": 0}, "soft time limit (s)"),
-        _q("hard", {"type": "number", "minimum": 0}, "hard time limit (s)"),
+        _q("soft", _api.SECONDS.schema(), "soft time limit (s)"),
+        _q("hard", _api.SECONDS.schema(), "hard time limit (s)"),
     ]
     rate = [
         _q("workername", _STR, "worker hostname", required=True),
-        _q("ratelimit", _STR, "e.g. 10/m, 2/s, 100", required=True),
+        _q(
+            "ratelimit",
+            {"type": "string", "pattern": _api.RATE_PATTERN},
+            "e.g. 10/m, 2/s, 100",
+            required=True,
+        ),
     ]
     auto = [
-        _q("min", {"type": "integer", "minimum": 0, "maximum": 1000}, "minimum", required=True),
-        _q("max", {"type": "integer", "minimum": 1, "maximum": 1000}, "maximum", required=True),
+        _q("min", _api.POOL_MIN.schema(), "minimum", required=True),
+        _q("max", _api.POOL_MAX.schema(), "maximum", required=True),
     ]
     return {
         "/api/workers": _get(
@@ -364,16 +405,16 @@ def paths() -> dict[str, Any]:
             "Shut a worker down", "Message", (404, 503), [_WORKER]
         ),
         "/api/worker/pool/restart/{name}": _post(
-            "Restart a worker's pool", "Message", (404, 503), [_WORKER]
+            "Restart a worker's pool", "Pool", (404, 503), [_WORKER]
         ),
         "/api/worker/pool/grow/{name}": _post(
-            "Grow a worker's pool", "Message", _CONTROL, [_WORKER, *n]
+            "Grow a worker's pool", "Pool", _CONTROL, [_WORKER, *n]
         ),
         "/api/worker/pool/shrink/{name}": _post(
-            "Shrink a worker's pool", "Message", _CONTROL, [_WORKER, *n]
+            "Shrink a worker's pool", "Pool", (*_CONTROL, 409), [_WORKER, *n]
         ),
         "/api/worker/pool/autoscale/{name}": _post(
-            "Set the autoscaler's bounds", "Message", _CONTROL, [_WORKER, *auto]
+            "Set the autoscaler's bounds", "Pool", _CONTROL, [_WORKER, *auto]
         ),
         "/api/worker/queue/add-consumer/{name}": _post(
             "Start consuming a queue", "Message", _CONTROL, [_WORKER, *queue]
@@ -386,8 +427,8 @@ def paths() -> dict[str, Any]:
             "TaskMap",
             (400,),
             [
-                _q("limit", {"type": "integer", "minimum": 0}, "at most this many"),
-                _q("offset", {"type": "integer", "minimum": 0}, "skip this many"),
+                _q("limit", _api.TASKS_LIMIT.schema(), "at most this many"),
+                _q("offset", _api.TASKS_OFFSET.schema(), "skip this many"),
                 _SORT,
                 *_FILTERS,
             ],
@@ -398,15 +439,15 @@ def paths() -> dict[str, Any]:
         "/api/task/apply/{name}": _post(
             "Run a task and wait for its result",
             "Result",
-            (400, 404, 503),
+            (400, 404, 409, 503),
             [_TASK_NAME],
             body="ApplyBody",
         ),
         "/api/task/async-apply/{name}": _post(
-            "Send a task", "Sent", (400, 404, 503), [_TASK_NAME], body="ApplyBody"
+            "Send a task", "Sent", (400, 404, 409, 503), [_TASK_NAME], body="ApplyBody"
         ),
         "/api/task/send-task/{name}": _post(
-            "Send a task by name", "Sent", (400, 404, 503), [_TASK_NAME], body="ApplyBody"
+            "Send a task by name", "Sent", (400, 404, 409, 503), [_TASK_NAME], body="ApplyBody"
         ),
         "/api/task/result/{task_id}": _get(
             "A task's state and result",
@@ -414,7 +455,7 @@ def paths() -> dict[str, Any]:
             (400, 404, 503),
             [
                 _TASK_ID,
-                _q("timeout", {"type": "number", "minimum": 0, "maximum": 3600}, "wait (s)"),
+                _q("timeout", _api.WAIT.schema(), "wait (s)"),
             ],
         ),
         "/api/task/abort/{task_id}": _post(
@@ -432,7 +473,7 @@ def paths() -> dict[str, Any]:
         "/api/task/retry/{task_id}": _post(
             "Send a finished task again with its original arguments",
             "Retried",
-            (404, 409, 422, 503),
+            (404, 409, 503),
             [_TASK_ID],
         ),
         "/api/tasks/revoke": _post(
@@ -448,7 +489,7 @@ def paths() -> dict[str, Any]:
             "The messages waiting in a queue (Redis)",
             "QueueMessages",
             (400, 404, 409, 503),
-            [_QUEUE, _q("limit", {"type": "integer", "minimum": 0, "maximum": 10000}, "at most")],
+            [_QUEUE, _q("limit", _api.MESSAGES_LIMIT.schema(), "at most (default 100)")],
         ),
         "/api/queues/remove/{queue}/{task_id}": _post(
             "Delete one waiting message (Redis)", "Removed", (404, 409, 503), [_QUEUE, _TASK_ID]
@@ -459,6 +500,8 @@ def paths() -> dict[str, Any]:
 
 def build_spec(prefix: str = "/monitor") -> dict[str, Any]:
     """The OpenAPI document of the API mounted under ``prefix`` (the server URL)."""
+    from . import insight_openapi
+
     return {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -469,9 +512,9 @@ def build_spec(prefix: str = "/monitor") -> dict[str, Any]:
             "Parameters given as query parameters may also be sent as a form or JSON body.",
         },
         "servers": [{"url": prefix or "/"}],
-        "paths": paths(),
+        "paths": {**paths(), **insight_openapi.paths()},
         "components": {
-            "schemas": SCHEMAS,
+            "schemas": {**SCHEMAS, **insight_openapi.SCHEMAS},
             "responses": {
                 f"E{code}": {
                     "description": text,

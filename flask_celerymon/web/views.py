@@ -28,6 +28,7 @@ would call is not there.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -54,7 +55,10 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..monitor.query import STATES, SearchError, compile_python, parse, parse_sort
 from . import get_state
+from .auth import ANYONE, VIEWER, csrf_token, current_user, may, requires
 from .guard import safe
+
+log = logging.getLogger(__name__)
 
 #: Columns the task list can show (Flower's ``tasks_columns`` choices) and their titles.
 TASK_COLUMNS: dict[str, str] = {
@@ -101,7 +105,7 @@ STATE_BUTTONS = (
     ("Revoked", "REVOKED"),
 )
 WORKER_TABS = ("pool", "broker", "queues", "tasks", "limits", "config", "system")
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED"})
+FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED", "LOST"})
 
 
 class BadInput(ValueError):
@@ -188,6 +192,7 @@ def _state_class(state: str | None) -> str:
         "FAILURE": "bad",
         "REVOKED": "warn",
         "REJECTED": "bad",
+        "LOST": "bad",
         "RETRY": "warn",
         "STARTED": "info",
         "RECEIVED": "muted",
@@ -222,7 +227,8 @@ def api_url(path: str) -> str:
 
 
 def has_api(path: str) -> bool:
-    """True when the app serves ``POST <prefix>/api/<path>`` (a button can call it)."""
+    """True when the app serves ``POST <prefix>/api/<path>`` and the user's role may call it
+    (a button can call it)."""
     cache = _request_cache()
     hit = cache.get(path)
     if hit is None:
@@ -230,7 +236,11 @@ def has_api(path: str) -> bool:
         adapter = current_app.url_map.bind("localhost")
         try:
             endpoint, _ = adapter.match(f"{prefix}/api/{path}", method="POST")
-            hit = endpoint.startswith("celerymon.") and endpoint != "celerymon.api_not_found"
+            hit = (
+                endpoint.startswith("celerymon.")
+                and endpoint != "celerymon.api_not_found"
+                and may(endpoint)
+            )
         except (NotFound, MethodNotAllowed):
             hit = False
         except Exception:  # noqa: BLE001 - a redirect or a converter error: no button
@@ -275,6 +285,7 @@ def asset_url(filename: str) -> str:
     return url_for("celerymon.assets", filename=filename, v=version)
 
 
+@requires(ANYONE)
 def assets(filename: str) -> Response:
     """The pages' assets (``static/celerymon/``), under a path of their own.
 
@@ -294,7 +305,10 @@ def _context() -> dict[str, Any]:
             read_only=read_only(),
             q=q,
             ws_path=base_url() + "ws",
+            poll_ms=round(get_state().limits.poll_interval * 1000),
             app_name=current_app.name,
+            user=current_user(),
+            csrf=csrf_token(),
         ),
         "fmt": FMT,
     }
@@ -632,7 +646,9 @@ def chart_data(window: str, name: str | None, now: float | None = None) -> dict[
     top = _nice_max(max((b["total"] for b in bars), default=0))
     names = svc.task_stats(since=start, until=end, bucket=1e12)
     names.sort(key=lambda r: -(r["succeeded"] + r["failed"] + r["retried"] + r["revoked"]))
-    selected = name or (names[0]["name"] if names else None)
+    # by default the busiest task that has a name (a task revoked before any worker received
+    # it has none, and no runtime to chart)
+    selected = name or next((r["name"] for r in names if r["name"]), None)
     series = []
     if selected:
         series = [r for r in svc.task_stats(since=start, until=end, bucket=bucket, name=selected)]
@@ -657,10 +673,12 @@ def _error(status: int, title: str, message: str) -> tuple[str, int]:
     return render_template("celerymon/error.html", title=title, message=message), status
 
 
+@requires(VIEWER)
 def index() -> str:
     return workers()
 
 
+@requires(VIEWER)
 def workers() -> Any:
     """Workers dashboard: summary cards and a table with totals. 200.
 
@@ -669,16 +687,29 @@ def workers() -> Any:
     """
     svc = get_state().monitor
     if _flag(request.args.get("refresh")):
-        svc.inspect(refresh=True)
+        _refresh(svc)
     if _flag(request.args.get("json")):
         return jsonify(data=svc.workers())
-    return render_template("celerymon/workers.html", body=Markup(render_workers_body()))
+    day_ago = time.time() - 86400
+    gaps = [g for g in svc.figures()["gaps"] if g["end"] >= day_ago]
+    return render_template("celerymon/workers.html", body=Markup(render_workers_body()), gaps=gaps)
+
+
+def _refresh(svc: Any, hostname: str | None = None) -> dict[str, Any]:
+    """Ask the workers again; with the broker unreachable, log it and keep the cached data
+    (the page still renders and its broker figures say the broker is down)."""
+    try:
+        return svc.inspect(hostname, refresh=True)
+    except Exception as exc:  # noqa: BLE001 - a page shows what is known
+        log.warning("celerymon: could not ask the workers: %s", exc)
+        return svc.inspect(hostname)
 
 
 def _flag(value: str | None) -> bool:
     return (value or "").strip().lower() in ("1", "true", "yes", "on", "y", "t")
 
 
+@requires(VIEWER)
 def tasks_datatable() -> Any:
     """Flower's ``/tasks/datatable`` for scripts written against it (GET or POST).
 
@@ -715,6 +746,7 @@ def tasks_datatable() -> Any:
     return jsonify(draw=draw, data=page.tasks, recordsTotal=total, recordsFiltered=page.total)
 
 
+@requires(VIEWER)
 def worker(hostname: str) -> Any:
     """One worker's tabs from inspect; 404 unknown worker, 400 bad tab."""
     svc = get_state().monitor
@@ -726,7 +758,7 @@ def worker(hostname: str) -> Any:
         return _error(404, "Unknown worker", f"No worker named {hostname!r} is known.")
     info = svc.inspect(hostname).get(hostname) or {}
     if request.args.get("refresh") or (w.get("status") and "active" not in info):
-        info = svc.inspect(hostname, refresh=True).get(hostname) or info
+        info = _refresh(svc, hostname).get(hostname) or info
     return render_template(
         "celerymon/worker.html",
         hostname=hostname,
@@ -739,6 +771,7 @@ def worker(hostname: str) -> Any:
     )
 
 
+@requires(VIEWER)
 def tasks() -> Any:
     """The task list: filters, search, sort, columns, paging; 400 for a bad parameter."""
     try:
@@ -765,6 +798,7 @@ def _tasks_ctx() -> dict[str, Any]:
     }
 
 
+@requires(VIEWER)
 def task(uuid: str) -> Any:
     """One task with its timeline and actions; 404 unknown task."""
     t = get_state().monitor.task(uuid)
@@ -773,6 +807,7 @@ def task(uuid: str) -> Any:
     return render_template("celerymon/task.html", t=t, detail=Markup(render_task_detail(t)))
 
 
+@requires(VIEWER)
 def broker() -> Any:
     """Queues and their lengths; 503 when the broker is unreachable."""
     data = _queues()
@@ -784,6 +819,7 @@ def broker() -> Any:
     )
 
 
+@requires(VIEWER)
 def charts() -> Any:
     """Finished tasks per bucket and runtime p50/p95 per task name; 400 bad window."""
     window = request.args.get("window", "1h")

@@ -9,12 +9,15 @@ a test chooses travels in environment variables (children inherit them):
 * ``CELERYMON_TEST_MONITOR_PORT`` - start the local monitor on this port (default: no monitor)
 * ``CELERYMON_TEST_BEAT`` - ``1`` to run beat for the hourly schedule below
 * ``CELERYMON_TEST_START_TIMEOUT`` - ``CELERY_START_TIMEOUT`` (default 30)
+* ``CELERYMON_TEST_MONITOR_AUTH`` - ``CELERY_MONITOR_BASIC_AUTH`` (default: none)
+* ``CELERYMON_TEST_STOP_TIMEOUT`` - ``CELERY_STOP_TIMEOUT`` (default: the extension's)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 
 from flask import Flask, g
 
@@ -30,6 +33,12 @@ def hourly_report():
 
 def add(x, y):
     return x + y
+
+
+def nap(seconds):
+    """Sleep, then answer how long: a task that is still running when the workers stop."""
+    time.sleep(seconds)
+    return seconds
 
 
 def hostname():
@@ -64,6 +73,10 @@ def create_app() -> Flask:
     app.config["CELERY_SCHEDULER"] = env.get("CELERYMON_TEST_BEAT") == "1"
     app.config["CELERY_START_TIMEOUT"] = float(env.get("CELERYMON_TEST_START_TIMEOUT", "30"))
     app.config["CELERY_LOG_LEVEL"] = "info"
+    if env.get("CELERYMON_TEST_MONITOR_AUTH"):
+        app.config["CELERY_MONITOR_BASIC_AUTH"] = env["CELERYMON_TEST_MONITOR_AUTH"]
+    if env.get("CELERYMON_TEST_STOP_TIMEOUT"):
+        app.config["CELERY_STOP_TIMEOUT"] = float(env["CELERYMON_TEST_STOP_TIMEOUT"])
     celery.init_app(app)
     return app
 
@@ -76,6 +89,7 @@ def app_env(
     monitor_port: int | None = None,
     beat: bool = False,
     start_timeout: float = 30,
+    stop_timeout: float | None = None,
 ) -> dict[str, str]:
     """The environment variables that make ``create_app()`` build the app a test wants."""
     env = {
@@ -85,6 +99,7 @@ def app_env(
         "CELERYMON_TEST_BEAT": "1" if beat else "0",
         "CELERYMON_TEST_BROKER": broker or "",
         "CELERYMON_TEST_MONITOR_PORT": "" if monitor_port is None else str(monitor_port),
+        "CELERYMON_TEST_STOP_TIMEOUT": "" if stop_timeout is None else str(stop_timeout),
     }
     return env
 

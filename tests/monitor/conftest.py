@@ -17,15 +17,22 @@ from tests.conftest import WorkerProcess
 _module_dbs = itertools.count(200)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test on timeout."""
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    msg: Callable[[], Any] | None = None,
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test on timeout (with
+    ``msg()`` in the message, when given)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s: {predicate}")
+            extra = "" if msg is None else f": {msg()}"
+            pytest.fail(f"condition not met within {timeout} s: {predicate}{extra}")
         time.sleep(interval)
 
 

@@ -78,6 +78,10 @@ def test_service_reconnects_after_a_broker_restart_and_keeps_what_it_stored(
     f = svc.figures()
     assert f["disconnects"] >= 1
     assert f["events_maybe_lost"] is True
+    # the span with no event consumed is reported, from the disconnect to the reconnect
+    assert f["gaps_total"] >= 1
+    assert {g["reason"] for g in f["gaps"]} == {"the event stream was disconnected"}
+    assert f["gap_seconds_total"] > 0
     assert f["connects"] >= 2
     svc.stop()
     again = make_service(celery_app, enable_events=False)

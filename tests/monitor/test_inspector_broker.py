@@ -22,7 +22,7 @@ class SlowControl:
         self.calls: list[str] = []
         self.lock = threading.Lock()
 
-    def inspect(self, destination=None, timeout=1.0, limit=None):
+    def inspect(self, destination=None, timeout=1.0, limit=None, connection=None):
         control = self
 
         class Insp:

@@ -162,6 +162,17 @@ def test_queue_wait_is_measured_when_the_sent_event_comes_last(service, metrics)
     assert value(s, "celerymon_task_queue_wait_seconds_sum", task="app.add", worker=W1) == 3
 
 
+def test_queue_wait_is_measured_when_the_sent_event_reads_later_than_started(service, metrics):
+    # the client stamps task-sent after the message left: on a busy machine that can read
+    # later than the worker's task-started, and arrive last
+    sent, received, started, succeeded = run(1, "app.add", T0)
+    sent = {**sent, "timestamp": started["timestamp"] + 0.01}
+    service.apply_events([received, started, succeeded, sent])
+    s = scrape(metrics)
+    assert value(s, "celerymon_task_queue_wait_seconds_count", task="app.add", worker=W1) == 1
+    assert value(s, "celerymon_task_queue_wait_seconds_sum", task="app.add", worker=W1) == 0
+
+
 def test_a_retry_is_measured_from_its_own_sent_event(service, metrics):
     first = run(1, "app.add", T0)
     service.apply_events(first[:3])  # sent T0, started T0+3
@@ -224,7 +235,10 @@ def test_worker_series_are_read_from_the_service_at_scrape_time(service, metrics
             {"type": "worker-online", "hostname": W1, "timestamp": now, "freq": 2.0},
             {"type": "worker-heartbeat", "hostname": W1, "timestamp": now, "freq": 2.0,
              "active": 3},
+            {"type": "worker-online", "hostname": W2, "timestamp": now - 1},
             {"type": "worker-offline", "hostname": W2, "timestamp": now},
+            # the farewell of a worker never seen registers nothing (as Celery's state)
+            {"type": "worker-offline", "hostname": "never@seen", "timestamp": now},
             ev("task-sent", 1, now, "gen1@client", name="app.add", queue="celery"),
         ]
     )  # fmt: skip
@@ -244,7 +258,8 @@ def test_service_figures_are_exported(service, metrics):
     assert value(s, "celerymon_events_received_total") == 5
     assert value(s, "celerymon_events_applied_total") == 4
     assert value(s, "celerymon_events_malformed_total") == 1
-    assert value(s, "celerymon_events_dropped_total") == 0
+    # dropped: every event received and never applied (received = applied + dropped)
+    assert value(s, "celerymon_events_dropped_total") == 1
     assert value(s, "celerymon_event_stream_connected") == 0
     assert value(s, "celerymon_window_tasks") == 1
     assert value(s, "celerymon_ingest_lag_seconds") > 0

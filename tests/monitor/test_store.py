@@ -163,13 +163,14 @@ def test_a_failed_write_keeps_the_changes_for_the_next_flush(store_db, monkeypat
     svc.start()
     store = svc._store
     real = store.write_tasks
+    unavailable = store.unavailable_errors[0]  # sqlite3's or psycopg's OperationalError
 
     def disk_full(rows):
-        raise sqlite3.OperationalError("database or disk is full")
+        raise unavailable("database or disk is full")
 
     monkeypatch.setattr(store, "write_tasks", disk_full)
     svc.apply_events(task_events(3))
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(unavailable):
         svc.flush()
     monkeypatch.setattr(store, "write_tasks", real)
     assert svc.flush() == 3

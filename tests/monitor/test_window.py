@@ -316,3 +316,16 @@ def test_worker_churn_stays_bounded(tmp_path):
     assert sorted(svc._store.load_workers()) == ["pod-7@k8s", "pod-8@k8s", "pod-9@k8s"]
     assert svc.query_tasks(search="pod-1@k8s").total == 1  # tasks keep their worker
     svc.stop()
+
+
+def test_a_task_sent_after_the_worker_received_it_by_the_clocks_is_still_sent_first():
+    # task-sent is stamped by the client after the message left: it can read later than
+    # the worker's task-received, and arrive last
+    svc = service()
+    svc.apply_events([ev("task-received", "late-sent", ts=100.0, name="app.x"),
+                      ev("task-started", "late-sent", ts=100.1),
+                      ev("task-succeeded", "late-sent", ts=100.2),
+                      ev("task-sent", "late-sent", ts=100.05, host="gen1@c")])  # fmt: skip
+    hist = [(h["state"], h["timestamp"]) for h in svc.task("late-sent")["history"]]
+    assert hist == [("PENDING", 100.05), ("RECEIVED", 100.0), ("STARTED", 100.1),
+                    ("SUCCESS", 100.2)]  # fmt: skip

@@ -1,6 +1,7 @@
 """A plain Celery app for the monitor's event-path tests (no Flask involved).
 
-The broker comes from ``CELERYMON_MONITOR_TEST_BROKER``; run a worker with
+The broker comes from ``CELERYMON_MONITOR_TEST_BROKER``, the result backend (none by default)
+from ``CELERYMON_MONITOR_TEST_BACKEND``; run a worker with
 ``python -m celery -A tests.monitor.worker_app worker -P solo``.
 """
 
@@ -11,7 +12,11 @@ import time
 
 from celery import Celery
 
-app = Celery("monitor_tests", broker=os.environ.get("CELERYMON_MONITOR_TEST_BROKER", "memory://"))
+app = Celery(
+    "monitor_tests",
+    broker=os.environ.get("CELERYMON_MONITOR_TEST_BROKER", "memory://"),
+    backend=os.environ.get("CELERYMON_MONITOR_TEST_BACKEND") or None,
+)
 app.conf.update(
     task_send_sent_event=True,
     task_track_started=True,
@@ -34,6 +39,14 @@ def fail(message: str) -> None:
 def sleep(seconds: float) -> float:
     time.sleep(seconds)
     return seconds
+
+
+@app.task(name="mon.flaky", bind=True, max_retries=5)
+def flaky(self, failures: int) -> int:
+    """Fails (and retries at once) ``failures`` times, then returns its number of retries."""
+    if self.request.retries < failures:
+        raise self.retry(exc=ValueError(f"attempt {self.request.retries} failed"), countdown=0)
+    return self.request.retries
 
 
 @app.task(name="mon.spawn", bind=True)

@@ -58,6 +58,9 @@ class Monitored:
 
 def make_monitored_app(broker: str, instance_path: str, **config: Any) -> Flask:
     os.environ["CELERYMON_TEST_BROKER"] = broker
+    # The monitor refuses everyone without authentication outside debug and testing mode; these
+    # apps open it on purpose (the auth tests pass their own settings).
+    config.setdefault("CELERY_MONITOR_ALLOW_ANONYMOUS", True)
     try:
         config.setdefault("CELERY_MONITOR_DB", os.path.join(instance_path, "monitor.sqlite3"))
         app = basic.create_app(CELERY_MONITOR_BLUEPRINT=True, **config)

@@ -179,6 +179,31 @@ def test_apply_takes_kwargs_and_options(monitored, api):
     assert meta["queue"] == "high"
 
 
+def test_a_task_id_already_taken_is_refused_and_the_old_record_kept(monitored, api):
+    """Sending under an existing task's id overwrote its record: an operator could erase a
+    failure (its traceback, its arguments) by sending anything under its id."""
+    resp = api.post(f"/api/task/apply/{FAIL}", json={"args": ["kept failure"], "timeout": 20})
+    assert resp.json["state"] == "FAILURE"
+    failed = resp.json["task-id"]
+    for route, name in (("apply", ADD), ("async-apply", ADD), ("send-task", "no.such.task")):
+        resp = api.post(f"/api/task/{route}/{name}", json={"args": [1, 2], "task_id": failed})
+        assert resp.status_code == 409, (route, resp.json)
+        assert resp.json == {
+            "error": f"task_id '{failed}' is taken by an existing task, whose record sending it "
+            "again would overwrite; leave task_id out (a new id is made) or choose an unused one"
+        }
+    meta = monitored.celery_app.backend.get_task_meta(failed)
+    assert meta["status"] == "FAILURE"
+    assert "kept failure" in str(meta["result"])
+    assert "ValueError: kept failure" in meta["traceback"]
+    # an id nobody has is still the caller's to choose
+    fresh = str(uuid.uuid4())
+    resp = api.post(
+        f"/api/task/apply/{ADD}", json={"args": [1, 2], "task_id": fresh, "timeout": 20}
+    )
+    assert (resp.status_code, resp.json["task-id"], resp.json["result"]) == (200, fresh, 3)
+
+
 @pytest.mark.parametrize(
     ("body", "status", "message"),
     [
@@ -188,9 +213,22 @@ def test_apply_takes_kwargs_and_options(monitored, api):
         (b'{"kwargs": [1]}', 400, "kwargs must be an object, not [1]"),
         (b'{"serializer": "pickle"}', 400, "unknown option(s) serializer; allowed: queue"),
         (b'{"eta": "tomorrow"}', 400, "eta must be a date like '2024-01-31 13:45:00.000000'"),
-        (b'{"countdown": -1}', 400, "countdown must be a number >= 0"),
-        (b'{"priority": 900}', 400, "priority must be <= 255, not 900"),
-        (b'{"timeout": "x"}', 400, "timeout must be a number, not 'x'"),
+        (b'{"countdown": -1}', 400, "countdown must be a number from 0 to 315360000, not -1"),
+        (b'{"priority": 900}', 400, "priority must be an integer from 0 to 255, not 900"),
+        (b'{"priority": "9"}', 400, "priority must be an integer from 0 to 255, not '9'"),
+        (b'{"timeout": "x"}', 400, "timeout must be a number from 0 to 3600, not 'x'"),
+        (b'{"ignore_result": "yes"}', 400, "ignore_result must be true or false, not 'yes'"),
+        (
+            b'{"eta": "0001-01-01T00:00:00"}',
+            400,
+            "eta must be a date like '2024-01-31 13:45:00.000000' or ISO 8601 between 1970 "
+            "and 9998, not '0001-01-01T00:00:00'",
+        ),
+        (
+            b'{"soft_time_limit": 5, "time_limit": 2}',
+            400,
+            "soft_time_limit (5) must be <= time_limit (2), as Celery requires",
+        ),
     ],
 )
 def test_apply_refuses_a_bad_body_naming_the_problem(api, body, status, message):
@@ -248,7 +286,7 @@ def test_task_info_and_result_of_unknown_task_are_404(api):
 def test_result_refuses_a_bad_timeout(api):
     resp = api.get(f"/api/task/result/{uuid.uuid4()}?timeout=soon")
     assert resp.status_code == 400
-    assert resp.json == {"error": "timeout must be a number, not 'soon'"}
+    assert resp.json == {"error": "timeout must be a number from 0 to 3600, not 'soon'"}
 
 
 def test_tasks_list_filters_sorts_pages_and_searches(monitored, api):
@@ -290,10 +328,10 @@ def test_tasks_list_filters_sorts_pages_and_searches(monitored, api):
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("sort_by=colour", "cannot sort by 'colour'; use one of name, state"),
-        ("limit=many", "limit must be an integer, not 'many'"),
-        ("limit=-1", "limit must be >= 0, not -1"),
-        ("offset=1.5", "offset must be an integer, not '1.5'"),
+        ("sort_by=colour", "sort_by must be one of name, -name, state, -state"),
+        ("limit=many", "limit must be an integer from 0 to 1000000, not 'many'"),
+        ("limit=-1", "limit must be an integer from 0 to 1000000, not '-1'"),
+        ("offset=1.5", "offset must be an integer from 0 to 1000000000, not '1.5'"),
         ("received_start=yesterday", "received_start must be a date like '2024-01-31 13:45'"),
         ("started_end=0001-01-01%2000:00", "started_end must be a date like"),
         ("search=ab", "search term 'ab'"),
@@ -356,11 +394,18 @@ def test_pool_grow_and_shrink(monitored, api):
     name = monitored.worker_name
     before = _pool_size(monitored)
     resp = api.post(f"/api/worker/pool/grow/{name}?n=1")
-    assert resp.json == {"message": f"Growing '{name}' worker's pool by 1"}
-    monitored.wait_for(lambda: _pool_size(monitored) == before + 1, timeout=15, interval=0.3)
+    # the answer reads the pool back: it says what is true once it returns
+    assert resp.json == {
+        "message": f"Growing '{name}' worker's pool by 1; the pool has {before + 1} processes",
+        "processes": before + 1,
+    }
+    assert _pool_size(monitored) == before + 1
     resp = api.post(f"/api/worker/pool/shrink/{name}", data={"n": "1"})
-    assert resp.json == {"message": f"Shrinking '{name}' worker's pool by 1"}
-    monitored.wait_for(lambda: _pool_size(monitored) == before, timeout=15, interval=0.3)
+    assert resp.json == {
+        "message": f"Shrinking '{name}' worker's pool by 1; the pool has {before} processes",
+        "processes": before,
+    }
+    assert _pool_size(monitored) == before
 
 
 def test_pool_restart_and_autoscale_report_the_worker_refusal(monitored, api):
@@ -379,9 +424,9 @@ def test_pool_restart_and_autoscale_report_the_worker_refusal(monitored, api):
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        ("pool/grow/{w}?n=0", "n must be >= 1, not 0"),
-        ("pool/grow/{w}?n=two", "n must be an integer, not 'two'"),
-        ("pool/shrink/{w}?n=100000", "n must be <= 1000, not 100000"),
+        ("pool/grow/{w}?n=0", "n must be an integer from 1 to 1000, not '0'"),
+        ("pool/grow/{w}?n=two", "n must be an integer from 1 to 1000, not 'two'"),
+        ("pool/shrink/{w}?n=100000", "n must be an integer from 1 to 1000, not '100000'"),
         ("pool/autoscale/{w}?max=3", "missing parameter 'min'"),
         ("pool/autoscale/{w}?min=5&max=3", "min must be <= max, not min=5 max=3"),
         ("queue/add-consumer/{w}", "missing parameter 'queue'"),
@@ -437,8 +482,8 @@ def test_rate_limit_and_time_limits(monitored, api):
         ("rate-limit/no.such.task?workername={w}&ratelimit=1", 404, "Unknown task 'no.such.task'"),
         ("rate-limit/{t}?workername=ghost@x&ratelimit=1", 404, "Unknown worker 'ghost@x'"),
         ("timeout/{t}?soft=1", 400, "missing parameter 'workername'"),
-        ("timeout/{t}?workername={w}&soft=-1", 400, "soft must be a number >= 0"),
-        ("timeout/{t}?workername={w}&hard=nan", 400, "hard must be a number >= 0"),
+        ("timeout/{t}?workername={w}&soft=-1", 400, "soft must be a number from 0 to 315360000"),
+        ("timeout/{t}?workername={w}&hard=nan", 400, "hard must be a number from 0 to 315360000"),
         ("timeout/no.such.task?workername={w}&soft=1", 404, "Unknown task 'no.such.task'"),
     ],
 )
@@ -548,7 +593,7 @@ def test_retry_refuses_unfinished_unknown_and_argumentless_tasks(monitored, api)
     _wait_state(monitored, done, "SUCCESS")
     monitored.celery_app.backend.forget(done)  # the backend's record (with the args) is gone
     resp = api.post(f"/api/task/retry/{done}")
-    assert resp.status_code == 422
+    assert resp.status_code == 409
     assert resp.json["error"].startswith(f"the original arguments of task '{done}' are not known")
 
 
@@ -606,7 +651,7 @@ def test_bulk_actions_need_a_filter_and_a_sane_limit(api):
         resp = api.post(f"/api/tasks/{action}?state=All")
         assert resp.status_code == 400
         resp = api.post(f"/api/tasks/{action}?state=FAILURE&limit=0")
-        assert resp.json == {"error": "limit must be >= 1, not 0"}
+        assert resp.json == {"error": "limit must be an integer from 1 to 10000, not '0'"}
         resp = api.post(f"/api/tasks/{action}?search=x")
         assert resp.status_code == 400
         assert "search term 'x'" in resp.json["error"]
@@ -701,7 +746,8 @@ def test_autoscale_then_shutdown_of_a_worker(monitored, api, tmp_path):
         worker.wait_ready(monitored.celery_app)
         monitored.wait_for(lambda: monitored.service.worker(name))
         resp = api.post(f"/api/worker/pool/autoscale/{name}", data={"min": "1", "max": "3"})
-        assert resp.json == {"message": f"Autoscaling '{name}' worker (min=1, max=3)"}
+        assert resp.json["message"].startswith(f"Autoscaling '{name}' worker (min=1, max=3); ")
+        assert resp.json["autoscaler"]["max"] == 3 and resp.json["autoscaler"]["min"] == 1
         stats = monitored.celery_app.control.inspect(destination=[name], timeout=2).stats()
         assert stats[name]["autoscaler"]["max"] == 3
 

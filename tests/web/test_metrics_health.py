@@ -33,6 +33,8 @@ def app(own_redis: RedisServer) -> Iterator[Flask]:
         CELERY_START_LOCAL_WORKERS=False,
         CELERY_MONITOR_BLUEPRINT=True,
         CELERY_MONITOR_DB=False,
+        # no authentication: only the health check and (opened for scrapers) the metrics answer
+        CELERY_MONITOR_METRICS_PUBLIC=True,
     )
     Celery(app)
     yield app

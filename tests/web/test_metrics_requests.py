@@ -35,6 +35,7 @@ def make_app(redis_url: str) -> Iterator:
             CELERY_START_LOCAL_WORKERS=False,
             CELERY_MONITOR_BLUEPRINT=True,
             CELERY_MONITOR_DB=False,
+            CELERY_MONITOR_ALLOW_ANONYMOUS=True,
         )
         registry = CollectorRegistry()
         if host_exporter == "before":

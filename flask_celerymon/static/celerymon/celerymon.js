@@ -3,6 +3,8 @@
  * The pages are complete without this script. With it:
  * - a websocket (<prefix>/ws?view=...) swaps in the HTML fragments the server renders when
  *   something on the page changes; it reconnects by itself and the "live" pill says how it is;
+ *   when the server has as many live pages as it allows (close code 4503), the page reloads
+ *   what it shows every data-poll milliseconds instead, trying the websocket again each time;
  * - forms with class "js-action" POST to the JSON API with fetch() and show the answer;
  * - times are shown in the browser's time zone; copy buttons; a light/dark/system switch.
  */
@@ -184,6 +186,8 @@
   // -- live updates ----------------------------------------------------------------------
 
   var live = $("#live");
+  var BUSY = 4503;  // the server's live-page cap is reached (flask_celerymon.web.hardening)
+  var POLL_MS = Math.max(parseInt(body.dataset.poll, 10) || 5000, 200);
   function indicator(state, text) {
     cm.states.push(state);
     if (!live) return;
@@ -193,6 +197,8 @@
       live: "Live: the page updates by itself",
       reconnecting: "Reconnecting the live feed...",
       off: "Live updates are not available; reload to refresh",
+      polling: "The server has too many live pages open: this one refreshes every " +
+        Math.round(POLL_MS / 1000) + " s",
     }[state] || text;
   }
 
@@ -339,6 +345,14 @@
       if (cm.socket !== sock) return;
       if (ev.code === 1008) {
         indicator("off", "offline");
+        return;
+      }
+      if (ev.code === BUSY) {
+        // no live feed for now: reload what the page shows, then ask for a feed again
+        indicator("polling", "polling");
+        cm.polls = (cm.polls || 0) + 1;
+        resync();
+        setTimeout(connect, POLL_MS);
         return;
       }
       indicator("reconnecting", "reconnecting");

@@ -1,0 +1,50 @@
+"""``flask celery monitor`` as a real subprocess: it consumes events from the moment it is up."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import redis
+from celery import Celery
+
+from tests.apps import local
+from tests.conftest import free_port
+from tests.test_cli import _child, _end, _wait_for
+
+
+def test_the_served_monitor_sees_tasks_sent_before_its_first_request(own_redis, tmp_path):
+    broker = own_redis.url(223)
+    port = free_port()
+    env = local.app_env(tmp_path, broker, {}, monitor_port=port)
+    r = redis.Redis.from_url(broker)
+    baseline = r.execute_command("PUBSUB", "NUMPAT")
+    log = tmp_path / "monitor.log"
+    with open(log, "wb") as out:
+        proc = _child(["flask", "celery", "monitor", "--port", str(port)], env, out)
+    try:
+        # subscribed to the event stream without anyone asking for a page
+        _wait_for(
+            lambda: r.execute_command("PUBSUB", "NUMPAT") > baseline or proc.poll() is not None,
+            60,
+            "the monitor's event subscription",
+        )
+        assert proc.poll() is None, log.read_text()
+        app = Celery("sender", broker=broker)
+        with app.connection_for_write() as conn:
+            d = app.events.Dispatcher(conn, hostname="w@h", enabled=True)
+            d.send("task-received", uuid="early", name="app.early")
+            d.send("task-succeeded", uuid="early", result="1", runtime=0.1)
+
+        def info():
+            url = f"http://127.0.0.1:{port}/monitor/api/task/info/early"
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    return json.loads(resp.read())
+            except OSError:
+                return None
+
+        task = _wait_for(lambda: (t := info()) and t["state"] == "SUCCESS" and t, 30, "the task")
+        assert (task["name"], task["worker"]) == ("app.early", "w@h")
+    finally:
+        _end(proc)
