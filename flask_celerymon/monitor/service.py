@@ -5,7 +5,11 @@ Threads (none before :meth:`MonitorService.start`):
 * ``celerymon-events`` (+ a socket reader for Redis): consumes events and applies them to the
   window; it is the only writer of task and worker state.
 * ``celerymon-house``: flushes changed tasks to the history store in batches, purges offline
-  workers, prunes the store, sends ``enable_events`` and schedules inspect refreshes.
+  workers, prunes the store, sends ``enable_events`` and schedules inspect refreshes; in the
+  ingester only, also marks tasks LOST and reconciles with the result backend.
+* With ``single_ingester``, the lease and fan-out threads of :class:`.lease.Coordinator`: the
+  process holding the lease consumes (and opens the restart gap then); the others follow,
+  reading the shared store.
 * ``celerymon-inspect-*``: a small pool running inspect broadcasts.
 
 Reads come from any thread (web requests, websockets, metrics) and take the state lock only
