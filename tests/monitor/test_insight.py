@@ -363,7 +363,12 @@ def test_an_alert_waits_its_for_period_before_firing(tmp_path):
     rules = parse_rules([{"kind": "worker_offline", "for": 60}])
     ins = Insight(svc, InsightSettings(alerts=rules))
     now = time.time()
-    svc.apply_events([{"type": "worker-offline", "hostname": "w", "timestamp": now}])
+    svc.apply_events(
+        [
+            {"type": "worker-online", "hostname": "w", "timestamp": now - 1, "freq": 2.0},
+            {"type": "worker-offline", "hostname": "w", "timestamp": now},
+        ]
+    )  # a worker never seen before its offline event is not registered (as in Celery)
     assert ins.evaluate(now) == [] and ins.store.alerts() == []  # pending
     assert ins.evaluate(now + 30) == []
     (fired,) = ins.evaluate(now + 61)

@@ -92,7 +92,7 @@ def app(tmp_path_factory) -> Iterator[Flask]:
 
 
 def _urls(app: Flask, uuid: str, host: str) -> list[str]:
-    values = {"task_id": uuid, "uuid": uuid, "hostname": host}
+    values = {"task_id": uuid, "uuid": uuid, "hostname": host, "gid": "0" * 16, "entry": "x"}
     urls = []
     for rule in app.url_map.iter_rules():
         if not rule.endpoint.startswith("celerymon.") or "GET" not in rule.methods:
