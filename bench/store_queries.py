@@ -1,8 +1,10 @@
-"""Fill a SQLite history store with synthetic finished tasks and time the task queries on it.
+"""Fill a history store with synthetic finished tasks and time the task queries on it.
 
     python bench/store_queries.py --tasks 1000000 --db /tmp/celerymon-1m.sqlite3
+    python bench/store_queries.py --tasks 1000000 --db postgresql://user@host/db
 
-An existing file is reused (``--refill`` to rebuild). Prints the time to the first answer of a
+``--db`` is a SQLite path or a PostgreSQL URL (as ``CELERY_MONITOR_DB``). An existing, filled
+store is reused (``--refill`` to rebuild). Prints the time to the first answer of a
 fresh service on the store (in this process, and in a new Python process including its
 imports) and the file's size per stored task, then one JSON line per query with p50/p95 in ms.
 """
@@ -23,7 +25,7 @@ from typing import Any
 from celery import Celery
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings
-from flask_celerymon.monitor.sqlite_store import SQLiteStore
+from flask_celerymon.monitor.store import POSTGRES_SCHEMES, open_store
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flood import TASK_NAMES, TRACEBACK  # noqa: E402
@@ -68,7 +70,7 @@ def rows(n: int, start: float, seed: int = 7) -> Any:
 
 
 def fill(path: str, n: int) -> float:
-    store = SQLiteStore(path)
+    store = open_store(path)
     t0 = time.perf_counter()
     batch = []
     start = time.time() - n * 0.01
@@ -107,14 +109,26 @@ def main() -> None:
     a = p.parse_args()
     if a.first_answer_only:
         svc = MonitorService(Celery(broker="memory://"), MonitorSettings(db=a.db), autostart=False)
-        svc._store = SQLiteStore(a.db)
+        svc._store = open_store(a.db)
         svc._store_empty_at_start = svc._store.is_empty()
         print(svc.query_tasks(limit=100).total, flush=True)
         return
-    if a.refill or not os.path.exists(a.db):
-        for suffix in ("", "-wal", "-shm"):
-            if os.path.exists(a.db + suffix):
-                os.remove(a.db + suffix)
+    if a.db.startswith(POSTGRES_SCHEMES):
+        store = open_store(a.db)
+        empty = store.is_empty()
+        if a.refill and not empty:
+            with store._pool.connection() as c:
+                c.execute("TRUNCATE tasks, task_names, task_workers")
+            empty = True
+        store.close()
+    else:
+        empty = not os.path.exists(a.db)
+        if a.refill:
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(a.db + suffix):
+                    os.remove(a.db + suffix)
+            empty = True
+    if empty:
         secs = fill(a.db, a.tasks)
         print(json.dumps({"filled": a.tasks, "seconds": round(secs, 1),
                           "rows_per_s": round(a.tasks / secs)}), flush=True)  # fmt: skip
@@ -122,7 +136,7 @@ def main() -> None:
     settings = MonitorSettings(db=a.db, retention_tasks=10**9, retention_days=10**5)
     t0 = time.perf_counter()
     svc = MonitorService(app, settings, autostart=False)
-    svc._store = SQLiteStore(a.db)  # open the store without consuming events
+    svc._store = open_store(a.db)  # open the store without consuming events
     svc._store_empty_at_start = svc._store.is_empty()
     first = svc.query_tasks(limit=100)
     ttfa = time.perf_counter() - t0

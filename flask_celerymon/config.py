@@ -194,7 +194,13 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_MONITOR_BLUEPRINT": (True, _is_bool, "True or False"),
     "CELERY_MONITOR_MAX_TASKS": (100_000, _is_pos_int, "an integer > 0"),
     "CELERY_MONITOR_MAX_WORKERS": (5_000, _is_pos_int, "an integer > 0"),
-    "CELERY_MONITOR_DB": (None, _is_db, "a SQLite path, False to disable, or None"),
+    "CELERY_MONITOR_DB": (
+        None,
+        _is_db,
+        "a SQLite path, a postgresql:// URL, False to disable, or None",
+    ),
+    "CELERY_MONITOR_SINGLE_INGESTER": (False, _is_bool, "True or False"),
+    "CELERY_MONITOR_LEASE_TTL": (6.0, _is_pos_number, "a number of seconds > 0"),
     "CELERY_MONITOR_RETENTION_TASKS": (1_000_000, _is_pos_int, "an integer > 0"),
     "CELERY_MONITOR_RETENTION_DAYS": (30, _is_pos_number, "a number of days > 0"),
     "CELERY_MONITOR_INSPECT_TIMEOUT": (1.0, _is_pos_number, "a number of seconds > 0"),
@@ -417,7 +423,19 @@ def load(config: Mapping[str, Any], instance_path: str) -> Settings:
     _check_serializers(celery_conf, own["CELERY_ALLOW_PICKLE"])
     check_broker_url(celery_conf.get("broker_url"))
     check_backend_url(celery_conf.get("result_backend"))
+    _check_single_ingester(own, celery_conf)
     return Settings(own=own, celery=celery_conf, workers=workers, instance_path=instance_path)
+
+
+def _check_single_ingester(own: Mapping[str, Any], conf: Mapping[str, Any]) -> None:
+    """The ingester lease lives in the broker's Redis (no broker URL: the embedded Redis)."""
+    url = conf.get("broker_url")
+    scheme = url.partition("://")[0] if isinstance(url, str) else "redis"
+    if own["CELERY_MONITOR_SINGLE_INGESTER"] and scheme not in ("redis", "rediss", "redis+socket"):
+        raise ConfigurationError(
+            f"CELERY_MONITOR_SINGLE_INGESTER needs a Redis broker for its lease, not {scheme}://; "
+            "run one standalone monitor (flask celery monitor) instead"
+        )
 
 
 _SERIALIZER_KEYS = ("task_serializer", "result_serializer", "event_serializer")

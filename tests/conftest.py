@@ -19,6 +19,8 @@ from collections.abc import Iterator
 
 import pytest
 
+pytest_plugins = ["tests.services"]
+
 
 def free_port() -> int:
     with socket.socket() as s:

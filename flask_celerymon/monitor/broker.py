@@ -3,12 +3,13 @@
 * Redis (and the embedded Redis broker): ``LLEN`` of each queue summed over kombu's priority
   sub-queues (``queue``, ``queue\\x06\\x163``...), in one pipeline.
 * RabbitMQ with ``CELERY_MONITOR_BROKER_API`` (management API URL): the API's queue objects
-  (``messages``, ``messages_ready``, ``messages_unacknowledged``, ``consumers``...).
+  (``messages``, ``messages_ready``, ``messages_unacknowledged``, ``consumers``...), one per
+  name asked for (``messages`` 0 until the API has figures for a new queue).
 * Any other transport (RabbitMQ without the API...): a passive ``queue_declare`` per queue,
   which gives ``messages`` and ``consumers``.
 
-:func:`queue_lengths` returns ``[{"name": ..., "messages": ...}, ...]`` or None when the
-broker gives no lengths.
+:func:`queue_lengths` returns ``[{"name": ..., "messages": int, ...}, ...]``, one item per name
+asked for, in that order, or None when the broker gives no lengths.
 
 Raw Redis commands on queues (lengths, listing and removing waiting messages) go through
 :func:`redis_queue_keys`, the one place that builds a queue's full keys: kombu's priority
@@ -146,8 +147,14 @@ def _rabbitmq_api(conn: Any, names: list[str], api: str) -> list[dict] | None:
         req.add_header("Authorization", f"Basic {token}")
     with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310 - operator-set URL
         data = json.load(resp)
-    wanted = set(names)
-    return [q for q in data if q.get("name") in wanted]
+    # A queue the API has no figures for yet (stats come every few seconds) or does not list
+    # (not declared yet) still gets an integer "messages", as the other brokers give.
+    by_name = {q.get("name"): q for q in data if isinstance(q, dict)}
+    out = []
+    for name in names:
+        q = by_name.get(name, {"name": name})
+        out.append({**q, "messages": int(q.get("messages") or 0)})
+    return out
 
 
 def _passive(conn: Any, names: list[str]) -> list[dict]:

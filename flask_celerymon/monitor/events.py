@@ -19,6 +19,7 @@ counted and skipped; an exception in the sink never kills the thread.
 from __future__ import annotations
 
 import binascii
+import contextlib
 import json
 import logging
 import socket
@@ -26,8 +27,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+import kombu
 from celery import Celery
 
 log = logging.getLogger(__name__)
@@ -370,22 +373,26 @@ class EventConsumer:
                     self._kombu_conn = conn
                     conn.ensure_connection(max_retries=1)
                     recv = self.app.events.Receiver(conn, handlers={"*": self._on_kombu_event})
-                    # Bind our queue now, so events sent once we say "connected" reach it.
-                    recv.queue.bind(conn.default_channel).declare()
-                    self.figures.connects += 1
-                    self._connected.set()
-                    backoff = BACKOFF_START
-                    if self.on_connect is not None:
-                        self._safe(self.on_connect)
-                    while not self._stop.is_set():
-                        try:
-                            for _ in recv.consume(limit=None, timeout=1.0, wakeup=False):
-                                if self._stop.is_set():
-                                    break
-                        except socket.timeout:
-                            continue
-                        except TimeoutError:
-                            continue
+                    # Consume on this one connection (the receiver's own consume() opens a
+                    # clone per call, and AMQP's exclusive event queue belongs to a single
+                    # connection); entering the consumer declares and binds the queue, so
+                    # events sent once we say "connected" reach it.
+                    chan = conn.default_channel
+                    consumers = recv.get_consumers(partial(kombu.Consumer, chan), chan)
+                    with contextlib.ExitStack() as stack:
+                        for consumer in consumers:
+                            stack.enter_context(consumer)
+                        self.figures.connects += 1
+                        self._connected.set()
+                        backoff = BACKOFF_START
+                        if self.on_connect is not None:
+                            self._safe(self.on_connect)
+                        while not self._stop.is_set():
+                            try:
+                                conn.drain_events(timeout=1.0)
+                            except (socket.timeout, TimeoutError):
+                                pass
+                            conn.heartbeat_check()
             except Exception as exc:  # noqa: BLE001 - reconnect on anything
                 if not self._stop.is_set():
                     self.figures.last_error = f"{type(exc).__name__}: {exc}"

@@ -5,7 +5,11 @@ Threads (none before :meth:`MonitorService.start`):
 * ``celerymon-events`` (+ a socket reader for Redis): consumes events and applies them to the
   window; it is the only writer of task and worker state.
 * ``celerymon-house``: flushes changed tasks to the history store in batches, purges offline
-  workers, prunes the store, sends ``enable_events`` and schedules inspect refreshes.
+  workers, prunes the store, sends ``enable_events`` and schedules inspect refreshes; in the
+  ingester only, also marks tasks LOST and reconciles with the result backend.
+* With ``single_ingester``, the lease and fan-out threads of :class:`.lease.Coordinator`: the
+  process holding the lease consumes (and opens the restart gap then); the others follow,
+  reading the shared store.
 * ``celerymon-inspect-*``: a small pool running inspect broadcasts.
 
 Reads come from any thread (web requests, websockets, metrics) and take the state lock only
@@ -18,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sqlite3
 import threading
 import time
 from collections import deque
@@ -34,7 +37,7 @@ from .events import EventConsumer, Figures
 from .inspector import Inspector
 from .query import SearchError, parse, parse_sort
 from .settings import MonitorSettings
-from .sqlite_store import SQLiteStore, aggregate_stats
+from .sqlite_store import aggregate_stats
 from .state import (
     TASK_EVENTS,
     WORKER_EVENTS,
@@ -44,7 +47,8 @@ from .state import (
     WorkerRecord,
 )
 from .state import task_dict as _task_dict
-from .store import HistoryStore, TaskQuery
+from .store import HistoryStore, TaskQuery, open_store
+from .store import redact as _redact
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +229,10 @@ class MonitorService:
         self._consumer: EventConsumer | None = None
         self._store: HistoryStore | None = None
         self._store_empty_at_start = True
+        #: With ``single_ingester``: the lease (see :mod:`.lease`) and whether we follow.
+        self._coordinator: Any = None
+        self._following = False
+        self._workers_stale = False
         self._figures = Figures()
         self._state = self._new_state()
         self._dirty: dict[str, TaskRecord] = {}
@@ -297,21 +305,119 @@ class MonitorService:
             self._stop_event.clear()
             path = self.settings.db_path
             if path is not None and self._store is None:
-                store = SQLiteStore(path)
+                store = open_store(path)
                 self._store_empty_at_start = store.is_empty()
                 with self._state.lock:
                     self._state.restore_workers(store.load_workers().values())
-                self._open_restart_gap(store)
+                if not self.settings.single_ingester:  # else when it takes the lease
+                    self._open_restart_gap(store)
                 self._store = store
-            self._consumer = EventConsumer(
-                self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
-            )
-            self._consumer.start()
+            if self.settings.single_ingester:
+                self._start_coordinated()
+            else:
+                self._consumer = EventConsumer(
+                    self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
+                )
+                self._consumer.start()
             self._house = threading.Thread(
                 target=self._housekeeping, name="celerymon-house", daemon=True
             )
             self._house.start()
             self._pid = os.getpid()
+
+    # -- one ingester per cluster (see lease.py) --------------------------------------------
+
+    def _start_coordinated(self) -> None:
+        from .lease import Coordinator
+
+        self._following = True
+        self._coordinator = Coordinator(
+            self.celery_app,
+            self.celery_app.main or "celery",
+            self.settings.lease_ttl,
+            on_lead=self._lead,
+            on_follow=self._follow,
+            on_changes=self._changes_elsewhere,
+        )
+        self._coordinator.start()
+
+    def _lead(self) -> None:
+        """Lease thread: we hold the lease now; consume events and write the store."""
+        if not self._lock_unless_stopping():
+            return
+        try:
+            if self._consumer is not None:
+                return
+            if self._store is not None:
+                # Events sent while no process ingested are gone: the gap since the last
+                # ingester consumed, and its unfinished tasks to reconcile, are ours now.
+                try:
+                    self._open_restart_gap(self._store)
+                except Exception:  # noqa: BLE001 - ingest anyway; the gap goes unreported
+                    log.exception("celerymon: reading the last ingester's meta failed")
+            self._following = False
+            self._consumer = EventConsumer(
+                self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
+            )
+            self._consumer.start()
+        finally:
+            self._lifecycle.release()
+
+    def _lock_unless_stopping(self) -> bool:
+        """Take the lifecycle lock, or give up (False) once :meth:`stop` runs: stop() holds
+        the lock while it waits for the lease thread."""
+        while not self._lifecycle.acquire(timeout=0.1):
+            if self._stop_event.is_set():
+                return False
+        if self._stop_event.is_set():
+            self._lifecycle.release()
+            return False
+        return True
+
+    def _follow(self) -> None:
+        """Lease thread: the lease is lost; stop consuming (what was applied is flushed)."""
+        if not self._lock_unless_stopping():
+            return
+        try:
+            consumer, self._consumer = self._consumer, None
+            self._following = True
+        finally:
+            self._lifecycle.release()
+        if consumer is not None:
+            consumer.stop()
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001 - the next ingester writes its own
+            log.exception("celerymon: the last write as ingester failed")
+
+    def _changes_elsewhere(self, tasks: list[str], workers: list[str]) -> None:
+        """Fan-out thread (followers): the ingester wrote these tasks and workers."""
+        if workers:
+            self._workers_stale = True  # reloaded from the store when next read
+        for sub in self._subs:
+            for t in tasks:
+                sub._offer("task", t)
+            for h in workers:
+                sub._offer("worker", h)
+
+    def _refresh_workers(self) -> None:
+        """Followers: reload the workers from the store if the ingester wrote some since."""
+        store = self._store
+        if not self._workers_stale or store is None:
+            return
+        self._workers_stale = False
+        snaps = store.load_workers()
+        with self._state.lock:
+            self._state.workers.clear()
+            self._state.restore_workers(snaps.values())
+
+    @property
+    def role(self) -> str:
+        """``"ingester"`` (consumes events), ``"follower"`` (reads the shared store) or
+        ``"stopped"``."""
+        if not self.running:
+            return "stopped"
+        return "follower" if self._following else "ingester"
 
     def _open_restart_gap(self, store: HistoryStore) -> None:
         """After a restart, events sent since the last run consumed are gone: open a gap from
@@ -338,6 +444,8 @@ class MonitorService:
         self._store_unfinished = [r["uuid"] for r in rows]
 
     def _reset_after_fork(self) -> None:
+        self._coordinator = None
+        self._following = False
         self._consumer = None
         self._house = None
         self._store = None
@@ -361,6 +469,7 @@ class MonitorService:
                 return
             self._stop_event.set()
             until = self._consuming_until()  # events were consumed up to now
+            ingesting = not self._following
             if self._consumer is not None:
                 self._consumer.stop(timeout)
             if self._house is not None:
@@ -368,13 +477,17 @@ class MonitorService:
             self.inspector.close()
             try:
                 self.flush()
-                if self._store is not None:
+                if self._store is not None and ingesting:  # followers leave the meta alone
                     meta = {"clean_stop": "1"}
                     if until is not None:
                         meta["consuming_until"] = until
                     self._store.set_meta(meta)
             except Exception:  # noqa: BLE001 - still release everything
                 log.exception("celerymon: the last write to the history store failed")
+            if self._coordinator is not None:
+                # Given up only now: a successor reads the meta written just above.
+                self._coordinator.stop(timeout)
+                self._coordinator = None
             if self._store is not None:
                 self._store.close()
                 self._store = None
@@ -589,13 +702,14 @@ class MonitorService:
                     log.exception("celerymon: writing to the history store failed")
             if now >= next_purge:
                 try:
-                    self._mark_lost()
+                    if not self._following:  # the ingester marks them in the shared store
+                        self._mark_lost()
                     self._purge_offline()
                 except Exception:  # noqa: BLE001
                     log.exception("celerymon: purging offline workers failed")
             if now >= next_purge:
                 next_purge = now + PURGE_CHECK_INTERVAL
-            if s.enable_events and now >= next_enable:
+            if s.enable_events and now >= next_enable and not self._following:
                 next_enable = now + s.enable_events_interval
                 self._enable_events()
             if now >= next_inspect:
@@ -604,13 +718,13 @@ class MonitorService:
                     self.inspector.refresh(wait=False)
                 except Exception:  # noqa: BLE001
                     log.exception("celerymon: inspect refresh failed")
-            if now >= next_reconcile:
+            if now >= next_reconcile and not self._following:
                 next_reconcile = now + _reconcile.INTERVAL
                 try:
                     self.reconcile()
                 except Exception:  # noqa: BLE001
                     log.exception("celerymon: reconciling with the result backend failed")
-            if now >= next_prune:
+            if now >= next_prune and not self._following:
                 next_prune = now + PRUNE_INTERVAL
                 try:
                     self.prune()
@@ -642,7 +756,7 @@ class MonitorService:
         try:
             try:
                 store.write_tasks(rows)
-            except (sqlite3.OperationalError, OSError):
+            except store.unavailable_errors:
                 raise  # the store is unavailable (disk full, locked...): retry them later
             except Exception:  # noqa: BLE001 - a row the store refuses
                 self._write_one_by_one(store, rows)
@@ -660,6 +774,12 @@ class MonitorService:
             store.set_meta({"consuming_until": until})
         self._flushes += 1
         self._flush_seconds += time.perf_counter() - t0
+        coordinator = self._coordinator
+        if coordinator is not None:
+            try:
+                coordinator.publish(list(dirty), [*wsnap, *gone])
+            except Exception:  # noqa: BLE001 - followers still read the store
+                log.warning("celerymon: could not publish changes to followers", exc_info=True)
         return len(rows)
 
     def _write_one_by_one(self, store: HistoryStore, rows: list[tuple[Any, ...]]) -> None:
@@ -668,7 +788,7 @@ class MonitorService:
         for row in rows:
             try:
                 store.write_tasks([row])
-            except (sqlite3.OperationalError, OSError):
+            except store.unavailable_errors:
                 raise
             except Exception as exc:  # noqa: BLE001
                 self._rows_dropped += 1
@@ -819,6 +939,7 @@ class MonitorService:
         ``status`` (online, bool) and ``last_seen`` (local time of its last event).
         """
         self._autostart()
+        self._refresh_workers()
         now = time.time()
         st = self._state
         with st.lock:
@@ -828,6 +949,7 @@ class MonitorService:
     def worker(self, hostname: str) -> dict[str, Any] | None:
         """One worker like :meth:`workers` items, or None if unknown."""
         self._autostart()
+        self._refresh_workers()
         st = self._state
         with st.lock:
             w = st.workers.get(hostname)
@@ -946,7 +1068,9 @@ class MonitorService:
         if source == "store" and store is None:
             raise SearchError("source='store' needs a history store (CELERY_MONITOR_DB)")
         if source == "window" or (
-            source == "auto" and (store is None or (st.complete and self._store_empty_at_start))
+            source == "auto"
+            and (store is None or (st.complete and self._store_empty_at_start))
+            and not self._following
         ):
             with st.lock:
                 total, recs = st.query(q)
@@ -1062,7 +1186,10 @@ class MonitorService:
         (read but not decoded), ``tasks``/``workers`` in the window, ``evicted``,
         ``store_pending``, ``flushes``, ``flush_seconds``, ``indexed`` and ``index_seconds`` (search
         indexing in the store), ``subscribers``,
-        ``subscribers_dropped``, ``listener_errors``, ``connected``, ``running``.
+        ``subscribers_dropped``, ``listener_errors``, ``connected``, ``running``, ``store``
+        (the store's path or URL, without a password), ``role`` (``ingester``, ``follower``
+        or ``stopped``, see :attr:`role`) and ``handovers`` (times this process took the
+        ingester lease).
         """
         d = self._figures.as_dict()
         st = self._state
@@ -1093,7 +1220,9 @@ class MonitorService:
             inspect_errors=self.inspector.errors,
             connected=c is not None and c.connected,
             running=self.running,
-            store=self.settings.db_path,
+            store=None if self.settings.db_path is None else _redact(self.settings.db_path),
+            role=self.role,
+            handovers=0 if self._coordinator is None else self._coordinator.handovers,
         )
         return d
 

@@ -22,8 +22,8 @@ DB_FILENAME = "celerymon.sqlite3"
 class MonitorSettings:
     """How the monitor service runs. Every attribute has a usable default.
 
-    ``db`` is the SQLite history file: a path, or ``False`` for an in-memory service without
-    history. ``None`` means "no file" here too when the settings are built directly; it only
+    ``db`` is the history store: a SQLite file path, a ``postgresql://`` URL (see
+    :func:`~.store.open_store`), or ``False`` for an in-memory service without history. ``None`` means "no file" here too when the settings are built directly; it only
     means ``<instance_path>/celerymon.sqlite3`` in :meth:`from_config`, which resolves it.
     """
 
@@ -44,10 +44,15 @@ class MonitorSettings:
     flush_interval: float = 0.5
     #: Queued updates per live subscriber before it is dropped as too slow.
     subscriber_buffer: int = 1_000
+    #: One process of the cluster ingests, chosen by a lease in the broker's Redis; the others
+    #: read the shared store (see :mod:`.lease`).
+    single_ingester: bool = False
+    #: Seconds the ingester's lease lasts without renewal (failover takes at most 4/3 of it).
+    lease_ttl: float = 6.0
 
     @property
     def db_path(self) -> str | None:
-        """The SQLite file to use, or None when the history store is off."""
+        """The SQLite file or PostgreSQL URL to use, or None when the history store is off."""
         return self.db if isinstance(self.db, str) else None
 
     @classmethod
@@ -84,4 +89,6 @@ class MonitorSettings:
             purge_offline_workers=get("CELERY_MONITOR_PURGE_OFFLINE_WORKERS", None),
             broker_api=get("CELERY_MONITOR_BROKER_API", None),
             queues=tuple(dict.fromkeys([*get("CELERY_MONITOR_QUEUES", ()), *app_queues])),
+            single_ingester=get("CELERY_MONITOR_SINGLE_INGESTER", d.single_ingester),
+            lease_ttl=float(get("CELERY_MONITOR_LEASE_TTL", d.lease_ttl)),
         )

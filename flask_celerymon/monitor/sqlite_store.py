@@ -132,6 +132,8 @@ def _kwarg_match(kwargs: str | None, key: str, value: str) -> int:
 class SQLiteStore(HistoryStore):
     """History in a SQLite file (created with its directory when missing)."""
 
+    unavailable_errors = (sqlite3.OperationalError, OSError)
+
     def __init__(self, path: str) -> None:
         self.path = path
         d = os.path.dirname(os.path.abspath(path))

@@ -2,7 +2,8 @@
 
 A store keeps finished (and, at shutdown, unfinished) tasks beyond the in-memory window and
 worker snapshots across restarts. :class:`flask_celerymon.monitor.sqlite_store.SQLiteStore` is
-the embedded default; a server database can implement :class:`HistoryStore` later.
+the embedded default; :class:`flask_celerymon.monitor.pg_store.PostgresStore` serves several
+processes and hosts. :func:`open_store` picks one from the ``CELERY_MONITOR_DB`` value.
 
 Stores are written by one thread (the service's flusher) and read by many; implementations must
 allow concurrent reads while a batch is being written.
@@ -11,6 +12,7 @@ allow concurrent reads while a batch is being written.
 from __future__ import annotations
 
 import abc
+import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -72,6 +74,10 @@ class TaskQuery:
 class HistoryStore(abc.ABC):
     """Persistent task history and worker snapshots. All methods are thread-safe."""
 
+    #: Errors of a write that mean the store is unavailable (disk full, locked, server down):
+    #: the writer keeps its rows and tries again later. Any other error means a row was refused.
+    unavailable_errors: tuple[type[BaseException], ...] = (OSError,)
+
     @abc.abstractmethod
     def write_tasks(self, rows: Sequence[tuple[Any, ...]]) -> None:
         """Insert or replace tasks given as rows in :data:`TASK_COLUMNS` order."""
@@ -125,6 +131,10 @@ class HistoryStore(abc.ABC):
         "runtime_p50", "runtime_p95", "runtime_max"}`` with ``start`` the bucket's start time.
         """
 
+    def is_empty(self) -> bool:
+        """True when no task is stored."""
+        return self.count() == 0
+
     def get_meta(self, key: str) -> str | None:
         """A value the service keeps across restarts (e.g. when it last consumed events).
 
@@ -146,3 +156,35 @@ class HistoryStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Flush and release the store; later calls may fail."""
+
+
+#: URL schemes that select the PostgreSQL store.
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def open_store(target: str) -> HistoryStore:
+    """The store for a ``CELERY_MONITOR_DB`` value: a ``postgresql://`` URL opens
+    :class:`~.pg_store.PostgresStore`, anything else is a SQLite file path.
+
+    Raises :class:`~flask_celerymon.errors.CeleryMonError` when the PostgreSQL driver is missing
+    (the message says what to install) and the driver's errors when the server cannot be
+    reached.
+    """
+    if target.startswith(POSTGRES_SCHEMES):
+        from .pg_store import PostgresStore
+
+        return PostgresStore(target)
+    from .sqlite_store import SQLiteStore
+
+    return SQLiteStore(target)
+
+
+def redact(target: str) -> str:
+    """A ``CELERY_MONITOR_DB`` value fit to show: a URL's password replaced by ``***``."""
+    if "://" not in target:
+        return target
+    parts = urllib.parse.urlsplit(target)
+    if parts.password is None:
+        return target
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))

@@ -39,6 +39,7 @@ from typing import Any
 
 from celery import states
 from celery.backends.base import DisabledBackend
+from celery.backends.rpc import RPCBackend
 from celery.contrib.abortable import AbortableAsyncResult
 from celery.exceptions import QueueNotFound
 from celery.exceptions import TimeoutError as CeleryTimeout
@@ -443,6 +444,16 @@ def _reply_timeout() -> float:
     return max(1.0, float(_service().settings.inspect_timeout))
 
 
+def _state_store() -> Any | None:
+    """The result backend when it can store a task's state by id, else None.
+
+    ``rpc://`` only sends each result to the client that sent the task, so it cannot record
+    a state for another task (PENDING on send-task, ABORTED on abort).
+    """
+    backend = _backend()
+    return None if isinstance(backend, RPCBackend) else backend
+
+
 def _backend_meta(task_id: str) -> dict[str, Any] | None:
     """The backend's record of ``task_id``, or None when it has none (or no backend)."""
     backend = _backend()
@@ -775,6 +786,12 @@ def task_abort(task_id: str) -> Response:
     """
     if _backend() is None:
         raise ApiError(503, "no result backend is configured; abort needs one")
+    if _state_store() is None:
+        raise ApiError(
+            409,
+            "the rpc:// result backend cannot mark a task ABORTED; configure a result backend "
+            "that stores states (CELERY_RESULT_BACKEND: Redis, a database...)",
+        )
     info, meta = _known_task(task_id)
     state = _task_state(info, meta)
     if state in FINISHED:
@@ -1153,7 +1170,7 @@ def _record_pending(name: str, task_id: str, args: Any, kwargs: Any, queue: str 
     """Record a task sent by name as PENDING with its arguments (for result and retry)."""
     from celery.app.task import Context
 
-    backend = _backend()
+    backend = _state_store()
     if backend is None:
         return
     request_ = Context(

@@ -119,7 +119,10 @@ def fmt_time(ts: float | None) -> Markup:
     """A Unix time as a ``<time>`` in UTC (the page's script shows it in local time)."""
     if ts is None:
         return Markup("")
-    d = datetime.fromtimestamp(ts, timezone.utc)
+    try:
+        d = datetime.fromtimestamp(ts, timezone.utc)
+    except (ValueError, OverflowError, OSError):  # a sender's clock outside years 1-9999
+        return Markup("<time>{}</time>").format(f"{ts!r}")
     text = d.strftime("%Y-%m-%d %H:%M:%S.") + f"{d.microsecond // 1000:03d}"
     return Markup('<time datetime="{}" data-ts="{}">{} UTC</time>').format(
         d.isoformat(), f"{ts:.3f}", text

@@ -66,6 +66,12 @@ def create_app(**config):
     app = Flask(__name__)
     app.config.update(
         CELERY_BROKER_URL=os.environ.get("CELERYMON_TEST_BROKER", "memory://"),
+        # the result backend of a non-Redis broker (default: the extension's choice)
+        **(
+            {"CELERY_RESULT_BACKEND": os.environ["CELERYMON_TEST_BACKEND"]}
+            if os.environ.get("CELERYMON_TEST_BACKEND")
+            else {}
+        ),  # fmt: skip
         CELERY_START_LOCAL_WORKERS=False,
         CELERY_MONITOR_BLUEPRINT=False,
         SECRET_KEY="not-for-celery",

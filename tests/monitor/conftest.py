@@ -129,11 +129,30 @@ def task_events(n: int, start: float = 1_700_000_000.0) -> list[dict[str, Any]]:
     return events
 
 
-@pytest.fixture(scope="module")
-def populated(tmp_path_factory: Any) -> Iterator[MonitorService]:
-    """A started service (in-memory broker) holding 120 tasks in its window and its store."""
+#: The history stores every store test runs against.
+STORE_KINDS = ("sqlite", "postgresql")
+
+
+def store_target(request: pytest.FixtureRequest, folder: Any) -> str:
+    """A ``CELERY_MONITOR_DB`` value for the store kind in ``request.param``: a SQLite file in
+    ``folder`` or a fresh PostgreSQL database."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_server").create_database()
+    return str(folder / "celerymon.sqlite3")
+
+
+@pytest.fixture(params=STORE_KINDS)
+def store_db(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    """An empty history store of each kind, as a ``CELERY_MONITOR_DB`` value."""
+    return store_target(request, tmp_path)
+
+
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def populated(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Iterator[MonitorService]:
+    """A started service (in-memory broker) holding 120 tasks in its window and its store,
+    once per store kind."""
     app = Celery("populated", broker="memory://")
-    db = str(tmp_path_factory.mktemp("populated") / "celerymon.sqlite3")
+    db = store_target(request, tmp_path_factory.mktemp("populated"))
     svc = MonitorService(app, MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
     svc.start()
     svc.apply_events(task_events(120))

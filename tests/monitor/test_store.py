@@ -35,8 +35,8 @@ def test_store_file_uses_wal_and_creates_its_directory(tmp_path):
     assert mode == "wal"
 
 
-def test_restart_answers_from_the_store_without_replaying(tmp_path):
-    db = str(tmp_path / "m.sqlite3")
+def test_restart_answers_from_the_store_without_replaying(store_db):
+    db = store_db
     first = MonitorService(app(), MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
     first.start()
     first.apply_events(task_events(50))
@@ -61,8 +61,8 @@ def test_restart_answers_from_the_store_without_replaying(tmp_path):
     second.stop()
 
 
-def test_unfinished_tasks_are_stored_on_stop_and_updated_later(tmp_path):
-    db = str(tmp_path / "m.sqlite3")
+def test_unfinished_tasks_are_stored_on_stop_and_updated_later(store_db):
+    db = store_db
     svc = MonitorService(
         app(), MonitorSettings(db=db, enable_events=False, max_tasks=5, inspect_timeout=0.2)
     )
@@ -80,8 +80,8 @@ def test_unfinished_tasks_are_stored_on_stop_and_updated_later(tmp_path):
     again.stop()
 
 
-def test_retention_keeps_the_newest_tasks_within_count_and_age(tmp_path):
-    db = str(tmp_path / "m.sqlite3")
+def test_retention_keeps_the_newest_tasks_within_count_and_age(store_db):
+    db = store_db
     now = time.time()
     svc = MonitorService(
         app(),
@@ -154,22 +154,23 @@ def test_search_finds_rows_indexed_after_a_term_was_first_searched(tmp_path):
     svc.stop()
 
 
-def test_a_failed_write_keeps_the_changes_for_the_next_flush(tmp_path, monkeypatch):
+def test_a_failed_write_keeps_the_changes_for_the_next_flush(store_db, monkeypatch):
     import pytest
 
-    db = str(tmp_path / "m.sqlite3")
+    db = store_db
     settings = MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2, flush_interval=3600)
     svc = MonitorService(app(), settings)
     svc.start()
     store = svc._store
     real = store.write_tasks
+    unavailable = store.unavailable_errors[0]  # sqlite3's or psycopg's OperationalError
 
     def disk_full(rows):
-        raise sqlite3.OperationalError("database or disk is full")
+        raise unavailable("database or disk is full")
 
     monkeypatch.setattr(store, "write_tasks", disk_full)
     svc.apply_events(task_events(3))
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(unavailable):
         svc.flush()
     monkeypatch.setattr(store, "write_tasks", real)
     assert svc.flush() == 3

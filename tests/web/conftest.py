@@ -62,11 +62,8 @@ def make_monitored_app(broker: str, instance_path: str, **config: Any) -> Flask:
     # apps open it on purpose (the auth tests pass their own settings).
     config.setdefault("CELERY_MONITOR_ALLOW_ANONYMOUS", True)
     try:
-        app = basic.create_app(
-            CELERY_MONITOR_BLUEPRINT=True,
-            CELERY_MONITOR_DB=os.path.join(instance_path, "monitor.sqlite3"),
-            **config,
-        )
+        config.setdefault("CELERY_MONITOR_DB", os.path.join(instance_path, "monitor.sqlite3"))
+        app = basic.create_app(CELERY_MONITOR_BLUEPRINT=True, **config)
     finally:
         del os.environ["CELERYMON_TEST_BROKER"]
     app.instance_path = instance_path

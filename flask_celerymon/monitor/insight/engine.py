@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..store import POSTGRES_SCHEMES
 from .alerts import AlertRule, conditions, describe, payload, post_json
 from .error_groups import fingerprint
 from .store import Failure, InsightStore, Rollup, percentile
@@ -97,10 +98,14 @@ class Insight:
 
     @property
     def store(self) -> InsightStore:
-        """The insight tables (opened on first use)."""
+        """The insight tables (opened on first use): in the history's SQLite file, or in
+        memory for this process when there is none or the history is in PostgreSQL."""
         with self._lock:
             if self._store is None:
-                self._store = InsightStore(self.service.settings.db_path)
+                path = self.service.settings.db_path
+                if path is not None and path.startswith(POSTGRES_SCHEMES):
+                    path = None
+                self._store = InsightStore(path)
             return self._store
 
     def ensure_started(self) -> Insight:

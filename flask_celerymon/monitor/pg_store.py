@@ -1,0 +1,478 @@
+"""The PostgreSQL history store, for a monitor shared by several processes and hosts.
+
+Chosen by a URL setting (``CELERY_MONITOR_DB = "postgresql://user:pw@host/db"``); needs the
+``postgres`` extra (``pip install flask-celerymon[postgres]``: psycopg 3 and its pool).
+
+Layout: everything lives in the schema ``celerymon`` (override with ``?schema=name`` in the
+URL, e.g. one schema per cluster in one database): ``tasks`` (one row per task, the columns of
+:data:`~flask_celerymon.monitor.store.TASK_COLUMNS`, text columns in the byte order of the
+``C`` collation so sorts agree with SQLite), ``task_names`` and ``task_workers`` (distinct
+values, for search), ``workers`` (JSON snapshots), ``meta`` (what the ingester keeps across
+restarts, see :meth:`~flask_celerymon.monitor.store.HistoryStore.get_meta`) and
+``schema_version``. Substring search uses
+``pg_trgm`` GIN indexes over ``args``, ``kwargs`` and ``result``: a ``LIKE '%term%'`` is
+answered from the index and rechecked, so it matches exactly what the SQLite store and the
+in-memory window match (case-sensitive).
+
+The schema is versioned: :data:`MIGRATIONS` is applied in order, each in its own transaction,
+under an advisory lock, so processes starting together migrate once. A database created by a
+newer release (a version above ours) is refused with :class:`StoreVersionError`.
+
+Connections come from a :class:`psycopg_pool.ConnectionPool` (``min_size`` 1, ``max_size``
+:data:`POOL_MAX`): one writer (the service's housekeeping thread) and any number of readers.
+The count and the page of a query are read in one ``REPEATABLE READ`` snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from ..errors import CeleryMonError
+from .query import compile_sql
+from .sqlite_store import COUNT_CAP, aggregate_stats
+from .state import history_from_times
+from .store import TASK_COLUMNS, HistoryStore, TaskQuery, redact
+
+log = logging.getLogger(__name__)
+
+#: Connections per process at most.
+POOL_MAX = 8
+#: Seconds to wait for a connection from the pool before failing the call.
+POOL_TIMEOUT = 10.0
+#: The schema's version after :data:`MIGRATIONS`.
+SCHEMA_VERSION = 3
+
+_REAL = {"sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected",
+         "timestamp", "runtime"}  # fmt: skip
+_INT = {"retries", "clock"}
+_KEYED = {"uuid", "name", "state", "worker", "root_id", "parent_id"}
+_SORTED = ("name", "state", "received", "started", "runtime", "timestamp", "succeeded", "sent")
+
+
+def _coltype(c: str) -> str:
+    if c in _REAL:
+        return "double precision"
+    if c in _INT:
+        return "bigint"
+    return 'text COLLATE "C"' if c in _KEYED else "text"
+
+
+#: One list of statements per schema version (index 0 makes version 1). Append, never edit.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE tasks (id bigserial PRIMARY KEY, "
+        + ", ".join(
+            f"{c} {_coltype(c)}" + (" NOT NULL UNIQUE" if c == "uuid" else "") for c in TASK_COLUMNS
+        )
+        + ")",
+        *(
+            # (col DESC NULLS LAST, id DESC) read backwards is (col ASC NULLS FIRST, id ASC):
+            # one index serves both directions in SQLite's NULL order.
+            f"CREATE INDEX tasks_{c} ON tasks ({c} DESC NULLS LAST, id DESC)"
+            for c in _SORTED
+        ),
+        "CREATE INDEX tasks_worker ON tasks (worker, received)",
+        "CREATE INDEX tasks_parent ON tasks (parent_id) WHERE parent_id IS NOT NULL",
+        *(
+            f"CREATE INDEX tasks_{c}_trgm ON tasks USING gin ({c} gin_trgm_ops)"
+            for c in ("args", "kwargs", "result")
+        ),
+        'CREATE TABLE task_names (name text COLLATE "C" PRIMARY KEY)',
+        'CREATE TABLE task_workers (worker text COLLATE "C" PRIMARY KEY)',
+        "CREATE TABLE workers (hostname text PRIMARY KEY, data text NOT NULL)",
+        # The helpers compile_sql's conditions call (SQLite has instr; kwarg_match is ours).
+        "CREATE FUNCTION instr(haystack text, needle text) RETURNS integer "
+        "LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$ SELECT strpos(haystack, needle) $$",
+        "CREATE FUNCTION re_quote(s text) RETURNS text LANGUAGE sql IMMUTABLE STRICT "
+        "PARALLEL SAFE AS $$ SELECT regexp_replace(s, '([.^$*+?()\\[\\]{}|\\\\-])', "
+        "'\\\\\\1', 'g') $$",
+        # Same pattern as query.kwarg_pattern: 'key': value | 'value' | "value", then , } or end
+        "CREATE FUNCTION kwarg_match(kwargs text, k text, v text) RETURNS boolean "
+        "LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT coalesce(kwargs ~ "
+        "('[''\"]' || re_quote(k) || '[''\"]: (?:''' || re_quote(v) || '''|\"' || re_quote(v) "
+        "|| '\"|' || re_quote(v) || ')(?=,|\\}|$)'), false) $$",
+    ),
+    (
+        # 2: the number of tasks, kept by statement triggers (count(*) reads every row: 50+ ms
+        # at a million tasks for the unfiltered list, its most common query).
+        "CREATE TABLE task_count (n bigint NOT NULL)",
+        "INSERT INTO task_count (n) SELECT count(*) FROM tasks",
+        "CREATE FUNCTION task_count_add() RETURNS trigger LANGUAGE plpgsql "
+        "SET search_path FROM CURRENT AS $$ BEGIN "
+        "UPDATE task_count SET n = n + (SELECT count(*) FROM added); RETURN NULL; END $$",
+        "CREATE FUNCTION task_count_sub() RETURNS trigger LANGUAGE plpgsql "
+        "SET search_path FROM CURRENT AS $$ BEGIN "
+        "UPDATE task_count SET n = n - (SELECT count(*) FROM removed); RETURN NULL; END $$",
+        "CREATE TRIGGER tasks_counted_in AFTER INSERT ON tasks REFERENCING NEW TABLE AS added "
+        "FOR EACH STATEMENT EXECUTE FUNCTION task_count_add()",
+        "CREATE TRIGGER tasks_counted_out AFTER DELETE ON tasks REFERENCING OLD TABLE AS removed "
+        "FOR EACH STATEMENT EXECUTE FUNCTION task_count_sub()",
+        # TRUNCATE fires no delete trigger
+        "CREATE FUNCTION task_count_zero() RETURNS trigger LANGUAGE plpgsql "
+        "SET search_path FROM CURRENT AS $$ BEGIN "
+        "UPDATE task_count SET n = 0; RETURN NULL; END $$",
+        "CREATE TRIGGER tasks_counted_none AFTER TRUNCATE ON tasks "
+        "FOR EACH STATEMENT EXECUTE FUNCTION task_count_zero()",
+    ),
+    (
+        # 3: values the ingester keeps across restarts (HistoryStore.get_meta: when events were
+        # last consumed, whether the last run stopped cleanly).
+        "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
+    ),
+)
+
+_COLS = ", ".join(TASK_COLUMNS)
+_ROW = "(" + ", ".join("%s" for _ in TASK_COLUMNS) + ")"
+_ON_CONFLICT = " ON CONFLICT (uuid) DO UPDATE SET " + ", ".join(
+    f"{c} = EXCLUDED.{c}" for c in TASK_COLUMNS if c != "uuid"
+)
+#: Rows per upsert statement (one statement per chunk: its counting trigger runs once).
+UPSERT_ROWS = 1000
+
+
+def _upsert(n: int) -> str:
+    return f"INSERT INTO tasks ({_COLS}) VALUES " + ", ".join([_ROW] * n) + _ON_CONFLICT
+
+
+_HISTORY = TASK_COLUMNS.index("history")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+class StoreVersionError(CeleryMonError, RuntimeError):
+    """The database holds a schema newer than this release understands."""
+
+
+class StoreUnavailable(CeleryMonError, RuntimeError):
+    """The database server could not be reached (or refused the login) at start."""
+
+
+def _driver() -> Any:
+    try:
+        import psycopg
+        import psycopg_pool
+    except ImportError as exc:
+        raise CeleryMonError(
+            "CELERY_MONITOR_DB is a PostgreSQL URL but psycopg is not installed: "
+            "pip install 'flask-celerymon[postgres]'"
+        ) from exc
+    return psycopg, psycopg_pool
+
+
+def _like(phrase: str) -> str:
+    return "%" + phrase.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+def _text_match(columns: tuple[str, ...], phrases: list[str], params: list[Any]) -> str:
+    """``col LIKE '%phrase%'`` for each column and phrase: each is a pg_trgm index lookup."""
+    conds = []
+    for c in columns:
+        for p in phrases:
+            conds.append(f"{c} LIKE ?")
+            params.append(_like(p))
+    return "(" + " OR ".join(conds) + ")"
+
+
+class PostgresStore(HistoryStore):
+    """History in a PostgreSQL database, shared by every process that opens the same URL.
+
+    ``url`` is a libpq URL (``postgresql://user:password@host:5432/dbname``); a ``schema``
+    query parameter picks the schema (default ``celerymon``). Raises :class:`CeleryMonError`
+    when psycopg is missing or the schema name is not valid, :class:`StoreVersionError` for a
+    schema newer than this release, and :class:`StoreUnavailable` when the server cannot be
+    reached (or refuses the login) within :data:`POOL_TIMEOUT` seconds.
+    """
+
+    def __init__(self, url: str) -> None:
+        psycopg, psycopg_pool = _driver()
+        self._psycopg = psycopg
+        #: The errors that mean the server is unreachable (retry later), not a refused row.
+        self.unavailable_errors = (psycopg.OperationalError, OSError)
+        parts = urllib.parse.urlsplit(url)
+        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+        schema = query.pop("schema", ["celerymon"])[-1]
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise CeleryMonError(
+                f"CELERY_MONITOR_DB: schema {schema!r} is not valid; use lower-case letters, "
+                "digits and _ (e.g. ?schema=celerymon)"
+            )
+        self.schema = schema
+        self.url = urllib.parse.urlunsplit(
+            parts._replace(query=urllib.parse.urlencode(query, doseq=True))
+        )
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        try:
+            search_path = self._migrate()
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(
+                f"cannot reach the history database {redact(self.url)} ({exc}); check "
+                "CELERY_MONITOR_DB and that the server runs"
+            ) from exc
+        self._pool = psycopg_pool.ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=POOL_MAX,
+            timeout=POOL_TIMEOUT,
+            kwargs={"options": f"-c search_path={search_path}", "autocommit": True},
+            name=f"celerymon-{schema}",
+            open=False,
+        )
+        self._pool.open(wait=True, timeout=POOL_TIMEOUT)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({redact(self.url)!r}, schema={self.schema!r})"
+
+    # -- schema ----------------------------------------------------------------------------
+
+    def _migrate(self) -> str:
+        """Bring the schema to :data:`SCHEMA_VERSION`; returns the search path to use."""
+        psycopg = self._psycopg
+        s = self.schema
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=int(POOL_TIMEOUT)) as c:
+            # One migrating process per database: the others wait here, then find it done.
+            c.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"celerymon:{s}",))
+            try:
+                c.execute(f"CREATE SCHEMA IF NOT EXISTS {s}")
+                ext = self._trigram_schema(c)
+                search_path = f"{s},{ext}"
+                c.execute(f"SET search_path = {search_path}")
+                c.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+                row = c.execute("SELECT max(version) FROM schema_version").fetchone()
+                have = (row[0] if row else None) or 0
+                if have > len(MIGRATIONS):
+                    raise StoreVersionError(
+                        f"the history schema {s!r} in {redact(self.url)} is at version {have}, "
+                        f"newer than this release understands ({len(MIGRATIONS)}); upgrade "
+                        "flask-celerymon or point CELERY_MONITOR_DB at another schema"
+                    )
+                for version in range(have + 1, len(MIGRATIONS) + 1):
+                    with c.transaction():
+                        for stmt in MIGRATIONS[version - 1]:
+                            c.execute(stmt)
+                        c.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+                    log.info("celerymon: history schema %s migrated to version %s", s, version)
+            finally:
+                c.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"celerymon:{s}",))
+        return search_path
+
+    def _trigram_schema(self, c: Any) -> str:
+        """The schema holding pg_trgm, created in ``public`` when the database has none."""
+        find = "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'"
+        row = c.execute(find).fetchone()
+        if row is None:
+            try:
+                c.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public")
+            except self._psycopg.errors.InsufficientPrivilege as exc:
+                raise CeleryMonError(
+                    f"the history store needs the pg_trgm extension in {redact(self.url)}; "
+                    "run CREATE EXTENSION pg_trgm; in that database as a superuser"
+                ) from exc
+            row = c.execute(find).fetchone()
+        return row[0]
+
+    def schema_version(self) -> int:
+        """The schema version in the database."""
+        with self._pool.connection() as c:
+            return c.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def write_tasks(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+        by_uuid: dict[str, list[Any]] = {}  # one statement may not touch a row twice
+        names = set()
+        workers = set()
+        for row in rows:
+            r = list(row)
+            hist = r[_HISTORY]
+            r[_HISTORY] = None if hist is None else json.dumps(list(hist))
+            by_uuid[r[0]] = r
+            names.add(r[1])
+            workers.add(r[3])
+        names -= {"", None}
+        workers -= {"", None}
+        prepared = list(by_uuid.values())
+        with self._write_lock, self._pool.connection() as c, c.transaction(), c.cursor() as cur:
+            for i in range(0, len(prepared), UPSERT_ROWS):
+                chunk = prepared[i : i + UPSERT_ROWS]
+                cur.execute(_upsert(len(chunk)), [v for r in chunk for v in r])
+            if names:
+                cur.executemany(
+                    "INSERT INTO task_names (name) VALUES (%s) ON CONFLICT DO NOTHING",
+                    [(n,) for n in sorted(names)],
+                )
+            if workers:
+                cur.executemany(
+                    "INSERT INTO task_workers (worker) VALUES (%s) ON CONFLICT DO NOTHING",
+                    [(w,) for w in sorted(workers)],
+                )
+
+    def write_workers(self, workers: Mapping[str, Mapping[str, Any]]) -> None:
+        if not workers:
+            return
+        rows = [(h, json.dumps(d, default=str)) for h, d in sorted(workers.items())]
+        with self._write_lock, self._pool.connection() as c, c.transaction(), c.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO workers (hostname, data) VALUES (%s, %s) "
+                "ON CONFLICT (hostname) DO UPDATE SET data = EXCLUDED.data",
+                rows,
+            )
+
+    def get_meta(self, key: str) -> str | None:
+        with self._pool.connection() as c:
+            r = c.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        return None if r is None else r[0]
+
+    def set_meta(self, values: Mapping[str, str | None]) -> None:
+        put = [(k, v) for k, v in sorted(values.items()) if v is not None]
+        drop = [k for k, v in values.items() if v is None]
+        if not put and not drop:
+            return
+        with self._write_lock, self._pool.connection() as c, c.transaction(), c.cursor() as cur:
+            if put:
+                cur.executemany(
+                    "INSERT INTO meta (key, value) VALUES (%s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+                    put,
+                )
+            if drop:
+                cur.execute("DELETE FROM meta WHERE key = ANY(%s)", (drop,))
+
+    def delete_workers(self, hostnames: Iterable[str]) -> None:
+        hs = list(hostnames)
+        if hs:
+            with self._write_lock, self._pool.connection() as c:
+                c.execute("DELETE FROM workers WHERE hostname = ANY(%s)", (hs,))
+
+    def prune(self, max_tasks: int, older_than: float) -> int:
+        with self._write_lock, self._pool.connection() as c, c.transaction():
+            deleted = c.execute("DELETE FROM tasks WHERE timestamp < %s", (older_than,)).rowcount
+            n = c.execute("SELECT n FROM task_count").fetchone()[0]
+            if n > max_tasks:
+                deleted += c.execute(
+                    "DELETE FROM tasks WHERE id IN (SELECT id FROM tasks "
+                    "ORDER BY timestamp ASC NULLS FIRST, id LIMIT %s)",
+                    (n - max_tasks,),
+                ).rowcount
+            return deleted
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def load_workers(self) -> dict[str, dict[str, Any]]:
+        with self._pool.connection() as c:
+            rows = c.execute("SELECT hostname, data FROM workers").fetchall()
+        return {h: json.loads(d) for h, d in rows}
+
+    def _row(self, r: Sequence[Any]) -> dict[str, Any]:
+        d = dict(zip(TASK_COLUMNS, r))
+        h = d["history"]
+        d["history"] = tuple(json.loads(h)) if h else history_from_times(d)
+        return d
+
+    def get_task(self, uuid: str) -> dict[str, Any] | None:
+        with self._pool.connection() as c:
+            r = c.execute(f"SELECT {_COLS} FROM tasks WHERE uuid = %s", (uuid,)).fetchone()
+        return None if r is None else self._row(r)
+
+    def children(self, uuid: str) -> list[str]:
+        with self._pool.connection() as c:
+            rows = c.execute(
+                "SELECT uuid FROM tasks WHERE parent_id = %s ORDER BY id", (uuid,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    def task_names(self) -> list[str]:
+        with self._pool.connection() as c:
+            return [r[0] for r in c.execute("SELECT name FROM task_names ORDER BY name")]
+
+    def count(self) -> int:
+        with self._pool.connection() as c:
+            return c.execute("SELECT n FROM task_count").fetchone()[0]
+
+    def is_empty(self) -> bool:
+        with self._pool.connection() as c:
+            return c.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
+
+    @staticmethod
+    def _where(q: TaskQuery) -> tuple[str, list[Any]]:
+        conds: list[str] = []
+        params: list[Any] = []
+        for col, values in (("state", q.state), ("worker", q.worker), ("name", q.name)):
+            if values:
+                conds.append(f"{col} = ANY(?)")
+                params.append(list(values))
+        for col, lo, hi in (
+            ("received", q.received_start, q.received_end),
+            ("started", q.started_start, q.started_end),
+        ):
+            if lo is not None:
+                conds.append(f"{col} >= ?")
+                params.append(lo)
+            if hi is not None:
+                conds.append(f"{col} <= ?")
+                params.append(hi)
+        if q.search is not None:
+            cond, p = compile_sql(q.search, _text_match)
+            conds.append(cond)
+            params.extend(p)
+        # compile_sql writes qmark placeholders and no literal ? or %.
+        return (" AND ".join(conds) or "true").replace("?", "%s"), params
+
+    def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:
+        """See :meth:`HistoryStore.query`. A search counts at most
+        :data:`~.sqlite_store.COUNT_CAP` matches (check :attr:`last_count_exact`)."""
+        where, params = self._where(q)
+        direction = "DESC NULLS LAST" if q.descending else "ASC NULLS FIRST"
+        order = f"{q.sort_key} {direction}, id {'DESC' if q.descending else 'ASC'}"
+        if q.sort_key not in _SORTED:  # parse_sort guards this; never format a stranger
+            raise ValueError(f"cannot sort by {q.sort_key!r}")
+        with self._pool.connection() as c, c.transaction():
+            c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            exact = True
+            if not params and where == "true":
+                total = c.execute("SELECT n FROM task_count").fetchone()[0]
+            elif q.search is None:
+                total = c.execute(f"SELECT count(*) FROM tasks WHERE {where}", params)
+                total = total.fetchone()[0]
+            else:
+                total = c.execute(
+                    f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {where} LIMIT %s) m",
+                    [*params, COUNT_CAP],
+                ).fetchone()[0]
+                exact = total < COUNT_CAP
+            rows = c.execute(
+                f"SELECT {_COLS} FROM tasks WHERE {where} ORDER BY {order} LIMIT %s OFFSET %s",
+                [*params, q.limit, q.offset],
+            ).fetchall()
+        self._local.exact = exact
+        return total, [self._row(r) for r in rows]
+
+    @property
+    def last_count_exact(self) -> bool:
+        """Whether the last :meth:`query` in this thread counted every match."""
+        return getattr(self._local, "exact", True)
+
+    def task_stats(
+        self, since: float, until: float, bucket: float, name: str | None = None
+    ) -> list[dict[str, Any]]:
+        sql = (
+            "SELECT name, timestamp, state, runtime, retries FROM tasks "
+            "WHERE timestamp >= %s AND timestamp < %s "
+            "AND state IN ('SUCCESS', 'FAILURE', 'RETRY', 'REVOKED')"
+        )
+        params: list[Any] = [since, until]
+        if name is not None:
+            sql += " AND name = %s"
+            params.append(name)
+        with self._pool.connection() as c:
+            return aggregate_stats(c.execute(sql, params).fetchall(), bucket)
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,129 @@
+"""The ingester lease and the fan-out to followers, against a real Redis."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from celery import Celery
+
+from flask_celerymon.errors import CeleryMonError
+from flask_celerymon.monitor.lease import RedisLease, redis_client
+from flask_celerymon.monitor.metrics import check_health
+
+from .conftest import task_events, wait_for
+
+
+def test_only_one_holder_and_only_the_holder_renews_or_releases(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    a = RedisLease(client, "celerymon:t:ingester", ttl=5.0, ident="a")
+    b = RedisLease(client, "celerymon:t:ingester", ttl=5.0, ident="b")
+    assert a.acquire()
+    assert not b.acquire()
+    assert not b.renew()
+    b.release()  # not b's: nothing happens
+    assert a.holder() == "a"
+    assert a.renew()
+    a.release()
+    assert a.holder() is None
+    assert b.acquire() and b.holder() == "b"
+    client.close()
+
+
+def test_a_lease_nobody_renews_expires_within_its_ttl(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    a = RedisLease(client, "celerymon:t:ingester", ttl=0.3, ident="a")
+    b = RedisLease(client, "celerymon:t:ingester", ttl=0.3, ident="b")
+    assert a.acquire()
+    t0 = time.monotonic()
+    wait_for(b.acquire, timeout=5, interval=0.01)
+    assert time.monotonic() - t0 <= 0.3 + 0.1
+    client.close()
+
+
+def test_the_lease_needs_a_redis_broker():
+    with pytest.raises(CeleryMonError) as exc:
+        redis_client(Celery("x", broker="amqp://guest@localhost//"))
+    assert str(exc.value) == (
+        "CELERY_MONITOR_SINGLE_INGESTER needs a Redis broker for its lease, not amqp://; "
+        "run one standalone monitor (flask celery monitor) instead"
+    )
+
+
+def _pair(redis_url, make_service, tmp_path):
+    db = str(tmp_path / "shared.sqlite3")
+    svcs = [
+        make_service(
+            Celery("pair", broker=redis_url),
+            db=db,
+            single_ingester=True,
+            lease_ttl=0.6,
+            enable_events=False,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    for s in svcs:
+        s.start()
+    wait_for(lambda: sorted(s.role for s in svcs) == ["follower", "ingester"], timeout=10)
+    ingester = next(s for s in svcs if s.role == "ingester")
+    follower = next(s for s in svcs if s.role == "follower")
+    return ingester, follower
+
+
+def test_followers_answer_from_the_store_and_hear_each_change(redis_url, make_service, tmp_path):
+    ingester, follower = _pair(redis_url, make_service, tmp_path)
+    with follower.subscribe(kinds=("task", "worker")) as sub:
+        time.sleep(0.3)  # the follower's fan-out thread has subscribed to the channel
+        ingester.apply_events(task_events(6))
+        ingester.apply_events([{"type": "worker-online", "hostname": "w-9@host",
+                                "timestamp": time.time(), "freq": 2.0}])  # fmt: skip
+        got: dict[str, dict] = {}
+
+        def heard_all() -> bool:
+            for item in sub.get(timeout=0.2):
+                got[item["id"]] = item
+            return len([k for k in got if got[k]["type"] == "task"]) == 6 and "w-9@host" in got
+
+        wait_for(heard_all, timeout=10)
+    first = "00000000-0000-4000-8000-000000000000"
+    assert got[first]["data"]["state"] == "SUCCESS"  # read from the shared store
+    assert follower.query_tasks(limit=None).total == 6
+    assert follower.worker("w-9@host")["freq"] == 2.0
+    assert follower.figures()["events_received"] == 0
+    assert (follower.figures()["role"], ingester.figures()["role"]) == ("follower", "ingester")
+    # consuming nothing is a follower's job, not a fault
+    assert check_health(follower) == (True, "", {"service": True, "events": True, "broker": True})
+
+
+def test_an_ingester_that_loses_its_lease_stops_ingesting(redis_url, make_service, tmp_path):
+    ingester, follower = _pair(redis_url, make_service, tmp_path)
+    assert ingester.wait_connected(10)
+    client = redis.Redis.from_url(redis_url)
+    # the lease went to someone else (it expired during a long pause, say)
+    client.set("celerymon:pair:ingester", "someone-else", px=60_000)
+    wait_for(lambda: ingester.role == "follower", timeout=0.6 / 3 + 2)
+    assert not ingester.figures()["connected"]
+    assert follower.role == "follower"
+    client.delete("celerymon:pair:ingester")  # someone-else is gone: one of ours takes over
+    wait_for(lambda: sorted((ingester.role, follower.role)) == ["follower", "ingester"], 5)
+    client.close()
+
+
+@pytest.mark.parametrize("broker", ["amqp://guest@localhost//", "memory://"])
+def test_init_app_refuses_a_single_ingester_without_a_redis_broker(broker):
+    from flask import Flask
+
+    from flask_celerymon import Celery as FlaskCelery
+    from flask_celerymon.errors import ConfigurationError
+
+    app = Flask(__name__)
+    app.config.update(CELERY_BROKER_URL=broker, CELERY_MONITOR_SINGLE_INGESTER=True,
+                      CELERY_START_LOCAL_WORKERS=False)  # fmt: skip
+    with pytest.raises(ConfigurationError) as exc:
+        FlaskCelery(app)
+    scheme = broker.partition("://")[0]
+    assert str(exc.value) == (
+        f"CELERY_MONITOR_SINGLE_INGESTER needs a Redis broker for its lease, not {scheme}://; "
+        "run one standalone monitor (flask celery monitor) instead"
+    )

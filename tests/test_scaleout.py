@@ -1,0 +1,158 @@
+"""One ingester per cluster: the app under gunicorn -w 4 with a real Redis and a real worker.
+
+One process ingests (the others consume nothing), all four answer the same task count from
+the shared store (SQLite and PostgreSQL), the store holds each task once, and killing the
+ingester hands the lease over within the documented bound (``ttl * 4 / 3``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+import redis
+
+from flask_celerymon.monitor.store import open_store
+from tests.apps import basic
+from tests.conftest import WorkerProcess, free_port
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TTL = 3.0
+#: The lease bound of lease.py, plus the polling step of this test.
+HANDOVER_BOUND = TTL * 4 / 3 + 0.5
+
+
+def _get(port: int, path: str) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        return json.load(resp)
+
+
+def _wait(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"{what}: not within {timeout} s")
+
+
+def _answers(port: int, n: int, ok: Any, timeout: float = 60) -> dict[int, dict]:
+    """/whoami of ``n`` distinct processes, each one satisfying ``ok``, polled until so."""
+    seen: dict[int, dict] = {}
+
+    def poll() -> bool:
+        try:
+            a = _get(port, "/whoami")
+        except OSError:
+            return False
+        seen[a["pid"]] = a
+        return len(seen) >= n and all(ok(x) for x in seen.values())
+
+    _wait(poll, timeout, f"{n} processes answering as expected (seen {seen})")
+    return seen
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared_db(request, tmp_path) -> str:
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_server").create_database()
+    return str(tmp_path / "shared.sqlite3")
+
+
+def test_four_processes_share_one_ingester_and_hand_it_over(redis_url, shared_db, tmp_path):
+    env = {**os.environ, "CELERYMON_TEST_BROKER": redis_url, "CELERYMON_TEST_DB": shared_db,
+           "CELERYMON_TEST_LEASE_TTL": str(TTL)}  # fmt: skip
+    os.environ["CELERYMON_TEST_BROKER"] = redis_url
+    try:
+        client_app = basic.create_app()
+    finally:
+        del os.environ["CELERYMON_TEST_BROKER"]
+    worker = WorkerProcess("tests.apps.basic:create_app", redis_url, "scaled@test",
+                           str(tmp_path / "worker.log"), args=("-P", "solo", "-E"))  # fmt: skip
+    port = free_port()
+    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "-w", "4", "--threads", "2", "-b",
+         f"127.0.0.1:{port}", "tests.apps.scaled:create_app()"],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    lease = redis.Redis.from_url(redis_url)
+    store = None
+    try:
+        worker.wait_ready(basic.celery.get_app(client_app))
+        first = _answers(port, 4, lambda a: a["role"] in ("ingester", "follower"))
+        _wait(lambda: lease.get("celerymon:tests.apps.basic:ingester"), 30, "a lease holder")
+        holder = lease.get("celerymon:tests.apps.basic:ingester").decode()
+        ingester_pid = int(holder.split(":")[1])
+        assert ingester_pid in first
+
+        with client_app.app_context():
+            futures = [basic.celery.submit(basic.add, i, i) for i in range(20)]
+            assert [f.result(timeout=30) for f in futures] == [2 * i for i in range(20)]
+
+        # every process finds the 20 tasks; only the ingester consumed events
+        answers = _answers(port, 4, lambda a: a["tasks"] == 20)
+        roles = {pid: a["role"] for pid, a in answers.items()}
+        assert sorted(roles.values()) == ["follower"] * (len(roles) - 1) + ["ingester"]
+        assert roles[ingester_pid] == "ingester"
+        for pid, a in answers.items():
+            if pid != ingester_pid:
+                assert a["events_received"] == 0, a
+        assert answers[ingester_pid]["events_received"] > 0
+
+        store = open_store(shared_db)
+        assert store.count() == 20  # each task once
+        ids = {f.id for f in futures}
+        assert {r["uuid"] for r in store.query(_all())[1]} == ids
+
+        # kill the ingester: a successor holds the lease within the bound...
+        os.kill(ingester_pid, signal.SIGKILL)
+        killed = time.monotonic()
+
+        def successor() -> str | None:
+            h = lease.get("celerymon:tests.apps.basic:ingester")
+            return h.decode() if h and h.decode() != holder else None
+
+        new_holder = _wait(successor, HANDOVER_BOUND + 5, "a new lease holder")
+        handover = time.monotonic() - killed
+        assert handover <= HANDOVER_BOUND, handover
+        # ...and ingests once connected to the event stream: tasks sent from now on reach the
+        # store through it (events published before it connected are the reported gap)
+        late: list[Any] = []
+
+        def applied_by_successor() -> bool:
+            with client_app.app_context():
+                late.append(basic.celery.submit(basic.add, 100, len(late)))
+            time.sleep(0.3)
+            return any((t := store.get_task(f.id)) and t["state"] == "SUCCESS" for f in late)
+
+        _wait(applied_by_successor, 30, f"the successor {new_holder} writing a new task")
+        print(f"lease handover {handover:.2f} s; first event stored by the successor "
+              f"{time.monotonic() - killed:.2f} s after the kill")  # fmt: skip
+    finally:
+        if store is not None:
+            store.close()
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+        worker.stop()
+        client_app.extensions["celerymon"].shutdown()
+        lease.close()
+
+
+def _all() -> Any:
+    from flask_celerymon.monitor.store import TaskQuery
+
+    return TaskQuery(limit=None)
