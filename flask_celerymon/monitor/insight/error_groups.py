@@ -47,7 +47,9 @@ def split_exception(exception: str | None) -> tuple[str, str]:
     "boom 42")``; ``"KeyError: 'x'"`` gives ``("KeyError", "'x'")``; anything else gives
     ``("", text)``. Never raises.
     """
-    text = (exception or "").strip()
+    if not isinstance(exception, str):  # events carry what the sender put there
+        exception = "" if exception is None else str(exception)
+    text = exception.strip()
     m = _REPR.match(text)
     if m:
         etype, inner = m.group(1), m.group(2)
