@@ -151,8 +151,8 @@ class Insight:
         if len(self._pending) >= MAX_PENDING:
             self.dropped += 1
             return
-        ts = event.get("timestamp")
-        if not isinstance(ts, (int, float)):
+        ts = event.get("timestamp")  # off the wire: any type or value (NaN, inf, 1e300...)
+        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 <= ts < 1e11:
             ts = time.time()
         if etype in ("task-received", "task-sent"):
             root = task.root_id
@@ -169,9 +169,9 @@ class Insight:
         elif etype == "task-succeeded":
             self._pending.append((etype, task.name, ts, task.runtime))
         elif etype in ("task-failed", "task-retried"):
+            # the record's fields, coerced by the state (the event's own may be of any type)
             self._pending.append((etype, task.name, ts, task.uuid, task.worker,
-                                  event.get("exception") or task.exception or "",
-                                  event.get("traceback") or task.traceback or ""))  # fmt: skip
+                                  _text(task.exception), _text(task.traceback)))  # fmt: skip
         else:
             self._pending.append((etype, task.name, ts))
 
@@ -485,3 +485,8 @@ def _eta(value: Any) -> float | None:
             d = d.replace(tzinfo=timezone.utc)
         return d.timestamp()
     return None
+
+
+def _text(value: Any) -> str:
+    """``value`` when it is text, else ``""`` (a record field the state could not coerce)."""
+    return value if isinstance(value, str) else ""
