@@ -293,8 +293,13 @@ def test_flask_celery_beat_runs_the_schedule_from_the_instance_folder(own_redis,
     try:
         _wait_for(lambda: "Starting..." in log.read_text(), 30, "beat to start")
         assert f"db -> {tmp_path}/celery/celerybeat-schedule" in log.read_text()
+        # beat's SIGTERM handler syncs the schedule: send it once the schedule is open, not
+        # while beat still sets it up (under load that race made beat exit 1)
+        _wait_for(
+            lambda: list((tmp_path / "celery").glob("celerybeat-schedule*")), 30, "the schedule"
+        )
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        assert proc.wait(20) == 0, log.read_text()
     finally:
         _end(proc)
 
