@@ -35,8 +35,7 @@ from typing import Any
 
 from ..errors import CeleryMonError
 from .query import compile_sql
-from .sqlite_store import COUNT_CAP, aggregate_stats
-from .state import history_from_times
+from .sqlite_store import COUNT_CAP, aggregate_stats, stats_query, task_from_row
 from .store import TASK_COLUMNS, HistoryStore, TaskQuery, redact
 
 log = logging.getLogger(__name__)
@@ -370,16 +369,10 @@ class PostgresStore(HistoryStore):
             rows = c.execute("SELECT hostname, data FROM workers").fetchall()
         return {h: json.loads(d) for h, d in rows}
 
-    def _row(self, r: Sequence[Any]) -> dict[str, Any]:
-        d = dict(zip(TASK_COLUMNS, r))
-        h = d["history"]
-        d["history"] = tuple(json.loads(h)) if h else history_from_times(d)
-        return d
-
     def get_task(self, uuid: str) -> dict[str, Any] | None:
         with self._pool.connection() as c:
             r = c.execute(f"SELECT {_COLS} FROM tasks WHERE uuid = %s", (uuid,)).fetchone()
-        return None if r is None else self._row(r)
+        return None if r is None else task_from_row(r)
 
     def children(self, uuid: str) -> list[str]:
         with self._pool.connection() as c:
@@ -452,7 +445,7 @@ class PostgresStore(HistoryStore):
                 [*params, q.limit, q.offset],
             ).fetchall()
         self._local.exact = exact
-        return total, [self._row(r) for r in rows]
+        return total, [task_from_row(r) for r in rows]
 
     @property
     def last_count_exact(self) -> bool:
@@ -462,17 +455,9 @@ class PostgresStore(HistoryStore):
     def task_stats(
         self, since: float, until: float, bucket: float, name: str | None = None
     ) -> list[dict[str, Any]]:
-        sql = (
-            "SELECT name, timestamp, state, runtime, retries FROM tasks "
-            "WHERE timestamp >= %s AND timestamp < %s "
-            "AND state IN ('SUCCESS', 'FAILURE', 'RETRY', 'REVOKED')"
-        )
-        params: list[Any] = [since, until]
-        if name is not None:
-            sql += " AND name = %s"
-            params.append(name)
+        sql, params = stats_query(since, until, name)
         with self._pool.connection() as c:
-            return aggregate_stats(c.execute(sql, params).fetchall(), bucket)
+            return aggregate_stats(c.execute(sql.replace("?", "%s"), params).fetchall(), bucket)
 
     def close(self) -> None:
         self._pool.close()

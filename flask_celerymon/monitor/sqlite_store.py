@@ -306,15 +306,9 @@ class SQLiteStore(HistoryStore):
         rows = self._reader.execute("SELECT hostname, data FROM workers").fetchall()
         return {h: json.loads(d) for h, d in rows}
 
-    def _row(self, r: Sequence[Any]) -> dict[str, Any]:
-        d = dict(zip(TASK_COLUMNS, r))
-        h = d["history"]
-        d["history"] = tuple(json.loads(h)) if h else history_from_times(d)
-        return d
-
     def get_task(self, uuid: str) -> dict[str, Any] | None:
         r = self._reader.execute(f"SELECT {_COLS} FROM tasks WHERE uuid = ?", (uuid,)).fetchone()
-        return None if r is None else self._row(r)
+        return None if r is None else task_from_row(r)
 
     def children(self, uuid: str) -> list[str]:
         rows = self._reader.execute(
@@ -468,7 +462,7 @@ class SQLiteStore(HistoryStore):
         finally:
             c.execute("COMMIT")
         self._local.exact = exact
-        return total, [self._row(r) for r in rows]
+        return total, [task_from_row(r) for r in rows]
 
     @property
     def last_count_exact(self) -> bool:
@@ -478,15 +472,7 @@ class SQLiteStore(HistoryStore):
     def task_stats(
         self, since: float, until: float, bucket: float, name: str | None = None
     ) -> list[dict[str, Any]]:
-        sql = (
-            "SELECT name, timestamp, state, runtime, retries FROM tasks "
-            "WHERE timestamp >= ? AND timestamp < ? "
-            "AND state IN ('SUCCESS', 'FAILURE', 'RETRY', 'REVOKED')"
-        )
-        params: list[Any] = [since, until]
-        if name is not None:
-            sql += " AND name = ?"
-            params.append(name)
+        sql, params = stats_query(since, until, name)
         return aggregate_stats(self._reader.execute(sql, params), bucket)
 
     def close(self) -> None:
@@ -508,6 +494,29 @@ def _percentile(sorted_values: list[float], p: float) -> float | None:
         return None
     k = max(0, min(len(sorted_values) - 1, int(round(p * (len(sorted_values) - 1)))))
     return sorted_values[k]
+
+
+def task_from_row(r: Sequence[Any]) -> dict[str, Any]:
+    """A task dict from a ``tasks`` row of :data:`~.store.TASK_COLUMNS` (both stores)."""
+    d = dict(zip(TASK_COLUMNS, r))
+    h = d["history"]
+    d["history"] = tuple(json.loads(h)) if h else history_from_times(d)
+    return d
+
+
+def stats_query(since: float, until: float, name: str | None) -> tuple[str, list[Any]]:
+    """``(sql, params)`` of the finished tasks :func:`aggregate_stats` reads, with qmark
+    placeholders (both stores; PostgreSQL swaps them for ``%s``)."""
+    sql = (
+        "SELECT name, timestamp, state, runtime, retries FROM tasks "
+        "WHERE timestamp >= ? AND timestamp < ? "
+        "AND state IN ('SUCCESS', 'FAILURE', 'RETRY', 'REVOKED')"
+    )
+    params: list[Any] = [since, until]
+    if name is not None:
+        sql += " AND name = ?"
+        params.append(name)
+    return sql, params
 
 
 def aggregate_stats(rows: Iterable[Sequence[Any]], bucket: float) -> list[dict[str, Any]]:
