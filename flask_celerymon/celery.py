@@ -17,7 +17,7 @@ from typing import Any
 def _load() -> Any:
     from flask.cli import ScriptInfo, locate_app, prepare_import
 
-    from .extension import EXTENSION_KEY
+    from .appstate import find_state
     from .processes import ROLE_ENV, declare_queues
 
     # a task calling submit() in this process must not start local workers of its own
@@ -29,13 +29,13 @@ def _load() -> Any:
         app = locate_app(module, name or None)
     else:
         app = ScriptInfo().load_app()
-    state = app.extensions.get(EXTENSION_KEY)
+    state = find_state(app)
     if state is None:
         raise RuntimeError(
             f"the Flask app {app.name!r} found through FLASK_APP={target!r} does not use "
             "flask_celerymon; call Celery().init_app(app) in it"
         )
-    declare_queues(state)
+    declare_queues(state.celery_app, state.settings.workers)
     return state.celery_app
 
 

@@ -18,20 +18,21 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup
 
+from .appstate import find_state
 from .errors import ConnectionFailed, StartError
 from .processes import ROLE_ENV, ManagedProcess, check_broker, worker_args
 
 if TYPE_CHECKING:
-    from .extension import AppState
+    from .appstate import AppState
+    from .config import Settings
 
 celery_group = AppGroup("celery", help="Run Celery workers, beat and the monitor of this app.")
 
 
 def _state(app: Flask | None = None) -> AppState:
-    from .extension import EXTENSION_KEY
-
+    """The state of ``app`` (default: the app the ``flask`` command loaded); a click error if none."""
     app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    state = app.extensions.get(EXTENSION_KEY)
+    state = find_state(app)
     if state is None:
         raise click.UsageError(f"the app {app.name!r} does not use flask_celerymon")
     return state
@@ -89,9 +90,9 @@ def worker(name: str | None, celery_args: tuple[str, ...]) -> None:
     settings = state.settings
     spec = next((s for s in settings.workers if s.name == name), None) if name else None
     if spec is not None:
-        args = worker_args(spec, spec.options.get("loglevel", settings["CELERY_LOG_LEVEL"]))
+        args = worker_args(spec, spec.options.get("loglevel", settings.log_level))
     else:
-        args = [f"--loglevel={settings['CELERY_LOG_LEVEL']}"]
+        args = [f"--loglevel={settings.log_level}"]
         if name:
             args[:0] = ["-n", name if "@" in name else f"{name}@%h"]
     _check_broker(state)
@@ -105,7 +106,7 @@ def beat(celery_args: tuple[str, ...]) -> None:
     """Run the beat scheduler in the foreground (any `celery beat --help` option is accepted)."""
     state = _state()
     settings = state.settings
-    args = [f"--loglevel={settings['CELERY_LOG_LEVEL']}"]
+    args = [f"--loglevel={settings.log_level}"]
     if not any(a in ("-s", "--schedule") or a.startswith("--schedule=") for a in celery_args):
         folder = os.path.join(settings.instance_path, "celery")
         os.makedirs(folder, exist_ok=True)
@@ -137,8 +138,8 @@ def monitor(port: int | None, address: str | None, threads: int) -> None:
     """Serve the monitor on gunicorn (websockets included) in the foreground."""
     state = _state()
     settings = state.settings
-    port = settings["CELERY_MONITOR_PORT"] if port is None else port
-    address = address or settings["CELERY_MONITOR_ADDRESS"]
+    port = settings.monitor_port if port is None else port
+    address = address or settings.monitor_address
     open_locally = _check_exposure(settings, address)
     os.environ[ROLE_ENV] = "monitor"
     app = make_monitor_app(state, open_locally=open_locally, address=address, threads=threads)
@@ -151,7 +152,7 @@ def monitor(port: int | None, address: str | None, threads: int) -> None:
     serve(app, address, port, threads=threads)
 
 
-def _check_exposure(settings: Any, address: str) -> bool:
+def _check_exposure(settings: Settings, address: str) -> bool:
     """Whether the standalone monitor may serve ``address``; True when it is open locally.
 
     Without CELERY_MONITOR_BASIC_AUTH or CELERY_MONITOR_AUTH_PROVIDER (the standalone monitor
@@ -160,10 +161,8 @@ def _check_exposure(settings: Any, address: str) -> bool:
     """
     from .processes import is_loopback
 
-    authenticated = bool(
-        settings["CELERY_MONITOR_BASIC_AUTH"] or settings["CELERY_MONITOR_AUTH_PROVIDER"]
-    )
-    if authenticated or settings["CELERY_MONITOR_ALLOW_ANONYMOUS"] is not False:
+    authenticated = bool(settings.monitor_basic_auth or settings.monitor_auth_provider)
+    if authenticated or settings.monitor_allow_anonymous is not False:
         return False
     if is_loopback(address):
         return True
@@ -210,20 +209,20 @@ def make_monitor_app(
     if (
         address is not None
         and is_loopback(address)
-        and user.config.get("CELERY_MONITOR_TRUSTED_HOSTS") is None
+        and state.settings.monitor_trusted_hosts is None
         and user.config.get("TRUSTED_HOSTS") is None
     ):
         app.config["CELERY_MONITOR_TRUSTED_HOSTS"] = list(LOOPBACK_HOSTS)
     if threads is not None:
         for key, value in monitor_limits(threads).items():
-            if key not in user.config:
+            if key not in state.settings.explicit:  # the user's value wins over ours
                 app.config[key] = value
     state.extension.init_app(app)
     if app.config.get("CELERY_MONITOR_TRUSTED_HOSTS") is not None:
         from .web.hardening import check_host
 
         app.before_request(check_host)  # the redirect at / too, not only the blueprint
-    prefix = state.settings["CELERY_MONITOR_URL_PREFIX"]
+    prefix = state.settings.monitor_url_prefix
     if prefix:
         app.add_url_rule("/", "celerymon_root", lambda: redirect(prefix + "/"))
     return app
@@ -251,10 +250,8 @@ def serve(app: Flask, address: str, port: int, threads: int = 32) -> None:
     from gunicorn.app.base import BaseApplication
 
     def start_monitor(worker: Any) -> None:
-        from .extension import EXTENSION_KEY
-
-        state = app.extensions.get(EXTENSION_KEY)
-        if state is not None and state.settings["CELERY_MONITOR_BLUEPRINT"]:
+        state = find_state(app)
+        if state is not None and state.settings.monitor_blueprint:
             state.monitor.ensure_started()
 
     class MonitorServer(BaseApplication):  # type: ignore[misc]

@@ -23,13 +23,15 @@ import logging
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from celery.app.defaults import _TO_NEW_KEY, DEFAULTS
 
 from .errors import ConfigurationError
+from .monitor.settings import MonitorSettings as _MONITOR
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +164,8 @@ def _is_opt_http_url(v: Any) -> bool:
     )
 
 
-# name -> (default, validator, what a valid value is)
+# name -> (default, validator, what a valid value is). The one place our defaults are written:
+# those of the monitor service's keys are MonitorSettings' own (monitor/settings.py).
 OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     # local processes
     "CELERY_WORKERS": (1, lambda v: True, "a number, a list of names or a dict of name -> options"),
@@ -192,34 +195,54 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     # monitor
     "CELERY_MONITOR_URL_PREFIX": ("/monitor", _is_prefix, "'' or a path like '/monitor'"),
     "CELERY_MONITOR_BLUEPRINT": (True, _is_bool, "True or False"),
-    "CELERY_MONITOR_MAX_TASKS": (100_000, _is_pos_int, "an integer > 0"),
-    "CELERY_MONITOR_MAX_WORKERS": (5_000, _is_pos_int, "an integer > 0"),
+    "CELERY_MONITOR_MAX_TASKS": (_MONITOR.max_tasks, _is_pos_int, "an integer > 0"),
+    "CELERY_MONITOR_MAX_WORKERS": (_MONITOR.max_workers, _is_pos_int, "an integer > 0"),
     "CELERY_MONITOR_DB": (
         None,
         _is_db,
         "a SQLite path, a postgresql:// URL, False to disable, or None",
     ),
-    "CELERY_MONITOR_SINGLE_INGESTER": (False, _is_bool, "True or False"),
-    "CELERY_MONITOR_LEASE_TTL": (6.0, _is_pos_number, "a number of seconds > 0"),
-    "CELERY_MONITOR_RETENTION_TASKS": (1_000_000, _is_pos_int, "an integer > 0"),
-    "CELERY_MONITOR_RETENTION_DAYS": (30, _is_pos_number, "a number of days > 0"),
-    "CELERY_MONITOR_INSPECT_TIMEOUT": (1.0, _is_pos_number, "a number of seconds > 0"),
-    "CELERY_MONITOR_INSPECT_INTERVAL": (10.0, _is_pos_number, "a number of seconds > 0"),
-    "CELERY_MONITOR_ENABLE_EVENTS": (True, _is_bool, "True or False"),
-    "CELERY_MONITOR_ENABLE_EVENTS_INTERVAL": (30.0, _is_pos_number, "a number of seconds > 0"),
+    "CELERY_MONITOR_SINGLE_INGESTER": (_MONITOR.single_ingester, _is_bool, "True or False"),
+    "CELERY_MONITOR_LEASE_TTL": (_MONITOR.lease_ttl, _is_pos_number, "a number of seconds > 0"),
+    "CELERY_MONITOR_RETENTION_TASKS": (_MONITOR.retention_tasks, _is_pos_int, "an integer > 0"),
+    "CELERY_MONITOR_RETENTION_DAYS": (
+        _MONITOR.retention_days,
+        _is_pos_number,
+        "a number of days > 0",
+    ),
+    "CELERY_MONITOR_INSPECT_TIMEOUT": (
+        _MONITOR.inspect_timeout,
+        _is_pos_number,
+        "a number of seconds > 0",
+    ),
+    "CELERY_MONITOR_INSPECT_INTERVAL": (
+        _MONITOR.inspect_interval,
+        _is_pos_number,
+        "a number of seconds > 0",
+    ),
+    "CELERY_MONITOR_ENABLE_EVENTS": (_MONITOR.enable_events, _is_bool, "True or False"),
+    "CELERY_MONITOR_ENABLE_EVENTS_INTERVAL": (
+        _MONITOR.enable_events_interval,
+        _is_pos_number,
+        "a number of seconds > 0",
+    ),
     "CELERY_MONITOR_WORKER_OFFLINE_AFTER": (
-        None,
+        _MONITOR.worker_offline_after,
         lambda v: v is None or _is_pos_number(v),
         "a number of seconds > 0 or None (heartbeat expiry)",
     ),
     "CELERY_MONITOR_PURGE_OFFLINE_WORKERS": (
-        None,
+        _MONITOR.purge_offline_workers,
         lambda v: v is None or _is_pos_number(v),
         "a number of seconds > 0 or None (never)",
     ),
     "CELERY_MONITOR_READ_ONLY": (False, _is_bool, "True or False"),
-    "CELERY_MONITOR_BROKER_API": (None, _is_opt_str, "a RabbitMQ management API URL or None"),
-    "CELERY_MONITOR_QUEUES": ((), _is_str_list, "a list of queue names"),
+    "CELERY_MONITOR_BROKER_API": (
+        _MONITOR.broker_api,
+        _is_opt_str,
+        "a RabbitMQ management API URL or None",
+    ),
+    "CELERY_MONITOR_QUEUES": (_MONITOR.queues, _is_str_list, "a list of queue names"),
     # who may see and do what (flask_celerymon.web.auth, docs/security.rst)
     "CELERY_MONITOR_ALLOW_ANONYMOUS": (
         False,
@@ -307,21 +330,101 @@ class WorkerSpec:
         return [s.strip() for s in q.split(",")] if isinstance(q, str) else list(q)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Validated flask_celerymon settings of one Flask app (our own keys, lowercased)."""
+def attribute_name(key: str) -> str:
+    """The :class:`Settings` attribute of one of our keys: ``CELERY_MONITOR_PORT`` -> ``monitor_port``.
 
+    Three keys are read into more than their value: ``CELERY_WORKERS`` -> ``workers`` (the
+    parsed :class:`WorkerSpec` tuple), ``CELERY_LOG_DIR`` -> ``log_dir`` and
+    ``CELERY_EMBEDDED_BROKER_DIR`` -> ``embedded_broker_dir`` (the folder used, default filled
+    in); ``settings["CELERY_WORKERS"]`` gives the value as configured.
+    """
+    return key[len("CELERY_") :].lower()
+
+
+@dataclass(frozen=True, eq=False)
+class Settings:
+    """Validated flask_celerymon settings of one Flask app, read once by :func:`load`.
+
+    One typed, read-only attribute per key of :data:`OWN_KEYS` (named by
+    :func:`attribute_name`; seconds are numbers, lists become tuples). ``settings["CELERY_X"]``
+    is the same value as configured (a read-only mapping view, :attr:`own`). The defaults live
+    in :data:`OWN_KEYS` only; :func:`load` puts them in ``app.config`` with ``setdefault``.
+    """
+
+    #: our keys -> their validated values as configured (``CELERY_LOG_LEVEL`` lowercased)
     own: Mapping[str, Any]
+    #: Celery's settings by their lowercase names (``broker_url`` ...), legacy names renamed
     celery: Mapping[str, Any]
-    workers: tuple[WorkerSpec, ...]
     instance_path: str
+    #: our keys that ``app.config`` set before ``init_app`` (the others got their default)
+    explicit: frozenset[str]
+    #: ``CELERY_WORKERS`` parsed: one spec per local worker
+    workers: tuple[WorkerSpec, ...]
+    #: ``CELERY_LOG_DIR``, or ``<instance_path>/celery/logs`` when it is None
+    log_dir: str
+    start_local_workers: bool
+    start_timeout: float
+    stop_timeout: float
+    log_level: str
+    scheduler: bool
+    monitor: bool
+    monitor_port: int
+    monitor_address: str | None
+    app_import: str | None
+    eager_caller_context: bool
+    submit_allowlist: tuple[str, ...] | None
+    allow_pickle: bool
+    send_timeout: float
+    strict_config: bool
+    #: ``CELERY_EMBEDDED_BROKER_DIR``, or ``<instance_path>/celery/broker``; absolute
+    embedded_broker_dir: str
+    monitor_url_prefix: str
+    monitor_blueprint: bool
+    monitor_max_tasks: int
+    monitor_max_workers: int
+    monitor_db: str | bool | None
+    monitor_single_ingester: bool
+    monitor_lease_ttl: float
+    monitor_retention_tasks: int
+    monitor_retention_days: float
+    monitor_inspect_timeout: float
+    monitor_inspect_interval: float
+    monitor_enable_events: bool
+    monitor_enable_events_interval: float
+    monitor_worker_offline_after: float | None
+    monitor_purge_offline_workers: float | None
+    monitor_read_only: bool
+    monitor_broker_api: str | None
+    monitor_queues: tuple[str, ...]
+    monitor_allow_anonymous: bool | str
+    monitor_basic_auth: Any
+    monitor_role: Callable[[Any], str | None] | None
+    monitor_default_role: str
+    monitor_auth: str | None
+    monitor_auth_provider: str | None
+    monitor_oauth2_key: str | None
+    monitor_oauth2_secret: str | None
+    monitor_oauth2_redirect_uri: str | None
+    monitor_oauth2_server: str | None
+    monitor_gitlab_groups: tuple[str, ...] | None
+    monitor_gitlab_min_access_level: int
+    monitor_metrics_token: str | None
+    monitor_metrics_public: bool
+    monitor_trusted_hosts: tuple[str, ...] | None
+    monitor_max_live_sockets: int
+    monitor_poll_interval: float
+    monitor_max_concurrent_waits: int
+    monitor_max_wait_seconds: float
+    monitor_max_content_length: int
+    monitor_max_json_depth: int
+    monitor_alerts: tuple[Any, ...]
+    monitor_alert_webhook: str | None
+    monitor_alert_format: str
+    monitor_alert_interval: float
+    monitor_alert_link: str | None
 
     def __getitem__(self, key: str) -> Any:
         return self.own[key]
-
-    @property
-    def log_dir(self) -> str:
-        return self.own["CELERY_LOG_DIR"] or os.path.join(self.instance_path, "celery", "logs")
 
 
 #: Celery settings read again from ``app.config`` at each send, so that setting them after
@@ -395,11 +498,20 @@ def parse_workers(value: Any) -> tuple[WorkerSpec, ...]:
     return tuple(specs)
 
 
-def load(config: Mapping[str, Any], instance_path: str) -> Settings:
-    """Read and validate a Flask config. Raises :class:`ConfigurationError` naming the key."""
+#: Keys whose value is read into something else than its own attribute (see attribute_name).
+_DERIVED = ("CELERY_WORKERS", "CELERY_LOG_DIR", "CELERY_EMBEDDED_BROKER_DIR")
+
+
+def load(config: MutableMapping[str, Any], instance_path: str) -> Settings:
+    """Read and validate a Flask config once. Raises :class:`ConfigurationError` naming the key.
+
+    Each of our keys missing from ``config`` is set there to its default (``setdefault``, as
+    Flask-SQLAlchemy does), so ``app.config`` shows every value in effect.
+    """
+    explicit = frozenset(key for key in OWN_KEYS if key in config)
     own: dict[str, Any] = {}
     for key, (default, valid, what) in OWN_KEYS.items():
-        value = config.get(key, default)
+        value = config.setdefault(key, default)
         if not valid(value):
             raise ConfigurationError(f"{key} must be {what}, not {value!r}")
         own[key] = value
@@ -424,7 +536,23 @@ def load(config: Mapping[str, Any], instance_path: str) -> Settings:
     check_broker_url(celery_conf.get("broker_url"))
     check_backend_url(celery_conf.get("result_backend"))
     _check_single_ingester(own, celery_conf)
-    return Settings(own=own, celery=celery_conf, workers=workers, instance_path=instance_path)
+    typed = {
+        attribute_name(key): tuple(value) if isinstance(value, list) else value
+        for key, value in own.items()
+        if key not in _DERIVED
+    }
+    return Settings(
+        own=MappingProxyType(own),
+        celery=MappingProxyType(celery_conf),
+        instance_path=instance_path,
+        explicit=explicit,
+        workers=workers,
+        log_dir=own["CELERY_LOG_DIR"] or os.path.join(instance_path, "celery", "logs"),
+        embedded_broker_dir=os.path.abspath(
+            own["CELERY_EMBEDDED_BROKER_DIR"] or os.path.join(instance_path, "celery", "broker")
+        ),
+        **typed,
+    )
 
 
 def _check_single_ingester(own: Mapping[str, Any], conf: Mapping[str, Any]) -> None:

@@ -30,12 +30,10 @@ import sys
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import StartError
-
-if TYPE_CHECKING:
-    from .config import Settings
+from .spawning import spawn
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +51,13 @@ _owned_lock = threading.Lock()
 _HAS_PDEATHSIG = sys.platform.startswith("linux")
 
 
-def broker_dir(settings: Settings) -> str:
-    """The folder holding the embedded broker's data, socket, lock and log."""
-    return os.path.abspath(
-        settings["CELERY_EMBEDDED_BROKER_DIR"]
-        or os.path.join(settings.instance_path, "celery", "broker")
-    )
+def embedded_settings(directory: str) -> dict[str, Any]:
+    """Celery settings for the embedded broker kept in ``directory``; start it when not running.
 
-
-def embedded_settings(settings: Settings) -> dict[str, Any]:
-    """Celery settings for the embedded broker of an app; start the broker when it is not running.
-
-    Raises :class:`StartError` when the server cannot be started.
+    ``directory`` is the app's broker folder (``Settings.embedded_broker_dir``). Raises
+    :class:`StartError` when the server cannot be started.
     """
-    broker = EmbeddedBroker(broker_dir(settings))
+    broker = EmbeddedBroker(directory)
     started = broker.ensure_running()
     log.info(
         "flask_celerymon: no CELERY_BROKER_URL configured; using the embedded Redis broker at "
@@ -83,13 +74,14 @@ def embedded_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
-def revive(settings: Settings, broker_url: str) -> bool:
+def revive(directory: str, broker_url: str) -> bool:
     """Start the app's embedded broker again if the app uses it and it is gone; True if started.
 
     The broker dies with the process that started it; a long-lived app that did not start it
     (a web app that found it running) calls this before starting its local workers.
+    ``directory`` is the app's broker folder (``Settings.embedded_broker_dir``).
     """
-    broker = EmbeddedBroker(broker_dir(settings))
+    broker = EmbeddedBroker(directory)
     if broker.url != broker_url:
         return False
     started = broker.ensure_running()
@@ -145,8 +137,6 @@ class EmbeddedBroker:
             self.proc._child_created = False  # type: ignore[attr-defined]
 
     def _start(self, timeout: float) -> None:
-        from .processes import spawn
-
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)  # left by a server that died
         try:

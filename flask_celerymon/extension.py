@@ -2,9 +2,10 @@
 
 One ``Celery`` object may serve several Flask apps: everything that belongs to one app (its own
 ``celery.Celery`` instance, settings, allowlist, local processes, monitor service) lives in an
-:class:`AppState` stored in ``app.extensions["celerymon"]``. The extension object itself only
-keeps what the decorators collected (tasks, schedules, allowlist entries) and weak references to
-the apps it was initialised with.
+:class:`~flask_celerymon.appstate.AppState` stored in ``app.extensions["celerymon"]`` and found
+with :func:`~flask_celerymon.appstate.get_state`. The extension object itself only keeps what
+the decorators collected (tasks, schedules, allowlist entries) and weak references to the apps
+it was initialised with.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from werkzeug.local import LocalProxy
 
 from . import config as config_mod
 from . import network
+from .appstate import EXTENSION_KEY, AppState, find_state, get_state
 from .context import AppContextCelery, combine_base, run_like_a_worker, traced_in_app_context
 from .dispatch import DISPATCH_TASK_NAME, Allowlist, reference_of, run_reference
 from .errors import (
@@ -42,22 +44,16 @@ from .errors import (
     SubmitError,
     TaskNotFound,
 )
-from .futures import Future, FuturePool, ResultWatcher
+from .futures import Future, FuturePool
 from .schedule import ScheduleEntry, make_schedule
 
 if TYPE_CHECKING:
     from .monitor.service import MonitorService
-    from .processes import LocalProcesses
-    from .web.hardening import Limits
 
 log = logging.getLogger(__name__)
 
-EXTENSION_KEY = "celerymon"
-
 #: keywords of submit()/map() that are sending options, not arguments of the function
 RESERVED_OPTIONS = ("queue", "countdown", "eta", "priority", "expires")
-
-_UNSET = object()
 
 #: the size Celery itself cuts argument reprs in messages and events at
 ARGSREPR_MAXSIZE = 1024
@@ -114,8 +110,8 @@ class AppContextTask(CeleryTask):
         flask_app: Flask | None = getattr(self.app, "flask_app", None)
         if flask_app is None:
             return super().apply(*args, **kwargs)
-        state = flask_app.extensions.get(EXTENSION_KEY)
-        if state is not None and state.settings["CELERY_EAGER_CALLER_CONTEXT"]:
+        state = find_state(flask_app)
+        if state is not None and state.settings.eager_caller_context:
             if _in_context_of(flask_app):
                 return super().apply(*args, **kwargs)
             with flask_app.app_context():
@@ -127,8 +123,9 @@ class AppContextTask(CeleryTask):
     ) -> Any:
         conf = self.app.conf
         flask_app: Flask | None = getattr(self.app, "flask_app", None)
-        if flask_app is not None and EXTENSION_KEY in flask_app.extensions:
-            flask_app.extensions[EXTENSION_KEY].sync_late_settings()
+        state = find_state(flask_app) if flask_app is not None else None
+        if state is not None:
+            state.sync_late_settings()
         if not conf.task_always_eager and not options.get("ignore_result", self.ignore_result):
             task_id = task_id or uuid()
             _record_pending(self, task_id, args, kwargs, options)
@@ -181,125 +178,6 @@ class ShadowAwareAMQP(AMQP):
         if shadow and message.sent_event is not None:
             message.sent_event["name"] = shadow
         return message
-
-
-class AppState:
-    """Everything flask_celerymon keeps for one Flask app (``app.extensions["celerymon"]``)."""
-
-    def __init__(
-        self,
-        app: Flask,
-        extension: Celery,
-        settings: config_mod.Settings,
-        celery_app: celery_pkg.Celery,
-        allowlist: Allowlist,
-    ) -> None:
-        self.app = app
-        self.extension = extension
-        self.settings = settings
-        self.celery_app = celery_app
-        self.allowlist = allowlist
-        self.watcher = ResultWatcher(celery_app)
-        self.dispatch_task: CeleryTask = celery_app.tasks[DISPATCH_TASK_NAME]
-        self._lock = threading.RLock()
-        self._processes: LocalProcesses | None = None
-        self._monitor: MonitorService | None = None
-        self._limits: Limits | None = None
-        self._late_seen = config_mod.late_settings(app.config)
-
-    @property
-    def eager(self) -> bool:
-        """True when tasks run here and now (``task_always_eager``, as ``app.config`` says now)."""
-        self.sync_late_settings()
-        return bool(self.celery_app.conf.task_always_eager)
-
-    def sync_late_settings(self) -> None:
-        """Apply the eager-mode keys (:data:`~flask_celerymon.config.LATE_KEYS`) set after init_app.
-
-        Tests often set ``app.config["CELERY_TASK_ALWAYS_EAGER"] = True`` after the factory
-        returned. Each send compares those keys with the values seen last, and passes a changed
-        one on to Celery's conf (a value set on the Celery conf directly is left alone while the
-        Flask key does not change).
-        """
-        now = config_mod.late_settings(self.app.config)
-        if now == self._late_seen:
-            return
-        changed = {k: v for k, v in now.items() if self._late_seen.get(k, _UNSET) != v}
-        self._late_seen = now
-        if changed:
-            log.info("Celery settings changed in app.config after init_app: %s", changed)
-            self.celery_app.conf.update(changed)
-
-    @property
-    def processes(self) -> LocalProcesses:
-        """The local worker/beat/monitor processes of this app (created on first use)."""
-        with self._lock:
-            if self._processes is None:
-                from .processes import LocalProcesses
-
-                self._processes = LocalProcesses(self)
-            return self._processes
-
-    @property
-    def monitor(self) -> MonitorService:
-        """The monitor service of this app (created on first use, not started)."""
-        with self._lock:
-            if self._monitor is None:
-                from .monitor.service import MonitorService
-                from .monitor.settings import MonitorSettings
-
-                self._monitor = MonitorService(
-                    self.celery_app,
-                    MonitorSettings.from_config(
-                        self.settings.own,
-                        self.settings.instance_path,
-                        app_queues=[q for w in self.settings.workers for q in w.queues],
-                    ),
-                )
-            return self._monitor
-
-    @property
-    def limits(self) -> Limits:
-        """The monitor's per-process limits: live sockets, result waits, JSON depth."""
-        with self._lock:
-            if self._limits is None:
-                from .web.hardening import Limits
-
-                self._limits = Limits.from_settings(self.settings)
-            return self._limits
-
-    def ensure_local_processes(self) -> None:
-        """Start the configured local processes on first send, when the config asks for it."""
-        if self.eager or not self.settings["CELERY_START_LOCAL_WORKERS"]:
-            return
-        if self._processes is not None and self._processes.started:
-            return
-        self.start_local_processes()
-
-    def start_local_processes(self, timeout: float | None = None) -> None:
-        """Start the local processes; with the monitor mounted in this app, start it too.
-
-        The in-app monitor otherwise starts on the first request to it, and would miss every
-        task sent before someone opened it. Nothing starts in the watcher process of
-        Werkzeug's reloader (see :func:`~flask_celerymon.processes.reloader_watcher`).
-        """
-        self.processes.start(timeout=timeout)
-        if not self.processes.started:  # the reloader's watcher: its serving child starts them
-            return
-        if self.settings["CELERY_MONITOR"] and self.processes.monitor_mounted:
-            try:
-                self.monitor.ensure_started()
-                self.monitor.wait_connected(5.0)
-            except Exception:  # noqa: BLE001 - the app works without its monitor
-                log.warning("the monitor service did not start", exc_info=True)
-
-    def shutdown(self) -> None:
-        """Stop local processes, the monitor service and the result watcher of this app."""
-        self.watcher.stop()
-        if self._monitor is not None:
-            self._monitor.stop()
-        if self._processes is not None:
-            self._processes.stop()
 
 
 class TaskProxy:
@@ -494,7 +372,7 @@ class Celery:
         Raises :class:`ConfigurationError` for a bad value and :class:`AlreadyRegisteredError`
         when called twice for one app.
         """
-        if EXTENSION_KEY in app.extensions:
+        if find_state(app) is not None:
             raise AlreadyRegisteredError(
                 f"flask_celerymon is already initialised on app {app.name!r}; call init_app() "
                 "once per app, or create the app anew (e.g. from a factory) to re-initialise"
@@ -540,18 +418,19 @@ class Celery:
         elif not conf.get("broker_url"):
             from .embedded import embedded_settings
 
-            conf.update({k: v for k, v in embedded_settings(settings).items() if k not in conf})
+            embedded = embedded_settings(settings.embedded_broker_dir)
+            conf.update({k: v for k, v in embedded.items() if k not in conf})
         else:
             conf.setdefault("result_backend", _default_backend(conf["broker_url"]))
         conf["beat_schedule"] = dict(conf.get("beat_schedule") or {})
-        conf.update(network.bounded_settings(conf, settings["CELERY_SEND_TIMEOUT"]))
+        conf.update(network.bounded_settings(conf, settings.send_timeout))
         celery_app.conf.update(conf)
         celery_app.flask_app = app  # read by AppContextTask
-        celery_app.celerymon_send_timeout = settings["CELERY_SEND_TIMEOUT"]  # read by network
+        celery_app.celerymon_send_timeout = settings.send_timeout  # read by network
         return celery_app
 
     def _make_allowlist(self, app: Flask, settings: config_mod.Settings) -> Allowlist:
-        entries = settings["CELERY_SUBMIT_ALLOWLIST"]
+        entries = settings.submit_allowlist
         if entries is None:
             package = app.import_name.partition(".")[0]
             entries = [] if package in ("__main__", "__mp_main__") else [package]
@@ -579,7 +458,7 @@ class Celery:
             app.cli.add_command(celery_group)
 
     def _init_monitor(self, app: Flask, state: AppState) -> None:
-        if not state.settings["CELERY_MONITOR_BLUEPRINT"]:
+        if not state.settings.monitor_blueprint:
             return
         try:
             from .web import init_monitor
@@ -647,18 +526,15 @@ class Celery:
     def _states(self) -> list[AppState]:
         with self._apps_lock:
             apps = [r() for r in self._apps]
-        return [
-            a.extensions[EXTENSION_KEY]
-            for a in apps
-            if a is not None and EXTENSION_KEY in a.extensions
-        ]
+        found = [find_state(a) for a in apps if a is not None]
+        return [s for s in found if s is not None]
 
     def _state(self, app: Flask | None = None) -> AppState:
         if app is None and has_app_context():
             app = current_app._get_current_object()  # type: ignore[attr-defined]
         if app is not None:
-            state = app.extensions.get(EXTENSION_KEY)
-            if state is None or state.extension is not self:
+            state = get_state(app)
+            if state.extension is not self:
                 raise NotInitializedError(
                     f"flask_celerymon is not initialised on app {app.name!r}; call "
                     "celery.init_app(app) first"

@@ -1,13 +1,16 @@
-"""Local worker, beat and monitor processes of one Flask app: start, wait until ready, stop, logs.
+"""Local worker, beat and monitor processes of one app: start, wait until ready, stop, logs.
 
-:class:`LocalProcesses` (one per app, ``state.processes``) starts
+This module knows no Flask: :class:`LocalProcesses` (one per app, ``AppState.processes``) is
+given the app's Celery instance and a :class:`ProcessPlan` (what to start, with which settings,
+the ``FLASK_APP`` children import), built on the Flask side (``AppState.process_plan``). It
+starts
 
 * one ``python -m celery -A flask_celerymon.celery worker -n NAME@%h ...`` per entry of
   ``CELERY_WORKERS`` (skipping a worker that already answers under the same name),
 * ``celery beat`` when ``CELERY_SCHEDULER`` is on and the app has periodic tasks,
 * ``flask celery monitor`` when ``CELERY_MONITOR`` is on (skipped when its port is taken),
 
-each with ``FLASK_APP`` set to the app's import target (see :func:`import_target`), its output
+each with ``FLASK_APP`` set to the app's import target (``ProcessPlan.app_import``), its output
 appended to ``<CELERY_LOG_DIR>/<name>.log`` (never a pipe, so no child can block on one), in its
 own process group. ``start`` returns once every worker answers a ping, or raises
 :class:`~flask_celerymon.errors.StartError` naming the workers that did not and their log files.
@@ -28,7 +31,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import queue
 import signal
 import socket
 import subprocess
@@ -36,17 +38,16 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from .config import WorkerSpec
 from .errors import StartError
+from .spawning import spawn
 
 if TYPE_CHECKING:
-    from flask import Flask
-
-    from .extension import AppState
+    from celery import Celery
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ def worker_args(spec: WorkerSpec, loglevel: str) -> list[str]:
     return args
 
 
-def declare_queues(state: AppState) -> list[str]:
-    """Add the queues named in ``CELERY_WORKERS`` to the app's queues; return their names.
+def declare_queues(celery_app: Celery, workers: Iterable[WorkerSpec]) -> list[str]:
+    """Add the queues of ``workers`` (``CELERY_WORKERS``) to ``celery_app``; return their names.
 
     Every process building the app does this (the web app, the local workers, ``flask celery
     worker`` and ``celery -A flask_celerymon.celery``), so a worker started without
@@ -126,101 +127,15 @@ def declare_queues(state: AppState) -> list[str]:
     ``--queues`` only from those.
     """
     names: list[str] = []
-    for spec in state.settings.workers:
+    for spec in workers:
         for q in spec.queues:
             if q and q not in names:
                 names.append(q)
-    queues = state.celery_app.amqp.queues
+    queues = celery_app.amqp.queues
     for q in names:
         if q not in queues:
             queues.select_add(q)  # consumed by a worker started without --queues
     return names
-
-
-def import_target(app: Flask, configured: str | None = None) -> str:
-    """What a child process puts in ``FLASK_APP`` to build the same app.
-
-    In order: ``configured`` (``CELERY_APP_IMPORT``), the ``FLASK_APP`` environment variable, the
-    ``--app`` given to the ``flask`` command running now (from click's context, or from
-    ``sys.argv`` in another thread), the app's import name (a module that exposes ``app`` or
-    ``create_app``), or for a script run as ``__main__`` its module or file.
-    """
-    if configured:
-        return configured
-    if os.environ.get("FLASK_APP"):
-        return os.environ["FLASK_APP"]
-    try:
-        import click
-        from flask.cli import ScriptInfo
-
-        ctx = click.get_current_context(silent=True)
-        info = ctx.find_object(ScriptInfo) if ctx is not None else None
-        if info is not None and info.app_import_path:
-            return info.app_import_path
-    except ImportError:  # pragma: no cover - click ships with Flask
-        pass
-    from_argv = _flask_app_from_argv(sys.argv)
-    if from_argv:  # `flask --app X run` seen from a request thread (click's context is per thread)
-        return from_argv
-    name = app.import_name
-    if name in ("__main__", "__mp_main__"):
-        main = sys.modules.get("__main__")
-        spec = getattr(main, "__spec__", None)
-        if spec is not None and spec.name and not spec.name.endswith("__main__"):
-            return spec.name
-        if spec is not None and spec.name:
-            return spec.name.rpartition(".")[0] or spec.name
-        path = getattr(main, "__file__", None)
-        if path:
-            return os.path.abspath(path)
-        raise StartError(
-            "cannot tell how a worker process should import this app (it was defined in an "
-            "interactive session); set CELERY_APP_IMPORT = 'module:create_app()'"
-        )
-    return name
-
-
-def _flask_app_from_argv(argv: list[str]) -> str | None:
-    """The ``--app``/``-A`` value of a ``flask`` command line, if this process is one."""
-    if not argv:
-        return None
-    prog = argv[0].replace("\\", "/")
-    if os.path.basename(prog) != "flask" and not prog.endswith("flask/__main__.py"):
-        return None
-    args = iter(argv[1:])
-    for arg in args:
-        if arg in ("--app", "-A"):
-            return next(args, None)
-        if arg.startswith("--app="):
-            return arg[len("--app=") :]
-        if arg in ("-e", "--env-file"):
-            next(args, None)
-        elif not arg.startswith("-"):
-            return None  # the sub-command: --app must come before it
-    return None
-
-
-def reloader_watcher() -> bool:
-    """True in the watcher process of Werkzeug's reloader under ``flask run``.
-
-    With the reloader on (``flask run --debug``, or ``--reload``), ``flask run`` loads the app
-    in a watcher process that serves nothing: it starts a serving child (with
-    ``WERKZEUG_RUN_MAIN=true``) and starts it again after each code change. Local processes
-    belong to the serving child, which stops them when it exits for a reload, so the next child
-    starts workers that run the new code. The ``flask run`` command is found in click's context
-    of the calling thread (the one loading the app); anywhere else this is False.
-    """
-    if os.environ.get("WERKZEUG_RUN_MAIN") == "true":
-        return False
-    import click
-    from flask.cli import run_command
-    from flask.helpers import get_debug_flag
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is None or ctx.command is not run_command:
-        return False
-    reload = ctx.params.get("reload")
-    return bool(get_debug_flag() if reload is None else reload)
 
 
 def check_broker(celery_app: Any, timeout: float = 5.0) -> None:
@@ -238,95 +153,6 @@ def check_broker(celery_app: Any, timeout: float = 5.0) -> None:
         raise StartError(
             f"cannot connect to the broker at {maybe_sanitize_url(url)}: {reason}"
         ) from None
-
-
-# -- spawning ---------------------------------------------------------------------------------
-def _pdeathsig() -> Callable[[], None] | None:
-    """A preexec function asking Linux to send SIGTERM to the child when its parent dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):  # pragma: no cover - not glibc/musl
-        return None
-    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
-
-    return preexec
-
-
-class _Spawner:
-    """Starts children from one long-lived thread.
-
-    ``PR_SET_PDEATHSIG`` fires when the *thread* that forked the child ends, so a child spawned
-    from a short-lived thread (a request handler calling ``submit()``) would be told to stop as
-    soon as that request ended. Children are therefore spawned from the main thread, or from
-    this daemon thread, which lives as long as the process.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.Queue[tuple[Callable[[], Any], queue.Queue[Any]]] = queue.Queue()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def run(self, fn: Callable[[], Any]) -> Any:
-        if threading.current_thread() is threading.main_thread():
-            return fn()
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name="celerymon-spawner", daemon=True
-                )
-                self._thread.start()
-        reply: queue.Queue[Any] = queue.Queue(maxsize=1)
-        self._jobs.put((fn, reply))
-        ok, value = reply.get()
-        if not ok:
-            raise value
-        return value
-
-    def _loop(self) -> None:
-        while True:
-            fn, reply = self._jobs.get()
-            try:
-                reply.put((True, fn()))
-            except BaseException as exc:  # noqa: BLE001 - handed back to the caller
-                reply.put((False, exc))
-
-
-_spawner = _Spawner()
-
-
-def spawn(
-    command: Sequence[str],
-    *,
-    stdout: IO[bytes] | int,
-    stderr: IO[bytes] | int,
-    env: dict[str, str] | None = None,
-    cwd: str | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start a child in its own process group that is told to stop when this process dies."""
-    preexec = _pdeathsig()
-
-    def start() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            list(command),
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            env=env,
-            cwd=cwd,
-            start_new_session=True,
-            preexec_fn=preexec,
-            close_fds=True,
-        )
-
-    return _spawner.run(start)
 
 
 # -- one child --------------------------------------------------------------------------------
@@ -362,12 +188,64 @@ class ManagedProcess:
             os.killpg(self.popen.pid, sig)
 
 
+# -- what to start ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ProcessPlan:
+    """What :class:`LocalProcesses` starts for one app, and with which settings.
+
+    Plain data, no Flask: the app side builds one at each :meth:`LocalProcesses.start` (the beat
+    schedule and the mounted blueprint may change after ``init_app``); see
+    ``AppState.process_plan``. Seconds are floats; paths are absolute or relative
+    to the current directory.
+    """
+
+    #: ``FLASK_APP`` of every child (``CELERY_APP_IMPORT`` or what the parent was loaded from);
+    #: None when it cannot be told, and then ``app_import_error`` says why (raised as
+    #: :class:`StartError` only when a child is to be spawned).
+    app_import: str | None
+    #: One ``celery worker`` per entry of ``CELERY_WORKERS``.
+    workers: tuple[WorkerSpec, ...] = ()
+    #: ``CELERY_LOG_LEVEL`` (lowercase); a worker's own ``loglevel`` option wins.
+    loglevel: str = "info"
+    #: ``<CELERY_LOG_DIR>``: each child appends to ``<log_dir>/<name>.log``.
+    log_dir: str = "."
+    #: Start ``celery beat`` (``CELERY_SCHEDULER`` is on and the app has periodic tasks).
+    beat: bool = False
+    #: Beat's schedule file.
+    beat_schedule_file: str = "celerybeat-schedule"
+    #: ``CELERY_MONITOR``: a monitor is wanted (started here unless ``monitor_mounted``).
+    monitor: bool = False
+    #: The app serves the monitor blueprint itself: two monitors of one app would each consume
+    #: its events and write the same history file, so no standalone one is started.
+    monitor_mounted: bool = False
+    monitor_address: str = "127.0.0.1"
+    monitor_port: int = 5555
+    #: ``CELERY_START_TIMEOUT`` and ``CELERY_STOP_TIMEOUT``, seconds.
+    start_timeout: float = 30.0
+    stop_timeout: float = 30.0
+    #: The embedded broker's folder (revived before a start when the app uses it), or None.
+    embedded_broker_dir: str | None = None
+    #: This process is the watcher of Werkzeug's reloader: start nothing (its serving child does).
+    reloader_watcher: bool = False
+    app_import_error: str = ""
+
+
+PlanSource = Callable[[], ProcessPlan]
+
+
 # -- all children of one app ---------------------------------------------------------------------
 class LocalProcesses:
-    """The local worker/beat/monitor processes of one Flask app (``AppState.processes``)."""
+    """The local worker/beat/monitor processes of one app (``AppState.processes``).
 
-    def __init__(self, state: AppState) -> None:
-        self.state = state
+    ``celery_app`` is the app's Celery instance (pings, the broker check, the queues);
+    ``plan`` gives the :class:`ProcessPlan` to follow, asked at each start and stop.
+    """
+
+    def __init__(self, celery_app: Celery, plan: PlanSource) -> None:
+        self.celery_app = celery_app
+        self._plan_source = plan
+        #: the plan of the start() under way (one plan per start)
+        self._current: ProcessPlan | None = None
         self.started = False
         self._procs: dict[str, ManagedProcess] = {}
         self._lock = threading.RLock()
@@ -378,6 +256,10 @@ class LocalProcesses:
         atexit.register(_stop_ref, self_ref)
 
     # -- what would run ---------------------------------------------------------------------
+    def plan(self) -> ProcessPlan:
+        """The :class:`ProcessPlan` as the app says now."""
+        return self._plan_source()
+
     @property
     def processes(self) -> dict[str, ManagedProcess]:
         """The processes started (or found running) by :meth:`start`, by name."""
@@ -386,7 +268,8 @@ class LocalProcesses:
 
     @property
     def log_dir(self) -> str:
-        return self.state.settings.log_dir
+        """The folder of the children's log files."""
+        return self.plan().log_dir
 
     def log_path(self, name: str) -> str:
         return os.path.join(self.log_dir, f"{name}.log")
@@ -394,9 +277,11 @@ class LocalProcesses:
     def _base_command(self) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "flask_celerymon.celery"]
 
-    def _env(self, role: str) -> dict[str, str]:
+    def _env(self, role: str, plan: ProcessPlan) -> dict[str, str]:
+        if plan.app_import is None:
+            raise StartError(plan.app_import_error)
         env = dict(os.environ)
-        env["FLASK_APP"] = import_target(self.state.app, self.state.settings["CELERY_APP_IMPORT"])
+        env["FLASK_APP"] = plan.app_import
         env[ROLE_ENV] = role
         env["PYTHONUNBUFFERED"] = "1"
         cwd = os.getcwd()
@@ -406,38 +291,37 @@ class LocalProcesses:
         return env
 
     def _plan(self) -> list[ManagedProcess]:
-        settings = self.state.settings
-        loglevel = settings["CELERY_LOG_LEVEL"]
-        plan = []
-        for spec in settings.workers:
-            args = worker_args(spec, spec.options.get("loglevel", loglevel))
-            plan.append(
+        """The children :meth:`start` would start now, from :meth:`plan`."""
+        plan = self._current or self.plan()
+        logs = plan.log_dir
+        children = []
+        for spec in plan.workers:
+            args = worker_args(spec, spec.options.get("loglevel", plan.loglevel))
+            children.append(
                 ManagedProcess(
                     name=spec.name,
                     kind="worker",
                     command=[*self._base_command(), "worker", *args],
-                    log_path=self.log_path(spec.name),
+                    log_path=os.path.join(logs, f"{spec.name}.log"),
                     node=node_name(worker_spec_name(spec)),
                 )
             )
-        conf = self.state.celery_app.conf
-        if settings["CELERY_SCHEDULER"] and conf.beat_schedule:
-            schedule = os.path.join(settings.instance_path, "celery", "celerybeat-schedule")
-            plan.append(
+        if plan.beat:
+            children.append(
                 ManagedProcess(
                     name="beat",
                     kind="beat",
                     command=[
                         *self._base_command(),
                         "beat",
-                        f"--loglevel={loglevel}",
-                        f"--schedule={schedule}",
+                        f"--loglevel={plan.loglevel}",
+                        f"--schedule={plan.beat_schedule_file}",
                     ],
-                    log_path=self.log_path("beat"),
+                    log_path=os.path.join(logs, "beat.log"),
                 )
             )
-        if settings["CELERY_MONITOR"] and not self.monitor_mounted:
-            plan.append(
+        if plan.monitor and not plan.monitor_mounted:
+            children.append(
                 ManagedProcess(
                     name="monitor",
                     kind="monitor",
@@ -447,13 +331,13 @@ class LocalProcesses:
                         "flask",
                         "celery",
                         "monitor",
-                        f"--port={settings['CELERY_MONITOR_PORT']}",
-                        f"--address={settings['CELERY_MONITOR_ADDRESS']}",
+                        f"--port={plan.monitor_port}",
+                        f"--address={plan.monitor_address}",
                     ],
-                    log_path=self.log_path("monitor"),
+                    log_path=os.path.join(logs, "monitor.log"),
                 )
             )
-        return plan
+        return children
 
     @property
     def monitor_mounted(self) -> bool:
@@ -461,15 +345,11 @@ class LocalProcesses:
 
         Two monitors of one app would each consume its events and write the same history file.
         """
-        try:
-            from .web import BLUEPRINT_NAME
-        except ImportError:  # pragma: no cover - the blueprint ships with the package
-            return False
-        return BLUEPRINT_NAME in self.state.app.blueprints
+        return self.plan().monitor_mounted
 
     def declare_queues(self) -> list[str]:
         """Declare the queues named in ``CELERY_WORKERS`` on the app (see :func:`declare_queues`)."""
-        return declare_queues(self.state)
+        return declare_queues(self.celery_app, self.plan().workers)
 
     # -- start ------------------------------------------------------------------------------
     def start(self, timeout: float | None = None, on_status: StatusCallback | None = None) -> None:
@@ -485,62 +365,67 @@ class LocalProcesses:
                 log.debug("not starting local processes inside a %s process", os.environ[ROLE_ENV])
                 self.started = True
                 return
-            if reloader_watcher():
+            plan = self.plan()
+            if plan.reloader_watcher:
                 log.info(
                     "not starting local processes in the reloader's watcher process; the "
                     "serving process it restarts on each code change starts (and stops) them"
                 )
                 return
-            if self.started and all(
-                p.alive() or p.status == "external" for p in self._procs.values()
-            ):
-                return  # everything still runs (a dead child makes start() begin afresh)
-            self._stop_children(DEFAULT_STOP_TIMEOUT)  # leftovers of a half-dead start
-            timeout = float(
-                timeout if timeout is not None else self.state.settings["CELERY_START_TIMEOUT"]
-            )
-            deadline = time.monotonic() + timeout
-            _install_signal_handlers()
-            celery_app = self.state.celery_app
-            if str(celery_app.conf.broker_url).startswith("redis+socket://"):
-                from .embedded import revive
-
-                revive(self.state.settings, celery_app.conf.broker_url)
-            check_broker(celery_app, timeout=min(timeout, 5.0))
-            self.declare_queues()
-            os.makedirs(self.log_dir, exist_ok=True)
-            plan = self._plan()
-            notify = on_status or (lambda p: None)
-            from kombu.utils.url import maybe_sanitize_url
-
-            log.info(
-                "starting local Celery processes %s on broker %s (logs in %s)",
-                ", ".join(p.name for p in plan),
-                maybe_sanitize_url(celery_app.conf.broker_url),
-                self.log_dir,
-            )
-            running = self._ping([p.node for p in plan if p.node], 0.5)
+            self._current = plan
             try:
-                for proc in plan:
-                    self._procs[proc.name] = proc
-                    if proc.node in running:
-                        proc.status, proc.detail = "external", "already running; not started"
-                    elif proc.kind == "monitor" and _port_taken(*self._monitor_address()):
-                        proc.status = "external"
-                        host, port = self._monitor_address()
-                        proc.detail = f"port {host}:{port} is taken; not started"
-                    else:
-                        self._spawn(proc)
-                    notify(proc)
-                self._wait_ready(deadline, timeout, notify)
-            except BaseException:
-                self._stop_children(DEFAULT_STOP_TIMEOUT)
-                raise
-            self.started = True
+                if self.started and all(
+                    p.alive() or p.status == "external" for p in self._procs.values()
+                ):
+                    return  # everything still runs (a dead child makes start() begin afresh)
+                self._stop_children(DEFAULT_STOP_TIMEOUT)  # leftovers of a half-dead start
+                timeout = float(timeout if timeout is not None else plan.start_timeout)
+                deadline = time.monotonic() + timeout
+                _install_signal_handlers()
+                celery_app = self.celery_app
+                if plan.embedded_broker_dir and str(celery_app.conf.broker_url).startswith(
+                    "redis+socket://"
+                ):
+                    from .embedded import revive
+
+                    revive(plan.embedded_broker_dir, celery_app.conf.broker_url)
+                check_broker(celery_app, timeout=min(timeout, 5.0))
+                declare_queues(celery_app, plan.workers)
+                os.makedirs(plan.log_dir, exist_ok=True)
+                children = self._plan()
+                notify = on_status or (lambda p: None)
+                from kombu.utils.url import maybe_sanitize_url
+
+                log.info(
+                    "starting local Celery processes %s on broker %s (logs in %s)",
+                    ", ".join(p.name for p in children),
+                    maybe_sanitize_url(celery_app.conf.broker_url),
+                    plan.log_dir,
+                )
+                running = self._ping([p.node for p in children if p.node], 0.5)
+                try:
+                    for proc in children:
+                        self._procs[proc.name] = proc
+                        if proc.node in running:
+                            proc.status, proc.detail = "external", "already running; not started"
+                        elif proc.kind == "monitor" and _port_taken(*self._monitor_address()):
+                            proc.status = "external"
+                            host, port = self._monitor_address()
+                            proc.detail = f"port {host}:{port} is taken; not started"
+                        else:
+                            self._spawn(proc)
+                        notify(proc)
+                    self._wait_ready(deadline, timeout, notify)
+                except BaseException:
+                    self._stop_children(DEFAULT_STOP_TIMEOUT)
+                    raise
+                self.started = True
+            finally:
+                self._current = None
 
     def _monitor_address(self) -> tuple[str, int]:
-        s = self.state.settings
-        return s["CELERY_MONITOR_ADDRESS"], s["CELERY_MONITOR_PORT"]
+        plan = self._current or self.plan()
+        return plan.monitor_address, plan.monitor_port
 
     def _spawn(self, proc: ManagedProcess) -> None:
         with open(proc.log_path, "ab") as logfile:
@@ -550,7 +435,10 @@ class LocalProcesses:
             )
             logfile.flush()
             proc.popen = spawn(
-                proc.command, stdout=logfile, stderr=subprocess.STDOUT, env=self._env(proc.kind)
+                proc.command,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                env=self._env(proc.kind, self._current or self.plan()),
             )
         proc.status, proc.detail = "starting", f"pid {proc.pid}"
         log.debug("started %s: pid %s, log %s", proc.name, proc.pid, proc.log_path)
@@ -560,7 +448,7 @@ class LocalProcesses:
             return set()
         try:
             replies = (
-                self.state.celery_app.control.inspect(
+                self.celery_app.control.inspect(
                     destination=nodes, timeout=timeout, limit=len(nodes)
                 ).ping()
                 or {}
@@ -639,7 +527,7 @@ class LocalProcesses:
         and logs each task it cut off as ``name[id]``.
         """
         if timeout is None:
-            timeout = self.state.settings["CELERY_STOP_TIMEOUT"]
+            timeout = self.plan().stop_timeout
         with self._lock:
             self._stopping = True
             try:
@@ -662,7 +550,7 @@ class LocalProcesses:
             return {}
         try:
             replies = (
-                self.state.celery_app.control.inspect(
+                self.celery_app.control.inspect(
                     destination=list(nodes), timeout=1.0, limit=len(nodes)
                 ).active()
                 or {}
@@ -680,7 +568,7 @@ class LocalProcesses:
         """The tasks whose result is not ready yet (all of them when the backend is unknown)."""
         from celery import states
 
-        backend = self.state.celery_app.backend
+        backend = self.celery_app.backend
         out = []
         for name, task_id in tasks:
             try:

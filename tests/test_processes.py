@@ -20,7 +20,8 @@ import psutil
 import pytest
 
 from flask_celerymon import StartError
-from flask_celerymon.processes import ROLE_ENV, import_target, node_name, worker_args
+from flask_celerymon.launch import import_target
+from flask_celerymon.processes import ROLE_ENV, node_name, worker_args
 from tests.apps import local
 from tests.conftest import free_port
 
@@ -249,7 +250,7 @@ def test_import_target_prefers_config_then_flask_app_then_import_name(tmp_path, 
 
 
 def test_import_target_reads_flask_app_option_from_the_command_line():
-    from flask_celerymon.processes import _flask_app_from_argv
+    from flask_celerymon.launch import _flask_app_from_argv
 
     assert _flask_app_from_argv(["/venv/bin/flask", "--app", "shop:create_app()", "run"]) == (
         "shop:create_app()"

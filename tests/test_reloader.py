@@ -21,7 +21,7 @@ import psutil
 import pytest
 from flask.cli import run_command
 
-from flask_celerymon.processes import reloader_watcher
+from flask_celerymon.launch import reloader_watcher
 from tests.conftest import free_port
 
 APP = """

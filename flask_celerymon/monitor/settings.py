@@ -1,6 +1,7 @@
 """Settings of one monitor service: a frozen dataclass built from our ``CELERY_MONITOR_*`` keys.
 
-The Flask side validates the keys (:data:`flask_celerymon.config.OWN_KEYS`); this module only
+The Flask side validates the keys (:data:`flask_celerymon.config.OWN_KEYS`, which takes the
+defaults of the monitor's keys from this class: they are written here only); this module only
 maps them to typed attributes, so the service can also be built directly in tests or in a
 standalone process with ``MonitorSettings()`` defaults.
 """
@@ -31,7 +32,7 @@ class MonitorSettings:
     max_workers: int = 5_000
     db: DbSetting = False
     retention_tasks: int = 1_000_000
-    retention_days: float = 30.0
+    retention_days: float = 30
     inspect_timeout: float = 1.0
     inspect_interval: float = 10.0
     enable_events: bool = True
@@ -85,9 +86,11 @@ class MonitorSettings:
             enable_events_interval=float(
                 get("CELERY_MONITOR_ENABLE_EVENTS_INTERVAL", d.enable_events_interval)
             ),
-            worker_offline_after=get("CELERY_MONITOR_WORKER_OFFLINE_AFTER", None),
-            purge_offline_workers=get("CELERY_MONITOR_PURGE_OFFLINE_WORKERS", None),
-            broker_api=get("CELERY_MONITOR_BROKER_API", None),
+            worker_offline_after=get("CELERY_MONITOR_WORKER_OFFLINE_AFTER", d.worker_offline_after),
+            purge_offline_workers=get(
+                "CELERY_MONITOR_PURGE_OFFLINE_WORKERS", d.purge_offline_workers
+            ),
+            broker_api=get("CELERY_MONITOR_BROKER_API", d.broker_api),
             queues=tuple(dict.fromkeys([*get("CELERY_MONITOR_QUEUES", ()), *app_queues])),
             single_ingester=get("CELERY_MONITOR_SINGLE_INGESTER", d.single_ingester),
             lease_ttl=float(get("CELERY_MONITOR_LEASE_TTL", d.lease_ttl)),

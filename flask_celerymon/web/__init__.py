@@ -2,31 +2,26 @@
 
 ``init_monitor(app, state)`` is called by ``Celery.init_app`` when ``CELERY_MONITOR_BLUEPRINT``
 is on. Each part lives in its own module and adds its routes to the blueprint through a
-``register(bp)`` function; views find the app's :class:`~flask_celerymon.extension.AppState`
-through :func:`get_state`, never through a global.
+``register(bp)`` function; views find the app's :class:`~flask_celerymon.appstate.AppState`
+through :func:`~flask_celerymon.appstate.get_state` (re-exported here), never through a global.
+The parts import it from :mod:`flask_celerymon.appstate`, never from this package (which imports
+them).
 
 Parts: ``views`` (pages), ``api`` (JSON API), ``live`` (websocket feed), ``metrics``
 (``/metrics``, ``/healthcheck``), ``login`` (OAuth2/OIDC login and logout). In front of all of
 them, ``guard`` runs its checks; ``auth`` holds who may see and do what: each view declares
 the role it needs with ``auth.requires``, and ``init_monitor`` builds the app's access policy
-(``app.extensions["celerymon.access"]``) and login client from the settings.
+(``AppState.access``), login client (``AppState.login``) and limits (``AppState.limits``) from
+the settings.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from flask import Blueprint, Flask
 
-from flask import Blueprint, Flask, current_app
+from ..appstate import BLUEPRINT_NAME, AppState, get_state
 
-if TYPE_CHECKING:
-    from ..extension import AppState
-
-BLUEPRINT_NAME = "celerymon"
-
-
-def get_state() -> AppState:
-    """The flask_celerymon state of the app handling the current request."""
-    return current_app.extensions["celerymon"]
+__all__ = ["BLUEPRINT_NAME", "get_state", "init_monitor", "make_blueprint"]
 
 
 def make_blueprint() -> Blueprint:
@@ -64,9 +59,11 @@ def _start_service() -> None:
 def init_monitor(app: Flask, state: AppState) -> None:
     """Mount the monitor blueprint on ``app`` at ``CELERY_MONITOR_URL_PREFIX``."""
     from .auth import init_policy
+    from .hardening import Limits
     from .login import init_login
 
     policy = init_policy(app, state.settings, state.extension)
     init_login(app, state.settings, policy)
-    prefix = state.settings["CELERY_MONITOR_URL_PREFIX"]
+    state.limits = Limits.from_settings(state.settings)
+    prefix = state.settings.monitor_url_prefix
     app.register_blueprint(make_blueprint(), url_prefix=prefix or None)

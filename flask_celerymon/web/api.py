@@ -52,11 +52,11 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import PathConverter
 
+from ..appstate import get_state
 from ..dispatch import DISPATCH_TASK_NAME
 from ..errors import DispatchRefused
 from ..monitor import broker as _broker
 from ..monitor.query import SORT_KEYS, SearchError
-from . import get_state
 from .auth import ADMIN, OPERATOR, VIEWER, requires
 from .guard import error
 from .hardening import JSONTooDeep, load_json

@@ -51,8 +51,9 @@ from urllib.parse import quote
 from flask import Flask, Response, current_app, g, request, session, url_for
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from ..appstate import get_state
 from ..config import FLOWER_AUTH_PROVIDERS, ROLES, Settings
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, NotInitializedError
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,6 @@ ANYONE = "anyone"
 METRICS = "metrics"
 #: Every level a route may declare, weakest first.
 LEVELS = (PUBLIC, ANYONE, METRICS, VIEWER, OPERATOR, ADMIN)
-
-#: ``app.extensions`` key of the app's :class:`AccessPolicy`.
-EXTENSION_KEY = "celerymon.access"
 
 #: Settings that turn authentication on, named in refusals.
 AUTH_SETTINGS = (
@@ -401,14 +399,24 @@ class AccessPolicy:
 
 
 def get_policy(app: Flask | None = None) -> AccessPolicy:
-    """The :class:`AccessPolicy` of ``app`` (default: the current app)."""
-    return (app or current_app).extensions[EXTENSION_KEY]
+    """The :class:`AccessPolicy` of ``app`` (default: the current app): ``AppState.access``.
+
+    Raises :class:`~flask_celerymon.errors.NotInitializedError` when flask_celerymon or its
+    monitor blueprint is not set up on the app.
+    """
+    state = get_state(app)
+    if state.access is None:
+        raise NotInitializedError(
+            f"the monitor blueprint is not mounted on app {state.app.name!r}: it has no access "
+            "policy"
+        )
+    return state.access
 
 
 def init_policy(app: Flask, settings: Settings, extension: Any) -> AccessPolicy:
     """Build and store the app's policy (``init_monitor`` calls it). Raises ConfigurationError."""
     policy = AccessPolicy(settings, extension)
-    app.extensions[EXTENSION_KEY] = policy
+    get_state(app).access = policy
     return policy
 
 
@@ -429,9 +437,8 @@ def _identify(policy: AccessPolicy) -> MonitorUser | None:
         if user is None:
             raise Refusal(401, "wrong user name or password", challenge=True)
         return MonitorUser(user.name, "basic", user.role)
-    from .login import login_from_cookie
-
-    login = login_from_cookie(policy)
+    client = get_state().login  # the OAuth2/OIDC client, set when a provider is configured
+    login = client.user_from_cookie(policy) if client is not None else None
     if login is not None:
         return login
     app = current_app._get_current_object()  # type: ignore[attr-defined]
@@ -480,7 +487,7 @@ def refuse(status: int, message: str, challenge: bool = False) -> Response:
     """A refusal in the form the route speaks: JSON, or the error page for pages."""
     from flask import render_template
 
-    from .guard import error
+    from .common import error
 
     if _is_page():
         title = "Log in required" if status == 401 else "Not allowed"
@@ -597,7 +604,7 @@ def check_csrf() -> Response | None:
     credentials with a form another site posts; :func:`.guard.check_same_origin`, which runs
     before this check, refuses such a request by its ``Origin``/``Sec-Fetch-Site``.
     """
-    from .guard import _view_is_safe, is_mutation
+    from .common import _view_is_safe, is_mutation
 
     if not is_mutation() or _view_is_safe():
         return None

@@ -28,81 +28,38 @@ Refusals are ``{"error": ...}`` JSON (the HTML pages get the error page).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response
 
-#: Methods that never change anything.
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# the request helpers live in .common (the checks use them too); re-exported for the handlers
+from .common import (
+    SAFE_METHODS,
+    SAME_SITE_FETCH,
+    _view_is_safe,
+    cross_site_reason,
+    error,
+    is_mutation,
+    safe,
+)
 
-#: Sec-Fetch-Site values that mean "not from another site" (``none``: typed by the user).
-SAME_SITE_FETCH = frozenset({"same-origin", "none"})
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def safe(view: F) -> F:
-    """Mark a view as a read even when it is reached by POST (exempt from read-only).
-
-    Cross-site checks still apply to it.
-    """
-    view._celerymon_safe = True  # type: ignore[attr-defined]
-    return view
-
-
-def error(status: int, message: str) -> Response:
-    """A JSON error response ``{"error": message}`` with ``status``."""
-    resp = jsonify(error=message)
-    resp.status_code = status
-    return resp
-
-
-def is_mutation() -> bool:
-    """True when the current request may change something (its method is not a safe one)."""
-    return request.method not in SAFE_METHODS
-
-
-def _view_is_safe() -> bool:
-    endpoint = request.endpoint
-    view = current_app.view_functions.get(endpoint) if endpoint else None
-    return bool(getattr(view, "_celerymon_safe", False))
-
-
-_DEFAULT_PORTS = (":80", ":443")
-
-
-def _host(netloc: str) -> str:
-    netloc = netloc.strip().lower()
-    for port in _DEFAULT_PORTS:
-        if netloc.endswith(port):
-            return netloc[: -len(port)]
-    return netloc
-
-
-def cross_site_reason() -> str | None:
-    """Why the current request comes from another site, or None when it does not.
-
-    A request with neither ``Origin`` nor ``Sec-Fetch-Site`` is a non-browser client and is
-    not cross-site. ``Origin`` is compared with the request's host and port, not its scheme:
-    behind a proxy that ends TLS, Flask sees ``http`` while the browser says ``https``.
-    """
-    fetch_site = request.headers.get("Sec-Fetch-Site")
-    if fetch_site is not None and fetch_site.strip().lower() not in SAME_SITE_FETCH:
-        return f"Sec-Fetch-Site is {fetch_site!r}"
-    origin = request.headers.get("Origin")
-    if origin is not None:
-        parts = urlsplit(origin.strip())
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            return f"Origin {origin!r} is not this server"
-        if _host(parts.netloc) != _host(request.host):
-            return f"Origin {origin!r} is not this server ({request.host})"
-    return None
+__all__ = [
+    "CHECKS",
+    "SAFE_METHODS",
+    "SAME_SITE_FETCH",
+    "check_read_only",
+    "check_same_origin",
+    "cross_site_reason",
+    "error",
+    "guard",
+    "is_mutation",
+    "register",
+    "safe",
+]
 
 
 def check_read_only() -> Response | None:
     """403 for a mutation while ``CELERY_MONITOR_READ_ONLY`` is on."""
-    from . import get_state
+    from ..appstate import get_state
 
     if is_mutation() and get_state().settings["CELERY_MONITOR_READ_ONLY"] and not _view_is_safe():
         return error(403, "the monitor is read-only (CELERY_MONITOR_READ_ONLY is on)")

@@ -249,14 +249,14 @@ def host_is_pinned(host: str) -> bool:
 
 
 def _settings() -> Any:
-    from . import get_state
+    from ..appstate import get_state
 
     return get_state().settings
 
 
 def check_host() -> Response | None:
     """400 when ``CELERY_MONITOR_TRUSTED_HOSTS`` is set and the ``Host`` header is not in it."""
-    from .guard import error  # the guard imports this module
+    from .common import error
 
     trusted = _settings()["CELERY_MONITOR_TRUSTED_HOSTS"]
     if trusted is None:
@@ -298,14 +298,14 @@ def check_anonymous_host() -> str | None:
 
 
 def _is_live_feed() -> bool:
-    from . import BLUEPRINT_NAME
+    from ..appstate import BLUEPRINT_NAME
 
     return request.endpoint == f"{BLUEPRINT_NAME}.live"
 
 
 def check_live_origin() -> Response | None:
     """403 for a websocket handshake that a browser sends from another origin."""
-    from .guard import cross_site_reason, error
+    from .common import cross_site_reason, error
 
     if not _is_live_feed():
         return None
@@ -347,7 +347,7 @@ def check_surface() -> Response | None:
 
 def too_large(exc: RequestEntityTooLarge) -> Response:
     """413 ``{"error": ...}`` naming the limit and the setting."""
-    from .guard import error
+    from .common import error
 
     limit = _settings()["CELERY_MONITOR_MAX_CONTENT_LENGTH"]
     return error(

@@ -28,8 +28,8 @@ Routes (relative to ``CELERY_MONITOR_URL_PREFIX``). Each view declares who may c
 
 API errors are ``{"error": ...}``: 400 bad parameter, 404 unknown group or entry, 503 broker
 unavailable. Pages answer 400/404 with the error page. The insight engine
-(:class:`~..monitor.insight.Insight`) of an app is kept in ``app.extensions`` under
-:data:`EXTENSION_KEY` and starts with the monitor service, on the first request.
+(:class:`~..monitor.insight.Insight`) of an app is kept in ``AppState.insight`` and starts with
+the monitor service, on the first request.
 """
 
 from __future__ import annotations
@@ -39,16 +39,15 @@ import re
 import time
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, render_template, request, url_for
+from flask import Blueprint, Flask, Response, render_template, request, url_for
 
+from ..appstate import get_state
 from ..monitor.insight import Insight, InsightSettings, parse_rules
 from ..monitor.insight import analytics as _analytics
 from ..monitor.insight import beat as _beat
 from ..monitor.insight.canvas import canvas_graph, layout
-from . import api, get_state
+from . import api
 from .auth import OPERATOR, VIEWER, requires
-
-EXTENSION_KEY = "celerymon.insight"
 
 #: Windows of the error list: name -> seconds.
 ERROR_WINDOWS: dict[str, int] = {"1h": 3600, "24h": 86400, "7d": 604800, "30d": 2592000}
@@ -67,11 +66,13 @@ class BadParam(ValueError):
 
 def get_insight(app: Flask | None = None) -> Insight:
     """The insight engine of ``app`` (the current app by default), created on first use."""
-    app = app or current_app._get_current_object()  # type: ignore[attr-defined]
-    ins = app.extensions.get(EXTENSION_KEY)
+    state = get_state(app)
+    ins = state.insight
     if ins is None:  # an Insight starts no thread when built: a racing twin is just dropped
-        state = app.extensions["celerymon"]
-        ins = app.extensions.setdefault(EXTENSION_KEY, Insight(state.monitor, _settings(state)))
+        with state.lock:
+            if state.insight is None:
+                state.insight = Insight(state.monitor, _settings(state))
+            ins = state.insight
     return ins
 
 

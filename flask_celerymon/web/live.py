@@ -59,7 +59,7 @@ from typing import Any
 from flask import Blueprint, request
 from flask_sock import Sock  # type: ignore[import-untyped]
 
-from . import get_state
+from ..appstate import get_state
 from .auth import VIEWER, requires
 from .hardening import BUSY_CLOSE_CODE
 from .views import (

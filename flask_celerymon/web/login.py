@@ -56,6 +56,7 @@ from flask import (
 )
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
+from ..appstate import get_state
 from ..config import Settings
 from ..errors import ConfigurationError
 from .auth import ANYONE, AccessPolicy, MonitorUser, csrf_token, current_user, get_policy, requires
@@ -64,8 +65,6 @@ log = logging.getLogger(__name__)
 
 COOKIE = "celerymon_login"
 COOKIE_SALT = "celerymon-login"
-#: ``app.extensions`` key of the app's :class:`Login`.
-EXTENSION_KEY = "celerymon.login"
 #: Flask session key of the ``next`` path while the provider is asked.
 NEXT_KEY = "_celerymon_next"
 
@@ -167,6 +166,14 @@ class Login:
         self.client = _own_oauth(app).register(f"celerymon_{self.provider.name}", **kwargs)
 
     # -- who logged in
+    def user_from_cookie(self, policy: AccessPolicy) -> MonitorUser | None:
+        """The user of the current request's valid login cookie (see :func:`login_from_cookie`).
+
+        The access check reaches it through ``AppState.login``, so :mod:`.auth` needs no import
+        of this module (which imports it).
+        """
+        return login_from_cookie(policy)
+
     def identify(self, token: dict[str, Any]) -> tuple[str, str, tuple[str, ...]]:
         """``(name, verified e-mail, groups)`` of the user behind ``token``.
 
@@ -221,12 +228,12 @@ class Login:
 def init_login(app: Flask, settings: Settings, policy: AccessPolicy) -> None:
     """Set up the app's OAuth2/OIDC client when a provider is configured."""
     if policy.provider is not None:
-        app.extensions[EXTENSION_KEY] = Login(app, settings, policy)
+        get_state(app).login = Login(app, settings, policy)
 
 
 def get_login() -> Login | None:
-    """The current app's :class:`Login`, or None when no provider is configured."""
-    return current_app.extensions.get(EXTENSION_KEY)
+    """The current app's :class:`Login` (``AppState.login``), or None when no provider is set."""
+    return get_state().login
 
 
 # -- the cookie -------------------------------------------------------------------------------

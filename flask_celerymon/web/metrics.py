@@ -14,18 +14,16 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from flask.blueprints import BlueprintSetupState
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_flask_exporter import PrometheusMetrics
 
+from ..appstate import get_state
+from ..errors import NotInitializedError
 from ..monitor.metrics import MonitorMetrics, check_health
-from . import get_state
 from .auth import METRICS, PUBLIC, requires
-
-#: ``app.extensions`` key of the app's :class:`WebMetrics`.
-EXTENSION_KEY = "celerymon.metrics"
 
 #: Seconds the health check waits for the broker.
 HEALTH_BROKER_TIMEOUT = 2.0
@@ -67,16 +65,22 @@ def url_rule(req: Any) -> str:
 
 
 def get_metrics(app: Flask | None = None) -> WebMetrics:
-    """The :class:`WebMetrics` of ``app`` (default: the current app).
+    """The :class:`WebMetrics` of ``app`` (default: the current app): ``AppState.metrics``.
 
-    Raises ``KeyError`` when the monitor blueprint is not registered on the app.
+    Raises :class:`~flask_celerymon.errors.NotInitializedError` when flask_celerymon or its
+    monitor blueprint is not set up on the app.
     """
-    return (app or current_app).extensions[EXTENSION_KEY]
+    state = get_state(app)
+    if state.metrics is None:
+        raise NotInitializedError(
+            f"the monitor blueprint is not mounted on app {state.app.name!r}: it has no metrics"
+        )
+    return state.metrics
 
 
 def _setup(setup_state: BlueprintSetupState) -> None:
     app = setup_state.app
-    state = app.extensions["celerymon"]
+    state = get_state(app)
     monitor = MonitorMetrics(state.monitor)
     prefix = (setup_state.url_prefix or "").rstrip("/")
     requests = _RequestMetrics(
@@ -86,7 +90,7 @@ def _setup(setup_state: BlueprintSetupState) -> None:
         group_by=url_rule,
         excluded_paths=[re.escape(prefix) + r"/(metrics|healthcheck)$"],
     )
-    app.extensions[EXTENSION_KEY] = WebMetrics(monitor, requests)
+    state.metrics = WebMetrics(monitor, requests)
 
 
 @requires(METRICS)

@@ -53,8 +53,8 @@ from flask import (
 from markupsafe import Markup
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..appstate import get_state
 from ..monitor.query import STATES, SearchError, compile_python, parse, parse_sort
-from . import get_state
 from .auth import ANYONE, VIEWER, csrf_token, current_user, may, requires
 from .guard import safe
 
