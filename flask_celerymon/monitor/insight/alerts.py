@@ -178,7 +178,7 @@ def post_json(url: str, body: Mapping[str, Any], timeout: float = WEBHOOK_TIMEOU
     with the alert and logged).
     """
     data = json.dumps(body, default=str).encode()
-    req = urllib.request.Request(
+    req = urllib.request.Request(  # noqa: S310 - CELERY_MONITOR_ALERT_WEBHOOK, http(s) only
         url, data=data, method="POST", headers={"Content-Type": "application/json"}
     )
     try:
