@@ -53,6 +53,11 @@ def find_state(app: Flask) -> AppState | None:
     return app.extensions.get(EXTENSION_KEY)
 
 
+def set_state(app: Flask, state: AppState) -> None:
+    """Store ``state`` as the state of ``app`` (``Celery.init_app`` does, once per app)."""
+    app.extensions[EXTENSION_KEY] = state
+
+
 def get_state(app: Flask | None = None) -> AppState:
     """The :class:`AppState` of ``app`` (default: the current app).
 

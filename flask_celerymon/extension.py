@@ -32,7 +32,8 @@ from werkzeug.local import LocalProxy
 
 from . import config as config_mod
 from . import network
-from .appstate import EXTENSION_KEY, AppState, find_state, get_state
+from .appstate import EXTENSION_KEY as EXTENSION_KEY  # re-exported: the key is appstate's
+from .appstate import AppState, find_state, get_state, set_state
 from .context import AppContextCelery, combine_base, run_like_a_worker, traced_in_app_context
 from .dispatch import DISPATCH_TASK_NAME, Allowlist, reference_of, run_reference
 from .errors import (
@@ -382,7 +383,7 @@ class Celery:
         allowlist = self._make_allowlist(app, settings)
         _register_dispatch(celery_app, allowlist)
         state = AppState(app, self, settings, celery_app, allowlist)
-        app.extensions[EXTENSION_KEY] = state
+        set_state(app, state)
         for proxy in self.task:
             self._register_task(state, proxy)
         for entry in self._schedules.values():

@@ -203,3 +203,23 @@ def test_local_processes_run_without_flask_extension_or_web():
         assert flask_names == [], module
         assert "flask_celerymon.extension" not in graph[module], module
         assert not any(t.startswith("flask_celerymon.web") for t in graph[module]), module
+
+
+def test_nothing_below_the_extension_imports_it_back():
+    importers = sorted(m for m, targets in _graph().items() if f"{PACKAGE}.extension" in targets)
+    assert importers == [PACKAGE]  # the public API re-exports Celery and current_task
+
+
+def test_only_appstate_touches_app_extensions():
+    # every module finds the app's state through appstate.get_state / find_state
+    offenders = []
+    for module, path in _modules().items():
+        tree = ast.parse(path.read_text(), str(path))
+        uses = [
+            n.lineno
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and n.attr == "extensions"
+        ]
+        if module != f"{PACKAGE}.appstate" and uses:
+            offenders.append(f"{module}:{uses}")
+    assert offenders == []
