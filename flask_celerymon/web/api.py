@@ -29,12 +29,9 @@ import inspect
 import json
 import logging
 import math
-import re
-import signal as _signal
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from celery import states
@@ -55,11 +52,49 @@ from werkzeug.routing import PathConverter
 from ..dispatch import DISPATCH_TASK_NAME
 from ..errors import DispatchRefused
 from ..monitor import broker as _broker
-from ..monitor.query import SORT_KEYS, SearchError
+from ..monitor.query import SearchError
 from . import get_state
 from .auth import ADMIN, OPERATOR, VIEWER, requires
 from .guard import error
-from .hardening import JSONTooDeep, load_json
+from .params import (  # the ranges and choices are re-exported: tests and docs name them here
+    APPLY_OPTIONS,  # noqa: F401
+    BOOL_PATTERN,  # noqa: F401
+    BULK_LIMIT,
+    BULK_MAX,  # noqa: F401
+    BULK_RANGE,
+    MAX_SECONDS,  # noqa: F401
+    MAX_UNIX_TIME,  # noqa: F401
+    MAX_WAIT,  # noqa: F401
+    MESSAGES_LIMIT,
+    POOL_MAX,
+    POOL_MIN,
+    POOL_STEP,
+    PRIORITY,  # noqa: F401
+    RATE_PATTERN,
+    RETRIES,  # noqa: F401
+    SECONDS,
+    SIGNALS,  # noqa: F401
+    SORT_CHOICES,
+    TASKS_LIMIT,
+    TASKS_OFFSET,
+    UNIX_TIME,  # noqa: F401
+    WAIT,
+    ApplyBody,
+    BadParameter,
+    Bool,
+    Choice,
+    Float,
+    Int,
+    Names,
+    Pattern,
+    Range,  # noqa: F401
+    Signal,
+    Text,
+    Time,
+    doc,
+    use_body,
+    use_params,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,99 +107,14 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     socket.timeout,
 )
 
-#: Flower's date formats: ``received_start``/``received_end`` and apply's ``eta``/``expires``.
-LIST_DATE_FORMAT = "%Y-%m-%d %H:%M"
-APPLY_DATE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-
 #: States after which a task will not change any more (retry takes these, revoke skips them).
 FINISHED = frozenset(states.READY_STATES) | {"REJECTED", "IGNORED", "LOST"}
 
-#: Longest wait of ``/api/task/apply`` and ``/api/task/result`` (seconds).
-MAX_WAIT = 3600.0
 #: Default wait of ``/api/task/apply`` when the body gives no ``timeout``.
 APPLY_WAIT = 60.0
-#: Default and largest number of tasks a bulk action handles in one request.
-BULK_LIMIT = 1000
-BULK_MAX = 10_000
-#: Largest ``n`` of pool grow/shrink and ``max`` of autoscale.
-MAX_POOL_STEP = 1000
 #: Longest wait for a pool action to show in the worker's stats (seconds; Celery's prefork
 #: pool drops exited processes at least every 5 s).
 POOL_READ_BACK = 6.0
-#: Longest countdown, expiry and time limit accepted (seconds: ten years).
-MAX_SECONDS = 10 * 365 * 86400
-#: Latest Unix time accepted by the time filters (9999-12-31 23:59:59 UTC).
-MAX_UNIX_TIME = 253_402_300_799
-
-
-@dataclass(frozen=True)
-class Range:
-    """The documented range of a number parameter, inclusive at both ends.
-
-    The one declaration of each bound: :func:`p_int`/:func:`p_float` refuse a value outside
-    it with a 400 naming the parameter and the range, and :mod:`.openapi` writes it into the
-    document (``minimum``/``maximum``). Every bound fits SQLite's 64-bit integers.
-    """
-
-    minimum: float
-    maximum: float
-    integer: bool = True
-
-    def schema(self) -> dict[str, Any]:
-        """The OpenAPI schema of a value in this range."""
-        kind = "integer" if self.integer else "number"
-        return {"type": kind, "minimum": self.minimum, "maximum": self.maximum}
-
-    def text(self) -> str:
-        """``"an integer from 0 to 10000"``, for error messages and the docs."""
-        kind = "an integer" if self.integer else "a number"
-        return f"{kind} from {_plain(self.minimum)} to {_plain(self.maximum)}"
-
-
-def _plain(x: float) -> str:
-    """``1000000`` rather than ``1e+06``."""
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
-#: ``ratelimit`` of ``/api/task/rate-limit``: Celery's syntax (tasks per second, or per
-#: ``/s``, ``/m``, ``/h``); matched with ``re.search`` as JSON Schema's ``pattern`` is.
-RATE_PATTERN = r"^[0-9]{1,9}(\.[0-9]{1,6})?(/[smh])?$"
-#: Every value of ``sort_by`` (``-`` for descending).
-SORT_CHOICES = tuple(f"{d}{k}" for k in SORT_KEYS for d in ("", "-"))
-
-#: ``limit`` and ``offset`` of ``GET /api/tasks``.
-TASKS_LIMIT = Range(0, 1_000_000)
-TASKS_OFFSET = Range(0, 1_000_000_000)
-#: ``limit`` of the bulk actions and of ``GET /api/queues/messages``.
-BULK_RANGE = Range(1, BULK_MAX)
-MESSAGES_LIMIT = Range(0, BULK_MAX)
-#: ``n`` of pool grow/shrink, ``min``/``max`` of autoscale.
-POOL_STEP = Range(1, MAX_POOL_STEP)
-POOL_MIN = Range(0, MAX_POOL_STEP)
-POOL_MAX = Range(1, MAX_POOL_STEP)
-#: ``timeout`` of result and apply (seconds).
-WAIT = Range(0, MAX_WAIT, integer=False)
-#: ``soft``/``hard`` time limits, ``countdown``, ``expires``, ``(soft_)time_limit`` (seconds).
-SECONDS = Range(0, MAX_SECONDS, integer=False)
-#: apply's ``priority`` (AMQP's 0-255; Redis uses 0-9) and ``retries``.
-PRIORITY = Range(0, 255)
-RETRIES = Range(0, 1_000_000)
-#: The time filters given as Unix seconds.
-UNIX_TIME = Range(0, MAX_UNIX_TIME, integer=False)
-
-TRUE = frozenset({"y", "yes", "t", "true", "on", "1"})
-FALSE = frozenset({"n", "no", "f", "false", "off", "0", ""})
-
-
-def _any_case(word: str) -> str:
-    return "".join(f"[{c.upper()}{c}]" if c.isalpha() else c for c in word)
-
-
-#: The texts a boolean parameter takes (Flower's ``strtobool`` words in any case, or empty for
-#: the default), as a JSON Schema ``pattern`` matched with ``re.search`` (as JSON Schema is).
-BOOL_PATTERN = "^(" + "|".join(_any_case(w) for w in sorted(TRUE | FALSE) if w) + ")?$"
-
-
 class ApiError(Exception):
     """An API failure with its HTTP status; answered as ``{"error": message}``."""
 
@@ -216,211 +166,6 @@ def _safe_result(value: Any) -> Any:
     except (TypeError, ValueError):
         return repr(value)
     return value
-
-
-# -- parameters -------------------------------------------------------------------------------
-
-
-def _parse_json(raw: bytes) -> Any:
-    """Request JSON, nested at most ``CELERY_MONITOR_MAX_JSON_DEPTH`` deep; 400 otherwise."""
-    try:
-        return load_json(raw, get_state().limits.max_json_depth)
-    except JSONTooDeep as exc:
-        raise ApiError(400, str(exc)) from None
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
-
-
-def _json_body() -> Any:
-    if not request.get_data(cache=True):
-        return None
-    if not request.is_json:
-        return None
-    return _parse_json(request.get_data(cache=True))
-
-
-def params() -> dict[str, Any]:
-    """The request's parameters: query string, then form body, then a JSON object body."""
-    out: dict[str, Any] = {k: v for k, v in request.args.items()}
-    if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        out.update(request.form.items())
-    body = _json_body()
-    if isinstance(body, dict):
-        out.update(body)
-    return out
-
-
-def _present(value: Any) -> bool:
-    return value is not None and not (isinstance(value, str) and value.strip() == "")
-
-
-def p_str(p: Mapping[str, Any], name: str, required: bool = False) -> str | None:
-    value = p.get(name)
-    if not _present(value):
-        if required:
-            raise ApiError(400, f"missing parameter {name!r}")
-        return None
-    if not isinstance(value, str):
-        raise ApiError(400, f"{name} must be a string, not {value!r}")
-    return value.strip()
-
-
-def p_choice(
-    p: Mapping[str, Any], name: str, choices: tuple[str, ...], shown: str | None = None
-) -> str | None:
-    """``p[name]`` exactly as given when it is one of ``choices``; None when absent or empty.
-
-    Raises :class:`ApiError` (400) naming the choices otherwise.
-    """
-    value = p.get(name)
-    if value is None or value == "":
-        return None
-    if value not in choices:
-        raise ApiError(
-            400, f"{name} must be {shown or 'one of ' + ', '.join(choices)}, not {value!r}"
-        )
-    return value
-
-
-def p_pattern(p: Mapping[str, Any], name: str, pattern: str, example: str) -> str:
-    """Required ``p[name]`` matching ``pattern`` (``re.search``, as JSON Schema), stripped.
-
-    Raises :class:`ApiError` (400) when it is missing or does not match.
-    """
-    value = p.get(name)
-    if not _present(value):
-        raise ApiError(400, f"missing parameter {name!r}")
-    if not isinstance(value, str) or not re.search(pattern, value):
-        raise ApiError(400, f"{name} must be like {example}, not {value!r}")
-    return value.strip()
-
-
-def p_bool(p: Mapping[str, Any], name: str, default: bool = False) -> bool:
-    """``p[name]`` as a boolean: a text matching :data:`BOOL_PATTERN` (empty: ``default``),
-    or a JSON boolean, 0 or 1. Raises :class:`ApiError` (400) for anything else."""
-    value = p.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    if isinstance(value, str) and re.search(BOOL_PATTERN, value):
-        text = value.strip().lower()
-        return True if text in TRUE else (False if text else default)
-    raise ApiError(400, f"{name} must be a boolean (1/0, true/false, yes/no), not {value!r}")
-
-
-#: Number texts: ASCII digits only (Python's int() and float() also take other scripts' digits,
-#: ``_`` separators, white space, ``inf`` and ``nan``).
-_INT_TEXT = re.compile(r"[+-]?[0-9]+")
-_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
-
-
-def p_int(
-    p: Mapping[str, Any],
-    name: str,
-    bounds: Range,
-    default: int | None = None,
-    required: bool = False,
-) -> int | None:
-    """``p[name]`` as an int within ``bounds``; ``default`` when absent or empty.
-
-    Raises :class:`ApiError` (400) when it is missing but ``required``, not an integer (white
-    space is not one), or outside ``bounds``.
-    """
-    value: Any = p.get(name)
-    if value is None or value == "":
-        if required:
-            raise ApiError(400, f"missing parameter {name!r}")
-        return default
-    if isinstance(value, str) and _INT_TEXT.fullmatch(value):
-        n = int(value)
-    elif isinstance(value, int) and not isinstance(value, bool):
-        n = value
-    else:
-        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
-    if not bounds.minimum <= n <= bounds.maximum:
-        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
-    return n
-
-
-def p_float(p: Mapping[str, Any], name: str, bounds: Range) -> float | None:
-    """``p[name]`` as a finite float within ``bounds``, or None when absent or empty.
-
-    Raises :class:`ApiError` (400) when it is not a number (white space is not one) or
-    outside ``bounds``.
-    """
-    value: Any = p.get(name)
-    if value is None or value == "":
-        return None
-    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value):
-        f = float(value)
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            f = float(value)
-        except OverflowError:
-            raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}") from None
-    else:
-        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
-    if not (math.isfinite(f) and bounds.minimum <= f <= bounds.maximum):
-        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
-    return f
-
-
-def p_time(p: Mapping[str, Any], name: str) -> float | None:
-    """Flower's ``%Y-%m-%d %H:%M`` (local time), ISO 8601, or Unix seconds; as Unix seconds.
-
-    Raises :class:`ApiError` (400) for any other value, and for a time outside
-    :data:`UNIX_TIME` (1970 to 9999).
-    """
-    value = p.get(name)
-    if not _present(value):
-        return None
-    bad = ApiError(
-        400,
-        f"{name} must be a date like '2024-01-31 13:45' (local time), ISO 8601 or "
-        f"Unix seconds from 0 to {MAX_UNIX_TIME}, not {value!r}",
-    )
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise bad
-    try:
-        if isinstance(value, str):
-            text = value.strip()
-            digits = text.replace(".", "", 1)
-            if digits.isascii() and digits.isdigit():
-                seconds = float(text)
-            else:
-                seconds = _parse_date(text).timestamp()
-        else:
-            seconds = float(value)
-    except (ValueError, OverflowError, OSError):
-        raise bad from None
-    if not (math.isfinite(seconds) and UNIX_TIME.minimum <= seconds <= UNIX_TIME.maximum):
-        raise bad
-    return seconds
-
-
-def _parse_date(text: str) -> dt.datetime:
-    try:
-        return dt.datetime.strptime(text, LIST_DATE_FORMAT)
-    except ValueError:
-        return dt.datetime.fromisoformat(text)
-
-
-def p_list(p: Mapping[str, Any], name: str) -> tuple[str, ...] | None:
-    """One value, or several separated by commas; ``All`` means no filter (as Flower)."""
-    value = p.get(name)
-    if not _present(value) or value == "All":
-        return None
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        items = [v.strip() for v in value]
-    elif isinstance(value, str):
-        items = [v.strip() for v in value.split(",")]
-    else:
-        raise ApiError(400, f"{name} must be a string, not {value!r}")
-    items = [v for v in items if v and v != "All"]
-    return tuple(items) or None
 
 
 # -- the app's pieces --------------------------------------------------------------------------
@@ -519,7 +264,13 @@ def _broadcast(worker: str, command: str, failure: str, **arguments: Any) -> str
 
 
 @requires(VIEWER)
-def list_workers() -> Response:
+@doc("Inspect results per worker", "Workers", 404, 503)
+@use_params(
+    refresh=Bool(description="ask the workers first"),
+    workername=Text(description="only this worker"),
+    status=Bool(description="answer {hostname: online} instead"),
+)
+def list_workers(refresh: bool, workername: str | None, status: bool) -> Response:
     """``GET /api/workers``: inspect results per worker (Flower's shape).
 
     ``refresh=1`` asks the workers first (waits at most the inspect timeout), ``workername``
@@ -527,17 +278,15 @@ def list_workers() -> Response:
     Status codes: 200; 400 bad parameter; 404 unknown worker; 503 broker unavailable on
     refresh.
     """
-    p = params()
-    refresh = p_bool(p, "refresh")
-    name = p_str(p, "workername")
+    name = workername
     svc = _service()
-    if p_bool(p, "status"):
-        status = svc.worker_status()
+    if status:
+        online = svc.worker_status()
         if name is not None:
-            if name not in status:
+            if name not in online:
                 raise ApiError(404, f"Unknown worker '{name}'")
-            status = {name: status[name]}
-        return json_response(status)
+            online = {name: online[name]}
+        return json_response(online)
     data = svc.inspect(name, refresh=refresh)  # an unreachable broker raises: 503
     if name is not None and name not in data:
         raise ApiError(404, f"Unknown worker '{name}'")
@@ -545,6 +294,7 @@ def list_workers() -> Response:
 
 
 @requires(ADMIN)
+@doc("Shut a worker down", "Message", 404, 503, mutation=True)
 def worker_shutdown(name: str) -> Response:
     """``POST /api/worker/shutdown/<name>``: ask a worker to shut down (no reply awaited).
 
@@ -597,6 +347,7 @@ def _pool_text(pool: dict[str, Any] | None) -> str:
 
 
 @requires(ADMIN)
+@doc("Restart a worker's pool", "Pool", 404, 503, mutation=True)
 def worker_pool_restart(name: str) -> Response:
     """``POST /api/worker/pool/restart/<name>``: restart the pool (``reload=False``).
 
@@ -618,10 +369,8 @@ def worker_pool_restart(name: str) -> Response:
     )
 
 
-def _pool_resize(name: str, grow: bool) -> Response:
+def _pool_resize(name: str, n: int, grow: bool) -> Response:
     _known_worker(name)
-    n = p_int(params(), "n", POOL_STEP, default=1)
-    assert n is not None
     before = _processes(_pool(name))
     if not grow and before is not None and n >= before:
         raise ApiError(
@@ -649,8 +398,13 @@ def _pool_resize(name: str, grow: bool) -> Response:
     )
 
 
+_POOL_N = {"n": Int(POOL_STEP, default=1, description="processes (default 1)")}
+
+
 @requires(ADMIN)
-def worker_pool_grow(name: str) -> Response:
+@doc("Grow a worker's pool", "Pool", 404, 503, mutation=True)
+@use_params(**_POOL_N)
+def worker_pool_grow(name: str, n: int) -> Response:
     """``POST /api/worker/pool/grow/<name>?n=1``: add ``n`` pool processes.
 
     Answers ``{"message", "processes"}``: the pool size read back after the action.
@@ -658,32 +412,36 @@ def worker_pool_grow(name: str) -> Response:
     pool has now), read-only or cross-site; 404 unknown worker; 503 no reply or broker
     unavailable.
     """
-    return _pool_resize(name, grow=True)
+    return _pool_resize(name, n, grow=True)
 
 
 @requires(ADMIN)
-def worker_pool_shrink(name: str) -> Response:
+@doc("Shrink a worker's pool", "Pool", 404, 409, 503, mutation=True)
+@use_params(**_POOL_N)
+def worker_pool_shrink(name: str, n: int) -> Response:
     """``POST /api/worker/pool/shrink/<name>?n=1``: remove ``n`` pool processes.
 
     Status codes: as :func:`worker_pool_grow`, and 409 when ``n`` is not below the number of
     processes (the pool would be left empty: the worker would take tasks and never run them).
     """
-    return _pool_resize(name, grow=False)
+    return _pool_resize(name, n, grow=False)
 
 
 @requires(ADMIN)
-def worker_pool_autoscale(name: str) -> Response:
+@doc("Set the autoscaler's bounds", "Pool", 404, 503, mutation=True)
+@use_params(
+    min=Int(POOL_MIN, required=True, description="minimum"),
+    max=Int(POOL_MAX, required=True, description="maximum"),
+)
+def worker_pool_autoscale(name: str, min: int, max: int) -> Response:  # noqa: A002
     """``POST /api/worker/pool/autoscale/<name>?min=&max=``: set the autoscaler's bounds.
 
     Answers ``{"message", "processes", "autoscaler"}`` read back from the worker.
     Status codes: 200; 400 missing or bad ``min``/``max``; 403 autoscale not enabled on the
     worker, read-only or cross-site; 404 unknown worker; 503 no reply or broker unavailable.
     """
+    lo, hi = min, max
     _known_worker(name)
-    p = params()
-    lo = p_int(p, "min", POOL_MIN, required=True)
-    hi = p_int(p, "max", POOL_MAX, required=True)
-    assert lo is not None and hi is not None
     if lo > hi:
         raise ApiError(400, f"min must be <= max, not min={lo} max={hi}")
     _broadcast(name, "autoscale", f"Failed to autoscale '{name}' worker", min=lo, max=hi)
@@ -704,15 +462,19 @@ def worker_pool_autoscale(name: str) -> Response:
     )
 
 
+_QUEUE = {"queue": Text(required=True, description="queue name")}
+
+
 @requires(ADMIN)
-def worker_add_consumer(name: str) -> Response:
+@doc("Start consuming a queue", "Message", 404, 503, mutation=True)
+@use_params(**_QUEUE)
+def worker_add_consumer(name: str, queue: str) -> Response:
     """``POST /api/worker/queue/add-consumer/<name>?queue=``: start consuming a queue.
 
     Status codes: 200; 400 missing ``queue``; 403 the worker refused, read-only or
     cross-site; 404 unknown worker; 503 no reply or broker unavailable.
     """
     _known_worker(name)
-    queue = p_str(params(), "queue", required=True)
     msg = _broadcast(
         name, "add_consumer", f"Failed to add '{queue}' consumer to '{name}' worker", queue=queue
     )
@@ -720,13 +482,14 @@ def worker_add_consumer(name: str) -> Response:
 
 
 @requires(ADMIN)
-def worker_cancel_consumer(name: str) -> Response:
+@doc("Stop consuming a queue", "Message", 404, 503, mutation=True)
+@use_params(**_QUEUE)
+def worker_cancel_consumer(name: str, queue: str) -> Response:
     """``POST /api/worker/queue/cancel-consumer/<name>?queue=``: stop consuming a queue.
 
     Status codes: as :func:`worker_add_consumer`.
     """
     _known_worker(name)
-    queue = p_str(params(), "queue", required=True)
     msg = _broadcast(
         name,
         "cancel_consumer",
@@ -739,36 +502,24 @@ def worker_cancel_consumer(name: str) -> Response:
 # -- task control ------------------------------------------------------------------------------
 
 
-def _signal_choices() -> tuple[str, ...]:
-    """Signal names ``signal`` takes: ``SIGTERM``, ``TERM``, ``sigterm``, ``term``..."""
-    names = sorted(n for n in _signal.Signals.__members__ if n.startswith("SIG") and "_" not in n)
-    return tuple(dict.fromkeys(f for n in names for f in (n, n[3:], n.lower(), n[3:].lower())))
-
-
-#: Every value of ``signal`` (revoke, bulk revoke), generated from the platform's signals.
-SIGNALS = _signal_choices()
-
-
-def _signal_name(p: Mapping[str, Any]) -> str:
-    """The ``signal`` parameter as ``SIGTERM``-style name; 400 for an unknown one."""
-    value = p_choice(p, "signal", SIGNALS, "a signal name such as SIGTERM, SIGKILL, TERM, kill")
-    if value is None:
-        return "SIGTERM"
-    name = value.upper()
-    return name if name.startswith("SIG") else "SIG" + name
+#: ``terminate`` and ``signal`` of the revokes.
+REVOKE_PARAMS = {
+    "terminate": Bool(description="also kill the process running the task"),
+    "signal": Signal(description="signal sent with terminate (default SIGTERM)"),
+}
 
 
 @requires(OPERATOR)
-def task_revoke(task_id: str) -> Response:
+@doc("Revoke a task", "Message", 404, 503, mutation=True)
+@use_params(**REVOKE_PARAMS)
+def task_revoke(task_id: str, terminate: bool, signal: str) -> Response:
     """``POST /api/task/revoke/<id>?terminate=false&signal=SIGTERM``: revoke a task.
 
     With ``terminate`` a running task's process gets ``signal``. Status codes: 200; 400 bad
     ``terminate``/``signal``; 403 read-only/cross-site; 404 unknown task; 503 broker
     unavailable.
     """
-    p = params()
-    terminate = p_bool(p, "terminate")
-    sig = _signal_name(p)
+    sig = signal
     _known_task(task_id)
     log.info("celerymon: revoking task %s (terminate=%s, signal=%s)", task_id, terminate, sig)
     _capp().control.revoke(task_id, terminate=terminate, signal=sig)
@@ -777,6 +528,7 @@ def task_revoke(task_id: str) -> Response:
 
 
 @requires(OPERATOR)
+@doc("Abort a task (AbortableTask)", "Message", 404, 409, 503, mutation=True)
 def task_abort(task_id: str) -> Response:
     """``POST /api/task/abort/<id>``: mark a task ABORTED for ``AbortableTask`` to see.
 
@@ -811,19 +563,24 @@ def _registered_name(name: str, worker: str | None = None) -> None:
     raise ApiError(404, f"Unknown task '{name}'")
 
 
+_WORKER = {"workername": Text(required=True, description="worker hostname")}
+
+
 @requires(OPERATOR)
-def task_timeout(name: str) -> Response:
+@doc("Set a task's time limits on a worker", "Message", 404, 503, mutation=True)
+@use_params(
+    **_WORKER,
+    soft=Float(SECONDS, description="soft time limit (s)"),
+    hard=Float(SECONDS, description="hard time limit (s)"),
+)
+def task_timeout(name: str, workername: str, soft: float | None, hard: float | None) -> Response:
     """``POST /api/task/timeout/<name>?workername=&soft=&hard=``: set time limits.
 
     Status codes: 200; 400 missing ``workername`` or bad ``soft``/``hard``; 403 the worker
     refused, read-only or cross-site; 404 unknown task or worker; 503 no reply or broker
     unavailable.
     """
-    p = params()
-    worker = p_str(p, "workername", required=True)
-    assert worker is not None
-    soft = p_float(p, "soft", SECONDS)
-    hard = p_float(p, "hard", SECONDS)
+    worker = workername
     _registered_name(name, worker)
     _known_worker(worker)
     replies = _capp().control.time_limit(
@@ -840,18 +597,21 @@ def task_timeout(name: str) -> Response:
 
 
 @requires(OPERATOR)
-def task_rate_limit(name: str) -> Response:
+@doc("Set a task's rate limit on a worker", "Message", 404, 503, mutation=True)
+@use_params(
+    **_WORKER,
+    ratelimit=Pattern(RATE_PATTERN, "'10/m', '2/s', '1/h' or a number",
+                      description="e.g. 10/m, 2/s, 100"),
+)  # fmt: skip
+def task_rate_limit(name: str, workername: str, ratelimit: str) -> Response:
     """``POST /api/task/rate-limit/<name>?workername=&ratelimit=``: set a rate limit.
 
     ``ratelimit`` is Celery's syntax (``10/m``, ``2/s``, ``100``). Status codes: 200; 400
     missing or bad parameter; 403 the worker refused, read-only or cross-site; 404 unknown
     task or worker; 503 no reply or broker unavailable.
     """
-    p = params()
-    worker = p_str(p, "workername", required=True)
-    limit = p_pattern(p, "ratelimit", RATE_PATTERN, "'10/m', '2/s', '1/h' or a number")
+    worker, limit = workername, ratelimit
     parse_rate(limit)
-    assert worker is not None
     _registered_name(name, worker)
     _known_worker(worker)
     replies = _capp().control.rate_limit(
@@ -870,23 +630,39 @@ FILTERS = {
     "state": "state",
 }
 TIME_FILTERS = ("received_start", "received_end", "started_start", "started_end")
+_AS_RECEIVED = "as received_start"
+#: The declarations of the filters (names as Flower's).
+FILTER_PARAMS = {
+    "workername": Names(description="worker hostname(s), comma-separated; All = any"),
+    "taskname": Names(description="task name(s), comma-separated; All = any"),
+    "state": Names(description="state(s), comma-separated; All = any"),
+    "received_start": Time(
+        description="'%Y-%m-%d %H:%M' (local time), ISO 8601 or Unix seconds"
+    ),
+    "received_end": Time(description=_AS_RECEIVED),
+    "started_start": Time(description=_AS_RECEIVED),
+    "started_end": Time(description=_AS_RECEIVED),
+    "search": Text(
+        strip=False,
+        description="the search language (name:, state:, worker:, args:, kwargs:, result:)",
+    ),
+}
+SORT_PARAM = {
+    "sort_by": Choice(
+        SORT_CHOICES, description="a column; a leading - sorts descending (default -received)"
+    )
+}
 
 
 def _filters(p: Mapping[str, Any]) -> dict[str, Any]:
+    """The query keywords of the parsed filters in ``p`` (those given)."""
     out: dict[str, Any] = {}
     for param, keyword in FILTERS.items():
-        values = p_list(p, param)
-        if values is not None:
-            out[keyword] = values
-    for param in TIME_FILTERS:
-        value = p_time(p, param)
-        if value is not None:
-            out[param] = value
-    search = p.get("search")
-    if _present(search):
-        if not isinstance(search, str):
-            raise ApiError(400, f"search must be a string, not {search!r}")
-        out["search"] = search
+        if p.get(param) is not None:
+            out[keyword] = p[param]
+    for param in (*TIME_FILTERS, "search"):
+        if p.get(param) is not None:
+            out[param] = p[param]
     return out
 
 
@@ -898,7 +674,14 @@ def _query(p: Mapping[str, Any], **kw: Any) -> Any:
 
 
 @requires(VIEWER)
-def list_tasks() -> Response:
+@doc("List tasks", "TaskMap")
+@use_params(
+    limit=Int(TASKS_LIMIT, description="at most this many"),
+    offset=Int(TASKS_OFFSET, default=0, description="skip this many"),
+    **SORT_PARAM,
+    **FILTER_PARAMS,
+)
+def list_tasks(limit: int | None, offset: int, sort_by: str | None, **filters: Any) -> Response:
     """``GET /api/tasks``: tasks keyed by uuid, in ``sort_by`` order (default newest received).
 
     Parameters: ``limit`` (default: the window size), ``offset``, ``sort_by``
@@ -908,22 +691,21 @@ def list_tasks() -> Response:
     8601 or Unix seconds), ``search`` (the search language). Status codes: 200; 400 bad
     parameter or search syntax.
     """
-    p = params()
-    svc = _service()
-    limit = p_int(p, "limit", TASKS_LIMIT, default=svc.settings.max_tasks)
-    offset = p_int(p, "offset", TASKS_OFFSET, default=0)
-    sort_by = p_choice(p, "sort_by", SORT_CHOICES)
-    page = _query(p, sort_by=sort_by, offset=offset, limit=limit)
+    if limit is None:
+        limit = _service().settings.max_tasks
+    page = _query(filters, sort_by=sort_by, offset=offset, limit=limit)
     return json_response({t["uuid"]: t for t in page.tasks})
 
 
 @requires(VIEWER)
+@doc("Task names seen", "TaskTypes")
 def task_types() -> Response:
     """``GET /api/task/types``: ``{"task-types": [names seen]}``. Status codes: 200."""
     return json_response({"task-types": _service().task_types()})
 
 
 @requires(VIEWER)
+@doc("One task", "Task", 404)
 def task_info(task_id: str) -> Response:
     """``GET /api/task/info/<id>``: the task as Flower's ``Task.as_dict()`` plus ``history``.
 
@@ -937,7 +719,9 @@ def task_info(task_id: str) -> Response:
 
 
 @requires(VIEWER)
-def task_result(task_id: str) -> Response:
+@doc("A task's state and result", "Result", 404, 503)
+@use_params(timeout=Float(WAIT, description="wait (s)"))
+def task_result(task_id: str, timeout: float | None) -> Response:
     """``GET /api/task/result/<id>?timeout=``: state and, once ready, result (and traceback).
 
     With ``timeout`` (seconds) waits that long for the result, at most
@@ -946,7 +730,6 @@ def task_result(task_id: str) -> Response:
     state so far). Status codes: 200; 400 bad ``timeout``; 404 unknown task; 503 no result
     backend, or it is unavailable.
     """
-    timeout = p_float(params(), "timeout", WAIT)
     if _backend() is None:
         raise ApiError(503, "no result backend is configured")
     _known_task(task_id)
@@ -988,6 +771,7 @@ def _add_result(response: dict[str, Any], result: Any) -> None:
 
 
 @requires(VIEWER)
+@doc("Queue lengths", "QueueLengths", 404, 503)
 def queue_lengths() -> Response:
     """``GET /api/queues/length``: ``{"active_queues": [{"name", "messages"}...]}``.
 
@@ -1000,131 +784,6 @@ def queue_lengths() -> Response:
 
 
 # -- tasks: sending ----------------------------------------------------------------------------
-
-#: ``apply_async`` options the apply endpoints accept, besides ``args``/``kwargs``/``timeout``.
-#: (Flower passes any key through; we refuse the rest, e.g. ``serializer``, with a 400.)
-APPLY_OPTIONS = (
-    "queue",
-    "routing_key",
-    "exchange",
-    "priority",
-    "countdown",
-    "eta",
-    "expires",
-    "time_limit",
-    "soft_time_limit",
-    "task_id",
-    "ignore_result",
-    "retries",
-)
-
-
-def _apply_body() -> tuple[list[Any], dict[str, Any], dict[str, Any], float | None]:
-    """(args, kwargs, apply_async options, timeout) from the JSON body; 400 when malformed."""
-    raw = request.get_data(cache=True)
-    body = _parse_json(raw) if raw.strip() else {}
-    if not isinstance(body, dict):
-        raise ApiError(400, 'the request body must be a JSON object like {"args": [1, 2]}')
-    body = dict(body)
-    args = body.pop("args", None)
-    kwargs = body.pop("kwargs", None)
-    args = [] if args is None else args
-    kwargs = {} if kwargs is None else kwargs
-    if not isinstance(args, list):
-        raise ApiError(400, f"args must be an array, not {args!r}")
-    if not isinstance(kwargs, dict):
-        raise ApiError(400, f"kwargs must be an object, not {kwargs!r}")
-    timeout = _json_number(body, "timeout", WAIT)
-    body.pop("timeout", None)
-    unknown = sorted(set(body) - set(APPLY_OPTIONS))
-    if unknown:
-        raise ApiError(
-            400, f"unknown option(s) {', '.join(unknown)}; allowed: {', '.join(APPLY_OPTIONS)}"
-        )
-    return args, kwargs, _options(body), timeout
-
-
-def _json_number(body: Mapping[str, Any], key: str, bounds: Range) -> Any:
-    """``body[key]`` as a JSON number within ``bounds`` (None when null or absent); 400 else.
-
-    A JSON body is typed: ``"5"`` is not a number here (a query string or form has only text,
-    and :func:`p_int`/:func:`p_float` parse that).
-    """
-    value = body.get(key)
-    if value is None:
-        return None
-    integer_ok = isinstance(value, int) and not isinstance(value, bool)
-    if not (integer_ok or (not bounds.integer and isinstance(value, float))):
-        raise ApiError(400, f"{key} must be {bounds.text()}, not {value!r}")
-    if not (math.isfinite(value) and bounds.minimum <= value <= bounds.maximum):
-        raise ApiError(400, f"{key} must be {bounds.text()}, not {value!r}")
-    return value
-
-
-def _options(body: dict[str, Any]) -> dict[str, Any]:
-    """apply_async options from the apply body's JSON values; null means Celery's default."""
-    opts: dict[str, Any] = {}
-    for key in ("queue", "routing_key", "exchange", "task_id"):
-        value = body.get(key)
-        if value is not None:
-            if not isinstance(value, str) or (key != "exchange" and not value):
-                raise ApiError(400, f"{key} must be a non-empty string, not {value!r}")
-            opts[key] = value
-    for key, bounds in (
-        ("priority", PRIORITY),
-        ("retries", RETRIES),
-        ("countdown", SECONDS),
-        ("time_limit", SECONDS),
-        ("soft_time_limit", SECONDS),
-    ):
-        value = _json_number(body, key, bounds)
-        if value is not None:
-            opts[key] = value
-    soft, hard = opts.get("soft_time_limit"), opts.get("time_limit")
-    if soft and hard and soft > hard:
-        raise ApiError(
-            400, f"soft_time_limit ({soft:g}) must be <= time_limit ({hard:g}), as Celery requires"
-        )
-    ignore = body.get("ignore_result")
-    if ignore is not None:
-        if not isinstance(ignore, bool):
-            raise ApiError(400, f"ignore_result must be true or false, not {ignore!r}")
-        opts["ignore_result"] = ignore
-    if body.get("eta") is not None:
-        opts["eta"] = _apply_date(body, "eta")
-    expires = body.get("expires")
-    if isinstance(expires, str):
-        opts["expires"] = _apply_date(body, "expires")
-    elif expires is not None:
-        opts["expires"] = _json_number(body, "expires", SECONDS)
-    return opts
-
-
-#: Dates apply accepts for ``eta`` and ``expires``: years 1970 to 9998, so that Celery's time
-#: zone conversions cannot overflow.
-_DATE_RANGE = (dt.datetime(1970, 1, 2), dt.datetime(9998, 12, 31))
-
-
-def _apply_date(body: Mapping[str, Any], key: str) -> dt.datetime:
-    """``body[key]``: Flower's ``%Y-%m-%d %H:%M:%S.%f`` or ISO 8601, 1970-9998; 400 else."""
-    value = body[key]
-    if isinstance(value, str):
-        for parse in (
-            lambda s: dt.datetime.strptime(s, APPLY_DATE_FORMAT),
-            dt.datetime.fromisoformat,
-        ):
-            try:
-                date = parse(value.strip())
-            except ValueError:
-                continue
-            if _DATE_RANGE[0] <= date.replace(tzinfo=None) <= _DATE_RANGE[1]:
-                return date
-    raise ApiError(
-        400,
-        f"{key} must be a date like '2024-01-31 13:45:00.000000' or ISO 8601 between 1970 and "
-        f"9998, not {value!r}",
-    )
-
 
 def _sendable(name: str, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any, list, dict, dict]:
     """(task, args, kwargs, extra options) to send ``name``; 404 when it is unknown.
@@ -1243,8 +902,20 @@ def _sent(result: Any) -> dict[str, Any]:
     return response
 
 
+def _options(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``apply_async`` options given in the parsed apply body (null: Celery's default)."""
+    return {k: v for k, v in given.items() if v is not None}
+
+
+_SEND = (404, 409, 503)
+
+
 @requires(OPERATOR)
-def task_apply(name: str) -> Response:
+@doc("Run a task and wait for its result", "Result", *_SEND, body="ApplyBody", mutation=True)
+@use_body(ApplyBody())
+def task_apply(
+    name: str, args: list[Any], kwargs: dict[str, Any], timeout: float | None, **given: Any
+) -> Response:
     """``POST /api/task/apply/<name>``: run a task and wait for its result.
 
     JSON body: ``args``, ``kwargs``, ``timeout`` (seconds to wait, default 60, at most 3600,
@@ -1255,7 +926,7 @@ def task_apply(name: str) -> Response:
     read-only/cross-site; 404 unknown task; 409 ``task_id`` names an existing task; 413 body
     too large; 503 broker or backend unavailable.
     """
-    args, kwargs, options, timeout = _apply_body()
+    options = _options(given)
     _check_new_task_id(options)
     result = _apply(name, args, kwargs, options)
     response: dict[str, Any] = {"task-id": result.id}
@@ -1269,24 +940,32 @@ def task_apply(name: str) -> Response:
 
 
 @requires(OPERATOR)
-def task_async_apply(name: str) -> Response:
+@doc("Send a task", "Sent", *_SEND, body="ApplyBody", mutation=True)
+@use_body(ApplyBody())
+def task_async_apply(
+    name: str, args: list[Any], kwargs: dict[str, Any], timeout: float | None, **given: Any
+) -> Response:
     """``POST /api/task/async-apply/<name>``: send a task; answer at once with its id.
 
     Body and status codes as :func:`task_apply` (``timeout`` is ignored).
     """
-    args, kwargs, options, _ = _apply_body()
+    options = _options(given)
     _check_new_task_id(options)
     return json_response(_sent(_apply(name, args, kwargs, options)))
 
 
 @requires(OPERATOR)
-def task_send(name: str) -> Response:
+@doc("Send a task by name", "Sent", *_SEND, body="ApplyBody", mutation=True)
+@use_body(ApplyBody())
+def task_send(
+    name: str, args: list[Any], kwargs: dict[str, Any], timeout: float | None, **given: Any
+) -> Response:
     """``POST /api/task/send-task/<name>``: send by name; the task need not be registered here.
 
     Body as :func:`task_apply`. Status codes: 200; 400 bad body or option; 403
     read-only/cross-site; 409 ``task_id`` names an existing task; 503 broker unavailable.
     """
-    args, kwargs, options, _ = _apply_body()
+    options = _options(given)
     _check_new_task_id(options)
     return json_response(_sent(_send(name, args, kwargs, options)))
 
@@ -1325,6 +1004,8 @@ def _retry(task_id: str) -> Any:
 
 
 @requires(OPERATOR)
+@doc("Send a finished task again with its original arguments", "Retried", 404, 409, 503,
+     mutation=True)  # fmt: skip
 def task_retry(task_id: str) -> Response:
     """``POST /api/task/retry/<id>``: send a finished task again, as it was first sent.
 
@@ -1345,10 +1026,18 @@ def task_retry(task_id: str) -> Response:
 
 
 def has_filter(p: Mapping[str, Any]) -> bool:
-    """Whether ``p`` names at least one task filter (what a bulk action requires)."""
-    return any(
-        _present(p.get(k)) and p.get(k) != "All" for k in (*FILTERS, *TIME_FILTERS, "search")
-    )
+    """Whether the parsed parameters ``p`` give at least one task filter (what a bulk action
+    requires)."""
+    return any(p.get(k) is not None for k in (*FILTERS, *TIME_FILTERS, "search"))
+
+
+#: The parameters of both bulk actions: the filters, ``sort_by``, ``limit`` and ``dry_run``.
+BULK_PARAMS = {
+    **FILTER_PARAMS,
+    **SORT_PARAM,
+    "limit": Int(BULK_RANGE, default=BULK_LIMIT, description="at most this many (default 1000)"),
+    "dry_run": Bool(description="only count and list"),
+}
 
 
 def _bulk_selection(p: Mapping[str, Any], action: str) -> tuple[int, list[dict[str, Any]]]:
@@ -1358,13 +1047,14 @@ def _bulk_selection(p: Mapping[str, Any], action: str) -> tuple[int, list[dict[s
             f"bulk {action} needs at least one filter: state, taskname, workername, "
             "received_start, received_end, started_start, started_end or search",
         )
-    limit = p_int(p, "limit", BULK_RANGE, default=BULK_LIMIT)
-    page = _query(p, sort_by=p_choice(p, "sort_by", SORT_CHOICES), offset=0, limit=limit)
+    page = _query(p, sort_by=p["sort_by"], offset=0, limit=p["limit"])
     return page.total, page.tasks
 
 
 @requires(ADMIN)
-def tasks_revoke() -> Response:
+@doc("Revoke the unfinished tasks matching filters", "Bulk", 503, mutation=True)
+@use_params(**BULK_PARAMS, **REVOKE_PARAMS)
+def tasks_revoke(**p: Any) -> Response:
     """``POST /api/tasks/revoke``: revoke every unfinished task matching the filters.
 
     Filters as ``GET /api/tasks`` (at least one is required); ``limit`` (default 1000, at most
@@ -1372,10 +1062,7 @@ def tasks_revoke() -> Response:
     the single revoke. Answers ``{"dry_run", "matched", "count", "task_ids"}``. Status codes:
     200; 400 bad or missing filter; 403 read-only/cross-site; 503 broker unavailable.
     """
-    p = params()
-    dry_run = p_bool(p, "dry_run")
-    terminate = p_bool(p, "terminate")
-    sig = _signal_name(p)
+    dry_run, terminate, sig = p["dry_run"], p["terminate"], p["signal"]
     total, tasks = _bulk_selection(p, "revoke")
     ids = [t["uuid"] for t in tasks if t.get("state") not in FINISHED]
     if ids and not dry_run:
@@ -1386,7 +1073,9 @@ def tasks_revoke() -> Response:
 
 
 @requires(ADMIN)
-def tasks_retry() -> Response:
+@doc("Retry the finished tasks matching filters", "Bulk", 503, mutation=True)
+@use_params(**BULK_PARAMS)
+def tasks_retry(**p: Any) -> Response:
     """``POST /api/tasks/retry``: retry every finished task matching the filters.
 
     Filters, ``limit`` and ``dry_run`` as :func:`tasks_revoke`. Answers ``{"dry_run",
@@ -1394,8 +1083,7 @@ def tasks_retry() -> Response:
     whose arguments are not known is listed in ``failed``. Status codes: 200; 400 bad or
     missing filter; 403 read-only/cross-site; 503 broker or backend unavailable.
     """
-    p = params()
-    dry_run = p_bool(p, "dry_run")
+    dry_run = p["dry_run"]
     total, tasks = _bulk_selection(p, "retry")
     ids = [t["uuid"] for t in tasks if t.get("state") in FINISHED]
     retried: dict[str, str] = {}
@@ -1459,6 +1147,7 @@ def _message_summary(raw: bytes | str) -> dict[str, Any] | None:
 
 
 @requires(ADMIN)
+@doc("Delete every waiting message of a queue", "Purged", 404, 503, mutation=True)
 def queue_purge(queue: str) -> Response:
     """``POST /api/queues/purge/<queue>``: delete every message waiting in a queue.
 
@@ -1473,15 +1162,15 @@ def queue_purge(queue: str) -> Response:
 
 
 @requires(VIEWER)
-def queue_messages(queue: str) -> Response:
+@doc("The messages waiting in a queue (Redis)", "QueueMessages", 404, 409, 503)
+@use_params(limit=Int(MESSAGES_LIMIT, default=100, description="at most (default 100)"))
+def queue_messages(queue: str, limit: int) -> Response:
     """``GET /api/queues/messages/<queue>?limit=100``: the messages waiting (Redis only).
 
     Items: ``task-id name args kwargs eta expires retries priority``, next to be taken first.
     Status codes: 200; 400 bad ``limit``; 404 unknown queue; 409 the broker cannot list
     messages; 503 broker unavailable.
     """
-    limit = p_int(params(), "limit", MESSAGES_LIMIT, default=100)
-    assert limit is not None
     _known_queue(queue)
     with _capp().connection_for_read() as conn:
         raws = _broker.redis_messages(_redis_channel(conn, "listing messages"), queue, limit)
@@ -1490,6 +1179,7 @@ def queue_messages(queue: str) -> Response:
 
 
 @requires(ADMIN)
+@doc("Delete one waiting message (Redis)", "Removed", 404, 409, 503, mutation=True)
 def queue_remove_message(queue: str, task_id: str) -> Response:
     """``POST /api/queues/remove/<queue>/<id>``: delete one waiting message (Redis only).
 
@@ -1513,6 +1203,7 @@ def queue_remove_message(queue: str, task_id: str) -> Response:
 
 
 @requires(VIEWER)
+@doc("This document", "OpenAPI")
 def openapi_document() -> Response:
     """``GET /api/openapi.json``: the OpenAPI 3 description of this API. Status codes: 200."""
     from .openapi import build_spec
@@ -1619,7 +1310,7 @@ def _is_api_request() -> bool:
     return rule is not None and "/api/" in rule.rule
 
 
-def _api_error(exc: ApiError) -> Response:
+def _api_error(exc: ApiError | BadParameter) -> Response:
     return error(exc.status, exc.message)
 
 
@@ -1666,6 +1357,7 @@ def register(bp: Blueprint) -> None:
     )
     bp.after_request(_allow_header)
     bp.register_error_handler(ApiError, _api_error)
+    bp.register_error_handler(BadParameter, _api_error)
     for exc_type in UNAVAILABLE:
         bp.register_error_handler(exc_type, _unavailable)
     bp.register_error_handler(RuntimeError, _runtime_error)

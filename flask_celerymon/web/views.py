@@ -57,6 +57,8 @@ from ..monitor.query import STATES, SearchError, compile_python, parse, parse_so
 from . import get_state
 from .auth import ANYONE, VIEWER, csrf_token, current_user, may, requires
 from .guard import safe
+from .params import BadParameter, Bool, Choice, Int, Range, Text, UtcTime, parse_args, schema
+from .params import utc_seconds as _utc_seconds
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +110,9 @@ WORKER_TABS = ("pool", "broker", "queues", "tasks", "limits", "config", "system"
 FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED", "LOST"})
 
 
-class BadInput(ValueError):
-    """A page parameter is not valid; the message says which one and what it takes."""
+#: A page parameter is not valid; the message says which one and what it takes (the one class
+#: of :mod:`.params`, under the name the pages always used).
+BadInput = BadParameter
 
 
 # -- formatting -------------------------------------------------------------------------------
@@ -320,26 +323,35 @@ def _context() -> dict[str, Any]:
 # -- the task list's parameters ---------------------------------------------------------------
 
 
+#: The task list's parameters with a fixed form (``state``, ``sort``, ``columns`` and
+#: ``search`` are checked by :meth:`TaskFilter.from_args`: they repeat or have a grammar).
+TASK_LIST = schema(
+    since=Choice(tuple(RANGES), default=""),
+    **{"from": UtcTime(), "to": UtcTime()},
+    worker=Text(default=""),
+    name=Text(default=""),
+    page=Int(Range(1, 1_000_000), default=1),
+    per_page=Int(Range(1, 500), default=15),
+)
+#: Flower's ``/tasks/datatable`` (DataTables' server-side parameters).
+DATATABLE = schema(
+    draw=Int(Range(0, 2**31), default=0),
+    start=Int(Range(0, 10**9), default=0),
+    length=Int(Range(-1, 10_000), default=15),
+    **{
+        "order[0][column]": Int(Range(0, 100)),
+        "order[0][dir]": Text(default="asc"),
+        "search[value]": Text(),
+    },
+)
+#: The pages' flags: Flower's ``?refresh=1`` and ``?json=1`` (any other text is false).
+FLAGS = schema(refresh=Bool(lenient=True), json=Bool(lenient=True))
+WORKER_PAGE = schema(tab=Choice(WORKER_TABS, default="pool"), refresh=Text())
+CHARTS_PAGE = schema(window=Choice(tuple(RANGES), default="1h"), name=Text())
+
+
 def _parse_time(name: str, value: str) -> float:
-    for pattern in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"):
-        try:
-            d = datetime.strptime(value.strip(), pattern)
-        except ValueError:
-            continue
-        return d.replace(tzinfo=timezone.utc).timestamp()
-    raise BadInput(f"{name} must be a UTC time like 2026-01-31 13:45, not {value!r}")
-
-
-def _int(name: str, value: str | None, default: int, lo: int, hi: int) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise BadInput(f"{name} must be an integer from {lo} to {hi}, not {value!r}") from None
-    if not lo <= n <= hi:
-        raise BadInput(f"{name} must be an integer from {lo} to {hi}, not {value!r}")
-    return n
+    return _utc_seconds(name, value)
 
 
 @dataclass(frozen=True)
@@ -378,13 +390,8 @@ class TaskFilter:
                 if s not in STATES and s != "PROGRESS":
                     raise BadInput(f"state must be one of {', '.join(STATES)}, not {s!r}")
                 states.append(s)
-        since = args.get("since", "")
-        if since and since not in RANGES:
-            raise BadInput(f"since must be one of {', '.join(RANGES)}, not {since!r}")
-        start, end = args.get("from", "").strip(), args.get("to", "").strip()
-        for what, value in (("from", start), ("to", end)):
-            if value:
-                _parse_time(what, value)
+        p = parse_args(TASK_LIST, args)
+        since, start, end = p["since"], p["from"], p["to"]
         sort = args.get("sort", "") or "-received"
         try:
             key, _ = parse_sort(sort)
@@ -409,15 +416,15 @@ class TaskFilter:
             raise BadInput(f"search: {exc}") from None
         return cls(
             state=tuple(dict.fromkeys(states)),
-            worker=args.get("worker", "").strip(),
-            name=args.get("name", "").strip(),
+            worker=p["worker"],
+            name=p["name"],
             search=search,
             since=since,
             start=start,
             end=end,
             sort=sort,
-            page=_int("page", args.get("page"), 1, 1, 1_000_000),
-            per_page=_int("per_page", args.get("per_page"), 15, 1, 500),
+            page=p["page"],
+            per_page=p["per_page"],
             columns=cols,
         )
 
@@ -689,9 +696,10 @@ def workers() -> Any:
     answers ``{"data": [worker, ...]}`` (the service's ``workers()`` items) instead of HTML.
     """
     svc = get_state().monitor
-    if _flag(request.args.get("refresh")):
+    flags = parse_args(FLAGS, request.args)
+    if flags["refresh"]:
         _refresh(svc)
-    if _flag(request.args.get("json")):
+    if flags["json"]:
         return jsonify(data=svc.workers())
     day_ago = time.time() - 86400
     gaps = [g for g in svc.figures()["gaps"] if g["end"] >= day_ago]
@@ -708,10 +716,6 @@ def _refresh(svc: Any, hostname: str | None = None) -> dict[str, Any]:
         return svc.inspect(hostname)
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on", "y", "t")
-
-
 @requires(VIEWER)
 def tasks_datatable() -> Any:
     """Flower's ``/tasks/datatable`` for scripts written against it (GET or POST).
@@ -724,19 +728,18 @@ def tasks_datatable() -> Any:
     """
     args = request.values
     try:
-        draw = _int("draw", args.get("draw"), 0, 0, 2**31)
-        start = _int("start", args.get("start"), 0, 0, 10**9)
-        length = _int("length", args.get("length"), 15, -1, 10_000)
+        p = parse_args(DATATABLE, args)
+        draw, start, length = p["draw"], p["start"], p["length"]
         sort_by = None
-        col = args.get("order[0][column]")
-        if col is not None:
-            key = args.get(f"columns[{_int('order[0][column]', col, 0, 0, 100)}][data]", "")
+        col = p["order[0][column]"]
+        if col is not None:  # the column's name is a parameter named by the index
+            key = args.get(f"columns[{col}][data]", "")
             if key in SORTABLE:
-                desc = args.get("order[0][dir]", "asc") == "desc"
+                desc = p["order[0][dir]"] == "desc"
                 sort_by = ("-" if desc else "") + key
         svc = get_state().monitor
         page = svc.query_tasks(
-            search=args.get("search[value]", "").strip() or None,
+            search=p["search[value]"],
             sort_by=sort_by,
             offset=start,
             limit=10_000 if length == -1 else length,
@@ -753,14 +756,16 @@ def tasks_datatable() -> Any:
 def worker(hostname: str) -> Any:
     """One worker's tabs from inspect; 404 unknown worker, 400 bad tab."""
     svc = get_state().monitor
-    tab = request.args.get("tab", "pool")
-    if tab not in WORKER_TABS:
-        return _error(400, "Bad request", f"tab must be one of {', '.join(WORKER_TABS)}")
+    try:
+        p = parse_args(WORKER_PAGE, request.args)
+    except BadInput as exc:
+        return _error(400, "Bad request", str(exc))
+    tab = p["tab"]
     w = svc.worker(hostname)
     if w is None:
         return _error(404, "Unknown worker", f"No worker named {hostname!r} is known.")
     info = svc.inspect(hostname).get(hostname) or {}
-    if request.args.get("refresh") or (w.get("status") and "active" not in info):
+    if p["refresh"] or (w.get("status") and "active" not in info):
         info = _refresh(svc, hostname).get(hostname) or info
     return render_template(
         "celerymon/worker.html",
@@ -827,10 +832,9 @@ def charts_context(args: Any) -> dict[str, Any]:
 
     Raises :class:`BadInput` for an unknown window.
     """
-    window = args.get("window", "1h")
-    if window not in RANGES:
-        raise BadInput(f"window must be one of {', '.join(RANGES)}")
-    data = chart_data(window, args.get("name") or None)
+    p = parse_args(CHARTS_PAGE, args)
+    window = p["window"]
+    data = chart_data(window, p["name"])
     return {"window": window, "ranges": RANGES, "tasks_url": tasks_url, **data}
 
 
