@@ -23,10 +23,10 @@ Read-only mode and cross-site refusals are decided once, in :mod:`.guard`, never
 The package is split as Flower's API is: :mod:`.workers` (``/api/workers``, ``/api/worker/*``),
 :mod:`.tasks` (``/api/task*``: reading, control, retry, bulk), :mod:`.send` (apply,
 async-apply, send-task), :mod:`.queues` (``/api/queues/*``), and :mod:`.common` (what they
-share: ranges, JSON encoding, parameters, lookups). This module holds the route table, the
+share: JSON encoding, the task filters' declarations, lookups; every parameter is declared
+with :mod:`..params` beside its handler). This module holds the route table, the
 OpenAPI route, the catch-all 404/405 and the error handlers, and re-exports the names other
-modules use (``from flask_celerymon.web import api; api.TASKS_LIMIT``); the parameters themselves are
-declared with :mod:`..params` beside each handler.
+modules use (``from flask_celerymon.web import api; api.TASKS_LIMIT``).
 """
 
 from __future__ import annotations

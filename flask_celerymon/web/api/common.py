@@ -1,5 +1,6 @@
-"""What the API's handlers share: limits and ranges, JSON encoding, parameter parsing,
-the app's pieces and the lookups of tasks and workers, task filters."""
+"""What the API's handlers share: limits, JSON encoding, the app's pieces and the lookups of
+tasks and workers, and the declarations of the task filters and revoke parameters (the fields
+come from :mod:`..params`, whose ranges are re-exported here)."""
 
 from __future__ import annotations
 
