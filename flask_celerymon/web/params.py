@@ -721,12 +721,18 @@ def declared(view: Any) -> tuple[str, Params] | None:
 
 
 def parse_args(sch: Params, args: Mapping[str, Any]) -> dict[str, Any]:
-    """``args`` (a mapping of texts, e.g. a page's query string) parsed by ``sch``.
+    """``args`` (a mapping of texts, e.g. a page's query string) parsed by ``sch``. A field
+    whose ``repeat`` is true gets every value of a repeated parameter, joined by commas.
 
     Raises :class:`BadParameter` naming the first bad parameter.
     """
+    data = dict(args.items())
+    if hasattr(args, "getlist"):  # a query string: a field with ``repeat`` takes every value
+        for key, field in sch.fields.items():
+            if getattr(field, "repeat", False) and args.getlist(key):
+                data[key] = ",".join(args.getlist(key))
     try:
-        return sch.load(dict(args.items()))
+        return sch.load(data)
     except ma.ValidationError as exc:
         raise BadParameter(_first_message(exc.messages)) from None
 

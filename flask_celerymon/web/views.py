@@ -57,7 +57,18 @@ from ..monitor.query import STATES, SearchError, compile_python, parse, parse_so
 from . import get_state
 from .auth import ANYONE, VIEWER, csrf_token, current_user, may, requires
 from .guard import safe
-from .params import BadParameter, Bool, Choice, Int, Range, Text, UtcTime, parse_args, schema
+from .params import (
+    BadParameter,
+    Bool,
+    Choice,
+    Int,
+    Param,
+    Range,
+    Text,
+    UtcTime,
+    parse_args,
+    schema,
+)
 from .params import utc_seconds as _utc_seconds
 
 log = logging.getLogger(__name__)
@@ -323,13 +334,94 @@ def _context() -> dict[str, Any]:
 # -- the task list's parameters ---------------------------------------------------------------
 
 
-#: The task list's parameters with a fixed form (``state``, ``sort``, ``columns`` and
-#: ``search`` are checked by :meth:`TaskFilter.from_args`: they repeat or have a grammar).
+class _States(Param):
+    """``state``: states, comma-separated and/or repeated, any case; empty or ``All`` for any.
+    Given as a tuple of upper-case states without repeats."""
+
+    repeat = True
+
+    def __init__(self) -> None:
+        super().__init__(default=())
+
+    def parse(self, value: Any) -> tuple[str, ...]:
+        states: list[str] = []
+        for s in str(value).split(","):
+            s = s.strip().upper()
+            if not s or s == "ALL":
+                continue
+            if s not in STATES and s != "PROGRESS":
+                raise BadInput(f"state must be one of {', '.join(STATES)}, not {s!r}")
+            states.append(s)
+        return tuple(dict.fromkeys(states))
+
+
+class _Sort(Text):
+    """``sort``: a column of :data:`SORTABLE`, ``-`` for descending (default ``-received``)."""
+
+    def __init__(self) -> None:
+        super().__init__(strip=False, default="-received")
+
+    def parse(self, value: Any) -> str:
+        sort = super().parse(value)
+        try:
+            key, _ = parse_sort(sort)
+        except SearchError as exc:
+            raise BadInput(str(exc)) from None
+        if key not in SORTABLE:
+            raise BadInput(f"sort must be one of {', '.join(sorted(SORTABLE))}, not {sort!r}")
+        return sort
+
+
+class _Columns(Text):
+    """``columns``: a comma list of :data:`TASK_COLUMNS`, as a tuple."""
+
+    def parse(self, value: Any) -> tuple[str, ...]:  # type: ignore[override]
+        cols = tuple(c.strip() for c in super().parse(value).split(",") if c.strip())
+        if not cols or [c for c in cols if c not in TASK_COLUMNS]:
+            raise BadInput(
+                f"columns must be a comma list of {', '.join(TASK_COLUMNS)}, not {value!r}"
+            )
+        return cols
+
+
+class _Column(Param):
+    """``column``, repeated: the form of the column picker (unknown names are left out)."""
+
+    repeat = True
+
+    def __init__(self) -> None:
+        super().__init__(default=())
+
+    def parse(self, value: Any) -> tuple[str, ...]:
+        return tuple(c for c in str(value).split(",") if c in TASK_COLUMNS)
+
+
+class _Search(Text):
+    """``search``: the search language, checked here (``search: <what is wrong>``)."""
+
+    def __init__(self) -> None:
+        super().__init__(default="")
+
+    def parse(self, value: Any) -> str:
+        search = super().parse(value)
+        try:
+            parse(search)
+        except SearchError as exc:
+            raise BadInput(f"search: {exc}") from None
+        return search
+
+
+#: The task list's parameters (see :class:`TaskFilter`).
 TASK_LIST = schema(
+    state=_States(),
     since=Choice(tuple(RANGES), default=""),
     **{"from": UtcTime(), "to": UtcTime()},
     worker=Text(default=""),
     name=Text(default=""),
+    sort=_Sort(),
+    columns=_Columns(),
+    column=_Column(),
+    search=_Search(),
     page=Int(Range(1, 1_000_000), default=1),
     per_page=Int(Range(1, 500), default=15),
 )
@@ -381,51 +473,21 @@ class TaskFilter:
 
     @classmethod
     def from_args(cls, args: Any) -> TaskFilter:
-        states: list[str] = []
-        for raw in args.getlist("state"):
-            for s in raw.split(","):
-                s = s.strip().upper()
-                if not s or s == "ALL":
-                    continue
-                if s not in STATES and s != "PROGRESS":
-                    raise BadInput(f"state must be one of {', '.join(STATES)}, not {s!r}")
-                states.append(s)
+        """The filter of the query string ``args`` (:data:`TASK_LIST`); raises
+        :class:`BadInput` naming the first bad parameter."""
         p = parse_args(TASK_LIST, args)
-        since, start, end = p["since"], p["from"], p["to"]
-        sort = args.get("sort", "") or "-received"
-        try:
-            key, _ = parse_sort(sort)
-        except SearchError as exc:
-            raise BadInput(str(exc)) from None
-        if key not in SORTABLE:
-            raise BadInput(f"sort must be one of {', '.join(sorted(SORTABLE))}, not {sort!r}")
-        cols_raw = args.get("columns", "")
-        if cols_raw:
-            cols = tuple(c.strip() for c in cols_raw.split(",") if c.strip())
-            bad = [c for c in cols if c not in TASK_COLUMNS]
-            if bad or not cols:
-                raise BadInput(
-                    f"columns must be a comma list of {', '.join(TASK_COLUMNS)}, not {cols_raw!r}"
-                )
-        else:
-            cols = tuple(c for c in args.getlist("column") if c in TASK_COLUMNS) or DEFAULT_COLUMNS
-        search = args.get("search", "").strip()
-        try:
-            parse(search)
-        except SearchError as exc:
-            raise BadInput(f"search: {exc}") from None
         return cls(
-            state=tuple(dict.fromkeys(states)),
+            state=p["state"],
             worker=p["worker"],
             name=p["name"],
-            search=search,
-            since=since,
-            start=start,
-            end=end,
-            sort=sort,
+            search=p["search"],
+            since=p["since"],
+            start=p["from"],
+            end=p["to"],
+            sort=p["sort"],
             page=p["page"],
             per_page=p["per_page"],
-            columns=cols,
+            columns=p["columns"] or p["column"] or DEFAULT_COLUMNS,
         )
 
     def bounds(self) -> tuple[float | None, float | None]:
