@@ -53,6 +53,8 @@ from flask import (
 from markupsafe import Markup
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..errors import InvalidInput, NotFoundError
+from ..monitor.control import FINISHED
 from ..monitor.query import STATES, SearchError, compile_python, parse, parse_sort
 from . import get_state
 from .auth import ANYONE, VIEWER, csrf_token, current_user, may, requires
@@ -105,11 +107,8 @@ STATE_BUTTONS = (
     ("Revoked", "REVOKED"),
 )
 WORKER_TABS = ("pool", "broker", "queues", "tasks", "limits", "config", "system")
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED", "LOST"})
-
-
-class BadInput(ValueError):
-    """A page parameter is not valid; the message says which one and what it takes."""
+#: A page parameter is not valid; the message says which one and what it takes (400).
+BadInput = InvalidInput
 
 
 # -- formatting -------------------------------------------------------------------------------
@@ -606,7 +605,7 @@ def _task_extras(task: dict[str, Any]) -> dict[str, Any]:
     t0 = hist[0]["timestamp"] if hist else None
     return {
         "timeline": [{**h, "delta": None if t0 is None else h["timestamp"] - t0} for h in hist],
-        "can_revoke": state not in FINAL_STATES and can(f"task/revoke/{uuid}"),
+        "can_revoke": state not in FINISHED and can(f"task/revoke/{uuid}"),
         "can_terminate": state in ("STARTED", "PROGRESS", "RETRY") and can(f"task/revoke/{uuid}"),
         "can_retry": state in ("FAILURE", "REVOKED", "REJECTED") and can(f"task/retry/{uuid}"),
         "tasks_url": tasks_url,
@@ -672,10 +671,6 @@ def chart_data(window: str, name: str | None, now: float | None = None) -> dict[
 # -- the routes -------------------------------------------------------------------------------
 
 
-def _error(status: int, title: str, message: str) -> tuple[str, int]:
-    return render_template("celerymon/error.html", title=title, message=message), status
-
-
 @requires(VIEWER)
 def index() -> str:
     return workers()
@@ -719,33 +714,29 @@ def tasks_datatable() -> Any:
     DataTables' server-side parameters: ``draw``, ``start``, ``length``, ``search[value]``
     (the search language), ``order[0][column]`` and ``order[0][dir]`` with
     ``columns[<i>][data]`` naming the column. Answers ``{"draw", "data": [task dicts],
-    "recordsTotal", "recordsFiltered"}``; ``length=-1`` (all) gives at most 10,000 rows. 200; 400 ``{"error": ...}`` for a bad parameter or
-    search (Flower answers 200 with ``searchError``; a 4xx tells a script it asked wrong).
+    "recordsTotal", "recordsFiltered"}``; ``length=-1`` (all) gives at most 10,000 rows. 200;
+    400 ``{"error": ...}`` (raised, answered by :mod:`.errors`) for a bad parameter or search
+    (Flower answers 200 with ``searchError``; a 4xx tells a script it asked wrong).
     """
     args = request.values
-    try:
-        draw = _int("draw", args.get("draw"), 0, 0, 2**31)
-        start = _int("start", args.get("start"), 0, 0, 10**9)
-        length = _int("length", args.get("length"), 15, -1, 10_000)
-        sort_by = None
-        col = args.get("order[0][column]")
-        if col is not None:
-            key = args.get(f"columns[{_int('order[0][column]', col, 0, 0, 100)}][data]", "")
-            if key in SORTABLE:
-                desc = args.get("order[0][dir]", "asc") == "desc"
-                sort_by = ("-" if desc else "") + key
-        svc = get_state().monitor
-        page = svc.query_tasks(
-            search=args.get("search[value]", "").strip() or None,
-            sort_by=sort_by,
-            offset=start,
-            limit=10_000 if length == -1 else length,
-        )
-        total = svc.query_tasks(limit=0).total
-    except (BadInput, SearchError) as exc:
-        resp = jsonify(error=str(exc))
-        resp.status_code = 400
-        return resp
+    draw = _int("draw", args.get("draw"), 0, 0, 2**31)
+    start = _int("start", args.get("start"), 0, 0, 10**9)
+    length = _int("length", args.get("length"), 15, -1, 10_000)
+    sort_by = None
+    col = args.get("order[0][column]")
+    if col is not None:
+        key = args.get(f"columns[{_int('order[0][column]', col, 0, 0, 100)}][data]", "")
+        if key in SORTABLE:
+            desc = args.get("order[0][dir]", "asc") == "desc"
+            sort_by = ("-" if desc else "") + key
+    svc = get_state().monitor
+    page = svc.query_tasks(
+        search=args.get("search[value]", "").strip() or None,
+        sort_by=sort_by,
+        offset=start,
+        limit=10_000 if length == -1 else length,
+    )
+    total = svc.query_tasks(limit=0).total
     return jsonify(draw=draw, data=page.tasks, recordsTotal=total, recordsFiltered=page.total)
 
 
@@ -755,10 +746,10 @@ def worker(hostname: str) -> Any:
     svc = get_state().monitor
     tab = request.args.get("tab", "pool")
     if tab not in WORKER_TABS:
-        return _error(400, "Bad request", f"tab must be one of {', '.join(WORKER_TABS)}")
+        raise BadInput(f"tab must be one of {', '.join(WORKER_TABS)}")
     w = svc.worker(hostname)
     if w is None:
-        return _error(404, "Unknown worker", f"No worker named {hostname!r} is known.")
+        raise NotFoundError(f"No worker named {hostname!r} is known.", title="Unknown worker")
     info = svc.inspect(hostname).get(hostname) or {}
     if request.args.get("refresh") or (w.get("status") and "active" not in info):
         info = _refresh(svc, hostname).get(hostname) or info
@@ -780,7 +771,7 @@ def tasks() -> Any:
     try:
         flt = TaskFilter.from_args(request.args)
         page = get_state().monitor.query_tasks(**flt.service_query())
-    except (BadInput, SearchError) as exc:
+    except InvalidInput as exc:  # a bad filter or search: the list shows why, with its form
         flt = TaskFilter(search=request.args.get("search", "")[:500])
         return (
             render_template(
@@ -806,7 +797,7 @@ def task(uuid: str) -> Any:
     """One task with its timeline and actions; 404 unknown task."""
     t = get_state().monitor.task(uuid)
     if t is None:
-        return _error(404, "Unknown task", f"No task with id {uuid!r} is known.")
+        raise NotFoundError(f"No task with id {uuid!r} is known.", title="Unknown task")
     return render_template("celerymon/task.html", t=t, detail=Markup(render_task_detail(t)))
 
 
@@ -837,11 +828,7 @@ def charts_context(args: Any) -> dict[str, Any]:
 @requires(VIEWER)
 def charts() -> Any:
     """Finished tasks per bucket and runtime p50/p95 per task name; 400 bad window."""
-    try:
-        ctx = charts_context(request.args)
-    except BadInput as exc:
-        return _error(400, "Bad request", str(exc))
-    return render_template("celerymon/charts.html", **ctx)
+    return render_template("celerymon/charts.html", **charts_context(request.args))
 
 
 def register(bp: Blueprint) -> None:

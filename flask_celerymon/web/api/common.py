@@ -1,5 +1,11 @@
-"""What the API's handlers share: limits and ranges, JSON encoding, parameter parsing,
-the app's pieces and the lookups of tasks and workers, task filters."""
+"""What the API's handlers share: limits and ranges, JSON encoding, parameter parsing, the
+operations of the current app (:func:`control`, :func:`queues`, :func:`sender`), task filters
+and the waits for results.
+
+Handlers raise the :class:`~flask_celerymon.errors.OperationError` family (the operations'
+errors, and :class:`~flask_celerymon.errors.InvalidInput` for a bad parameter);
+:mod:`..errors` turns them into responses.
+"""
 
 from __future__ import annotations
 
@@ -8,45 +14,33 @@ import json
 import logging
 import math
 import re
-import signal as _signal
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from celery import states
-from celery.backends.base import DisabledBackend
-from celery.backends.rpc import RPCBackend
 from celery.exceptions import TimeoutError as CeleryTimeout
 from flask import Response, current_app, request
-from kombu.exceptions import OperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ...monitor.query import SORT_KEYS, SearchError
+from ...errors import InvalidInput
+from ...monitor.control import (
+    SIGNAL_HINT,
+    SIGNALS,
+    Control,
+    result_backend,
+    signal_name,
+)
+from ...monitor.query import SORT_KEYS
+from ...monitor.queues import Queues
+from ...monitor.send import Sender
 from .. import get_state
 from ..hardening import JSONTooDeep, load_json
 
 log = logging.getLogger(__name__)
 
-
-log = logging.getLogger(__name__)
-
-#: Exceptions that mean "the broker or the result backend cannot be reached" (-> 503).
-UNAVAILABLE: tuple[type[Exception], ...] = (
-    OperationalError,
-    RedisConnectionError,
-    RedisTimeoutError,
-    ConnectionError,
-    socket.timeout,
-)
-
 #: Flower's date formats: ``received_start``/``received_end`` and apply's ``eta``/``expires``.
 LIST_DATE_FORMAT = "%Y-%m-%d %H:%M"
 APPLY_DATE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-
-#: States after which a task will not change any more (retry takes these, revoke skips them).
-FINISHED = frozenset(states.READY_STATES) | {"REJECTED", "IGNORED", "LOST"}
 
 #: Longest wait of ``/api/task/apply`` and ``/api/task/result`` (seconds).
 MAX_WAIT = 3600.0
@@ -57,9 +51,6 @@ BULK_LIMIT = 1000
 BULK_MAX = 10_000
 #: Largest ``n`` of pool grow/shrink and ``max`` of autoscale.
 MAX_POOL_STEP = 1000
-#: Longest wait for a pool action to show in the worker's stats (seconds; Celery's prefork
-#: pool drops exited processes at least every 5 s).
-POOL_READ_BACK = 6.0
 #: Longest countdown, expiry and time limit accepted (seconds: ten years).
 MAX_SECONDS = 10 * 365 * 86400
 #: Latest Unix time accepted by the time filters (9999-12-31 23:59:59 UTC).
@@ -134,15 +125,6 @@ def _any_case(word: str) -> str:
 BOOL_PATTERN = "^(" + "|".join(_any_case(w) for w in sorted(TRUE | FALSE) if w) + ")?$"
 
 
-class ApiError(Exception):
-    """An API failure with its HTTP status; answered as ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 # -- responses --------------------------------------------------------------------------------
 
 
@@ -195,9 +177,9 @@ def _parse_json(raw: bytes) -> Any:
     try:
         return load_json(raw, get_state().limits.max_json_depth)
     except JSONTooDeep as exc:
-        raise ApiError(400, str(exc)) from None
+        raise InvalidInput(str(exc)) from None
     except (ValueError, RecursionError) as exc:
-        raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
+        raise InvalidInput(f"the request body is not valid JSON: {exc}") from None
 
 
 def _json_body() -> Any:
@@ -227,10 +209,10 @@ def p_str(p: Mapping[str, Any], name: str, required: bool = False) -> str | None
     value = p.get(name)
     if not _present(value):
         if required:
-            raise ApiError(400, f"missing parameter {name!r}")
+            raise InvalidInput(f"missing parameter {name!r}")
         return None
     if not isinstance(value, str):
-        raise ApiError(400, f"{name} must be a string, not {value!r}")
+        raise InvalidInput(f"{name} must be a string, not {value!r}")
     return value.strip()
 
 
@@ -239,14 +221,14 @@ def p_choice(
 ) -> str | None:
     """``p[name]`` exactly as given when it is one of ``choices``; None when absent or empty.
 
-    Raises :class:`ApiError` (400) naming the choices otherwise.
+    Raises :class:`~flask_celerymon.errors.InvalidInput` naming the choices otherwise.
     """
     value = p.get(name)
     if value is None or value == "":
         return None
     if value not in choices:
-        raise ApiError(
-            400, f"{name} must be {shown or 'one of ' + ', '.join(choices)}, not {value!r}"
+        raise InvalidInput(
+            f"{name} must be {shown or 'one of ' + ', '.join(choices)}, not {value!r}"
         )
     return value
 
@@ -254,19 +236,19 @@ def p_choice(
 def p_pattern(p: Mapping[str, Any], name: str, pattern: str, example: str) -> str:
     """Required ``p[name]`` matching ``pattern`` (``re.search``, as JSON Schema), stripped.
 
-    Raises :class:`ApiError` (400) when it is missing or does not match.
+    Raises :class:`~flask_celerymon.errors.InvalidInput` when it is missing or does not match.
     """
     value = p.get(name)
     if not _present(value):
-        raise ApiError(400, f"missing parameter {name!r}")
+        raise InvalidInput(f"missing parameter {name!r}")
     if not isinstance(value, str) or not re.search(pattern, value):
-        raise ApiError(400, f"{name} must be like {example}, not {value!r}")
+        raise InvalidInput(f"{name} must be like {example}, not {value!r}")
     return value.strip()
 
 
 def p_bool(p: Mapping[str, Any], name: str, default: bool = False) -> bool:
     """``p[name]`` as a boolean: a text matching :data:`BOOL_PATTERN` (empty: ``default``),
-    or a JSON boolean, 0 or 1. Raises :class:`ApiError` (400) for anything else."""
+    or a JSON boolean, 0 or 1. Raises :class:`~flask_celerymon.errors.InvalidInput` for anything else."""
     value = p.get(name)
     if value is None:
         return default
@@ -277,7 +259,7 @@ def p_bool(p: Mapping[str, Any], name: str, default: bool = False) -> bool:
     if isinstance(value, str) and re.search(BOOL_PATTERN, value):
         text = value.strip().lower()
         return True if text in TRUE else (False if text else default)
-    raise ApiError(400, f"{name} must be a boolean (1/0, true/false, yes/no), not {value!r}")
+    raise InvalidInput(f"{name} must be a boolean (1/0, true/false, yes/no), not {value!r}")
 
 
 #: Number texts: ASCII digits only (Python's int() and float() also take other scripts' digits,
@@ -295,29 +277,29 @@ def p_int(
 ) -> int | None:
     """``p[name]`` as an int within ``bounds``; ``default`` when absent or empty.
 
-    Raises :class:`ApiError` (400) when it is missing but ``required``, not an integer (white
+    Raises :class:`~flask_celerymon.errors.InvalidInput` when it is missing but ``required``, not an integer (white
     space is not one), or outside ``bounds``.
     """
     value: Any = p.get(name)
     if value is None or value == "":
         if required:
-            raise ApiError(400, f"missing parameter {name!r}")
+            raise InvalidInput(f"missing parameter {name!r}")
         return default
     if isinstance(value, str) and _INT_TEXT.fullmatch(value):
         n = int(value)
     elif isinstance(value, int) and not isinstance(value, bool):
         n = value
     else:
-        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
+        raise InvalidInput(f"{name} must be {bounds.text()}, not {value!r}")
     if not bounds.minimum <= n <= bounds.maximum:
-        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
+        raise InvalidInput(f"{name} must be {bounds.text()}, not {value!r}")
     return n
 
 
 def p_float(p: Mapping[str, Any], name: str, bounds: Range) -> float | None:
     """``p[name]`` as a finite float within ``bounds``, or None when absent or empty.
 
-    Raises :class:`ApiError` (400) when it is not a number (white space is not one) or
+    Raises :class:`~flask_celerymon.errors.InvalidInput` when it is not a number (white space is not one) or
     outside ``bounds``.
     """
     value: Any = p.get(name)
@@ -329,25 +311,24 @@ def p_float(p: Mapping[str, Any], name: str, bounds: Range) -> float | None:
         try:
             f = float(value)
         except OverflowError:
-            raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}") from None
+            raise InvalidInput(f"{name} must be {bounds.text()}, not {value!r}") from None
     else:
-        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
+        raise InvalidInput(f"{name} must be {bounds.text()}, not {value!r}")
     if not (math.isfinite(f) and bounds.minimum <= f <= bounds.maximum):
-        raise ApiError(400, f"{name} must be {bounds.text()}, not {value!r}")
+        raise InvalidInput(f"{name} must be {bounds.text()}, not {value!r}")
     return f
 
 
 def p_time(p: Mapping[str, Any], name: str) -> float | None:
     """Flower's ``%Y-%m-%d %H:%M`` (local time), ISO 8601, or Unix seconds; as Unix seconds.
 
-    Raises :class:`ApiError` (400) for any other value, and for a time outside
+    Raises :class:`~flask_celerymon.errors.InvalidInput` for any other value, and for a time outside
     :data:`UNIX_TIME` (1970 to 9999).
     """
     value = p.get(name)
     if not _present(value):
         return None
-    bad = ApiError(
-        400,
+    bad = InvalidInput(
         f"{name} must be a date like '2024-01-31 13:45' (local time), ISO 8601 or "
         f"Unix seconds from 0 to {MAX_UNIX_TIME}, not {value!r}",
     )
@@ -387,7 +368,7 @@ def p_list(p: Mapping[str, Any], name: str) -> tuple[str, ...] | None:
     elif isinstance(value, str):
         items = [v.strip() for v in value.split(",")]
     else:
-        raise ApiError(400, f"{name} must be a string, not {value!r}")
+        raise InvalidInput(f"{name} must be a string, not {value!r}")
     items = [v for v in items if v and v != "All"]
     return tuple(items) or None
 
@@ -405,105 +386,28 @@ def _service() -> Any:
 
 def _backend() -> Any | None:
     """The result backend, or None when results are disabled."""
-    backend = _capp().backend
-    return None if isinstance(backend, DisabledBackend) else backend
+    return result_backend(_capp())
 
 
-def _reply_timeout() -> float:
-    return max(1.0, float(_service().settings.inspect_timeout))
+def control() -> Control:
+    """Worker and task control on the current app."""
+    return Control(_capp(), _service())
 
 
-def _state_store() -> Any | None:
-    """The result backend when it can store a task's state by id, else None.
-
-    ``rpc://`` only sends each result to the client that sent the task, so it cannot record
-    a state for another task (PENDING on send-task, ABORTED on abort).
-    """
-    backend = _backend()
-    return None if isinstance(backend, RPCBackend) else backend
+def queues() -> Queues:
+    """The queues of the current app's broker."""
+    return Queues(_capp(), _service())
 
 
-def _backend_meta(task_id: str) -> dict[str, Any] | None:
-    """The backend's record of ``task_id``, or None when it has none (or no backend)."""
-    backend = _backend()
-    if backend is None:
-        return None
-    meta = backend.get_task_meta(task_id)
-    if meta.get("status") == states.PENDING and not meta.get("task_id") and not meta.get("name"):
-        return None
-    return meta
-
-
-def _known_task(task_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(monitor's task dict, backend record); 404 when neither knows ``task_id``."""
-    info = _service().task(task_id, children=False)
-    meta = _backend_meta(task_id)
-    if info is None and meta is None:
-        raise ApiError(404, f"Unknown task '{task_id}'")
-    return info, meta
-
-
-def _task_state(info: dict[str, Any] | None, meta: dict[str, Any] | None) -> str:
-    """The most final state either source knows."""
-    found = [s for s in ((info or {}).get("state"), (meta or {}).get("status")) if s]
-    for s in found:
-        if s in FINISHED:
-            return s
-    return found[0] if found else states.PENDING
-
-
-def _known_worker(name: str) -> None:
-    svc = _service()
-    if svc.worker(name) is None and name not in svc.inspector.get(name):
-        raise ApiError(404, f"Unknown worker '{name}'")
-
-
-def _control_reply(worker: str, replies: Any, failure: str) -> str:
-    """The ``ok`` text of ``worker``'s reply; 403 with its error, 503 without a reply."""
-    reply = None
-    for item in replies or ():
-        if isinstance(item, dict) and worker in item:
-            reply = item[worker]
-    if reply is None:
-        raise ApiError(503, f"worker '{worker}' did not reply within {_reply_timeout():g} s")
-    if isinstance(reply, dict) and "ok" in reply:
-        return str(reply["ok"])
-    reason = reply.get("error", "Unknown reason") if isinstance(reply, dict) else reply
-    raise ApiError(403, f"{failure}: {reason}")
-
-
-def _broadcast(worker: str, command: str, failure: str, **arguments: Any) -> str:
-    replies = _capp().control.broadcast(
-        command,
-        arguments=arguments,
-        destination=[worker],
-        reply=True,
-        timeout=_reply_timeout(),
-        limit=1,
-    )
-    return _control_reply(worker, replies, failure)
-
-
-# -- task control ------------------------------------------------------------------------------
-
-
-def _signal_choices() -> tuple[str, ...]:
-    """Signal names ``signal`` takes: ``SIGTERM``, ``TERM``, ``sigterm``, ``term``..."""
-    names = sorted(n for n in _signal.Signals.__members__ if n.startswith("SIG") and "_" not in n)
-    return tuple(dict.fromkeys(f for n in names for f in (n, n[3:], n.lower(), n[3:].lower())))
-
-
-#: Every value of ``signal`` (revoke, bulk revoke), generated from the platform's signals.
-SIGNALS = _signal_choices()
+def sender() -> Sender:
+    """The send path of the current app (apply, send-task, retry)."""
+    state = get_state()
+    return Sender(state.celery_app, state.monitor, state.allowlist, state.dispatch_task)
 
 
 def _signal_name(p: Mapping[str, Any]) -> str:
     """The ``signal`` parameter as ``SIGTERM``-style name; 400 for an unknown one."""
-    value = p_choice(p, "signal", SIGNALS, "a signal name such as SIGTERM, SIGKILL, TERM, kill")
-    if value is None:
-        return "SIGTERM"
-    name = value.upper()
-    return name if name.startswith("SIG") else "SIG" + name
+    return signal_name(p_choice(p, "signal", SIGNALS, SIGNAL_HINT))
 
 
 # -- tasks: reading ----------------------------------------------------------------------------
@@ -530,16 +434,15 @@ def _filters(p: Mapping[str, Any]) -> dict[str, Any]:
     search = p.get("search")
     if _present(search):
         if not isinstance(search, str):
-            raise ApiError(400, f"search must be a string, not {search!r}")
+            raise InvalidInput(f"search must be a string, not {search!r}")
         out["search"] = search
     return out
 
 
 def _query(p: Mapping[str, Any], **kw: Any) -> Any:
-    try:
-        return _service().query_tasks(**_filters(p), **kw)
-    except SearchError as exc:
-        raise ApiError(400, str(exc)) from None
+    """The page of tasks matching the filters of ``p``. Raises
+    :class:`~flask_celerymon.monitor.query.SearchError` (an ``InvalidInput``: 400)."""
+    return _service().query_tasks(**_filters(p), **kw)
 
 
 def _wait(result: Any, timeout: float) -> None:

@@ -1,27 +1,24 @@
-"""``/api/workers`` and ``/api/worker/*``: list, shut down, pool and consumer control."""
+"""``/api/workers`` and ``/api/worker/*``: list, shut down, pool and consumer control.
+
+Each handler parses its parameters, calls :class:`~flask_celerymon.monitor.control.Control`
+and renders the answer; errors are raised and answered by :mod:`..errors`.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from typing import Any
 
 from flask import Response
 
+from ...errors import NotFoundError
+from ...monitor.control import PoolChange
 from ..auth import ADMIN, VIEWER, requires
 from .common import (
     POOL_MAX,
     POOL_MIN,
-    POOL_READ_BACK,
     POOL_STEP,
-    ApiError,
-    _broadcast,
-    _capp,
-    _control_reply,
-    _known_worker,
-    _reply_timeout,
     _service,
+    control,
     json_response,
     p_bool,
     p_int,
@@ -52,12 +49,12 @@ def list_workers() -> Response:
         status = svc.worker_status()
         if name is not None:
             if name not in status:
-                raise ApiError(404, f"Unknown worker '{name}'")
+                raise NotFoundError(f"Unknown worker '{name}'")
             status = {name: status[name]}
         return json_response(status)
     data = svc.inspect(name, refresh=refresh)  # an unreachable broker raises: 503
     if name is not None and name not in data:
-        raise ApiError(404, f"Unknown worker '{name}'")
+        raise NotFoundError(f"Unknown worker '{name}'")
     return json_response(data)
 
 
@@ -67,50 +64,14 @@ def worker_shutdown(name: str) -> Response:
 
     Status codes: 200; 403 read-only/cross-site; 404 unknown worker; 503 broker unavailable.
     """
-    _known_worker(name)
-    log.info("celerymon: shutting down worker %s", name)
-    _capp().control.broadcast("shutdown", destination=[name])
-    return json_response({"message": "Shutting down!"})
+    return json_response({"message": control().shutdown(name)})
 
 
-def _pool(worker: str) -> dict[str, Any] | None:
-    """``worker``'s pool as its ``stats`` reply says now (``processes`` list of pids,
-    ``max-concurrency``...) plus ``autoscaler``; None when it does not reply."""
-    stats = (
-        _capp().control.inspect(destination=[worker], timeout=_reply_timeout()).stats() or {}
-    ).get(worker)
-    if not isinstance(stats, dict):
-        return None
-    pool = dict(stats.get("pool") or {})
-    pool["autoscaler"] = stats.get("autoscaler") or None
-    return pool
-
-
-def _processes(pool: dict[str, Any] | None) -> int | None:
-    procs = (pool or {}).get("processes")
-    return len(procs) if isinstance(procs, list) else None
-
-
-def _pool_after(worker: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
-    """Read ``worker``'s pool until ``done(pool)`` or the reply timeout; the last read.
-
-    A pool action returns before the pool shows it (a shrunk process leaves the list when
-    the worker next maintains its pool, within 5 s), so the answer waits, at most
-    :data:`POOL_READ_BACK` seconds, for what is true.
-    """
-    deadline = time.monotonic() + max(_reply_timeout(), POOL_READ_BACK)
-    pool = _pool(worker)
-    while pool is not None and not done(pool) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        pool = _pool(worker)
-    return pool
-
-
-def _pool_text(pool: dict[str, Any] | None) -> str:
-    n = _processes(pool)
-    if n is None:
-        return "the pool size could not be read back"
-    return f"the pool has {n} process{'' if n == 1 else 'es'}"
+def _pool_answer(change: PoolChange, autoscaler: bool = False) -> Response:
+    data = {"message": change.message, "processes": change.processes}
+    if autoscaler:
+        data["autoscaler"] = change.autoscaler
+    return json_response(data)
 
 
 @requires(ADMIN)
@@ -122,48 +83,15 @@ def worker_pool_restart(name: str) -> Response:
     (``worker_pool_restarts``), read-only or cross-site; 404 unknown worker; 503 no reply or
     broker unavailable.
     """
-    _known_worker(name)
-    before = _pool(name)
-    old = set((before or {}).get("processes") or ())
-    _broadcast(name, "pool_restart", f"Failed to restart the '{name}' pool", reload=False)
-    after = _pool_after(name, lambda pool: not old & set(pool.get("processes") or ()))
-    return json_response(
-        {
-            "message": f"Restarting '{name}' worker's pool; {_pool_text(after)}",
-            "processes": _processes(after),
-        }
-    )
+    return _pool_answer(control().pool_restart(name))
 
 
 def _pool_resize(name: str, grow: bool) -> Response:
-    _known_worker(name)
+    ctl = control()
+    ctl.known_worker(name)  # an unknown worker is a 404 before a bad n is a 400
     n = p_int(params(), "n", POOL_STEP, default=1)
     assert n is not None
-    before = _processes(_pool(name))
-    if not grow and before is not None and n >= before:
-        raise ApiError(
-            409,
-            f"shrinking '{name}' worker's pool by {n} would leave it without a process "
-            f"(it has {before}); shrink by at most {before - 1}",
-        )
-    capp = _capp()
-    fn = capp.control.pool_grow if grow else capp.control.pool_shrink
-    verb = "grow" if grow else "shrink"
-    replies = fn(n=n, destination=[name], reply=True, timeout=_reply_timeout(), limit=1)
-    want = None if before is None else before + (n if grow else -n)
-    try:
-        _control_reply(name, replies, f"Failed to {verb} '{name}' worker's pool")
-    except ApiError as exc:
-        after = _pool(name)
-        raise ApiError(exc.status, f"{exc.message}; {_pool_text(after)}") from None
-    after = _pool_after(name, lambda pool: want is None or _processes(pool) == want)
-    doing = "Growing" if grow else "Shrinking"
-    return json_response(
-        {
-            "message": f"{doing} '{name}' worker's pool by {n}; {_pool_text(after)}",
-            "processes": _processes(after),
-        }
-    )
+    return _pool_answer(ctl.pool_resize(name, n, grow))
 
 
 @requires(ADMIN)
@@ -196,29 +124,13 @@ def worker_pool_autoscale(name: str) -> Response:
     Status codes: 200; 400 missing or bad ``min``/``max``; 403 autoscale not enabled on the
     worker, read-only or cross-site; 404 unknown worker; 503 no reply or broker unavailable.
     """
-    _known_worker(name)
+    ctl = control()
+    ctl.known_worker(name)
     p = params()
     lo = p_int(p, "min", POOL_MIN, required=True)
     hi = p_int(p, "max", POOL_MAX, required=True)
     assert lo is not None and hi is not None
-    if lo > hi:
-        raise ApiError(400, f"min must be <= max, not min={lo} max={hi}")
-    _broadcast(name, "autoscale", f"Failed to autoscale '{name}' worker", min=lo, max=hi)
-    after = _pool_after(
-        name,
-        lambda pool: (
-            (pool.get("autoscaler") or {}).get("max") == hi
-            and (pool.get("autoscaler") or {}).get("min") == lo
-        ),
-    )
-    scaler = (after or {}).get("autoscaler")
-    return json_response(
-        {
-            "message": f"Autoscaling '{name}' worker (min={lo}, max={hi}); {_pool_text(after)}",
-            "processes": _processes(after),
-            "autoscaler": scaler,
-        }
-    )
+    return _pool_answer(ctl.autoscale(name, lo, hi), autoscaler=True)
 
 
 @requires(ADMIN)
@@ -228,12 +140,11 @@ def worker_add_consumer(name: str) -> Response:
     Status codes: 200; 400 missing ``queue``; 403 the worker refused, read-only or
     cross-site; 404 unknown worker; 503 no reply or broker unavailable.
     """
-    _known_worker(name)
+    ctl = control()
+    ctl.known_worker(name)
     queue = p_str(params(), "queue", required=True)
-    msg = _broadcast(
-        name, "add_consumer", f"Failed to add '{queue}' consumer to '{name}' worker", queue=queue
-    )
-    return json_response({"message": msg})
+    assert queue is not None
+    return json_response({"message": ctl.add_consumer(name, queue)})
 
 
 @requires(ADMIN)
@@ -242,12 +153,8 @@ def worker_cancel_consumer(name: str) -> Response:
 
     Status codes: as :func:`worker_add_consumer`.
     """
-    _known_worker(name)
+    ctl = control()
+    ctl.known_worker(name)
     queue = p_str(params(), "queue", required=True)
-    msg = _broadcast(
-        name,
-        "cancel_consumer",
-        f"Failed to cancel '{queue}' consumer from '{name}' worker",
-        queue=queue,
-    )
-    return json_response({"message": msg})
+    assert queue is not None
+    return json_response({"message": ctl.cancel_consumer(name, queue)})
