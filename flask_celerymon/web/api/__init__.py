@@ -23,9 +23,12 @@ Read-only mode and cross-site refusals are decided once, in :mod:`.guard`, never
 The package is split as Flower's API is: :mod:`.workers` (``/api/workers``, ``/api/worker/*``),
 :mod:`.tasks` (``/api/task*``: reading, control, retry, bulk), :mod:`.send` (apply,
 async-apply, send-task), :mod:`.queues` (``/api/queues/*``), and :mod:`.common` (what they
-share: ranges, JSON encoding, parameters, lookups). This module holds the route table, the
-OpenAPI route, the catch-all 404/405 and the error handlers, and re-exports the names other
-modules use (``from flask_celerymon.web import api; api.params()``).
+share: ranges, JSON encoding, parameters, the operations of the current app). Handlers parse,
+call an operation of :mod:`flask_celerymon.monitor` (``control``, ``queues``, ``send``) and
+render; what they raise is answered by :mod:`..errors`. This module holds the route table,
+the OpenAPI route and the JSON 404/405 of paths and methods the API does not have, and
+re-exports the names other modules use (``from flask_celerymon.web import api;
+api.params()``).
 """
 
 from __future__ import annotations
