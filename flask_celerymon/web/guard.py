@@ -22,7 +22,9 @@ checks. It runs :data:`CHECKS` in order and sends the first refusal:
    OPTIONS) while ``CELERY_MONITOR_READ_ONLY`` is on, except views marked :func:`safe` (a
    POST that only reads, such as a datatable query).
 
-Refusals are ``{"error": ...}`` JSON (the HTML pages get the error page).
+Refusals are ``{"error": ...}`` JSON (:func:`.errors.json_error`; the HTML pages get the
+error page). The checks return their refusal rather than raise it: a ``before_request``
+function stops the request by returning a response.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, request
+
+from .errors import json_error as error  # the refusals' form; also used by .auth, .hardening
 
 #: Methods that never change anything.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -49,13 +53,6 @@ def safe(view: F) -> F:
     """
     view._celerymon_safe = True  # type: ignore[attr-defined]
     return view
-
-
-def error(status: int, message: str) -> Response:
-    """A JSON error response ``{"error": message}`` with ``status``."""
-    resp = jsonify(error=message)
-    resp.status_code = status
-    return resp
 
 
 def is_mutation() -> bool:

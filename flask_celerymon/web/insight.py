@@ -41,16 +41,18 @@ from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, render_template, request, url_for
 
+from ..errors import InvalidInput, NotFoundError, OperationError
+from ..monitor.control import FINISHED
 from ..monitor.insight import Insight, InsightSettings, parse_rules
 from ..monitor.insight import analytics as _analytics
 from ..monitor.insight import beat as _beat
 from ..monitor.insight.canvas import canvas_graph, layout
 from . import api, get_state
 from .auth import OPERATOR, VIEWER, requires
+from .errors import page_error
 from .params import (
     BULK_LIMIT,
     BULK_RANGE,
-    BadParameter,
     Bool,
     Choice,
     Int,
@@ -76,9 +78,8 @@ RUN_OPTIONS = ("queue", "routing_key", "exchange", "priority", "expires", "time_
                "soft_time_limit")  # fmt: skip
 
 
-#: A page or API parameter is not valid; the message names it (the one class of
-#: :mod:`.params`, under the name this module always used).
-BadParam = BadParameter
+#: A page or API parameter is not valid; the message names it (400).
+BadParam = InvalidInput
 
 #: Statuses of the error list and of the alerts.
 ERROR_STATUSES = ("open", "resolved", "all")
@@ -150,10 +151,14 @@ def error_groups(since: str, name: str | None, status: str | None, now: float) -
 
 def _group(gid: str) -> dict[str, Any]:
     if not GROUP_ID.match(gid):
-        raise api.ApiError(404, f"no error group {gid!r}; ids are 16 hex digits")
+        raise NotFoundError(
+            f"no error group {gid!r}; ids are 16 hex digits", title="Unknown error group"
+        )
     found = get_insight().store.error_groups(group=gid)
     if not found:
-        raise api.ApiError(404, f"no error group {gid!r}; see the list at /api/errors")
+        raise NotFoundError(
+            f"no error group {gid!r}; see the list at /api/errors", title="Unknown error group"
+        )
     g = found[0]
     g["status"] = "resolved" if g["resolved_at"] is not None else "open"
     return g
@@ -205,10 +210,6 @@ def _rules() -> list[dict[str, Any]]:
 # -- pages -------------------------------------------------------------------------------------
 
 
-def _error_page(status: int, title: str, message: str) -> tuple[str, int]:
-    return render_template("celerymon/error.html", title=title, message=message), status
-
-
 def errors_context(args: Any, now: float) -> dict[str, Any]:
     """The error list's template context from its query ``args``. Raises :class:`BadParam`."""
     p = parse_args(ERRORS_PAGE, args)
@@ -221,10 +222,7 @@ def errors_context(args: Any, now: float) -> dict[str, Any]:
 @requires(VIEWER)
 def errors_page() -> Any:
     """Error groups. 200; 400 bad parameter."""
-    try:
-        ctx = errors_context(request.args, time.time())
-    except BadParam as exc:
-        return _error_page(400, "Bad request", str(exc))
+    ctx = errors_context(request.args, time.time())
     return render_template("celerymon/errors.html", **ctx)
 
 
@@ -238,7 +236,7 @@ def _spark_points(values: list[int], width: int = 120, height: int = 24) -> str:
 
 
 def error_group_context(gid: str) -> dict[str, Any]:
-    """One error group's template context. Raises :class:`~.api.ApiError` (404) when unknown."""
+    """One error group's template context. Raises :class:`NotFoundError` when unknown."""
     from .views import can
 
     g = _group(gid)
@@ -248,10 +246,7 @@ def error_group_context(gid: str) -> dict[str, Any]:
 @requires(VIEWER)
 def error_group_page(gid: str) -> Any:
     """One error group. 200; 404 unknown group."""
-    try:
-        ctx = error_group_context(gid)
-    except api.ApiError as exc:
-        return _error_page(404, "Unknown error group", exc.message)
+    ctx = error_group_context(gid)
     return render_template("celerymon/error_group.html", **ctx)
 
 
@@ -271,10 +266,7 @@ def analytics_context(args: Any, now: float) -> dict[str, Any]:
 @requires(VIEWER)
 def analytics_page() -> Any:
     """Task analytics over a window, with the previous window. 200; 400 bad window."""
-    try:
-        ctx = analytics_context(request.args, time.time())
-    except BadParam as exc:
-        return _error_page(400, "Bad request", str(exc))
+    ctx = analytics_context(request.args, time.time())
     return render_template("celerymon/analytics.html", **ctx)
 
 
@@ -358,7 +350,7 @@ def api_error_group_retry(gid: str, limit: int, dry_run: bool) -> Response:
     ids = []
     for o in occ:
         t = svc.task(o["uuid"], children=False)
-        if t is not None and t.get("state") in api.FINISHED:
+        if t is not None and t.get("state") in FINISHED:
             ids.append(o["uuid"])
     retried: dict[str, str] = {}
     failed: dict[str, str] = {}
@@ -366,8 +358,8 @@ def api_error_group_retry(gid: str, limit: int, dry_run: bool) -> Response:
         for tid in ids:
             try:
                 retried[tid] = api._retry(tid).id
-            except api.ApiError as exc:
-                failed[tid] = exc.message
+            except OperationError as exc:
+                failed[tid] = str(exc)
         get_insight().store.mark_retried(gid, retried)
     return api.json_response({"dry_run": dry_run, "matched": len(occ), "count": len(ids),
                               "task_ids": ids, "retried": retried, "failed": failed})  # fmt: skip
@@ -395,10 +387,10 @@ def api_error_group_revoke(
     ids = []
     for o in occ:
         t = svc.task(o["uuid"], children=False)
-        if t is not None and t.get("state") not in api.FINISHED and o["uuid"] not in ids:
+        if t is not None and t.get("state") not in FINISHED and o["uuid"] not in ids:
             ids.append(o["uuid"])
-    if ids and not dry_run:
-        get_state().celery_app.control.revoke(ids, terminate=terminate, signal=signal)
+    if not dry_run:
+        api.control().revoke(ids, terminate=terminate, signal=signal)
     return api.json_response({"dry_run": dry_run, "matched": len(occ), "count": len(ids),
                               "task_ids": ids})  # fmt: skip
 
@@ -450,7 +442,7 @@ def api_beat_run(entry: str) -> Response:
     capp = get_state().celery_app
     e = (capp.conf.beat_schedule or {}).get(entry)
     if e is None:
-        raise api.ApiError(404, f"no beat entry {entry!r}; see /api/beat for the entries")
+        raise NotFoundError(f"no beat entry {entry!r}; see /api/beat for the entries")
     options = {k: v for k, v in (e.get("options") or {}).items() if k in RUN_OPTIONS}
     name = e["task"]
     args, kwargs = list(e.get("args") or ()), dict(e.get("kwargs") or {})
@@ -488,7 +480,7 @@ def canvas_fragment(task_id: str) -> Any:
     """The canvas card of the task page alone (the page's script swaps it in). 200; 404."""
     graph = task_canvas(task_id)
     if graph is None:
-        return _error_page(404, "Unknown task", f"No task with id {task_id!r} is known.")
+        return page_error(404, "Unknown task", f"No task with id {task_id!r} is known.")
     return render_template("celerymon/_canvas.html", canvas=graph)
 
 
@@ -501,7 +493,7 @@ def api_task_canvas(task_id: str) -> Response:
     child]], "truncated", "final"}``. Status codes: 200; 404 unknown task."""
     graph = task_canvas(task_id)
     if graph is None:
-        raise api.ApiError(404, f"Unknown task '{task_id}'")
+        raise NotFoundError(f"Unknown task '{task_id}'")
     return api.json_response(graph)
 
 

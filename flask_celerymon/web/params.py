@@ -29,9 +29,9 @@ field), except where a text is required.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import math
 import re
-import signal as _signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -40,6 +40,8 @@ import marshmallow as ma
 from flask import request
 from webargs.flaskparser import FlaskParser
 
+from ..errors import InvalidInput
+from ..monitor.control import SIGNAL_HINT, SIGNALS, signal_name
 from ..monitor.query import SORT_KEYS
 from .hardening import JSONTooDeep, load_json
 
@@ -62,10 +64,12 @@ MAX_SECONDS = 10 * 365 * 86400
 MAX_UNIX_TIME = 253_402_300_799
 
 
-class BadParameter(ValueError):
+class BadParameter(InvalidInput):
     """A request parameter is missing or not valid; the message names it and says what fits.
 
-    ``status`` is always 400. The API answers ``{"error": message}``, the pages their 400 page.
+    ``status`` is always 400. An :class:`~flask_celerymon.errors.InvalidInput`, so the one
+    error handler (:mod:`.errors`) answers it: ``{"error": message}`` on the API, the 400
+    page on a page.
     """
 
     status = 400
@@ -142,15 +146,6 @@ def _any_case(word: str) -> str:
 #: the default), as a JSON Schema ``pattern`` matched with ``re.search`` (as JSON Schema is).
 BOOL_PATTERN = "^(" + "|".join(_any_case(w) for w in sorted(TRUE | FALSE) if w) + ")?$"
 
-
-def _signal_choices() -> tuple[str, ...]:
-    """Signal names ``signal`` takes: ``SIGTERM``, ``TERM``, ``sigterm``, ``term``..."""
-    names = sorted(n for n in _signal.Signals.__members__ if n.startswith("SIG") and "_" not in n)
-    return tuple(dict.fromkeys(f for n in names for f in (n, n[3:], n.lower(), n[3:].lower())))
-
-
-#: Every value of ``signal`` (revoke, bulk revoke), generated from the platform's signals.
-SIGNALS = _signal_choices()
 
 _STR: dict[str, Any] = {"type": "string"}
 #: A required text: at least one character that is not white space.
@@ -279,14 +274,10 @@ class Signal(Choice):
     """A signal name (``SIGTERM``, ``TERM``, ``kill``...), given to the view as ``SIGTERM``."""
 
     def __init__(self, **kw: Any) -> None:
-        super().__init__(
-            SIGNALS, shown="a signal name such as SIGTERM, SIGKILL, TERM, kill",
-            default="SIGTERM", **kw,
-        )  # fmt: skip
+        super().__init__(SIGNALS, shown=SIGNAL_HINT, default="SIGTERM", **kw)
 
     def parse(self, value: Any) -> str:
-        name = super().parse(value).upper()
-        return name if name.startswith("SIG") else "SIG" + name
+        return signal_name(super().parse(value))
 
 
 class Bool(Param):
@@ -699,18 +690,31 @@ parser = Parser()
 PARAMS_ATTRIBUTE = "_celerymon_params"
 
 
-def use_params(_location: str = "params", **fields: Param) -> Callable[[F], F]:
+def use_params(
+    _location: str = "params", *, first: Callable[..., Any] | None = None, **fields: Param
+) -> Callable[[F], F]:
     """Declare the parameters of a view: they are parsed from ``_location`` before it runs
     and passed to it as keyword arguments; :mod:`.openapi` documents them.
 
+    ``first`` (called with the route's path values) runs before the parameters are parsed:
+    a lookup whose 404 must come before a bad parameter's 400 (an unknown worker).
     Raises :class:`BadParameter` (from the wrapped view) for a bad or missing parameter.
     """
     sch = schema(**fields)
 
     def decorate(view: F) -> F:
-        wrapped = parser.use_kwargs(sch, location=_location)(view)
+        parsed = parser.use_kwargs(sch, location=_location)(view)
+        if first is None:
+            wrapped = parsed
+        else:
+
+            @functools.wraps(parsed)
+            def wrapped(*args: Any, **path: Any) -> Any:
+                first(**path)
+                return parsed(*args, **path)
+
         setattr(wrapped, PARAMS_ATTRIBUTE, (_location, sch))
-        return wrapped  # type: ignore[no-any-return]
+        return wrapped  # type: ignore[return-value]
 
     return decorate
 

@@ -53,12 +53,13 @@ from flask import (
 from markupsafe import Markup
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
+from ..errors import InvalidInput, NotFoundError
+from ..monitor.control import FINISHED
 from ..monitor.query import STATES, SearchError, compile_python, parse, parse_sort
 from . import get_state
 from .auth import ANYONE, VIEWER, csrf_token, current_user, may, requires
 from .guard import safe
 from .params import (
-    BadParameter,
     Bool,
     Choice,
     Int,
@@ -118,12 +119,8 @@ STATE_BUTTONS = (
     ("Revoked", "REVOKED"),
 )
 WORKER_TABS = ("pool", "broker", "queues", "tasks", "limits", "config", "system")
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED", "LOST"})
-
-
-#: A page parameter is not valid; the message says which one and what it takes (the one class
-#: of :mod:`.params`, under the name the pages always used).
-BadInput = BadParameter
+#: A page parameter is not valid; the message says which one and what it takes (400).
+BadInput = InvalidInput
 
 
 # -- formatting -------------------------------------------------------------------------------
@@ -675,7 +672,7 @@ def _task_extras(task: dict[str, Any]) -> dict[str, Any]:
     t0 = hist[0]["timestamp"] if hist else None
     return {
         "timeline": [{**h, "delta": None if t0 is None else h["timestamp"] - t0} for h in hist],
-        "can_revoke": state not in FINAL_STATES and can(f"task/revoke/{uuid}"),
+        "can_revoke": state not in FINISHED and can(f"task/revoke/{uuid}"),
         "can_terminate": state in ("STARTED", "PROGRESS", "RETRY") and can(f"task/revoke/{uuid}"),
         "can_retry": state in ("FAILURE", "REVOKED", "REJECTED") and can(f"task/retry/{uuid}"),
         "tasks_url": tasks_url,
@@ -741,10 +738,6 @@ def chart_data(window: str, name: str | None, now: float | None = None) -> dict[
 # -- the routes -------------------------------------------------------------------------------
 
 
-def _error(status: int, title: str, message: str) -> tuple[str, int]:
-    return render_template("celerymon/error.html", title=title, message=message), status
-
-
 @requires(VIEWER)
 def index() -> str:
     return workers()
@@ -785,32 +778,28 @@ def tasks_datatable() -> Any:
     DataTables' server-side parameters: ``draw``, ``start``, ``length``, ``search[value]``
     (the search language), ``order[0][column]`` and ``order[0][dir]`` with
     ``columns[<i>][data]`` naming the column. Answers ``{"draw", "data": [task dicts],
-    "recordsTotal", "recordsFiltered"}``; ``length=-1`` (all) gives at most 10,000 rows. 200; 400 ``{"error": ...}`` for a bad parameter or
-    search (Flower answers 200 with ``searchError``; a 4xx tells a script it asked wrong).
+    "recordsTotal", "recordsFiltered"}``; ``length=-1`` (all) gives at most 10,000 rows. 200;
+    400 ``{"error": ...}`` (raised, answered by :mod:`.errors`) for a bad parameter or search
+    (Flower answers 200 with ``searchError``; a 4xx tells a script it asked wrong).
     """
     args = request.values
-    try:
-        p = parse_args(DATATABLE, args)
-        draw, start, length = p["draw"], p["start"], p["length"]
-        sort_by = None
-        col = p["order[0][column]"]
-        if col is not None:  # the column's name is a parameter named by the index
-            key = args.get(f"columns[{col}][data]", "")
-            if key in SORTABLE:
-                desc = p["order[0][dir]"] == "desc"
-                sort_by = ("-" if desc else "") + key
-        svc = get_state().monitor
-        page = svc.query_tasks(
-            search=p["search[value]"],
-            sort_by=sort_by,
-            offset=start,
-            limit=10_000 if length == -1 else length,
-        )
-        total = svc.query_tasks(limit=0).total
-    except (BadInput, SearchError) as exc:
-        resp = jsonify(error=str(exc))
-        resp.status_code = 400
-        return resp
+    p = parse_args(DATATABLE, args)
+    draw, start, length = p["draw"], p["start"], p["length"]
+    sort_by = None
+    col = p["order[0][column]"]
+    if col is not None:  # the column's name is a parameter named by the index
+        key = args.get(f"columns[{col}][data]", "")
+        if key in SORTABLE:
+            desc = p["order[0][dir]"] == "desc"
+            sort_by = ("-" if desc else "") + key
+    svc = get_state().monitor
+    page = svc.query_tasks(
+        search=p["search[value]"],
+        sort_by=sort_by,
+        offset=start,
+        limit=10_000 if length == -1 else length,
+    )
+    total = svc.query_tasks(limit=0).total
     return jsonify(draw=draw, data=page.tasks, recordsTotal=total, recordsFiltered=page.total)
 
 
@@ -818,14 +807,11 @@ def tasks_datatable() -> Any:
 def worker(hostname: str) -> Any:
     """One worker's tabs from inspect; 404 unknown worker, 400 bad tab."""
     svc = get_state().monitor
-    try:
-        p = parse_args(WORKER_PAGE, request.args)
-    except BadInput as exc:
-        return _error(400, "Bad request", str(exc))
+    p = parse_args(WORKER_PAGE, request.args)
     tab = p["tab"]
     w = svc.worker(hostname)
     if w is None:
-        return _error(404, "Unknown worker", f"No worker named {hostname!r} is known.")
+        raise NotFoundError(f"No worker named {hostname!r} is known.", title="Unknown worker")
     info = svc.inspect(hostname).get(hostname) or {}
     if p["refresh"] or (w.get("status") and "active" not in info):
         info = _refresh(svc, hostname).get(hostname) or info
@@ -847,7 +833,7 @@ def tasks() -> Any:
     try:
         flt = TaskFilter.from_args(request.args)
         page = get_state().monitor.query_tasks(**flt.service_query())
-    except (BadInput, SearchError) as exc:
+    except InvalidInput as exc:  # a bad filter or search: the list shows why, with its form
         flt = TaskFilter(search=request.args.get("search", "")[:500])
         return (
             render_template(
@@ -873,7 +859,7 @@ def task(uuid: str) -> Any:
     """One task with its timeline and actions; 404 unknown task."""
     t = get_state().monitor.task(uuid)
     if t is None:
-        return _error(404, "Unknown task", f"No task with id {uuid!r} is known.")
+        raise NotFoundError(f"No task with id {uuid!r} is known.", title="Unknown task")
     return render_template("celerymon/task.html", t=t, detail=Markup(render_task_detail(t)))
 
 
@@ -903,11 +889,7 @@ def charts_context(args: Any) -> dict[str, Any]:
 @requires(VIEWER)
 def charts() -> Any:
     """Finished tasks per bucket and runtime p50/p95 per task name; 400 bad window."""
-    try:
-        ctx = charts_context(request.args)
-    except BadInput as exc:
-        return _error(400, "Bad request", str(exc))
-    return render_template("celerymon/charts.html", **ctx)
+    return render_template("celerymon/charts.html", **charts_context(request.args))
 
 
 def register(bp: Blueprint) -> None:

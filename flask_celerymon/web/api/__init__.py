@@ -23,15 +23,17 @@ Read-only mode and cross-site refusals are decided once, in :mod:`.guard`, never
 The package is split as Flower's API is: :mod:`.workers` (``/api/workers``, ``/api/worker/*``),
 :mod:`.tasks` (``/api/task*``: reading, control, retry, bulk), :mod:`.send` (apply,
 async-apply, send-task), :mod:`.queues` (``/api/queues/*``), and :mod:`.common` (what they
-share: JSON encoding, the task filters' declarations, lookups; every parameter is declared
-with :mod:`..params` beside its handler). This module holds the route table, the
-OpenAPI route, the catch-all 404/405 and the error handlers, and re-exports the names other
-modules use (``from flask_celerymon.web import api; api.TASKS_LIMIT``).
+share: JSON encoding, the task filters' declarations, the operations of the current app).
+Handlers declare their parameters with :mod:`..params` (which parses them and writes them into
+``openapi.json``), call an operation of :mod:`flask_celerymon.monitor` (``control``,
+``queues``, ``send``) and render; what they raise is answered by :mod:`..errors`. This module
+holds the route table, the OpenAPI route and the JSON 404/405 of paths and methods the API
+does not have, and re-exports the names other modules use (``from flask_celerymon.web import
+api; api.TASKS_LIMIT``).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -39,10 +41,11 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import PathConverter
 
+from ...monitor.control import FINISHED
 from .. import get_state
 from ..auth import VIEWER, requires
-from ..guard import error
-from ..params import BadParameter, doc
+from ..errors import is_api_request, json_error
+from ..params import doc
 from .common import (
     APPLY_DATE_FORMAT,
     APPLY_OPTIONS,
@@ -54,7 +57,6 @@ from .common import (
     FALSE,
     FILTER_PARAMS,
     FILTERS,
-    FINISHED,
     LIST_DATE_FORMAT,
     MAX_POOL_STEP,
     MAX_SECONDS,
@@ -63,7 +65,6 @@ from .common import (
     MESSAGES_LIMIT,
     POOL_MAX,
     POOL_MIN,
-    POOL_READ_BACK,
     POOL_STEP,
     PRIORITY,
     RATE_PATTERN,
@@ -75,13 +76,14 @@ from .common import (
     TASKS_OFFSET,
     TIME_FILTERS,
     TRUE,
-    UNAVAILABLE,
     UNIX_TIME,
     WAIT,
-    ApiError,
     Range,
+    control,
     has_filter,
     json_response,
+    queues,
+    sender,
 )
 from .queues import (
     queue_lengths,
@@ -121,16 +123,16 @@ from .workers import (
     worker_shutdown,
 )
 
-log = logging.getLogger(__name__)
-
 #: What ``from flask_celerymon.web import api`` offers: the handlers, the parameter ranges and
 #: parsers (used by :mod:`..openapi`, :mod:`..insight`, the tests and ``bench/``), ``register``.
 __all__ = [
+    "sender",
+    "queues",
+    "control",
     "APPLY_DATE_FORMAT",
     "APPLY_OPTIONS",
     "APPLY_WAIT",
     "AnyPathConverter",
-    "ApiError",
     "BOOL_PATTERN",
     "BULK_LIMIT",
     "BULK_MAX",
@@ -148,7 +150,6 @@ __all__ = [
     "MESSAGES_LIMIT",
     "POOL_MAX",
     "POOL_MIN",
-    "POOL_READ_BACK",
     "POOL_STEP",
     "PRIORITY",
     "RATE_PATTERN",
@@ -162,7 +163,6 @@ __all__ = [
     "TASKS_OFFSET",
     "TIME_FILTERS",
     "TRUE",
-    "UNAVAILABLE",
     "UNIX_TIME",
     "WAIT",
     "has_filter",
@@ -229,7 +229,7 @@ def _allowed_methods() -> list[str]:
 def _method_not_allowed(allowed: list[str]) -> Response:
     """405 naming the methods to use, with the ``Allow`` header."""
     usable = [m for m in allowed if m not in ("HEAD", "OPTIONS")]
-    resp = error(405, f"{request.method} is not allowed here; use {', '.join(usable)}")
+    resp = json_error(405, f"{request.method} is not allowed here; use {', '.join(usable)}")
     resp.headers["Allow"] = ", ".join(allowed)
     return resp
 
@@ -240,14 +240,14 @@ def not_found(rest: str) -> Response:
     allowed = _allowed_methods()
     if allowed:
         return _method_not_allowed(allowed)
-    return error(
+    return json_error(
         404, f"no API route {request.path}; see {request.script_root}{_api_root()}/openapi.json"
     )
 
 
 def _allow_header(response: Response) -> Response:
     """An API ``OPTIONS`` answer lists the route's own methods, not the catch-all's."""
-    if request.method == "OPTIONS" and _is_api_request():
+    if request.method == "OPTIONS" and is_api_request():
         allowed = _allowed_methods()
         if allowed:
             response.headers["Allow"] = ", ".join(allowed)
@@ -302,39 +302,16 @@ ROUTES: tuple[tuple[str, Callable[..., Response], tuple[str, ...]], ...] = (
 )
 
 
-def _is_api_request() -> bool:
-    rule = request.url_rule
-    return rule is not None and "/api/" in rule.rule
-
-
-def _api_error(exc: ApiError | BadParameter) -> Response:
-    return error(exc.status, exc.message)
-
-
-def _unavailable(exc: Exception) -> Response:
-    if not _is_api_request():
-        raise exc  # the pages of the blueprint keep Flask's own handling
-    log.warning("celerymon: broker or result backend unavailable: %s", exc)
-    return error(503, f"Broker or result backend unavailable: {exc}")
-
-
-def _runtime_error(exc: RuntimeError) -> Response:
-    """Celery's result consumer gives up on a dead backend with a bare RuntimeError."""
-    if isinstance(exc.__cause__, UNAVAILABLE) and _is_api_request():
-        return _unavailable(exc.__cause__)
-    raise exc
-
-
 def _http_error(exc: HTTPException) -> Any:
-    if not _is_api_request():
+    if not is_api_request():
         return exc
     if isinstance(exc, MethodNotAllowed):
         allowed = _allowed_methods()
         if allowed:
             return _method_not_allowed(allowed)
     if isinstance(exc, (NotFound, MethodNotAllowed)) or exc.code is None:
-        return error(exc.code or 500, exc.description or exc.name)
-    return error(exc.code, exc.description or exc.name)
+        return json_error(exc.code or 500, exc.description or exc.name)
+    return json_error(exc.code, exc.description or exc.name)
 
 
 def _add_converter(setup: Any) -> None:
@@ -342,7 +319,11 @@ def _add_converter(setup: Any) -> None:
 
 
 def register(bp: Blueprint) -> None:
-    """Add the API routes and its JSON error handlers to the monitor blueprint."""
+    """Add the API routes, the catch-all and the JSON 404/405 to the monitor blueprint.
+
+    Every other error (bad input, unknown objects, conflicts, an unavailable broker) is
+    answered by :mod:`..errors`, registered by the blueprint for all its routes.
+    """
     bp.record_once(_add_converter)
     for rule, view, methods in ROUTES:
         bp.add_url_rule(rule, f"api_{view.__name__}", view, methods=list(methods))
@@ -353,9 +334,4 @@ def register(bp: Blueprint) -> None:
         methods=["GET", "POST", "PUT", "PATCH", "DELETE", "TRACE"],
     )
     bp.after_request(_allow_header)
-    bp.register_error_handler(ApiError, _api_error)
-    bp.register_error_handler(BadParameter, _api_error)
-    for exc_type in UNAVAILABLE:
-        bp.register_error_handler(exc_type, _unavailable)
-    bp.register_error_handler(RuntimeError, _runtime_error)
     bp.register_error_handler(HTTPException, _http_error)

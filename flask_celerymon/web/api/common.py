@@ -1,6 +1,12 @@
-"""What the API's handlers share: limits, JSON encoding, the app's pieces and the lookups of
-tasks and workers, and the declarations of the task filters and revoke parameters (the fields
-come from :mod:`..params`, whose ranges are re-exported here)."""
+"""What the API's handlers share: JSON encoding, the operations of the current app
+(:func:`control`, :func:`queues`, :func:`sender`), the declarations of the task filters and
+revoke parameters (fields of :mod:`..params`, whose ranges are re-exported here) and the
+waits for results.
+
+Handlers raise the :class:`~flask_celerymon.errors.OperationError` family (the operations'
+errors, and :class:`~flask_celerymon.errors.InvalidInput` for a bad parameter);
+:mod:`..errors` turns them into responses.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +14,16 @@ import datetime as dt
 import json
 import logging
 import math
-import socket
 from collections.abc import Mapping
 from typing import Any
 
 from celery import states
-from celery.backends.base import DisabledBackend
-from celery.backends.rpc import RPCBackend
 from celery.exceptions import TimeoutError as CeleryTimeout
 from flask import Response, current_app
-from kombu.exceptions import OperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ...monitor.query import SearchError
+from ...monitor.control import Control, result_backend
+from ...monitor.queues import Queues
+from ...monitor.send import Sender
 from .. import get_state
 from ..params import (  # the parameter declarations; re-exported for the package's modules
     APPLY_DATE_FORMAT,  # noqa: F401
@@ -63,35 +65,8 @@ from ..params import (  # the parameter declarations; re-exported for the packag
 
 log = logging.getLogger(__name__)
 
-
-log = logging.getLogger(__name__)
-
-#: Exceptions that mean "the broker or the result backend cannot be reached" (-> 503).
-UNAVAILABLE: tuple[type[Exception], ...] = (
-    OperationalError,
-    RedisConnectionError,
-    RedisTimeoutError,
-    ConnectionError,
-    socket.timeout,
-)
-
-#: States after which a task will not change any more (retry takes these, revoke skips them).
-FINISHED = frozenset(states.READY_STATES) | {"REJECTED", "IGNORED", "LOST"}
-
 #: Default wait of ``/api/task/apply`` when the body gives no ``timeout``.
 APPLY_WAIT = 60.0
-#: Longest wait for a pool action to show in the worker's stats (seconds; Celery's prefork
-#: pool drops exited processes at least every 5 s).
-POOL_READ_BACK = 6.0
-class ApiError(Exception):
-    """An API failure with its HTTP status; answered as ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 # -- responses --------------------------------------------------------------------------------
 
 
@@ -149,83 +124,23 @@ def _service() -> Any:
 
 def _backend() -> Any | None:
     """The result backend, or None when results are disabled."""
-    backend = _capp().backend
-    return None if isinstance(backend, DisabledBackend) else backend
+    return result_backend(_capp())
 
 
-def _reply_timeout() -> float:
-    return max(1.0, float(_service().settings.inspect_timeout))
+def control() -> Control:
+    """Worker and task control on the current app."""
+    return Control(_capp(), _service())
 
 
-def _state_store() -> Any | None:
-    """The result backend when it can store a task's state by id, else None.
-
-    ``rpc://`` only sends each result to the client that sent the task, so it cannot record
-    a state for another task (PENDING on send-task, ABORTED on abort).
-    """
-    backend = _backend()
-    return None if isinstance(backend, RPCBackend) else backend
+def queues() -> Queues:
+    """The queues of the current app's broker."""
+    return Queues(_capp(), _service())
 
 
-def _backend_meta(task_id: str) -> dict[str, Any] | None:
-    """The backend's record of ``task_id``, or None when it has none (or no backend)."""
-    backend = _backend()
-    if backend is None:
-        return None
-    meta = backend.get_task_meta(task_id)
-    if meta.get("status") == states.PENDING and not meta.get("task_id") and not meta.get("name"):
-        return None
-    return meta
-
-
-def _known_task(task_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-    """(monitor's task dict, backend record); 404 when neither knows ``task_id``."""
-    info = _service().task(task_id, children=False)
-    meta = _backend_meta(task_id)
-    if info is None and meta is None:
-        raise ApiError(404, f"Unknown task '{task_id}'")
-    return info, meta
-
-
-def _task_state(info: dict[str, Any] | None, meta: dict[str, Any] | None) -> str:
-    """The most final state either source knows."""
-    found = [s for s in ((info or {}).get("state"), (meta or {}).get("status")) if s]
-    for s in found:
-        if s in FINISHED:
-            return s
-    return found[0] if found else states.PENDING
-
-
-def _known_worker(name: str) -> None:
-    svc = _service()
-    if svc.worker(name) is None and name not in svc.inspector.get(name):
-        raise ApiError(404, f"Unknown worker '{name}'")
-
-
-def _control_reply(worker: str, replies: Any, failure: str) -> str:
-    """The ``ok`` text of ``worker``'s reply; 403 with its error, 503 without a reply."""
-    reply = None
-    for item in replies or ():
-        if isinstance(item, dict) and worker in item:
-            reply = item[worker]
-    if reply is None:
-        raise ApiError(503, f"worker '{worker}' did not reply within {_reply_timeout():g} s")
-    if isinstance(reply, dict) and "ok" in reply:
-        return str(reply["ok"])
-    reason = reply.get("error", "Unknown reason") if isinstance(reply, dict) else reply
-    raise ApiError(403, f"{failure}: {reason}")
-
-
-def _broadcast(worker: str, command: str, failure: str, **arguments: Any) -> str:
-    replies = _capp().control.broadcast(
-        command,
-        arguments=arguments,
-        destination=[worker],
-        reply=True,
-        timeout=_reply_timeout(),
-        limit=1,
-    )
-    return _control_reply(worker, replies, failure)
+def sender() -> Sender:
+    """The send path of the current app (apply, send-task, retry)."""
+    state = get_state()
+    return Sender(state.celery_app, state.monitor, state.allowlist, state.dispatch_task)
 
 
 # -- tasks: reading ----------------------------------------------------------------------------
@@ -286,10 +201,9 @@ def _filters(p: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _query(p: Mapping[str, Any], **kw: Any) -> Any:
-    try:
-        return _service().query_tasks(**_filters(p), **kw)
-    except SearchError as exc:
-        raise ApiError(400, str(exc)) from None
+    """The page of tasks matching the filters of ``p``. Raises
+    :class:`~flask_celerymon.monitor.query.SearchError` (an ``InvalidInput``: 400)."""
+    return _service().query_tasks(**_filters(p), **kw)
 
 
 def _wait(result: Any, timeout: float) -> None:

@@ -1,4 +1,9 @@
-"""``/api/task*``: read, control (revoke, abort, time and rate limits), retry and bulk."""
+"""``/api/task*``: read, control (revoke, abort, time and rate limits), retry and bulk.
+
+Each handler parses its parameters, calls :class:`~flask_celerymon.monitor.control.Control`
+or :class:`~flask_celerymon.monitor.send.Sender` and renders the answer; errors are raised
+and answered by :mod:`..errors`.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,16 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from celery.contrib.abortable import AbortableAsyncResult
 from celery.utils.time import rate as parse_rate
 from flask import Response
 
-from ...dispatch import DISPATCH_TASK_NAME
-from ...errors import DispatchRefused
-from .. import get_state
+from ...errors import InvalidInput, NotFoundError, OperationError, UnavailableError
+from ...monitor.control import FINISHED
 from ..auth import ADMIN, OPERATOR, VIEWER, requires
 from ..params import Float, Int, Pattern, Text, doc, use_params
 from .common import (
     BULK_PARAMS,
     FILTER_PARAMS,
-    FINISHED,
     RATE_PATTERN,
     REVOKE_PARAMS,
     SECONDS,
@@ -26,23 +28,17 @@ from .common import (
     TASKS_LIMIT,
     TASKS_OFFSET,
     WAIT,
-    ApiError,
     _add_result,
     _backend,
     _capp,
-    _control_reply,
-    _known_task,
-    _known_worker,
     _query,
-    _reply_timeout,
     _service,
-    _state_store,
-    _task_state,
     _wait,
+    control,
     has_filter,
     json_response,
+    sender,
 )
-from .send import _send, _sending
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +53,9 @@ def task_revoke(task_id: str, terminate: bool, signal: str) -> Response:
     ``terminate``/``signal``; 403 read-only/cross-site; 404 unknown task; 503 broker
     unavailable.
     """
-    sig = signal
-    _known_task(task_id)
-    log.info("celerymon: revoking task %s (terminate=%s, signal=%s)", task_id, terminate, sig)
-    _capp().control.revoke(task_id, terminate=terminate, signal=sig)
-    _service().revoke_requested([task_id])  # shown until the worker confirms
+    ctl = control()
+    ctl.known_task(task_id)
+    ctl.revoke([task_id], terminate=terminate, signal=signal)
     return json_response({"message": f"Revoked '{task_id}'"})
 
 
@@ -71,34 +65,11 @@ def task_abort(task_id: str) -> Response:
     """``POST /api/task/abort/<id>``: mark a task ABORTED for ``AbortableTask`` to see.
 
     Status codes: 200; 403 read-only/cross-site; 404 unknown task; 409 the task already
-    finished (aborting would overwrite its result); 503 no result backend, or it is
-    unavailable.
+    finished (aborting would overwrite its result), or the result backend is ``rpc://``; 503
+    no result backend, or it is unavailable.
     """
-    if _backend() is None:
-        raise ApiError(503, "no result backend is configured; abort needs one")
-    if _state_store() is None:
-        raise ApiError(
-            409,
-            "the rpc:// result backend cannot mark a task ABORTED; configure a result backend "
-            "that stores states (CELERY_RESULT_BACKEND: Redis, a database...)",
-        )
-    info, meta = _known_task(task_id)
-    state = _task_state(info, meta)
-    if state in FINISHED:
-        raise ApiError(409, f"Task '{task_id}' already finished ({state}); nothing to abort")
-    AbortableAsyncResult(task_id, app=_capp()).abort()
+    control().abort(task_id)
     return json_response({"message": f"Aborted '{task_id}'"})
-
-
-def _registered_name(name: str, worker: str | None = None) -> None:
-    """404 unless ``name`` is a task of this app or one the worker registered."""
-    if name in _capp().tasks:
-        return
-    for info in _service().inspector.get(worker).values():
-        registered = info.get("registered") or ()
-        if any(r == name or str(r).split(" ", 1)[0] == name for r in registered):
-            return
-    raise ApiError(404, f"Unknown task '{name}'")
 
 
 _WORKER = {"workername": Text(required=True, description="worker hostname")}
@@ -118,20 +89,7 @@ def task_timeout(name: str, workername: str, soft: float | None, hard: float | N
     refused, read-only or cross-site; 404 unknown task or worker; 503 no reply or broker
     unavailable.
     """
-    worker = workername
-    _registered_name(name, worker)
-    _known_worker(worker)
-    replies = _capp().control.time_limit(
-        name,
-        soft=soft,
-        hard=hard,
-        destination=[worker],
-        reply=True,
-        timeout=_reply_timeout(),
-        limit=1,
-    )
-    msg = _control_reply(worker, replies, f"Failed to set time limits of '{name}'")
-    return json_response({"message": msg})
+    return json_response({"message": control().time_limit(name, workername, soft, hard)})
 
 
 @requires(OPERATOR)
@@ -148,15 +106,8 @@ def task_rate_limit(name: str, workername: str, ratelimit: str) -> Response:
     missing or bad parameter; 403 the worker refused, read-only or cross-site; 404 unknown
     task or worker; 503 no reply or broker unavailable.
     """
-    worker, limit = workername, ratelimit
-    parse_rate(limit)
-    _registered_name(name, worker)
-    _known_worker(worker)
-    replies = _capp().control.rate_limit(
-        name, limit, destination=[worker], reply=True, timeout=_reply_timeout(), limit=1
-    )
-    msg = _control_reply(worker, replies, f"Failed to set rate limit of '{name}'")
-    return json_response({"message": msg})
+    parse_rate(ratelimit)
+    return json_response({"message": control().rate_limit(name, workername, ratelimit)})
 
 
 @requires(VIEWER)
@@ -200,7 +151,7 @@ def task_info(task_id: str) -> Response:
     """
     info = _service().task(task_id)
     if info is None:
-        raise ApiError(404, f"Unknown task '{task_id}'")
+        raise NotFoundError(f"Unknown task '{task_id}'")
     return json_response(info)
 
 
@@ -217,8 +168,8 @@ def task_result(task_id: str, timeout: float | None) -> Response:
     backend, or it is unavailable.
     """
     if _backend() is None:
-        raise ApiError(503, "no result backend is configured")
-    _known_task(task_id)
+        raise UnavailableError("no result backend is configured")
+    control().known_task(task_id)
     result = _capp().AsyncResult(task_id)
     if timeout:
         _wait(result, timeout)
@@ -232,33 +183,9 @@ def task_result(task_id: str, timeout: float | None) -> Response:
 
 
 def _retry(task_id: str) -> Any:
-    """Re-send a finished task with its original name, arguments and queue."""
-    info, meta = _known_task(task_id)
-    state = _task_state(info, meta)
-    if state not in FINISHED:
-        raise ApiError(
-            409, f"Task '{task_id}' is {state}, not finished; only finished tasks can be retried"
-        )
-    if meta is None or meta.get("args") is None or not meta.get("name"):
-        raise ApiError(
-            409,
-            f"the original arguments of task '{task_id}' are not known: the result backend "
-            "keeps no extended result for it (result_extended off, result expired, or the "
-            "task was aborted); events only carry truncated reprs",
-        )
-    name, args, kwargs = meta["name"], list(meta["args"]), dict(meta.get("kwargs") or {})
-    queue = meta.get("queue") or (info or {}).get("routing_key") or None
-    options: dict[str, Any] = {"queue": queue} if queue else {}
-    state_ = get_state()
-    if name == DISPATCH_TASK_NAME or (":" in name and args and args[0] == name):
-        # sent by celery.submit: args are the dispatch task's [ref, args, kwargs]
-        try:
-            state_.allowlist.resolve(args[0], state_.celery_app.tasks)
-        except DispatchRefused as exc:
-            raise ApiError(409, f"task '{task_id}' cannot be retried: {exc}") from None
-        with _sending(name):
-            return state_.dispatch_task.apply_async(args, kwargs, shadow=args[0], **options)
-    return _send(name, args, kwargs, options)
+    """Re-send a finished task with its original name, arguments and queue (see
+    :meth:`~flask_celerymon.monitor.send.Sender.retry`); its new ``AsyncResult``."""
+    return sender().retry(task_id)
 
 
 @requires(OPERATOR)
@@ -285,8 +212,7 @@ def task_retry(task_id: str) -> Response:
 
 def _bulk_selection(p: Mapping[str, Any], action: str) -> tuple[int, list[dict[str, Any]]]:
     if not has_filter(p):
-        raise ApiError(
-            400,
+        raise InvalidInput(
             f"bulk {action} needs at least one filter: state, taskname, workername, "
             "received_start, received_end, started_start, started_end or search",
         )
@@ -308,10 +234,8 @@ def tasks_revoke(**p: Any) -> Response:
     dry_run, terminate, sig = p["dry_run"], p["terminate"], p["signal"]
     total, tasks = _bulk_selection(p, "revoke")
     ids = [t["uuid"] for t in tasks if t.get("state") not in FINISHED]
-    if ids and not dry_run:
-        log.info("celerymon: bulk revoke of %d tasks", len(ids))
-        _capp().control.revoke(ids, terminate=terminate, signal=sig)
-        _service().revoke_requested(ids)  # shown until the workers confirm
+    if not dry_run:
+        control().revoke(ids, terminate=terminate, signal=sig)
     return json_response({"dry_run": dry_run, "matched": total, "count": len(ids), "task_ids": ids})
 
 
@@ -335,8 +259,8 @@ def tasks_retry(**p: Any) -> Response:
         for tid in ids:
             try:
                 retried[tid] = _retry(tid).id
-            except ApiError as exc:
-                failed[tid] = exc.message
+            except OperationError as exc:
+                failed[tid] = str(exc)
     return json_response(
         {
             "dry_run": dry_run,

@@ -1,28 +1,25 @@
-"""``/api/workers`` and ``/api/worker/*``: list, shut down, pool and consumer control."""
+"""``/api/workers`` and ``/api/worker/*``: list, shut down, pool and consumer control.
+
+Each handler parses its parameters, calls :class:`~flask_celerymon.monitor.control.Control`
+and renders the answer; errors are raised and answered by :mod:`..errors`.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
-from typing import Any
 
 from flask import Response
 
+from ...errors import NotFoundError
+from ...monitor.control import PoolChange
 from ..auth import ADMIN, VIEWER, requires
 from ..params import Bool, Int, Text, doc, use_params
 from .common import (
     POOL_MAX,
     POOL_MIN,
-    POOL_READ_BACK,
     POOL_STEP,
-    ApiError,
-    _broadcast,
-    _capp,
-    _control_reply,
-    _known_worker,
-    _reply_timeout,
     _service,
+    control,
     json_response,
 )
 
@@ -53,12 +50,12 @@ def list_workers(refresh: bool, workername: str | None, status: bool) -> Respons
         online = svc.worker_status()
         if name is not None:
             if name not in online:
-                raise ApiError(404, f"Unknown worker '{name}'")
+                raise NotFoundError(f"Unknown worker '{name}'")
             online = {name: online[name]}
         return json_response(online)
     data = svc.inspect(name, refresh=refresh)  # an unreachable broker raises: 503
     if name is not None and name not in data:
-        raise ApiError(404, f"Unknown worker '{name}'")
+        raise NotFoundError(f"Unknown worker '{name}'")
     return json_response(data)
 
 
@@ -69,50 +66,14 @@ def worker_shutdown(name: str) -> Response:
 
     Status codes: 200; 403 read-only/cross-site; 404 unknown worker; 503 broker unavailable.
     """
-    _known_worker(name)
-    log.info("celerymon: shutting down worker %s", name)
-    _capp().control.broadcast("shutdown", destination=[name])
-    return json_response({"message": "Shutting down!"})
+    return json_response({"message": control().shutdown(name)})
 
 
-def _pool(worker: str) -> dict[str, Any] | None:
-    """``worker``'s pool as its ``stats`` reply says now (``processes`` list of pids,
-    ``max-concurrency``...) plus ``autoscaler``; None when it does not reply."""
-    stats = (
-        _capp().control.inspect(destination=[worker], timeout=_reply_timeout()).stats() or {}
-    ).get(worker)
-    if not isinstance(stats, dict):
-        return None
-    pool = dict(stats.get("pool") or {})
-    pool["autoscaler"] = stats.get("autoscaler") or None
-    return pool
-
-
-def _processes(pool: dict[str, Any] | None) -> int | None:
-    procs = (pool or {}).get("processes")
-    return len(procs) if isinstance(procs, list) else None
-
-
-def _pool_after(worker: str, done: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
-    """Read ``worker``'s pool until ``done(pool)`` or the reply timeout; the last read.
-
-    A pool action returns before the pool shows it (a shrunk process leaves the list when
-    the worker next maintains its pool, within 5 s), so the answer waits, at most
-    :data:`POOL_READ_BACK` seconds, for what is true.
-    """
-    deadline = time.monotonic() + max(_reply_timeout(), POOL_READ_BACK)
-    pool = _pool(worker)
-    while pool is not None and not done(pool) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        pool = _pool(worker)
-    return pool
-
-
-def _pool_text(pool: dict[str, Any] | None) -> str:
-    n = _processes(pool)
-    if n is None:
-        return "the pool size could not be read back"
-    return f"the pool has {n} process{'' if n == 1 else 'es'}"
+def _pool_answer(change: PoolChange, autoscaler: bool = False) -> Response:
+    data = {"message": change.message, "processes": change.processes}
+    if autoscaler:
+        data["autoscaler"] = change.autoscaler
+    return json_response(data)
 
 
 @requires(ADMIN)
@@ -125,54 +86,25 @@ def worker_pool_restart(name: str) -> Response:
     (``worker_pool_restarts``), read-only or cross-site; 404 unknown worker; 503 no reply or
     broker unavailable.
     """
-    _known_worker(name)
-    before = _pool(name)
-    old = set((before or {}).get("processes") or ())
-    _broadcast(name, "pool_restart", f"Failed to restart the '{name}' pool", reload=False)
-    after = _pool_after(name, lambda pool: not old & set(pool.get("processes") or ()))
-    return json_response(
-        {
-            "message": f"Restarting '{name}' worker's pool; {_pool_text(after)}",
-            "processes": _processes(after),
-        }
-    )
+    return _pool_answer(control().pool_restart(name))
 
 
-def _pool_resize(name: str, n: int, grow: bool) -> Response:
-    _known_worker(name)
-    before = _processes(_pool(name))
-    if not grow and before is not None and n >= before:
-        raise ApiError(
-            409,
-            f"shrinking '{name}' worker's pool by {n} would leave it without a process "
-            f"(it has {before}); shrink by at most {before - 1}",
-        )
-    capp = _capp()
-    fn = capp.control.pool_grow if grow else capp.control.pool_shrink
-    verb = "grow" if grow else "shrink"
-    replies = fn(n=n, destination=[name], reply=True, timeout=_reply_timeout(), limit=1)
-    want = None if before is None else before + (n if grow else -n)
-    try:
-        _control_reply(name, replies, f"Failed to {verb} '{name}' worker's pool")
-    except ApiError as exc:
-        after = _pool(name)
-        raise ApiError(exc.status, f"{exc.message}; {_pool_text(after)}") from None
-    after = _pool_after(name, lambda pool: want is None or _processes(pool) == want)
-    doing = "Growing" if grow else "Shrinking"
-    return json_response(
-        {
-            "message": f"{doing} '{name}' worker's pool by {n}; {_pool_text(after)}",
-            "processes": _processes(after),
-        }
-    )
+def _known_worker(name: str, **_: str) -> None:
+    """``first`` of the worker actions: an unknown worker is a 404 before a bad parameter is
+    a 400."""
+    control().known_worker(name)
 
 
 _POOL_N = {"n": Int(POOL_STEP, default=1, description="processes (default 1)")}
 
 
+def _pool_resize(name: str, n: int, grow: bool) -> Response:
+    return _pool_answer(control().pool_resize(name, n, grow))
+
+
 @requires(ADMIN)
 @doc("Grow a worker's pool", "Pool", 404, 503, mutation=True)
-@use_params(**_POOL_N)
+@use_params(first=_known_worker, **_POOL_N)
 def worker_pool_grow(name: str, n: int) -> Response:
     """``POST /api/worker/pool/grow/<name>?n=1``: add ``n`` pool processes.
 
@@ -186,7 +118,7 @@ def worker_pool_grow(name: str, n: int) -> Response:
 
 @requires(ADMIN)
 @doc("Shrink a worker's pool", "Pool", 404, 409, 503, mutation=True)
-@use_params(**_POOL_N)
+@use_params(first=_known_worker, **_POOL_N)
 def worker_pool_shrink(name: str, n: int) -> Response:
     """``POST /api/worker/pool/shrink/<name>?n=1``: remove ``n`` pool processes.
 
@@ -199,6 +131,7 @@ def worker_pool_shrink(name: str, n: int) -> Response:
 @requires(ADMIN)
 @doc("Set the autoscaler's bounds", "Pool", 404, 503, mutation=True)
 @use_params(
+    first=_known_worker,
     min=Int(POOL_MIN, required=True, description="minimum"),
     max=Int(POOL_MAX, required=True, description="maximum"),
 )
@@ -209,26 +142,7 @@ def worker_pool_autoscale(name: str, min: int, max: int) -> Response:  # noqa: A
     Status codes: 200; 400 missing or bad ``min``/``max``; 403 autoscale not enabled on the
     worker, read-only or cross-site; 404 unknown worker; 503 no reply or broker unavailable.
     """
-    lo, hi = min, max
-    _known_worker(name)
-    if lo > hi:
-        raise ApiError(400, f"min must be <= max, not min={lo} max={hi}")
-    _broadcast(name, "autoscale", f"Failed to autoscale '{name}' worker", min=lo, max=hi)
-    after = _pool_after(
-        name,
-        lambda pool: (
-            (pool.get("autoscaler") or {}).get("max") == hi
-            and (pool.get("autoscaler") or {}).get("min") == lo
-        ),
-    )
-    scaler = (after or {}).get("autoscaler")
-    return json_response(
-        {
-            "message": f"Autoscaling '{name}' worker (min={lo}, max={hi}); {_pool_text(after)}",
-            "processes": _processes(after),
-            "autoscaler": scaler,
-        }
-    )
+    return _pool_answer(control().autoscale(name, min, max), autoscaler=True)
 
 
 _QUEUE = {"queue": Text(required=True, description="queue name")}
@@ -236,33 +150,22 @@ _QUEUE = {"queue": Text(required=True, description="queue name")}
 
 @requires(ADMIN)
 @doc("Start consuming a queue", "Message", 404, 503, mutation=True)
-@use_params(**_QUEUE)
+@use_params(first=_known_worker, **_QUEUE)
 def worker_add_consumer(name: str, queue: str) -> Response:
     """``POST /api/worker/queue/add-consumer/<name>?queue=``: start consuming a queue.
 
     Status codes: 200; 400 missing ``queue``; 403 the worker refused, read-only or
     cross-site; 404 unknown worker; 503 no reply or broker unavailable.
     """
-    _known_worker(name)
-    msg = _broadcast(
-        name, "add_consumer", f"Failed to add '{queue}' consumer to '{name}' worker", queue=queue
-    )
-    return json_response({"message": msg})
+    return json_response({"message": control().add_consumer(name, queue)})
 
 
 @requires(ADMIN)
 @doc("Stop consuming a queue", "Message", 404, 503, mutation=True)
-@use_params(**_QUEUE)
+@use_params(first=_known_worker, **_QUEUE)
 def worker_cancel_consumer(name: str, queue: str) -> Response:
     """``POST /api/worker/queue/cancel-consumer/<name>?queue=``: stop consuming a queue.
 
     Status codes: as :func:`worker_add_consumer`.
     """
-    _known_worker(name)
-    msg = _broadcast(
-        name,
-        "cancel_consumer",
-        f"Failed to cancel '{queue}' consumer from '{name}' worker",
-        queue=queue,
-    )
-    return json_response({"message": msg})
+    return json_response({"message": control().cancel_consumer(name, queue)})
