@@ -31,6 +31,11 @@ setup(
         "packaging>=21",
         # the beat page's "schedule in words"
         "cron-descriptor>=1.4",
+        # each HTTP parameter declared once: parsing (webargs over marshmallow) and the
+        # OpenAPI document (apispec) come from the same declaration
+        "webargs>=8.4",
+        "marshmallow>=3.20",
+        "apispec>=6.3",
     ],
     extras_require={
         "auth": ["flask-login>=0.6", "authlib>=1.2"],

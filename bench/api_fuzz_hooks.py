@@ -8,7 +8,8 @@
   calendar behind the date parameters, "a bulk action needs at least one filter", ``min <=
   max`` of autoscale and ``soft_time_limit <= time_limit``. A case generated as *valid* that
   breaks one of them is dropped (the API answers it 400, as ``docs/api.rst`` says and
-  ``tests/web/test_api*.py`` check); the rule itself is checked with the API's own parsers.
+  ``tests/web/test_api*.py`` check); the rule itself is checked with the API's own parameter
+  declarations (:mod:`flask_celerymon.web.params`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import schemathesis
 
 from flask_celerymon.monitor.query import parse
-from flask_celerymon.web import api
+from flask_celerymon.web import api, params
 
 WAIT = 1.0
 
@@ -46,26 +47,30 @@ def map_case(ctx: Any, case: Any) -> Any:
     return case
 
 
+#: The task filters as the API declares them (the time filters carry a calendar rule).
+FILTERS = params.schema(**api.FILTER_PARAMS)
+#: The apply body's dates as the API declares them.
+DATES = params.schema(eta=params.JsonDate(), expires=params.JsonDate(seconds=params.SECONDS))
+
+
 def _breaks_an_unstated_rule(path: str, query: dict[str, Any], body: Any) -> bool:
     try:
         if isinstance(query.get("search"), str) and query["search"].strip():
             parse(query["search"])
-        for name in api.TIME_FILTERS:
-            api.p_time(query, name)
-        if path.startswith("/api/tasks/") and not api.has_filter(query):
+        filters = params.parse_args(FILTERS, query)
+        if path.startswith("/api/tasks/") and not api.has_filter(filters):
             return True
         if path.startswith("/api/worker/pool/autoscale/"):
             lo, hi = query.get("min"), query.get("max")
             if lo is not None and hi is not None and int(lo) > int(hi):
                 return True
         if isinstance(body, dict):
-            for key in ("eta", "expires"):
-                if isinstance(body.get(key), str):
-                    api._apply_date(body, key)
+            dates = {k: body[k] for k in ("eta", "expires") if isinstance(body.get(k), str)}
+            params.parse_args(DATES, dates)
             soft, hard = body.get("soft_time_limit"), body.get("time_limit")
             if soft and hard and soft > hard:
                 return True
-    except (ValueError, api.ApiError):
+    except ValueError:  # InvalidInput, what the parsers raise, is one
         return True
     return False
 

@@ -12,7 +12,21 @@ and, where it makes sense, from the builtin a caller would already catch::
      ├── ConnectionFailed (ConnectionError)    the broker or result backend did not answer
      ├── DispatchRefused (CeleryMonError)      a worker refused to run a reference
      ├── StartError (RuntimeError)             local workers did not come up in time
-     └── TaskNotFound (LookupError)            get() of an id nobody knows
+     ├── TaskNotFound (LookupError)            get() of an id nobody knows
+     └── OperationError                        a monitor operation or request cannot be done
+          ├── InvalidInput (ValueError)         a parameter or argument is not valid     400
+          │    └── monitor.query.SearchError    a search string or task filter           400
+          ├── RefusedError (PermissionError)    a worker refused a control command       403
+          ├── NotFoundError (LookupError)       no such task, worker, task name, queue   404
+          ├── ConflictError (RuntimeError)      the task's, pool's or broker's state
+          │                                     does not allow it                        409
+          └── UnavailableError (ConnectionError) the broker or result backend is down   503
+               └── NoReplyError (TimeoutError)  a worker did not reply in time           503
+
+The operations (:mod:`flask_celerymon.monitor.control`, ``.queues``, ``.send``) raise the
+:class:`OperationError` family and know nothing of HTTP; the numbers on the right are the
+statuses :mod:`flask_celerymon.web.errors` (the one error handler of the monitor blueprint)
+answers them with. Each message names the offending value and, where there is one, the fix.
 """
 
 from __future__ import annotations
@@ -64,3 +78,39 @@ class StartError(CeleryMonError, RuntimeError):
 
 class TaskNotFound(CeleryMonError, LookupError):
     """No task with the given id is known to the result backend."""
+
+
+class OperationError(CeleryMonError):
+    """An operation of the monitor (worker/task control, queues, sending) cannot be done.
+
+    The message is for the user: it names the task, worker or queue and the reason.
+    ``title`` is an optional short heading for it (``"Unknown worker"``), for an error page.
+    """
+
+    def __init__(self, message: str, *, title: str | None = None) -> None:
+        super().__init__(message)
+        self.title = title
+
+
+class InvalidInput(OperationError, ValueError):
+    """A parameter, argument or option is not valid; the message names it and what it takes."""
+
+
+class RefusedError(OperationError, PermissionError):
+    """A worker answered a control command with an error (the message gives the worker's)."""
+
+
+class NotFoundError(OperationError, LookupError):
+    """No task, worker, task name, queue or message with the given name or id is known."""
+
+
+class ConflictError(OperationError, RuntimeError):
+    """The action conflicts with the state of the task, the worker's pool or the broker."""
+
+
+class UnavailableError(OperationError, ConnectionError):
+    """The broker or the result backend cannot be reached, or is not configured."""
+
+
+class NoReplyError(UnavailableError, TimeoutError):
+    """A worker did not reply to a control command within the reply timeout."""

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 import celery as celery_pkg
 from celery import states
 from celery.app.amqp import AMQP
-from celery.app.task import Context
 from celery.app.task import Task as CeleryTask
 from celery.utils import uuid
 from celery.utils.saferepr import saferepr
@@ -44,6 +43,7 @@ from .errors import (
     SubmitConnectionError,
     SubmitError,
     TaskNotFound,
+    UnavailableError,
 )
 from .futures import Future, FuturePool
 from .schedule import ScheduleEntry, make_schedule
@@ -141,28 +141,28 @@ def _in_context_of(flask_app: Flask) -> bool:
 def _record_pending(
     task: CeleryTask, task_id: str, args: Any, kwargs: Any, options: dict[str, Any]
 ) -> None:
-    backend = task.backend
-    if not getattr(backend, "persistent", True) or type(backend).__name__ == "DisabledBackend":
-        return
-    queue = options.get("queue") or getattr(task, "queue", None)
-    request = Context(
-        task=options.get("shadow") or task.name,
-        args=list(args or ()),
-        kwargs=dict(kwargs or {}),
-        delivery_info={"routing_key": queue} if queue else {},
-        children=[],
-        parent_id=options.get("parent_id"),
-        group=options.get("group_id"),
-    )
+    """The PENDING record of a send (:func:`.monitor.send.record_pending`), under the name
+    and queue the message gets; an unreachable backend fails the send with
+    :class:`~.network.BackendUnreachable`."""
+    # imported here: importing the monitor package loads the service's modules, which an
+    # app that only sends tasks never needs
+    from .monitor.send import record_pending
+
     try:
-        backend.store_result(task_id, None, states.PENDING, request=request)
-    except Exception as exc:
-        if network.is_connection_error(exc):  # the send fails: the caller gets the error
-            text = network.message(task.app, "apply_async()", network.BACKEND, exc)
-            raise network.BackendUnreachable(text, exc) from None
-        log.warning(
-            "could not record task %s as PENDING in the result backend", task_id, exc_info=True
+        record_pending(
+            task.backend,
+            task_id,
+            options.get("shadow") or task.name,
+            args,
+            kwargs,
+            queue=options.get("queue") or getattr(task, "queue", None),
+            parent_id=options.get("parent_id"),
+            group_id=options.get("group_id"),
         )
+    except UnavailableError as exc:  # the send fails: the caller gets the error
+        reason = exc.__cause__ or exc
+        text = network.message(task.app, "apply_async()", network.BACKEND, reason)
+        raise network.BackendUnreachable(text, reason) from None
 
 
 class ShadowAwareAMQP(AMQP):

@@ -34,6 +34,19 @@ from celery import Celery
 log = logging.getLogger(__name__)
 
 
+def known_queue_names(app: Celery, inspector: Any, configured: Iterable[str]) -> list[str]:
+    """Every queue the monitor knows, in this order: the workers' active queues (the
+    :class:`~.inspector.Inspector`'s last results), the queues workers consumed earlier
+    (a queue whose consumers left is still measured), ``configured``
+    (``CELERY_MONITOR_QUEUES`` and the queues of ``CELERY_WORKERS``), Celery's configured
+    queues and its default queue. The one list the lengths, purge and message edits use."""
+    active: list[Any] = []
+    for info in inspector.get().values():
+        active.extend(info.get("active_queues") or ())
+    active.extend({"name": n} for n in inspector.seen_queues())
+    return queue_names(app, active, configured)
+
+
 def queue_names(app: Celery, active_queues: Iterable[Any], configured: Iterable[str]) -> list[str]:
     """Names from workers' ``active_queues`` results, our setting and Celery's queue config."""
     names: list[str] = []
@@ -79,9 +92,18 @@ def redis_queue_keys(chan: Any, queue: str) -> list[str]:
     """
     prefix = getattr(chan, "global_keyprefix", "") or ""
     steps = list(getattr(chan, "priority_steps", None) or [0])
-    # kombu's only spelling of a priority sub-queue's name (Channel._q_for_pri, private)
-    names = dict.fromkeys(chan._q_for_pri(queue, p) for p in steps)
+    names = dict.fromkeys(_priority_queue_name(chan, queue, p) for p in steps)
     return [prefix + name for name in names]
+
+
+def _priority_queue_name(chan: Any, queue: str, priority: int) -> str:
+    """kombu's name of ``queue``'s sub-queue for ``priority`` (``queue``, ``queue\\x06\\x163``).
+
+    The one use of a private kombu API (``Channel._q_for_pri``): kombu has no public spelling
+    of these names, and writing the format out here would break silently if kombu changed it
+    (calling kombu's own keeps us right for the kombu installed, or fails loudly).
+    """
+    return chan._q_for_pri(queue, priority)
 
 
 def _raw_client(chan: Any) -> redis.Redis:

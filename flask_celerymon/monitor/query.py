@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Union
 
-from ..errors import CeleryMonError
+from ..errors import InvalidInput
 
 MIN_TERM = 3
 
@@ -54,7 +54,7 @@ STATES = (
 )
 
 
-class SearchError(CeleryMonError, ValueError):
+class SearchError(InvalidInput):
     """A search string or a filter value is not valid; the message says what to fix."""
 
 

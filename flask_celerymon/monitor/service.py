@@ -1155,12 +1155,7 @@ class MonitorService:
         cached = self._queues_cache
         if cached is not None and time.monotonic() - cached[0] < max_age:
             return cached[1]
-        active: list[Any] = []
-        for info in self.inspector.get().values():
-            active.extend(info.get("active_queues") or ())
-        # then the queues consumed earlier (a queue whose consumers left is still measured)
-        active.extend({"name": n} for n in self.inspector.seen_queues())
-        names = _broker.queue_names(self.celery_app, active, self.settings.queues)
+        names = _broker.known_queue_names(self.celery_app, self.inspector, self.settings.queues)
         result = _broker.queue_lengths(self.celery_app, names, self.settings.broker_api)
         self._queues_cache = (time.monotonic(), result)
         return result

@@ -8,7 +8,8 @@ The parts import it from :mod:`flask_celerymon.appstate`, never from this packag
 them).
 
 Parts: ``views`` (pages), ``api`` (JSON API), ``live`` (websocket feed), ``metrics``
-(``/metrics``, ``/healthcheck``), ``login`` (OAuth2/OIDC login and logout). In front of all of
+(``/metrics``, ``/healthcheck``), ``login`` (OAuth2/OIDC login and logout); ``errors`` turns
+what any of them raises into a response (JSON or the error page). In front of all of
 them, ``guard`` runs its checks; ``auth`` holds who may see and do what: each view declares
 the role it needs with ``auth.requires``, and ``init_monitor`` builds the app's access policy
 (``AppState.access``), login client (``AppState.login``) and limits (``AppState.limits``) from
@@ -26,13 +27,14 @@ __all__ = ["BLUEPRINT_NAME", "get_state", "init_monitor", "make_blueprint"]
 
 def make_blueprint() -> Blueprint:
     """A fresh blueprint with every part of the monitor registered on it."""
-    from . import api, guard, hardening, insight, live, login, metrics, views
+    from . import api, errors, guard, hardening, insight, live, login, metrics, views
 
     # no static_folder: the pages' assets have a route of their own (views.assets), so that
     # every route of the blueprint declares who may use it
     bp = Blueprint(BLUEPRINT_NAME, __name__, template_folder="../templates")
     guard.register(bp)  # refuse first: a refused request must not start the service
     hardening.register(bp)  # security headers on every response
+    errors.register(bp)  # how an error raised by any route becomes a response
     bp.before_request(_start_service)
     api.register(bp)
     views.register(bp)

@@ -10,7 +10,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import Response, current_app, jsonify, request
+from flask import current_app, request
+
+from .errors import json_error as error  # the refusals' form; also used by .auth, .hardening
 
 #: Methods that never change anything.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -28,13 +30,6 @@ def safe(view: F) -> F:
     """
     view._celerymon_safe = True  # type: ignore[attr-defined]
     return view
-
-
-def error(status: int, message: str) -> Response:
-    """A JSON error response ``{"error": message}`` with ``status``."""
-    resp = jsonify(error=message)
-    resp.status_code = status
-    return resp
 
 
 def is_mutation() -> bool:

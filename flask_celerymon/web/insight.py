@@ -42,26 +42,62 @@ from typing import Any
 from flask import Blueprint, Flask, Response, render_template, request, url_for
 
 from ..appstate import get_state
+from ..errors import InvalidInput, NotFoundError, OperationError
+from ..monitor.control import FINISHED
 from ..monitor.insight import Insight, InsightSettings, parse_rules
 from ..monitor.insight import analytics as _analytics
 from ..monitor.insight import beat as _beat
 from ..monitor.insight.canvas import canvas_graph, layout
 from . import api
 from .auth import OPERATOR, VIEWER, requires
+from .errors import page_error
+from .params import (
+    BULK_LIMIT,
+    BULK_RANGE,
+    Bool,
+    Choice,
+    Int,
+    Range,
+    Signal,
+    Text,
+    doc,
+    parse_args,
+    schema,
+    use_params,
+)
 
 #: Windows of the error list: name -> seconds.
 ERROR_WINDOWS: dict[str, int] = {"1h": 3600, "24h": 86400, "7d": 604800, "30d": 2592000}
 SPARK_POINTS = 24
 #: ``limit`` of the tasks listed with one error group
-GROUP_TASKS_LIMIT = api.Range(1, 10_000)
+GROUP_TASKS_LIMIT = Range(1, 10_000)
 GROUP_ID = re.compile(r"^[0-9a-f]{16}$")
 #: Beat entry options passed on by "run now".
 RUN_OPTIONS = ("queue", "routing_key", "exchange", "priority", "expires", "time_limit",
                "soft_time_limit")  # fmt: skip
 
 
-class BadParam(ValueError):
-    """A page or API parameter is not valid; the message names it."""
+#: A page or API parameter is not valid; the message names it (400).
+BadParam = InvalidInput
+
+#: Statuses of the error list and of the alerts.
+ERROR_STATUSES = ("open", "resolved", "all")
+ALERT_STATUSES = ("firing", "resolved", "all")
+
+
+def _since(**kw: object) -> Choice:
+    return Choice(tuple(ERROR_WINDOWS), strip=True, default="7d", **kw)  # type: ignore[arg-type]
+
+
+def _window(**kw: object) -> Choice:
+    return Choice(tuple(_analytics.WINDOWS), strip=True, default="24h", **kw)  # type: ignore[arg-type]
+
+
+#: The parameters of the pages (their query strings).
+ERRORS_PAGE = schema(
+    since=_since(), status=Choice(ERROR_STATUSES, strip=True, default="all"), name=Text()
+)
+ANALYTICS_PAGE = schema(window=_window(), name=Text())
 
 
 def get_insight(app: Flask | None = None) -> Insight:
@@ -96,14 +132,6 @@ def _start() -> None:
 # -- shared reads ------------------------------------------------------------------------------
 
 
-def _choice(name: str, value: str | None, choices: dict[str, Any], default: str) -> str:
-    if value is None or value == "":
-        return default
-    if value not in choices:
-        raise BadParam(f"{name} must be one of {', '.join(choices)}, not {value!r}")
-    return value
-
-
 def error_groups(since: str, name: str | None, status: str | None, now: float) -> dict[str, Any]:
     """The error groups for the list and ``GET /api/errors``."""
     span = ERROR_WINDOWS[since]
@@ -124,10 +152,14 @@ def error_groups(since: str, name: str | None, status: str | None, now: float) -
 
 def _group(gid: str) -> dict[str, Any]:
     if not GROUP_ID.match(gid):
-        raise api.ApiError(404, f"no error group {gid!r}; ids are 16 hex digits")
+        raise NotFoundError(
+            f"no error group {gid!r}; ids are 16 hex digits", title="Unknown error group"
+        )
     found = get_insight().store.error_groups(group=gid)
     if not found:
-        raise api.ApiError(404, f"no error group {gid!r}; see the list at /api/errors")
+        raise NotFoundError(
+            f"no error group {gid!r}; see the list at /api/errors", title="Unknown error group"
+        )
     g = found[0]
     g["status"] = "resolved" if g["resolved_at"] is not None else "open"
     return g
@@ -179,15 +211,10 @@ def _rules() -> list[dict[str, Any]]:
 # -- pages -------------------------------------------------------------------------------------
 
 
-def _error_page(status: int, title: str, message: str) -> tuple[str, int]:
-    return render_template("celerymon/error.html", title=title, message=message), status
-
-
 def errors_context(args: Any, now: float) -> dict[str, Any]:
     """The error list's template context from its query ``args``. Raises :class:`BadParam`."""
-    since = _choice("since", args.get("since"), ERROR_WINDOWS, "7d")
-    status = _choice("status", args.get("status"), {"open": 1, "resolved": 1, "all": 1}, "all")
-    name = args.get("name") or None
+    p = parse_args(ERRORS_PAGE, args)
+    since, status, name = p["since"], p["status"], p["name"]
     data = error_groups(since, name, status, now)
     return {"window": since, "status": status, "name": name, "windows": ERROR_WINDOWS,
             "spark": _spark_points, **data}  # fmt: skip
@@ -196,10 +223,7 @@ def errors_context(args: Any, now: float) -> dict[str, Any]:
 @requires(VIEWER)
 def errors_page() -> Any:
     """Error groups. 200; 400 bad parameter."""
-    try:
-        ctx = errors_context(request.args, time.time())
-    except BadParam as exc:
-        return _error_page(400, "Bad request", str(exc))
+    ctx = errors_context(request.args, time.time())
     return render_template("celerymon/errors.html", **ctx)
 
 
@@ -213,7 +237,7 @@ def _spark_points(values: list[int], width: int = 120, height: int = 24) -> str:
 
 
 def error_group_context(gid: str) -> dict[str, Any]:
-    """One error group's template context. Raises :class:`~.api.ApiError` (404) when unknown."""
+    """One error group's template context. Raises :class:`NotFoundError` when unknown."""
     from .views import can
 
     g = _group(gid)
@@ -223,21 +247,19 @@ def error_group_context(gid: str) -> dict[str, Any]:
 @requires(VIEWER)
 def error_group_page(gid: str) -> Any:
     """One error group. 200; 404 unknown group."""
-    try:
-        ctx = error_group_context(gid)
-    except api.ApiError as exc:
-        return _error_page(404, "Unknown error group", exc.message)
+    ctx = error_group_context(gid)
     return render_template("celerymon/error_group.html", **ctx)
 
 
 def analytics_context(args: Any, now: float) -> dict[str, Any]:
     """The analytics page's template context from its query ``args`` (``window``, ``name``).
     Raises :class:`BadParam`."""
-    window = _choice("window", args.get("window"), _analytics.WINDOWS, "24h")
+    p = parse_args(ANALYTICS_PAGE, args)
+    window = p["window"]
     ins = get_insight()
     ins.flush()
     data = _analytics.task_analytics(ins.store, window, now)
-    name = args.get("name") or (data["tasks"][0]["name"] if data["tasks"] else None)
+    name = p["name"] or (data["tasks"][0]["name"] if data["tasks"] else None)
     series = _analytics.task_series(ins.store, name, window, now) if name else None
     return {"windows": _analytics.WINDOWS, "selected": name, "series": series, **data}
 
@@ -245,10 +267,7 @@ def analytics_context(args: Any, now: float) -> dict[str, Any]:
 @requires(VIEWER)
 def analytics_page() -> Any:
     """Task analytics over a window, with the previous window. 200; 400 bad window."""
-    try:
-        ctx = analytics_context(request.args, time.time())
-    except BadParam as exc:
-        return _error_page(400, "Bad request", str(exc))
+    ctx = analytics_context(request.args, time.time())
     return render_template("celerymon/analytics.html", **ctx)
 
 
@@ -278,16 +297,14 @@ def alerts_page() -> Any:
 # -- API ---------------------------------------------------------------------------------------
 
 
-def _api_choice(p: dict[str, Any], name: str, choices: dict[str, Any], default: str) -> str:
-    value = api.p_str(p, name)
-    try:
-        return _choice(name, value, choices, default)
-    except BadParam as exc:
-        raise api.ApiError(400, str(exc)) from None
-
-
 @requires(VIEWER)
-def api_errors() -> Response:
+@doc("Error groups", "ErrorGroups", tags=("insight",))
+@use_params(
+    since=_since(description="window (7d; empty: the default)"),
+    name=Text(description="task name"),
+    status=Choice(ERROR_STATUSES, strip=True, default="all", description="status"),
+)
+def api_errors(since: str, name: str | None, status: str) -> Response:
     """``GET /api/errors``: error groups seen in ``since`` (``1h 24h 7d 30d``, default 7d),
     newest first; ``name`` (a task name) and ``status`` (``open``/``resolved``) filter.
 
@@ -296,26 +313,30 @@ def api_errors() -> Response:
     "resolved_at", "status", "workers" ({hostname: count}), "sparkline" (24 counts over
     ``since``)}``. Status codes: 200; 400 bad parameter.
     """
-    p = api.params()
-    since = _api_choice(p, "since", ERROR_WINDOWS, "7d")
-    status = _api_choice(p, "status", {"open": 1, "resolved": 1, "all": 1}, "all")
-    return api.json_response(error_groups(since, api.p_str(p, "name"), status, time.time()))
+    return api.json_response(error_groups(since, name, status, time.time()))
 
 
 @requires(VIEWER)
-def api_error_group(gid: str) -> Response:
+@doc("One error group and its recent tasks", "ErrorGroup", 404, tags=("insight",))
+@use_params(limit=Int(GROUP_TASKS_LIMIT, default=100, description="at most this many"))
+def api_error_group(gid: str, limit: int) -> Response:
     """``GET /api/errors/<id>``: one group and its most recent occurrences (``limit``,
     default 100) as ``tasks: [{"uuid", "ts", "kind" (``failure``, ``retry`` or ``retried``: a
     failure sent again), "state", "worker"}]``. Status codes: 200;
     400 bad limit; 404 unknown group."""
-    p = api.params()
-    limit = api.p_int(p, "limit", GROUP_TASKS_LIMIT, default=100)
     g = _group(gid)
     return api.json_response({**g, "tasks": _group_tasks(gid, limit)})
 
 
+_GROUP_LIMIT = {"limit": Int(BULK_RANGE, default=BULK_LIMIT, description="at most this many")}
+_DRY_RUN = {"dry_run": Bool(description="only count and list")}
+
+
 @requires(OPERATOR)
-def api_error_group_retry(gid: str) -> Response:
+@doc("Retry the failed tasks of an error group", "GroupBulk", 404, 503, mutation=True,
+     tags=("insight",))  # fmt: skip
+@use_params(**_GROUP_LIMIT, **_DRY_RUN)
+def api_error_group_retry(gid: str, limit: int, dry_run: bool) -> Response:
     """``POST /api/errors/<id>/retry``: retry the group's failed tasks not retried from here
     before (at most ``limit``, default 1000), as ``POST /api/tasks/retry`` does; ``dry_run=1``
     only counts. The tasks sent again are marked ``retried`` in the group's occurrences.
@@ -324,16 +345,13 @@ def api_error_group_retry(gid: str) -> Response:
     {old: reason}}``. Status codes: 200; 400 bad parameter; 404 unknown group; 503 broker or
     backend unavailable.
     """
-    p = api.params()
-    dry_run = api.p_bool(p, "dry_run")
-    limit = api.p_int(p, "limit", api.BULK_RANGE, default=api.BULK_LIMIT)
     _group(gid)
     occ = get_insight().store.error_tasks(gid, limit, kind="failure")
     svc = get_state().monitor
     ids = []
     for o in occ:
         t = svc.task(o["uuid"], children=False)
-        if t is not None and t.get("state") in api.FINISHED:
+        if t is not None and t.get("state") in FINISHED:
             ids.append(o["uuid"])
     retried: dict[str, str] = {}
     failed: dict[str, str] = {}
@@ -341,61 +359,66 @@ def api_error_group_retry(gid: str) -> Response:
         for tid in ids:
             try:
                 retried[tid] = api._retry(tid).id
-            except api.ApiError as exc:
-                failed[tid] = exc.message
+            except OperationError as exc:
+                failed[tid] = str(exc)
         get_insight().store.mark_retried(gid, retried)
     return api.json_response({"dry_run": dry_run, "matched": len(occ), "count": len(ids),
                               "task_ids": ids, "retried": retried, "failed": failed})  # fmt: skip
 
 
 @requires(OPERATOR)
-def api_error_group_revoke(gid: str) -> Response:
+@doc("Revoke the unfinished tasks of an error group", "GroupBulk", 404, 503, mutation=True,
+     tags=("insight",))  # fmt: skip
+@use_params(
+    **_GROUP_LIMIT,
+    **_DRY_RUN,
+    terminate=Bool(description="also kill running ones"),
+    signal=Signal(description="signal sent with terminate (default SIGTERM)"),
+)
+def api_error_group_revoke(
+    gid: str, limit: int, dry_run: bool, terminate: bool, signal: str
+) -> Response:
     """``POST /api/errors/<id>/revoke``: revoke the group's tasks that have not finished
     (waiting for a retry); ``terminate``/``signal`` as the single revoke, ``dry_run=1`` only
     counts. Answers ``{"dry_run", "matched", "count", "task_ids"}``. Status codes: 200; 400
     bad parameter; 404 unknown group; 503 broker unavailable."""
-    p = api.params()
-    dry_run = api.p_bool(p, "dry_run")
-    terminate = api.p_bool(p, "terminate")
-    sig = api._signal_name(p)
-    limit = api.p_int(p, "limit", api.BULK_RANGE, default=api.BULK_LIMIT)
     _group(gid)
     occ = get_insight().store.error_tasks(gid, limit)
     svc = get_state().monitor
     ids = []
     for o in occ:
         t = svc.task(o["uuid"], children=False)
-        if t is not None and t.get("state") not in api.FINISHED and o["uuid"] not in ids:
+        if t is not None and t.get("state") not in FINISHED and o["uuid"] not in ids:
             ids.append(o["uuid"])
-    if ids and not dry_run:
-        get_state().celery_app.control.revoke(ids, terminate=terminate, signal=sig)
+    if not dry_run:
+        api.control().revoke(ids, terminate=terminate, signal=signal)
     return api.json_response({"dry_run": dry_run, "matched": len(occ), "count": len(ids),
                               "task_ids": ids})  # fmt: skip
 
 
 @requires(VIEWER)
-def api_analytics() -> Response:
+@doc("Task analytics over a window and the one before", "Analytics", tags=("insight",))
+@use_params(window=_window(description="window (24h)"), name=Text(description="task"))
+def api_analytics(window: str, name: str | None) -> Response:
     """``GET /api/analytics``: per task name over ``window`` (``15m 1h 6h 24h 7d 30d``,
     default 24h) and the window before: ``{"window", "since", "until", "tasks": [{"name",
     "current", "previous", "change"}]}`` (see :mod:`~..monitor.insight.analytics`); ``name``
     limits it to one task. Status codes: 200; 400 bad parameter."""
-    p = api.params()
-    window = _api_choice(p, "window", _analytics.WINDOWS, "24h")
     ins = get_insight()
     ins.flush()
-    data = _analytics.task_analytics(ins.store, window, time.time(), api.p_str(p, "name"))
+    data = _analytics.task_analytics(ins.store, window, time.time(), name)
     return api.json_response(data)
 
 
 @requires(VIEWER)
-def api_analytics_series() -> Response:
+@doc("One task's throughput and p95 per bucket", "AnalyticsSeries", tags=("insight",))
+@use_params(
+    name=Text(required=True, description="task name"), window=_window(description="window (24h)")
+)
+def api_analytics_series(name: str, window: str) -> Response:
     """``GET /api/analytics/series?name=<task>&window=24h``: ``{"name", "window", "bucket",
     "points": [{"start", "succeeded", "failed", "retried", "revoked", "runtime_p95",
     "wait_p95"}]}``. Status codes: 200; 400 bad or missing parameter."""
-    p = api.params()
-    name = api.p_str(p, "name", required=True)
-    assert name is not None
-    window = _api_choice(p, "window", _analytics.WINDOWS, "24h")
     ins = get_insight()
     ins.flush()
     data = _analytics.task_series(ins.store, name, window, time.time())
@@ -403,6 +426,7 @@ def api_analytics_series() -> Response:
 
 
 @requires(VIEWER)
+@doc("The beat schedule and whether beat runs", "Beat", tags=("insight",))
 def api_beat() -> Response:
     """``GET /api/beat``: ``{"beat": {"running": true | false | null, "how"}, "entries":
     [{"name", "task", "schedule" (in words), "args", "kwargs", "options", "next_run",
@@ -411,6 +435,7 @@ def api_beat() -> Response:
 
 
 @requires(OPERATOR)
+@doc("Send a beat entry's task now", "BeatRun", 404, 503, mutation=True, tags=("insight",))
 def api_beat_run(entry: str) -> Response:
     """``POST /api/beat/run/<entry>``: send the entry's task now, with its arguments and
     routing options. Answers ``{"message", "task-id"}``. Status codes: 200; 404 unknown entry;
@@ -418,7 +443,7 @@ def api_beat_run(entry: str) -> Response:
     capp = get_state().celery_app
     e = (capp.conf.beat_schedule or {}).get(entry)
     if e is None:
-        raise api.ApiError(404, f"no beat entry {entry!r}; see /api/beat for the entries")
+        raise NotFoundError(f"no beat entry {entry!r}; see /api/beat for the entries")
     options = {k: v for k, v in (e.get("options") or {}).items() if k in RUN_OPTIONS}
     name = e["task"]
     args, kwargs = list(e.get("args") or ()), dict(e.get("kwargs") or {})
@@ -432,13 +457,13 @@ def api_beat_run(entry: str) -> Response:
 
 
 @requires(VIEWER)
-def api_alerts() -> Response:
+@doc("Alert rules and alerts", "Alerts", tags=("insight",))
+@use_params(status=Choice(ALERT_STATUSES, strip=True, default="all", description="status"))
+def api_alerts(status: str) -> Response:
     """``GET /api/alerts``: ``{"rules": [...], "alerts": [{"id", "rule", "kind", "subject",
     "status", "value", "threshold", "message", "started", "resolved", "notified",
     "notifications", "delivery"}]}``, newest first; ``status=firing|resolved`` filters.
     Status codes: 200; 400 bad parameter."""
-    p = api.params()
-    status = _api_choice(p, "status", {"firing": 1, "resolved": 1, "all": 1}, "all")
     alerts = get_insight().store.alerts(status=None if status == "all" else status)
     return api.json_response({"rules": _rules(), "alerts": alerts})
 
@@ -456,18 +481,20 @@ def canvas_fragment(task_id: str) -> Any:
     """The canvas card of the task page alone (the page's script swaps it in). 200; 404."""
     graph = task_canvas(task_id)
     if graph is None:
-        return _error_page(404, "Unknown task", f"No task with id {task_id!r} is known.")
+        return page_error(404, "Unknown task", f"No task with id {task_id!r} is known.")
     return render_template("celerymon/_canvas.html", canvas=graph)
 
 
 @requires(VIEWER)
+@doc("The chain, group or chord a task belongs to, as a graph", "Canvas", 404,
+     tags=("insight",))  # fmt: skip
 def api_task_canvas(task_id: str) -> Response:
     """``GET /api/task/canvas/<id>``: the chain/group/chord the task belongs to: ``{"root",
     "task", "nodes": [{"id", "name", "state", "parent", "depth", "known"}], "edges": [[parent,
     child]], "truncated", "final"}``. Status codes: 200; 404 unknown task."""
     graph = task_canvas(task_id)
     if graph is None:
-        raise api.ApiError(404, f"Unknown task '{task_id}'")
+        raise NotFoundError(f"Unknown task '{task_id}'")
     return api.json_response(graph)
 
 

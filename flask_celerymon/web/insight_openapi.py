@@ -1,20 +1,16 @@
-"""The OpenAPI entries of the insight API (:mod:`.insight`), merged by
-:func:`.openapi.build_spec` into ``<prefix>/api/openapi.json``."""
+"""The response shapes of the insight API (:mod:`.insight`), merged by
+:func:`.openapi.build_spec` into ``<prefix>/api/openapi.json`` (the paths and parameters come
+from the views' declarations)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import api as _api
-
 _STR = {"type": "string"}
-#: a required text: at least one character that is not white space (as the API parses it)
-_TEXT = {"type": "string", "minLength": 1, "pattern": "\\S"}
 _NSTR = {"type": "string", "nullable": True}
 _NUM = {"type": "number"}
 _NNUM = {"type": "number", "nullable": True}
 _INT = {"type": "integer"}
-_BOOL = {"type": "string", "enum": ["1", "0", "true", "false", "yes", "no", "on", "off"]}
 
 
 def _obj(required: list[str], **props: Any) -> dict[str, Any]:
@@ -173,68 +169,3 @@ SCHEMAS: dict[str, Any] = {
         },
     ),  # fmt: skip
 }
-
-
-def _q(name: str, schema: dict[str, Any], description: str, required: bool = False) -> dict:
-    return {"name": name, "in": "query", "required": required, "description": description,
-            "schema": schema}  # fmt: skip
-
-
-def _op(summary: str, ok: str, errors: tuple[int, ...], params: list[dict]) -> dict[str, Any]:
-    responses: dict[str, Any] = {
-        "200": {
-            "description": "OK",
-            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{ok}"}}},
-        }
-    }
-    for code in sorted(errors):
-        responses[str(code)] = {"$ref": f"#/components/responses/E{code}"}
-    op: dict[str, Any] = {"summary": summary, "tags": ["insight"], "responses": responses}
-    if params:
-        op["parameters"] = params
-    return op
-
-
-_GID = {"name": "gid", "in": "path", "required": True, "schema": _STR,
-        "description": "error group id (16 hex digits)"}  # fmt: skip
-_ENTRY = {"name": "entry", "in": "path", "required": True, "schema": _STR,
-          "description": "beat entry name"}  # fmt: skip
-_SINCE = _q("since", {"type": "string", "enum": ["", "1h", "24h", "7d", "30d"]},
-             "window (7d; empty: the default)")  # fmt: skip
-_WINDOW = _q("window", {"type": "string", "enum": ["", "15m", "1h", "6h", "24h", "7d", "30d"]},
-             "window (24h)")  # fmt: skip
-_LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000}, "at most this many")
-_DRY = _q("dry_run", _BOOL, "only count and list")
-
-
-def paths() -> dict[str, Any]:
-    """The insight paths of the OpenAPI document."""
-    return {
-        "/api/errors": {"get": _op("Error groups", "ErrorGroups", (400,), [
-            _SINCE, _q("name", _STR, "task name"),
-            _q("status", {"type": "string", "enum": ["", "all", "open", "resolved"]}, "status")])},
-        "/api/errors/{gid}": {"get": _op("One error group and its recent tasks", "ErrorGroup",
-                                         (400, 404), [_GID, _LIMIT])},
-        "/api/errors/{gid}/retry": {"post": _op(
-            "Retry the failed tasks of an error group", "GroupBulk", (400, 403, 404, 503),
-            [_GID, _LIMIT, _DRY])},
-        "/api/errors/{gid}/revoke": {"post": _op(
-            "Revoke the unfinished tasks of an error group", "GroupBulk", (400, 403, 404, 503),
-            [_GID, _LIMIT, _DRY, _q("terminate", _BOOL, "also kill running ones"),
-             _q("signal", {"type": "string", "enum": ["", *_api.SIGNALS]},
-                "signal sent with terminate (default SIGTERM)")])},
-        "/api/analytics": {"get": _op("Task analytics over a window and the one before",
-                                      "Analytics", (400,), [_WINDOW, _q("name", _STR, "task")])},
-        "/api/analytics/series": {"get": _op(
-            "One task's throughput and p95 per bucket", "AnalyticsSeries", (400,),
-            [_q("name", _TEXT, "task name", required=True), _WINDOW])},
-        "/api/beat": {"get": _op("The beat schedule and whether beat runs", "Beat", (), [])},
-        "/api/beat/run/{entry}": {"post": _op("Send a beat entry's task now", "BeatRun",
-                                              (403, 404, 503), [_ENTRY])},
-        "/api/task/canvas/{task_id}": {"get": _op(
-            "The chain, group or chord a task belongs to, as a graph", "Canvas", (404,),
-            [{"name": "task_id", "in": "path", "required": True, "schema": _STR,
-              "description": "task id"}])},
-        "/api/alerts": {"get": _op("Alert rules and alerts", "Alerts", (400,), [
-            _q("status", {"type": "string", "enum": ["", "all", "firing", "resolved"]}, "status")])},
-    }  # fmt: skip

@@ -101,7 +101,8 @@ def page_context(view: str, args: Any) -> dict[str, Any]:
 
     Raises :class:`~.views.BadInput` naming a bad parameter (or an unknown error group).
     """
-    from . import api, insight
+    from ..errors import OperationError
+    from . import insight
     from .views import charts_context
 
     now = time.time()
@@ -116,8 +117,8 @@ def page_context(view: str, args: Any) -> dict[str, Any]:
             return insight.error_group_context(args.get("id") or "")
         if view == "alerts":
             return insight.alerts_context()
-    except (insight.BadParam, api.ApiError) as exc:
-        raise BadInput(getattr(exc, "message", None) or str(exc)) from None
+    except OperationError as exc:  # a bad parameter, an unknown error group
+        raise BadInput(str(exc)) from None
     raise BadInput(f"view {view!r} is not an insight page")
 
 

@@ -54,9 +54,23 @@ from markupsafe import Markup
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from ..appstate import get_state
+from ..errors import InvalidInput, NotFoundError
+from ..monitor.control import FINISHED
 from ..monitor.query import STATES, SearchError, compile_python, parse, parse_sort
 from .auth import ANYONE, VIEWER, csrf_token, current_user, may, requires
 from .guard import safe
+from .params import (
+    Bool,
+    Choice,
+    Int,
+    Param,
+    Range,
+    Text,
+    UtcTime,
+    parse_args,
+    schema,
+)
+from .params import utc_seconds as _utc_seconds
 
 log = logging.getLogger(__name__)
 
@@ -105,11 +119,8 @@ STATE_BUTTONS = (
     ("Revoked", "REVOKED"),
 )
 WORKER_TABS = ("pool", "broker", "queues", "tasks", "limits", "config", "system")
-FINAL_STATES = frozenset({"SUCCESS", "FAILURE", "REVOKED", "REJECTED", "IGNORED", "LOST"})
-
-
-class BadInput(ValueError):
-    """A page parameter is not valid; the message says which one and what it takes."""
+#: A page parameter is not valid; the message says which one and what it takes (400).
+BadInput = InvalidInput
 
 
 # -- formatting -------------------------------------------------------------------------------
@@ -320,26 +331,116 @@ def _context() -> dict[str, Any]:
 # -- the task list's parameters ---------------------------------------------------------------
 
 
-def _parse_time(name: str, value: str) -> float:
-    for pattern in ("%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"):
+class _States(Param):
+    """``state``: states, comma-separated and/or repeated, any case; empty or ``All`` for any.
+    Given as a tuple of upper-case states without repeats."""
+
+    repeat = True
+
+    def __init__(self) -> None:
+        super().__init__(default=())
+
+    def parse(self, value: Any) -> tuple[str, ...]:
+        states: list[str] = []
+        for s in str(value).split(","):
+            s = s.strip().upper()
+            if not s or s == "ALL":
+                continue
+            if s not in STATES and s != "PROGRESS":
+                raise BadInput(f"state must be one of {', '.join(STATES)}, not {s!r}")
+            states.append(s)
+        return tuple(dict.fromkeys(states))
+
+
+class _Sort(Text):
+    """``sort``: a column of :data:`SORTABLE`, ``-`` for descending (default ``-received``)."""
+
+    def __init__(self) -> None:
+        super().__init__(strip=False, default="-received")
+
+    def parse(self, value: Any) -> str:
+        sort = super().parse(value)
         try:
-            d = datetime.strptime(value.strip(), pattern)
-        except ValueError:
-            continue
-        return d.replace(tzinfo=timezone.utc).timestamp()
-    raise BadInput(f"{name} must be a UTC time like 2026-01-31 13:45, not {value!r}")
+            key, _ = parse_sort(sort)
+        except SearchError as exc:
+            raise BadInput(str(exc)) from None
+        if key not in SORTABLE:
+            raise BadInput(f"sort must be one of {', '.join(sorted(SORTABLE))}, not {sort!r}")
+        return sort
 
 
-def _int(name: str, value: str | None, default: int, lo: int, hi: int) -> int:
-    if value is None or value == "":
-        return default
-    try:
-        n = int(value)
-    except ValueError:
-        raise BadInput(f"{name} must be an integer from {lo} to {hi}, not {value!r}") from None
-    if not lo <= n <= hi:
-        raise BadInput(f"{name} must be an integer from {lo} to {hi}, not {value!r}")
-    return n
+class _Columns(Text):
+    """``columns``: a comma list of :data:`TASK_COLUMNS`, as a tuple."""
+
+    def parse(self, value: Any) -> tuple[str, ...]:  # type: ignore[override]
+        cols = tuple(c.strip() for c in super().parse(value).split(",") if c.strip())
+        if not cols or [c for c in cols if c not in TASK_COLUMNS]:
+            raise BadInput(
+                f"columns must be a comma list of {', '.join(TASK_COLUMNS)}, not {value!r}"
+            )
+        return cols
+
+
+class _Column(Param):
+    """``column``, repeated: the form of the column picker (unknown names are left out)."""
+
+    repeat = True
+
+    def __init__(self) -> None:
+        super().__init__(default=())
+
+    def parse(self, value: Any) -> tuple[str, ...]:
+        return tuple(c for c in str(value).split(",") if c in TASK_COLUMNS)
+
+
+class _Search(Text):
+    """``search``: the search language, checked here (``search: <what is wrong>``)."""
+
+    def __init__(self) -> None:
+        super().__init__(default="")
+
+    def parse(self, value: Any) -> str:
+        search = super().parse(value)
+        try:
+            parse(search)
+        except SearchError as exc:
+            raise BadInput(f"search: {exc}") from None
+        return search
+
+
+#: The task list's parameters (see :class:`TaskFilter`).
+TASK_LIST = schema(
+    state=_States(),
+    since=Choice(tuple(RANGES), default=""),
+    **{"from": UtcTime(), "to": UtcTime()},
+    worker=Text(default=""),
+    name=Text(default=""),
+    sort=_Sort(),
+    columns=_Columns(),
+    column=_Column(),
+    search=_Search(),
+    page=Int(Range(1, 1_000_000), default=1),
+    per_page=Int(Range(1, 500), default=15),
+)
+#: Flower's ``/tasks/datatable`` (DataTables' server-side parameters).
+DATATABLE = schema(
+    draw=Int(Range(0, 2**31), default=0),
+    start=Int(Range(0, 10**9), default=0),
+    length=Int(Range(-1, 10_000), default=15),
+    **{
+        "order[0][column]": Int(Range(0, 100)),
+        "order[0][dir]": Text(default="asc"),
+        "search[value]": Text(),
+    },
+)
+#: The pages' flags: Flower's ``?refresh=1`` and ``?json=1`` (any other text is false).
+FLAGS = schema(refresh=Bool(lenient=True), json=Bool(lenient=True))
+WORKER_PAGE = schema(tab=Choice(WORKER_TABS, default="pool"), refresh=Text())
+CHARTS_PAGE = schema(window=Choice(tuple(RANGES), default="1h"), name=Text())
+
+
+def _parse_time(name: str, value: str) -> float:
+    return _utc_seconds(name, value)
 
 
 @dataclass(frozen=True)
@@ -369,56 +470,21 @@ class TaskFilter:
 
     @classmethod
     def from_args(cls, args: Any) -> TaskFilter:
-        states: list[str] = []
-        for raw in args.getlist("state"):
-            for s in raw.split(","):
-                s = s.strip().upper()
-                if not s or s == "ALL":
-                    continue
-                if s not in STATES and s != "PROGRESS":
-                    raise BadInput(f"state must be one of {', '.join(STATES)}, not {s!r}")
-                states.append(s)
-        since = args.get("since", "")
-        if since and since not in RANGES:
-            raise BadInput(f"since must be one of {', '.join(RANGES)}, not {since!r}")
-        start, end = args.get("from", "").strip(), args.get("to", "").strip()
-        for what, value in (("from", start), ("to", end)):
-            if value:
-                _parse_time(what, value)
-        sort = args.get("sort", "") or "-received"
-        try:
-            key, _ = parse_sort(sort)
-        except SearchError as exc:
-            raise BadInput(str(exc)) from None
-        if key not in SORTABLE:
-            raise BadInput(f"sort must be one of {', '.join(sorted(SORTABLE))}, not {sort!r}")
-        cols_raw = args.get("columns", "")
-        if cols_raw:
-            cols = tuple(c.strip() for c in cols_raw.split(",") if c.strip())
-            bad = [c for c in cols if c not in TASK_COLUMNS]
-            if bad or not cols:
-                raise BadInput(
-                    f"columns must be a comma list of {', '.join(TASK_COLUMNS)}, not {cols_raw!r}"
-                )
-        else:
-            cols = tuple(c for c in args.getlist("column") if c in TASK_COLUMNS) or DEFAULT_COLUMNS
-        search = args.get("search", "").strip()
-        try:
-            parse(search)
-        except SearchError as exc:
-            raise BadInput(f"search: {exc}") from None
+        """The filter of the query string ``args`` (:data:`TASK_LIST`); raises
+        :class:`BadInput` naming the first bad parameter."""
+        p = parse_args(TASK_LIST, args)
         return cls(
-            state=tuple(dict.fromkeys(states)),
-            worker=args.get("worker", "").strip(),
-            name=args.get("name", "").strip(),
-            search=search,
-            since=since,
-            start=start,
-            end=end,
-            sort=sort,
-            page=_int("page", args.get("page"), 1, 1, 1_000_000),
-            per_page=_int("per_page", args.get("per_page"), 15, 1, 500),
-            columns=cols,
+            state=p["state"],
+            worker=p["worker"],
+            name=p["name"],
+            search=p["search"],
+            since=p["since"],
+            start=p["from"],
+            end=p["to"],
+            sort=p["sort"],
+            page=p["page"],
+            per_page=p["per_page"],
+            columns=p["columns"] or p["column"] or DEFAULT_COLUMNS,
         )
 
     def bounds(self) -> tuple[float | None, float | None]:
@@ -606,7 +672,7 @@ def _task_extras(task: dict[str, Any]) -> dict[str, Any]:
     t0 = hist[0]["timestamp"] if hist else None
     return {
         "timeline": [{**h, "delta": None if t0 is None else h["timestamp"] - t0} for h in hist],
-        "can_revoke": state not in FINAL_STATES and can(f"task/revoke/{uuid}"),
+        "can_revoke": state not in FINISHED and can(f"task/revoke/{uuid}"),
         "can_terminate": state in ("STARTED", "PROGRESS", "RETRY") and can(f"task/revoke/{uuid}"),
         "can_retry": state in ("FAILURE", "REVOKED", "REJECTED") and can(f"task/retry/{uuid}"),
         "tasks_url": tasks_url,
@@ -672,10 +738,6 @@ def chart_data(window: str, name: str | None, now: float | None = None) -> dict[
 # -- the routes -------------------------------------------------------------------------------
 
 
-def _error(status: int, title: str, message: str) -> tuple[str, int]:
-    return render_template("celerymon/error.html", title=title, message=message), status
-
-
 @requires(VIEWER)
 def index() -> str:
     return workers()
@@ -689,9 +751,10 @@ def workers() -> Any:
     answers ``{"data": [worker, ...]}`` (the service's ``workers()`` items) instead of HTML.
     """
     svc = get_state().monitor
-    if _flag(request.args.get("refresh")):
+    flags = parse_args(FLAGS, request.args)
+    if flags["refresh"]:
         _refresh(svc)
-    if _flag(request.args.get("json")):
+    if flags["json"]:
         return jsonify(data=svc.workers())
     day_ago = time.time() - 86400
     gaps = [g for g in svc.figures()["gaps"] if g["end"] >= day_ago]
@@ -708,10 +771,6 @@ def _refresh(svc: Any, hostname: str | None = None) -> dict[str, Any]:
         return svc.inspect(hostname)
 
 
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on", "y", "t")
-
-
 @requires(VIEWER)
 def tasks_datatable() -> Any:
     """Flower's ``/tasks/datatable`` for scripts written against it (GET or POST).
@@ -719,33 +778,28 @@ def tasks_datatable() -> Any:
     DataTables' server-side parameters: ``draw``, ``start``, ``length``, ``search[value]``
     (the search language), ``order[0][column]`` and ``order[0][dir]`` with
     ``columns[<i>][data]`` naming the column. Answers ``{"draw", "data": [task dicts],
-    "recordsTotal", "recordsFiltered"}``; ``length=-1`` (all) gives at most 10,000 rows. 200; 400 ``{"error": ...}`` for a bad parameter or
-    search (Flower answers 200 with ``searchError``; a 4xx tells a script it asked wrong).
+    "recordsTotal", "recordsFiltered"}``; ``length=-1`` (all) gives at most 10,000 rows. 200;
+    400 ``{"error": ...}`` (raised, answered by :mod:`.errors`) for a bad parameter or search
+    (Flower answers 200 with ``searchError``; a 4xx tells a script it asked wrong).
     """
     args = request.values
-    try:
-        draw = _int("draw", args.get("draw"), 0, 0, 2**31)
-        start = _int("start", args.get("start"), 0, 0, 10**9)
-        length = _int("length", args.get("length"), 15, -1, 10_000)
-        sort_by = None
-        col = args.get("order[0][column]")
-        if col is not None:
-            key = args.get(f"columns[{_int('order[0][column]', col, 0, 0, 100)}][data]", "")
-            if key in SORTABLE:
-                desc = args.get("order[0][dir]", "asc") == "desc"
-                sort_by = ("-" if desc else "") + key
-        svc = get_state().monitor
-        page = svc.query_tasks(
-            search=args.get("search[value]", "").strip() or None,
-            sort_by=sort_by,
-            offset=start,
-            limit=10_000 if length == -1 else length,
-        )
-        total = svc.query_tasks(limit=0).total
-    except (BadInput, SearchError) as exc:
-        resp = jsonify(error=str(exc))
-        resp.status_code = 400
-        return resp
+    p = parse_args(DATATABLE, args)
+    draw, start, length = p["draw"], p["start"], p["length"]
+    sort_by = None
+    col = p["order[0][column]"]
+    if col is not None:  # the column's name is a parameter named by the index
+        key = args.get(f"columns[{col}][data]", "")
+        if key in SORTABLE:
+            desc = p["order[0][dir]"] == "desc"
+            sort_by = ("-" if desc else "") + key
+    svc = get_state().monitor
+    page = svc.query_tasks(
+        search=p["search[value]"],
+        sort_by=sort_by,
+        offset=start,
+        limit=10_000 if length == -1 else length,
+    )
+    total = svc.query_tasks(limit=0).total
     return jsonify(draw=draw, data=page.tasks, recordsTotal=total, recordsFiltered=page.total)
 
 
@@ -753,14 +807,13 @@ def tasks_datatable() -> Any:
 def worker(hostname: str) -> Any:
     """One worker's tabs from inspect; 404 unknown worker, 400 bad tab."""
     svc = get_state().monitor
-    tab = request.args.get("tab", "pool")
-    if tab not in WORKER_TABS:
-        return _error(400, "Bad request", f"tab must be one of {', '.join(WORKER_TABS)}")
+    p = parse_args(WORKER_PAGE, request.args)
+    tab = p["tab"]
     w = svc.worker(hostname)
     if w is None:
-        return _error(404, "Unknown worker", f"No worker named {hostname!r} is known.")
+        raise NotFoundError(f"No worker named {hostname!r} is known.", title="Unknown worker")
     info = svc.inspect(hostname).get(hostname) or {}
-    if request.args.get("refresh") or (w.get("status") and "active" not in info):
+    if p["refresh"] or (w.get("status") and "active" not in info):
         info = _refresh(svc, hostname).get(hostname) or info
     return render_template(
         "celerymon/worker.html",
@@ -780,7 +833,7 @@ def tasks() -> Any:
     try:
         flt = TaskFilter.from_args(request.args)
         page = get_state().monitor.query_tasks(**flt.service_query())
-    except (BadInput, SearchError) as exc:
+    except InvalidInput as exc:  # a bad filter or search: the list shows why, with its form
         flt = TaskFilter(search=request.args.get("search", "")[:500])
         return (
             render_template(
@@ -806,7 +859,7 @@ def task(uuid: str) -> Any:
     """One task with its timeline and actions; 404 unknown task."""
     t = get_state().monitor.task(uuid)
     if t is None:
-        return _error(404, "Unknown task", f"No task with id {uuid!r} is known.")
+        raise NotFoundError(f"No task with id {uuid!r} is known.", title="Unknown task")
     return render_template("celerymon/task.html", t=t, detail=Markup(render_task_detail(t)))
 
 
@@ -827,21 +880,16 @@ def charts_context(args: Any) -> dict[str, Any]:
 
     Raises :class:`BadInput` for an unknown window.
     """
-    window = args.get("window", "1h")
-    if window not in RANGES:
-        raise BadInput(f"window must be one of {', '.join(RANGES)}")
-    data = chart_data(window, args.get("name") or None)
+    p = parse_args(CHARTS_PAGE, args)
+    window = p["window"]
+    data = chart_data(window, p["name"])
     return {"window": window, "ranges": RANGES, "tasks_url": tasks_url, **data}
 
 
 @requires(VIEWER)
 def charts() -> Any:
     """Finished tasks per bucket and runtime p50/p95 per task name; 400 bad window."""
-    try:
-        ctx = charts_context(request.args)
-    except BadInput as exc:
-        return _error(400, "Bad request", str(exc))
-    return render_template("celerymon/charts.html", **ctx)
+    return render_template("celerymon/charts.html", **charts_context(request.args))
 
 
 def register(bp: Blueprint) -> None:
