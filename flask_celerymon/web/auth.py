@@ -469,18 +469,10 @@ def _metrics_token_ok(policy: AccessPolicy) -> bool:
 
 def _is_page() -> bool:
     """True for the HTML pages (a refusal there is a page or a redirect, not JSON)."""
+    from .common import PAGE_ENDPOINTS
+
     endpoint = request.endpoint or ""
     return request.method == "GET" and endpoint in PAGE_ENDPOINTS
-
-
-#: Endpoints answered with HTML (their refusals too).
-PAGE_ENDPOINTS = frozenset(
-    f"celerymon.{e}"
-    for e in (
-        *("index", "workers", "worker", "tasks", "task", "broker", "charts", "login", "logout"),
-        *("errors", "error_group", "analytics", "beat", "alerts"),  # .insight
-    )
-)
 
 
 def refuse(status: int, message: str, challenge: bool = False) -> Response:

@@ -10,9 +10,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from flask import current_app, request
-
-from .errors import json_error as error  # the refusals' form; also used by .auth, .hardening
+from flask import Response, current_app, jsonify, request
 
 #: Methods that never change anything.
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -30,6 +28,23 @@ def safe(view: F) -> F:
     """
     view._celerymon_safe = True  # type: ignore[attr-defined]
     return view
+
+
+#: Endpoints answered with HTML (their refusals too).
+PAGE_ENDPOINTS = frozenset(
+    f"celerymon.{e}"
+    for e in (
+        *("index", "workers", "worker", "tasks", "task", "broker", "charts", "login", "logout"),
+        *("errors", "error_group", "analytics", "beat", "alerts"),  # .insight
+    )
+)
+
+
+def error(status: int, message: str) -> Response:
+    """A JSON error response ``{"error": message}`` with ``status``."""
+    resp = jsonify(error=message)
+    resp.status_code = status
+    return resp
 
 
 def is_mutation() -> bool:

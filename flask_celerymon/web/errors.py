@@ -6,7 +6,7 @@ the blueprint's error handlers:
 * :class:`~flask_celerymon.errors.OperationError` (the operations' errors, the pages' and the
   API's bad input, a search error) -> the status of :data:`STATUS`, as ``{"error": message}``
   JSON, or the HTML error page for a page (a ``GET`` of an endpoint in
-  :data:`~.auth.PAGE_ENDPOINTS`);
+  :data:`~.common.PAGE_ENDPOINTS`);
 * the broker's and result backend's connection errors (:data:`UNAVAILABLE`, and Celery's
   bare ``RuntimeError`` over one) on an API route -> 503 ``{"error": "Broker or result
   backend unavailable: ..."}`` (the pages keep Flask's own handling).
@@ -21,7 +21,7 @@ import logging
 import socket
 from typing import Any
 
-from flask import Response, jsonify, render_template, request
+from flask import Response, render_template, request
 from kombu.exceptions import OperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -34,6 +34,8 @@ from ..errors import (
     RefusedError,
     UnavailableError,
 )
+from .common import PAGE_ENDPOINTS
+from .common import error as json_error
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +68,6 @@ def status_of(exc: OperationError) -> int:
     return 500
 
 
-def json_error(status: int, message: str) -> Response:
-    """A JSON error response ``{"error": message}`` with ``status``."""
-    resp = jsonify(error=message)
-    resp.status_code = status
-    return resp
-
-
 def page_error(status: int, title: str, message: str) -> Response:
     """The HTML error page (``celerymon/error.html``) with ``title`` and ``message``."""
     return Response(
@@ -84,8 +79,6 @@ def page_error(status: int, title: str, message: str) -> Response:
 
 def is_page() -> bool:
     """True when the current request asks for an HTML page (its errors are pages too)."""
-    from .auth import PAGE_ENDPOINTS
-
     return request.method == "GET" and (request.endpoint or "") in PAGE_ENDPOINTS
 
 

@@ -41,8 +41,8 @@ from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import PathConverter
 
-from ...monitor.control import FINISHED
 from ...appstate import get_state
+from ...monitor.control import FINISHED
 from ..auth import VIEWER, requires
 from ..errors import is_api_request, json_error
 from ..params import doc

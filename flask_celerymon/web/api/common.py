@@ -21,10 +21,10 @@ from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeout
 from flask import Response, current_app
 
+from ...appstate import get_state
 from ...monitor.control import Control, result_backend
 from ...monitor.queues import Queues
 from ...monitor.send import Sender
-from ...appstate import get_state
 from ..params import (  # the parameter declarations; re-exported for the package's modules
     APPLY_DATE_FORMAT,  # noqa: F401
     APPLY_OPTIONS,  # noqa: F401
