@@ -27,9 +27,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .model import TASK_COLUMNS, TaskQuery, history_from_times
 from .query import _fts_phrase, compile_sql, instr_sql, kwarg_pattern
-from .state import history_from_times
-from .store import TASK_COLUMNS, HistoryStore, TaskQuery
+from .store import HistoryStore
 
 log = logging.getLogger(__name__)
 
