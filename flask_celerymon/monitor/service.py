@@ -43,6 +43,7 @@ from .state import (
     WORKER_EVENTS,
     MalformedEvent,
     State,
+    StateObserver,
     TaskRecord,
     WorkerRecord,
 )
@@ -202,6 +203,24 @@ def _tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(v for v in value if v and v != "All")
 
 
+class _WindowObserver(StateObserver):
+    """The service's view of the window's changes (ingest thread, state lock held)."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: MonitorService) -> None:
+        self._service = service
+
+    def task_changed(self, task: TaskRecord) -> None:
+        self._service._task_changed(task)
+
+    def worker_changed(self, worker: WorkerRecord) -> None:
+        self._service._worker_changed(worker)
+
+    def worker_evicted(self, hostname: str) -> None:
+        self._service._worker_evicted(hostname)
+
+
 class MonitorService:
     """The monitor of one Celery app. Construct freely; threads start with :meth:`start`.
 
@@ -267,15 +286,12 @@ class MonitorService:
         )
 
     def _new_state(self) -> State:
-        st = State(
+        return State(
             self.settings.max_tasks,
             self.settings.max_workers,
             self.settings.worker_offline_after,
+            observer=_WindowObserver(self),
         )
-        st.on_task = self._task_changed
-        st.on_worker = self._worker_changed
-        st.on_worker_evicted = self._worker_evicted
-        return st
 
     # -- lifecycle -------------------------------------------------------------------------
 

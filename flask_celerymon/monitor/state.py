@@ -206,11 +206,40 @@ def _precedence(state: str) -> int:
     return PRECEDENCE_LOOKUP.get(state or None, _NONE_PRECEDENCE)
 
 
+class StateObserver:
+    """What :class:`State` tells about its changes; subclass and override what you need.
+
+    Every method is called in the writer thread with :attr:`State.lock` held: keep it short,
+    read the record's attributes and don't keep or change the record.
+    """
+
+    __slots__ = ()
+
+    def task_changed(self, task: TaskRecord) -> None:
+        """A task was created or changed (an event, a note, marked LOST, adopted)."""
+
+    def worker_changed(self, worker: WorkerRecord) -> None:
+        """A worker was created or changed by an event."""
+
+    def task_evicted(self, task: TaskRecord) -> None:
+        """A task left the window to stay within ``max_tasks``."""
+
+    def worker_evicted(self, hostname: str) -> None:
+        """A worker was dropped to stay within ``max_workers``."""
+
+
+def _hook(observer: StateObserver | None, name: str) -> Any:
+    """``observer``'s bound method ``name``, or None when absent or not overridden."""
+    if observer is None or getattr(type(observer), name) is getattr(StateObserver, name):
+        return None
+    return getattr(observer, name)
+
+
 class State:
     """Tasks and workers in memory, changed only by :meth:`apply` (one writer thread).
 
-    ``on_task`` / ``on_worker`` are called (under :attr:`lock`, in the writer thread) with each
-    changed record, ``on_evict`` with each task dropped from the window.
+    ``observer`` (a :class:`StateObserver`, given at construction) hears of each changed or
+    evicted record, under :attr:`lock`, in the writer thread.
     """
 
     def __init__(
@@ -218,6 +247,7 @@ class State:
         max_tasks: int = 100_000,
         max_workers: int = 5_000,
         worker_offline_after: float | None = None,
+        observer: StateObserver | None = None,
     ) -> None:
         self.max_tasks = max_tasks
         self.max_workers = max_workers
@@ -239,11 +269,11 @@ class State:
         self.coerced = 0
         #: True while every task ever seen is still in the window.
         self.complete = True
-        self.on_task: Callable[[TaskRecord], None] | None = None
-        self.on_worker: Callable[[WorkerRecord], None] | None = None
-        self.on_evict: Callable[[TaskRecord], None] | None = None
-        #: Called with the hostname of a worker dropped to stay within ``max_workers``.
-        self.on_worker_evicted: Callable[[str], None] | None = None
+        # The observer's methods, bound once (None: not overridden, nothing to call).
+        self.on_task: Callable[[TaskRecord], None] | None = _hook(observer, "task_changed")
+        self.on_worker: Callable[[WorkerRecord], None] | None = _hook(observer, "worker_changed")
+        self.on_evict: Callable[[TaskRecord], None] | None = _hook(observer, "task_evicted")
+        self.on_worker_evicted: Callable[[str], None] | None = _hook(observer, "worker_evicted")
 
     # -- writing ---------------------------------------------------------------------------
 
