@@ -224,10 +224,16 @@ class _WindowObserver(StateObserver):
 class MonitorService:
     """The monitor of one Celery app. Construct freely; threads start with :meth:`start`.
 
-    Every read method starts the service on first use when ``autostart`` is True (the
-    default): a Flask app only consumes events in the process that serves the monitor, never
-    in the reloader's parent. ``start``/``stop`` are idempotent and thread-safe; a service
-    used after a ``fork`` restarts its threads in the child.
+    Reads have no side effects: they never start the service (nor any thread). A read on a
+    service that is not running answers from what it holds in memory (nothing, before the
+    first start). Whoever serves the monitor starts it: the blueprint's ``before_request``
+    and ``flask celery monitor`` call :meth:`ensure_started`, so a Flask app only consumes
+    events in the process that serves the monitor, never in the reloader's parent.
+    ``start``/``stop`` are idempotent and thread-safe; a service used after a ``fork``
+    restarts its threads in the child.
+
+    ``autostart`` is accepted for compatibility and ignored (reads used to start the
+    service).
     """
 
     def __init__(
@@ -235,14 +241,13 @@ class MonitorService:
         celery_app: Celery,
         settings: MonitorSettings | None = None,
         *,
-        autostart: bool = True,
+        autostart: bool = False,
     ) -> None:
+        del autostart  # ignored: see the class docstring
         self.celery_app = celery_app
         self.settings = settings or MonitorSettings()
-        self.autostart = autostart
         self._lifecycle = threading.RLock()
         self._pid: int | None = None
-        self._stopped = False
         self._stop_event = threading.Event()
         self._house: threading.Thread | None = None
         self._consumer: EventConsumer | None = None
@@ -313,7 +318,6 @@ class MonitorService:
         once; nothing is replayed.
         """
         with self._lifecycle:
-            self._stopped = False
             if self._pid == os.getpid():
                 return
             if self._pid is not None:  # forked: the parent's threads are not ours
@@ -476,11 +480,10 @@ class MonitorService:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the threads, write pending changes to the store and close it. Idempotent.
 
-        Reads after ``stop()`` answer from memory and do not start the service again; call
-        :meth:`start` for that.
+        Reads after ``stop()`` answer from memory (reads never start the service); call
+        :meth:`start` to start again.
         """
         with self._lifecycle:
-            self._stopped = True
             if self._pid != os.getpid():
                 return
             self._stop_event.set()
@@ -954,7 +957,6 @@ class MonitorService:
         ``hostname pid freq heartbeats clock active processed loadavg sw_ident sw_ver sw_sys``,
         ``status`` (online, bool) and ``last_seen`` (local time of its last event).
         """
-        self._autostart()
         self._refresh_workers()
         now = time.time()
         st = self._state
@@ -964,7 +966,6 @@ class MonitorService:
 
     def worker(self, hostname: str) -> dict[str, Any] | None:
         """One worker like :meth:`workers` items, or None if unknown."""
-        self._autostart()
         self._refresh_workers()
         st = self._state
         with st.lock:
@@ -986,13 +987,12 @@ class MonitorService:
         then an unreachable broker raises its connection error (kombu's ``OperationalError``)
         instead of answering with what the cache holds. An unknown ``worker`` gives ``{}``.
         """
-        self._autostart()
         if refresh:
             data = self.inspector.refresh(worker)
         else:
             data = self.inspector.get(worker)
-            if not data and self.inspector.last_refresh is None:
-                self.inspector.refresh(worker, wait=False)
+            if not data and self.inspector.last_refresh is None and self.running:
+                self.inspector.refresh(worker, wait=False)  # a running service's first read
         names = [worker] if worker is not None else [d["hostname"] for d in self.workers()]
         for h in names:
             if h not in data and self.worker(h) is not None:
@@ -1006,7 +1006,6 @@ class MonitorService:
 
         From the window, else the history store; None if unknown.
         """
-        self._autostart()
         st = self._state
         with st.lock:
             t = st.tasks.get(uuid)
@@ -1057,7 +1056,6 @@ class MonitorService:
         Raises :class:`~.query.SearchError` (a ``ValueError``) for an invalid search, sort
         key, time or page; the message is fit for the user.
         """
-        self._autostart()
         if not isinstance(offset, int) or offset < 0:
             raise SearchError(f"offset must be an integer >= 0, not {offset!r}")
         if limit is not None and (not isinstance(limit, int) or limit < 0):
@@ -1103,7 +1101,6 @@ class MonitorService:
 
     def task_types(self) -> list[str]:
         """Every task name seen (window and history), sorted (``/api/task/types``)."""
-        self._autostart()
         with self._state.lock:
             names = set(self._state.task_counters)
             names.update(t.name for t in self._state.tasks.values() if t.name)
@@ -1113,7 +1110,6 @@ class MonitorService:
 
     def counters(self) -> dict[str, Any]:
         """Event counts since start: ``{"workers": {host: {type: n}}, "tasks": {name: {type: n}}}``."""
-        self._autostart()
         st = self._state
         with st.lock:
             return {
@@ -1136,7 +1132,6 @@ class MonitorService:
         counts in the bucket of its last state; ``retried`` counts retries (``task-retried``
         events) as the workers page does (see :func:`.sqlite_store.aggregate_stats`).
         """
-        self._autostart()
         if bucket <= 0:
             raise ValueError(f"bucket must be > 0 seconds, not {bucket!r}")
         until = time.time() if until is None else until
@@ -1167,7 +1162,6 @@ class MonitorService:
         Cached for ``max_age`` seconds. None when the broker cannot give lengths; raises the
         broker's connection error when it is unreachable.
         """
-        self._autostart()
         cached = self._queues_cache
         if cached is not None and time.monotonic() - cached[0] < max_age:
             return cached[1]
@@ -1241,7 +1235,3 @@ class MonitorService:
             handovers=0 if self._coordinator is None else self._coordinator.handovers,
         )
         return d
-
-    def _autostart(self) -> None:
-        if self.autostart and not self._stopped and self._pid != os.getpid():
-            self.start()
