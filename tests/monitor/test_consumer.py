@@ -100,13 +100,17 @@ def test_resp_frames_split_anywhere_are_parsed_once_complete():
     assert _parse_frame(push, 0) == ([b"psubscribe", b"p/*", 1], len(push))
 
 
-def test_service_starts_lazily_once_and_stops_cleanly(celery_app, make_service):
+def test_service_started_from_many_threads_starts_once_and_stops_cleanly(
+    celery_app, make_service
+):
     import threading
 
     svc = make_service(celery_app)
     assert not svc.running
     before = threading.active_count()
-    threads = [threading.Thread(target=svc.workers) for _ in range(8)]
+    svc.workers()  # reads never start it
+    assert not svc.running
+    threads = [threading.Thread(target=svc.ensure_started) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
