@@ -312,9 +312,9 @@ class EventConsumer:
             fig.backlog_bytes -= n
             events: list[dict[str, Any]] = []
             while (frame := gets()) is not False:
-                # RESP2 arrays and RESP3 pushes both come as lists; "+OK"/"-ERR" lines as
-                # bytes or an error object: nothing to do with those.
-                if type(frame) is not list or not frame:
+                # RESP2 arrays come as lists, RESP3 pushes as a list subclass; "+OK"/"-ERR"
+                # lines as bytes or an error object: nothing to do with those.
+                if not isinstance(frame, list) or not frame:
                     continue
                 kind = frame[0]
                 if kind == b"pmessage" and len(frame) == 4:

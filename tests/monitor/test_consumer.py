@@ -102,7 +102,7 @@ def test_resp_frames_split_anywhere_are_parsed_once_complete():
     push = b">3\r\n$10\r\npsubscribe\r\n$3\r\np/*\r\n:1\r\n"
     reader = resp_reader()
     reader.feed(push)
-    assert reader.gets() == [b"psubscribe", b"p/*", 1]
+    assert list(reader.gets()) == [b"psubscribe", b"p/*", 1]
     assert reader.gets() is False
 
 
