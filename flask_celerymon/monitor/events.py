@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 Sink = Callable[[list], None]
 
 READ_CHUNK = 1 << 20
-#: Bytes taken from the reader's queue per decoding round.
-DECODE_BYTES = 4 << 20
+#: Bytes handed to the RESP parser at a time (see ``_consume_chunks``).
+FEED_BYTES = 16 << 10
 #: Bytes the reader may queue ahead of the decoder before it stops reading.
 MAX_BACKLOG = 256 << 20
 #: Events applied under one hold of the state lock (readers wait at most that long).
@@ -297,47 +297,49 @@ class EventConsumer:
         feed = reader.feed
         gets = reader.gets
         decode = self.decode
+        events: list[dict[str, Any]] = []
         while True:
             if not chunks:
+                if events:
+                    self._deliver(events)
+                    events = []
                 if done.is_set() and not chunks:
                     return
                 wake.wait(0.5)
                 wake.clear()
                 continue
-            n = 0
-            while chunks and n < DECODE_BYTES:
-                c = chunks.popleft()
-                n += len(c)
-                feed(c)
-            fig.backlog_bytes -= n
-            events: list[dict[str, Any]] = []
-            while (frame := gets()) is not False:
-                # RESP2 arrays come as lists, RESP3 pushes as a list subclass; "+OK"/"-ERR"
-                # lines as bytes or an error object: nothing to do with those.
-                if not isinstance(frame, list) or not frame:
-                    continue
-                kind = frame[0]
-                if kind == b"pmessage" and len(frame) == 4:
-                    try:
-                        decoded = decode(frame[3])
-                        fig.events_received += len(decoded)
-                        events.extend(decoded)
-                    except Exception as exc:  # noqa: BLE001 - count and skip bad messages
-                        fig.messages_malformed += 1
-                        fig.events_malformed += 1
-                        # at least one event is lost with it
-                        fig.events_received += 1
-                        fig.events_dropped += 1
-                        log.warning("celerymon: skipped a malformed event message: %s", exc)
-                    if len(events) >= BATCH:
-                        self._deliver(events)
-                        events = []
-                elif kind == b"psubscribe":
-                    self._connected.set()
-                    if self.on_connect is not None:
-                        self._safe(self.on_connect)
-            if events:
-                self._deliver(events)
+            c = chunks.popleft()
+            size = len(c)
+            fig.backlog_bytes -= size
+            # Fed in small slices, each drained before the next: hiredis moves its unread
+            # bytes to the front of its buffer as it goes, which costs O(buffer) per reply.
+            for off in range(0, size, FEED_BYTES):
+                feed(c, off, min(FEED_BYTES, size - off))
+                while (frame := gets()) is not False:
+                    # RESP2 arrays come as lists, RESP3 pushes as a list subclass;
+                    # "+OK"/"-ERR" lines as bytes or an error object: nothing to do.
+                    if not isinstance(frame, list) or not frame:
+                        continue
+                    kind = frame[0]
+                    if kind == b"pmessage" and len(frame) == 4:
+                        try:
+                            decoded = decode(frame[3])
+                            fig.events_received += len(decoded)
+                            events.extend(decoded)
+                        except Exception as exc:  # noqa: BLE001 - count and skip bad messages
+                            fig.messages_malformed += 1
+                            fig.events_malformed += 1
+                            # at least one event is lost with it
+                            fig.events_received += 1
+                            fig.events_dropped += 1
+                            log.warning("celerymon: skipped a malformed event message: %s", exc)
+                        if len(events) >= BATCH:
+                            self._deliver(events)
+                            events = []
+                    elif kind == b"psubscribe":
+                        self._connected.set()
+                        if self.on_connect is not None:
+                            self._safe(self.on_connect)
 
     def _deliver(self, events: list[dict[str, Any]]) -> None:
         try:

@@ -233,7 +233,7 @@ def test_consumer_decodes_a_stream_cut_at_every_byte(monkeypatch):
 
     from flask_celerymon.monitor import events as events_module
 
-    monkeypatch.setattr(events_module, "DECODE_BYTES", 1)  # one chunk per decoding round
+    monkeypatch.setattr(events_module, "FEED_BYTES", 7)  # slices cut frames anywhere too
     stream = b"".join(
         _frame(b"/0.celeryev/*", b"/0.celeryev/task.received", env(i), push=i == 1)
         for i in range(3)
