@@ -28,7 +28,6 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any, Union
 
 from ..errors import CeleryMonError
@@ -223,120 +222,82 @@ def kwarg_pattern(key: str, value: str) -> re.Pattern[str]:
 def compile_python(
     node: Node | None, values: Callable[[str], Iterable[str]] | None = None
 ) -> Callable[[Iterable[Any]], list[Any]]:
-    """A function filtering task records by the tree ``node``: ``filter(records) -> list``.
+    """A function filtering task records by the tree ``node``.
 
     Records need ``uuid name state worker`` strings, ``text`` (args, kwargs and result joined
-    by NUL) and ``args``/``kwargs``/``result`` (``""`` when unknown). The filter is composed of
-    closures, one per node of the tree, with the search terms bound in them. ``values(field)``
+    by NUL) and ``args``/``kwargs``/``result`` (``""`` when unknown). The filter is generated
+    code, one list comprehension with the search terms bound as constants. ``values(field)``
     lists the distinct names/workers/states so a bare term tests them once per query instead
-    of once per task; checks that cannot match are left out.
+    of once per task; checks that cannot match are left out of the generated code.
     """
     if node is None:
         return list
-    pred = _predicate(_order(node), values)
+    consts: dict[str, Any] = {}
 
-    def run(seq: Iterable[Any]) -> list[Any]:
-        return list(filter(pred, seq))
+    def const(value: Any) -> str:
+        name = f"_c{len(consts)}"
+        consts[name] = value
+        return name
 
-    return run
-
-
-Predicate = Callable[[Any], bool]
-
-
-def _cost(n: Node) -> int:
-    """Cheap checks first so AND short-circuits early."""
-    if isinstance(n, Term):
-        return {"state": 0, "name": 1, "worker": 1}.get(n.field, 5)
-    return 9
-
-
-def _order(n: Node) -> Node:
-    if isinstance(n, And):
-        return And(tuple(sorted((_order(i) for i in n.items), key=_cost)))
-    if isinstance(n, Or):
-        return Or(tuple(_order(i) for i in n.items))
-    return n
-
-
-def _all(preds: list[Predicate]) -> Predicate:
-    if len(preds) == 1:
-        return preds[0]
-    if len(preds) == 2:
-        p, q = preds
-        return lambda t: p(t) and q(t)
-    return lambda t: all(p(t) for p in preds)
-
-
-def _any(preds: list[Predicate]) -> Predicate:
-    if len(preds) == 1:
-        return preds[0]
-    if len(preds) == 2:
-        p, q = preds
-        return lambda t: p(t) or q(t)
-    return lambda t: any(p(t) for p in preds)
-
-
-def _predicate(n: Node, values: Callable[[str], Iterable[str]] | None) -> Predicate:
-    """The closure testing one record against ``n`` (see :func:`compile_python`)."""
-    if isinstance(n, And):
-        return _all([_predicate(i, values) for i in n.items])
-    if isinstance(n, Or):
-        return _any([_predicate(i, values) for i in n.items])
-    v = n.value.replace("\x00", "")
-    field = n.field
-    if field == "any":
-        return _any_field(v, values)
-    if field == "state":
-        return lambda t: t.state == v
-    if field in ("name", "worker") and values is not None:
-        hits = frozenset(x for x in values(field) if v in x)
-        if field == "name":
-            return lambda t: t.name in hits
-        return lambda t: t.worker in hits
-    if field == "kwarg":
-        search = kwarg_pattern(n.key or "", n.value).search
-        lits = (f": {n.value}", f": '{n.value}'", f': "{n.value}"')
-        return lambda t: any(x in t.text for x in lits) and search(t.kwargs) is not None
-    # the NUL-separated parts of t.text: args | kwargs | result
-    if field == "args":
-        return lambda t: v in t.text and t.text.find(v, 0, t.text.index(_S)) != -1
-    if field == "kwargs":
-        return lambda t: v in t.text and t.text.find(v, t.text.index(_S), t.text.rindex(_S)) != -1
-    if field == "result":
-        return lambda t: v in t.text and t.text.find(v, t.text.rindex(_S)) != -1
-    get = attrgetter(field)
-    return lambda t: v in get(t)
-
-
-def _any_field(v: str, values: Callable[[str], Iterable[str]] | None) -> Predicate:
-    """A bare term: in the text, a name, worker or state, or a prefix of a hex uuid."""
-    uuid = _HEX.fullmatch(v) is not None
-    if values is None:
-        if uuid:
-            return lambda t: (
-                v in t.text or v in t.name or v in t.worker or v in t.state or t.uuid.startswith(v)
+    def gen(n: Node) -> str:
+        if isinstance(n, And):
+            return "(" + " and ".join(gen(i) for i in n.items) + ")"
+        if isinstance(n, Or):
+            return "(" + " or ".join(gen(i) for i in n.items) + ")"
+        v = n.value.replace("\x00", "")
+        c = const(v)
+        if n.field == "any":
+            checks = [f"{c} in t.text"]
+            for attr in ("name", "worker", "state"):
+                if values is None:
+                    checks.append(f"{c} in t.{attr}")
+                else:
+                    hits = frozenset(x for x in values(attr) if v in x)
+                    if hits:
+                        checks.append(f"t.{attr} in {const(hits)}")
+            if _HEX.fullmatch(v):
+                checks.append(f"t.uuid.startswith({c})")
+            return "(" + " or ".join(checks) + ")"
+        if n.field == "state":
+            return f"t.state == {c}"
+        if n.field in ("name", "worker") and values is not None:
+            return f"t.{n.field} in {const(frozenset(x for x in values(n.field) if v in x))}"
+        if n.field == "kwarg":
+            r = const(kwarg_pattern(n.key or "", n.value).search)
+            lits = [f": {n.value}", f": '{n.value}'", f': "{n.value}"']
+            pre = " or ".join(f"{const(x)} in t.text" for x in lits)
+            return f"(({pre}) and {r}(t.kwargs) is not None)"
+        # the NUL-separated parts of t.text: args | kwargs | result
+        if n.field == "args":
+            return f"({c} in t.text and t.text.find({c}, 0, t.text.index(_S)) != -1)"
+        if n.field == "kwargs":
+            return (
+                f"({c} in t.text and t.text.find({c}, t.text.index(_S), t.text.rindex(_S)) != -1)"
             )
-        return lambda t: v in t.text or v in t.name or v in t.worker or v in t.state
-    names, workers, states = (
-        frozenset(x for x in values(attr) if v in x) for attr in ("name", "worker", "state")
-    )
-    if not (names or workers or states):  # the usual case: only the text can match
-        if uuid:
-            return lambda t: v in t.text or t.uuid.startswith(v)
-        return lambda t: v in t.text
-    if uuid:
-        return lambda t: (
-            v in t.text
-            or t.name in names
-            or t.worker in workers
-            or t.state in states
-            or t.uuid.startswith(v)
-        )
-    return lambda t: v in t.text or t.name in names or t.worker in workers or t.state in states
+        if n.field == "result":
+            return f"({c} in t.text and t.text.find({c}, t.text.rindex(_S)) != -1)"
+        return f"{c} in t.{n.field}"
+
+    def cost(n: Node) -> int:
+        """Cheap checks first so AND short-circuits early."""
+        if isinstance(n, Term):
+            return {"state": 0, "name": 1, "worker": 1}.get(n.field, 5)
+        return 9
+
+    def order(n: Node) -> Node:
+        if isinstance(n, And):
+            return And(tuple(sorted((order(i) for i in n.items), key=cost)))
+        if isinstance(n, Or):
+            return Or(tuple(order(i) for i in n.items))
+        return n
+
+    node = order(node)
+    consts["_S"] = "\x00"
+
+    src = f"lambda seq: [t for t in seq if {gen(node)}]"
+    return eval(compile(src, "<search>", "eval"), consts)  # noqa: S307 - constants only
 
 
-_S = "\x00"
 _HEX = re.compile(r"[0-9a-fA-F-]+")
 
 
