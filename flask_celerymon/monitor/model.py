@@ -9,7 +9,7 @@ Times are Unix seconds (floats); a task row is a tuple in :data:`TASK_COLUMNS` o
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -295,3 +295,30 @@ def task_dict(row: Mapping[str, Any], children: list[str]) -> dict[str, Any]:
             {"state": hist[i], "timestamp": hist[i + 1]} for i in range(0, len(hist) - 1, 2)
         ],
     }
+
+
+class TaskPage:
+    """A page of tasks and the number of tasks matching the query.
+
+    Unpacks as ``total, tasks = page``. ``exact`` is False only when a history-store search
+    on a very common term stopped counting at :data:`~.sqlite_store.COUNT_CAP` (then
+    ``total`` is a lower bound: show it as "10000+").
+    """
+
+    __slots__ = ("total", "tasks", "exact")
+
+    def __init__(self, total: int, tasks: list[dict[str, Any]], exact: bool = True) -> None:
+        self.total = total
+        self.tasks = tasks
+        self.exact = exact
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.total, self.tasks))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, TaskPage):
+            return (self.total, self.tasks, self.exact) == (other.total, other.tasks, other.exact)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"TaskPage(total={self.total}, tasks=[{len(self.tasks)} tasks], exact={self.exact})"
