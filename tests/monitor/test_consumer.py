@@ -85,6 +85,7 @@ def test_service_reconnects_after_a_broker_restart_and_keeps_what_it_stored(
     assert f["connects"] >= 2
     svc.stop()
     again = make_service(celery_app, enable_events=False)
+    again.start()
     stored = again.query_tasks(limit=None, source="store").tasks
     assert {t["uuid"] for t in stored} == {"before", "after"}
 

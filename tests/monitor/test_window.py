@@ -119,10 +119,12 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch):
+    import flask_celerymon.monitor.housekeeping as housekeeping_module
     import flask_celerymon.monitor.service as service_module
 
     fake = FakeClock()
     monkeypatch.setattr(service_module, "time", fake)
+    monkeypatch.setattr(housekeeping_module, "time", fake)
     return fake
 
 
