@@ -37,7 +37,7 @@ from celery import Celery
 log = logging.getLogger(__name__)
 
 #: sink(events) -> None, called in the consumer thread with a list of decoded event dicts.
-Sink = Callable[[list], None]
+Sink = Callable[[list[dict[str, Any]]], None]
 
 READ_CHUNK = 1 << 20
 #: Bytes handed to the RESP parser at a time (see ``_consume_chunks``).
@@ -174,7 +174,7 @@ class EventConsumer:
         if props.get("body_encoding") == "base64":
             body = binascii.a2b_base64(body)
         accept = set(self.app.conf.accept_content or ()) | {"json", "application/json"}
-        return loads(
+        return loads(  # type: ignore[no-untyped-call]
             body, msg.get("content-type"), msg.get("content-encoding") or "utf-8", accept=accept
         )
 
@@ -374,7 +374,7 @@ class EventConsumer:
                 # connection); entering the consumer declares and binds the queue, so
                 # events sent once we say "connected" reach it.
                 chan = conn.default_channel
-                consumers = recv.get_consumers(partial(kombu.Consumer, chan), chan)
+                consumers = recv.get_consumers(partial(kombu.messaging.Consumer, chan), chan)
                 with contextlib.ExitStack() as stack:
                     for consumer in consumers:
                         stack.enter_context(consumer)

@@ -139,7 +139,7 @@ class MonitorService(Housekeeping, Subscriptions):
         self._listener_errors = 0
         self._purged: list[tuple[float, str]] = []
         self._evicted_workers: list[str] = []
-        self._queues_cache: tuple[float, list[dict] | None] | None = None
+        self._queues_cache: tuple[float, list[dict[str, Any]] | None] | None = None
         self._flushes = 0
         self._flush_seconds = 0.0
         self._rows_dropped = 0
@@ -472,7 +472,12 @@ class MonitorService(Housekeeping, Subscriptions):
         self._gap_open = None
         if opened is not None:
             start, reason = opened
-            gap = {"start": start, "end": now, "seconds": max(0.0, now - start), "reason": reason}
+            gap: dict[str, Any] = {
+                "start": start,
+                "end": now,
+                "seconds": max(0.0, now - start),
+                "reason": reason,
+            }
             self._gaps.append(gap)
             self._gaps_total += 1
             self._gap_seconds += gap["seconds"]

@@ -35,7 +35,7 @@ from .model import (  # noqa: F401 - LOST, FINISHED_STATES, task_dict: re-export
 )
 from .query import STATES, compile_python
 
-_NONE_PRECEDENCE = PRECEDENCE_LOOKUP[None]
+_NONE_PRECEDENCE: int = PRECEDENCE_LOOKUP[None]
 
 
 #: task event type -> (state, timestamp attribute)
@@ -202,8 +202,11 @@ def coerce_field(key: str, v: Any) -> Any:
     raise _Drop
 
 
+_PRECEDENCE: dict[str | None, int] = PRECEDENCE_LOOKUP
+
+
 def _precedence(state: str) -> int:
-    return PRECEDENCE_LOOKUP.get(state or None, _NONE_PRECEDENCE)
+    return _PRECEDENCE.get(state or None, _NONE_PRECEDENCE)
 
 
 class StateObserver:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
     from .service import MonitorService
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 #: listener(event, task): ``event`` is the decoded event dict, ``task`` the record it changed
 #: (read its attributes, don't keep or change it) or None for worker events.
-EventListener = Callable[[dict, Any], None]
+EventListener = Callable[[dict[str, Any], Any], None]
 
 
 class Subscription:
@@ -166,7 +166,7 @@ class Subscriptions:
         if bad:
             raise ValueError(f"unknown subscription kind(s) {sorted(bad)}")
         sub = Subscription(
-            self,
+            cast("MonitorService", self),  # Subscriptions is a base of MonitorService only
             ks,
             None if task_ids is None else frozenset(task_ids),
             buffer or self.settings.subscriber_buffer,
