@@ -36,6 +36,8 @@ setup(
         "webargs>=8.4",
         "marshmallow>=3.20",
         "apispec>=6.3",
+        # the event reader's RESP framing (monitor/events.py)
+        "hiredis>=3.0",
     ],
     extras_require={
         "auth": ["flask-login>=0.6", "authlib>=1.2"],
@@ -51,6 +53,7 @@ setup(
             "flask-login>=0.6",
             "authlib>=1.2",
             "ruff>=0.5",
+            "mypy>=1.8",
             "ephem>=4.1",
             "sphinx>=7",
             "schemathesis>=4.0",
