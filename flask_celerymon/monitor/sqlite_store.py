@@ -27,7 +27,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .query import _fts_phrase, compile_sql, instr_sql, kwarg_pattern
+from .query import TextMatch, _fts_phrase, instr_sql, kwarg_pattern
+from .sql_query import SAMPLE_COLUMNS, SAMPLE_ROWS, SQLITE, SearchSample, plan
 from .state import history_from_times
 from .store import TASK_COLUMNS, HistoryStore, TaskQuery
 
@@ -92,18 +93,6 @@ _UPSERT = (
 )
 _HISTORY = TASK_COLUMNS.index("history")
 
-#: sort key -> column (all have an index)
-_SORT_COLUMNS = {
-    "name": "name",
-    "state": "state",
-    "received": "received",
-    "started": "started",
-    "runtime": "runtime",
-    "timestamp": "timestamp",
-    "succeeded": "succeeded",
-    "sent": "sent",
-}
-
 _pattern_cache: dict[tuple[str, str], Any] = {}
 
 #: A search term with fewer index hits than this is answered from the index; a more common one
@@ -114,8 +103,6 @@ TRIGRAM_SAMPLE_ROWS = 1_000
 TRIGRAM_SAMPLE_TTL = 600.0
 #: With at most this many matches a page is sorted from the matches, not read off an index.
 SORT_MATCHES_MAX = 5_000
-#: Counting stops here for searches on common terms (the total is then "at least").
-COUNT_CAP = 10_000
 
 
 def _kwarg_match(kwargs: str | None, key: str, value: str) -> int:
@@ -140,6 +127,7 @@ class SQLiteStore(HistoryStore):
         os.makedirs(d, exist_ok=True)
         self._local = threading.local()
         self._trigram_sample: tuple[Counter[str], float] | None = None
+        self._sample = SearchSample(self._sample_rows)
         self._write_lock = threading.Lock()
         self._closed = False
         self._all: list[sqlite3.Connection] = []
@@ -325,52 +313,32 @@ class SQLiteStore(HistoryStore):
     def is_empty(self) -> bool:
         return self._reader.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
 
-    def _where(self, q: TaskQuery, c: sqlite3.Connection) -> tuple[str, list[Any], bool]:
-        """(condition, params, exact) for ``q``; ``exact`` False when counts must be capped."""
-        conds: list[str] = []
-        params: list[Any] = []
-        for col, values in (("state", q.state), ("worker", q.worker), ("name", q.name)):
-            if values:
-                conds.append(f"{col} IN ({', '.join('?' for _ in values)})")
-                params.extend(values)
-        for col, lo, hi in (
-            ("received", q.received_start, q.received_end),
-            ("started", q.started_start, q.started_end),
-        ):
-            if lo is not None:
-                conds.append(f"{col} >= ?")
-                params.append(lo)
-            if hi is not None:
-                conds.append(f"{col} <= ?")
-                params.append(hi)
-        exact = True
-        if q.search is not None:
-            n_hits = 0
+    def _text_match(self, c: sqlite3.Connection) -> TextMatch:
+        """Substring conditions for :func:`.sql_query.plan` on connection ``c``: the rows the
+        FTS index names as candidates (in a temp table) plus the rows past its watermark,
+        then the exact ``instr`` check; a scan when the index names too many rows."""
+        n_hits = 0
 
-            def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
-                nonlocal n_hits, exact
-                ids = self._candidates(c, columns, phrases)
-                if ids is None:
-                    exact = False
-                    return instr_sql(columns, phrases, ps)
-                table = f"temp.hits{n_hits}"
-                n_hits += 1
-                c.execute(f"CREATE TEMP TABLE IF NOT EXISTS hits{n_hits - 1} "
-                          "(id INTEGER PRIMARY KEY)")  # fmt: skip
-                c.execute(f"DELETE FROM {table}")
-                c.executemany(f"INSERT INTO {table} (id) VALUES (?)", ids)
-                # One rowid list (the candidates plus the rows past the index watermark), so
-                # the condition can drive a plan by itself; then the exact check.
-                tail = instr_sql(columns, phrases, ps)
-                return (
-                    f"(id IN (SELECT id FROM {table} UNION ALL SELECT id FROM tasks "
-                    f"WHERE id > (SELECT upto FROM fts_state)) AND {tail})"
-                )
+        def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
+            nonlocal n_hits
+            ids = self._candidates(c, columns, phrases)
+            if ids is None:
+                return instr_sql(columns, phrases, ps)
+            table = f"temp.hits{n_hits}"
+            n_hits += 1
+            c.execute(f"CREATE TEMP TABLE IF NOT EXISTS hits{n_hits - 1} "
+                      "(id INTEGER PRIMARY KEY)")  # fmt: skip
+            c.execute(f"DELETE FROM {table}")
+            c.executemany(f"INSERT INTO {table} (id) VALUES (?)", ids)
+            # One rowid list (the candidates plus the rows past the index watermark), so
+            # the condition can drive a plan by itself; then the exact check.
+            tail = instr_sql(columns, phrases, ps)
+            return (
+                f"(id IN (SELECT id FROM {table} UNION ALL SELECT id FROM tasks "
+                f"WHERE id > (SELECT upto FROM fts_state)) AND {tail})"
+            )
 
-            cond, p = compile_sql(q.search, text_match)
-            conds.append(cond)
-            params.extend(p)
-        return (" AND ".join(conds) or "1"), params, exact
+        return text_match
 
     def _trigram_counts(self, c: sqlite3.Connection) -> Counter[str]:
         """In how many of the last :data:`TRIGRAM_SAMPLE_ROWS` indexed rows each trigram
@@ -392,6 +360,12 @@ class SQLiteStore(HistoryStore):
                 counts.update(seen)
             self._trigram_sample = sample = (counts, now)
         return sample[0]
+
+    def _sample_rows(self) -> list[tuple[Any, ...]]:
+        return self._reader.execute(
+            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM tasks ORDER BY id DESC LIMIT ?",
+            (SAMPLE_ROWS,),
+        ).fetchall()
 
     def _candidates(
         self, c: sqlite3.Connection, columns: tuple[str, ...], phrases: list[str]
@@ -420,36 +394,30 @@ class SQLiteStore(HistoryStore):
         return None if len(ids) >= INDEX_HITS_MAX else ids
 
     def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:
-        """See :meth:`HistoryStore.query`. A search on a very common term counts at most
-        :data:`COUNT_CAP` matches (check :attr:`last_count_exact`)."""
+        """See :meth:`HistoryStore.query`. The SQL comes from :func:`.sql_query.plan`: a
+        query with a filter or search counts at most :data:`~.sql_query.COUNT_CAP` matches,
+        a search on a common term (:class:`~.sql_query.SearchSample`) a page past the one
+        asked for (check :attr:`last_count_exact`); the count and the page are read in one
+        snapshot."""
         c = self._reader
         c.execute("BEGIN")  # one snapshot for the count and the page
         try:
-            where, params, exact = self._where(q, c)
-            if exact:
-                total = c.execute(f"SELECT count(*) FROM tasks WHERE {where}", params).fetchone()[0]
-            else:
-                total = c.execute(
-                    f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {where} LIMIT ?)",
-                    [*params, COUNT_CAP],
-                ).fetchone()[0]
-                exact = total < COUNT_CAP
-            col = _SORT_COLUMNS[q.sort_key]
-            if exact and total <= SORT_MATCHES_MAX:
-                # Few matches: sorting them beats walking the sort column's index (the
-                # unary + keeps SQLite from choosing that index).
-                col = "+" + col
-            order = f"{col} {'DESC' if q.descending else 'ASC'}"
-            limit = -1 if q.limit is None else q.limit
-            # Order and cut the page on ids alone (a sort carrying whole rows is several
-            # times slower), then read the page's rows.
-            ids = [
-                r[0]
-                for r in c.execute(
-                    f"SELECT id FROM tasks WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
-                    [*params, limit, q.offset],
-                )
-            ]
+            common = q.search is not None and self._sample.is_common(
+                # max(id) (one index probe) bounds the number of tasks: close enough to steer
+                q.search,
+                c.execute("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0],
+            )
+            # A common term is checked row by row while walking the sort index (it matches
+            # many rows, so a page comes quickly); a rare one is looked up in the index.
+            p = plan(q, SQLITE, instr_sql if common else self._text_match(c), lambda: common)
+            total = c.execute(*p.count()).fetchone()[0]
+            cap = p.cap
+            exact = cap is None or total < cap
+            # Few matches: sorting them beats walking the sort column's index. Order and cut
+            # the page on ids alone (a sort carrying whole rows is several times slower),
+            # then read the page's rows.
+            sql, params = p.page("id", use_index=not (exact and total <= SORT_MATCHES_MAX))
+            ids = [r[0] for r in c.execute(sql, params)]
             by_id: dict[int, Any] = {}
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]

@@ -153,7 +153,10 @@ def populated(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Iterator
     once per store kind."""
     app = Celery("populated", broker="memory://")
     db = store_target(request, tmp_path_factory.mktemp("populated"))
-    svc = MonitorService(app, MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
+    # The tasks are from 2023: keep them past the service's first prune (5 s after start).
+    settings = MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2,
+                               retention_days=100_000)  # fmt: skip
+    svc = MonitorService(app, settings)
     svc.start()
     svc.apply_events(task_events(120))
     svc.flush()
