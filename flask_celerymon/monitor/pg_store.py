@@ -37,11 +37,10 @@ from ..errors import CeleryMonError
 from .query import instr_sql
 from .sql_query import (
     POSTGRESQL,
-    SAMPLE_COLUMNS,
-    SAMPLE_ROWS,
     SORT_COLUMNS,
     SearchSample,
     plan,
+    sample_query,
 )
 from .sqlite_store import aggregate_stats, stats_query, task_from_row
 from .store import TASK_COLUMNS, HistoryStore, TaskQuery, redact
@@ -479,10 +478,8 @@ class PostgresStore(HistoryStore):
 
     def _sample_rows(self) -> list[tuple[Any, ...]]:
         with self._pool.connection() as c:
-            return c.execute(
-                f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM tasks ORDER BY id DESC LIMIT %s",
-                (SAMPLE_ROWS,),
-            ).fetchall()
+            lo, hi = c.execute("SELECT min(id), max(id) FROM tasks").fetchone()
+            return c.execute(*sample_query(POSTGRESQL, lo, hi)).fetchall()
 
     @property
     def last_count_exact(self) -> bool:

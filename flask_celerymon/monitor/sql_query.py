@@ -26,6 +26,7 @@ always exact.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ LOOKAHEAD_PAGES = 1
 SEARCH_COUNT_CAP = 1_000
 #: A phrase the index would name more rows for than this is searched by a scan in sort order.
 INDEX_HITS_MAX = 20_000
-#: Newest rows sampled to tell rare phrases from common ones, and how long a sample is used.
+#: Rows sampled to tell rare searches from common ones, and how long a sample is used.
 SAMPLE_ROWS = 1_000
 SAMPLE_TTL = 60.0
 
@@ -200,11 +201,27 @@ class _Sampled:
         self.text = f"{self.args}\x00{self.kwargs}\x00{self.result}"
 
 
-class SearchSample:
-    """The share of the newest :data:`SAMPLE_ROWS` tasks a search matches, to tell a rare
-    search (ask the index) from a common one (walk the sort column's index).
+def sample_query(dialect: Dialect, lo: int | None, hi: int | None) -> tuple[str, list[int]]:
+    """``(sql, params)`` reading up to :data:`SAMPLE_ROWS` tasks at random ids between ``lo``
+    and ``hi`` (the table's smallest and largest id; None for an empty table): primary-key
+    lookups, so a sample costs the same at any size and is not biased to recent tasks."""
+    if lo is None or hi is None:
+        ids: list[int] = []
+    elif hi - lo < SAMPLE_ROWS:
+        ids = list(range(lo, hi + 1))
+    else:
+        ids = random.sample(range(lo, hi + 1), SAMPLE_ROWS)
+    cols = ", ".join(SAMPLE_COLUMNS)
+    marks = ", ".join("?" for _ in ids) or "NULL"
+    return dialect.sql(f"SELECT {cols} FROM tasks WHERE id IN ({marks})"), ids
 
-    ``fetch()`` returns the sample's rows (tuples of :data:`SAMPLE_COLUMNS`, newest first);
+
+class SearchSample:
+    """The share of :data:`SAMPLE_ROWS` random tasks a search matches, to tell a rare search
+    (ask the index) from a common one (walk the sort column's index).
+
+    ``fetch()`` returns the sample's rows (tuples of :data:`SAMPLE_COLUMNS`, see
+    :func:`sample_query`);
     it is called again after :data:`SAMPLE_TTL` seconds. Two threads may both refresh; either
     sample is valid. The sample only steers speed, never which rows match.
     """

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .query import TextMatch, _fts_phrase, instr_sql, kwarg_pattern
-from .sql_query import SAMPLE_COLUMNS, SAMPLE_ROWS, SQLITE, SearchSample, plan
+from .sql_query import SQLITE, SearchSample, plan, sample_query
 from .state import history_from_times
 from .store import TASK_COLUMNS, HistoryStore, TaskQuery
 
@@ -362,10 +362,9 @@ class SQLiteStore(HistoryStore):
         return sample[0]
 
     def _sample_rows(self) -> list[tuple[Any, ...]]:
-        return self._reader.execute(
-            f"SELECT {', '.join(SAMPLE_COLUMNS)} FROM tasks ORDER BY id DESC LIMIT ?",
-            (SAMPLE_ROWS,),
-        ).fetchall()
+        c = self._reader
+        lo, hi = c.execute("SELECT min(id), max(id) FROM tasks").fetchone()
+        return c.execute(*sample_query(SQLITE, lo, hi)).fetchall()
 
     def _candidates(
         self, c: sqlite3.Connection, columns: tuple[str, ...], phrases: list[str]
