@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .query import Node, TextMatch, compile_python, compile_sql
+from .query import And, Node, Or, TextMatch, compile_python, compile_sql
 from .store import TaskQuery
 
 #: Counting stops here for filtered and searched queries (the total is then "at least").
@@ -250,5 +250,15 @@ class SearchSample:
         return sum(1 for r in self._sample() if any(text in getattr(r, c) for c in columns))
 
     def is_common(self, node: Node | None, n_tasks: int) -> bool:
-        """Whether ``node`` likely matches more than :data:`INDEX_HITS_MAX` of ``n_tasks``."""
-        return node is not None and self.fraction(node) * n_tasks > INDEX_HITS_MAX
+        """Whether ``node`` has a substring term (name, worker and state terms are index
+        lookups whatever their share) and likely matches more than :data:`INDEX_HITS_MAX`
+        of ``n_tasks``."""
+        if node is None or not _has_text(node):
+            return False
+        return self.fraction(node) * n_tasks > INDEX_HITS_MAX
+
+
+def _has_text(node: Node) -> bool:
+    if isinstance(node, (And, Or)):
+        return any(_has_text(i) for i in node.items)
+    return node.field not in ("state", "name", "worker")

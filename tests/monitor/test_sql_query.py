@@ -79,6 +79,9 @@ def test_the_sample_tells_common_searches_from_rare_ones():
     assert sample.fraction(parse('args:"(42,)"')) == 0.01
     assert sample.is_common(parse("'ok'"), 1_000_000)
     assert not sample.is_common(parse('args:"(42,)"'), 1_000_000)  # 10,000 estimated matches
+    # state, name and worker terms are index lookups, however many tasks they match
+    assert not sample.is_common(parse("state:success name:add"), 1_000_000)
+    assert sample.is_common(parse("state:success 'ok'"), 1_000_000)
     assert sample.occurrences(("args",), "(4") == 11
     assert len(fetched) == 1  # kept for SAMPLE_TTL seconds
     assert SearchSample(list).fraction(parse("anything")) == 0.0
