@@ -8,8 +8,8 @@ One builder, parametrised by a :class:`Dialect`: :class:`~.sqlite_store.SQLiteSt
   ``pg_trgm`` GIN indexes;
 * the placeholder (``?`` or ``%s``) and how ``NULL`` sorts (PostgreSQL is told ``NULLS
   LAST``/``NULLS FIRST``; SQLite already sorts ``NULL`` lowest);
-* where the number of all tasks is kept (a counter table in PostgreSQL, ``count(*)`` in
-  SQLite).
+* the unfiltered total is read from a counter table in both (kept by statement triggers in
+  PostgreSQL, by row triggers in SQLite).
 
 Counting is bounded: the total of a filtered query counts at most :data:`COUNT_CAP` matches
 (``SELECT count(*) FROM (... LIMIT cap)``), so a query over a million stored tasks reads at
@@ -72,7 +72,7 @@ class Dialect:
         return qmark if self.placeholder == "?" else qmark.replace("?", self.placeholder)
 
 
-SQLITE = Dialect("sqlite", "?", nulls=False, all_count="SELECT count(*) FROM tasks",
+SQLITE = Dialect("sqlite", "?", nulls=False, all_count="SELECT n FROM task_count",
                  tiebreak=False)  # fmt: skip
 POSTGRESQL = Dialect("postgresql", "%s", nulls=True, all_count="SELECT n FROM task_count",
                      tiebreak=True)  # fmt: skip

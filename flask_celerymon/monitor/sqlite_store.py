@@ -3,7 +3,8 @@
 Layout: ``tasks`` (one row per task, the columns of
 :data:`~flask_celerymon.monitor.store.TASK_COLUMNS`, with an index per filter and sort key),
 ``tasks_fts`` (an FTS5 trigram index over args, kwargs and result; it answers substring search
-without a scan), ``task_names`` and ``task_workers`` (distinct values, for search),
+without a scan), ``task_count`` (the number of tasks, kept by triggers: ``count(*)`` reads
+every row, 150+ ms at a million tasks, for the unfiltered list's total), ``task_names`` and ``task_workers`` (distinct values, for search),
 ``workers`` (JSON snapshots) and ``meta``.
 
 Trigram indexing costs about four times the plain insert, so it is kept off the write path:
@@ -64,6 +65,14 @@ CREATE VIRTUAL TABLE IF NOT EXISTS tasks_fts USING fts5(
     args, kwargs, result, content='tasks', content_rowid='id',
     tokenize='trigram case_sensitive 1'
 );
+CREATE TABLE IF NOT EXISTS task_count (n INTEGER NOT NULL);
+INSERT INTO task_count (n) SELECT count(*) FROM tasks WHERE NOT EXISTS (SELECT 1 FROM task_count);
+CREATE TRIGGER IF NOT EXISTS tasks_counted_in AFTER INSERT ON tasks BEGIN
+    UPDATE task_count SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS tasks_counted_out AFTER DELETE ON tasks BEGIN
+    UPDATE task_count SET n = n - 1;
+END;
 CREATE TABLE IF NOT EXISTS fts_state (upto INTEGER NOT NULL);
 INSERT INTO fts_state (upto) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM fts_state);
 CREATE TRIGGER IF NOT EXISTS tasks_ad AFTER DELETE ON tasks
@@ -308,7 +317,7 @@ class SQLiteStore(HistoryStore):
         return [r[0] for r in self._reader.execute("SELECT name FROM task_names ORDER BY name")]
 
     def count(self) -> int:
-        return self._reader.execute("SELECT count(*) FROM tasks").fetchone()[0]
+        return self._reader.execute("SELECT n FROM task_count").fetchone()[0]
 
     def is_empty(self) -> bool:
         return self._reader.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
