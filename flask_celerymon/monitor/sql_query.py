@@ -231,7 +231,8 @@ class SearchSample:
         self._rows: list[_Sampled] | None = None
         self._at = 0.0
 
-    def _sample(self) -> list[_Sampled]:
+    def rows(self) -> list[_Sampled]:
+        """The sampled tasks (attributes ``uuid name state worker args kwargs result text``)."""
         now = time.monotonic()
         rows = self._rows
         if rows is None or now - self._at > SAMPLE_TTL:
@@ -241,13 +242,13 @@ class SearchSample:
 
     def fraction(self, node: Node) -> float:
         """The share (0..1) of sampled tasks ``node`` matches; 0.0 for an empty store."""
-        rows = self._sample()
+        rows = self.rows()
         return len(compile_python(node)(rows)) / len(rows) if rows else 0.0
 
     def occurrences(self, columns: tuple[str, ...], text: str) -> int:
         """In how many sampled tasks one of ``columns`` (args, kwargs, result) contains
         ``text``."""
-        return sum(1 for r in self._sample() if any(text in getattr(r, c) for c in columns))
+        return sum(1 for r in self.rows() if any(text in getattr(r, c) for c in columns))
 
     def is_common(self, node: Node | None, n_tasks: int) -> bool:
         """Whether ``node`` has a substring term (name, worker and state terms are index

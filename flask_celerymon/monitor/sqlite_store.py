@@ -107,8 +107,7 @@ _pattern_cache: dict[tuple[str, str], Any] = {}
 #: A search term with fewer index hits than this is answered from the index; a more common one
 #: by scanning in sort order, which finds a page quickly exactly because the term is common.
 INDEX_HITS_MAX = 20_000
-#: Recent rows sampled to tell rare trigrams from common ones, and how long a sample is used.
-TRIGRAM_SAMPLE_ROWS = 1_000
+#: How long a trigram sample (of the search sample's rows) is used.
 TRIGRAM_SAMPLE_TTL = 600.0
 #: With at most this many matches a page is sorted from the matches, not read off an index.
 SORT_MATCHES_MAX = 5_000
@@ -350,16 +349,14 @@ class SQLiteStore(HistoryStore):
         return text_match
 
     def _trigram_counts(self, c: sqlite3.Connection) -> Counter[str]:
-        """In how many of the last :data:`TRIGRAM_SAMPLE_ROWS` indexed rows each trigram
-        occurs; recomputed every :data:`TRIGRAM_SAMPLE_TTL` seconds."""
+        """In how many of the search sample's random rows (:class:`~.sql_query.SearchSample`)
+        each trigram occurs; recomputed every :data:`TRIGRAM_SAMPLE_TTL` seconds. (The newest
+        rows were sampled before: a burst of similar new tasks hid which trigrams are rare
+        in the rest, and a rare-looking trigram then listed most rows.)"""
         now = time.monotonic()
         sample = self._trigram_sample
         if sample is None or now - sample[1] > TRIGRAM_SAMPLE_TTL:
-            rows = c.execute(
-                "SELECT args, kwargs, result FROM tasks WHERE id <= (SELECT upto FROM fts_state) "
-                "ORDER BY id DESC LIMIT ?",
-                (TRIGRAM_SAMPLE_ROWS,),
-            ).fetchall()
+            rows = [(r.args, r.kwargs, r.result) for r in self._sample.rows()]
             counts: Counter[str] = Counter()
             for row in rows:
                 seen: set[str] = set()
