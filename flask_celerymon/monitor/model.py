@@ -300,9 +300,10 @@ def task_dict(row: Mapping[str, Any], children: list[str]) -> dict[str, Any]:
 class TaskPage:
     """A page of tasks and the number of tasks matching the query.
 
-    Unpacks as ``total, tasks = page``. ``exact`` is False only when a history-store search
-    on a very common term stopped counting at :data:`~.sqlite_store.COUNT_CAP` (then
-    ``total`` is a lower bound: show it as "10000+").
+    Unpacks as ``total, tasks = page``. ``exact`` is False only when a history-store query
+    stopped counting (at :data:`~.sql_query.COUNT_CAP` matches, or a page past the one asked
+    for on a common search term; see :mod:`.sql_query`): then ``total`` is a lower bound,
+    shown as "at least N".
     """
 
     __slots__ = ("total", "tasks", "exact")

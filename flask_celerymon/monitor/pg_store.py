@@ -30,13 +30,20 @@ import logging
 import re
 import threading
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..errors import CeleryMonError
 from .model import TASK_COLUMNS, TaskQuery
-from .query import compile_sql
-from .sqlite_store import COUNT_CAP, aggregate_stats, stats_query, task_from_row
+from .query import instr_sql
+from .sql_query import (
+    POSTGRESQL,
+    SORT_COLUMNS,
+    SearchSample,
+    plan,
+    sample_query,
+)
+from .sqlite_store import aggregate_stats, stats_query, task_from_row
 from .store import HistoryStore, redact
 
 log = logging.getLogger(__name__)
@@ -52,7 +59,7 @@ _REAL = {"sent", "received", "started", "succeeded", "failed", "retried", "revok
          "timestamp", "runtime"}  # fmt: skip
 _INT = {"retries", "clock"}
 _KEYED = {"uuid", "name", "state", "worker", "root_id", "parent_id"}
-_SORTED = ("name", "state", "received", "started", "runtime", "timestamp", "succeeded", "sent")
+_SORTED = SORT_COLUMNS
 
 
 def _coltype(c: str) -> str:
@@ -168,13 +175,54 @@ def _like(phrase: str) -> str:
     return "%" + phrase.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
-def _text_match(columns: tuple[str, ...], phrases: list[str], params: list[Any]) -> str:
-    """``col LIKE '%phrase%'`` for each column and phrase: each is a pg_trgm index lookup."""
+#: pg_trgm's word characters (it splits text into words at anything else)
+_WORD = re.compile(r"[^\W_]+")
+
+
+def _pieces(phrase: str) -> list[str]:
+    """Parts of ``phrase`` a pg_trgm index can look up cheaply: each word with the separator
+    on either side of it (so pg_trgm pads it as a whole word), when that yields a trigram
+    (a word with a separator on one side, or of 3+ characters), then the phrase itself. A
+    GIN scan reads the posting list of every trigram it is given, so one rare word costs
+    less than the phrase, whose cost is that of its most common word."""
+    out = []
+    for m in _WORD.finditer(phrase):
+        a, b = max(0, m.start() - 1), min(len(phrase), m.end() + 1)
+        if a < m.start() or b > m.end() or m.end() - m.start() >= 3:
+            out.append(phrase[a:b])
+    out.append(phrase)
+    return out
+
+
+def _text_match(
+    columns: tuple[str, ...],
+    phrases: list[str],
+    params: list[Any],
+    occurrences: Callable[[tuple[str, ...], str], int] | None = None,
+) -> str:
+    """A condition true when one of ``columns`` contains one of ``phrases``, answered from the
+    pg_trgm indexes.
+
+    The index is asked for the part of each phrase (:func:`_pieces`) rarest in the search
+    sample (``occurrences(columns, text)``): a common word ("customer", "user_id") would make
+    the GIN scan read its whole posting list, about a million entries. ``LIKE`` on that part
+    finds a superset of the matches; ``instr`` on the phrase (which no index serves) keeps
+    the exact ones.
+    """
     conds = []
     for c in columns:
         for p in phrases:
-            conds.append(f"{c} LIKE ?")
-            params.append(_like(p))
+            pieces = _pieces(p)
+            if occurrences is not None:
+                # rarest first; the phrase last among equals (it has the most trigrams)
+                pieces.sort(key=lambda x: (occurrences((c,), x), x == p, -len(x)))
+            piece = pieces[0]
+            if piece == p:
+                conds.append(f"{c} LIKE ?")
+                params.append(_like(p))
+            else:
+                conds.append(f"({c} LIKE ? AND instr({c}, ?) > 0)")
+                params.extend([_like(piece), p])
     return "(" + " OR ".join(conds) + ")"
 
 
@@ -206,6 +254,7 @@ class PostgresStore(HistoryStore):
             parts._replace(query=urllib.parse.urlencode(query, doseq=True))
         )
         self._local = threading.local()
+        self._sample = SearchSample(self._sample_rows)
         self._write_lock = threading.Lock()
         try:
             search_path = self._migrate()
@@ -394,59 +443,44 @@ class PostgresStore(HistoryStore):
         with self._pool.connection() as c:
             return c.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
 
-    @staticmethod
-    def _where(q: TaskQuery) -> tuple[str, list[Any]]:
-        conds: list[str] = []
-        params: list[Any] = []
-        for col, values in (("state", q.state), ("worker", q.worker), ("name", q.name)):
-            if values:
-                conds.append(f"{col} = ANY(?)")
-                params.append(list(values))
-        for col, lo, hi in (
-            ("received", q.received_start, q.received_end),
-            ("started", q.started_start, q.started_end),
-        ):
-            if lo is not None:
-                conds.append(f"{col} >= ?")
-                params.append(lo)
-            if hi is not None:
-                conds.append(f"{col} <= ?")
-                params.append(hi)
-        if q.search is not None:
-            cond, p = compile_sql(q.search, _text_match)
-            conds.append(cond)
-            params.extend(p)
-        # compile_sql writes qmark placeholders and no literal ? or %.
-        return (" AND ".join(conds) or "true").replace("?", "%s"), params
-
     def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:
-        """See :meth:`HistoryStore.query`. A search counts at most
-        :data:`~.sqlite_store.COUNT_CAP` matches (check :attr:`last_count_exact`)."""
-        where, params = self._where(q)
-        direction = "DESC NULLS LAST" if q.descending else "ASC NULLS FIRST"
-        order = f"{q.sort_key} {direction}, id {'DESC' if q.descending else 'ASC'}"
-        if q.sort_key not in _SORTED:  # parse_sort guards this; never format a stranger
-            raise ValueError(f"cannot sort by {q.sort_key!r}")
+        """See :meth:`HistoryStore.query`. The SQL comes from :func:`.sql_query.plan`: a
+        query with a filter or search counts at most :data:`~.sql_query.COUNT_CAP` matches,
+        a search on a common term (:class:`~.sql_query.SearchSample`) a page past the one
+        asked for (check :attr:`last_count_exact`); the count and the page are read in one
+        snapshot."""
         with self._pool.connection() as c, c.transaction():
             c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            exact = True
-            if not params and where == "true":
-                total = c.execute("SELECT n FROM task_count").fetchone()[0]
-            elif q.search is None:
-                total = c.execute(f"SELECT count(*) FROM tasks WHERE {where}", params)
-                total = total.fetchone()[0]
-            else:
-                total = c.execute(
-                    f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {where} LIMIT %s) m",
-                    [*params, COUNT_CAP],
-                ).fetchone()[0]
-                exact = total < COUNT_CAP
-            rows = c.execute(
-                f"SELECT {_COLS} FROM tasks WHERE {where} ORDER BY {order} LIMIT %s OFFSET %s",
-                [*params, q.limit, q.offset],
-            ).fetchall()
-        self._local.exact = exact
+            common = False
+            if q.search is not None:
+                n = c.execute("SELECT n FROM task_count").fetchone()[0]
+                common = self._sample.is_common(q.search, n)
+
+            # A common term is checked row by row while walking the sort index: the pg_trgm
+            # index would list most rows (its common trigrams) before the first page.
+            # Names and workers containing a term are listed first, so the condition is an
+            # OR of index lookups (a subquery there would make PostgreSQL scan every row).
+            def values(field: str, v: str) -> list[str]:
+                table = "task_names" if field == "name" else "task_workers"
+                sql = f"SELECT {field} FROM {table} WHERE strpos({field}, %s) > 0"
+                return [r[0] for r in c.execute(sql, (v,))]
+
+            def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
+                if common:
+                    return instr_sql(columns, phrases, ps)
+                return _text_match(columns, phrases, ps, self._sample.occurrences)
+
+            p = plan(q, POSTGRESQL, text_match, lambda: common, values)
+            total = c.execute(*p.count()).fetchone()[0]
+            rows = c.execute(*p.page(_COLS)).fetchall()
+        cap = p.cap
+        self._local.exact = cap is None or total < cap
         return total, [task_from_row(r) for r in rows]
+
+    def _sample_rows(self) -> list[tuple[Any, ...]]:
+        with self._pool.connection() as c:
+            lo, hi = c.execute("SELECT min(id), max(id) FROM tasks").fetchone()
+            return c.execute(*sample_query(POSTGRESQL, lo, hi)).fetchall()
 
     @property
     def last_count_exact(self) -> bool:

@@ -336,7 +336,11 @@ def instr_sql(columns: tuple[str, ...], phrases: list[str], params: list[Any]) -
     return "(" + " OR ".join(f"instr({c}, ?) > 0" for c in columns for _ in phrases) + ")"
 
 
-def compile_sql(node: Node | None, text_match: TextMatch | None = None) -> tuple[str, list[Any]]:
+def compile_sql(
+    node: Node | None,
+    text_match: TextMatch | None = None,
+    values: Callable[[str, str], list[str]] | None = None,
+) -> tuple[str, list[Any]]:
     """An SQL condition over the store's ``tasks`` table and its parameters.
 
     Substring terms over args/kwargs/result use the FTS5 trigram index ``tasks_fts`` for
@@ -346,7 +350,10 @@ def compile_sql(node: Node | None, text_match: TextMatch | None = None) -> tuple
     ``task_workers`` tables and then looked up through their indexes. ``kwargs:k=v`` finds
     candidates through the index and confirms with ``kwarg_match(kwargs, key, value)``, an SQL
     function the store registers. ``text_match`` replaces how substring conditions are
-    written (the store uses it to pick the index or a scan per term).
+    written (the store uses it to pick the index or a scan per term). ``values(field, v)``,
+    when given, lists the distinct names (``field`` ``"name"``) or workers containing ``v``:
+    the condition then names them (``name IN (...)``, an index lookup that can join an
+    ``OR`` of index scans) instead of a subquery over ``task_names`` / ``task_workers``.
     """
     if node is None:
         return "1", []
@@ -367,6 +374,10 @@ def compile_sql(node: Node | None, text_match: TextMatch | None = None) -> tuple
         return matcher(columns, phrases, params)
 
     def distinct_match(field: str, v: str) -> str:
+        if values is not None:
+            hits = values(field, v)
+            params.extend(hits)
+            return f"{field} IN ({', '.join('?' for _ in hits)})" if hits else "1 = 0"
         params.append(v)
         if field == "name":
             return "name IN (SELECT name FROM task_names WHERE instr(name, ?) > 0)"

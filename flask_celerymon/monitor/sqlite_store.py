@@ -3,7 +3,8 @@
 Layout: ``tasks`` (one row per task, the columns of
 :data:`~flask_celerymon.monitor.store.TASK_COLUMNS`, with an index per filter and sort key),
 ``tasks_fts`` (an FTS5 trigram index over args, kwargs and result; it answers substring search
-without a scan), ``task_names`` and ``task_workers`` (distinct values, for search),
+without a scan), ``task_count`` (the number of tasks, kept by triggers: ``count(*)`` reads
+every row, 150+ ms at a million tasks, for the unfiltered list's total), ``task_names`` and ``task_workers`` (distinct values, for search),
 ``workers`` (JSON snapshots) and ``meta``.
 
 Trigram indexing costs about four times the plain insert, so it is kept off the write path:
@@ -28,7 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .model import TASK_COLUMNS, TaskQuery, history_from_times
-from .query import _fts_phrase, compile_sql, instr_sql, kwarg_pattern
+from .query import TextMatch, _fts_phrase, instr_sql, kwarg_pattern
+from .sql_query import SQLITE, SearchSample, plan, sample_query
 from .store import HistoryStore
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,14 @@ CREATE VIRTUAL TABLE IF NOT EXISTS tasks_fts USING fts5(
     args, kwargs, result, content='tasks', content_rowid='id',
     tokenize='trigram case_sensitive 1'
 );
+CREATE TABLE IF NOT EXISTS task_count (n INTEGER NOT NULL);
+INSERT INTO task_count (n) SELECT count(*) FROM tasks WHERE NOT EXISTS (SELECT 1 FROM task_count);
+CREATE TRIGGER IF NOT EXISTS tasks_counted_in AFTER INSERT ON tasks BEGIN
+    UPDATE task_count SET n = n + 1;
+END;
+CREATE TRIGGER IF NOT EXISTS tasks_counted_out AFTER DELETE ON tasks BEGIN
+    UPDATE task_count SET n = n - 1;
+END;
 CREATE TABLE IF NOT EXISTS fts_state (upto INTEGER NOT NULL);
 INSERT INTO fts_state (upto) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM fts_state);
 CREATE TRIGGER IF NOT EXISTS tasks_ad AFTER DELETE ON tasks
@@ -92,30 +102,15 @@ _UPSERT = (
 )
 _HISTORY = TASK_COLUMNS.index("history")
 
-#: sort key -> column (all have an index)
-_SORT_COLUMNS = {
-    "name": "name",
-    "state": "state",
-    "received": "received",
-    "started": "started",
-    "runtime": "runtime",
-    "timestamp": "timestamp",
-    "succeeded": "succeeded",
-    "sent": "sent",
-}
-
 _pattern_cache: dict[tuple[str, str], Any] = {}
 
 #: A search term with fewer index hits than this is answered from the index; a more common one
 #: by scanning in sort order, which finds a page quickly exactly because the term is common.
 INDEX_HITS_MAX = 20_000
-#: Recent rows sampled to tell rare trigrams from common ones, and how long a sample is used.
-TRIGRAM_SAMPLE_ROWS = 1_000
+#: How long a trigram sample (of the search sample's rows) is used.
 TRIGRAM_SAMPLE_TTL = 600.0
 #: With at most this many matches a page is sorted from the matches, not read off an index.
 SORT_MATCHES_MAX = 5_000
-#: Counting stops here for searches on common terms (the total is then "at least").
-COUNT_CAP = 10_000
 
 
 def _kwarg_match(kwargs: str | None, key: str, value: str) -> int:
@@ -140,6 +135,7 @@ class SQLiteStore(HistoryStore):
         os.makedirs(d, exist_ok=True)
         self._local = threading.local()
         self._trigram_sample: tuple[Counter[str], float] | None = None
+        self._sample = SearchSample(self._sample_rows)
         self._write_lock = threading.Lock()
         self._closed = False
         self._all: list[sqlite3.Connection] = []
@@ -322,69 +318,47 @@ class SQLiteStore(HistoryStore):
         return [r[0] for r in self._reader.execute("SELECT name FROM task_names ORDER BY name")]
 
     def count(self) -> int:
-        return int(self._reader.execute("SELECT count(*) FROM tasks").fetchone()[0])
+        return int(self._reader.execute("SELECT n FROM task_count").fetchone()[0])
 
     def is_empty(self) -> bool:
         return self._reader.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
 
-    def _where(self, q: TaskQuery, c: sqlite3.Connection) -> tuple[str, list[Any], bool]:
-        """(condition, params, exact) for ``q``; ``exact`` False when counts must be capped."""
-        conds: list[str] = []
-        params: list[Any] = []
-        for col, values in (("state", q.state), ("worker", q.worker), ("name", q.name)):
-            if values:
-                conds.append(f"{col} IN ({', '.join('?' for _ in values)})")
-                params.extend(values)
-        for col, lo, hi in (
-            ("received", q.received_start, q.received_end),
-            ("started", q.started_start, q.started_end),
-        ):
-            if lo is not None:
-                conds.append(f"{col} >= ?")
-                params.append(lo)
-            if hi is not None:
-                conds.append(f"{col} <= ?")
-                params.append(hi)
-        exact = True
-        if q.search is not None:
-            n_hits = 0
+    def _text_match(self, c: sqlite3.Connection) -> TextMatch:
+        """Substring conditions for :func:`.sql_query.plan` on connection ``c``: the rows the
+        FTS index names as candidates (in a temp table) plus the rows past its watermark,
+        then the exact ``instr`` check; a scan when the index names too many rows."""
+        n_hits = 0
 
-            def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
-                nonlocal n_hits, exact
-                ids = self._candidates(c, columns, phrases)
-                if ids is None:
-                    exact = False
-                    return instr_sql(columns, phrases, ps)
-                table = f"temp.hits{n_hits}"
-                n_hits += 1
-                c.execute(f"CREATE TEMP TABLE IF NOT EXISTS hits{n_hits - 1} "
-                          "(id INTEGER PRIMARY KEY)")  # fmt: skip
-                c.execute(f"DELETE FROM {table}")
-                c.executemany(f"INSERT INTO {table} (id) VALUES (?)", ids)
-                # One rowid list (the candidates plus the rows past the index watermark), so
-                # the condition can drive a plan by itself; then the exact check.
-                tail = instr_sql(columns, phrases, ps)
-                return (
-                    f"(id IN (SELECT id FROM {table} UNION ALL SELECT id FROM tasks "
-                    f"WHERE id > (SELECT upto FROM fts_state)) AND {tail})"
-                )
+        def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
+            nonlocal n_hits
+            ids = self._candidates(c, columns, phrases)
+            if ids is None:
+                return instr_sql(columns, phrases, ps)
+            table = f"temp.hits{n_hits}"
+            n_hits += 1
+            c.execute(f"CREATE TEMP TABLE IF NOT EXISTS hits{n_hits - 1} "
+                      "(id INTEGER PRIMARY KEY)")  # fmt: skip
+            c.execute(f"DELETE FROM {table}")
+            c.executemany(f"INSERT INTO {table} (id) VALUES (?)", ids)
+            # One rowid list (the candidates plus the rows past the index watermark), so
+            # the condition can drive a plan by itself; then the exact check.
+            tail = instr_sql(columns, phrases, ps)
+            return (
+                f"(id IN (SELECT id FROM {table} UNION ALL SELECT id FROM tasks "
+                f"WHERE id > (SELECT upto FROM fts_state)) AND {tail})"
+            )
 
-            cond, p = compile_sql(q.search, text_match)
-            conds.append(cond)
-            params.extend(p)
-        return (" AND ".join(conds) or "1"), params, exact
+        return text_match
 
     def _trigram_counts(self, c: sqlite3.Connection) -> Counter[str]:
-        """In how many of the last :data:`TRIGRAM_SAMPLE_ROWS` indexed rows each trigram
-        occurs; recomputed every :data:`TRIGRAM_SAMPLE_TTL` seconds."""
+        """In how many of the search sample's random rows (:class:`~.sql_query.SearchSample`)
+        each trigram occurs; recomputed every :data:`TRIGRAM_SAMPLE_TTL` seconds. (The newest
+        rows were sampled before: a burst of similar new tasks hid which trigrams are rare
+        in the rest, and a rare-looking trigram then listed most rows.)"""
         now = time.monotonic()
         sample = self._trigram_sample
         if sample is None or now - sample[1] > TRIGRAM_SAMPLE_TTL:
-            rows = c.execute(
-                "SELECT args, kwargs, result FROM tasks WHERE id <= (SELECT upto FROM fts_state) "
-                "ORDER BY id DESC LIMIT ?",
-                (TRIGRAM_SAMPLE_ROWS,),
-            ).fetchall()
+            rows = [(r.args, r.kwargs, r.result) for r in self._sample.rows()]
             counts: Counter[str] = Counter()
             for row in rows:
                 seen: set[str] = set()
@@ -394,6 +368,11 @@ class SQLiteStore(HistoryStore):
                 counts.update(seen)
             self._trigram_sample = sample = (counts, now)
         return sample[0]
+
+    def _sample_rows(self) -> list[tuple[Any, ...]]:
+        c = self._reader
+        lo, hi = c.execute("SELECT min(id), max(id) FROM tasks").fetchone()
+        return c.execute(*sample_query(SQLITE, lo, hi)).fetchall()
 
     def _candidates(
         self, c: sqlite3.Connection, columns: tuple[str, ...], phrases: list[str]
@@ -422,36 +401,30 @@ class SQLiteStore(HistoryStore):
         return None if len(ids) >= INDEX_HITS_MAX else ids
 
     def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:
-        """See :meth:`HistoryStore.query`. A search on a very common term counts at most
-        :data:`COUNT_CAP` matches (check :attr:`last_count_exact`)."""
+        """See :meth:`HistoryStore.query`. The SQL comes from :func:`.sql_query.plan`: a
+        query with a filter or search counts at most :data:`~.sql_query.COUNT_CAP` matches,
+        a search on a common term (:class:`~.sql_query.SearchSample`) a page past the one
+        asked for (check :attr:`last_count_exact`); the count and the page are read in one
+        snapshot."""
         c = self._reader
         c.execute("BEGIN")  # one snapshot for the count and the page
         try:
-            where, params, exact = self._where(q, c)
-            if exact:
-                total = c.execute(f"SELECT count(*) FROM tasks WHERE {where}", params).fetchone()[0]
-            else:
-                total = c.execute(
-                    f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {where} LIMIT ?)",
-                    [*params, COUNT_CAP],
-                ).fetchone()[0]
-                exact = total < COUNT_CAP
-            col = _SORT_COLUMNS[q.sort_key]
-            if exact and total <= SORT_MATCHES_MAX:
-                # Few matches: sorting them beats walking the sort column's index (the
-                # unary + keeps SQLite from choosing that index).
-                col = "+" + col
-            order = f"{col} {'DESC' if q.descending else 'ASC'}"
-            limit = -1 if q.limit is None else q.limit
-            # Order and cut the page on ids alone (a sort carrying whole rows is several
-            # times slower), then read the page's rows.
-            ids = [
-                r[0]
-                for r in c.execute(
-                    f"SELECT id FROM tasks WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
-                    [*params, limit, q.offset],
-                )
-            ]
+            common = q.search is not None and self._sample.is_common(
+                # max(id) (one index probe) bounds the number of tasks: close enough to steer
+                q.search,
+                c.execute("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0],
+            )
+            # A common term is checked row by row while walking the sort index (it matches
+            # many rows, so a page comes quickly); a rare one is looked up in the index.
+            p = plan(q, SQLITE, instr_sql if common else self._text_match(c), lambda: common)
+            total = c.execute(*p.count()).fetchone()[0]
+            cap = p.cap
+            exact = cap is None or total < cap
+            # Few matches: sorting them beats walking the sort column's index. Order and cut
+            # the page on ids alone (a sort carrying whole rows is several times slower),
+            # then read the page's rows.
+            sql, params = p.page("id", use_index=not (exact and total <= SORT_MATCHES_MAX))
+            ids = [r[0] for r in c.execute(sql, params)]
             by_id: dict[int, Any] = {}
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]

@@ -11,12 +11,15 @@ import psycopg
 import pytest
 
 from flask_celerymon.errors import CeleryMonError
+from flask_celerymon.monitor import sql_query
 from flask_celerymon.monitor.pg_store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     PostgresStore,
     StoreUnavailable,
     StoreVersionError,
+    _pieces,
+    _text_match,
     redact,
 )
 from flask_celerymon.monitor.query import parse
@@ -122,7 +125,8 @@ def test_substring_search_is_answered_from_the_trigram_index(postgres_url):
     try:
         store.write_tasks([row(f"t{i}", args=f"({i},)", kwargs="{}", result=f"'r{i}'",
                                received=float(i)) for i in range(200)])  # fmt: skip
-        where, params = store._where(TaskQuery(search=parse("args:needle")))
+        where, params = sql_query.where(TaskQuery(search=parse("args:needle")), _text_match)
+        where = sql_query.POSTGRESQL.sql(where)
         with psycopg.connect(postgres_url, options="-c search_path=celerymon,public") as c:
             c.execute("SET enable_seqscan = off")
             plan = "\n".join(
@@ -131,6 +135,17 @@ def test_substring_search_is_answered_from_the_trigram_index(postgres_url):
         assert "tasks_args_trgm" in plan
     finally:
         store.close()
+
+
+def test_the_index_is_asked_for_the_rarest_word_of_a_phrase():
+    assert _pieces("customer-12") == ["customer-", "-12", "customer-12"]
+    assert _pieces("'user_id': 42,") == ["'user_", "_id'", " 42,", "'user_id': 42,"]
+    assert _pieces("ab") == ["ab"]  # a word too short to make a trigram: the phrase
+    seen = {"-12": 3, "customer-": 1000, "customer-12": 3}
+    params: list = []
+    cond = _text_match(("args",), ["customer-12"], params, lambda cols, text: seen[text])
+    # LIKE on the rare word finds candidates through the index; instr keeps exact matches
+    assert (cond, params) == ("((args LIKE ? AND instr(args, ?) > 0))", ["%-12%", "customer-12"])
 
 
 def test_kwarg_terms_match_exactly_what_the_window_matches(postgres_url):

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flask_celerymon.monitor import sql_query
 from flask_celerymon.monitor.query import And, Or, SearchError, Term, parse, parse_sort
 
 
@@ -127,3 +128,44 @@ def test_window_and_store_give_the_same_answers(populated, search):
     store = populated.query_tasks(search=search, limit=None, source="store")
     assert window.total == store.total
     assert [t["uuid"] for t in window.tasks] == [t["uuid"] for t in store.tasks]
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(search=searches)
+def test_a_search_taken_as_common_gives_the_same_answers(populated, monkeypatch, search):
+    # every search the sample sees match is "common": checked row by row in sort order
+    monkeypatch.setattr(sql_query, "INDEX_HITS_MAX", 0)
+    window = populated.query_tasks(search=search, limit=None, source="window")
+    store = populated.query_tasks(search=search, limit=None, source="store")
+    assert window.total == store.total, search
+    assert [t["uuid"] for t in window.tasks] == [t["uuid"] for t in store.tasks]
+
+
+def test_filtered_totals_stop_at_the_cap_and_say_so(populated, monkeypatch):
+    monkeypatch.setattr(sql_query, "COUNT_CAP", 50)
+    page = populated.query_tasks(received_start=0, limit=10, source="store")
+    assert (page.total, page.exact, len(page.tasks)) == (50, False, 10)
+    few = populated.query_tasks(worker="w-1@host", limit=10, source="store")
+    assert (few.total, few.exact) == (40, True)
+    every = populated.query_tasks(limit=10, source="store")
+    assert (every.total, every.exact) == (120, True)  # the unfiltered total is always exact
+
+
+def test_a_common_search_counts_up_to_a_page_past_the_one_asked_for(populated, monkeypatch):
+    monkeypatch.setattr(sql_query, "INDEX_HITS_MAX", 0)
+    page = populated.query_tasks(search="customer", offset=10, limit=10, source="store")
+    window = populated.query_tasks(search="customer", offset=10, limit=10, source="window")
+    assert (page.total, page.exact) == (10 + 2 * 10 + 1, False)
+    assert [t["uuid"] for t in page.tasks] == [t["uuid"] for t in window.tasks]
+    last = populated.query_tasks(search="customer", offset=110, limit=10, source="store")
+    assert (last.total, last.exact) == (120, True)  # fewer than the cap: counted exactly
+
+
+def test_a_rare_search_counts_at_least_search_count_cap_matches(populated, monkeypatch):
+    monkeypatch.setattr(sql_query, "SEARCH_COUNT_CAP", 40)
+    page = populated.query_tasks(search="customer", limit=10, source="store")
+    assert (page.total, page.exact) == (40, False)
+    some = populated.query_tasks(search="customer-3", limit=10, source="store")
+    assert (some.total, some.exact) == (17, True)

@@ -10,6 +10,7 @@ from celery import Celery
 from flask_celerymon.monitor import MonitorService, MonitorSettings
 from flask_celerymon.monitor.settings import MonitorSettings as Settings
 from flask_celerymon.monitor.sqlite_store import SQLiteStore
+from flask_celerymon.monitor.store import TASK_COLUMNS, TaskQuery
 
 from .conftest import task_events
 
@@ -178,3 +179,40 @@ def test_a_failed_write_keeps_the_changes_for_the_next_flush(store_db, monkeypat
     assert svc.flush() == 3
     assert svc.query_tasks(source="store").total == 3
     svc.stop()
+
+
+def row(uuid: str, **values) -> tuple:
+    return tuple(values.get(c, uuid if c == "uuid" else None) for c in TASK_COLUMNS)
+
+
+def test_the_kept_count_follows_inserts_updates_and_retention(tmp_path):
+    store = SQLiteStore(str(tmp_path / "count.sqlite3"))
+    try:
+        rows = [row(f"t{i}", received=float(i), timestamp=float(i)) for i in range(30)]
+        store.write_tasks(rows[:20])
+        store.write_tasks(rows[10:30])  # 10 updates, 10 inserts
+        assert store.count() == 30
+        assert store.query(TaskQuery(limit=1))[0] == 30
+        assert store.prune(25, older_than=3.0) == 5  # 3 by age, 2 by count
+        counted = store._reader.execute("SELECT count(*) FROM tasks").fetchone()[0]
+        assert store.count() == 25 == counted
+    finally:
+        store.close()
+
+
+def test_a_store_written_before_the_kept_count_counts_its_tasks_on_open(tmp_path):
+    path = str(tmp_path / "old.sqlite3")
+    store = SQLiteStore(path)
+    store.write_tasks([row(f"t{i}", received=float(i)) for i in range(7)])
+    with store._write_lock:  # as a release without the counter left it
+        store._writer.executescript(
+            "DROP TRIGGER tasks_counted_in; DROP TRIGGER tasks_counted_out; DROP TABLE task_count;"
+        )
+    store.close()
+    again = SQLiteStore(path)
+    try:
+        assert again.count() == 7
+        again.write_tasks([row("t99", received=99.0)])
+        assert again.count() == 8
+    finally:
+        again.close()

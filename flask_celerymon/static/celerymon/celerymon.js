@@ -256,7 +256,8 @@
         var total = (parseInt(count.dataset.total, 10) || 0) + 1;
         count.dataset.total = total;
         var shown = Math.min(per, $all("tr[data-task]", tbody).length);
-        count.textContent = "Showing 1 to " + shown + " of " + total + " tasks";
+        var atLeast = count.dataset.exact === "0" ? "at least " : "";
+        count.textContent = "Showing 1 to " + shown + " of " + atLeast + total + " tasks";
       }
     },
     "new-tasks": function (m) {

@@ -1,0 +1,265 @@
+"""The SQL of a task query (filters, search, count, order and page), for both history stores.
+
+One builder, parametrised by a :class:`Dialect`: :class:`~.sqlite_store.SQLiteStore` and
+:class:`~.pg_store.PostgresStore` differ only in
+
+* how a substring condition reaches its index (``text_match``, see :func:`~.query.compile_sql`):
+  SQLite looks candidates up in its FTS5 trigram table, PostgreSQL writes ``LIKE`` for its
+  ``pg_trgm`` GIN indexes;
+* the placeholder (``?`` or ``%s``) and how ``NULL`` sorts (PostgreSQL is told ``NULLS
+  LAST``/``NULLS FIRST``; SQLite already sorts ``NULL`` lowest);
+* the unfiltered total is read from a counter table in both (kept by statement triggers in
+  PostgreSQL, by row triggers in SQLite).
+
+Counting is bounded: the total of a filtered query counts at most :data:`COUNT_CAP` matches
+(``SELECT count(*) FROM (... LIMIT cap)``), so a query over a million stored tasks reads at
+most ``COUNT_CAP`` index entries for its total instead of every match; a search, whose
+matches are checked row by row, counts at most :data:`SEARCH_COUNT_CAP` or a page past the
+one asked for, whichever is more. A search on a *common* term (the store's index would name more than
+:data:`INDEX_HITS_MAX` rows, see :class:`PhraseSample`) is answered by walking the sort
+column's index, which finds a page quickly exactly because the term is common; its count
+stops at :data:`LOOKAHEAD_PAGES` pages past the one asked for, so it costs about as much as
+reading those pages. A total that reached its cap is reported as not exact
+(``TaskPage.exact`` False; the tasks page shows "at least N"). The unfiltered total is
+always exact.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .query import And, Node, Or, TextMatch, compile_python, compile_sql
+from .store import TaskQuery
+
+#: Counting stops here for filtered and searched queries (the total is then "at least").
+COUNT_CAP = 10_000
+#: A search counts matches up to this many pages past the one asked for, and a search that
+#: is not common (:class:`SearchSample`) at least up to SEARCH_COUNT_CAP.
+LOOKAHEAD_PAGES = 1
+SEARCH_COUNT_CAP = 1_000
+#: A phrase the index would name more rows for than this is searched by a scan in sort order.
+INDEX_HITS_MAX = 20_000
+#: Rows sampled to tell rare searches from common ones, and how long a sample is used.
+SAMPLE_ROWS = 1_000
+SAMPLE_TTL = 60.0
+
+#: Sort keys (:data:`~.query.SORT_KEYS`) and their columns; every one has an index.
+SORT_COLUMNS = ("name", "state", "received", "started", "runtime", "timestamp", "succeeded",
+                "sent")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the stores' SQL. ``placeholder``: ``?`` or ``%s``;
+    ``nulls``: write ``NULLS LAST``/``NULLS FIRST`` (SQLite sorts NULL lowest by itself);
+    ``all_count``: the SQL of the number of all tasks; ``tiebreak``: order equal sort values
+    by ``id`` (SQLite leaves them in the order of the sort column's index, which ends in the
+    rowid, so a sort needs no second pass)."""
+
+    name: str
+    placeholder: str
+    nulls: bool
+    all_count: str
+    tiebreak: bool
+
+    def sql(self, qmark: str) -> str:
+        """``qmark`` (written with ``?`` placeholders and no literal ``?`` or ``%``) in this
+        dialect's placeholders."""
+        return qmark if self.placeholder == "?" else qmark.replace("?", self.placeholder)
+
+
+SQLITE = Dialect("sqlite", "?", nulls=False, all_count="SELECT n FROM task_count",
+                 tiebreak=False)  # fmt: skip
+POSTGRESQL = Dialect("postgresql", "%s", nulls=True, all_count="SELECT n FROM task_count",
+                     tiebreak=True)  # fmt: skip
+
+
+def where(
+    q: TaskQuery,
+    text_match: TextMatch | None = None,
+    values: Callable[[str, str], list[str]] | None = None,
+) -> tuple[str, list[Any]]:
+    """``(condition, params)`` of the filters and search of ``q``, qmark placeholders;
+    ``""`` when ``q`` has none (``text_match`` and ``values``: see
+    :func:`~.query.compile_sql`). Raises nothing: ``q`` holds parsed, valid values."""
+    conds: list[str] = []
+    params: list[Any] = []
+    for col, chosen in (("state", q.state), ("worker", q.worker), ("name", q.name)):
+        if chosen:
+            conds.append(f"{col} IN ({', '.join('?' for _ in chosen)})")
+            params.extend(chosen)
+    for col, lo, hi in (
+        ("received", q.received_start, q.received_end),
+        ("started", q.started_start, q.started_end),
+    ):
+        if lo is not None:
+            conds.append(f"{col} >= ?")
+            params.append(lo)
+        if hi is not None:
+            conds.append(f"{col} <= ?")
+            params.append(hi)
+    if q.search is not None:
+        cond, p = compile_sql(q.search, text_match, values)
+        conds.append(cond)
+        params.extend(p)
+    return " AND ".join(conds), params
+
+
+def order_by(q: TaskQuery, dialect: Dialect, *, use_index: bool = True) -> str:
+    """``ORDER BY`` of ``q``: its sort column (``NULL`` last when descending, first when
+    ascending), then (``dialect.tiebreak``) ``id`` in the same direction. ``use_index`` False keeps SQLite from
+    walking the sort column's index (better when few rows match). Raises ``ValueError`` for a
+    sort key that is not a column (:func:`~.query.parse_sort` guards this)."""
+    if q.sort_key not in SORT_COLUMNS:
+        raise ValueError(f"cannot sort by {q.sort_key!r}")
+    d = "DESC" if q.descending else "ASC"
+    col = q.sort_key if use_index or dialect.nulls else "+" + q.sort_key
+    nulls = (" NULLS LAST" if q.descending else " NULLS FIRST") if dialect.nulls else ""
+    tie = f", id {d}" if dialect.tiebreak else ""
+    return f"ORDER BY {col} {d}{nulls}{tie}"
+
+
+@dataclass(frozen=True)
+class QueryPlan:
+    """The statements of one task query in a store's dialect (see :func:`plan`)."""
+
+    q: TaskQuery
+    dialect: Dialect
+    #: the filters and search of ``q`` (qmark placeholders; "" for none) and their parameters
+    cond: str
+    params: list[Any]
+
+    #: a search term is common: the count stops :data:`LOOKAHEAD_PAGES` past the page
+    common: bool = False
+
+    @property
+    def cap(self) -> int | None:
+        """Where :meth:`count` stops counting; None when it counts every task (no condition).
+        A total equal to the cap is a lower bound."""
+        if not self.cond:
+            return None
+        if self.q.search is None or self.q.limit is None:
+            return COUNT_CAP
+        ahead = self.q.offset + self.q.limit * (1 + LOOKAHEAD_PAGES) + 1
+        return min(COUNT_CAP, ahead if self.common else max(ahead, SEARCH_COUNT_CAP))
+
+    def count(self) -> tuple[str, list[Any]]:
+        """``(sql, params)`` of one row holding the total: exact without a condition, else
+        the number of matches up to :attr:`cap` (for a common term: the first ones in sort
+        order, so the count walks the same index as the page)."""
+        cap = self.cap
+        if cap is None:
+            return self.dialect.all_count, []
+        order = f" {order_by(self.q, self.dialect)}" if self.common else ""
+        sql = f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {self.cond}{order} LIMIT ?) m"
+        return self.dialect.sql(sql), [*self.params, cap]
+
+    def page(self, select: str = "id", *, use_index: bool = True) -> tuple[str, list[Any]]:
+        """``(sql, params)`` of the page's ``select`` columns in order (see :func:`order_by`
+        for ``use_index``)."""
+        where_ = f" WHERE {self.cond}" if self.cond else ""
+        order = order_by(self.q, self.dialect, use_index=use_index)
+        limit: int | None = self.q.limit
+        if limit is None and self.dialect is SQLITE:
+            limit = -1  # SQLite's "no limit"; PostgreSQL takes NULL
+        sql = f"SELECT {select} FROM tasks{where_} {order} LIMIT ? OFFSET ?"
+        return self.dialect.sql(sql), [*self.params, limit, self.q.offset]
+
+
+def plan(
+    q: TaskQuery,
+    dialect: Dialect,
+    text_match: TextMatch | None = None,
+    common: Callable[[], bool] | None = None,
+    values: Callable[[str, str], list[str]] | None = None,
+) -> QueryPlan:
+    """The statements of ``q`` in ``dialect``; ``text_match`` writes substring conditions
+    (see :func:`~.query.compile_sql`), and ``common()``, asked once they are written, says
+    whether one of them was written as a scan because its term is common; ``values`` lists
+    the distinct names or workers containing a text (see :func:`~.query.compile_sql`). Raises
+    ``ValueError`` for an unknown sort key."""
+    if q.sort_key not in SORT_COLUMNS:
+        raise ValueError(f"cannot sort by {q.sort_key!r}")
+    cond, params = where(q, text_match, values)
+    return QueryPlan(q, dialect, cond, params, common=bool(common and common()))
+
+
+#: The columns :class:`SearchSample` reads, in this order.
+SAMPLE_COLUMNS = ("uuid", "name", "state", "worker", "args", "kwargs", "result")
+
+
+class _Sampled:
+    __slots__ = ("uuid", "name", "state", "worker", "args", "kwargs", "result", "text")
+
+    def __init__(self, row: tuple[Any, ...]) -> None:
+        for k, v in zip(SAMPLE_COLUMNS, row):
+            setattr(self, k, v or "")
+        self.text = f"{self.args}\x00{self.kwargs}\x00{self.result}"
+
+
+def sample_query(dialect: Dialect, lo: int | None, hi: int | None) -> tuple[str, list[int]]:
+    """``(sql, params)`` reading up to :data:`SAMPLE_ROWS` tasks at random ids between ``lo``
+    and ``hi`` (the table's smallest and largest id; None for an empty table): primary-key
+    lookups, so a sample costs the same at any size and is not biased to recent tasks."""
+    if lo is None or hi is None:
+        ids: list[int] = []
+    elif hi - lo < SAMPLE_ROWS:
+        ids = list(range(lo, hi + 1))
+    else:
+        ids = random.sample(range(lo, hi + 1), SAMPLE_ROWS)
+    cols = ", ".join(SAMPLE_COLUMNS)
+    marks = ", ".join("?" for _ in ids) or "NULL"
+    return dialect.sql(f"SELECT {cols} FROM tasks WHERE id IN ({marks})"), ids
+
+
+class SearchSample:
+    """The share of :data:`SAMPLE_ROWS` random tasks a search matches, to tell a rare search
+    (ask the index) from a common one (walk the sort column's index).
+
+    ``fetch()`` returns the sample's rows (tuples of :data:`SAMPLE_COLUMNS`, see
+    :func:`sample_query`);
+    it is called again after :data:`SAMPLE_TTL` seconds. Two threads may both refresh; either
+    sample is valid. The sample only steers speed, never which rows match.
+    """
+
+    def __init__(self, fetch: Callable[[], list[tuple[Any, ...]]]) -> None:
+        self._fetch = fetch
+        self._rows: list[_Sampled] | None = None
+        self._at = 0.0
+
+    def rows(self) -> list[_Sampled]:
+        """The sampled tasks (attributes ``uuid name state worker args kwargs result text``)."""
+        now = time.monotonic()
+        rows = self._rows
+        if rows is None or now - self._at > SAMPLE_TTL:
+            rows = self._rows = [_Sampled(r) for r in self._fetch()]
+            self._at = now
+        return rows
+
+    def fraction(self, node: Node) -> float:
+        """The share (0..1) of sampled tasks ``node`` matches; 0.0 for an empty store."""
+        rows = self.rows()
+        return len(compile_python(node)(rows)) / len(rows) if rows else 0.0
+
+    def occurrences(self, columns: tuple[str, ...], text: str) -> int:
+        """In how many sampled tasks one of ``columns`` (args, kwargs, result) contains
+        ``text``."""
+        return sum(1 for r in self.rows() if any(text in getattr(r, c) for c in columns))
+
+    def is_common(self, node: Node | None, n_tasks: int) -> bool:
+        """Whether ``node`` has a substring term (name, worker and state terms are index
+        lookups whatever their share) and likely matches more than :data:`INDEX_HITS_MAX`
+        of ``n_tasks``."""
+        if node is None or not _has_text(node):
+            return False
+        return self.fraction(node) * n_tasks > INDEX_HITS_MAX
+
+
+def _has_text(node: Node) -> bool:
+    if isinstance(node, (And, Or)):
+        return any(_has_text(i) for i in node.items)
+    return node.field not in ("state", "name", "worker")

@@ -1,0 +1,87 @@
+"""The one SQL builder of the task query, per dialect (the stores run it in test_query.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from flask_celerymon.monitor import sql_query
+from flask_celerymon.monitor.query import parse
+from flask_celerymon.monitor.sql_query import POSTGRESQL, SQLITE, SearchSample, plan
+from flask_celerymon.monitor.store import TaskQuery
+
+
+def test_the_dialects_differ_only_in_placeholders_nulls_and_the_tie_break():
+    q = TaskQuery(state=("FAILURE",), sort_key="runtime", descending=True, limit=10, offset=20)
+    lite, pg = plan(q, SQLITE), plan(q, POSTGRESQL)
+    assert lite.page() == (
+        "SELECT id FROM tasks WHERE state IN (?) ORDER BY runtime DESC LIMIT ? OFFSET ?",
+        ["FAILURE", 10, 20],
+    )
+    assert pg.page() == (
+        "SELECT id FROM tasks WHERE state IN (%s) ORDER BY runtime DESC NULLS LAST, id DESC "
+        "LIMIT %s OFFSET %s",
+        ["FAILURE", 10, 20],
+    )
+    asc = TaskQuery(sort_key="name", descending=False, limit=None)
+    assert plan(asc, POSTGRESQL).page()[0].endswith("ORDER BY name ASC NULLS FIRST, id ASC "
+                                                    "LIMIT %s OFFSET %s")  # fmt: skip
+    assert plan(asc, SQLITE).page()[1] == [-1, 0]  # SQLite's "no limit"
+
+
+def test_the_unfiltered_total_is_exact_and_filters_count_up_to_the_cap():
+    assert plan(TaskQuery(), SQLITE).count() == ("SELECT n FROM task_count", [])
+    assert plan(TaskQuery(), POSTGRESQL).count() == ("SELECT n FROM task_count", [])
+    assert plan(TaskQuery(), POSTGRESQL).cap is None
+    p = plan(TaskQuery(worker=("w1", "w2")), SQLITE)
+    assert p.count() == (
+        "SELECT count(*) FROM (SELECT 1 FROM tasks WHERE worker IN (?, ?) LIMIT ?) m",
+        ["w1", "w2", sql_query.COUNT_CAP],
+    )
+
+
+def test_a_search_counts_a_page_ahead_or_search_count_cap_whichever_is_more():
+    q = TaskQuery(search=parse("state:failure"), offset=300, limit=100)
+    assert plan(q, SQLITE).cap == sql_query.SEARCH_COUNT_CAP
+    far = TaskQuery(search=parse("state:failure"), offset=5000, limit=100)
+    assert plan(far, SQLITE).cap == 5000 + 200 + 1
+    common = plan(q, SQLITE, common=lambda: True)
+    assert common.cap == 300 + 200 + 1
+    # a common search counts the first matches in sort order: the walk the page takes
+    assert "ORDER BY received DESC LIMIT ?) m" in common.count()[0]
+    unpaged = TaskQuery(search=parse("state:failure"), limit=None)
+    assert plan(unpaged, SQLITE).cap == sql_query.COUNT_CAP
+
+
+def test_an_unknown_sort_key_is_refused():
+    with pytest.raises(ValueError, match="cannot sort by 'uuid'"):
+        plan(TaskQuery(sort_key="uuid"), SQLITE)
+
+
+def test_names_and_workers_are_named_in_the_condition_when_listed():
+    listed = {"name": ["app.add", "app.add_more"], "worker": []}
+    cond, params = sql_query.where(
+        TaskQuery(search=parse("name:add OR worker:add")), values=lambda f, v: listed[f]
+    )
+    assert cond == "(name IN (?, ?) OR 1 = 0)"
+    assert params == ["app.add", "app.add_more"]
+
+
+def test_the_sample_tells_common_searches_from_rare_ones():
+    rows = [(f"u{i}", "app.add", "SUCCESS", "w1", f"({i},)", "{}", "'ok'") for i in range(100)]
+    fetched = []
+
+    def fetch():
+        fetched.append(1)
+        return rows
+
+    sample = SearchSample(fetch)
+    assert sample.fraction(parse("'ok'")) == 1.0
+    assert sample.fraction(parse('args:"(42,)"')) == 0.01
+    assert sample.is_common(parse("'ok'"), 1_000_000)
+    assert not sample.is_common(parse('args:"(42,)"'), 1_000_000)  # 10,000 estimated matches
+    # state, name and worker terms are index lookups, however many tasks they match
+    assert not sample.is_common(parse("state:success name:add"), 1_000_000)
+    assert sample.is_common(parse("state:success 'ok'"), 1_000_000)
+    assert sample.occurrences(("args",), "(4") == 11
+    assert len(fetched) == 1  # kept for SAMPLE_TTL seconds
+    assert SearchSample(list).fraction(parse("anything")) == 0.0
