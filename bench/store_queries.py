@@ -25,7 +25,7 @@ from typing import Any
 from celery import Celery
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings
-from flask_celerymon.monitor.store import POSTGRES_SCHEMES, open_store
+from flask_celerymon.monitor.stores import POSTGRES_SCHEMES, open_store
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from flood import TASK_NAMES, TRACEBACK  # noqa: E402

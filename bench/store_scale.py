@@ -37,7 +37,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from store_queries import QUERIES as BASE_QUERIES  # noqa: E402
 from store_queries import rows  # noqa: E402
 
-from flask_celerymon.monitor.store import POSTGRES_SCHEMES, TASK_COLUMNS, open_store  # noqa: E402
+from flask_celerymon.monitor.model import TASK_COLUMNS  # noqa: E402
+from flask_celerymon.monitor.stores import POSTGRES_SCHEMES, open_store  # noqa: E402
 
 #: (label, query_tasks keyword arguments): store_queries' list plus each search qualifier.
 QUERIES: list[tuple[str, dict[str, Any]]] = [

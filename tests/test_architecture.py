@@ -11,8 +11,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 import flask_celerymon
 
 PACKAGE = "flask_celerymon"
@@ -124,34 +122,6 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def _without(graph: dict[str, set[str]], pending: tuple[str, ...]) -> dict[str, set[str]]:
-    """``graph`` without the edges between two modules both under a ``pending`` prefix."""
-
-    def is_pending(module: str) -> bool:
-        return any(module == p or module.startswith(p + ".") for p in pending)
-
-    return {
-        module: {t for t in targets if not (is_pending(module) and is_pending(t))}
-        for module, targets in graph.items()
-    }
-
-
-#: Cycles left inside modules that other branches of issue 11 restructure now: the store
-#: interface, task model and stores of the monitor (``store`` <-> ``state`` <-> ``sqlite_store``
-#: <-> ``pg_store``, cut by the ``model`` leaf module of the monitor split) and the API and its
-#: hand-kept OpenAPI document (``api`` <-> ``openapi`` <-> ``insight_openapi``, replaced by
-#: declared parameters). A cycle through any other module fails now.
-PENDING = (
-    f"{PACKAGE}.monitor.store",
-    f"{PACKAGE}.monitor.state",
-    f"{PACKAGE}.monitor.sqlite_store",
-    f"{PACKAGE}.monitor.pg_store",
-    f"{PACKAGE}.web.api",
-    f"{PACKAGE}.web.openapi",
-    f"{PACKAGE}.web.insight_openapi",
-)
-
-
 def test_the_walk_finds_the_package_modules_and_their_imports():
     graph = _graph()
     assert {"flask_celerymon.extension", "flask_celerymon.monitor.service"} <= set(graph)
@@ -165,17 +135,7 @@ def test_a_cycle_is_found_and_named():
     assert _find_cycle({"a": {"b"}, "b": set()}) is None
 
 
-def test_the_package_has_no_import_cycle_outside_the_pending_modules():
-    cycle = _find_cycle(_without(_graph(), PENDING))
-    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
-
-
-@pytest.mark.xfail(
-    strict=True, reason="cycles inside PENDING modules are cut by other branches of issue 11"
-)
 def test_the_package_has_no_import_cycle():
-    # strict: once the last pending cycle is gone this passes, and xfail makes that a failure
-    # that says to remove the marker and PENDING
     cycle = _find_cycle(_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from flask_celerymon.monitor.store import open_store
+from flask_celerymon.monitor.stores import open_store
 from tests.apps import basic
 from tests.conftest import WorkerProcess, free_port
 

@@ -103,7 +103,7 @@ def _priority_queue_name(chan: Any, queue: str, priority: int) -> str:
     of these names, and writing the format out here would break silently if kombu changed it
     (calling kombu's own keeps us right for the kombu installed, or fails loudly).
     """
-    return chan._q_for_pri(queue, priority)
+    return str(chan._q_for_pri(queue, priority))
 
 
 def _raw_client(chan: Any) -> redis.Redis:

@@ -95,8 +95,8 @@ def final_state(info: dict[str, Any] | None, meta: dict[str, Any] | None) -> str
     found = [s for s in ((info or {}).get("state"), (meta or {}).get("status")) if s]
     for s in found:
         if s in FINISHED:
-            return s
-    return found[0] if found else states.PENDING
+            return str(s)
+    return str(found[0]) if found else states.PENDING
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ class Control:
             and not meta.get("name")
         ):
             return None
-        return meta
+        return dict(meta)
 
     def known_task(self, task_id: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """(the monitor's task dict, the backend's record); either may be None.

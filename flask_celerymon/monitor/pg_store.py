@@ -480,7 +480,7 @@ class PostgresStore(HistoryStore):
     def _sample_rows(self) -> list[tuple[Any, ...]]:
         with self._pool.connection() as c:
             lo, hi = c.execute("SELECT min(id), max(id) FROM tasks").fetchone()
-            return c.execute(*sample_query(POSTGRESQL, lo, hi)).fetchall()
+            return list(c.execute(*sample_query(POSTGRESQL, lo, hi)).fetchall())
 
     @property
     def last_count_exact(self) -> bool:

@@ -76,7 +76,7 @@ class Queues:
         queues = self.service.queues()
         if queues is None:
             raise NotFoundError("this broker does not give queue lengths")
-        return queues
+        return list(queues)
 
     def purge(self, queue: str) -> int:
         """Delete every message waiting in ``queue``; how many were. Raises

@@ -42,8 +42,9 @@ from .query import SearchError, parse, parse_sort
 from .settings import MonitorSettings
 from .sqlite_store import aggregate_stats
 from .state import TASK_EVENTS, WORKER_EVENTS, MalformedEvent, State, StateObserver, WorkerRecord
-from .store import HistoryStore, open_store
+from .store import HistoryStore
 from .store import redact as _redact
+from .stores import open_store
 from .subscriptions import EventListener, Subscription, Subscriptions
 
 log = logging.getLogger(__name__)

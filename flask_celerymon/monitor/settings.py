@@ -24,7 +24,7 @@ class MonitorSettings:
     """How the monitor service runs. Every attribute has a usable default.
 
     ``db`` is the history store: a SQLite file path, a ``postgresql://`` URL (see
-    :func:`~.store.open_store`), or ``False`` for an in-memory service without history. ``None`` means "no file" here too when the settings are built directly; it only
+    :func:`~.stores.open_store`), or ``False`` for an in-memory service without history. ``None`` means "no file" here too when the settings are built directly; it only
     means ``<instance_path>/celerymon.sqlite3`` in :meth:`from_config`, which resolves it.
     """
 

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .model import TaskQuery
 from .query import And, Node, Or, TextMatch, compile_python, compile_sql
-from .store import TaskQuery
 
 #: Counting stops here for filtered and searched queries (the total is then "at least").
 COUNT_CAP = 10_000
@@ -194,6 +194,14 @@ SAMPLE_COLUMNS = ("uuid", "name", "state", "worker", "args", "kwargs", "result")
 
 class _Sampled:
     __slots__ = ("uuid", "name", "state", "worker", "args", "kwargs", "result", "text")
+    uuid: str
+    name: str
+    state: str
+    worker: str
+    args: str
+    kwargs: str
+    result: str
+    text: str
 
     def __init__(self, row: tuple[Any, ...]) -> None:
         for k, v in zip(SAMPLE_COLUMNS, row):

@@ -27,7 +27,7 @@ __all__ = ["BLUEPRINT_NAME", "get_state", "init_monitor", "make_blueprint"]
 
 def make_blueprint() -> Blueprint:
     """A fresh blueprint with every part of the monitor registered on it."""
-    from . import api, errors, guard, hardening, insight, live, login, metrics, views
+    from . import api, errors, guard, hardening, insight, live, login, metrics, openapi, views
 
     # no static_folder: the pages' assets have a route of their own (views.assets), so that
     # every route of the blueprint declares who may use it
@@ -37,6 +37,7 @@ def make_blueprint() -> Blueprint:
     errors.register(bp)  # how an error raised by any route becomes a response
     bp.before_request(_start_service)
     api.register(bp)
+    openapi.register(bp)
     views.register(bp)
     live.register(bp)
     metrics.register(bp)

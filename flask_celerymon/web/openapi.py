@@ -23,8 +23,13 @@ from typing import Any
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
+from flask import Blueprint, Response
 
+from ..appstate import get_state
 from . import params as _params
+from .api.common import json_response
+from .auth import VIEWER, requires
+from .params import doc
 
 OPENAPI_VERSION = "3.0.3"
 
@@ -260,6 +265,7 @@ def api_routes() -> Iterator[tuple[str, Any, tuple[str, ...]]]:
 
     for rule, view, methods in api.ROUTES:
         yield rule, view, methods
+    yield OPENAPI_RULE, openapi_document, ("GET",)
     for rule, _endpoint, view, methods in insight.ROUTES:
         if rule.startswith("/api/"):
             yield rule, view, methods
@@ -366,3 +372,24 @@ def build_spec(prefix: str = "/monitor") -> dict[str, Any]:
     for path, ops in operations.items():
         spec.path(path=path, operations=ops)
     return spec.to_dict()
+
+
+#: Where the document is served, under the monitor's prefix.
+OPENAPI_RULE = "/api/openapi.json"
+
+
+@requires(VIEWER)
+@doc("This document", "OpenAPI")
+def openapi_document() -> Response:
+    """``GET /api/openapi.json``: the OpenAPI 3 description of this API. Status codes: 200."""
+    prefix = get_state().settings["CELERY_MONITOR_URL_PREFIX"] or ""
+    return json_response(build_spec(prefix))
+
+
+def register(bp: Blueprint) -> None:
+    """Serve the document at :data:`OPENAPI_RULE` (endpoint ``api_openapi_document``).
+
+    Here and not in :mod:`.api`: this module reads the API's routes, so the API must not
+    import it back.
+    """
+    bp.add_url_rule(OPENAPI_RULE, "api_openapi_document", openapi_document, methods=["GET"])

@@ -23,7 +23,8 @@ from flask_celerymon.monitor.pg_store import (
     redact,
 )
 from flask_celerymon.monitor.query import parse
-from flask_celerymon.monitor.store import TASK_COLUMNS, TaskQuery, open_store
+from flask_celerymon.monitor.store import TASK_COLUMNS, TaskQuery
+from flask_celerymon.monitor.stores import open_store
 
 
 def row(uuid: str, **values) -> tuple:

@@ -9,7 +9,7 @@ from celery import Celery
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings
 from flask_celerymon.monitor.insight.engine import Insight
-from flask_celerymon.monitor.store import open_store
+from flask_celerymon.monitor.stores import open_store
 from tests.monitor.conftest import task_events
 
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..store import POSTGRES_SCHEMES
+from ..stores import POSTGRES_SCHEMES
 from .alerts import AlertRule, conditions, describe, payload, post_json
 from .error_groups import fingerprint
 from .store import Failure, InsightStore, Rollup, percentile

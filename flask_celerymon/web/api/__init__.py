@@ -45,7 +45,6 @@ from ...appstate import get_state
 from ...monitor.control import FINISHED
 from ..auth import VIEWER, requires
 from ..errors import is_api_request, json_error
-from ..params import doc
 from .common import (
     APPLY_DATE_FORMAT,
     APPLY_OPTIONS,
@@ -170,7 +169,6 @@ __all__ = [
     "list_tasks",
     "list_workers",
     "not_found",
-    "openapi_document",
     "queue_lengths",
     "queue_messages",
     "queue_purge",
@@ -197,16 +195,6 @@ __all__ = [
     "worker_pool_shrink",
     "worker_shutdown",
 ]
-
-
-@requires(VIEWER)
-@doc("This document", "OpenAPI")
-def openapi_document() -> Response:
-    """``GET /api/openapi.json``: the OpenAPI 3 description of this API. Status codes: 200."""
-    from ..openapi import build_spec
-
-    prefix = get_state().settings["CELERY_MONITOR_URL_PREFIX"] or ""
-    return json_response(build_spec(prefix))
 
 
 def _allowed_methods() -> list[str]:
@@ -298,7 +286,6 @@ ROUTES: tuple[tuple[str, Callable[..., Response], tuple[str, ...]], ...] = (
     ("/api/queues/purge/<celerymon_path:queue>", queue_purge, ("POST",)),
     ("/api/queues/messages/<celerymon_path:queue>", queue_messages, ("GET",)),
     ("/api/queues/remove/<queue>/<task_id>", queue_remove_message, ("POST",)),
-    ("/api/openapi.json", openapi_document, ("GET",)),
 )
 
 
