@@ -17,7 +17,9 @@ Starts a private redis-server (free port) and ``flask celery monitor`` serving
    A page is sent at most the newest ``per_page`` (15) new tasks of a 100 ms batch, so about
    a third of the tasks reach any page; latency is measured on those. Every 5 s the RSS
    and thread count of the served process tree (the ``flask`` process and its gunicorn
-   worker) are sampled.
+   worker) are sampled, and its CPU seconds over the phase give ``server_cpu_per_s`` (the
+   share of one core the server needs: below 1 it keeps up on a core of its own, whatever
+   else the machine runs; the latencies depend on what else runs).
 
 All clients run in one thread of this process (wsproto over non-blocking sockets and one
 selector), so the client side holds no thread per page. Prints one JSON line per phase and a
@@ -27,7 +29,6 @@ summary. The server is not pinned; run the whole script under ``taskset`` to pin
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import selectors
@@ -74,10 +75,27 @@ def get(url: str, timeout: float = 10.0) -> bytes:
 
 def applied(base: str) -> float:
     """The served monitor's ``celerymon_events_applied_total``."""
-    for line in get(base + "/monitor/metrics").decode().splitlines():
+    for line in get(base + "/monitor/metrics", timeout=120).decode().splitlines():
         if line.startswith("celerymon_events_applied_total "):
             return float(line.split()[1])
     return 0.0
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its descendants."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def tree_sample(pid: int) -> tuple[int, int]:
@@ -260,7 +278,7 @@ def main() -> None:
     cmd = [sys.executable, "-m", "flask", "--app", "tests.apps.served:create_app", "celery",
            "monitor", "--port", str(port), "--worker-class", args.worker_class,
            "--threads", str(args.threads), "--connections", str(args.pages + 100)]  # fmt: skip
-    log = open(os.path.join(work, "monitor.log"), "wb")
+    log = open(os.path.join(work, "monitor.log"), "wb")  # noqa: SIM115 - closed in finally
     server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {"worker_class": args.worker_class, "pages": args.pages,
@@ -300,6 +318,7 @@ def main() -> None:
         applied0 = applied(base)
         samples: list[tuple[float, int, int]] = []
         t0 = time.monotonic()
+        cpu0, own0 = tree_cpu(server.pid), time.process_time()
         pub.start()
         while pub.is_alive():
             rss, threads = tree_sample(server.pid)
@@ -309,6 +328,9 @@ def main() -> None:
                               "p95_ms": round(pct(pages.latencies[-5000:], 95) * 1000, 1),
                               "closed": len(pages.closed)}), flush=True)  # fmt: skip
             pub.join(5)
+        wall = time.monotonic() - t0
+        cpu = tree_cpu(server.pid) - cpu0
+        own = time.process_time() - own0
         time.sleep(2)  # the last batches reach the pages
         lat = list(pages.latencies)
         got = applied(base) - applied0
@@ -326,6 +348,8 @@ def main() -> None:
             "rss_mb_mean_first_half": round(statistics.mean(rss[:half] or rss), 1),
             "rss_mb_mean_second_half": round(statistics.mean(rss[half:]), 1),
             "threads_min": min(thr), "threads_max": max(thr),
+            "server_cpu_per_s": round(cpu / wall, 3), "bench_cpu_per_s": round(own / wall, 3),
+            "load_average": os.getloadavg()[0],
         })  # fmt: skip
         print(json.dumps({"phase": "summary", **out}), flush=True)
     finally:
