@@ -37,8 +37,10 @@ Every message is a JSON object ``{"type": ...}``; the first is ``{"type": "hello
 ``batch`` with the current state of what the page shows (it was rendered before the socket
 subscribed, and nothing that changed in between may be lost), and an
 idle feed sends ``{"type": "ping"}`` every :data:`PING_INTERVAL` seconds so dead peers are
-noticed. Updates are coalesced by the service's :class:`~..monitor.service.Subscription` and
-sent at most every :data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
+noticed. All feeds of an app share one service subscription through its :class:`LiveHub`
+(thread ``celerymon-live``), which reads the changes at most every :data:`MIN_INTERVAL`
+seconds and hands the same :class:`Batch` to every feed; each feed sends at most every
+:data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
 1008 and the reason; a subscriber too slow for the event rate is closed with 1013 and the
 page reconnects (and reloads what it shows). Beyond ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` open
 feeds a new one is closed with code 4503 (:data:`~.hardening.BUSY_CLOSE_CODE`): the page then
@@ -638,7 +640,7 @@ class Feed:
 def feed(ws: Any) -> None:
     """Serve one page's websocket until the page goes away (see the module docstring).
 
-    Each open feed holds one of the server's threads, so at most
+    Each open feed holds one of the server's threads (a greenlet under gevent), so at most
     ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` run at once; the next is closed at once with
     :data:`~.hardening.BUSY_CLOSE_CODE` and the page polls instead.
     """
