@@ -99,6 +99,15 @@ QUEUES_INTERVAL = 2.0
 PAGE_INTERVAL = 1.0
 
 
+def _arg_items(args: Any) -> tuple[tuple[str, str], ...]:
+    """A page's query arguments (a MultiDict or a dict) as a sorted tuple of pairs."""
+    try:
+        pairs = args.items(multi=True)
+    except TypeError:  # a plain dict
+        pairs = args.items()
+    return tuple(sorted((str(k), str(v)) for k, v in pairs))
+
+
 def page_context(view: str, args: Any) -> dict[str, Any]:
     """The template context of an insight page (:data:`PAGES`) for its query ``args``.
 
@@ -367,7 +376,7 @@ class Feed:
         self.status: dict[str, bool] = {}
         self.args = args
         #: what the page's rendering depends on besides the data: shares rendered rows
-        self.key = (view, tuple(sorted(args.items(multi=True))) if hasattr(args, "items") else ())
+        self.key = (view, _arg_items(args))
         #: insight topics the page shows and their versions sent (insight pages)
         self.topics: tuple[str, ...] = PAGES[view][0] if view in PAGES else ()
         self.seen: dict[str, int] = {}
