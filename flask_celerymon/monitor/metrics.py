@@ -20,6 +20,17 @@ Two kinds of series:
   reads 0, which Flower gets wrong), workers online, queue lengths and latencies from the
   broker, and the service's own figures (events received/dropped/malformed, ingest lag...).
 
+**One ingester per cluster** (``CELERY_MONITOR_SINGLE_INGESTER``): only the ingester sees
+events, so the event-driven series are the cluster's and live in it. Every
+:data:`PUBLISH_INTERVAL` seconds it writes them to the Redis key
+``celerymon:<cluster>:metrics`` (:func:`cluster_metrics_key`; JSON, expiring after
+:data:`PUBLISHED_TTL` s), and a follower's scrape exports that copy instead of its own
+(empty) counters. A scrape of any process thus gives the cluster's figures once, at most
+:data:`PUBLISH_INTERVAL` s old (``celerymon_cluster_metrics_age_seconds``); the per-process
+series (the service's own figures, the requests) stay each process's own.
+``celerymon_ingester`` says which process is the ingester. After a handover the counters
+restart from what the new ingester counted: a counter reset, as after a restart.
+
 Label values are task names, worker hostnames, queue names, event types, states and exception
 class names: never task ids, and never a client's hostname (``task-sent`` events are labelled
 ``worker=""``: clients are not workers, and their names change with every process). Distinct task names and exception classes are capped
@@ -29,6 +40,7 @@ sets of a worker the service purges are removed at once (``add_purge_listener``)
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -67,6 +79,10 @@ QUEUE_WAIT_BUCKETS: tuple[float, ...] = (
 OTHER = "__other__"
 #: Tasks tracked as waiting in a queue (for ``celerymon_queue_latency_seconds``), at most.
 MAX_PENDING = 100_000
+#: Seconds between two writes of the ingester's event-driven series to Redis.
+PUBLISH_INTERVAL = 1.0
+#: Seconds the written series live in Redis once the ingester stops writing them.
+PUBLISHED_TTL = 300
 #: Seconds a task sent just before an "empty queue" answer stays tracked (lengths are cached
 #: up to 1 s, and producers' clocks drift a little).
 PENDING_GRACE = 3.0
@@ -97,6 +113,45 @@ def _eta_timestamp(eta: Any) -> float | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt.timestamp()
+
+
+def cluster_metrics_key(cluster: str) -> str:
+    """The Redis key holding the ingester's event-driven series of Celery app ``cluster``."""
+    return f"celerymon:{cluster}:metrics"
+
+
+_COUNTS = ("events", "prefetch_time", "prefetched", "tasks")
+_HISTOGRAMS = ("runtime", "queue_wait")
+
+
+def encode_series(snap: dict[str, Any], now: float) -> bytes:
+    """The event-driven series of a snapshot as JSON bytes (for :func:`decode_series`)."""
+    out: dict[str, Any] = {"at": now}
+    for name in _COUNTS:
+        out[name] = [[list(k), v] for k, v in snap[name].items()]
+    for name in _HISTOGRAMS:
+        out[name] = [[list(k), h.counts, h.total] for k, h in snap[name].items()]
+    return json.dumps(out, separators=(",", ":")).encode()
+
+
+def decode_series(data: bytes) -> dict[str, Any]:
+    """A snapshot from :func:`encode_series`; raises ``ValueError`` for anything else."""
+    try:
+        raw = json.loads(data)
+        snap: dict[str, Any] = {"at": float(raw["at"])}
+        for name in _COUNTS:
+            snap[name] = {tuple(str(x) for x in k): v for k, v in raw[name]}
+        for name in _HISTOGRAMS:
+            series = {}
+            for k, counts, total in raw[name]:
+                h = _Histogram(0)
+                h.counts = [int(c) for c in counts]
+                h.total = float(total)
+                series[tuple(str(x) for x in k)] = h
+            snap[name] = series
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a published metrics snapshot: {exc}") from None
+    return snap
 
 
 def _number(v: Any) -> float | None:
@@ -222,6 +277,9 @@ class MonitorMetrics:
         self._names: set[str] = set()
         self._exceptions: set[str] = set()
         self._purged = 0
+        #: single ingester: the thread writing our series to Redis, and a Redis client
+        self._publisher: threading.Thread | None = None
+        self._redis: Any = None
         service.add_listener(self._on_event)
         service.add_purge_listener(self._on_purge)
         self.registry.register(_Collector(self))
@@ -239,6 +297,8 @@ class MonitorMetrics:
 
     def _on_event(self, event: dict[str, Any], task: Any) -> None:
         """The service's event listener: update the event-driven series (ingest thread)."""
+        if self._publisher is None and self.service.settings.single_ingester:
+            self._start_publisher()
         etype = event.get("type")
         if task is None or not isinstance(etype, str) or not etype.startswith("task-"):
             return
@@ -349,6 +409,67 @@ class MonitorMetrics:
             h = self._queue_wait[key] = _Histogram(len(self.queue_wait_buckets))
         h.observe(self.queue_wait_buckets, max(0.0, started - base))
 
+    # -- one ingester per cluster ------------------------------------------------------------
+
+    def _cluster_key(self) -> str:
+        return cluster_metrics_key(self.service.celery_app.main or "celery")
+
+    def _client(self) -> Any:
+        if self._redis is None:
+            from .lease import redis_client
+
+            self._redis = redis_client(self.service.celery_app)
+        return self._redis
+
+    def _start_publisher(self) -> None:
+        with self._lock:
+            if self._publisher is not None:
+                return
+            self._publisher = threading.Thread(
+                target=self._publish_loop, name="celerymon-metrics", daemon=True
+            )
+            self._publisher.start()
+
+    def _publish_loop(self) -> None:
+        """``celerymon-metrics``: write our series to Redis while we are the ingester.
+
+        Ends when the service stops (the next event after a restart starts it again).
+        """
+        try:
+            while self.service.running:
+                if self.service.role == "ingester":
+                    try:
+                        self.publish()
+                    except Exception:  # noqa: BLE001 - Redis down: try again next time
+                        log.warning("celerymon: publishing the metrics failed", exc_info=True)
+                time.sleep(PUBLISH_INTERVAL)
+        finally:
+            with self._lock:
+                self._publisher = None
+
+    def publish(self) -> None:
+        """Write the event-driven series to Redis now (the ingester does it every second).
+
+        Raises redis-py's errors when Redis does not answer.
+        """
+        data = encode_series(self._snapshot(), time.time())
+        self._client().set(self._cluster_key(), data, ex=PUBLISHED_TTL)
+
+    def _published(self) -> dict[str, Any] | None:
+        """The ingester's last written series, or None (none written, or Redis is down)."""
+        try:
+            data = self._client().get(self._cluster_key())
+        except Exception:  # noqa: BLE001 - a scrape never fails for Redis
+            log.info("celerymon: reading the ingester's metrics failed", exc_info=True)
+            return None
+        if data is None:
+            return None
+        try:
+            return decode_series(data)
+        except ValueError:
+            log.warning("celerymon: %s holds no metrics snapshot", self._cluster_key())
+            return None
+
     # -- purging ---------------------------------------------------------------------------
 
     def _on_purge(self, hostname: str) -> None:
@@ -407,6 +528,24 @@ class MonitorMetrics:
     def collect(self) -> Iterator[Metric]:
         """Every metric family, read now (what a scrape of :attr:`registry` returns)."""
         snap = self._snapshot()
+        if self.service.settings.single_ingester:
+            ingester = self.service.role == "ingester"
+            yield GaugeMetricFamily(
+                "celerymon_ingester",
+                "1 in the process that consumes events (one ingester per cluster), else 0",
+                value=1 if ingester else 0,
+            )
+            if not ingester:  # the cluster's series are the ingester's
+                published = self._published()
+                empty = {name: {} for name in (*_COUNTS, *_HISTOGRAMS)}
+                snap = {**snap, **(published or empty)}
+                if published is not None:
+                    yield GaugeMetricFamily(
+                        "celerymon_cluster_metrics_age_seconds",
+                        "Seconds since the ingester wrote the event-driven series a follower "
+                        "exports",
+                        value=max(0.0, time.time() - published["at"]),
+                    )
         yield from self._flower_families(snap)
         yield from self._task_families(snap)
         yield from self._worker_families()

@@ -37,8 +37,10 @@ Every message is a JSON object ``{"type": ...}``; the first is ``{"type": "hello
 ``batch`` with the current state of what the page shows (it was rendered before the socket
 subscribed, and nothing that changed in between may be lost), and an
 idle feed sends ``{"type": "ping"}`` every :data:`PING_INTERVAL` seconds so dead peers are
-noticed. Updates are coalesced by the service's :class:`~..monitor.service.Subscription` and
-sent at most every :data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
+noticed. All feeds of an app share one service subscription through its :class:`LiveHub`
+(thread ``celerymon-live``), which reads the changes at most every :data:`MIN_INTERVAL`
+seconds and hands the same :class:`Batch` to every feed; each feed sends at most every
+:data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
 1008 and the reason; a subscriber too slow for the event rate is closed with 1013 and the
 page reconnects (and reloads what it shows). Beyond ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` open
 feeds a new one is closed with code 4503 (:data:`~.hardening.BUSY_CLOSE_CODE`): the page then
@@ -52,6 +54,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -96,6 +99,15 @@ QUEUES_INTERVAL = 2.0
 PAGE_INTERVAL = 1.0
 
 
+def _arg_items(args: Any) -> tuple[tuple[str, str], ...]:
+    """A page's query arguments (a MultiDict or a dict) as a sorted tuple of pairs."""
+    try:
+        pairs = args.items(multi=True)
+    except TypeError:  # a plain dict
+        pairs = args.items()
+    return tuple(sorted((str(k), str(v)) for k, v in pairs))
+
+
 def page_context(view: str, args: Any) -> dict[str, Any]:
     """The template context of an insight page (:data:`PAGES`) for its query ``args``.
 
@@ -122,6 +134,233 @@ def page_context(view: str, args: Any) -> dict[str, Any]:
     raise BadInput(f"view {view!r} is not an insight page")
 
 
+#: ``app.extensions`` key of the app's :class:`LiveHub`.
+HUB_KEY = "celerymon.live"
+
+
+class Batch(list):  # type: ignore[type-arg]
+    """Changes read once from the service and shared by every feed (feeds only read it).
+
+    Items as :meth:`~..monitor.service.Subscription.get` returns them. :attr:`cache` holds
+    what feeds derive from the batch (rendered rows, the tasks matching a filter), so that
+    500 pages showing the same list render and filter each change once, not 500 times.
+    """
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items)
+        self.cache: dict[Any, Any] = {}
+
+    def task_index(self) -> dict[str, dict[str, Any]]:
+        """``{task id: task dict}`` of the task items that have data."""
+        idx = self.cache.get("index")
+        if idx is None:
+            idx = self.cache["index"] = {
+                it["id"]: it["data"] for it in self if it["type"] == "task" and it["data"]
+            }
+        return idx
+
+    def for_tasks(self, task_ids: frozenset[str]) -> Batch:
+        """The items of other kinds and of the tasks ``task_ids`` (a new batch)."""
+        items = self.cache.get("items")
+        if items is None:
+            items = self.cache["items"] = {(it["type"], it["id"]): it for it in self}
+        others = self.cache.get("others")
+        if others is None:
+            others = self.cache["others"] = [it for it in self if it["type"] != "task"]
+        found = (items.get(("task", t)) for t in task_ids)
+        return Batch([*(it for it in found if it is not None), *others])
+
+    def only(self, kinds: frozenset[str]) -> Batch:
+        """The items of ``kinds`` (a batch of its own, cached: feeds of the same kinds share it)."""
+        key = ("only", kinds)
+        b = self.cache.get(key)
+        if b is None:
+            b = self.cache[key] = Batch(it for it in self if it["type"] in kinds)
+        return b
+
+
+class FeedQueue:
+    """One feed's end of the :class:`LiveHub`: :meth:`get` as a service subscription's.
+
+    ``kinds`` and ``task_ids`` filter what is queued as in
+    :meth:`~..monitor.service.MonitorService.subscribe`. More than ``buffer`` items waiting
+    closes it (:attr:`reason` says why): the feed is too slow and the page reconnects.
+    """
+
+    def __init__(
+        self,
+        hub: LiveHub,
+        kinds: frozenset[str],
+        task_ids: frozenset[str] | None,
+        buffer: int,
+    ) -> None:
+        self._hub = hub
+        self.kinds = kinds
+        self.task_ids = task_ids
+        self.buffer = buffer
+        self._batches: list[Batch] = []
+        self._waiting = 0
+        self._cond = threading.Condition(threading.Lock())
+        self.closed = False
+        self.reason: str | None = None
+
+    def offer(self, batch: Batch) -> None:
+        """Queue the part of ``batch`` this feed wants (the hub's thread; never blocks long)."""
+        if self.closed:
+            return
+        if len(self.kinds) < 3:
+            batch = batch.only(self.kinds)
+        if self.task_ids is not None:
+            batch = batch.for_tasks(self.task_ids)
+        if not batch:
+            return
+        with self._cond:
+            self._batches.append(batch)
+            self._waiting += len(batch)
+            if self._waiting > self.buffer:
+                self._fail(f"dropped: more than {self.buffer} updates waiting")
+            self._cond.notify_all()
+
+    def _fail(self, reason: str) -> None:
+        self.closed = True
+        self.reason = self.reason or reason
+        self._batches = []
+        self._waiting = 0
+
+    def fail(self, reason: str) -> None:
+        """Close with ``reason`` (the hub lost its own subscription)."""
+        with self._cond:
+            self._fail(reason)
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> Batch:
+        """Wait up to ``timeout`` s for changes; a :class:`Batch` (possibly empty).
+
+        Raises ``EOFError`` once closed (see :attr:`reason`).
+        """
+        with self._cond:
+            if not self._batches and not self.closed:
+                self._cond.wait(timeout)
+            if self.closed:
+                raise EOFError(self.reason or "closed")
+            batches, self._batches, self._waiting = self._batches, [], 0
+        if len(batches) == 1:
+            return batches[0]
+        merged: dict[tuple[str, str], dict[str, Any]] = {}
+        for b in batches:
+            for it in b:
+                merged.pop((it["type"], it["id"]), None)  # the latest data, in its place
+                merged[(it["type"], it["id"])] = it
+        return Batch(merged.values())
+
+    def close(self) -> None:
+        """Leave the hub (idempotent)."""
+        with self._cond:
+            if not self.closed:
+                self._fail("closed")
+            self._cond.notify_all()
+        self._hub.leave(self)
+
+
+class LiveHub:
+    """The one subscription of an app's live feeds to its monitor service.
+
+    Every open feed used to hold a service subscription of its own: the ingest thread then
+    offered each change to every page, and each page read each change from the service
+    again. The hub holds one subscription while at least one feed is open, reads it at most
+    every :data:`MIN_INTERVAL` seconds in one thread (``celerymon-live``) and hands the same
+    :class:`Batch` to every :class:`FeedQueue`. The thread starts with the first feed and
+    ends, closing the subscription, once the last has left.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queues: tuple[FeedQueue, ...] = ()
+        self._thread: threading.Thread | None = None
+        self.batches = 0
+
+    def join(
+        self, service: Any, kinds: Any = ("task", "worker", "worker-purged"), task_ids: Any = None
+    ) -> FeedQueue:
+        """A new :class:`FeedQueue`; every change after this call reaches it."""
+        q = FeedQueue(
+            self,
+            frozenset(kinds),
+            None if task_ids is None else frozenset(task_ids),
+            service.settings.subscriber_buffer,
+        )
+        with self._lock:
+            self._queues = (*self._queues, q)
+            if self._thread is None:
+                # the hub's own buffer: every change of MIN_INTERVAL at any event rate
+                sub = service.subscribe(buffer=max(100_000, service.settings.subscriber_buffer))
+                self._thread = threading.Thread(
+                    target=self._run, args=(sub,), name="celerymon-live", daemon=True
+                )
+                self._thread.start()
+        return q
+
+    def leave(self, q: FeedQueue) -> None:
+        with self._lock:
+            self._queues = tuple(x for x in self._queues if x is not q)
+
+    @property
+    def feeds(self) -> int:
+        """Feeds open now."""
+        return len(self._queues)
+
+    def _run(self, sub: Any) -> None:
+        try:
+            while True:
+                try:
+                    items = sub.get(timeout=1.0)
+                except EOFError:
+                    with self._lock:
+                        queues, self._queues, self._thread = self._queues, (), None
+                    for q in queues:
+                        q.fail(sub.reason or "closed")
+                    return
+                with self._lock:
+                    queues = self._queues
+                    if not queues:
+                        self._thread = None
+                        return
+                if items:
+                    batch = Batch(items)
+                    self.batches += 1
+                    for q in queues:
+                        q.offer(batch)
+                    time.sleep(MIN_INTERVAL)
+        finally:
+            sub.close()
+
+
+class _HubService:
+    """``service.subscribe`` answered by a hub: what :meth:`Feed.subscribe` calls."""
+
+    def __init__(self, hub: LiveHub, service: Any) -> None:
+        self.hub = hub
+        self.service = service
+
+    def subscribe(
+        self, kinds: Any = ("task", "worker", "worker-purged"), task_ids: Any = None
+    ) -> FeedQueue:
+        return self.hub.join(self.service, kinds, task_ids)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.service, name)
+
+
+def get_hub(app: Any = None) -> LiveHub:
+    """The :class:`LiveHub` of ``app`` (default: the current app).
+
+    Raises ``KeyError`` when the monitor blueprint is not registered on the app.
+    """
+    from flask import current_app
+
+    return (app or current_app).extensions[HUB_KEY]
+
+
 class Feed:
     """What one page is sent: the subscription it needs and how each change is rendered."""
 
@@ -137,6 +376,8 @@ class Feed:
         self.received: dict[str, float] = {}
         self.status: dict[str, bool] = {}
         self.args = args
+        #: what the page's rendering depends on besides the data: shares rendered rows
+        self.key = (view, _arg_items(args))
         #: insight topics the page shows and their versions sent (insight pages)
         self.topics: tuple[str, ...] = PAGES[view][0] if view in PAGES else ()
         self.seen: dict[str, int] = {}
@@ -158,7 +399,14 @@ class Feed:
             if not self.worker:
                 raise BadInput("view=worker needs name=<worker hostname>")
 
-    def subscribe(self, service: Any) -> Any:
+    def subscribe(self, service: Any, hub: LiveHub | None = None) -> Any:
+        """The page's feed of changes: a :class:`FeedQueue` of ``hub`` (a service
+        subscription when there is no hub), or None for pages that poll instead."""
+        if hub is not None:
+            return self._subscribe(_HubService(hub, service))
+        return self._subscribe(service)
+
+    def _subscribe(self, service: Any) -> Any:
         if self.view in PAGES:
             self.seen = _insight().versions()  # what changes from now on is sent
             return None
@@ -243,22 +491,36 @@ class Feed:
         """
         flt = self.filter
         assert flt is not None
+        batch = items if isinstance(items, Batch) else Batch(items)
+        index = batch.task_index()
         out: list[dict[str, Any]] = []
+        # the rows shown that changed, in the batch's order
+        changed = [uuid for uuid in self.shown if uuid in index]
+        if len(changed) > 1:
+            order = batch.cache.get("order")
+            if order is None:
+                order = batch.cache["order"] = {uuid: i for i, uuid in enumerate(index)}
+            changed.sort(key=order.__getitem__)
+        for uuid in changed:
+            out.append({"type": "task", "id": uuid, "html": self._row(batch, index[uuid])})
+        # the others matching the filter, oldest first (computed once per batch and filter)
+        matching = batch.cache.get(("matching", self.key))
+        if matching is None:
+            matching = [t for t in index.values() if flt.matches(t)]
+            matching.sort(key=lambda t: t.get("received") or 0.0)
+            batch.cache[("matching", self.key)] = matching
         new: list[dict[str, Any]] = []
         hidden = 0
-        for it in items:
-            t = it["data"]
-            if t is None:
-                continue
-            if it["id"] in self.shown:
-                out.append({"type": "task", "id": it["id"], "html": render_task_row(t, flt)})
-            elif flt.matches(t):
-                if flt.live_inserts:
+        if flt.live_inserts:
+            for t in reversed(matching):  # the newest per_page that the page does not show
+                if t["uuid"] not in self.shown:
                     new.append(t)
-                else:
-                    hidden += 1
-        new.sort(key=lambda t: t.get("received") or 0.0)
-        for t in new[-flt.per_page :]:
+                    if len(new) >= flt.per_page:
+                        break
+            new.reverse()
+        else:
+            hidden = len(matching) - sum(1 for uuid in changed if flt.matches(index[uuid]))
+        for t in new:
             received = t.get("received") or 0.0
             if len(self.rows) >= flt.per_page and received <= self.received[self.rows[-1]]:
                 continue  # older than the whole page: it belongs further down the list
@@ -270,17 +532,32 @@ class Feed:
                 self.shown.discard(gone)
                 self.received.pop(gone, None)
             out.append(
-                {"type": "task", "id": t["uuid"], "insert": True, "html": render_task_row(t, flt)}
+                {"type": "task", "id": t["uuid"], "insert": True, "html": self._row(batch, t)}
             )
         if hidden:
             out.append({"type": "new-tasks", "count": hidden})
         return out
+
+    def _row(self, batch: Batch, t: dict[str, Any]) -> str:
+        """A task row rendered once per batch for every page showing it the same way."""
+        assert self.filter is not None
+        key = ("row", self.key, t["uuid"])
+        html = batch.cache.get(key)
+        if html is None:
+            html = batch.cache[key] = render_task_row(t, self.filter)
+        return html
 
     def messages(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The messages for a batch of changes from the subscription."""
         out: list[dict[str, Any]] = []
         if self.view == "tasks":
             out = self._task_rows(items)
+        elif self.view == "workers" and isinstance(items, Batch):
+            # the same for every workers page: computed once per batch
+            cached = items.cache.get("workers")
+            if cached is None:
+                cached = items.cache["workers"] = self._workers(items)
+            out = list(cached)
         elif self.view == "task":
             for it in items:
                 data = it["data"]
@@ -297,20 +574,25 @@ class Feed:
                     if html is not None:
                         out.append({"type": "worker-head", "html": html})
         elif self.view == "workers":
-            hosts: dict[str, None] = {}
-            for it in items:
-                if it["type"] == "worker":
-                    hosts[it["id"]] = None
-                elif it["type"] == "worker-purged":
-                    out.append({"type": "worker-gone", "id": it["id"]})
-                elif it["data"] is not None and it["data"].get("worker"):
-                    hosts[it["data"]["worker"]] = None
-            for h in hosts:
-                html = render_worker_row(h)
-                if html is not None:
-                    out.append({"type": "worker", "id": h, "html": html})
-            if hosts or out:
-                out.append(self.summary())
+            out = self._workers(items)
+        return out
+
+    def _workers(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        hosts: dict[str, None] = {}
+        for it in items:
+            if it["type"] == "worker":
+                hosts[it["id"]] = None
+            elif it["type"] == "worker-purged":
+                out.append({"type": "worker-gone", "id": it["id"]})
+            elif it["data"] is not None and it["data"].get("worker"):
+                hosts[it["data"]["worker"]] = None
+        for h in hosts:
+            html = render_worker_row(h)
+            if html is not None:
+                out.append({"type": "worker", "id": h, "html": html})
+        if hosts or out:
+            out.append(self.summary())
         return out
 
     def page(self) -> list[dict[str, Any]]:
@@ -368,7 +650,7 @@ class Feed:
 def feed(ws: Any) -> None:
     """Serve one page's websocket until the page goes away (see the module docstring).
 
-    Each open feed holds one of the server's threads, so at most
+    Each open feed holds one of the server's threads (a greenlet under gevent), so at most
     ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` run at once; the next is closed at once with
     :data:`~.hardening.BUSY_CLOSE_CODE` and the page polls instead.
     """
@@ -394,7 +676,7 @@ def _serve(ws: Any, service: Any) -> None:
     except BadInput as exc:
         ws.close(reason=1008, message=str(exc)[:120])
         return
-    sub = f.subscribe(service)
+    sub = f.subscribe(service, get_hub())
     tcp = _own_tcp(ws)
     try:
         f.prime(service)
@@ -432,7 +714,9 @@ def _serve(ws: Any, service: Any) -> None:
                     return
                 if time.monotonic() >= next_status:
                     next_status = time.monotonic() + STATUS_INTERVAL
-                    items.extend(f.status_changes(service))
+                    flipped = f.status_changes(service)
+                    if flipped:  # the batch is shared with the other pages: a new one
+                        items = Batch([*items, *flipped])
                 if items:
                     msgs = f.messages(items)
                 if f.canvas_dirty and time.monotonic() >= next_page:
@@ -494,5 +778,6 @@ def _end_of_stream(ws: Any, tcp: socket.socket | None) -> None:
 
 
 def register(bp: Blueprint) -> None:
-    """Add the ``/ws`` websocket route to the monitor blueprint."""
+    """Add the ``/ws`` websocket route to the monitor blueprint, and the app's hub."""
+    bp.record_once(lambda setup: setup.app.extensions.setdefault(HUB_KEY, LiveHub()))
     Sock().route("/ws", bp=bp, endpoint="live")(feed)

@@ -323,7 +323,8 @@ def test_without_the_caps_the_same_load_starves_the_host_app(env, tmp_path):
 def test_the_standalone_monitor_caps_from_its_threads_and_serves_only_loopback_names(env, tmp_path):
     port = free_port()
     config = {**env(), "FLASK_APP": "tests.apps.served:create_app()"}
-    args = ["flask", "celery", "monitor", "--threads", "8", "--port", str(port)]
+    args = ["flask", "celery", "monitor", "--worker-class", "gthread", "--threads", "8",
+            "--port", str(port)]  # fmt: skip
     with served(args, config, port, tmp_path / "monitor.log") as base:
         load = Load(base)
         try:
