@@ -48,6 +48,9 @@ BATCH = 500
 _PMESSAGE = b"*4\r\n$8\r\npmessage\r\n$"
 _PMESSAGE3 = b">4\r\n$8\r\npmessage\r\n$"
 _json_decode = json.JSONDecoder().decode
+#: Once a backlog of more than this many bytes is drained, free memory goes back to the
+#: system (the read-ahead of a burst would otherwise stay in the process's RSS for good).
+TRIM_AFTER = 16 << 20
 BACKOFF_START = 0.2
 BACKOFF_MAX = 10.0
 
@@ -75,6 +78,16 @@ class Figures:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
+
+
+def _release_memory() -> None:
+    """Give free heap memory back to the system (glibc's ``malloc_trim``; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _glob_escape(s: str) -> str:
@@ -280,10 +293,16 @@ class EventConsumer:
         buf = b""
         pos = 0
         decode = self.decode
+        peak = 0
         while True:
             if not chunks:
                 if done.is_set() and not chunks:
                     return
+                if peak > TRIM_AFTER and pos >= len(buf):
+                    buf = b""
+                    pos = 0
+                    _release_memory()
+                    peak = 0
                 wake.wait(0.5)
                 wake.clear()
                 continue
@@ -293,6 +312,7 @@ class EventConsumer:
                 c = chunks.popleft()
                 n += len(c)
                 parts.append(c)
+            peak = max(peak, fig.backlog_bytes)
             fig.backlog_bytes -= n
             buf = b"".join(parts)
             pos = 0
