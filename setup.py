@@ -31,6 +31,8 @@ setup(
         "packaging>=21",
         # the beat page's "schedule in words"
         "cron-descriptor>=1.4",
+        # the event reader's RESP framing (monitor/events.py)
+        "hiredis>=3.0",
     ],
     extras_require={
         "auth": ["flask-login>=0.6", "authlib>=1.2"],
@@ -46,6 +48,7 @@ setup(
             "flask-login>=0.6",
             "authlib>=1.2",
             "ruff>=0.5",
+            "mypy>=1.8",
             "ephem>=4.1",
             "sphinx>=7",
             "schemathesis>=4.0",

@@ -93,6 +93,7 @@ def serve_ours(broker: str, db: str, max_tasks: int) -> None:
     t0 = time.perf_counter()
     app = Celery("bench", broker=broker)
     svc = MonitorService(app, MonitorSettings(db=db, max_tasks=max_tasks, enable_events=False))
+    svc.start()
     first = svc.query_tasks(limit=100)
     first_answer = time.perf_counter() - t0
     svc.wait_connected(10)

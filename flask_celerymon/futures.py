@@ -49,6 +49,17 @@ class _NotifyingList(list):  # type: ignore[type-arg]
         self._on_append()
 
 
+def _notify_on_wait(future: cf.Future[Any], on_wait: Callable[[], None]) -> None:
+    """Call ``on_wait()`` each time ``concurrent.futures.wait``/``as_completed`` (or anything
+    else that registers a waiter) starts waiting on ``future``.
+
+    Private API, kept here only: the standard library registers a waiter by appending to the
+    future's private ``_waiters`` list and offers no public hook; a Celery future must learn
+    that someone waits so the result watcher starts polling the backend for it.
+    """
+    future._waiters = _NotifyingList(on_wait)
+
+
 def _reads_backend(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Raise ConnectionFailed, naming the result backend, when it does not answer."""
 
@@ -80,7 +91,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self._watcher = watcher
         self._name = name
         self._finish_lock = threading.Lock()
-        self._waiters = _NotifyingList(self._watch)
+        _notify_on_wait(self, self._watch)
         if isinstance(result, EagerResult):  # finished before it was returned; no backend to poll
             self._sync()
 

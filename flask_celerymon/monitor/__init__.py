@@ -7,8 +7,10 @@ and the CLI all read from it.
 
 from __future__ import annotations
 
+from .model import TaskPage
 from .query import SearchError
-from .service import MonitorService, Subscription, TaskPage
+from .service import MonitorService
 from .settings import MonitorSettings
+from .subscriptions import Subscription
 
 __all__ = ["MonitorService", "MonitorSettings", "SearchError", "Subscription", "TaskPage"]

@@ -54,7 +54,7 @@ def queue_names(app: Celery, active_queues: Iterable[Any], configured: Iterable[
 
 def queue_lengths(
     app: Celery, names: list[str], broker_api: str | None = None
-) -> list[dict] | None:
+) -> list[dict[str, Any]] | None:
     """Lengths of ``names`` on ``app``'s broker; None if the broker cannot tell."""
     with app.connection_for_read() as conn:
         transport = conn.transport_cls if isinstance(conn.transport_cls, str) else ""
@@ -97,7 +97,7 @@ def redis_messages(chan: Any, queue: str, limit: int) -> list[bytes]:
         if len(out) >= limit:
             break
         # kombu pushes with LPUSH and takes with BRPOP: the tail is taken first
-        out.extend(reversed(client.lrange(key, -(limit - len(out)), -1)))
+        out.extend(reversed(_lrange(client, key, -(limit - len(out)), -1)))
     return out
 
 
@@ -108,13 +108,13 @@ def redis_remove(chan: Any, queue: str, matches: Callable[[bytes], bool]) -> boo
     """
     client = _raw_client(chan)
     for key in redis_queue_keys(chan, queue):
-        for raw in client.lrange(key, 0, -1):
-            if matches(raw) and client.lrem(key, 1, raw):
+        for raw in _lrange(client, key, 0, -1):
+            if matches(raw) and client.lrem(key, 1, raw):  # type: ignore[arg-type]
                 return True
     return False
 
 
-def _redis(conn: Any, names: list[str]) -> list[dict]:
+def _redis(conn: Any, names: list[str]) -> list[dict[str, Any]]:
     chan = conn.default_channel
     with _raw_client(chan).pipeline(transaction=False) as pipe:
         plan = []
@@ -132,7 +132,7 @@ def _redis(conn: Any, names: list[str]) -> list[dict]:
     return out
 
 
-def _rabbitmq_api(conn: Any, names: list[str], api: str) -> list[dict] | None:
+def _rabbitmq_api(conn: Any, names: list[str], api: str) -> list[dict[str, Any]] | None:
     vhost = urllib.parse.quote(conn.virtual_host or "/", safe="")
     parsed = urllib.parse.urlsplit(api)
     user = parsed.username or conn.userid
@@ -157,7 +157,7 @@ def _rabbitmq_api(conn: Any, names: list[str], api: str) -> list[dict] | None:
     return out
 
 
-def _passive(conn: Any, names: list[str]) -> list[dict]:
+def _passive(conn: Any, names: list[str]) -> list[dict[str, Any]]:
     chan = conn.channel()
     out = []
     try:
@@ -175,3 +175,8 @@ def _passive(conn: Any, names: list[str]) -> list[dict]:
         except Exception:  # noqa: BLE001
             pass
     return out
+
+
+def _lrange(client: Any, key: str, start: int, end: int) -> list[bytes]:
+    """``LRANGE`` on a client made without ``decode_responses``: the items are bytes."""
+    return list(client.lrange(key, start, end))

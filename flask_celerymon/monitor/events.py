@@ -6,8 +6,8 @@ Two sources, chosen by the broker transport:
   ``PSUBSCRIBE`` on kombu's fanout channel for the event exchange. A reader thread only drains
   the socket into a byte queue, so Redis never holds a backlog for us (Redis drops a pub/sub
   client whose output buffer passes 32 MB, which is how Flower loses events in bursts); the
-  consumer thread parses RESP frames and decodes kombu's envelope (JSON + base64) itself, about
-  ten times cheaper than going through kombu's ``EventReceiver``.
+  consumer thread frames the RESP stream with ``hiredis`` and decodes kombu's envelope (JSON +
+  base64) itself, about ten times cheaper than going through kombu's ``EventReceiver``.
 * **Anything else** (AMQP...): kombu's :class:`celery.events.EventReceiver`.
 
 Both reconnect with exponential backoff (reset after a good connection), and count every
@@ -30,23 +30,22 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import hiredis
 import kombu
 from celery import Celery
 
 log = logging.getLogger(__name__)
 
 #: sink(events) -> None, called in the consumer thread with a list of decoded event dicts.
-Sink = Callable[[list], None]
+Sink = Callable[[list[dict[str, Any]]], None]
 
 READ_CHUNK = 1 << 20
-#: Bytes taken from the reader's queue per decoding round.
-DECODE_BYTES = 4 << 20
+#: Bytes handed to the RESP parser at a time (see ``_consume_chunks``).
+FEED_BYTES = 16 << 10
 #: Bytes the reader may queue ahead of the decoder before it stops reading.
 MAX_BACKLOG = 256 << 20
 #: Events applied under one hold of the state lock (readers wait at most that long).
 BATCH = 500
-_PMESSAGE = b"*4\r\n$8\r\npmessage\r\n$"
-_PMESSAGE3 = b">4\r\n$8\r\npmessage\r\n$"
 _json_decode = json.JSONDecoder().decode
 #: Once a backlog of more than this many bytes is drained, free memory goes back to the
 #: system (the read-ahead of a burst would otherwise stay in the process's RSS for good).
@@ -188,54 +187,67 @@ class EventConsumer:
         if props.get("body_encoding") == "base64":
             body = binascii.a2b_base64(body)
         accept = set(self.app.conf.accept_content or ()) | {"json", "application/json"}
-        return loads(
+        return loads(  # type: ignore[no-untyped-call]
             body, msg.get("content-type"), msg.get("content-encoding") or "utf-8", accept=accept
         )
 
     # -- redis ---------------------------------------------------------------------------
 
     def _run_redis(self) -> None:
+        self._reconnecting(self._consume_redis)
+
+    def _consume_redis(self) -> bool:
+        """One connection's worth of Redis events; True when it lasted (reset the backoff)."""
+        rconn = None
+        chunks: deque[bytes] = deque()
+        self.figures.backlog_bytes = 0
+        lasted = False
+        try:
+            rconn, pattern = self._redis_subscribe()
+            sock = _redis_socket(rconn)
+            self._sock = sock
+            self.figures.connects += 1
+            since = time.monotonic()
+            log.info("celerymon: consuming events from Redis (%s)", pattern)
+            done = threading.Event()
+            wake = threading.Event()
+            reader = threading.Thread(
+                target=self._read_socket,
+                args=(sock, chunks, done, wake),
+                name="celerymon-events-reader",
+                daemon=True,
+            )
+            reader.start()
+            self._consume_chunks(chunks, done, wake)
+            reader.join()
+            lasted = time.monotonic() - since > 5.0
+        except Exception as exc:  # noqa: BLE001 - reconnect on anything
+            if not self._stop.is_set():
+                self.figures.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("celerymon: event stream error: %s", self.figures.last_error)
+        finally:
+            was = self._connected.is_set()
+            self._connected.clear()
+            self._sock = None
+            if rconn is not None:
+                try:
+                    rconn.disconnect()
+                except Exception:  # noqa: BLE001
+                    pass
+            if was and not self._stop.is_set():
+                self.figures.disconnects += 1
+                self.figures.disconnected_at = time.time()
+        return lasted
+
+    def _reconnecting(self, consume: Callable[[], bool]) -> None:
+        """Call ``consume()`` (one connection, until it ends) again and again until
+        :meth:`stop`, waiting between calls with exponential backoff from
+        :data:`BACKOFF_START` to :data:`BACKOFF_MAX` seconds, reset when ``consume()`` returns
+        True (the connection was good)."""
         backoff = BACKOFF_START
         while not self._stop.is_set():
-            rconn = None
-            chunks: deque[bytes] = deque()
-            self.figures.backlog_bytes = 0
-            try:
-                rconn, pattern = self._redis_subscribe()
-                sock = rconn._sock
-                self._sock = sock
-                self.figures.connects += 1
-                since = time.monotonic()
-                log.info("celerymon: consuming events from Redis (%s)", pattern)
-                done = threading.Event()
-                wake = threading.Event()
-                reader = threading.Thread(
-                    target=self._read_socket,
-                    args=(sock, chunks, done, wake),
-                    name="celerymon-events-reader",
-                    daemon=True,
-                )
-                reader.start()
-                self._consume_chunks(chunks, done, wake)
-                reader.join()
-                if time.monotonic() - since > 5.0:
-                    backoff = BACKOFF_START
-            except Exception as exc:  # noqa: BLE001 - reconnect on anything
-                if not self._stop.is_set():
-                    self.figures.last_error = f"{type(exc).__name__}: {exc}"
-                    log.warning("celerymon: event stream error: %s", self.figures.last_error)
-            finally:
-                was = self._connected.is_set()
-                self._connected.clear()
-                self._sock = None
-                if rconn is not None:
-                    try:
-                        rconn.disconnect()
-                    except Exception:  # noqa: BLE001
-                        pass
-                if was and not self._stop.is_set():
-                    self.figures.disconnects += 1
-                    self.figures.disconnected_at = time.time()
+            if consume():
+                backoff = BACKOFF_START
             if self._stop.wait(backoff):
                 break
             backoff = min(backoff * 2, BACKOFF_MAX)
@@ -253,8 +265,7 @@ class EventConsumer:
         rconn.connect()
         pattern = _glob_escape(prefix + exchange + "/") + "*"
         rconn.send_command("PSUBSCRIBE", pattern)
-        sock = rconn._sock
-        sock.settimeout(None)
+        _redis_socket(rconn).settimeout(None)
         return rconn, pattern
 
     def _read_socket(
@@ -289,85 +300,64 @@ class EventConsumer:
     def _consume_chunks(
         self, chunks: deque[bytes], done: threading.Event, wake: threading.Event
     ) -> None:
+        """Consumer thread: frame the bytes the reader queued (hiredis), decode, deliver.
+
+        Returns once the reader is done and every queued byte was framed. Raises
+        ``hiredis.ProtocolError`` for a byte stream that is not RESP (the caller reconnects).
+        """
         fig = self.figures
-        buf = b""
-        pos = 0
+        reader = resp_reader()
+        feed = reader.feed
+        gets = reader.gets
         decode = self.decode
+        events: list[dict[str, Any]] = []
         peak = 0
         while True:
             if not chunks:
+                if events:
+                    self._deliver(events)
+                    events = []
                 if done.is_set() and not chunks:
                     return
-                if peak > TRIM_AFTER and pos >= len(buf):
-                    buf = b""
-                    pos = 0
+                if peak > TRIM_AFTER:
                     _release_memory()
                     peak = 0
                 wake.wait(0.5)
                 wake.clear()
                 continue
-            parts = [buf[pos:]] if pos < len(buf) else []
-            n = 0
-            while chunks and n < DECODE_BYTES:
-                c = chunks.popleft()
-                n += len(c)
-                parts.append(c)
+            c = chunks.popleft()
+            size = len(c)
             peak = max(peak, fig.backlog_bytes)
-            fig.backlog_bytes -= n
-            buf = b"".join(parts)
-            pos = 0
-            events: list[dict[str, Any]] = []
-            end = len(buf)
-            find = buf.find
-            while pos < end:
-                if buf.startswith(_PMESSAGE, pos) or buf.startswith(_PMESSAGE3, pos):
-                    # Fast path for the one frame that matters: skip pattern and channel.
-                    p = pos + len(_PMESSAGE)
-                    try:
-                        # "<len>\r\n<pattern>\r\n$<len>\r\n<channel>\r\n$<len>\r\n<data>\r\n"
-                        nl = find(b"\r\n", p)
-                        if nl == -1:
-                            break
-                        p = nl + 5 + int(buf[p:nl])  # at the channel's length
-                        nl = find(b"\r\n", p)
-                        if nl == -1:
-                            break
-                        p = nl + 4 + int(buf[p:nl])  # at the data's "$"
-                        nl = find(b"\r\n", p)
-                        if nl == -1:
-                            break
-                        start = nl + 2
-                        stop = start + int(buf[p + 1 : nl])
-                    except ValueError:
-                        raise ValueError(f"malformed pmessage frame at byte {pos}") from None
-                    if stop + 2 > end:
-                        break
-                    pos = stop + 2
-                    try:
-                        decoded = decode(buf[start:stop])
-                        fig.events_received += len(decoded)
-                        events.extend(decoded)
-                    except Exception as exc:  # noqa: BLE001 - count and skip bad messages
-                        fig.messages_malformed += 1
-                        fig.events_malformed += 1
-                        # at least one event is lost with it
-                        fig.events_received += 1
-                        fig.events_dropped += 1
-                        log.warning("celerymon: skipped a malformed event message: %s", exc)
-                    if len(events) >= BATCH:
-                        self._deliver(events)
-                        events = []
-                    continue
-                frame = _parse_frame(buf, pos)
-                if frame is None:
-                    break
-                items, pos = frame
-                if items and items[0] == b"psubscribe":
-                    self._connected.set()
-                    if self.on_connect is not None:
-                        self._safe(self.on_connect)
-            if events:
-                self._deliver(events)
+            fig.backlog_bytes -= size
+            # Fed in small slices, each drained before the next: hiredis moves its unread
+            # bytes to the front of its buffer as it goes, which costs O(buffer) per reply.
+            for off in range(0, size, FEED_BYTES):
+                feed(c, off, min(FEED_BYTES, size - off))
+                while (frame := gets()) is not False:
+                    # RESP2 arrays come as lists, RESP3 pushes as a list subclass;
+                    # "+OK"/"-ERR" lines as bytes or an error object: nothing to do.
+                    if not isinstance(frame, list) or not frame:
+                        continue
+                    kind = frame[0]
+                    if kind == b"pmessage" and len(frame) == 4:
+                        try:
+                            decoded = decode(frame[3])
+                            fig.events_received += len(decoded)
+                            events.extend(decoded)
+                        except Exception as exc:  # noqa: BLE001 - count and skip bad messages
+                            fig.messages_malformed += 1
+                            fig.events_malformed += 1
+                            # at least one event is lost with it
+                            fig.events_received += 1
+                            fig.events_dropped += 1
+                            log.warning("celerymon: skipped a malformed event message: %s", exc)
+                        if len(events) >= BATCH:
+                            self._deliver(events)
+                            events = []
+                    elif kind == b"psubscribe":
+                        self._connected.set()
+                        if self.on_connect is not None:
+                            self._safe(self.on_connect)
 
     def _deliver(self, events: list[dict[str, Any]]) -> None:
         try:
@@ -386,87 +376,70 @@ class EventConsumer:
     # -- kombu (AMQP and others) ----------------------------------------------------------
 
     def _run_kombu(self) -> None:
-        backoff = BACKOFF_START
-        while not self._stop.is_set():
-            try:
-                with self.app.connection_for_read() as conn:
-                    self._kombu_conn = conn
-                    conn.ensure_connection(max_retries=1)
-                    recv = self.app.events.Receiver(conn, handlers={"*": self._on_kombu_event})
-                    # Consume on this one connection (the receiver's own consume() opens a
-                    # clone per call, and AMQP's exclusive event queue belongs to a single
-                    # connection); entering the consumer declares and binds the queue, so
-                    # events sent once we say "connected" reach it.
-                    chan = conn.default_channel
-                    consumers = recv.get_consumers(partial(kombu.Consumer, chan), chan)
-                    with contextlib.ExitStack() as stack:
-                        for consumer in consumers:
-                            stack.enter_context(consumer)
-                        self.figures.connects += 1
-                        self._connected.set()
-                        backoff = BACKOFF_START
-                        if self.on_connect is not None:
-                            self._safe(self.on_connect)
-                        while not self._stop.is_set():
-                            try:
-                                conn.drain_events(timeout=1.0)
-                            except (socket.timeout, TimeoutError):
-                                pass
-                            conn.heartbeat_check()
-            except Exception as exc:  # noqa: BLE001 - reconnect on anything
-                if not self._stop.is_set():
-                    self.figures.last_error = f"{type(exc).__name__}: {exc}"
-                    log.warning("celerymon: event stream error: %s", self.figures.last_error)
-            finally:
-                self._kombu_conn = None
-                if self._connected.is_set() and not self._stop.is_set():
-                    self.figures.disconnects += 1
-                    self.figures.disconnected_at = time.time()
-                self._connected.clear()
-            if self._stop.wait(backoff):
-                break
-            backoff = min(backoff * 2, BACKOFF_MAX)
+        self._reconnecting(self._consume_kombu)
+
+    def _consume_kombu(self) -> bool:
+        """One connection's worth of events through kombu; True once subscribed (reset the
+        backoff)."""
+        subscribed = False
+        try:
+            with self.app.connection_for_read() as conn:
+                self._kombu_conn = conn
+                conn.ensure_connection(max_retries=1)
+                recv = self.app.events.Receiver(conn, handlers={"*": self._on_kombu_event})
+                # Consume on this one connection (the receiver's own consume() opens a
+                # clone per call, and AMQP's exclusive event queue belongs to a single
+                # connection); entering the consumer declares and binds the queue, so
+                # events sent once we say "connected" reach it.
+                chan = conn.default_channel
+                consumers = recv.get_consumers(partial(kombu.messaging.Consumer, chan), chan)
+                with contextlib.ExitStack() as stack:
+                    for consumer in consumers:
+                        stack.enter_context(consumer)
+                    self.figures.connects += 1
+                    self._connected.set()
+                    subscribed = True
+                    if self.on_connect is not None:
+                        self._safe(self.on_connect)
+                    while not self._stop.is_set():
+                        try:
+                            conn.drain_events(timeout=1.0)
+                        except (socket.timeout, TimeoutError):
+                            pass
+                        conn.heartbeat_check()
+        except Exception as exc:  # noqa: BLE001 - reconnect on anything
+            if not self._stop.is_set():
+                self.figures.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("celerymon: event stream error: %s", self.figures.last_error)
+        finally:
+            self._kombu_conn = None
+            if self._connected.is_set() and not self._stop.is_set():
+                self.figures.disconnects += 1
+                self.figures.disconnected_at = time.time()
+            self._connected.clear()
+        return subscribed
 
     def _on_kombu_event(self, event: dict[str, Any]) -> None:
         self.figures.events_received += 1
         self._deliver([dict(event)])
 
 
-def _parse_frame(buf: bytes, pos: int) -> tuple[list[Any], int] | None:
-    """One RESP array or RESP3 push (of bulk strings / integers) at ``pos``; None if incomplete.
+def resp_reader() -> hiredis.Reader:
+    """A RESP2/RESP3 parser (hiredis, the C parser redis-py uses when installed): ``feed(bytes)``
+    then ``gets()`` per complete reply, ``False`` while the next one is incomplete; replies come
+    as lists of ``bytes``/``int``. Raises ``hiredis.ProtocolError`` on a stream that is not
+    RESP."""
+    return hiredis.Reader()
 
-    Raises ValueError for a byte stream that is not RESP.
+
+def _redis_socket(rconn: Any) -> socket.socket:
+    """The socket of a connected redis-py ``Connection``.
+
+    redis-py has no public accessor: ``_sock`` is private. We need the raw socket because the
+    reader thread drains it with ``recv`` (redis-py's own reader would parse every reply in
+    Python and let Redis hold the backlog). Only here, so a redis-py change breaks one place.
     """
-    if buf[pos] not in (42, 62):  # '*' array, '>' RESP3 push
-        if buf[pos] in (43, 45):  # '+' / '-' simple line: skip it
-            nl = buf.find(b"\r\n", pos)
-            return None if nl == -1 else ([], nl + 2)
-        raise ValueError(f"unexpected byte {buf[pos : pos + 1]!r} in the event stream")
-    nl = buf.find(b"\r\n", pos)
-    if nl == -1:
-        return None
-    n = int(buf[pos + 1 : nl])
-    p = nl + 2
-    items: list[Any] = []
-    end = len(buf)
-    for _ in range(n):
-        if p >= end:
-            return None
-        nl = buf.find(b"\r\n", p)
-        if nl == -1:
-            return None
-        c = buf[p]
-        if c == 36:  # '$'
-            ln = int(buf[p + 1 : nl])
-            start = nl + 2
-            stop = start + ln
-            if stop + 2 > end:
-                return None
-            items.append(buf[start:stop])
-            p = stop + 2
-        elif c == 58:  # ':'
-            items.append(int(buf[p + 1 : nl]))
-            p = nl + 2
-        else:
-            raise ValueError(f"unexpected byte {buf[p : p + 1]!r} in the event stream")
-    return items, p
+    sock = rconn._sock
+    if sock is None:
+        raise ConnectionError("the Redis connection has no socket (not connected)")
+    return sock  # type: ignore[no-any-return]

@@ -76,7 +76,7 @@ class Inspector:
             return
         ex.shutdown(wait=False, cancel_futures=True)
         deadline = time.monotonic() + (self.timeout + 1.0 if timeout is None else timeout)
-        for t in list(getattr(ex, "_threads", ())):
+        for t in _pool_threads(ex):
             t.join(max(0.0, deadline - time.monotonic()))
 
     # -- reading ---------------------------------------------------------------------------
@@ -192,3 +192,13 @@ class Inspector:
                     self._saw_queues(value)
             self.last_refresh = now
         return None
+
+
+def _pool_threads(ex: cf.ThreadPoolExecutor) -> list[threading.Thread]:
+    """The worker threads of ``ex``, to join them with a deadline.
+
+    Private API, kept here only: ``ThreadPoolExecutor`` has no public list of its threads and
+    ``shutdown(wait=True)`` waits without a timeout (an inspect call stuck on a dead broker
+    would hold ``stop()``). Empty when the attribute is gone (nothing is joined then).
+    """
+    return list(getattr(ex, "_threads", ()))

@@ -614,7 +614,7 @@ def _histogram(
     bounds: Sequence[float],
 ) -> HistogramMetricFamily:
     fam = HistogramMetricFamily(name, doc, labels=labels)
-    les = [floatToGoString(b) for b in bounds] + ["+Inf"]
+    les = [str(floatToGoString(b)) for b in bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
     for k, h in series.items():
         acc = 0
         cumulative = []

@@ -34,9 +34,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..errors import CeleryMonError
+from .model import TASK_COLUMNS, TaskQuery
 from .query import compile_sql
 from .sqlite_store import COUNT_CAP, aggregate_stats, stats_query, task_from_row
-from .store import TASK_COLUMNS, HistoryStore, TaskQuery, redact
+from .store import HistoryStore, redact
 
 log = logging.getLogger(__name__)
 
@@ -273,12 +274,12 @@ class PostgresStore(HistoryStore):
                     "run CREATE EXTENSION pg_trgm; in that database as a superuser"
                 ) from exc
             row = c.execute(find).fetchone()
-        return row[0]
+        return str(row[0])
 
     def schema_version(self) -> int:
         """The schema version in the database."""
         with self._pool.connection() as c:
-            return c.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            return int(c.execute("SELECT max(version) FROM schema_version").fetchone()[0])
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -360,7 +361,7 @@ class PostgresStore(HistoryStore):
                     "ORDER BY timestamp ASC NULLS FIRST, id LIMIT %s)",
                     (n - max_tasks,),
                 ).rowcount
-            return deleted
+            return int(deleted)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -387,7 +388,7 @@ class PostgresStore(HistoryStore):
 
     def count(self) -> int:
         with self._pool.connection() as c:
-            return c.execute("SELECT n FROM task_count").fetchone()[0]
+            return int(c.execute("SELECT n FROM task_count").fetchone()[0])
 
     def is_empty(self) -> bool:
         with self._pool.connection() as c:

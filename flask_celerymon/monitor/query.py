@@ -295,7 +295,10 @@ def compile_python(
     consts["_S"] = "\x00"
 
     src = f"lambda seq: [t for t in seq if {gen(node)}]"
-    return eval(compile(src, "<search>", "eval"), consts)  # noqa: S307 - constants only
+    fn: Callable[[Iterable[Any]], list[Any]] = eval(  # noqa: S307 - constants only
+        compile(src, "<search>", "eval"), consts
+    )
+    return fn
 
 
 _HEX = re.compile(r"[0-9a-fA-F-]+")

@@ -25,7 +25,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -34,154 +34,25 @@ from celery import Celery
 from . import broker as _broker
 from . import reconcile as _reconcile
 from .events import EventConsumer, Figures
+from .housekeeping import Housekeeping
 from .inspector import Inspector
+from .model import TaskPage, TaskQuery, TaskRecord
+from .model import task_dict as _task_dict
 from .query import SearchError, parse, parse_sort
 from .settings import MonitorSettings
 from .sqlite_store import aggregate_stats
-from .state import (
-    TASK_EVENTS,
-    WORKER_EVENTS,
-    MalformedEvent,
-    State,
-    TaskRecord,
-    WorkerRecord,
-)
-from .state import task_dict as _task_dict
-from .store import HistoryStore, TaskQuery, open_store
+from .state import TASK_EVENTS, WORKER_EVENTS, MalformedEvent, State, StateObserver, WorkerRecord
+from .store import HistoryStore, open_store
 from .store import redact as _redact
+from .subscriptions import EventListener, Subscription, Subscriptions
 
 log = logging.getLogger(__name__)
 
-#: listener(event, task): ``event`` is the decoded event dict, ``task`` the record it changed
-#: (read its attributes, don't keep or change it) or None for worker events.
-EventListener = Callable[[dict, Any], None]
 
-
-PRUNE_INTERVAL = 60.0
-PURGE_CHECK_INTERVAL = 1.0
-#: Rows the store may index for search per housekeeping tick, while ingest is busy / idle.
-INDEX_BUSY = 500
-INDEX_IDLE = 2_000
 #: Gaps in the event stream remembered for figures() and the pages.
 GAPS_KEPT = 20
 #: Unfinished tasks of the history read back after a restart, to reconcile.
 RESTART_RECHECK_MAX = 10_000
-
-
-class TaskPage:
-    """A page of tasks and the number of tasks matching the query.
-
-    Unpacks as ``total, tasks = page``. ``exact`` is False only when a history-store search
-    on a very common term stopped counting at :data:`~.sqlite_store.COUNT_CAP` (then
-    ``total`` is a lower bound: show it as "10000+").
-    """
-
-    __slots__ = ("total", "tasks", "exact")
-
-    def __init__(self, total: int, tasks: list[dict[str, Any]], exact: bool = True) -> None:
-        self.total = total
-        self.tasks = tasks
-        self.exact = exact
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.total, self.tasks))
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, TaskPage):
-            return (self.total, self.tasks, self.exact) == (other.total, other.tasks, other.exact)
-        return NotImplemented
-
-    def __repr__(self) -> str:
-        return f"TaskPage(total={self.total}, tasks=[{len(self.tasks)} tasks], exact={self.exact})"
-
-
-class Subscription:
-    """A live feed of changed objects for one subscriber (a websocket, a test...).
-
-    Changes are coalesced per object: a task that changed ten times since the last
-    :meth:`get` is reported once, with its current data. When more than ``buffer`` distinct
-    objects wait, the subscriber is too slow: it is dropped (:attr:`closed` becomes True,
-    :attr:`reason` says why) and ingest never waits for it.
-    """
-
-    def __init__(
-        self,
-        service: MonitorService,
-        kinds: frozenset[str],
-        task_ids: frozenset[str] | None,
-        buffer: int,
-    ) -> None:
-        self._service = service
-        self.kinds = kinds
-        self.task_ids = task_ids
-        self.buffer = buffer
-        self._pending: dict[tuple[str, str], None] = {}
-        self._cond = threading.Condition(threading.Lock())
-        self.closed = False
-        self.reason: str | None = None
-
-    def _offer(self, kind: str, ident: str) -> None:
-        """Called by the ingest thread; O(1), never blocks on the subscriber."""
-        if self.closed or kind not in self.kinds:
-            return
-        if kind == "task" and self.task_ids is not None and ident not in self.task_ids:
-            return
-        key = (kind, ident)
-        with self._cond:
-            pending = self._pending
-            if key in pending:
-                return
-            if len(pending) >= self.buffer:
-                self.closed = True
-                self.reason = f"dropped: more than {self.buffer} updates waiting"
-                pending.clear()
-                self._cond.notify_all()
-                self._service._drop(self)
-                return
-            pending[key] = None
-            if len(pending) == 1:
-                self._cond.notify_all()
-
-    def get(self, timeout: float | None = None) -> list[dict[str, Any]]:
-        """Wait up to ``timeout`` s for changes; return them (possibly ``[]``).
-
-        Items: ``{"type": "task" | "worker" | "worker-purged", "id": uuid or hostname,
-        "data": current dict or None}``. Raises ``EOFError`` once the subscription is closed
-        (see :attr:`reason`).
-        """
-        with self._cond:
-            if not self._pending and not self.closed:
-                self._cond.wait(timeout)
-            if self.closed:
-                raise EOFError(self.reason or "subscription closed")
-            keys = list(self._pending)
-            self._pending.clear()
-        svc = self._service
-        out = []
-        for kind, ident in keys:
-            if kind == "task":
-                data = svc.task(ident, children=False)
-            elif kind == "worker":
-                data = svc.worker(ident)
-            else:
-                data = None
-            out.append({"type": kind, "id": ident, "data": data})
-        return out
-
-    def close(self) -> None:
-        """Unsubscribe (idempotent)."""
-        with self._cond:
-            if not self.closed:
-                self.closed = True
-                self.reason = self.reason or "closed"
-            self._cond.notify_all()
-        self._service._drop(self)
-
-    def __enter__(self) -> Subscription:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _ts(value: float | datetime | None, what: str) -> float | None:
@@ -202,13 +73,37 @@ def _tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
     return tuple(v for v in value if v and v != "All")
 
 
-class MonitorService:
+class _WindowObserver(StateObserver):
+    """The service's view of the window's changes (ingest thread, state lock held)."""
+
+    __slots__ = ("_service",)
+
+    def __init__(self, service: MonitorService) -> None:
+        self._service = service
+
+    def task_changed(self, task: TaskRecord) -> None:
+        self._service._task_changed(task)
+
+    def worker_changed(self, worker: WorkerRecord) -> None:
+        self._service._worker_changed(worker)
+
+    def worker_evicted(self, hostname: str) -> None:
+        self._service._worker_evicted(hostname)
+
+
+class MonitorService(Housekeeping, Subscriptions):
     """The monitor of one Celery app. Construct freely; threads start with :meth:`start`.
 
-    Every read method starts the service on first use when ``autostart`` is True (the
-    default): a Flask app only consumes events in the process that serves the monitor, never
-    in the reloader's parent. ``start``/``stop`` are idempotent and thread-safe; a service
-    used after a ``fork`` restarts its threads in the child.
+    Reads have no side effects: they never start the service (nor any thread). A read on a
+    service that is not running answers from what it holds in memory (nothing, before the
+    first start). Whoever serves the monitor starts it: the blueprint's ``before_request``
+    and ``flask celery monitor`` call :meth:`ensure_started`, so a Flask app only consumes
+    events in the process that serves the monitor, never in the reloader's parent.
+    ``start``/``stop`` are idempotent and thread-safe; a service used after a ``fork``
+    restarts its threads in the child.
+
+    ``autostart`` is accepted for compatibility and ignored (reads used to start the
+    service).
     """
 
     def __init__(
@@ -216,14 +111,13 @@ class MonitorService:
         celery_app: Celery,
         settings: MonitorSettings | None = None,
         *,
-        autostart: bool = True,
+        autostart: bool = False,
     ) -> None:
+        del autostart  # ignored: see the class docstring
         self.celery_app = celery_app
         self.settings = settings or MonitorSettings()
-        self.autostart = autostart
         self._lifecycle = threading.RLock()
         self._pid: int | None = None
-        self._stopped = False
         self._stop_event = threading.Event()
         self._house: threading.Thread | None = None
         self._consumer: EventConsumer | None = None
@@ -245,7 +139,7 @@ class MonitorService:
         self._listener_errors = 0
         self._purged: list[tuple[float, str]] = []
         self._evicted_workers: list[str] = []
-        self._queues_cache: tuple[float, list[dict] | None] | None = None
+        self._queues_cache: tuple[float, list[dict[str, Any]] | None] | None = None
         self._flushes = 0
         self._flush_seconds = 0.0
         self._rows_dropped = 0
@@ -267,15 +161,12 @@ class MonitorService:
         )
 
     def _new_state(self) -> State:
-        st = State(
+        return State(
             self.settings.max_tasks,
             self.settings.max_workers,
             self.settings.worker_offline_after,
+            observer=_WindowObserver(self),
         )
-        st.on_task = self._task_changed
-        st.on_worker = self._worker_changed
-        st.on_worker_evicted = self._worker_evicted
-        return st
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -297,7 +188,6 @@ class MonitorService:
         once; nothing is replayed.
         """
         with self._lifecycle:
-            self._stopped = False
             if self._pid == os.getpid():
                 return
             if self._pid is not None:  # forked: the parent's threads are not ours
@@ -460,11 +350,10 @@ class MonitorService:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the threads, write pending changes to the store and close it. Idempotent.
 
-        Reads after ``stop()`` answer from memory and do not start the service again; call
-        :meth:`start` for that.
+        Reads after ``stop()`` answer from memory (reads never start the service); call
+        :meth:`start` to start again.
         """
         with self._lifecycle:
-            self._stopped = True
             if self._pid != os.getpid():
                 return
             self._stop_event.set()
@@ -583,7 +472,12 @@ class MonitorService:
         self._gap_open = None
         if opened is not None:
             start, reason = opened
-            gap = {"start": start, "end": now, "seconds": max(0.0, now - start), "reason": reason}
+            gap: dict[str, Any] = {
+                "start": start,
+                "end": now,
+                "seconds": max(0.0, now - start),
+                "reason": reason,
+            }
             self._gaps.append(gap)
             self._gaps_total += 1
             self._gap_seconds += gap["seconds"]
@@ -604,69 +498,6 @@ class MonitorService:
         c = self._consumer
         return repr(time.time()) if c is not None and c.connected else None
 
-    def reconcile(self) -> int:
-        """Ask the result backend about a batch of tasks held as unfinished; returns how many
-        it brought to a finished state (see :mod:`.reconcile`).
-
-        The window's unfinished tasks whose last event is older than ``reconcile.MIN_AGE``
-        and not asked about for ``reconcile.RECHECK`` seconds come first, then the history's
-        unfinished tasks read back after a restart. At most ``reconcile.BATCH`` per call.
-        """
-        if self._reconcile_ok is None:
-            self._reconcile_ok = _reconcile.supported(self.celery_app)
-        if not self._reconcile_ok:
-            return 0
-        now = time.time()
-        mono = time.monotonic()
-        st = self._state
-        checked = self._checked
-        old = now - _reconcile.MIN_AGE
-        again = mono - _reconcile.RECHECK
-        ask: list[str] = []
-        with st.lock:
-            for t in st.tasks.values():
-                if (
-                    t.state in _reconcile.UNFINISHED
-                    and (t.timestamp or 0.0) <= old
-                    and checked.get(t.uuid, -1e18) <= again
-                ):
-                    ask.append(t.uuid)
-                    if len(ask) >= _reconcile.BATCH:
-                        break
-            if len(checked) > 2 * st.max_tasks + 1000:
-                self._checked = checked = {u: m for u, m in checked.items() if u in st.tasks}
-        room = _reconcile.BATCH - len(ask)
-        from_store = set(self._store_unfinished[:room]) if room > 0 else set()
-        del self._store_unfinished[: len(from_store)]
-        ask += [u for u in from_store if u not in ask]
-        if not ask:
-            return 0
-        for u in ask:
-            checked[u] = mono
-        try:
-            events = _reconcile.finished_events(self.celery_app, ask, now)
-        except Exception as exc:  # noqa: BLE001 - the backend may be down; asked again later
-            self._reconcile_errors += 1
-            log.warning("celerymon: asking the result backend failed: %s", exc)
-            return 0
-        store = self._store
-        rows = {}
-        if store is not None:
-            for ev in events:
-                if ev["uuid"] in from_store:
-                    row = store.get_task(ev["uuid"])
-                    if row is not None:
-                        rows[ev["uuid"]] = row
-        with st.lock:
-            for row in rows.values():
-                st.adopt(TaskRecord.from_row(row))
-            for ev in events:
-                st.apply(ev, now)
-        self._reconciled += len(events)
-        if events:
-            log.info("celerymon: %d task(s) finished per the result backend", len(events))
-        return len(events)
-
     def revoke_requested(self, task_ids: Iterable[str]) -> int:
         """Note in the history of each unfinished task that this monitor asked to revoke it
         (``revoke-requested``), shown until the worker confirms; returns tasks noted."""
@@ -674,254 +505,6 @@ class MonitorService:
         st = self._state
         with st.lock:
             return sum(st.note(u, "revoke-requested", now) for u in task_ids)
-
-    def _enable_events(self) -> None:
-        try:
-            self.celery_app.control.enable_events()
-        except Exception as exc:  # noqa: BLE001 - the broker may be down; retried later
-            log.info("celerymon: enable_events failed: %s", exc)
-
-    # -- housekeeping thread ---------------------------------------------------------------
-
-    def _housekeeping(self) -> None:
-        s = self.settings
-        next_enable = time.monotonic() + s.enable_events_interval
-        next_inspect = time.monotonic() + s.inspect_interval
-        next_prune = time.monotonic() + 5.0
-        next_purge = time.monotonic() + PURGE_CHECK_INTERVAL
-        next_flush = time.monotonic() + s.flush_interval
-        next_reconcile = time.monotonic() + 1.0
-        tick = min(s.flush_interval, PURGE_CHECK_INTERVAL, 0.5)
-        while not self._stop_event.wait(tick):
-            now = time.monotonic()
-            if now >= next_flush:
-                next_flush = now + s.flush_interval
-                try:
-                    self._index(self.flush())
-                except Exception:  # noqa: BLE001 - keep housekeeping alive
-                    log.exception("celerymon: writing to the history store failed")
-            if now >= next_purge:
-                try:
-                    if not self._following:  # the ingester marks them in the shared store
-                        self._mark_lost()
-                    self._purge_offline()
-                except Exception:  # noqa: BLE001
-                    log.exception("celerymon: purging offline workers failed")
-            if now >= next_purge:
-                next_purge = now + PURGE_CHECK_INTERVAL
-            if s.enable_events and now >= next_enable and not self._following:
-                next_enable = now + s.enable_events_interval
-                self._enable_events()
-            if now >= next_inspect:
-                next_inspect = now + s.inspect_interval
-                try:
-                    self.inspector.refresh(wait=False)
-                except Exception:  # noqa: BLE001
-                    log.exception("celerymon: inspect refresh failed")
-            if now >= next_reconcile and not self._following:
-                next_reconcile = now + _reconcile.INTERVAL
-                try:
-                    self.reconcile()
-                except Exception:  # noqa: BLE001
-                    log.exception("celerymon: reconciling with the result backend failed")
-            if now >= next_prune and not self._following:
-                next_prune = now + PRUNE_INTERVAL
-                try:
-                    self.prune()
-                except Exception:  # noqa: BLE001
-                    log.exception("celerymon: pruning the history failed")
-
-    def flush(self) -> int:
-        """Write changed tasks and workers to the store now; returns the number of tasks.
-
-        When it returns, every change made before the call is in the store (a flush running
-        in the housekeeping thread is waited for).
-        """
-        with self._flush_lock:
-            return self._flush()
-
-    def _flush(self) -> int:
-        store = self._store
-        if store is None:
-            return 0
-        st = self._state
-        now = time.time()
-        with st.lock:
-            dirty, self._dirty = self._dirty, {}
-            wdirty, self._dirty_workers = self._dirty_workers, {}
-            gone, self._evicted_workers = self._evicted_workers, []
-            rows = [t.row() for t in dirty.values()]
-            wsnap = {h: w.as_dict(now, st.worker_offline_after) for h, w in wdirty.items()}
-        t0 = time.perf_counter()
-        try:
-            try:
-                store.write_tasks(rows)
-            except store.unavailable_errors:
-                raise  # the store is unavailable (disk full, locked...): retry them later
-            except Exception:  # noqa: BLE001 - a row the store refuses
-                self._write_one_by_one(store, rows)
-            store.write_workers(wsnap)
-            store.delete_workers(gone)
-        except Exception:
-            # Keep the changes for the next attempt (newer changes win).
-            with st.lock:
-                self._dirty = {**dirty, **self._dirty}
-                self._dirty_workers = {**wdirty, **self._dirty_workers}
-                self._evicted_workers = gone + self._evicted_workers
-            raise
-        until = self._consuming_until()
-        if until is not None:
-            store.set_meta({"consuming_until": until})
-        self._flushes += 1
-        self._flush_seconds += time.perf_counter() - t0
-        coordinator = self._coordinator
-        if coordinator is not None:
-            try:
-                coordinator.publish(list(dirty), [*wsnap, *gone])
-            except Exception:  # noqa: BLE001 - followers still read the store
-                log.warning("celerymon: could not publish changes to followers", exc_info=True)
-        return len(rows)
-
-    def _write_one_by_one(self, store: HistoryStore, rows: list[tuple[Any, ...]]) -> None:
-        """Write ``rows`` singly, dropping (logging, counting) each row the store refuses, so
-        that one bad row never stops the history of every other task."""
-        for row in rows:
-            try:
-                store.write_tasks([row])
-            except store.unavailable_errors:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                self._rows_dropped += 1
-                log.error("celerymon: the history store refused task %r: %s", row[0], exc)
-
-    def _index(self, written: int) -> None:
-        """Let the store index for search: a little while busy, more when idle."""
-        store = self._store
-        if store is not None:
-            t0 = time.perf_counter()
-            self._indexed += store.index_pending(INDEX_IDLE if written < 100 else INDEX_BUSY)
-            self._index_seconds += time.perf_counter() - t0
-
-    def prune(self) -> int:
-        """Apply the retention settings to the store now; returns the tasks deleted."""
-        store = self._store
-        if store is None:
-            return 0
-        s = self.settings
-        return store.prune(s.retention_tasks, time.time() - s.retention_days * 86400)
-
-    def _mark_lost(self) -> None:
-        """Tasks running on a worker whose heartbeats expired become LOST."""
-        st = self._state
-        with st.lock:
-            lost = st.mark_lost_offline(time.time())
-        if lost:
-            log.warning(
-                "celerymon: %d task(s) lost with their offline worker(s): %s",
-                len(lost),
-                ", ".join(sorted({t.worker for t in lost})),
-            )
-
-    def _purge_offline(self) -> None:
-        after = self.settings.purge_offline_workers
-        if after is None:
-            return
-        st = self._state
-        now = time.time()
-        with st.lock:
-            victims = [
-                h
-                for h, w in st.workers.items()
-                if not w.alive(now, st.worker_offline_after) and now - w.last_seen > after
-            ]
-            for h in victims:
-                st.remove_worker(h)
-                self._dirty_workers.pop(h, None)
-        if victims:
-            self._forget_workers(victims, now)
-
-    def purge_worker(self, hostname: str) -> bool:
-        """Forget a worker now, everywhere (state, store, inspect cache, listeners)."""
-        with self._state.lock:
-            known = self._state.remove_worker(hostname)
-            self._dirty_workers.pop(hostname, None)
-        if known:
-            self._forget_workers([hostname], time.time())
-        return known
-
-    def _forget_workers(self, hostnames: list[str], now: float) -> None:
-        if self._store is not None:
-            self._store.delete_workers(hostnames)
-        for h in hostnames:
-            self.inspector.forget(h)
-            self._purged.append((now, h))
-            for sub in self._subs:
-                sub._offer("worker-purged", h)
-            for fn in self._purge_listeners:
-                try:
-                    fn(h)
-                except Exception:  # noqa: BLE001
-                    self._listener_errors += 1
-                    log.exception("celerymon: purge listener %r failed", fn)
-        del self._purged[:-1000]
-        log.info("celerymon: purged offline workers %s", ", ".join(hostnames))
-
-    # -- listeners and subscriptions -------------------------------------------------------
-
-    def add_listener(self, fn: EventListener) -> None:
-        """Call ``fn(event, task)`` in the ingest thread after each applied event.
-
-        For metrics: ``event`` has ``type``, ``hostname``, ``timestamp`` and the event's
-        fields; ``task`` is the changed task record (``name``, ``state``, ``received``,
-        ``started``, ``runtime``, ``worker``...) or None. Keep it fast; exceptions are logged
-        and counted, never raised into ingest.
-        """
-        with self._subs_lock:
-            self._listeners = (*self._listeners, fn)
-
-    def remove_listener(self, fn: EventListener) -> None:
-        with self._subs_lock:
-            self._listeners = tuple(f for f in self._listeners if f is not fn)
-
-    def add_purge_listener(self, fn: Callable[[str], None]) -> None:
-        """Call ``fn(hostname)`` when an offline worker is purged (drop its metric series)."""
-        with self._subs_lock:
-            self._purge_listeners = (*self._purge_listeners, fn)
-
-    def purged_workers(self) -> list[tuple[float, str]]:
-        """The last 1000 purged workers as ``(time, hostname)``, oldest first."""
-        return list(self._purged)
-
-    def subscribe(
-        self,
-        kinds: Iterable[str] = ("task", "worker", "worker-purged"),
-        task_ids: Iterable[str] | None = None,
-        buffer: int | None = None,
-    ) -> Subscription:
-        """A new live feed (thread-safe). ``task_ids`` limits task updates to those tasks.
-
-        Raises ``ValueError`` for an unknown kind.
-        """
-        ks = frozenset(kinds)
-        bad = ks - {"task", "worker", "worker-purged"}
-        if bad:
-            raise ValueError(f"unknown subscription kind(s) {sorted(bad)}")
-        sub = Subscription(
-            self,
-            ks,
-            None if task_ids is None else frozenset(task_ids),
-            buffer or self.settings.subscriber_buffer,
-        )
-        with self._subs_lock:
-            self._subs = (*self._subs, sub)
-        return sub
-
-    def _drop(self, sub: Subscription) -> None:
-        with self._subs_lock:
-            if sub in self._subs:
-                self._subs = tuple(s for s in self._subs if s is not sub)
-                if sub.reason and sub.reason.startswith("dropped"):
-                    self._subs_dropped += 1
 
     # -- reading: workers ------------------------------------------------------------------
 
@@ -938,7 +521,6 @@ class MonitorService:
         ``hostname pid freq heartbeats clock active processed loadavg sw_ident sw_ver sw_sys``,
         ``status`` (online, bool) and ``last_seen`` (local time of its last event).
         """
-        self._autostart()
         self._refresh_workers()
         now = time.time()
         st = self._state
@@ -948,7 +530,6 @@ class MonitorService:
 
     def worker(self, hostname: str) -> dict[str, Any] | None:
         """One worker like :meth:`workers` items, or None if unknown."""
-        self._autostart()
         self._refresh_workers()
         st = self._state
         with st.lock:
@@ -970,13 +551,12 @@ class MonitorService:
         then an unreachable broker raises its connection error (kombu's ``OperationalError``)
         instead of answering with what the cache holds. An unknown ``worker`` gives ``{}``.
         """
-        self._autostart()
         if refresh:
             data = self.inspector.refresh(worker)
         else:
             data = self.inspector.get(worker)
-            if not data and self.inspector.last_refresh is None:
-                self.inspector.refresh(worker, wait=False)
+            if not data and self.inspector.last_refresh is None and self.running:
+                self.inspector.refresh(worker, wait=False)  # a running service's first read
         names = [worker] if worker is not None else [d["hostname"] for d in self.workers()]
         for h in names:
             if h not in data and self.worker(h) is not None:
@@ -990,7 +570,6 @@ class MonitorService:
 
         From the window, else the history store; None if unknown.
         """
-        self._autostart()
         st = self._state
         with st.lock:
             t = st.tasks.get(uuid)
@@ -1041,7 +620,6 @@ class MonitorService:
         Raises :class:`~.query.SearchError` (a ``ValueError``) for an invalid search, sort
         key, time or page; the message is fit for the user.
         """
-        self._autostart()
         if not isinstance(offset, int) or offset < 0:
             raise SearchError(f"offset must be an integer >= 0, not {offset!r}")
         if limit is not None and (not isinstance(limit, int) or limit < 0):
@@ -1087,7 +665,6 @@ class MonitorService:
 
     def task_types(self) -> list[str]:
         """Every task name seen (window and history), sorted (``/api/task/types``)."""
-        self._autostart()
         with self._state.lock:
             names = set(self._state.task_counters)
             names.update(t.name for t in self._state.tasks.values() if t.name)
@@ -1097,7 +674,6 @@ class MonitorService:
 
     def counters(self) -> dict[str, Any]:
         """Event counts since start: ``{"workers": {host: {type: n}}, "tasks": {name: {type: n}}}``."""
-        self._autostart()
         st = self._state
         with st.lock:
             return {
@@ -1120,7 +696,6 @@ class MonitorService:
         counts in the bucket of its last state; ``retried`` counts retries (``task-retried``
         events) as the workers page does (see :func:`.sqlite_store.aggregate_stats`).
         """
-        self._autostart()
         if bucket <= 0:
             raise ValueError(f"bucket must be > 0 seconds, not {bucket!r}")
         until = time.time() if until is None else until
@@ -1151,7 +726,6 @@ class MonitorService:
         Cached for ``max_age`` seconds. None when the broker cannot give lengths; raises the
         broker's connection error when it is unreachable.
         """
-        self._autostart()
         cached = self._queues_cache
         if cached is not None and time.monotonic() - cached[0] < max_age:
             return cached[1]
@@ -1225,7 +799,3 @@ class MonitorService:
             handovers=0 if self._coordinator is None else self._coordinator.handovers,
         )
         return d
-
-    def _autostart(self) -> None:
-        if self.autostart and not self._stopped and self._pid != os.getpid():
-            self.start()

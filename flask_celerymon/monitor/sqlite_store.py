@@ -27,9 +27,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from .model import TASK_COLUMNS, TaskQuery, history_from_times
 from .query import _fts_phrase, compile_sql, instr_sql, kwarg_pattern
-from .state import history_from_times
-from .store import TASK_COLUMNS, HistoryStore, TaskQuery
+from .store import HistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -242,9 +242,11 @@ class SQLiteStore(HistoryStore):
 
     def unindexed(self) -> int:
         """Rows not yet in the search index."""
-        return self._reader.execute(
-            "SELECT count(*) FROM tasks WHERE id > (SELECT upto FROM fts_state)"
-        ).fetchone()[0]
+        return int(
+            self._reader.execute(
+                "SELECT count(*) FROM tasks WHERE id > (SELECT upto FROM fts_state)"
+            ).fetchone()[0]
+        )
 
     def _tx(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
         """Run ``(sql, rows)`` executemany statements in one write transaction."""
@@ -320,7 +322,7 @@ class SQLiteStore(HistoryStore):
         return [r[0] for r in self._reader.execute("SELECT name FROM task_names ORDER BY name")]
 
     def count(self) -> int:
-        return self._reader.execute("SELECT count(*) FROM tasks").fetchone()[0]
+        return int(self._reader.execute("SELECT count(*) FROM tasks").fetchone()[0])
 
     def is_empty(self) -> bool:
         return self._reader.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None

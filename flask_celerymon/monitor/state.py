@@ -21,19 +21,22 @@ from itertools import compress, repeat
 from operator import attrgetter, ge, is_not, le, not_
 from typing import Any
 
-from celery.states import PRECEDENCE_LOOKUP, READY_STATES, RETRY
+from celery.states import PRECEDENCE_LOOKUP, RETRY
 
+from .model import (  # noqa: F401 - LOST, FINISHED_STATES, task_dict: re-exported
+    _SEP,
+    _TEXT_INDEX,
+    FINISHED_STATES,
+    LOST,
+    TaskQuery,
+    TaskRecord,
+    history_from_times,
+    task_dict,
+)
 from .query import STATES, compile_python
-from .store import TASK_COLUMNS, TaskQuery
 
-_NONE_PRECEDENCE = PRECEDENCE_LOOKUP[None]
+_NONE_PRECEDENCE: int = PRECEDENCE_LOOKUP[None]
 
-#: The state of a task that was running (``STARTED``) on a worker that went offline (a
-#: worker-offline event, or its heartbeats expired) without an end event. Not a Celery
-#: state: the monitor concludes it. A later event of the task (a redelivery) replaces it.
-LOST = "LOST"
-#: States after which a task changes no more (Celery's READY_STATES and LOST).
-FINISHED_STATES = frozenset(READY_STATES) | {LOST}
 
 #: task event type -> (state, timestamp attribute)
 TASK_EVENTS: dict[str, tuple[str, str]] = {
@@ -67,227 +70,6 @@ HEARTBEAT_EXPIRE_FACTOR = 2.0
 
 WORKER_FIELDS = ("pid", "freq", "clock", "active", "processed", "loadavg", "sw_ident", "sw_ver",
                  "sw_sys")  # fmt: skip
-
-
-_TIME_STATES = (
-    ("sent", "PENDING"),
-    ("received", "RECEIVED"),
-    ("started", "STARTED"),
-    ("retried", "RETRY"),
-    ("succeeded", "SUCCESS"),
-    ("failed", "FAILURE"),
-    ("revoked", "REVOKED"),
-    ("rejected", "REJECTED"),
-)
-_SEP = "\x00"
-_TEXT_INDEX = {"args": 0, "kwargs": 1, "result": 2}
-
-
-#: Fields of :class:`TaskRecord` kept in its ``extra`` dict: most tasks never have them, and a
-#: slot costs 8 bytes on every task.
-RARE_FIELDS = (
-    "failed", "retried", "revoked", "rejected", "exception", "traceback", "eta", "expires",
-    "client", "parent_id", "children", "history",
-)  # fmt: skip
-
-
-def _rare(name: str) -> Any:
-    """A property storing ``name`` in the record's ``extra`` dict (None when absent)."""
-
-    def get(self: TaskRecord) -> Any:
-        extra = self.extra
-        return None if extra is None else extra.get(name)
-
-    def set_(self: TaskRecord, value: Any) -> None:
-        extra = self.extra
-        if extra is None:
-            if value is None:
-                return
-            extra = self.extra = {}
-        extra[name] = value
-
-    return property(get, set_)
-
-
-class TaskRecord:
-    """One task in the window. Strings unknown so far are ``""``; times are Unix seconds.
-
-    ``args``, ``kwargs`` and ``result`` live in one string, ``text`` (joined by NUL), which
-    saves two string objects per task and lets a bare search term test one string.
-    ``history`` stays None while it can be derived from the time fields (one event per
-    state); it is materialised only when a state repeats (retries) or a custom event arrives.
-    """
-
-    __slots__ = (
-        "uuid", "name", "state", "worker", "sent", "received", "started", "succeeded",
-        "timestamp", "runtime", "text", "retries", "exchange", "routing_key", "clock",
-        "root_id", "extra",
-    )  # fmt: skip
-
-    def __init__(self, uuid: str) -> None:
-        self.uuid = uuid
-        self.name: str = ""
-        self.state: str = ""
-        self.worker: str = ""
-        self.text = _SEP + _SEP
-        self.sent: float | None = None
-        self.received: float | None = None
-        self.started: float | None = None
-        self.succeeded: float | None = None
-        self.timestamp: float | None = None
-        self.runtime: float | None = None
-        self.retries: int | None = None
-        self.exchange: str | None = None
-        self.routing_key: str | None = None
-        self.clock: int | None = None
-        self.root_id: str | None = None
-        #: Rarely set fields (failures, retries, child tasks...), None until one is set.
-        self.extra: dict[str, Any] | None = None
-
-    failed = _rare("failed")
-    retried = _rare("retried")
-    revoked = _rare("revoked")
-    rejected = _rare("rejected")
-    exception = _rare("exception")
-    traceback = _rare("traceback")
-    eta = _rare("eta")
-    expires = _rare("expires")
-    client = _rare("client")
-    parent_id = _rare("parent_id")
-    children = _rare("children")
-    history = _rare("history")
-
-    @property
-    def finished(self) -> bool:
-        return self.state in FINISHED_STATES
-
-    @property
-    def args(self) -> str:
-        return self.text.split(_SEP, 2)[0]
-
-    @property
-    def kwargs(self) -> str:
-        return self.text.split(_SEP, 2)[1]
-
-    @property
-    def result(self) -> str:
-        return self.text.split(_SEP, 2)[2]
-
-    def set_text(self, field: str, value: str) -> None:
-        parts = self.text.split(_SEP, 2)
-        parts[_TEXT_INDEX[field]] = value.replace(_SEP, "\\x00")
-        self.text = _SEP.join(parts)
-
-    def full_history(self) -> tuple[Any, ...]:
-        """``(state, time, state, time, ...)`` oldest first."""
-        h = self.history
-        return h if h is not None else history_from_times(self)
-
-    def row(self) -> tuple[Any, ...]:
-        """The record in :data:`~flask_celerymon.monitor.store.TASK_COLUMNS` order.
-
-        ``history`` is None when it follows from the time fields (see
-        :func:`history_from_times`).
-        """
-        args, kwargs, result = self.text.split(_SEP, 2)
-        return (
-            self.uuid, self.name, self.state, self.worker, self.sent, self.received,
-            self.started, self.succeeded, self.failed, self.retried, self.revoked,
-            self.rejected, self.timestamp, self.runtime, args, kwargs, result,
-            self.exception, self.traceback, self.eta, self.expires, self.retries,
-            self.exchange, self.routing_key, self.clock, self.client, self.root_id,
-            self.parent_id, self.history,
-        )  # fmt: skip
-
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> TaskRecord:
-        """A record from a stored row (:data:`~flask_celerymon.monitor.store.TASK_COLUMNS`
-        keys, ``history`` a tuple), e.g. to bring a task of the history back to the window."""
-        t = cls(row["uuid"])
-        for k in TASK_COLUMNS:
-            if k in ("uuid", "args", "kwargs", "result", "history"):
-                continue
-            v = row.get(k)
-            if v is not None:
-                setattr(t, k, v)
-        for k in ("name", "state", "worker"):
-            if row.get(k) is None:
-                setattr(t, k, "")
-        t.text = _SEP.join(
-            (row.get(k) or "").replace(_SEP, "\\x00") for k in ("args", "kwargs", "result")
-        )
-        hist = tuple(row.get("history") or ())
-        if hist != history_from_times(t):
-            t.history = hist
-        return t
-
-    def as_dict(self) -> dict[str, Any]:
-        """Flower's ``Task.as_dict()`` plus ``history`` (see :func:`task_dict`)."""
-        d = dict(zip(TASK_COLUMNS, self.row()))
-        d["history"] = self.full_history()
-        return task_dict(d, list(self.children or ()))
-
-
-def history_from_times(task: Any) -> tuple[Any, ...]:
-    """The history of a task that went through each state at most once, from its time fields
-    (a record or a row dict): ``(state, time, state, time, ...)``.
-
-    ``PENDING`` (sent) comes first, then the worker's states oldest first. The sent time is
-    the client's clock, stamped after the message left: it may be a little later than the
-    worker's ``received``, but the task was sent before it was received.
-    """
-    get = task.get if isinstance(task, Mapping) else lambda a: getattr(task, a)
-    pairs = sorted((ts, st) for attr, st in _TIME_STATES[1:] if (ts := get(attr)) is not None)
-    sent = get("sent")
-    head = ("PENDING", sent) if sent is not None else ()
-    return head + tuple(x for ts, st in pairs for x in (st, ts))
-
-
-def task_dict(row: Mapping[str, Any], children: list[str]) -> dict[str, Any]:
-    """A task row (TASK_COLUMNS keys) as Flower's ``/api/task/info`` dict, JSON-ready.
-
-    Keys: ``uuid name state received sent started rejected succeeded failed retried revoked
-    args kwargs eta expires retries worker result exception timestamp runtime traceback
-    exchange routing_key clock client root root_id parent parent_id children`` and
-    ``history`` (``[{"state", "timestamp"}]``, oldest first).
-    """
-    hist = row["history"] or ()
-    return {
-        "uuid": row["uuid"],
-        "name": row["name"] or None,
-        "state": row["state"] or None,
-        "received": row["received"],
-        "sent": row["sent"],
-        "started": row["started"],
-        "rejected": row["rejected"],
-        "succeeded": row["succeeded"],
-        "failed": row["failed"],
-        "retried": row["retried"],
-        "revoked": row["revoked"],
-        "args": row["args"] or None,
-        "kwargs": row["kwargs"] or None,
-        "eta": row["eta"],
-        "expires": row["expires"],
-        "retries": row["retries"],
-        "worker": row["worker"] or None,
-        "result": row["result"] or None,
-        "exception": row["exception"],
-        "timestamp": row["timestamp"],
-        "runtime": row["runtime"],
-        "traceback": row["traceback"],
-        "exchange": row["exchange"],
-        "routing_key": row["routing_key"],
-        "clock": row["clock"],
-        "client": row["client"],
-        "root": row["root_id"],
-        "root_id": row["root_id"],
-        "parent": row["parent_id"],
-        "parent_id": row["parent_id"],
-        "children": children,
-        "history": [
-            {"state": hist[i], "timestamp": hist[i + 1]} for i in range(0, len(hist) - 1, 2)
-        ],
-    }
 
 
 class WorkerRecord:
@@ -420,15 +202,47 @@ def coerce_field(key: str, v: Any) -> Any:
     raise _Drop
 
 
+_PRECEDENCE: dict[str | None, int] = PRECEDENCE_LOOKUP
+
+
 def _precedence(state: str) -> int:
-    return PRECEDENCE_LOOKUP.get(state or None, _NONE_PRECEDENCE)
+    return _PRECEDENCE.get(state or None, _NONE_PRECEDENCE)
+
+
+class StateObserver:
+    """What :class:`State` tells about its changes; subclass and override what you need.
+
+    Every method is called in the writer thread with :attr:`State.lock` held: keep it short,
+    read the record's attributes and don't keep or change the record.
+    """
+
+    __slots__ = ()
+
+    def task_changed(self, task: TaskRecord) -> None:
+        """A task was created or changed (an event, a note, marked LOST, adopted)."""
+
+    def worker_changed(self, worker: WorkerRecord) -> None:
+        """A worker was created or changed by an event."""
+
+    def task_evicted(self, task: TaskRecord) -> None:
+        """A task left the window to stay within ``max_tasks``."""
+
+    def worker_evicted(self, hostname: str) -> None:
+        """A worker was dropped to stay within ``max_workers``."""
+
+
+def _hook(observer: StateObserver | None, name: str) -> Any:
+    """``observer``'s bound method ``name``, or None when absent or not overridden."""
+    if observer is None or getattr(type(observer), name) is getattr(StateObserver, name):
+        return None
+    return getattr(observer, name)
 
 
 class State:
     """Tasks and workers in memory, changed only by :meth:`apply` (one writer thread).
 
-    ``on_task`` / ``on_worker`` are called (under :attr:`lock`, in the writer thread) with each
-    changed record, ``on_evict`` with each task dropped from the window.
+    ``observer`` (a :class:`StateObserver`, given at construction) hears of each changed or
+    evicted record, under :attr:`lock`, in the writer thread.
     """
 
     def __init__(
@@ -436,6 +250,7 @@ class State:
         max_tasks: int = 100_000,
         max_workers: int = 5_000,
         worker_offline_after: float | None = None,
+        observer: StateObserver | None = None,
     ) -> None:
         self.max_tasks = max_tasks
         self.max_workers = max_workers
@@ -457,11 +272,11 @@ class State:
         self.coerced = 0
         #: True while every task ever seen is still in the window.
         self.complete = True
-        self.on_task: Callable[[TaskRecord], None] | None = None
-        self.on_worker: Callable[[WorkerRecord], None] | None = None
-        self.on_evict: Callable[[TaskRecord], None] | None = None
-        #: Called with the hostname of a worker dropped to stay within ``max_workers``.
-        self.on_worker_evicted: Callable[[str], None] | None = None
+        # The observer's methods, bound once (None: not overridden, nothing to call).
+        self.on_task: Callable[[TaskRecord], None] | None = _hook(observer, "task_changed")
+        self.on_worker: Callable[[WorkerRecord], None] | None = _hook(observer, "worker_changed")
+        self.on_evict: Callable[[TaskRecord], None] | None = _hook(observer, "task_evicted")
+        self.on_worker_evicted: Callable[[str], None] | None = _hook(observer, "worker_evicted")
 
     # -- writing ---------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""The history store interface and the query object both the window and stores answer.
+"""The history store interface (the task model and query it answers live in :mod:`.model`).
 
 A store keeps finished (and, at shutdown, unfinished) tasks beyond the in-memory window and
 worker snapshots across restarts. :class:`flask_celerymon.monitor.sqlite_store.SQLiteStore` is
@@ -14,61 +14,9 @@ from __future__ import annotations
 import abc
 import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
-from .query import Node
-
-#: Column order of a task row, shared by the window (``TaskRecord.row()``) and the stores.
-TASK_COLUMNS: tuple[str, ...] = (
-    "uuid",
-    "name",
-    "state",
-    "worker",
-    "sent",
-    "received",
-    "started",
-    "succeeded",
-    "failed",
-    "retried",
-    "revoked",
-    "rejected",
-    "timestamp",
-    "runtime",
-    "args",
-    "kwargs",
-    "result",
-    "exception",
-    "traceback",
-    "eta",
-    "expires",
-    "retries",
-    "exchange",
-    "routing_key",
-    "clock",
-    "client",
-    "root_id",
-    "parent_id",
-    "history",
-)
-
-
-@dataclass(frozen=True)
-class TaskQuery:
-    """Filters, search, order and page of a task listing. Times are Unix seconds."""
-
-    state: tuple[str, ...] = ()
-    worker: tuple[str, ...] = ()
-    name: tuple[str, ...] = ()
-    received_start: float | None = None
-    received_end: float | None = None
-    started_start: float | None = None
-    started_end: float | None = None
-    search: Node | None = None
-    sort_key: str = "received"
-    descending: bool = True
-    offset: int = 0
-    limit: int | None = 100
+from .model import TASK_COLUMNS, TaskQuery  # noqa: F401 - re-exported for older imports
 
 
 class HistoryStore(abc.ABC):

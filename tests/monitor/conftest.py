@@ -153,7 +153,12 @@ def populated(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Iterator
     once per store kind."""
     app = Celery("populated", broker="memory://")
     db = store_target(request, tmp_path_factory.mktemp("populated"))
-    svc = MonitorService(app, MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
+    # task_events are decades old: without a long retention the housekeeping thread prunes
+    # them all 5 s after the start (the module's tests failed when slower than that)
+    settings = MonitorSettings(
+        db=db, enable_events=False, inspect_timeout=0.2, retention_days=100_000
+    )
+    svc = MonitorService(app, settings)
     svc.start()
     svc.apply_events(task_events(120))
     svc.flush()

@@ -9,7 +9,7 @@ import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flask_celerymon.monitor.events import _parse_frame
+from flask_celerymon.monitor.events import resp_reader
 
 from .conftest import wait_for
 
@@ -85,6 +85,7 @@ def test_service_reconnects_after_a_broker_restart_and_keeps_what_it_stored(
     assert f["connects"] >= 2
     svc.stop()
     again = make_service(celery_app, enable_events=False)
+    again.start()
     stored = again.query_tasks(limit=None, source="store").tasks
     assert {t["uuid"] for t in stored} == {"before", "after"}
 
@@ -92,21 +93,29 @@ def test_service_reconnects_after_a_broker_restart_and_keeps_what_it_stored(
 def test_resp_frames_split_anywhere_are_parsed_once_complete():
     frame = b"*4\r\n$8\r\npmessage\r\n$3\r\np/*\r\n$5\r\np/abc\r\n$5\r\nhello\r\n"
     for cut in range(1, len(frame)):
-        assert _parse_frame(frame[:cut], 0) is None
-    items, end = _parse_frame(frame + b"*3", 0)
-    assert items == [b"pmessage", b"p/*", b"p/abc", b"hello"]
-    assert end == len(frame)
+        reader = resp_reader()
+        reader.feed(frame[:cut])
+        assert reader.gets() is False
+    reader = resp_reader()
+    reader.feed(frame + b"*3")
+    assert reader.gets() == [b"pmessage", b"p/*", b"p/abc", b"hello"]
+    assert reader.gets() is False  # the rest is incomplete
     push = b">3\r\n$10\r\npsubscribe\r\n$3\r\np/*\r\n:1\r\n"
-    assert _parse_frame(push, 0) == ([b"psubscribe", b"p/*", 1], len(push))
+    reader = resp_reader()
+    reader.feed(push)
+    assert list(reader.gets()) == [b"psubscribe", b"p/*", 1]
+    assert reader.gets() is False
 
 
-def test_service_starts_lazily_once_and_stops_cleanly(celery_app, make_service):
+def test_service_started_from_many_threads_starts_once_and_stops_cleanly(celery_app, make_service):
     import threading
 
     svc = make_service(celery_app)
     assert not svc.running
     before = threading.active_count()
-    threads = [threading.Thread(target=svc.workers) for _ in range(8)]
+    svc.workers()  # reads never start it
+    assert not svc.running
+    threads = [threading.Thread(target=svc.ensure_started) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
@@ -225,7 +234,7 @@ def test_consumer_decodes_a_stream_cut_at_every_byte(monkeypatch):
 
     from flask_celerymon.monitor import events as events_module
 
-    monkeypatch.setattr(events_module, "DECODE_BYTES", 1)  # one chunk per decoding round
+    monkeypatch.setattr(events_module, "FEED_BYTES", 7)  # slices cut frames anywhere too
     stream = b"".join(
         _frame(b"/0.celeryev/*", b"/0.celeryev/task.received", env(i), push=i == 1)
         for i in range(3)

@@ -46,6 +46,7 @@ def test_restart_answers_from_the_store_without_replaying(store_db):
 
     second = MonitorService(app(), MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
     t0 = time.perf_counter()
+    second.start()  # reads never start the service
     page = second.query_tasks(state="FAILURE", limit=5)
     elapsed = time.perf_counter() - t0
     assert page.total == 10
@@ -75,6 +76,7 @@ def test_unfinished_tasks_are_stored_on_stop_and_updated_later(store_db):
                        "timestamp": 9.0, "result": "'done'"}])  # fmt: skip
     svc.stop()
     again = MonitorService(app(), MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
+    again.start()
     t = again.task("slow")
     assert (t["state"], t["result"]) == ("SUCCESS", "'done'")
     again.stop()

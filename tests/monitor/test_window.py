@@ -119,10 +119,12 @@ class FakeClock:
 
 @pytest.fixture
 def clock(monkeypatch):
+    import flask_celerymon.monitor.housekeeping as housekeeping_module
     import flask_celerymon.monitor.service as service_module
 
     fake = FakeClock()
     monkeypatch.setattr(service_module, "time", fake)
+    monkeypatch.setattr(housekeeping_module, "time", fake)
     return fake
 
 
@@ -329,3 +331,27 @@ def test_a_task_sent_after_the_worker_received_it_by_the_clocks_is_still_sent_fi
     hist = [(h["state"], h["timestamp"]) for h in svc.task("late-sent")["history"]]
     assert hist == [("PENDING", 100.05), ("RECEIVED", 100.0), ("STARTED", 100.1),
                     ("SUCCESS", 100.2)]  # fmt: skip
+
+
+def test_reads_on_a_stopped_service_start_no_thread(tmp_path):
+    import threading
+
+    svc = MonitorService(
+        Celery("r", broker="memory://"),
+        MonitorSettings(db=str(tmp_path / "m.sqlite3"), enable_events=False),
+    )
+    svc.apply_events([ev("task-received", "t1", 1.0, name="app.add")])
+    before = set(threading.enumerate())
+    assert svc.task("t1")["state"] == "RECEIVED"
+    assert svc.workers()[0]["hostname"] == "w1@h"
+    assert svc.worker("w1@h") is not None
+    assert svc.worker_status() == {"w1@h": True}
+    assert svc.query_tasks().total == 1
+    assert svc.task_types() == ["app.add"]
+    assert svc.counters()["tasks"]["app.add"] == {"task-received": 1}
+    assert svc.task_stats(since=0, until=10) == []
+    assert svc.inspect() == {"w1@h": {"timestamp": None}}
+    assert svc.figures()["running"] is False
+    assert set(threading.enumerate()) == before
+    assert not svc.running and svc.role == "stopped"
+    assert not (tmp_path / "m.sqlite3").exists()  # no store opened either

@@ -236,12 +236,12 @@ def conditions(
                     out[name] = rate
     elif rule.kind == "queue_length":
         for q in queues or ():
-            name = q.get("name")
-            if rule.subject is not None and name != rule.subject:
+            qname = q.get("name")
+            if rule.subject is not None and qname != rule.subject:
                 continue
             n = q.get("messages")
             if isinstance(n, (int, float)) and t is not None and n > t:
-                out[str(name)] = float(n)
+                out[str(qname)] = float(n)
     elif rule.kind == "queue_latency":
         for name, p95 in queue_waits.items():
             if rule.subject is not None and name != rule.subject:

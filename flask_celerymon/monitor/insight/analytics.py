@@ -113,7 +113,7 @@ def task_analytics(
     cur = store.totals(now - span, now, "task:", name)
     prev = store.totals(now - 2 * span, now - span, "task:", name)
     names = sorted(set(cur) | set(prev))
-    tasks = []
+    tasks: list[dict[str, Any]] = []
     for n in names:
         c, p = summary(cur.get(n), span), summary(prev.get(n), span)
         tasks.append({"name": n, "current": c, "previous": p, "change": compare(c, p)})

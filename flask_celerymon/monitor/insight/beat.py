@@ -34,7 +34,7 @@ def describe(sched: Any) -> str:
     if isinstance(sched, crontab):
         expr = crontab_expression(sched)
         try:
-            return get_description(expr)
+            return str(get_description(expr))
         except Exception:  # noqa: BLE001 - cron-descriptor has its own errors; show the cron
             return f"cron {expr}"
     if isinstance(sched, solar):
@@ -64,14 +64,14 @@ def next_run(app: Celery, sched: Any, after: float) -> float | None:
         remaining = s.remaining_estimate(base)
     except Exception:  # noqa: BLE001 - a custom schedule class
         return None
-    return time.time() + remaining.total_seconds()
+    return time.time() + float(remaining.total_seconds())
 
 
 def period(app: Celery, sched: Any, now: float) -> float | None:
     """Seconds between two runs (for intervals exactly; for others, two runs from ``now``)."""
     s = maybe_schedule(sched, app=app)
     if isinstance(s, schedule) and not isinstance(s, (crontab, solar)):
-        return s.run_every.total_seconds()
+        return float(s.run_every.total_seconds())
     first = next_run(app, s, now)
     if first is None:
         return None

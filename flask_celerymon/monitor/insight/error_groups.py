@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
+from typing import Any
 
 __all__ = ["fingerprint", "normalise_message", "split_exception"]
 
@@ -54,7 +55,7 @@ def split_exception(exception: str | None) -> tuple[str, str]:
     if m:
         etype, inner = m.group(1), m.group(2)
         try:
-            value = ast.literal_eval(f"({inner},)") if inner.strip() else ()
+            value: tuple[Any, ...] = ast.literal_eval(f"({inner},)") if inner.strip() else ()
         except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
             return etype, inner.strip()
         if len(value) == 1 and isinstance(value[0], str):

@@ -230,8 +230,8 @@ class InsightStore:
                 if a is None:
                     acc[k] = list(r.values)
                 else:
-                    for i, c in enumerate(ROLLUP_COLUMNS):
-                        a[i] = max(a[i], r.values[i]) if c in _MAXES else a[i] + r.values[i]
+                    for i, col in enumerate(ROLLUP_COLUMNS):
+                        a[i] = max(a[i], r.values[i]) if col in _MAXES else a[i] + r.values[i]
             rows[table] = [(k, s, *v) for (k, s), v in acc.items()]
         with self._lock:
             c = self._conn
@@ -439,7 +439,8 @@ class InsightStore:
         self, since: float | None = None, name: str | None = None, group: str | None = None
     ) -> list[dict[str, Any]]:
         """Error groups seen since ``since`` (all by default), newest first."""
-        conds, params = [], []
+        conds: list[str] = []
+        params: list[Any] = []
         if since is not None:
             conds.append("last_seen >= ?")
             params.append(since)
