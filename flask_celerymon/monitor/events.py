@@ -47,6 +47,9 @@ MAX_BACKLOG = 256 << 20
 #: Events applied under one hold of the state lock (readers wait at most that long).
 BATCH = 500
 _json_decode = json.JSONDecoder().decode
+#: Once a backlog of more than this many bytes is drained, free memory goes back to the
+#: system (the read-ahead of a burst would otherwise stay in the process's RSS for good).
+TRIM_AFTER = 16 << 20
 BACKOFF_START = 0.2
 BACKOFF_MAX = 10.0
 
@@ -74,6 +77,16 @@ class Figures:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))
+
+
+def _release_memory() -> None:
+    """Give free heap memory back to the system (glibc's ``malloc_trim``; elsewhere nothing)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def _glob_escape(s: str) -> str:
@@ -298,6 +311,7 @@ class EventConsumer:
         gets = reader.gets
         decode = self.decode
         events: list[dict[str, Any]] = []
+        peak = 0
         while True:
             if not chunks:
                 if events:
@@ -305,11 +319,15 @@ class EventConsumer:
                     events = []
                 if done.is_set() and not chunks:
                     return
+                if peak > TRIM_AFTER:
+                    _release_memory()
+                    peak = 0
                 wake.wait(0.5)
                 wake.clear()
                 continue
             c = chunks.popleft()
             size = len(c)
+            peak = max(peak, fig.backlog_bytes)
             fig.backlog_bytes -= size
             # Fed in small slices, each drained before the next: hiredis moves its unread
             # bytes to the front of its buffer as it goes, which costs O(buffer) per reply.

@@ -1,0 +1,31 @@
+"""The Flask app ``bench/served_monitor.py`` serves with ``flask celery monitor``.
+
+Everything on, as a user runs it: the SQLite history store (with its search index), metrics,
+the live feed. Settings travel in environment variables: ``BENCH_BROKER_URL``, ``BENCH_DB``
+(the store's file) and ``BENCH_MAX_TASKS``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from flask import Flask
+
+from flask_celerymon import Celery
+
+celery = Celery()
+
+
+def create_app() -> Flask:
+    env = os.environ
+    app = Flask(__name__, instance_path=os.path.dirname(env["BENCH_DB"]))
+    app.config.update(
+        CELERY_BROKER_URL=env["BENCH_BROKER_URL"],
+        CELERY_START_LOCAL_WORKERS=False,
+        CELERY_MONITOR=True,
+        CELERY_MONITOR_BLUEPRINT=False,
+        CELERY_MONITOR_DB=env["BENCH_DB"],
+        CELERY_MONITOR_MAX_TASKS=int(env.get("BENCH_MAX_TASKS", "100000")),
+    )
+    celery.init_app(app)
+    return app
