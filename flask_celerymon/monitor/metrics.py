@@ -537,7 +537,7 @@ class MonitorMetrics:
             )
             if not ingester:  # the cluster's series are the ingester's
                 published = self._published()
-                empty = {name: {} for name in (*_COUNTS, *_HISTOGRAMS)}
+                empty: dict[str, Any] = {name: {} for name in (*_COUNTS, *_HISTOGRAMS)}
                 snap = {**snap, **(published or empty)}
                 if published is not None:
                     yield GaugeMetricFamily(
