@@ -331,7 +331,7 @@ def serve(
         if state is not None and state.settings.monitor_blueprint:
             state.monitor.ensure_started()
 
-    class MonitorServer(BaseApplication):  # type: ignore[misc]
+    class MonitorServer(BaseApplication):
         def load_config(self) -> None:
             options = {
                 "bind": f"{address}:{port}",

@@ -77,8 +77,12 @@ def _is_port(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 65535
 
 
+def _is_str(v: Any) -> bool:
+    return isinstance(v, str) and v != ""
+
+
 def _is_opt_str(v: Any) -> bool:
-    return v is None or (isinstance(v, str) and v != "")
+    return v is None or _is_str(v)
 
 
 def _is_str_list(v: Any) -> bool:
@@ -177,7 +181,7 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
     "CELERY_SCHEDULER": (True, _is_bool, "True or False"),
     "CELERY_MONITOR": (True, _is_bool, "True or False"),
     "CELERY_MONITOR_PORT": (5555, _is_port, "a port number 0-65535"),
-    "CELERY_MONITOR_ADDRESS": ("127.0.0.1", _is_opt_str, "a host address"),
+    "CELERY_MONITOR_ADDRESS": ("127.0.0.1", _is_str, "a host address"),
     "CELERY_APP_IMPORT": (None, _is_opt_str, "None or an import like 'module:create_app()'"),
     "CELERY_EAGER_CALLER_CONTEXT": (False, _is_bool, "True or False"),
     # safe submit
@@ -369,7 +373,7 @@ class Settings:
     scheduler: bool
     monitor: bool
     monitor_port: int
-    monitor_address: str | None
+    monitor_address: str
     app_import: str | None
     eager_caller_context: bool
     submit_allowlist: tuple[str, ...] | None
@@ -536,7 +540,7 @@ def load(config: MutableMapping[str, Any], instance_path: str) -> Settings:
     check_broker_url(celery_conf.get("broker_url"))
     check_backend_url(celery_conf.get("result_backend"))
     _check_single_ingester(own, celery_conf)
-    typed = {
+    typed: dict[str, Any] = {
         attribute_name(key): tuple(value) if isinstance(value, list) else value
         for key, value in own.items()
         if key not in _DERIVED

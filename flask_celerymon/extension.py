@@ -16,7 +16,7 @@ import inspect as pyinspect
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import celery as celery_pkg
@@ -65,7 +65,7 @@ def _current_task() -> CeleryTask | None:
 
 
 #: The task running in this thread (``current_task.request.id`` is its id); falsy outside a task.
-current_task: CeleryTask = LocalProxy(_current_task)  # type: ignore[assignment]
+current_task: CeleryTask = LocalProxy(_current_task)
 
 
 class AppContextTask(CeleryTask):
@@ -87,7 +87,7 @@ class AppContextTask(CeleryTask):
 
     abstract = True
 
-    @property  # type: ignore[override]
+    @property
     def __trace__(self) -> Callable[..., Any] | None:
         """The tracer the worker runs each execution through, wrapped in an app context."""
         return self.__dict__.get("_celerymon_trace")
@@ -431,7 +431,7 @@ class Celery:
         return celery_app
 
     def _make_allowlist(self, app: Flask, settings: config_mod.Settings) -> Allowlist:
-        entries = settings.submit_allowlist
+        entries: Sequence[str] | None = settings.submit_allowlist
         if entries is None:
             package = app.import_name.partition(".")[0]
             entries = [] if package in ("__main__", "__mp_main__") else [package]

@@ -37,7 +37,7 @@ _CELERY_STATES = frozenset(states.ALL_STATES) | {states.REJECTED, states.IGNORED
 __all__ = ["Future", "FuturePool", "ResultWatcher"]
 
 
-class _NotifyingList(list):  # type: ignore[type-arg]
+class _NotifyingList(list):
     """``Future._waiters`` replacement: tells the watcher when ``wait``/``as_completed`` start."""
 
     def __init__(self, on_append: Callable[[], None]) -> None:
@@ -71,7 +71,7 @@ def _reads_backend(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class Future(cf.Future):  # type: ignore[type-arg]
+class Future(cf.Future):
     """The future of one Celery task.
 
     ``running()`` is true only while the task is STARTED (not while PENDING), ``cancel()``
@@ -174,7 +174,7 @@ class Future(cf.Future):  # type: ignore[type-arg]
         self._wait(timeout)
         return super().exception(0)
 
-    def add_done_callback(self, fn: Callable[[cf.Future], object]) -> None:  # type: ignore[type-arg]
+    def add_done_callback(self, fn: Callable[[cf.Future], object]) -> None:
         """Call ``fn(future)`` once when the task finishes, whether or not anyone waits."""
         super().add_done_callback(fn)
         if not super().done():
@@ -326,7 +326,7 @@ class FuturePool:
         lock = threading.Lock()
         remaining = [len(self._futures)]
 
-        def one_done(_: cf.Future) -> None:  # type: ignore[type-arg]
+        def one_done(_: cf.Future) -> None:
             with lock:
                 remaining[0] -= 1
                 last = remaining[0] == 0

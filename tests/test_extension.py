@@ -159,6 +159,11 @@ def test_unknown_celery_key_is_logged(caplog):
             70000,
             "CELERY_MONITOR_PORT must be a port number 0-65535, not 70000",
         ),
+        (
+            "CELERY_MONITOR_ADDRESS",
+            None,
+            "CELERY_MONITOR_ADDRESS must be a host address, not None",
+        ),
         ("CELERY_WORKERS", -2, "CELERY_WORKERS must be a number >= 0, not -2"),
         (
             "CELERY_WORKERS",

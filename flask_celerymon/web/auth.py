@@ -45,7 +45,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
 from flask import Flask, Response, current_app, g, request, session, url_for
@@ -502,7 +502,10 @@ def _challenge(policy: AccessPolicy) -> Response:
         from flask import redirect
 
         here = request.full_path if request.query_string else request.path
-        return redirect(url_for("celerymon.login") + "?next=" + quote(here, safe="/"))
+        # flask.redirect makes current_app.response_class (typed as werkzeug's base Response)
+        return cast(
+            Response, redirect(url_for("celerymon.login") + "?next=" + quote(here, safe="/"))
+        )
     if _is_page() and policy.uses_flask_login(app) and app.login_manager.login_view:
         return app.login_manager.unauthorized()
     ways = []

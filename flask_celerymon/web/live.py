@@ -60,7 +60,7 @@ from collections import deque
 from typing import Any
 
 from flask import Blueprint, request
-from flask_sock import Sock  # type: ignore[import-untyped]
+from flask_sock import Sock
 
 from ..appstate import get_state
 from .auth import VIEWER, requires
@@ -138,7 +138,7 @@ def page_context(view: str, args: Any) -> dict[str, Any]:
 HUB_KEY = "celerymon.live"
 
 
-class Batch(list):  # type: ignore[type-arg]
+class Batch(list):
     """Changes read once from the service and shared by every feed (feeds only read it).
 
     Items as :meth:`~..monitor.service.Subscription.get` returns them. :attr:`cache` holds
@@ -459,7 +459,7 @@ class Feed:
                 t = service.task(uuid, children=False)
                 if t is not None:
                     html = render_task_row(t, flt)
-                    msg = {"type": "task", "id": uuid, "html": html}
+                    msg: dict[str, Any] = {"type": "task", "id": uuid, "html": html}
                     if flt.live_inserts:
                         msg["insert"] = True
                     out.append(msg)

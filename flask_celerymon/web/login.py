@@ -40,7 +40,7 @@ import dataclasses
 import logging
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from flask import (
@@ -107,7 +107,7 @@ def _own_oauth(app: Flask) -> Any:
     """authlib's Flask ``OAuth`` registry, kept off ``app.extensions`` (the host may use its own)."""
     from authlib.integrations.flask_client import OAuth
 
-    class MonitorOAuth(OAuth):  # type: ignore[misc]
+    class MonitorOAuth(OAuth):
         def init_app(self, app: Flask, *args: Any, **kwargs: Any) -> None:
             self.app = app
 
@@ -254,7 +254,8 @@ def login_from_cookie(policy: AccessPolicy) -> MonitorUser | None:
         return None
     max_age = current_app.permanent_session_lifetime.total_seconds()
     try:
-        data = _serializer().loads(raw, max_age=max_age)
+        # itsdangerous annotates max_age as int but only compares it with the age in seconds
+        data = _serializer().loads(raw, max_age=max_age)  # type: ignore[arg-type]
     except BadSignature:
         return None
     if not isinstance(data, dict) or data.get("p") != policy.provider:
@@ -391,7 +392,8 @@ def login_callback() -> Any:
     if role is None:
         return _page("Login refused", f"{email} may not use this monitor", 403)
     log.info("celerymon: %s logged in with %s as %s", email, client.provider.name, role)
-    resp = redirect(safe_next(session.pop(NEXT_KEY, None)))
+    # flask.redirect makes current_app.response_class (typed as werkzeug's base Response)
+    resp = cast(Response, redirect(safe_next(session.pop(NEXT_KEY, None))))
     _set_cookie(resp, user)
     return resp
 

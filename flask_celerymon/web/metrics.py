@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, jsonify, request
 from flask.blueprints import BlueprintSetupState
@@ -79,7 +79,7 @@ def get_metrics(app: Flask | None = None) -> WebMetrics:
 
 
 def _setup(setup_state: BlueprintSetupState) -> None:
-    app = setup_state.app
+    app = cast(Flask, setup_state.app)  # typed as the sansio App; a blueprint is set up on a Flask
     state = get_state(app)
     monitor = MonitorMetrics(state.monitor)
     prefix = (setup_state.url_prefix or "").rstrip("/")

@@ -34,7 +34,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast, overload
 
 import marshmallow as ma
 from flask import request
@@ -599,7 +599,8 @@ def schema(**fields: Param) -> Params:
     for key, field in fields.items():
         if not isinstance(field, Param):
             raise TypeError(f"parameter {key!r} must be declared with a params field")
-    return Params.from_dict(dict(fields), name="Params")()  # type: ignore[arg-type]
+    # from_dict makes a subclass of Params (typed as returning a plain Schema class)
+    return cast(Params, Params.from_dict(dict(fields), name="Params")())
 
 
 def parse_json(raw: bytes, max_depth: int) -> Any:
@@ -690,8 +691,22 @@ parser = Parser()
 PARAMS_ATTRIBUTE = "_celerymon_params"
 
 
+@overload
 def use_params(
-    _location: str = "params", *, first: Callable[..., Any] | None = None, **fields: Param
+    _location: str = "params", /, *, first: Callable[..., Any], **fields: Param
+) -> Callable[[F], F]: ...
+
+
+@overload
+def use_params(_location: str = "params", /, **fields: Param) -> Callable[[F], F]: ...
+
+
+# two overloads so that a view may spread a dict of fields (``**FILTER_PARAMS``): with ``first``
+# in one signature, mypy checks every value of the dict against it (and ``_location``, so that
+# is positional-only); ``first`` is Any here because the second overload's ``**fields`` could
+# name it (the overloads are what callers see)
+def use_params(
+    _location: str = "params", /, *, first: Any = None, **fields: Param
 ) -> Callable[[F], F]:
     """Declare the parameters of a view: they are parsed from ``_location`` before it runs
     and passed to it as keyword arguments; :mod:`.openapi` documents them.
@@ -714,7 +729,7 @@ def use_params(
                 return parsed(*args, **path)
 
         setattr(wrapped, PARAMS_ATTRIBUTE, (_location, sch))
-        return wrapped  # type: ignore[return-value]
+        return cast(F, wrapped)  # the view, wrapped: called as the route calls ``view``
 
     return decorate
 
@@ -814,7 +829,7 @@ def use_body(sch: ma.Schema) -> Callable[[F], F]:
     def decorate(view: F) -> F:
         wrapped = parser.use_kwargs(sch, location="body")(view)
         setattr(wrapped, PARAMS_ATTRIBUTE, ("body", sch))
-        return wrapped  # type: ignore[no-any-return]
+        return cast(F, wrapped)  # the view, wrapped: called as the route calls ``view``
 
     return decorate
 

@@ -7,6 +7,7 @@ and renders the answer; errors are raised and answered by :mod:`..errors`.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from flask import Response
 
@@ -70,7 +71,7 @@ def worker_shutdown(name: str) -> Response:
 
 
 def _pool_answer(change: PoolChange, autoscaler: bool = False) -> Response:
-    data = {"message": change.message, "processes": change.processes}
+    data: dict[str, Any] = {"message": change.message, "processes": change.processes}
     if autoscaler:
         data["autoscaler"] = change.autoscaler
     return json_response(data)
