@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .processes import LocalProcesses, ProcessPlan
     from .web.auth import AccessPolicy
     from .web.hardening import Limits
+    from .web.live import LiveHub
     from .web.login import Login
     from .web.metrics import WebMetrics
 
@@ -103,6 +104,8 @@ class AppState:
         self.login: Login | None = None
         self.metrics: WebMetrics | None = None
         self.insight: Insight | None = None
+        #: the live pages' shared subscription (:class:`~.web.live.LiveHub`), made on first use
+        self.live: LiveHub | None = None
         self._limits: Limits | None = None
         #: guards the members created on first use (processes, monitor, insight)
         self.lock = threading.RLock()

@@ -134,8 +134,6 @@ def page_context(view: str, args: Any) -> dict[str, Any]:
     raise BadInput(f"view {view!r} is not an insight page")
 
 
-#: ``app.extensions`` key of the app's :class:`LiveHub`.
-HUB_KEY = "celerymon.live"
 
 
 class Batch(list):
@@ -352,13 +350,19 @@ class _HubService:
 
 
 def get_hub(app: Any = None) -> LiveHub:
-    """The :class:`LiveHub` of ``app`` (default: the current app).
+    """The :class:`LiveHub` of ``app`` (default: the current app), made on first use and kept
+    on its :class:`~flask_celerymon.appstate.AppState`.
 
-    Raises ``KeyError`` when the monitor blueprint is not registered on the app.
+    Raises :class:`~flask_celerymon.errors.NotInitializedError` for an app without the extension.
     """
-    from flask import current_app
-
-    return (app or current_app).extensions[HUB_KEY]
+    state = get_state(app)
+    hub = state.live
+    if hub is None:
+        with state.lock:
+            if state.live is None:
+                state.live = LiveHub()
+            hub = state.live
+    return hub
 
 
 class Feed:
@@ -779,5 +783,4 @@ def _end_of_stream(ws: Any, tcp: socket.socket | None) -> None:
 
 def register(bp: Blueprint) -> None:
     """Add the ``/ws`` websocket route to the monitor blueprint, and the app's hub."""
-    bp.record_once(lambda setup: setup.app.extensions.setdefault(HUB_KEY, LiveHub()))
     Sock().route("/ws", bp=bp, endpoint="live")(feed)
