@@ -176,7 +176,7 @@ class WorkerProcess:
     def hostname(self) -> str:
         return self.name
 
-    def wait_ready(self, celery_app, timeout: float = 30) -> None:
+    def wait_ready(self, celery_app, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
