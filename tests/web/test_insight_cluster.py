@@ -1,10 +1,11 @@
 """Insight across processes: one ingester, one follower, a real PostgreSQL, Redis and worker.
 
-Two apps in this process share a PostgreSQL history with ``CELERY_MONITOR_SINGLE_INGESTER``:
-one takes the lease, consumes the events and writes the insight tables; the other follows
-and answers ``/api/errors``, ``/api/analytics`` and ``/api/alerts`` from the same tables, its
-live pages told of each write over the fan-out channel. An alert rule configured in both
-fires once for the cluster (one webhook call).
+Two apps in this process share a history with ``CELERY_MONITOR_SINGLE_INGESTER`` (PostgreSQL,
+and a SQLite file on one host): one takes the lease, consumes the events and writes the
+insight tables; the other follows and answers ``/api/errors``, ``/api/analytics`` and
+``/api/alerts`` from the same tables, its live pages told of each write over the fan-out
+channel. An alert rule configured in both fires once for the cluster (one webhook call), and
+goes on firing, not sent again, when the follower takes the ingester's place.
 """
 
 from __future__ import annotations
@@ -53,12 +54,21 @@ def webhook():
     server.server_close()
 
 
+@pytest.fixture(params=["postgresql", "sqlite"])
+def shared_db(request, tmp_path) -> str:
+    """The shared history (and insight tables): a PostgreSQL database, or a SQLite file on
+    this host."""
+    if request.param == "postgresql":
+        return request.getfixturevalue("postgres_url")
+    return str(tmp_path / "shared.sqlite3")
+
+
 @pytest.fixture
-def two_apps(redis_url, postgres_url, webhook, monkeypatch):
+def two_apps(redis_url, shared_db, webhook, monkeypatch):
     monkeypatch.setenv("CELERYMON_TEST_BROKER", redis_url)
     config = dict(
         CELERY_MONITOR_BLUEPRINT=True,
-        CELERY_MONITOR_DB=postgres_url,
+        CELERY_MONITOR_DB=shared_db,
         CELERY_MONITOR_SINGLE_INGESTER=True,
         CELERY_MONITOR_LEASE_TTL=3.0,
         CELERY_MONITOR_ENABLE_EVENTS_INTERVAL=1.0,
@@ -173,3 +183,19 @@ def test_a_follower_answers_the_insight_of_the_ingester(two_apps, redis_url, tmp
     assert figures["writing"] is False and figures["last_evaluation"] is None
     assert i_insight.figures()["writing"] is True
     assert i_insight.figures()["last_evaluation"] is not None
+
+    # the ingester stops: the follower takes the lease and goes on with the firing alert
+    # (read back from the shared table): not opened again, not sent again
+    with ingester.app_context():
+        i_insight.stop()
+    ingester.extensions["celerymon"].shutdown()
+    svc = follower.extensions["celerymon"].monitor
+    deadline = time.monotonic() + 30
+    while svc.role != "ingester" or f_insight.figures()["last_evaluation"] is None:
+        assert time.monotonic() < deadline, (svc.role, f_insight.figures())
+        time.sleep(0.1)
+    time.sleep(1.5)  # a few evaluations by the new ingester
+    assert f_insight.figures()["writing"] is True
+    (after,) = _get(follower, "/api/alerts")["alerts"]
+    assert (after["id"], after["status"], after["notifications"]) == (alert["id"], "firing", 1)
+    assert [b["status"] for b in webhook[1]] == ["firing"]
