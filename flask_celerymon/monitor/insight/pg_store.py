@@ -203,8 +203,9 @@ class PgInsightStore:
             for table, table_rows in rows.items():
                 if table_rows:
                     cur.executemany(_UPSERT[table], table_rows)
-            for f in failures:
-                self._add_failure(cur, f)
+            failures = list(failures)
+            if failures:
+                self._add_failures(cur, failures)
             if members:
                 cur.executemany(
                     "INSERT INTO insight_canvas (root, uuid, ts) VALUES (%s, %s, %s) "
@@ -218,44 +219,74 @@ class PgInsightStore:
                     (at, name, at),
                 )
 
-    def _add_failure(self, cur: Any, f: Failure) -> None:
-        row = cur.execute(
-            "SELECT workers FROM insight_error_groups WHERE id = %s FOR UPDATE", (f.group,)
-        ).fetchone()
-        failures, retries = (1, 0) if f.kind == "failure" else (0, 1)
-        if row is None:
-            workers = {f.worker: 1} if f.worker else {}
-            cur.execute(
+    def _add_failures(self, cur: Any, failures: list[Failure]) -> None:
+        """Record ``failures`` in their groups with a few statements per write (one round trip
+        per failure would cap the ingester at a few thousand failures a second): the same
+        result as :meth:`.store.InsightStore.write` applying them one by one, in order."""
+        by_group: dict[str, list[Failure]] = {}
+        for f in failures:
+            by_group.setdefault(f.group, []).append(f)
+        old = {
+            gid: json.loads(workers)
+            for gid, workers in cur.execute(
+                "SELECT id, workers FROM insight_error_groups "
+                "WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                (sorted(by_group),),
+            ).fetchall()
+        }
+        inserts, updates = [], []
+        minutes: dict[tuple[str, int], int] = {}
+        tasks: dict[tuple[str, str], tuple[float, str]] = {}
+        for gid, fs in by_group.items():
+            first, last = fs[0], fs[-1]
+            nfail = sum(f.kind == "failure" for f in fs)
+            lo, hi = min(f.ts for f in fs), max(f.ts for f in fs)
+            seen = old.get(gid)
+            workers: dict[str, int] = {} if seen is None else seen
+            for f in fs:
+                if f.worker and (f.worker in workers or len(workers) < WORKERS_PER_GROUP):
+                    workers[f.worker] = workers.get(f.worker, 0) + 1
+                k = (gid, int(f.ts // 60 * 60))
+                minutes[k] = minutes.get(k, 0) + 1
+                tasks[(gid, f.uuid)] = (f.ts, f.kind)
+            # the last non-empty traceback, else the one the group has (a new group: the first)
+            tb = next((f.traceback for f in reversed(fs) if f.traceback), None)
+            if seen is None:
+                inserts.append((gid, first.name, first.exc_type, first.message, last.exception,
+                                tb if tb is not None else first.traceback, last.uuid, nfail,
+                                len(fs) - nfail, lo, hi, json.dumps(workers)))  # fmt: skip
+            else:
+                updates.append((nfail, len(fs) - nfail, lo, hi, hi, last.exception, tb,
+                                last.uuid, json.dumps(workers), gid))  # fmt: skip
+        if inserts:
+            cur.executemany(
                 "INSERT INTO insight_error_groups (id, name, exc_type, message, "
                 "sample_exception, sample_traceback, sample_task, failures, retries, "
                 "first_seen, last_seen, workers) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (f.group, f.name, f.exc_type, f.message, f.exception, f.traceback, f.uuid,
-                 failures, retries, f.ts, f.ts, json.dumps(workers)),
-            )  # fmt: skip
-        else:
-            workers = json.loads(row[0])
-            if f.worker and (f.worker in workers or len(workers) < WORKERS_PER_GROUP):
-                workers[f.worker] = workers.get(f.worker, 0) + 1
-            cur.execute(
+                inserts,
+            )
+        if updates:
+            # resolved again unless a failure is as recent as the group's last one (applied one
+            # by one, the most recent failure is the one that reopens it)
+            cur.executemany(
                 "UPDATE insight_error_groups SET failures = failures + %s, "
                 "retries = retries + %s, first_seen = least(first_seen, %s), "
-                "last_seen = greatest(last_seen, %s), "
                 "resolved_at = CASE WHEN %s >= last_seen THEN NULL ELSE resolved_at END, "
+                "last_seen = greatest(last_seen, %s), "
                 "sample_exception = %s, sample_traceback = coalesce(%s, sample_traceback), "
                 "sample_task = %s, workers = %s WHERE id = %s",
-                (failures, retries, f.ts, f.ts, f.ts, f.exception, f.traceback or None,
-                 f.uuid, json.dumps(workers), f.group),
-            )  # fmt: skip
-        cur.execute(
-            "INSERT INTO insight_error_minutes (id, start, n) VALUES (%s, %s, 1) "
-            "ON CONFLICT (id, start) DO UPDATE SET n = insight_error_minutes.n + 1",
-            (f.group, int(f.ts // 60 * 60)),
+                updates,
+            )
+        cur.executemany(
+            "INSERT INTO insight_error_minutes (id, start, n) VALUES (%s, %s, %s) "
+            "ON CONFLICT (id, start) DO UPDATE SET n = insight_error_minutes.n + excluded.n",
+            [(gid, start, n) for (gid, start), n in sorted(minutes.items())],
         )
-        cur.execute(
+        cur.executemany(
             "INSERT INTO insight_error_tasks (id, uuid, ts, kind) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (id, uuid) DO UPDATE SET ts = excluded.ts, kind = excluded.kind",
-            (f.group, f.uuid, f.ts, f.kind),
+            [(gid, uuid, ts, kind) for (gid, uuid), (ts, kind) in sorted(tasks.items())],
         )
 
     def prune(self, older_than: float) -> None:
