@@ -2,10 +2,11 @@
 
 They live in the history store's SQLite file (``CELERY_MONITOR_DB``) beside its ``tasks``
 table, all named ``insight_*``, so they survive restarts and follow the same retention
-(``CELERY_MONITOR_RETENTION_DAYS``). Without a history file (no history, or a PostgreSQL one)
-they live in an in-memory SQLite database for the life of the process: counted from the events
-this process consumes (with ``CELERY_MONITOR_SINGLE_INGESTER``, only the ingester's), starting
-empty (no backfill from the history).
+(``CELERY_MONITOR_RETENTION_DAYS``). Without a history they live in an in-memory SQLite
+database for the life of the process: counted from the events this process consumes, starting
+empty (no backfill). With a PostgreSQL history the same tables are in that database
+(:mod:`.pg_store`, same methods and shapes). With ``CELERY_MONITOR_SINGLE_INGESTER`` only the
+ingester writes them and every process reads them (see :mod:`.engine`).
 
 Roll-ups (``insight_minutes``, ``insight_hours`` and ``insight_days``) hold, per ``key`` and period start (Unix
 seconds): finished counts, and two histograms, task runtime and queue wait, as
