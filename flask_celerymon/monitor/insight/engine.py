@@ -48,7 +48,7 @@ from typing import Any
 from ..stores import POSTGRES_SCHEMES
 from .alerts import AlertRule, conditions, describe, payload, post_json
 from .error_groups import fingerprint
-from .store import Failure, InsightStore, Rollup, percentile
+from .store import AnyInsightStore, Failure, InsightStore, Rollup, percentile
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ class Insight:
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._store: Any = None  # InsightStore | PgInsightStore
+        self._store: AnyInsightStore | None = None
         self.dropped = 0
         #: (rule name, subject) -> {"id", "since", "notified"} of pending and firing alerts
         self._active: dict[tuple[str, str], dict[str, Any]] = {}
@@ -106,7 +106,7 @@ class Insight:
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
-    def store(self) -> Any:
+    def store(self) -> AnyInsightStore:
         """The insight tables (opened on first use): :class:`~.store.InsightStore` in the
         history's SQLite file (in memory for this process without one), or
         :class:`~.pg_store.PgInsightStore` in the history's PostgreSQL database, shared by

@@ -28,7 +28,10 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from .pg_store import PgInsightStore
 
 #: Histogram buckets per measure.
 BUCKETS = 56
@@ -551,3 +554,8 @@ class InsightStore:
         keys = ("id", "rule", "kind", "subject", "status", "value", "threshold", "message",
                 "started", "resolved", "notified", "notifications", "delivery")  # fmt: skip
         return [dict(zip(keys, r)) for r in rows]
+
+
+#: The insight tables: in SQLite (a file or memory) or in the history's PostgreSQL database
+#: (:class:`~.pg_store.PgInsightStore`, the same methods and shapes).
+AnyInsightStore = Union[InsightStore, "PgInsightStore"]
