@@ -159,6 +159,15 @@ class Insight:
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread (after a last write) and close the store: its SQLite connection or
+        its PostgreSQL pool. A later use opens the store again. Idempotent."""
+        self.stop(timeout)
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
     def _restore_active(self) -> None:
         """Take the firing alerts of the store as ours (at start, and when this process
         becomes the ingester: the last one's alerts go on, never opened twice)."""
