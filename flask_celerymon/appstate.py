@@ -244,10 +244,13 @@ class AppState:
                 log.warning("the monitor service did not start", exc_info=True)
 
     def shutdown(self) -> None:
-        """Stop local processes, the monitor service and the result watcher of this app."""
+        """Stop local processes, the monitor service, its insight engine (closing the insight
+        store's connections) and the result watcher of this app."""
         self.watcher.stop()
         if self._monitor is not None:
             self._monitor.stop()
+        if self.insight is not None:
+            self.insight.close()
         if self._processes is not None:
             self._processes.stop()
 

@@ -12,7 +12,10 @@ hosts) runs a :class:`Coordinator` instead of consuming events itself:
   and learn what changed from the **fan-out channel** ``celerymon:<cluster>:changes`` (Redis
   pub/sub): after each write to the store the ingester publishes the ids of the tasks and
   workers it wrote, and each follower passes them to its live subscribers (websockets) and
-  reloads the workers from the store.
+  reloads the workers from the store. The insight engine announces the same way which of its
+  topics (``analytics``, ``errors``, ``canvas``, ``alerts``) it wrote to the shared tables,
+  so a follower's live insight pages are pushed once per write too. A message is the JSON
+  ``{"tasks": [ids], "workers": [hostnames], "topics": [names]}`` (each key optional).
 * **Failover bound**: when the ingester dies its key expires after at most ``ttl``; every
   follower tries to take it every ``ttl / 3``, so a successor holds it at most
   ``ttl * 4 / 3`` seconds after the death, and consumes events once it has connected to the
@@ -32,7 +35,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -111,8 +114,9 @@ class Coordinator:
     """Runs the lease for one service and tells it when to ingest.
 
     ``on_lead()`` is called (lease thread) when this process becomes the ingester,
-    ``on_follow()`` when it stops being it; ``on_changes(tasks, workers)`` is called
-    (fan-out thread) in followers with the ids the ingester wrote.
+    ``on_follow()`` when it stops being it; ``on_changes(tasks, workers, topics)`` is called
+    (fan-out thread) in followers with the ids the ingester wrote and the insight topics it
+    changed.
     """
 
     def __init__(
@@ -122,7 +126,7 @@ class Coordinator:
         ttl: float,
         on_lead: Callable[[], None],
         on_follow: Callable[[], None],
-        on_changes: Callable[[list[str], list[str]], None],
+        on_changes: Callable[[list[str], list[str], list[str]], None],
     ) -> None:
         self.client = redis_client(app)
         self.lease = RedisLease(self.client, f"celerymon:{cluster}:ingester", ttl)
@@ -158,10 +162,14 @@ class Coordinator:
                 log.info("celerymon: could not release the ingester lease", exc_info=True)
         self.client.close()
 
-    def publish(self, tasks: list[str], workers: list[str]) -> None:
-        """Ingester: tell the followers which tasks and workers were just written."""
-        if tasks or workers:
-            self.client.publish(self.channel, json.dumps({"tasks": tasks, "workers": workers}))
+    def publish(self, tasks: list[str], workers: list[str], topics: Sequence[str] = ()) -> None:
+        """Ingester: tell the followers which tasks and workers were just written, and which
+        insight ``topics`` changed. Raises redis-py's errors when Redis does not answer."""
+        if tasks or workers or topics:
+            msg: dict[str, list[str]] = {"tasks": tasks, "workers": workers}
+            if topics:
+                msg["topics"] = list(topics)
+            self.client.publish(self.channel, json.dumps(msg))
 
     def _run_lease(self) -> None:
         interval = self.ttl / 3
@@ -198,10 +206,11 @@ class Coordinator:
                         data = json.loads(msg["data"])
                         tasks = [str(t) for t in data.get("tasks", ())]
                         workers = [str(w) for w in data.get("workers", ())]
+                        topics = [str(t) for t in data.get("topics", ())]
                     except (ValueError, TypeError, AttributeError):
                         self.errors += 1
                         continue
-                    self._on_changes(tasks, workers)
+                    self._on_changes(tasks, workers, topics)
             except Exception:  # noqa: BLE001 - reconnect
                 self.errors += 1
                 log.warning("celerymon: fan-out channel failed", exc_info=True)

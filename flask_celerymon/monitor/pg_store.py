@@ -226,6 +226,22 @@ def _text_match(
     return "(" + " OR ".join(conds) + ")"
 
 
+def parse_url(url: str) -> tuple[str, str]:
+    """``(libpq URL without the schema parameter, schema)`` of a ``CELERY_MONITOR_DB`` URL
+    (schema ``celerymon`` unless ``?schema=`` names one). Raises :class:`CeleryMonError` for
+    a schema name that is not lower-case letters, digits and ``_``."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
+    schema = query.pop("schema", ["celerymon"])[-1]
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise CeleryMonError(
+            f"CELERY_MONITOR_DB: schema {schema!r} is not valid; use lower-case letters, "
+            "digits and _ (e.g. ?schema=celerymon)"
+        )
+    clean = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, doseq=True)))
+    return clean, schema
+
+
 class PostgresStore(HistoryStore):
     """History in a PostgreSQL database, shared by every process that opens the same URL.
 
@@ -241,18 +257,7 @@ class PostgresStore(HistoryStore):
         self._psycopg = psycopg
         #: The errors that mean the server is unreachable (retry later), not a refused row.
         self.unavailable_errors = (psycopg.OperationalError, OSError)
-        parts = urllib.parse.urlsplit(url)
-        query = urllib.parse.parse_qs(parts.query, keep_blank_values=True)
-        schema = query.pop("schema", ["celerymon"])[-1]
-        if not _SCHEMA_NAME.fullmatch(schema):
-            raise CeleryMonError(
-                f"CELERY_MONITOR_DB: schema {schema!r} is not valid; use lower-case letters, "
-                "digits and _ (e.g. ?schema=celerymon)"
-            )
-        self.schema = schema
-        self.url = urllib.parse.urlunsplit(
-            parts._replace(query=urllib.parse.urlencode(query, doseq=True))
-        )
+        self.url, self.schema = parse_url(url)
         self._local = threading.local()
         self._sample = SearchSample(self._sample_rows)
         self._write_lock = threading.Lock()
@@ -269,7 +274,7 @@ class PostgresStore(HistoryStore):
             max_size=POOL_MAX,
             timeout=POOL_TIMEOUT,
             kwargs={"options": f"-c search_path={search_path}", "autocommit": True},
-            name=f"celerymon-{schema}",
+            name=f"celerymon-{self.schema}",
             open=False,
         )
         self._pool.open(wait=True, timeout=POOL_TIMEOUT)

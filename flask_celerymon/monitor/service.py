@@ -137,6 +137,7 @@ class MonitorService(Housekeeping, Subscriptions):
         self._subs_dropped = 0
         self._listeners: tuple[EventListener, ...] = ()
         self._purge_listeners: tuple[Callable[[str], None], ...] = ()
+        self._topic_listeners: tuple[Callable[[list[str]], None], ...] = ()
         self._listener_errors = 0
         self._purged: list[tuple[float, str]] = []
         self._evicted_workers: list[str] = []
@@ -281,8 +282,8 @@ class MonitorService(Housekeeping, Subscriptions):
         except Exception:  # noqa: BLE001 - the next ingester writes its own
             log.exception("celerymon: the last write as ingester failed")
 
-    def _changes_elsewhere(self, tasks: list[str], workers: list[str]) -> None:
-        """Fan-out thread (followers): the ingester wrote these tasks and workers."""
+    def _changes_elsewhere(self, tasks: list[str], workers: list[str], topics: list[str]) -> None:
+        """Fan-out thread (followers): the ingester wrote these tasks, workers and topics."""
         if workers:
             self._workers_stale = True  # reloaded from the store when next read
         for sub in self._subs:
@@ -290,6 +291,45 @@ class MonitorService(Housekeeping, Subscriptions):
                 sub._offer("task", t)
             for h in workers:
                 sub._offer("worker", h)
+        if topics:
+            for fn in self._topic_listeners:
+                try:
+                    fn(topics)
+                except Exception:  # noqa: BLE001
+                    self._listener_errors += 1
+                    log.exception("celerymon: topic listener %r failed", fn)
+
+    def add_topic_listener(self, fn: Callable[[list[str]], None]) -> None:
+        """Call ``fn(topics)`` in a follower (fan-out thread) when the ingester announces
+        (:meth:`announce`) that it wrote data of these topics (names, e.g. ``"errors"``) to
+        the shared store. Never called in the ingester nor without ``single_ingester``.
+        Exceptions are logged and counted in ``listener_errors``."""
+        with self._subs_lock:
+            self._topic_listeners = (*self._topic_listeners, fn)
+
+    def remove_topic_listener(self, fn: Callable[[list[str]], None]) -> None:
+        with self._subs_lock:
+            self._topic_listeners = tuple(f for f in self._topic_listeners if f is not fn)
+
+    def announce(self, topics: Iterable[str]) -> None:
+        """Ingester: tell the followers' topic listeners that data of ``topics`` was written
+        to the shared store (over the fan-out channel). Does nothing in a follower or without
+        ``single_ingester``; a failed publish is logged, never raised (followers still read
+        the store)."""
+        coordinator = self._coordinator
+        names = list(topics)
+        if coordinator is None or self._following or not names:
+            return
+        try:
+            coordinator.publish([], [], names)
+        except Exception:  # noqa: BLE001
+            log.warning("celerymon: could not announce %s to followers", names, exc_info=True)
+
+    @property
+    def ingesting(self) -> bool:
+        """False in a follower (see :mod:`.lease`), True otherwise: whether this process
+        writes what is derived from events (the history, the insight tables)."""
+        return not (self.running and self._following)
 
     def _refresh_workers(self) -> None:
         """Followers: reload the workers from the store if the ingester wrote some since."""

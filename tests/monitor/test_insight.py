@@ -28,7 +28,7 @@ from flask_celerymon.monitor.insight.error_groups import (
     normalise_message,
     split_exception,
 )
-from flask_celerymon.monitor.insight.store import BUCKETS, bucket_of, percentile
+from flask_celerymon.monitor.insight.store import BUCKETS, bucket_of, percentile, spans
 from flask_celerymon.monitor.service import MonitorService
 from flask_celerymon.monitor.settings import MonitorSettings
 
@@ -360,7 +360,7 @@ def test_schedules_in_words_and_next_runs():
 def test_rollup_spans_tile_the_window_exactly(start, length):
     """Days, hours and minutes pieces are aligned, disjoint and cover the rounded window."""
     lo, hi = 1_700_000_000 + start, 1_700_000_000 + start + length
-    pieces = InsightStore._spans(None, lo, hi)  # type: ignore[arg-type]
+    pieces = spans(lo, hi)
     period = {"insight_minutes": 60, "insight_hours": 3600, "insight_days": 86400}
     covered = []
     for table, a, b in pieces:

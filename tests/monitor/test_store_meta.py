@@ -111,16 +111,29 @@ def test_taking_the_lease_opens_the_gap_since_the_last_ingester(store_db, monkey
     store.close()
 
 
-def test_insight_over_a_postgresql_history_keeps_its_tables_in_memory(
+def test_insight_over_a_postgresql_history_keeps_its_tables_in_that_database(
     postgres_server, tmp_path, monkeypatch
 ):
+    """Issue 15: with a PostgreSQL history the insight tables are shared by every process
+    (they used to be in memory per process); no file is written."""
+    from flask_celerymon.monitor.insight.pg_store import PgInsightStore
+    from flask_celerymon.monitor.insight.store import Failure
+
     monkeypatch.chdir(tmp_path)
     url = postgres_server.create_database()
-    svc = MonitorService(
-        Celery(broker="memory://"), MonitorSettings(db=url, enable_events=False), autostart=False
-    )
-    ins = Insight(svc)
-    assert ins.store.path == ":memory:"
+
+    def insight() -> Insight:
+        return Insight(MonitorService(Celery(broker="memory://"),
+                                      MonitorSettings(db=url, enable_events=False)))  # fmt: skip
+
+    ins, other = insight(), insight()
+    assert isinstance(ins.store, PgInsightStore)
+    assert ins.store.path == url.partition("?")[0]  # no password in this test's URL
     assert ins.backfill(time.time()) == 0  # no tasks table beside it: nothing to backfill
+    ins.store.write({}, [Failure("0123456789abcdef", "t.x", "KeyError", "'k'", "KeyError('k')",
+                                 "Traceback...", "u1", "w1", 1_700_000_000.0, "failure")])  # fmt: skip
+    (group,) = other.store.error_groups()
+    assert (group["id"], group["failures"], group["workers"]) == ("0123456789abcdef", 1, {"w1": 1})
     ins.store.close()
+    other.store.close()
     assert os.listdir(tmp_path) == []

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .store import BUCKETS, InsightStore, percentile
+from .store import BUCKETS, AnyInsightStore, percentile
 
 #: Windows the analytics answer: name -> seconds.
 WINDOWS: dict[str, int] = {
@@ -101,7 +101,7 @@ def window_seconds(window: str) -> int:
 
 
 def task_analytics(
-    store: InsightStore, window: str, now: float, name: str | None = None
+    store: AnyInsightStore, window: str, now: float, name: str | None = None
 ) -> dict[str, Any]:
     """Per task name over ``window`` ending at ``now`` and the window before it.
 
@@ -121,7 +121,7 @@ def task_analytics(
     return {"window": window, "since": now - span, "until": now, "tasks": tasks}
 
 
-def task_series(store: InsightStore, name: str, window: str, now: float) -> dict[str, Any]:
+def task_series(store: AnyInsightStore, name: str, window: str, now: float) -> dict[str, Any]:
     """One task's points over ``window``: ``{"bucket", "points": [{"start", "succeeded",
     "failed", "retried", "revoked", "runtime_p95", "wait_p95"}]}`` with every bucket present.
     """

@@ -23,6 +23,15 @@ Each write bumps the version of the topics it changed (:data:`TOPICS`: ``analyti
 roll-ups, ``errors`` for error groups, ``canvas`` for canvas members, ``alerts`` for alert
 rows); :meth:`Insight.wait_changes` lets a reader (a live page) sleep until one of its topics
 moves, so pages are pushed at most once per write, that is about once a second.
+
+Several processes (``CELERY_MONITOR_SINGLE_INGESTER``): the tables are shared (in the
+history's SQLite file, or in its PostgreSQL database, :mod:`.pg_store`) and only the
+ingester writes them: a follower's thread queues nothing (it consumes no events) and neither
+back-fills, prunes nor evaluates alert rules, so each alert is opened and sent once per
+cluster. The ingester announces the topics of each write over the fan-out channel
+(:meth:`MonitorService.announce`); a follower bumps its versions when told, so its live pages
+follow the ingester's writes. A follower that takes the lease over reads the firing alerts
+back from the shared table and goes on with them (no alert is opened or sent twice).
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from typing import Any
 from ..stores import POSTGRES_SCHEMES
 from .alerts import AlertRule, conditions, describe, payload, post_json
 from .error_groups import fingerprint
-from .store import Failure, InsightStore, Rollup, percentile
+from .store import AnyInsightStore, Failure, InsightStore, Rollup, percentile
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +93,7 @@ class Insight:
         self._pid: int | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._store: InsightStore | None = None
+        self._store: AnyInsightStore | None = None
         self.dropped = 0
         #: (rule name, subject) -> {"id", "since", "notified"} of pending and firing alerts
         self._active: dict[tuple[str, str], dict[str, Any]] = {}
@@ -97,16 +106,28 @@ class Insight:
     # -- lifecycle -------------------------------------------------------------------------
 
     @property
-    def store(self) -> InsightStore:
-        """The insight tables (opened on first use): in the history's SQLite file, or in
-        memory for this process when there is none or the history is in PostgreSQL."""
+    def store(self) -> AnyInsightStore:
+        """The insight tables (opened on first use): :class:`~.store.InsightStore` in the
+        history's SQLite file (in memory for this process without one), or
+        :class:`~.pg_store.PgInsightStore` in the history's PostgreSQL database, shared by
+        every process. Opening the PostgreSQL one raises its errors (server unreachable,
+        psycopg missing)."""
         with self._lock:
             if self._store is None:
                 path = self.service.settings.db_path
                 if path is not None and path.startswith(POSTGRES_SCHEMES):
-                    path = None
-                self._store = InsightStore(path)
+                    from .pg_store import PgInsightStore
+
+                    self._store = PgInsightStore(path)
+                else:
+                    self._store = InsightStore(path)
             return self._store
+
+    @property
+    def writing(self) -> bool:
+        """Whether this process writes the insight tables: False in a follower of
+        ``CELERY_MONITOR_SINGLE_INGESTER`` (see :attr:`MonitorService.ingesting`)."""
+        return bool(self.service.ingesting)
 
     def ensure_started(self) -> Insight:
         """Start the listener and the thread unless running in this process."""
@@ -122,6 +143,8 @@ class Insight:
             self._restore_active()
             self.service.remove_listener(self._on_event)
             self.service.add_listener(self._on_event)
+            self.service.remove_topic_listener(self._changed_elsewhere)
+            self.service.add_topic_listener(self._changed_elsewhere)
             self._thread = threading.Thread(target=self._run, name="celerymon-insight",
                                             daemon=True)  # fmt: skip
             self._thread.start()
@@ -130,12 +153,25 @@ class Insight:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the thread after a last write. Idempotent."""
         self.service.remove_listener(self._on_event)
+        self.service.remove_topic_listener(self._changed_elsewhere)
         self._stop.set()
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
 
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread (after a last write) and close the store: its SQLite connection or
+        its PostgreSQL pool. A later use opens the store again. Idempotent."""
+        self.stop(timeout)
+        with self._lock:
+            store, self._store = self._store, None
+        if store is not None:
+            store.close()
+
     def _restore_active(self) -> None:
+        """Take the firing alerts of the store as ours (at start, and when this process
+        becomes the ingester: the last one's alerts go on, never opened twice)."""
+        self._active.clear()
         for a in self.store.alerts(status="firing", limit=10_000):
             self._active[(a["rule"], a["subject"])] = {
                 "id": a["id"], "since": a["started"], "notified": a["notified"]
@@ -226,6 +262,7 @@ class Insight:
             *(["analytics"] if rollups else []),
             *(["errors"] if failures or resolved else []),
             *(["canvas"] if members else []),
+            announce=True,
         )
         return len(items)
 
@@ -254,13 +291,22 @@ class Insight:
             self._changed.wait_for(moved, timeout)
             return {t: self._versions[t] for t in topics}
 
-    def _bump(self, *topics: str) -> None:
+    def _bump(self, *topics: str, announce: bool = False) -> None:
+        """Move the versions of ``topics``; with ``announce``, also tell the followers (they
+        bump theirs, :meth:`_changed_elsewhere`)."""
         if not topics:
             return
         with self._changed:
             for t in topics:
                 self._versions[t] += 1
             self._changed.notify_all()
+        if announce:
+            self.service.announce(topics)
+
+    def _changed_elsewhere(self, topics: list[str]) -> None:
+        """Fan-out thread of a follower: the ingester wrote these topics to the shared
+        tables (unknown names, from a newer release, are ignored)."""
+        self._bump(*[t for t in topics if t in self._versions])
 
     # -- the thread ------------------------------------------------------------------------
 
@@ -291,11 +337,25 @@ class Insight:
             log.info("celerymon: added %d tasks of the history to the insight roll-ups", done)
         return done
 
-    def _run(self) -> None:
+    def _take_over(self) -> None:
+        """This process writes the tables from now on (at start, or it became the
+        ingester): go on with the firing alerts and add the history once per store."""
+        try:
+            self._restore_active()
+        except Exception:  # noqa: BLE001
+            log.exception("celerymon: reading the firing alerts back failed")
         try:
             self.backfill(self.started_at or time.time())
         except Exception:  # noqa: BLE001 - live roll-ups go on without the past
             log.exception("celerymon: adding the history to the insight roll-ups failed")
+
+    def _run(self) -> None:
+        writing = self.writing
+        if writing:
+            try:
+                self.backfill(self.started_at or time.time())
+            except Exception:  # noqa: BLE001 - live roll-ups go on without the past
+                log.exception("celerymon: adding the history to the insight roll-ups failed")
         next_alerts = time.monotonic() + min(self.settings.alert_interval, 2.0)
         next_prune = time.monotonic() + 30.0
         while not self._stop.wait(FLUSH_INTERVAL):
@@ -303,6 +363,14 @@ class Insight:
                 self.flush()
             except Exception:  # noqa: BLE001 - keep the thread alive
                 log.exception("celerymon: writing insight roll-ups failed")
+            if self.writing != writing:
+                writing = not writing
+                if writing:
+                    self._take_over()
+            if not writing:  # a follower reads what the ingester writes
+                if not self.service.running:
+                    break
+                continue
             now = time.monotonic()
             if self.settings.alerts and now >= next_alerts:
                 next_alerts = now + self.settings.alert_interval
@@ -403,7 +471,7 @@ class Insight:
                 changed_alerts = True
         self.last_evaluation = now
         if changed_alerts or sent:
-            self._bump("alerts")
+            self._bump("alerts", announce=True)
         return sent
 
     def _notify(self, active: dict[str, Any], now: float) -> dict[str, Any]:
@@ -421,12 +489,14 @@ class Insight:
     # -- reads -----------------------------------------------------------------------------
 
     def figures(self) -> dict[str, Any]:
-        """``{"pending", "dropped", "running", "last_evaluation"}``."""
+        """``{"pending", "dropped", "running", "writing", "last_evaluation"}``; ``writing``
+        False in a follower (see :attr:`writing`)."""
         t = self._thread
         return {
             "pending": len(self._pending),
             "dropped": self.dropped,
             "running": t is not None and t.is_alive() and self._pid == os.getpid(),
+            "writing": self.writing,
             "last_evaluation": self.last_evaluation,
         }
 

@@ -2,10 +2,11 @@
 
 They live in the history store's SQLite file (``CELERY_MONITOR_DB``) beside its ``tasks``
 table, all named ``insight_*``, so they survive restarts and follow the same retention
-(``CELERY_MONITOR_RETENTION_DAYS``). Without a history file (no history, or a PostgreSQL one)
-they live in an in-memory SQLite database for the life of the process: counted from the events
-this process consumes (with ``CELERY_MONITOR_SINGLE_INGESTER``, only the ingester's), starting
-empty (no backfill from the history).
+(``CELERY_MONITOR_RETENTION_DAYS``). Without a history they live in an in-memory SQLite
+database for the life of the process: counted from the events this process consumes, starting
+empty (no backfill). With a PostgreSQL history the same tables are in that database
+(:mod:`.pg_store`, same methods and shapes). With ``CELERY_MONITOR_SINGLE_INGESTER`` only the
+ingester writes them and every process reads them (see :mod:`.engine`).
 
 Roll-ups (``insight_minutes``, ``insight_hours`` and ``insight_days``) hold, per ``key`` and period start (Unix
 seconds): finished counts, and two histograms, task runtime and queue wait, as
@@ -27,7 +28,10 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from .pg_store import PgInsightStore
 
 #: Histogram buckets per measure.
 BUCKETS = 56
@@ -179,6 +183,50 @@ class Failure:
     kind: str  # "failure" | "retry" (later "retried": a failure sent again)
 
 
+def merge_levels(rollups: Mapping[tuple[str, int], Rollup]) -> dict[str, list[tuple[Any, ...]]]:
+    """Per-minute ``rollups`` ``{(key, minute start): Rollup}`` as the rows to add to each
+    roll-up table: ``{table: [(key, period start, *ROLLUP_COLUMNS values)]}``."""
+    rows: dict[str, list[tuple[Any, ...]]] = {}
+    for period, table in _LEVELS.items():
+        acc: dict[tuple[str, int], list[float]] = {}
+        for (key, start), r in rollups.items():
+            k = (key, start - start % period)
+            a = acc.get(k)
+            if a is None:
+                acc[k] = list(r.values)
+            else:
+                for i, col in enumerate(ROLLUP_COLUMNS):
+                    a[i] = max(a[i], r.values[i]) if col in _MAXES else a[i] + r.values[i]
+        rows[table] = [(k, s, *v) for (k, s), v in acc.items()]
+    return rows
+
+
+def spans(since: float, until: float) -> list[tuple[str, int, int]]:
+    """(table, start, end) pieces covering [since, until) rounded out to minutes: whole days
+    from the day table, whole hours around them, minutes at the edges."""
+    lo = int(since // 60 * 60)
+    hi = int(-(-until // 60) * 60)
+    out: list[tuple[str, int, int]] = []
+
+    def cover(a: int, b: int, periods: list[int]) -> None:
+        period, rest = periods[0], periods[1:]
+        if not rest:
+            if a < b:
+                out.append((_LEVELS[period], a, b))
+            return
+        p0 = -(-a // period) * period
+        p1 = b // period * period
+        if p1 <= p0:
+            cover(a, b, rest)
+            return
+        out.append((_LEVELS[period], p0, p1))
+        cover(a, p0, rest)
+        cover(p1, b, rest)
+
+    cover(lo, hi, [86400, 3600, 60])
+    return out
+
+
 #: Task ids kept per error group (the most recent), for links and bulk actions.
 TASKS_PER_GROUP = 10_000
 #: Workers listed per error group.
@@ -221,18 +269,7 @@ class InsightStore:
         record ``failures`` in their groups and mark ``resolved`` ``{task name: time}``: the
         groups of that task not seen since then are resolved, and record canvas ``members``
         ``(root id, task id, time)``. One transaction."""
-        rows: dict[str, list[tuple[Any, ...]]] = {}
-        for period, table in _LEVELS.items():
-            acc: dict[tuple[str, int], list[float]] = {}
-            for (key, start), r in rollups.items():
-                k = (key, start - start % period)
-                a = acc.get(k)
-                if a is None:
-                    acc[k] = list(r.values)
-                else:
-                    for i, col in enumerate(ROLLUP_COLUMNS):
-                        a[i] = max(a[i], r.values[i]) if col in _MAXES else a[i] + r.values[i]
-            rows[table] = [(k, s, *v) for (k, s), v in acc.items()]
+        rows = merge_levels(rollups)
         with self._lock:
             c = self._conn
             c.execute("BEGIN IMMEDIATE")
@@ -323,31 +360,6 @@ class InsightStore:
 
     # -- roll-up reads ---------------------------------------------------------------------
 
-    def _spans(self, since: float, until: float) -> list[tuple[str, int, int]]:
-        """(table, start, end) pieces covering [since, until) rounded out to minutes: whole
-        days from the day table, whole hours around them, minutes at the edges."""
-        lo = int(since // 60 * 60)
-        hi = int(-(-until // 60) * 60)
-        out: list[tuple[str, int, int]] = []
-
-        def cover(a: int, b: int, periods: list[int]) -> None:
-            period, rest = periods[0], periods[1:]
-            if not rest:
-                if a < b:
-                    out.append((_LEVELS[period], a, b))
-                return
-            p0 = -(-a // period) * period
-            p1 = b // period * period
-            if p1 <= p0:
-                cover(a, b, rest)
-                return
-            out.append((_LEVELS[period], p0, p1))
-            cover(a, p0, rest)
-            cover(p1, b, rest)
-
-        cover(lo, hi, [86400, 3600, 60])
-        return out
-
     def totals(
         self, since: float, until: float, prefix: str = "task:", key: str | None = None
     ) -> dict[str, dict[str, Any]]:
@@ -356,7 +368,7 @@ class InsightStore:
         minutes."""
         cols = ", ".join([f"sum({c})" for c in _SUMS] + [f"max({c})" for c in _MAXES])
         acc: dict[str, list[float]] = {}
-        for table, lo, hi in self._spans(since, until):
+        for table, lo, hi in spans(since, until):
             if key is not None:
                 cond, params = "key = ?", [prefix + key]
             else:
@@ -542,3 +554,8 @@ class InsightStore:
         keys = ("id", "rule", "kind", "subject", "status", "value", "threshold", "message",
                 "started", "resolved", "notified", "notifications", "delivery")  # fmt: skip
         return [dict(zip(keys, r)) for r in rows]
+
+
+#: The insight tables: in SQLite (a file or memory) or in the history's PostgreSQL database
+#: (:class:`~.pg_store.PgInsightStore`, the same methods and shapes).
+AnyInsightStore = Union[InsightStore, "PgInsightStore"]
