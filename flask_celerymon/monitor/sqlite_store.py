@@ -416,7 +416,16 @@ class SQLiteStore(HistoryStore):
             )
             # A common term is checked row by row while walking the sort index (it matches
             # many rows, so a page comes quickly); a rare one is looked up in the index.
-            p = plan(q, SQLITE, instr_sql if common else self._text_match(c), lambda: common)
+            # Names and workers containing a term are listed first (``name IN (...)``), so
+            # an OR of them with other conditions is a union of index lookups; a subquery
+            # over task_names there made SQLite read every row (5.6 s at a million tasks).
+            def values(field: str, v: str) -> list[str]:
+                table = "task_names" if field == "name" else "task_workers"
+                sql = f"SELECT {field} FROM {table} WHERE instr({field}, ?) > 0"
+                return [r[0] for r in c.execute(sql, (v,))]
+
+            p = plan(q, SQLITE, instr_sql if common else self._text_match(c), lambda: common,
+                     values)  # fmt: skip
             total = c.execute(*p.count()).fetchone()[0]
             cap = p.cap
             exact = cap is None or total < cap
