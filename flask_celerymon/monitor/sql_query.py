@@ -45,7 +45,7 @@ SEARCH_COUNT_CAP = 1_000
 INDEX_HITS_MAX = 20_000
 #: Rows sampled to tell rare searches from common ones, and how long a sample is used.
 SAMPLE_ROWS = 1_000
-SAMPLE_RUNS = 40
+SAMPLE_RUNS = 200
 SAMPLE_TTL = 600.0
 #: ... and the sample is taken again when the number of tasks moved by more than this share.
 SAMPLE_DRIFT = 0.25
@@ -142,6 +142,9 @@ class QueryPlan:
 
     #: a search term is common: the count stops :data:`LOOKAHEAD_PAGES` past the page
     common: bool = False
+    #: a common term's count walks the sort column's index (False: in any order, when its
+    #: matches come from the store's text index)
+    count_in_order: bool = True
 
     @property
     def cap(self) -> int | None:
@@ -161,7 +164,7 @@ class QueryPlan:
         cap = self.cap
         if cap is None:
             return self.dialect.all_count, []
-        order = f" {order_by(self.q, self.dialect)}" if self.common else ""
+        order = f" {order_by(self.q, self.dialect)}" if self.common and self.count_in_order else ""
         sql = f"SELECT count(*) FROM (SELECT 1 FROM tasks WHERE {self.cond}{order} LIMIT ?) m"
         return self.dialect.sql(sql), [*self.params, cap]
 

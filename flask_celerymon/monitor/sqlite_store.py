@@ -18,6 +18,7 @@ connection, so readers never wait for a batch being written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -116,10 +117,14 @@ _pattern_cache: dict[tuple[str, str], Any] = {}
 INDEX_HITS_MAX = 20_000
 #: With at most this many matches a page is sorted from the matches, not read off an index.
 SORT_MATCHES_MAX = 5_000
-#: Seconds a search page may spend walking the sort column's index before it is sorted from
-#: the candidates instead.
-PAGE_WALK_BUDGET = 0.005
-#: SQLite virtual machine steps between two looks at the clock during a bounded walk.
+#: SQLite virtual machine steps a search page may spend walking the sort column's index
+#: before it is sorted from the candidates instead (a walk costs 25 - 60 steps a row: this
+#: is 5,000 - 12,000 rows, a few ms).
+PAGE_WALK_BUDGET = 300_000
+#: Steps a common term's count may spend walking the sort column's index before its
+#: candidates are listed by the text index and sorted instead (about 20,000 - 40,000 rows).
+COMMON_WALK_BUDGET = 1_000_000
+#: SQLite virtual machine steps between two calls of the progress handler of a bounded walk.
 PROGRESS_STEPS = 2000
 
 
@@ -333,15 +338,16 @@ class SQLiteStore(HistoryStore):
     def is_empty(self) -> bool:
         return self._reader.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
 
-    def _text_match(self, c: sqlite3.Connection) -> TextMatch:
+    def _text_match(self, c: sqlite3.Connection, limit: int | None = INDEX_HITS_MAX) -> TextMatch:
         """Substring conditions for :func:`.sql_query.plan` on connection ``c``: the rows the
         FTS index names as candidates (in a temp table) plus the rows past its watermark,
-        then the exact ``instr`` check; a scan when the index names too many rows."""
+        then the exact ``instr`` check; a scan when the index names ``limit`` rows or more
+        (None: no limit)."""
         n_hits = 0
 
         def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
             nonlocal n_hits
-            ids = self._candidates(c, columns, phrases)
+            ids = self._candidates(c, columns, phrases, limit)
             table = f"temp.hits{n_hits}"
             n_hits += 1
             c.execute(f"CREATE TEMP TABLE IF NOT EXISTS hits{n_hits - 1} "
@@ -350,7 +356,7 @@ class SQLiteStore(HistoryStore):
             # straight from the index into the temp table (no round trip through Python:
             # 6 ms for 11k candidates)
             n = c.execute(f"INSERT INTO {table} (id) {ids[0]}", ids[1]).rowcount
-            if n >= INDEX_HITS_MAX:
+            if limit is not None and n >= limit:
                 return instr_sql(columns, phrases, ps)
             # One rowid list (the candidates plus the rows past the index watermark), so
             # the condition can drive a plan by itself; then the exact check.
@@ -388,9 +394,13 @@ class SQLiteStore(HistoryStore):
         return c.execute(*sample_query(SQLITE, lo, hi)).fetchall()
 
     def _candidates(
-        self, c: sqlite3.Connection, columns: tuple[str, ...], phrases: list[str]
+        self,
+        c: sqlite3.Connection,
+        columns: tuple[str, ...],
+        phrases: list[str],
+        limit: int | None = INDEX_HITS_MAX,
     ) -> tuple[str, list[Any]]:
-        """``(sql, params)`` selecting the indexed rows (at most :data:`INDEX_HITS_MAX`) that
+        """``(sql, params)`` selecting the indexed rows (at most ``limit``; None: all) that
         may hold one of ``phrases``.
 
         A trigram phrase query walks the posting list of every trigram of the phrase, and
@@ -411,7 +421,7 @@ class SQLiteStore(HistoryStore):
             return "SELECT NULL WHERE 0", []
         return (
             "SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ? LIMIT ?",
-            [f"{{{' '.join(columns)}}} : ({' OR '.join(parts)})", INDEX_HITS_MAX],
+            [f"{{{' '.join(columns)}}} : ({' OR '.join(parts)})", -1 if limit is None else limit],
         )
 
     def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:
@@ -441,13 +451,24 @@ class SQLiteStore(HistoryStore):
 
             p = plan(q, SQLITE, instr_sql if common else self._text_match(c), lambda: common,
                      values)  # fmt: skip
-            total = c.execute(*p.count()).fetchone()[0]
+            counted = None
+            fell_back = False
+            if common:
+                # A common term's matches may all lie far down the sort order (a term of
+                # the tasks of one week, half a million rows down): the walk is bounded in
+                # time, then the text index lists every candidate and they are sorted.
+                counted = _bounded(c, COMMON_WALK_BUDGET, *p.count())
+                if counted is None:
+                    fell_back = True
+                    p = plan(q, SQLITE, self._text_match(c, None), lambda: True, values)
+                    p = dataclasses.replace(p, count_in_order=False)
+            total = counted[0] if counted is not None else c.execute(*p.count()).fetchone()[0]
             cap = p.cap
             exact = cap is None or total < cap
             # Few matches: sorting them beats walking the sort column's index. Order and cut
             # the page on ids alone (a sort carrying whole rows is several times slower),
             # then read the page's rows.
-            use_index = not (exact and total <= SORT_MATCHES_MAX)
+            use_index = not (exact and total <= SORT_MATCHES_MAX) and not fell_back
             ids = None
             index = SQLITE_SORT_INDEX.get(q.sort_key)
             if use_index and index and q.search is not None and not _filtered(q):
@@ -502,11 +523,20 @@ def _filtered(q: TaskQuery) -> bool:
     )
 
 
-def _bounded(c: sqlite3.Connection, budget: float, sql: str, params: list[Any]) -> list[Any] | None:
+def _bounded(c: sqlite3.Connection, budget: int, sql: str, params: list[Any]) -> list[Any] | None:
     """The first column of ``sql``'s rows, or None when reading them took more than ``budget``
-    seconds (the statement is interrupted; the read transaction stays open)."""
-    deadline = time.perf_counter() + budget
-    c.set_progress_handler(lambda: time.perf_counter() > deadline, PROGRESS_STEPS)
+    SQLite virtual machine steps (the statement is interrupted; the read transaction stays
+    open). Steps, not seconds: the plan a query ends with does not depend on the load of
+    the machine (under load a time budget cut walks that were the better plan)."""
+    calls = 0
+    limit = budget // PROGRESS_STEPS
+
+    def progress() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > limit
+
+    c.set_progress_handler(progress, PROGRESS_STEPS)
     try:
         return [r[0] for r in c.execute(sql, params)]
     except sqlite3.OperationalError as exc:

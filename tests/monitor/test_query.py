@@ -151,7 +151,7 @@ def test_a_search_page_read_through_the_sort_index_is_the_same_page(
     populated, monkeypatch, interrupted, sort_by
 ):
     # many matches: the SQLite store walks the sort column's index for the page, within a
-    # time budget; past it (interrupted), the planner's sort of the candidates
+    # budget of steps; past it (interrupted), the planner's sort of the candidates
     monkeypatch.setattr(sqlite_store, "SORT_MATCHES_MAX", 0)
     walks = []
     bounded = sqlite_store._bounded
@@ -163,7 +163,7 @@ def test_a_search_page_read_through_the_sort_index_is_the_same_page(
 
     monkeypatch.setattr(sqlite_store, "_bounded", spy)
     if interrupted:
-        monkeypatch.setattr(sqlite_store, "PAGE_WALK_BUDGET", -1.0)
+        monkeypatch.setattr(sqlite_store, "PAGE_WALK_BUDGET", 0)
         monkeypatch.setattr(sqlite_store, "PROGRESS_STEPS", 1)
     for search in ("customer", "ok'}", "args:customer state:success", "add OR fail"):
         for offset in (0, 7):
@@ -173,6 +173,30 @@ def test_a_search_page_read_through_the_sort_index_is_the_same_page(
             assert [t["uuid"] for t in window.tasks] == [t["uuid"] for t in store.tasks], kw
     if isinstance(populated._store, sqlite_store.SQLiteStore):
         assert walks and set(walks) == {not interrupted}
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(search=searches)
+def test_a_common_search_whose_walk_runs_out_of_budget_gives_the_same_answers(
+    populated, monkeypatch, search
+):
+    # every search is "common" and its walk of the sort index is cut at once (SQLite): the
+    # text index lists every candidate and they are sorted
+    monkeypatch.setattr(sql_query, "INDEX_HITS_MAX", 0)
+    monkeypatch.setattr(sqlite_store, "COMMON_WALK_BUDGET", 0)
+    monkeypatch.setattr(sqlite_store, "PROGRESS_STEPS", 1)
+    window = populated.query_tasks(search=search, limit=None, source="window")
+    store = populated.query_tasks(search=search, limit=None, source="store")
+    assert window.total == store.total, search
+    assert [t["uuid"] for t in window.tasks] == [t["uuid"] for t in store.tasks]
+    window = populated.query_tasks(search=search, offset=3, limit=10, source="window")
+    store = populated.query_tasks(search=search, offset=3, limit=10, source="store")
+    assert [t["uuid"] for t in window.tasks] == [t["uuid"] for t in store.tasks]
+    # a bounded count: at least up to a page past the one asked for, exact when it says so
+    assert min(window.total, 3 + 2 * 10 + 1) <= store.total <= window.total, search
+    assert not store.exact or store.total == window.total, search
 
 
 def test_filtered_totals_stop_at_the_cap_and_say_so(populated, monkeypatch):
