@@ -338,11 +338,17 @@ class SQLiteStore(HistoryStore):
     def is_empty(self) -> bool:
         return self._reader.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
 
-    def _text_match(self, c: sqlite3.Connection, limit: int | None = INDEX_HITS_MAX) -> TextMatch:
+    def _text_match(
+        self,
+        c: sqlite3.Connection,
+        limit: int | None = INDEX_HITS_MAX,
+        looked_up: list[int] | None = None,
+    ) -> TextMatch:
         """Substring conditions for :func:`.sql_query.plan` on connection ``c``: the rows the
         FTS index names as candidates (in a temp table) plus the rows past its watermark,
         then the exact ``instr`` check; a scan when the index names ``limit`` rows or more
-        (None: no limit)."""
+        (None: no limit). The number of candidates of each term answered from the index is
+        appended to ``looked_up``."""
         n_hits = 0
 
         def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
@@ -358,6 +364,8 @@ class SQLiteStore(HistoryStore):
             n = c.execute(f"INSERT INTO {table} (id) {ids[0]}", ids[1]).rowcount
             if limit is not None and n >= limit:
                 return instr_sql(columns, phrases, ps)
+            if looked_up is not None:
+                looked_up.append(n)
             # One rowid list (the candidates plus the rows past the index watermark), so
             # the condition can drive a plan by itself; then the exact check.
             tail = instr_sql(columns, phrases, ps)
@@ -449,8 +457,9 @@ class SQLiteStore(HistoryStore):
                 sql = f"SELECT {field} FROM {table} WHERE instr({field}, ?) > 0"
                 return [r[0] for r in c.execute(sql, (v,))]
 
-            p = plan(q, SQLITE, instr_sql if common else self._text_match(c), lambda: common,
-                     values)  # fmt: skip
+            looked_up: list[int] = []  # candidates listed by the text index, per term
+            match = instr_sql if common else self._text_match(c, looked_up=looked_up)
+            p = plan(q, SQLITE, match, lambda: common, values)
             counted = None
             fell_back = False
             if common:
@@ -471,11 +480,13 @@ class SQLiteStore(HistoryStore):
             use_index = not (exact and total <= SORT_MATCHES_MAX) and not fell_back
             ids = None
             index = SQLITE_SORT_INDEX.get(q.sort_key)
-            if use_index and index and q.search is not None and not _filtered(q):
-                # Many matches: walking the sort column's index (checking each entry against
-                # the candidates) finds a page in a few ms, but SQLite's planner prefers to
-                # sort every candidate (17 ms for 11k). The walk is bounded in time (the
-                # matches may all lie far down the index); past it, the planner's sort.
+            if use_index and index and looked_up and not common and not _filtered(q):
+                # Many candidates from the text index: walking the sort column's index
+                # (checking each entry against them) finds a page in a few ms, but SQLite's
+                # planner prefers to sort every candidate (17 ms for 11k). The walk is
+                # bounded (the matches may all lie far down the index); past it, the
+                # planner's sort. (Without candidates the planner already picks well, e.g.
+                # state:failure reads the state index.)
                 ids = _bounded(c, PAGE_WALK_BUDGET, *p.page("id", indexed_by=index))
             if ids is None:
                 sql, params = p.page("id", use_index=use_index)
