@@ -72,6 +72,10 @@ class Dialect:
     nulls: bool
     all_count: str
     tiebreak: bool
+    #: list the names/workers containing a term only inside an ``OR`` (SQLite: there a
+    #: subquery reads every row, but alone the subquery lets it pick the covering
+    #: ``tasks_state`` index for ``name:payments state:failure``, 0.2 ms against 3.6 ms)
+    values_in_or_only: bool = False
 
     def sql(self, qmark: str) -> str:
         """``qmark`` (written with ``?`` placeholders and no literal ``?`` or ``%``) in this
@@ -80,7 +84,7 @@ class Dialect:
 
 
 SQLITE = Dialect("sqlite", "?", nulls=False, all_count="SELECT n FROM task_count",
-                 tiebreak=False)  # fmt: skip
+                 tiebreak=False, values_in_or_only=True)  # fmt: skip
 POSTGRESQL = Dialect("postgresql", "%s", nulls=True, all_count="SELECT n FROM task_count",
                      tiebreak=True)  # fmt: skip
 
@@ -89,9 +93,10 @@ def where(
     q: TaskQuery,
     text_match: TextMatch | None = None,
     values: Callable[[str, str], list[str]] | None = None,
+    values_in_or_only: bool = False,
 ) -> tuple[str, list[Any]]:
     """``(condition, params)`` of the filters and search of ``q``, qmark placeholders;
-    ``""`` when ``q`` has none (``text_match`` and ``values``: see
+    ``""`` when ``q`` has none (``text_match``, ``values`` and ``values_in_or_only``: see
     :func:`~.query.compile_sql`). Raises nothing: ``q`` holds parsed, valid values."""
     conds: list[str] = []
     params: list[Any] = []
@@ -110,7 +115,7 @@ def where(
             conds.append(f"{col} <= ?")
             params.append(hi)
     if q.search is not None:
-        cond, p = compile_sql(q.search, text_match, values)
+        cond, p = compile_sql(q.search, text_match, values, values_in_or_only)
         conds.append(cond)
         params.extend(p)
     return " AND ".join(conds), params
@@ -199,7 +204,7 @@ def plan(
     ``ValueError`` for an unknown sort key."""
     if q.sort_key not in SORT_COLUMNS:
         raise ValueError(f"cannot sort by {q.sort_key!r}")
-    cond, params = where(q, text_match, values)
+    cond, params = where(q, text_match, values, dialect.values_in_or_only)
     return QueryPlan(q, dialect, cond, params, common=bool(common and common()))
 
 

@@ -123,3 +123,20 @@ def test_the_sample_reads_runs_of_consecutive_ids_across_the_table():
     assert len({(i - 1) // run for i in ids}) == sql_query.SAMPLE_RUNS
     assert sql_query.sample_query(SQLITE, 5, 9)[1] == [5, 6, 7, 8, 9]
     assert sql_query.sample_query(SQLITE, None, None)[1] == []
+
+
+def test_sqlite_lists_names_and_workers_only_inside_an_or():
+    listed = {"name": ["app.add"], "worker": ["w-add"]}
+    alone, params = sql_query.where(
+        TaskQuery(search=parse("name:add state:failure")),
+        values=lambda f, v: listed[f],
+        values_in_or_only=True,
+    )
+    assert "SELECT name FROM task_names" in alone and params == ["add", "FAILURE"]
+    either, params = sql_query.where(
+        TaskQuery(search=parse("name:add OR worker:add")),
+        values=lambda f, v: listed[f],
+        values_in_or_only=True,
+    )
+    assert (either, params) == ("(name IN (?) OR worker IN (?))", ["app.add", "w-add"])
+    assert SQLITE.values_in_or_only and not POSTGRESQL.values_in_or_only
