@@ -37,6 +37,7 @@ from ..errors import CeleryMonError
 from .model import TASK_COLUMNS, TaskQuery
 from .query import instr_sql
 from .sql_query import (
+    MIN_MAX_ID,
     POSTGRESQL,
     SORT_COLUMNS,
     SearchSample,
@@ -484,7 +485,7 @@ class PostgresStore(HistoryStore):
 
     def _sample_rows(self) -> list[tuple[Any, ...]]:
         with self._pool.connection() as c:
-            lo, hi = c.execute("SELECT min(id), max(id) FROM tasks").fetchone()
+            lo, hi = c.execute(MIN_MAX_ID).fetchone()
             return list(c.execute(*sample_query(POSTGRESQL, lo, hi)).fetchall())
 
     @property

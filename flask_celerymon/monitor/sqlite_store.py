@@ -18,6 +18,7 @@ connection, so readers never wait for a batch being written.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -30,7 +31,14 @@ from typing import Any
 
 from .model import TASK_COLUMNS, TaskQuery, history_from_times
 from .query import TextMatch, _fts_phrase, instr_sql, kwarg_pattern
-from .sql_query import SQLITE, SearchSample, plan, sample_query
+from .sql_query import (
+    MIN_MAX_ID,
+    SQLITE,
+    SQLITE_SORT_INDEX,
+    SearchSample,
+    plan,
+    sample_query,
+)
 from .store import HistoryStore
 
 log = logging.getLogger(__name__)
@@ -107,10 +115,17 @@ _pattern_cache: dict[tuple[str, str], Any] = {}
 #: A search term with fewer index hits than this is answered from the index; a more common one
 #: by scanning in sort order, which finds a page quickly exactly because the term is common.
 INDEX_HITS_MAX = 20_000
-#: How long a trigram sample (of the search sample's rows) is used.
-TRIGRAM_SAMPLE_TTL = 600.0
 #: With at most this many matches a page is sorted from the matches, not read off an index.
 SORT_MATCHES_MAX = 5_000
+#: SQLite virtual machine steps a search page may spend walking the sort column's index
+#: before it is sorted from the candidates instead (a walk costs 25 - 60 steps a row: this
+#: is 5,000 - 12,000 rows, a few ms).
+PAGE_WALK_BUDGET = 300_000
+#: Steps a common term's count may spend walking the sort column's index before its
+#: candidates are listed by the text index and sorted instead (about 20,000 - 40,000 rows).
+COMMON_WALK_BUDGET = 1_000_000
+#: SQLite virtual machine steps between two calls of the progress handler of a bounded walk.
+PROGRESS_STEPS = 2000
 
 
 def _kwarg_match(kwargs: str | None, key: str, value: str) -> int:
@@ -134,7 +149,7 @@ class SQLiteStore(HistoryStore):
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
         self._local = threading.local()
-        self._trigram_sample: tuple[Counter[str], float] | None = None
+        self._trigram_sample: tuple[Counter[str], int] | None = None
         self._sample = SearchSample(self._sample_rows)
         self._write_lock = threading.Lock()
         self._closed = False
@@ -323,23 +338,34 @@ class SQLiteStore(HistoryStore):
     def is_empty(self) -> bool:
         return self._reader.execute("SELECT 1 FROM tasks LIMIT 1").fetchone() is None
 
-    def _text_match(self, c: sqlite3.Connection) -> TextMatch:
+    def _text_match(
+        self,
+        c: sqlite3.Connection,
+        limit: int | None = INDEX_HITS_MAX,
+        looked_up: list[int] | None = None,
+    ) -> TextMatch:
         """Substring conditions for :func:`.sql_query.plan` on connection ``c``: the rows the
         FTS index names as candidates (in a temp table) plus the rows past its watermark,
-        then the exact ``instr`` check; a scan when the index names too many rows."""
+        then the exact ``instr`` check; a scan when the index names ``limit`` rows or more
+        (None: no limit). The number of candidates of each term answered from the index is
+        appended to ``looked_up``."""
         n_hits = 0
 
         def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
             nonlocal n_hits
-            ids = self._candidates(c, columns, phrases)
-            if ids is None:
-                return instr_sql(columns, phrases, ps)
+            ids = self._candidates(c, columns, phrases, limit)
             table = f"temp.hits{n_hits}"
             n_hits += 1
             c.execute(f"CREATE TEMP TABLE IF NOT EXISTS hits{n_hits - 1} "
                       "(id INTEGER PRIMARY KEY)")  # fmt: skip
             c.execute(f"DELETE FROM {table}")
-            c.executemany(f"INSERT INTO {table} (id) VALUES (?)", ids)
+            # straight from the index into the temp table (no round trip through Python:
+            # 6 ms for 11k candidates)
+            n = c.execute(f"INSERT INTO {table} (id) {ids[0]}", ids[1]).rowcount
+            if limit is not None and n >= limit:
+                return instr_sql(columns, phrases, ps)
+            if looked_up is not None:
+                looked_up.append(n)
             # One rowid list (the candidates plus the rows past the index watermark), so
             # the condition can drive a plan by itself; then the exact check.
             tail = instr_sql(columns, phrases, ps)
@@ -352,13 +378,14 @@ class SQLiteStore(HistoryStore):
 
     def _trigram_counts(self, c: sqlite3.Connection) -> Counter[str]:
         """In how many of the search sample's random rows (:class:`~.sql_query.SearchSample`)
-        each trigram occurs; recomputed every :data:`TRIGRAM_SAMPLE_TTL` seconds. (The newest
+        each trigram occurs; recomputed when the search sample is taken again. (The newest
         rows were sampled before: a burst of similar new tasks hid which trigrams are rare
         in the rest, and a rare-looking trigram then listed most rows.)"""
-        now = time.monotonic()
+        rows_ = self._sample.rows()
+        gen = self._sample.generation
         sample = self._trigram_sample
-        if sample is None or now - sample[1] > TRIGRAM_SAMPLE_TTL:
-            rows = [(r.args, r.kwargs, r.result) for r in self._sample.rows()]
+        if sample is None or sample[1] != gen:
+            rows = [(r.args, r.kwargs, r.result) for r in rows_]
             counts: Counter[str] = Counter()
             for row in rows:
                 seen: set[str] = set()
@@ -366,39 +393,44 @@ class SQLiteStore(HistoryStore):
                     if text:
                         seen.update(text[i : i + 3] for i in range(len(text) - 2))
                 counts.update(seen)
-            self._trigram_sample = sample = (counts, now)
+            self._trigram_sample = sample = (counts, gen)
         return sample[0]
 
     def _sample_rows(self) -> list[tuple[Any, ...]]:
         c = self._reader
-        lo, hi = c.execute("SELECT min(id), max(id) FROM tasks").fetchone()
+        lo, hi = c.execute(MIN_MAX_ID).fetchone()
         return c.execute(*sample_query(SQLITE, lo, hi)).fetchall()
 
     def _candidates(
-        self, c: sqlite3.Connection, columns: tuple[str, ...], phrases: list[str]
-    ) -> list[tuple[int]] | None:
-        """Indexed rows that may hold one of ``phrases``, or None when there are too many.
+        self,
+        c: sqlite3.Connection,
+        columns: tuple[str, ...],
+        phrases: list[str],
+        limit: int | None = INDEX_HITS_MAX,
+    ) -> tuple[str, list[Any]]:
+        """``(sql, params)`` selecting the indexed rows (at most ``limit``; None: all) that
+        may hold one of ``phrases``.
 
         A trigram phrase query walks the posting list of every trigram of the phrase, and
         common trigrams ("cus", "er-") list nearly every row. So ask the index only for rows
-        holding the two trigrams of the phrase that are rarest in a sample of recent rows;
-        the ``instr`` check in the SQL condition then keeps the exact matches. The sample
-        only steers speed: any two trigrams of a phrase give a superset of its matches.
+        holding the two trigrams of the phrase that are rarest in the search sample; the
+        ``instr`` check in the SQL condition then keeps the exact matches. The sample only
+        steers speed: any two trigrams of a phrase give a superset of its matches.
         """
         counts = self._trigram_counts(c)
         parts = []
         for phrase in phrases:
             tris = sorted({phrase[i : i + 3] for i in range(len(phrase) - 2)},
                           key=lambda t: (counts.get(t, 0), t))  # fmt: skip
-            if tris:
-                parts.append("(" + " AND ".join(_fts_phrase(t) for t in tris[:2]) + ")")
+            if not tris:
+                continue
+            parts.append("(" + " AND ".join(_fts_phrase(t) for t in tris[:2]) + ")")
         if not parts:
-            return []
-        ids = c.execute(
+            return "SELECT NULL WHERE 0", []
+        return (
             "SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ? LIMIT ?",
-            (f"{{{' '.join(columns)}}} : ({' OR '.join(parts)})", INDEX_HITS_MAX),
-        ).fetchall()
-        return None if len(ids) >= INDEX_HITS_MAX else ids
+            [f"{{{' '.join(columns)}}} : ({' OR '.join(parts)})", -1 if limit is None else limit],
+        )
 
     def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:
         """See :meth:`HistoryStore.query`. The SQL comes from :func:`.sql_query.plan`: a
@@ -414,17 +446,51 @@ class SQLiteStore(HistoryStore):
                 q.search,
                 c.execute("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0],
             )
+
             # A common term is checked row by row while walking the sort index (it matches
             # many rows, so a page comes quickly); a rare one is looked up in the index.
-            p = plan(q, SQLITE, instr_sql if common else self._text_match(c), lambda: common)
-            total = c.execute(*p.count()).fetchone()[0]
+            # Names and workers containing a term are listed first (``name IN (...)``), so
+            # an OR of them with other conditions is a union of index lookups; a subquery
+            # over task_names there made SQLite read every row (5.6 s at a million tasks).
+            def values(field: str, v: str) -> list[str]:
+                table = "task_names" if field == "name" else "task_workers"
+                sql = f"SELECT {field} FROM {table} WHERE instr({field}, ?) > 0"
+                return [r[0] for r in c.execute(sql, (v,))]
+
+            looked_up: list[int] = []  # candidates listed by the text index, per term
+            match = instr_sql if common else self._text_match(c, looked_up=looked_up)
+            p = plan(q, SQLITE, match, lambda: common, values)
+            counted = None
+            fell_back = False
+            if common:
+                # A common term's matches may all lie far down the sort order (a term of
+                # the tasks of one week, half a million rows down): the walk is bounded in
+                # time, then the text index lists every candidate and they are sorted.
+                counted = _bounded(c, COMMON_WALK_BUDGET, *p.count())
+                if counted is None:
+                    fell_back = True
+                    p = plan(q, SQLITE, self._text_match(c, None), lambda: True, values)
+                    p = dataclasses.replace(p, count_in_order=False)
+            total = counted[0] if counted is not None else c.execute(*p.count()).fetchone()[0]
             cap = p.cap
             exact = cap is None or total < cap
             # Few matches: sorting them beats walking the sort column's index. Order and cut
             # the page on ids alone (a sort carrying whole rows is several times slower),
             # then read the page's rows.
-            sql, params = p.page("id", use_index=not (exact and total <= SORT_MATCHES_MAX))
-            ids = [r[0] for r in c.execute(sql, params)]
+            use_index = not (exact and total <= SORT_MATCHES_MAX) and not fell_back
+            ids = None
+            index = SQLITE_SORT_INDEX.get(q.sort_key)
+            if use_index and index and looked_up and not common and not _filtered(q):
+                # Many candidates from the text index: walking the sort column's index
+                # (checking each entry against them) finds a page in a few ms, but SQLite's
+                # planner prefers to sort every candidate (17 ms for 11k). The walk is
+                # bounded (the matches may all lie far down the index); past it, the
+                # planner's sort. (Without candidates the planner already picks well, e.g.
+                # state:failure reads the state index.)
+                ids = _bounded(c, PAGE_WALK_BUDGET, *p.page("id", indexed_by=index))
+            if ids is None:
+                sql, params = p.page("id", use_index=use_index)
+                ids = [r[0] for r in c.execute(sql, params)]
             by_id: dict[int, Any] = {}
             for i in range(0, len(ids), 500):
                 chunk = ids[i : i + 500]
@@ -459,6 +525,37 @@ class SQLiteStore(HistoryStore):
                 except sqlite3.Error:  # pragma: no cover
                     pass
             self._all.clear()
+
+
+def _filtered(q: TaskQuery) -> bool:
+    """Whether ``q`` has a filter besides its search."""
+    return bool(q.state or q.worker or q.name) or any(
+        v is not None for v in (q.received_start, q.received_end, q.started_start, q.started_end)
+    )
+
+
+def _bounded(c: sqlite3.Connection, budget: int, sql: str, params: list[Any]) -> list[Any] | None:
+    """The first column of ``sql``'s rows, or None when reading them took more than ``budget``
+    SQLite virtual machine steps (the statement is interrupted; the read transaction stays
+    open). Steps, not seconds: the plan a query ends with does not depend on the load of
+    the machine (under load a time budget cut walks that were the better plan)."""
+    calls = 0
+    limit = budget // PROGRESS_STEPS
+
+    def progress() -> bool:
+        nonlocal calls
+        calls += 1
+        return calls > limit
+
+    c.set_progress_handler(progress, PROGRESS_STEPS)
+    try:
+        return [r[0] for r in c.execute(sql, params)]
+    except sqlite3.OperationalError as exc:
+        if "interrupt" not in str(exc):
+            raise
+        return None
+    finally:
+        c.set_progress_handler(None, 0)
 
 
 _STAT_KEYS = {"SUCCESS": "succeeded", "FAILURE": "failed", "RETRY": "retried", "REVOKED": "revoked"}

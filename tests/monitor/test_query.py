@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flask_celerymon.monitor import sql_query
+from flask_celerymon.monitor import sql_query, sqlite_store
 from flask_celerymon.monitor.query import And, Or, SearchError, Term, parse, parse_sort
 
 
@@ -141,6 +141,62 @@ def test_a_search_taken_as_common_gives_the_same_answers(populated, monkeypatch,
     store = populated.query_tasks(search=search, limit=None, source="store")
     assert window.total == store.total, search
     assert [t["uuid"] for t in window.tasks] == [t["uuid"] for t in store.tasks]
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+# (keys without ties in the fixture: the stores and the window order equal runtimes and
+# start times differently, with or without this walk)
+@pytest.mark.parametrize("sort_by", [None, "received", "-timestamp", "timestamp"])
+def test_a_search_page_read_through_the_sort_index_is_the_same_page(
+    populated, monkeypatch, interrupted, sort_by
+):
+    # many matches: the SQLite store walks the sort column's index for the page, within a
+    # budget of steps; past it (interrupted), the planner's sort of the candidates
+    monkeypatch.setattr(sqlite_store, "SORT_MATCHES_MAX", 0)
+    walks = []
+    bounded = sqlite_store._bounded
+
+    def spy(*args):
+        out = bounded(*args)
+        walks.append(out is not None)
+        return out
+
+    monkeypatch.setattr(sqlite_store, "_bounded", spy)
+    if interrupted:
+        monkeypatch.setattr(sqlite_store, "PAGE_WALK_BUDGET", 0)
+        monkeypatch.setattr(sqlite_store, "PROGRESS_STEPS", 1)
+    for search in ("customer", "ok'}", "args:customer state:success", "add OR fail"):
+        for offset in (0, 7):
+            kw = {"search": search, "sort_by": sort_by, "offset": offset, "limit": 10}
+            window = populated.query_tasks(source="window", **kw)
+            store = populated.query_tasks(source="store", **kw)
+            assert [t["uuid"] for t in window.tasks] == [t["uuid"] for t in store.tasks], kw
+    if isinstance(populated._store, sqlite_store.SQLiteStore):
+        assert walks and set(walks) == {not interrupted}
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(search=searches)
+def test_a_common_search_whose_walk_runs_out_of_budget_gives_the_same_answers(
+    populated, monkeypatch, search
+):
+    # every search is "common" and its walk of the sort index is cut at once (SQLite): the
+    # text index lists every candidate and they are sorted
+    monkeypatch.setattr(sql_query, "INDEX_HITS_MAX", 0)
+    monkeypatch.setattr(sqlite_store, "COMMON_WALK_BUDGET", 0)
+    monkeypatch.setattr(sqlite_store, "PROGRESS_STEPS", 1)
+    window = populated.query_tasks(search=search, limit=None, source="window")
+    store = populated.query_tasks(search=search, limit=None, source="store")
+    assert window.total == store.total, search
+    assert [t["uuid"] for t in window.tasks] == [t["uuid"] for t in store.tasks]
+    window = populated.query_tasks(search=search, offset=3, limit=10, source="window")
+    store = populated.query_tasks(search=search, offset=3, limit=10, source="store")
+    assert [t["uuid"] for t in window.tasks] == [t["uuid"] for t in store.tasks]
+    # a bounded count: at least up to a page past the one asked for, exact when it says so
+    assert min(window.total, 3 + 2 * 10 + 1) <= store.total <= window.total, search
+    assert not store.exact or store.total == window.total, search
 
 
 def test_filtered_totals_stop_at_the_cap_and_say_so(populated, monkeypatch):

@@ -62,8 +62,18 @@ def test_names_and_workers_are_named_in_the_condition_when_listed():
     cond, params = sql_query.where(
         TaskQuery(search=parse("name:add OR worker:add")), values=lambda f, v: listed[f]
     )
-    assert cond == "(name IN (?, ?) OR 1 = 0)"
+    # the worker branch matches nothing: left out of the OR (a "1 = 0" branch there keeps
+    # SQLite from answering the OR from its indexes)
+    assert cond == "(name IN (?, ?))"
     assert params == ["app.add", "app.add_more"]
+    nothing, params = sql_query.where(
+        TaskQuery(search=parse("worker:add OR worker:sub")), values=lambda f, v: []
+    )
+    assert (nothing, params) == ("1 = 0", [])
+    both, _ = sql_query.where(
+        TaskQuery(search=parse("add name:add")), values=lambda f, v: listed[f]
+    )
+    assert "1 = 0" not in both
 
 
 def test_the_sample_tells_common_searches_from_rare_ones():
@@ -85,3 +95,48 @@ def test_the_sample_tells_common_searches_from_rare_ones():
     assert sample.occurrences(("args",), "(4") == 11
     assert len(fetched) == 1  # kept for SAMPLE_TTL seconds
     assert SearchSample(list).fraction(parse("anything")) == 0.0
+
+
+def test_the_sample_is_taken_again_when_the_store_grew_not_per_request():
+    fetched = []
+
+    def fetch():
+        fetched.append(1)
+        return [("u", "app.add", "SUCCESS", "w1", "(1,)", "{}", "'ok'")]
+
+    sample = SearchSample(fetch)
+    sample.rows(0)
+    sample.rows(10)
+    assert len(fetched) == 1
+    sample.rows(5_000)  # moved by more than SAMPLE_ROWS: an empty store got its tasks
+    sample.rows(6_000)  # within SAMPLE_DRIFT of 5,000
+    assert len(fetched) == 2
+    sample.rows(7_000)
+    assert (len(fetched), sample.generation) == (3, 3)
+
+
+def test_the_sample_reads_runs_of_consecutive_ids_across_the_table():
+    _, ids = sql_query.sample_query(SQLITE, 1, 1_000_000)
+    assert len(set(ids)) == len(ids) == sql_query.SAMPLE_ROWS
+    assert all(1 <= i <= 1_000_000 for i in ids)
+    run = sql_query.SAMPLE_ROWS // sql_query.SAMPLE_RUNS
+    assert len({(i - 1) // run for i in ids}) == sql_query.SAMPLE_RUNS
+    assert sql_query.sample_query(SQLITE, 5, 9)[1] == [5, 6, 7, 8, 9]
+    assert sql_query.sample_query(SQLITE, None, None)[1] == []
+
+
+def test_sqlite_lists_names_and_workers_only_inside_an_or():
+    listed = {"name": ["app.add"], "worker": ["w-add"]}
+    alone, params = sql_query.where(
+        TaskQuery(search=parse("name:add state:failure")),
+        values=lambda f, v: listed[f],
+        values_in_or_only=True,
+    )
+    assert "SELECT name FROM task_names" in alone and params == ["add", "FAILURE"]
+    either, params = sql_query.where(
+        TaskQuery(search=parse("name:add OR worker:add")),
+        values=lambda f, v: listed[f],
+        values_in_or_only=True,
+    )
+    assert (either, params) == ("(name IN (?) OR worker IN (?))", ["app.add", "w-add"])
+    assert SQLITE.values_in_or_only and not POSTGRESQL.values_in_or_only
