@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import json
 import os
+import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -19,7 +20,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from .appstate import find_state
-from .errors import ConnectionFailed, StartError
+from .errors import ConflictError, ConnectionFailed, InvalidInput, StartError
 from .processes import ROLE_ENV, ManagedProcess, check_broker, worker_args
 
 if TYPE_CHECKING:
@@ -466,7 +467,35 @@ def _remote_options(fn: Any) -> Any:
     return fn
 
 
-@celery_group.command("inspect")
+#: A negative number given as an argument (``pool_grow -5``), not an option.
+_NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+|inf|nan)$", re.IGNORECASE)
+_NEG_MARK = "\0negative:"
+_VALUE_OPTIONS = ("-d", "--destination", "-t", "--timeout")
+
+
+class _RemoteCommand(click.Command):
+    """``inspect``/``control``: a negative number among the arguments is an argument (refused
+    by its range with a message saying so), not an unknown option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        marked = [
+            _NEG_MARK + a
+            if _NEGATIVE.match(a) and (i == 0 or args[i - 1] not in _VALUE_OPTIONS)
+            else a
+            for i, a in enumerate(args)
+        ]
+        rest = super().parse_args(ctx, marked)
+
+        def unmark(a: str) -> str:
+            return a[len(_NEG_MARK) :] if a.startswith(_NEG_MARK) else a
+
+        if isinstance(ctx.params.get("method"), str):
+            ctx.params["method"] = unmark(ctx.params["method"])
+        ctx.params["args"] = tuple(unmark(a) for a in ctx.params.get("args") or ())
+        return rest
+
+
+@celery_group.command("inspect", cls=_RemoteCommand)
 @_remote_options
 def inspect(
     method: str, args: tuple[str, ...], destination: str | None, timeout: float, as_json: bool
@@ -475,7 +504,7 @@ def inspect(
     _remote("inspect", method, list(args), destination, timeout, as_json)
 
 
-@celery_group.command("control")
+@celery_group.command("control", cls=_RemoteCommand)
 @_remote_options
 def control(
     method: str, args: tuple[str, ...], destination: str | None, timeout: float, as_json: bool
@@ -491,6 +520,25 @@ def _commands(kind: str) -> dict[str, Any]:
         name: meta
         for name, meta in sorted(Panel.meta.items())
         if meta.type == kind and meta.visible
+    }
+
+
+def _bounds() -> dict[tuple[str, str], Any]:
+    """``{(method, argument): Range}``: every number a remote command takes, with the ranges
+    the JSON API uses (pool steps and autoscale bounds 1..1000, seconds 0..10 years)."""
+    from .web.params import POOL_MAX, POOL_MIN, POOL_STEP, SECONDS, Range
+
+    return {
+        ("pool_grow", "n"): POOL_STEP,
+        ("pool_shrink", "n"): POOL_STEP,
+        ("autoscale", "max"): POOL_MAX,
+        ("autoscale", "min"): POOL_MIN,
+        ("time_limit", "soft"): SECONDS,
+        ("time_limit", "hard"): SECONDS,
+        # inspect methods whose work grows with the number (a worker busy for minutes)
+        ("memdump", "samples"): Range(1, 1000),
+        ("objgraph", "num"): Range(1, 10_000),
+        ("objgraph", "max_depth"): Range(1, 100),
     }
 
 
@@ -510,9 +558,39 @@ def _arguments(kind: str, method: str, meta: Any, args: list[str]) -> dict[str, 
                 f"{kind} {method}: {name} must be {getattr(typ, '__name__', typ)}, not "
                 f"{value!r} (usage: {usage})"
             ) from None
+    bounds = _bounds()
+    for (name, _), raw in zip(spec, args):
+        bound, value = bounds.get((method, name)), arguments[name]
+        if bound is not None and not bound.minimum <= value <= bound.maximum:  # nan too
+            raise click.UsageError(
+                f"{kind} {method}: {name} must be {bound.text()}, not {raw!r} (usage: {usage})"
+            )
+    if method == "autoscale" and len(args) == 2:
+        from .monitor.control import check_autoscale
+
+        try:
+            check_autoscale(arguments["min"], arguments["max"])
+        except InvalidInput as exc:
+            raise click.UsageError(f"{kind} {method}: {exc} (usage: {usage})") from None
     if meta.variadic:
         arguments[meta.variadic] = args[len(spec) :]
     return arguments
+
+
+def _check_shrink(state: AppState, n: int, nodes: list[str] | None, timeout: float) -> None:
+    """The API's refusal: a click error when shrinking by ``n`` would leave one of ``nodes``
+    (every worker when None) without a pool process (see :func:`.monitor.control.check_shrink`)."""
+    from .monitor.control import check_shrink, pool_sizes
+
+    try:
+        sizes = pool_sizes(state.celery_app, nodes, timeout)
+    except Exception as exc:  # noqa: BLE001 - transport errors become one line
+        raise click.ClickException(f"control pool_shrink failed: {exc}") from None
+    for node in sorted(sizes):
+        try:
+            check_shrink(node, n, sizes[node])
+        except ConflictError as exc:
+            raise click.ClickException(f"control pool_shrink: {exc}") from None
 
 
 def _remote(
@@ -529,6 +607,8 @@ def _remote(
     state = _state()
     _check_broker(state)
     nodes = [d.strip() for d in destination.split(",") if d.strip()] if destination else None
+    if method == "pool_shrink":
+        _check_shrink(state, arguments.get("n", 1), nodes, timeout)
     if method == "shutdown":  # a worker shutting down sends no reply
         try:
             state.celery_app.control.broadcast(method, arguments=arguments, destination=nodes)
