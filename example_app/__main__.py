@@ -11,7 +11,7 @@ import logging
 import sys
 
 from flask_celerymon import StartError
-from flask_celerymon.processes import is_loopback
+from flask_celerymon.processes import is_loopback, port_taken
 
 from . import celery, create_app
 
@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Open on loopback only: on any other address the monitor needs authentication configured.
+    if port_taken(args.host, args.port):  # before any worker or beat is started
+        sys.exit(f"error: cannot serve on {args.host}:{args.port}: the port is taken")
     app = create_app(open_monitor=is_loopback(args.host))
     with app.app_context():
         print(f"starting the workers and beat (logs in {app.instance_path}/celery/logs) ...")

@@ -21,7 +21,15 @@ from flask.cli import AppGroup
 
 from .appstate import find_state
 from .errors import ConflictError, ConnectionFailed, InvalidInput, StartError
-from .processes import ROLE_ENV, ManagedProcess, check_broker, worker_args
+from .processes import (
+    ROLE_ENV,
+    ManagedProcess,
+    beat_pidfile,
+    check_broker,
+    port_taken,
+    running_pid,
+    worker_args,
+)
 
 if TYPE_CHECKING:
     from .appstate import AppState
@@ -110,10 +118,20 @@ def beat(celery_args: tuple[str, ...]) -> None:
     state = _state()
     settings = state.settings
     args = [f"--loglevel={settings.log_level}"]
+    schedule = os.path.join(settings.instance_path, "celery", "celerybeat-schedule")
     if not any(a in ("-s", "--schedule") or a.startswith("--schedule=") for a in celery_args):
-        folder = os.path.join(settings.instance_path, "celery")
-        os.makedirs(folder, exist_ok=True)
-        args.append(f"--schedule={os.path.join(folder, 'celerybeat-schedule')}")
+        os.makedirs(os.path.dirname(schedule), exist_ok=True)
+        args.append(f"--schedule={schedule}")
+        if not any(a == "--pidfile" or a.startswith("--pidfile=") for a in celery_args):
+            # the pid file the app's local processes look for: a second beat on the same
+            # schedule (tasks sent twice) is refused
+            pid = running_pid(beat_pidfile(schedule))
+            if pid is not None:
+                raise click.ClickException(
+                    f"beat already runs on {schedule} (pid {pid}); a second one would send "
+                    "every periodic task twice"
+                )
+            args.append(f"--pidfile={beat_pidfile(schedule)}")
     _check_broker(state)
     _run_celery(state, ["beat", *args, *celery_args], "beat")
 
@@ -161,6 +179,10 @@ def monitor(
     port = settings.monitor_port if port is None else port
     address = address or settings.monitor_address
     open_locally = _check_exposure(settings, address)
+    if port and port_taken(address, port):
+        raise click.ClickException(
+            f"cannot serve the monitor on {address}:{port}: the port is taken"
+        )
     if worker_class == "gevent":
         _patch_gevent()  # before the monitor's service, locks and sockets are made
     os.environ[ROLE_ENV] = "monitor"

@@ -9,6 +9,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,3 +128,20 @@ def test_example_app_runs_tasks_on_the_embedded_broker_and_stops_on_ctrl_c(tmp_p
         for child in tree:
             if child.is_running():
                 child.kill()
+
+
+def test_example_app_on_a_taken_port_starts_nothing_and_says_so_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("FLASK_APP", "CELERY_BROKER_URL")}
+    env["EXAMPLE_APP_INSTANCE"] = str(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "example_app", "--port", str(port)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: cannot serve on 127.0.0.1:{port}: the port is taken\n"
+    assert "starting the workers" not in proc.stdout
+    assert not (tmp_path / "celery").exists()  # no worker, beat or broker was started

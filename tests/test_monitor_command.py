@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import urllib.request
 
 import redis
@@ -48,3 +49,19 @@ def test_the_served_monitor_sees_tasks_sent_before_its_first_request(own_redis, 
         assert (task["name"], task["worker"]) == ("app.early", "w@h")
     finally:
         _end(proc)
+
+
+def test_the_monitor_on_a_taken_port_is_a_one_line_error(own_redis, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with local.environment(local.app_env(tmp_path, own_redis.url(223), {})):
+            app = local.create_app()
+        result = app.test_cli_runner().invoke(
+            args=["celery", "monitor", "--port", str(port), "--worker-class", "gthread"]
+        )
+    assert result.exit_code == 1
+    assert (
+        result.output == f"Error: cannot serve the monitor on 127.0.0.1:{port}: the port is taken\n"
+    )
