@@ -345,7 +345,9 @@ def serve(
     built, as the ``monitor`` command does); ``"gthread"`` in one of ``threads`` threads.
     The monitor service of ``app`` starts as soon as the serving process is up (gunicorn's
     ``post_worker_init``), not on the first request: tasks sent before anyone opens a page
-    are seen, and the healthcheck says "consuming" from the start.
+    are seen, and the healthcheck says "consuming" from the start. It stops (writing its
+    clean stop to the history store) when the serving process exits (gunicorn's
+    ``worker_exit``: ``SIGTERM``, ``SIGINT``).
     """
     from gunicorn.app.base import BaseApplication
 
@@ -353,6 +355,14 @@ def serve(
         state = find_state(app)
         if state is not None and state.settings.monitor_blueprint:
             state.monitor.ensure_started()
+
+    def stop_monitor(server: Any, worker: Any) -> None:
+        # in the serving process as it exits (SIGTERM, SIGINT, a restart): the service writes
+        # its pending changes and its clean stop, or the next start reports a gap "without a
+        # clean shutdown"
+        state = find_state(app)
+        if state is not None and state.settings.monitor_blueprint:
+            state.monitor.stop()
 
     class MonitorServer(BaseApplication):
         def load_config(self) -> None:
@@ -370,6 +380,7 @@ def serve(
                 # (two apps) would fight over it, and the monitor needs none
                 "control_socket_disable": True,
                 "post_worker_init": start_monitor,
+                "worker_exit": stop_monitor,
             }
             for key, value in options.items():
                 if key in self.cfg.settings:
