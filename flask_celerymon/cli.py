@@ -20,7 +20,13 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from .appstate import find_state
-from .errors import ConflictError, ConnectionFailed, InvalidInput, StartError
+from .errors import (
+    ConfigurationError,
+    ConflictError,
+    ConnectionFailed,
+    InvalidInput,
+    StartError,
+)
 from .processes import (
     ROLE_ENV,
     ManagedProcess,
@@ -35,7 +41,29 @@ if TYPE_CHECKING:
     from .appstate import AppState
     from .config import Settings
 
-celery_group = AppGroup("celery", help="Run Celery workers, beat and the monitor of this app.")
+
+class _CeleryGroup(AppGroup):
+    """The ``celery`` group: an app that fails to load (``flask_celerymon``'s configuration
+    check, or no app found) ends the command in one line, not a traceback.
+
+    Registered as a ``flask.commands`` entry point, the group is found before the app is
+    loaded: each command loads it (``with_appcontext``), inside :meth:`invoke`.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from flask.cli import NoAppException
+
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
+        except NoAppException as exc:
+            error = click.ClickException(exc.format_message())
+            error.exit_code = 2  # Flask's own exit code for it
+            raise error from None
+
+
+celery_group = _CeleryGroup("celery", help="Run Celery workers, beat and the monitor of this app.")
 
 
 def _state(app: Flask | None = None) -> AppState:

@@ -507,3 +507,23 @@ def test_pool_shrink_that_would_leave_no_process_is_refused_as_the_api_does(pref
     result = runner.invoke(args=["celery", "control", "-d", node, "pool_shrink", "1", "-j"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {node: {"ok": "pool will shrink"}}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["inspect", "ping"], ["control", "pool_grow", "1"], ["worker"], ["beat"],
+     ["monitor"], ["cluster"]],
+)  # fmt: skip
+def test_an_app_with_a_bad_broker_url_is_one_line_naming_the_key(tmp_path, args):
+    env = {**os.environ, **local.app_env(tmp_path, "garbage://x")}
+    env["FLASK_APP"] = "tests.apps.local:create_app()"
+    proc = subprocess.run(
+        [sys.executable, "-m", "flask", "celery", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(
+        "Error: CELERY_BROKER_URL = 'garbage://x': 'garbage' is not a broker (kombu transport) "
+        "scheme; use one of "
+    ), proc.stderr
