@@ -32,6 +32,7 @@ from .processes import (
     ManagedProcess,
     beat_pidfile,
     check_broker,
+    monitor_url,
     port_taken,
     running_pid,
     worker_args,
@@ -227,7 +228,8 @@ def monitor(
             f"no authentication configured: the monitor is open to every user of this machine "
             f"({address} is a loopback address)"
         )
-    click.echo(f"monitor of {state.app.name} on http://{address}:{port}/")
+    url = monitor_url(address, port, settings.monitor_url_prefix)
+    click.echo(f"monitor of {state.app.name} on {url}")
     serve(app, address, port, threads=threads, worker_class=worker_class, connections=connections)
 
 

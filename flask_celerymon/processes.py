@@ -220,6 +220,8 @@ class ProcessPlan:
     monitor_mounted: bool = False
     monitor_address: str = "127.0.0.1"
     monitor_port: int = 5555
+    #: ``CELERY_MONITOR_URL_PREFIX``: where the monitor lives on its server.
+    monitor_url_prefix: str = "/monitor"
     #: ``CELERY_START_TIMEOUT`` and ``CELERY_STOP_TIMEOUT``, seconds.
     start_timeout: float = 30.0
     stop_timeout: float = 30.0
@@ -504,7 +506,10 @@ class LocalProcesses:
             ):
                 monitor.status = "running"
                 host, port = self._monitor_address()
-                monitor.detail = f"pid {monitor.pid}, http://{host}:{port}/"
+                plan = self._current or self.plan()
+                monitor.detail = (
+                    f"pid {monitor.pid}, {monitor_url(host, port, plan.monitor_url_prefix)}"
+                )
                 notify(monitor)
             monitor_pending = monitor is not None and monitor.status == "starting"
             if not waiting and not monitor_pending:
@@ -672,6 +677,13 @@ def port_taken(address: str, port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def monitor_url(address: str, port: int, prefix: str) -> str:
+    """The URL of a monitor served on ``address``:``port`` under the URL ``prefix`` (``''`` or
+    ``/monitor``): ``http://127.0.0.1:5555/monitor/``, ``http://[::1]:5555/``."""
+    host = f"[{address}]" if ":" in address and not address.startswith("[") else address
+    return f"http://{host}:{port}{prefix}/"
 
 
 def beat_pidfile(schedule_file: str) -> str:
