@@ -43,6 +43,12 @@ if TYPE_CHECKING:
     from .config import Settings
 
 
+class _NoApp(click.ClickException):
+    """No app to load: one line, with Flask's own exit code for it."""
+
+    exit_code = 2
+
+
 class _CeleryGroup(AppGroup):
     """The ``celery`` group: an app that fails to load (``flask_celerymon``'s configuration
     check, or no app found) ends the command in one line, not a traceback.
@@ -59,9 +65,7 @@ class _CeleryGroup(AppGroup):
         except ConfigurationError as exc:
             raise click.ClickException(str(exc)) from None
         except NoAppException as exc:
-            error = click.ClickException(exc.format_message())
-            error.exit_code = 2  # Flask's own exit code for it
-            raise error from None
+            raise _NoApp(exc.format_message()) from None
 
 
 celery_group = _CeleryGroup("celery", help="Run Celery workers, beat and the monitor of this app.")
