@@ -16,6 +16,9 @@ setup(
     include_package_data=True,
     package_data={"flask_celerymon": ["py.typed", "templates/**/*", "static/**/*"]},
     python_requires=">=3.9",
+    # `flask celery ...` is found before the app is loaded, so an app that fails to load
+    # (a bad CELERY_BROKER_URL...) is a one-line error of the command, not Flask's traceback
+    entry_points={"flask.commands": ["celery = flask_celerymon.cli:celery_group"]},
     install_requires=[
         "flask>=2.3",
         "celery>=5.3",

@@ -1,17 +1,18 @@
 """``python -m example_app``: the app on http://127.0.0.1:5000/ with its workers, beat and monitor.
 
 The workers and beat are started before the web server (not lazily on the first submit), so the
-monitor at /monitor shows them from the start. Ctrl-C stops everything.
+monitor at /monitor shows them from the start. Ctrl-C or SIGTERM stops everything.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from flask_celerymon import StartError
-from flask_celerymon.processes import is_loopback
+from flask_celerymon.processes import is_loopback, port_taken
 
 from . import celery, create_app
 
@@ -23,7 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Open on loopback only: on any other address the monitor needs authentication configured.
+    if port_taken(args.host, args.port):  # before any worker or beat is started
+        sys.exit(f"error: cannot serve on {args.host}:{args.port}: the port is taken")
     app = create_app(open_monitor=is_loopback(args.host))
+    # SIGTERM ends like Ctrl-C: through the finally below, so the monitor writes its clean stop
+    # (the local processes' own handler stops them first, then calls this one)
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     with app.app_context():
         print(f"starting the workers and beat (logs in {app.instance_path}/celery/logs) ...")
         try:
@@ -43,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         with app.app_context():
             celery.stop()
+            celery.monitor.stop()  # its pending changes and clean stop go to the history store
         print("stopped", flush=True)
 
 

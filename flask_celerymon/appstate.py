@@ -166,6 +166,7 @@ class AppState:
             monitor_mounted=BLUEPRINT_NAME in self.app.blueprints,
             monitor_address=settings.monitor_address,
             monitor_port=settings.monitor_port,
+            monitor_url_prefix=settings.monitor_url_prefix,
             start_timeout=float(settings.start_timeout),
             stop_timeout=float(settings.stop_timeout),
             embedded_broker_dir=settings.embedded_broker_dir,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextvars
 import json
 import os
+import re
 import sys
 import time
 from typing import TYPE_CHECKING, Any
@@ -19,14 +20,55 @@ from flask import Flask, current_app
 from flask.cli import AppGroup
 
 from .appstate import find_state
-from .errors import ConnectionFailed, StartError
-from .processes import ROLE_ENV, ManagedProcess, check_broker, worker_args
+from .errors import (
+    ConfigurationError,
+    ConflictError,
+    ConnectionFailed,
+    InvalidInput,
+    StartError,
+)
+from .processes import (
+    ROLE_ENV,
+    ManagedProcess,
+    beat_pidfile,
+    check_broker,
+    monitor_url,
+    port_taken,
+    running_pid,
+    worker_args,
+)
 
 if TYPE_CHECKING:
     from .appstate import AppState
     from .config import Settings
 
-celery_group = AppGroup("celery", help="Run Celery workers, beat and the monitor of this app.")
+
+class _NoApp(click.ClickException):
+    """No app to load: one line, with Flask's own exit code for it."""
+
+    exit_code = 2
+
+
+class _CeleryGroup(AppGroup):
+    """The ``celery`` group: an app that fails to load (``flask_celerymon``'s configuration
+    check, or no app found) ends the command in one line, not a traceback.
+
+    Registered as a ``flask.commands`` entry point, the group is found before the app is
+    loaded: each command loads it (``with_appcontext``), inside :meth:`invoke`.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from flask.cli import NoAppException
+
+        try:
+            return super().invoke(ctx)
+        except ConfigurationError as exc:
+            raise click.ClickException(str(exc)) from None
+        except NoAppException as exc:
+            raise _NoApp(exc.format_message()) from None
+
+
+celery_group = _CeleryGroup("celery", help="Run Celery workers, beat and the monitor of this app.")
 
 
 def _state(app: Flask | None = None) -> AppState:
@@ -109,10 +151,20 @@ def beat(celery_args: tuple[str, ...]) -> None:
     state = _state()
     settings = state.settings
     args = [f"--loglevel={settings.log_level}"]
+    schedule = os.path.join(settings.instance_path, "celery", "celerybeat-schedule")
     if not any(a in ("-s", "--schedule") or a.startswith("--schedule=") for a in celery_args):
-        folder = os.path.join(settings.instance_path, "celery")
-        os.makedirs(folder, exist_ok=True)
-        args.append(f"--schedule={os.path.join(folder, 'celerybeat-schedule')}")
+        os.makedirs(os.path.dirname(schedule), exist_ok=True)
+        args.append(f"--schedule={schedule}")
+        if not any(a == "--pidfile" or a.startswith("--pidfile=") for a in celery_args):
+            # the pid file the app's local processes look for: a second beat on the same
+            # schedule (tasks sent twice) is refused
+            pid = running_pid(beat_pidfile(schedule))
+            if pid is not None:
+                raise click.ClickException(
+                    f"beat already runs on {schedule} (pid {pid}); a second one would send "
+                    "every periodic task twice"
+                )
+            args.append(f"--pidfile={beat_pidfile(schedule)}")
     _check_broker(state)
     _run_celery(state, ["beat", *args, *celery_args], "beat")
 
@@ -160,6 +212,10 @@ def monitor(
     port = settings.monitor_port if port is None else port
     address = address or settings.monitor_address
     open_locally = _check_exposure(settings, address)
+    if port and port_taken(address, port):
+        raise click.ClickException(
+            f"cannot serve the monitor on {address}:{port}: the port is taken"
+        )
     if worker_class == "gevent":
         _patch_gevent()  # before the monitor's service, locks and sockets are made
     os.environ[ROLE_ENV] = "monitor"
@@ -176,7 +232,8 @@ def monitor(
             f"no authentication configured: the monitor is open to every user of this machine "
             f"({address} is a loopback address)"
         )
-    click.echo(f"monitor of {state.app.name} on http://{address}:{port}/")
+    url = monitor_url(address, port, settings.monitor_url_prefix)
+    click.echo(f"monitor of {state.app.name} on {url}")
     serve(app, address, port, threads=threads, worker_class=worker_class, connections=connections)
 
 
@@ -322,7 +379,9 @@ def serve(
     built, as the ``monitor`` command does); ``"gthread"`` in one of ``threads`` threads.
     The monitor service of ``app`` starts as soon as the serving process is up (gunicorn's
     ``post_worker_init``), not on the first request: tasks sent before anyone opens a page
-    are seen, and the healthcheck says "consuming" from the start.
+    are seen, and the healthcheck says "consuming" from the start. It stops (writing its
+    clean stop to the history store) when the serving process exits (gunicorn's
+    ``worker_exit``: ``SIGTERM``, ``SIGINT``).
     """
     from gunicorn.app.base import BaseApplication
 
@@ -330,6 +389,14 @@ def serve(
         state = find_state(app)
         if state is not None and state.settings.monitor_blueprint:
             state.monitor.ensure_started()
+
+    def stop_monitor(server: Any, worker: Any) -> None:
+        # in the serving process as it exits (SIGTERM, SIGINT, a restart): the service writes
+        # its pending changes and its clean stop, or the next start reports a gap "without a
+        # clean shutdown"
+        state = find_state(app)
+        if state is not None and state.settings.monitor_blueprint:
+            state.monitor.stop()
 
     class MonitorServer(BaseApplication):
         def load_config(self) -> None:
@@ -347,6 +414,7 @@ def serve(
                 # (two apps) would fight over it, and the monitor needs none
                 "control_socket_disable": True,
                 "post_worker_init": start_monitor,
+                "worker_exit": stop_monitor,
             }
             for key, value in options.items():
                 if key in self.cfg.settings:
@@ -466,7 +534,35 @@ def _remote_options(fn: Any) -> Any:
     return fn
 
 
-@celery_group.command("inspect")
+#: A negative number given as an argument (``pool_grow -5``), not an option.
+_NEGATIVE = re.compile(r"^-(\d+\.?\d*|\.\d+|inf|nan)$", re.IGNORECASE)
+_NEG_MARK = "\0negative:"
+_VALUE_OPTIONS = ("-d", "--destination", "-t", "--timeout")
+
+
+class _RemoteCommand(click.Command):
+    """``inspect``/``control``: a negative number among the arguments is an argument (refused
+    by its range with a message saying so), not an unknown option."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        marked = [
+            _NEG_MARK + a
+            if _NEGATIVE.match(a) and (i == 0 or args[i - 1] not in _VALUE_OPTIONS)
+            else a
+            for i, a in enumerate(args)
+        ]
+        rest = super().parse_args(ctx, marked)
+
+        def unmark(a: str) -> str:
+            return a[len(_NEG_MARK) :] if a.startswith(_NEG_MARK) else a
+
+        if isinstance(ctx.params.get("method"), str):
+            ctx.params["method"] = unmark(ctx.params["method"])
+        ctx.params["args"] = tuple(unmark(a) for a in ctx.params.get("args") or ())
+        return rest
+
+
+@celery_group.command("inspect", cls=_RemoteCommand)
 @_remote_options
 def inspect(
     method: str, args: tuple[str, ...], destination: str | None, timeout: float, as_json: bool
@@ -475,7 +571,7 @@ def inspect(
     _remote("inspect", method, list(args), destination, timeout, as_json)
 
 
-@celery_group.command("control")
+@celery_group.command("control", cls=_RemoteCommand)
 @_remote_options
 def control(
     method: str, args: tuple[str, ...], destination: str | None, timeout: float, as_json: bool
@@ -491,6 +587,25 @@ def _commands(kind: str) -> dict[str, Any]:
         name: meta
         for name, meta in sorted(Panel.meta.items())
         if meta.type == kind and meta.visible
+    }
+
+
+def _bounds() -> dict[tuple[str, str], Any]:
+    """``{(method, argument): Range}``: every number a remote command takes, with the ranges
+    the JSON API uses (pool steps and autoscale bounds 1..1000, seconds 0..10 years)."""
+    from .web.params import POOL_MAX, POOL_MIN, POOL_STEP, SECONDS, Range
+
+    return {
+        ("pool_grow", "n"): POOL_STEP,
+        ("pool_shrink", "n"): POOL_STEP,
+        ("autoscale", "max"): POOL_MAX,
+        ("autoscale", "min"): POOL_MIN,
+        ("time_limit", "soft"): SECONDS,
+        ("time_limit", "hard"): SECONDS,
+        # inspect methods whose work grows with the number (a worker busy for minutes)
+        ("memdump", "samples"): Range(1, 1000),
+        ("objgraph", "num"): Range(1, 10_000),
+        ("objgraph", "max_depth"): Range(1, 100),
     }
 
 
@@ -510,9 +625,39 @@ def _arguments(kind: str, method: str, meta: Any, args: list[str]) -> dict[str, 
                 f"{kind} {method}: {name} must be {getattr(typ, '__name__', typ)}, not "
                 f"{value!r} (usage: {usage})"
             ) from None
+    bounds = _bounds()
+    for (name, _), raw in zip(spec, args):
+        bound, value = bounds.get((method, name)), arguments[name]
+        if bound is not None and not bound.minimum <= value <= bound.maximum:  # nan too
+            raise click.UsageError(
+                f"{kind} {method}: {name} must be {bound.text()}, not {raw!r} (usage: {usage})"
+            )
+    if method == "autoscale" and len(args) == 2:
+        from .monitor.control import check_autoscale
+
+        try:
+            check_autoscale(arguments["min"], arguments["max"])
+        except InvalidInput as exc:
+            raise click.UsageError(f"{kind} {method}: {exc} (usage: {usage})") from None
     if meta.variadic:
         arguments[meta.variadic] = args[len(spec) :]
     return arguments
+
+
+def _check_shrink(state: AppState, n: int, nodes: list[str] | None, timeout: float) -> None:
+    """The API's refusal: a click error when shrinking by ``n`` would leave one of ``nodes``
+    (every worker when None) without a pool process (see :func:`.monitor.control.check_shrink`)."""
+    from .monitor.control import check_shrink, pool_sizes
+
+    try:
+        sizes = pool_sizes(state.celery_app, nodes, timeout)
+    except Exception as exc:  # noqa: BLE001 - transport errors become one line
+        raise click.ClickException(f"control pool_shrink failed: {exc}") from None
+    for node in sorted(sizes):
+        try:
+            check_shrink(node, n, sizes[node])
+        except ConflictError as exc:
+            raise click.ClickException(f"control pool_shrink: {exc}") from None
 
 
 def _remote(
@@ -529,6 +674,8 @@ def _remote(
     state = _state()
     _check_broker(state)
     nodes = [d.strip() for d in destination.split(",") if d.strip()] if destination else None
+    if method == "pool_shrink":
+        _check_shrink(state, arguments.get("n", 1), nodes, timeout)
     if method == "shutdown":  # a worker shutting down sends no reply
         try:
             state.celery_app.control.broadcast(method, arguments=arguments, destination=nodes)

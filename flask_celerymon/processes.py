@@ -220,6 +220,8 @@ class ProcessPlan:
     monitor_mounted: bool = False
     monitor_address: str = "127.0.0.1"
     monitor_port: int = 5555
+    #: ``CELERY_MONITOR_URL_PREFIX``: where the monitor lives on its server.
+    monitor_url_prefix: str = "/monitor"
     #: ``CELERY_START_TIMEOUT`` and ``CELERY_STOP_TIMEOUT``, seconds.
     start_timeout: float = 30.0
     stop_timeout: float = 30.0
@@ -316,6 +318,7 @@ class LocalProcesses:
                         "beat",
                         f"--loglevel={plan.loglevel}",
                         f"--schedule={plan.beat_schedule_file}",
+                        f"--pidfile={beat_pidfile(plan.beat_schedule_file)}",
                     ],
                     log_path=os.path.join(logs, "beat.log"),
                 )
@@ -406,9 +409,18 @@ class LocalProcesses:
                 try:
                     for proc in children:
                         self._procs[proc.name] = proc
+                        beat_pid = (
+                            running_pid(beat_pidfile(plan.beat_schedule_file))
+                            if proc.kind == "beat"
+                            else None
+                        )
                         if proc.node in running:
                             proc.status, proc.detail = "external", "already running; not started"
-                        elif proc.kind == "monitor" and _port_taken(*self._monitor_address()):
+                        elif beat_pid is not None:
+                            # two beats on one schedule would send every periodic task twice
+                            proc.status = "external"
+                            proc.detail = f"already running (pid {beat_pid}); not started"
+                        elif proc.kind == "monitor" and port_taken(*self._monitor_address()):
                             proc.status = "external"
                             host, port = self._monitor_address()
                             proc.detail = f"port {host}:{port} is taken; not started"
@@ -490,11 +502,14 @@ class LocalProcesses:
             if (
                 monitor is not None
                 and monitor.status == "starting"
-                and _port_taken(*self._monitor_address())
+                and port_taken(*self._monitor_address())
             ):
                 monitor.status = "running"
                 host, port = self._monitor_address()
-                monitor.detail = f"pid {monitor.pid}, http://{host}:{port}/"
+                plan = self._current or self.plan()
+                monitor.detail = (
+                    f"pid {monitor.pid}, {monitor_url(host, port, plan.monitor_url_prefix)}"
+                )
                 notify(monitor)
             monitor_pending = monitor is not None and monitor.status == "starting"
             if not waiting and not monitor_pending:
@@ -655,12 +670,46 @@ def _stop_ref(ref: weakref.ref[LocalProcesses]) -> None:
         obj.stop()
 
 
-def _port_taken(address: str, port: int) -> bool:
+def port_taken(address: str, port: int) -> bool:
+    """True when something accepts TCP connections on ``address``:``port`` (0.2 s at most)."""
     try:
         with socket.create_connection((address, port), timeout=0.2):
             return True
     except OSError:
         return False
+
+
+def monitor_url(address: str, port: int, prefix: str) -> str:
+    """The URL of a monitor served on ``address``:``port`` under the URL ``prefix`` (``''`` or
+    ``/monitor``): ``http://127.0.0.1:5555/monitor/``, ``http://[::1]:5555/``."""
+    host = f"[{address}]" if ":" in address and not address.startswith("[") else address
+    return f"http://{host}:{port}{prefix}/"
+
+
+def beat_pidfile(schedule_file: str) -> str:
+    """The pid file of the beat running the schedule file ``schedule_file``: its path plus
+    ``.pid``. Every beat we start (local processes, ``flask celery beat``) writes it, and
+    Celery refuses to start a second beat on it while the first runs."""
+    return schedule_file + ".pid"
+
+
+def running_pid(pidfile: str) -> int | None:
+    """The pid written in ``pidfile`` when that process still runs; None when there is no
+    such file, it holds no pid, or the process is gone (a stale file of a killed beat)."""
+    try:
+        with open(pidfile) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if pid <= 0 or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid  # runs as another user
+    return pid
 
 
 # -- parent signals ------------------------------------------------------------------------------

@@ -127,6 +127,66 @@ def test_control_argument_of_the_wrong_type_is_a_usage_error(run):
     )
 
 
+USAGE_GROW = "(usage: pool_grow [N=1])"
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["control", "pool_grow", "99999999999999999999"],
+         "Error: control pool_grow: n must be an integer from 1 to 1000, not "
+         f"'99999999999999999999' {USAGE_GROW}"),
+        (["control", "pool_grow", "-5"],
+         f"Error: control pool_grow: n must be an integer from 1 to 1000, not '-5' {USAGE_GROW}"),
+        (["control", "-d", NODE, "pool_grow", "0"],
+         f"Error: control pool_grow: n must be an integer from 1 to 1000, not '0' {USAGE_GROW}"),
+        (["control", "pool_shrink", "1001"],
+         "Error: control pool_shrink: n must be an integer from 1 to 1000, not '1001' "
+         "(usage: pool_shrink [N=1])"),
+        (["control", "autoscale", "5000"],
+         "Error: control autoscale: max must be an integer from 1 to 1000, not '5000' "
+         "(usage: autoscale [max [min]])"),
+        (["control", "autoscale", "4", "-1"],
+         "Error: control autoscale: min must be an integer from 0 to 1000, not '-1' "
+         "(usage: autoscale [max [min]])"),
+        (["control", "autoscale", "2", "5"],
+         "Error: control autoscale: min must be <= max, not min=5 max=2 "
+         "(usage: autoscale [max [min]])"),
+        (["control", "time_limit", "tests.apps.local.add", "nan"],
+         "Error: control time_limit: soft must be a number from 0 to 315360000, not 'nan' "
+         "(usage: time_limit <task_name> <soft_secs> [hard_secs])"),
+        (["control", "time_limit", "tests.apps.local.add", "1", "-inf"],
+         "Error: control time_limit: hard must be a number from 0 to 315360000, not '-inf' "
+         "(usage: time_limit <task_name> <soft_secs> [hard_secs])"),
+        (["inspect", "memdump", "100000000"],
+         "Error: inspect memdump: samples must be an integer from 1 to 1000, not '100000000' "
+         "(usage: memdump [n_samples=10])"),
+        (["inspect", "objgraph", "Request", "10", "1000000"],
+         "Error: inspect objgraph: max_depth must be an integer from 1 to 100, not '1000000' "
+         "(usage: objgraph [object_type=Request] [num=200 [max_depth=10]])"),
+    ],
+)  # fmt: skip
+def test_every_number_of_a_remote_command_is_checked_against_the_apis_range(run, args, error):
+    result = run(*args)
+    assert result.exit_code == 2, result.output
+    assert result.output.splitlines()[-1] == error
+    assert "Traceback" not in result.output
+
+
+def test_a_negative_timeout_is_still_the_timeout_options_error(run):
+    result = run("control", "-t", "-1", "pool_grow", "1")
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "Error: Invalid value for '-t' / '--timeout': -1.0 is not in the range x>0."
+    )
+
+
+def test_pool_grow_within_range_still_reaches_the_worker(run):
+    result = run("control", "pool_grow", "1", "-j")
+    assert result.exit_code == 0, result.output
+    assert NODE in json.loads(result.output)  # solo pool: the worker answers (with its error)
+
+
 def test_inspect_with_extra_arguments_is_a_usage_error(run):
     result = run("inspect", "stats", "extra")
     assert result.exit_code == 2
@@ -385,7 +445,7 @@ def _doc_examples() -> list[tuple[str, str, str]]:
 
 def test_the_error_examples_of_the_cli_docs_are_what_the_commands_print(own_redis, tmp_path):
     examples = _doc_examples()
-    assert len(examples) == 5
+    assert len(examples) == 7
     flask = str(pathlib.Path(sys.executable).with_name("flask"))
     down_port = str(free_port())
     checked = 0
@@ -407,6 +467,64 @@ def test_the_error_examples_of_the_cli_docs_are_what_the_commands_print(own_redi
             stderr=subprocess.STDOUT, text=True, timeout=60,
         )  # fmt: skip
         assert proc.stdout == expected, command
-        assert proc.returncode == (2 if "\nUsage: " in "\n" + expected else 1), command
+        usage = "\nUsage: " in "\n" + expected or where == "no app"  # Flask's code: 2
+        assert proc.returncode == (2 if usage else 1), command
         checked += 1
-    assert checked == 5
+    assert checked == 7
+
+
+@pytest.fixture(scope="module")
+def prefork_app(own_redis, tmp_path_factory):
+    """An app whose one local worker ``clipool`` runs a prefork pool of 2 processes."""
+    options = {"concurrency": 2, "pool": "prefork", "without_mingle": True,
+               "without_gossip": True}  # fmt: skip
+    env = local.app_env(tmp_path_factory.mktemp("pool"), own_redis.url(229), {"clipool": options})
+    with local.environment(env):
+        flask_app = local.create_app()
+        procs = flask_app.extensions["celerymon"].processes
+        try:
+            procs.start()
+            yield flask_app
+        finally:
+            procs.stop(timeout=5)
+
+
+def test_pool_shrink_that_would_leave_no_process_is_refused_as_the_api_does(prefork_app):
+    runner = prefork_app.test_cli_runner()
+    node = f"clipool@{HOST}"
+
+    def pool_size() -> int:
+        stats = runner.invoke(args=["celery", "inspect", "stats", "-j", "-t", "5"])
+        return len(json.loads(stats.output)[node]["pool"]["processes"])
+
+    for args in (["-d", node, "pool_shrink", "5"], ["pool_shrink", "2"]):
+        result = runner.invoke(args=["celery", "control", *args])
+        assert result.exit_code == 1, result.output
+        assert result.output == (
+            f"Error: control pool_shrink: shrinking '{node}' worker's pool by "
+            f"{args[-1]} would leave it without a process (it has 2); shrink by at most 1\n"
+        )
+    assert pool_size() == 2
+    result = runner.invoke(args=["celery", "control", "-d", node, "pool_shrink", "1", "-j"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {node: {"ok": "pool will shrink"}}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["inspect", "ping"], ["control", "pool_grow", "1"], ["worker"], ["beat"],
+     ["monitor"], ["cluster"]],
+)  # fmt: skip
+def test_an_app_with_a_bad_broker_url_is_one_line_naming_the_key(tmp_path, args):
+    env = {**os.environ, **local.app_env(tmp_path, "garbage://x")}
+    env["FLASK_APP"] = "tests.apps.local:create_app()"
+    proc = subprocess.run(
+        [sys.executable, "-m", "flask", "celery", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith(
+        "Error: CELERY_BROKER_URL = 'garbage://x': 'garbage' is not a broker (kombu transport) "
+        "scheme; use one of "
+    ), proc.stderr

@@ -9,6 +9,8 @@ import json
 import os
 import re
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ import urllib.request
 import psutil
 import pytest
 
+from flask_celerymon.monitor.settings import DB_FILENAME
 from tests.conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,3 +130,52 @@ def test_example_app_runs_tasks_on_the_embedded_broker_and_stops_on_ctrl_c(tmp_p
         for child in tree:
             if child.is_running():
                 child.kill()
+
+
+def test_example_app_on_a_taken_port_starts_nothing_and_says_so_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("FLASK_APP", "CELERY_BROKER_URL")}
+    env["EXAMPLE_APP_INSTANCE"] = str(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run(
+            [sys.executable, "-m", "example_app", "--port", str(port)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr == f"error: cannot serve on 127.0.0.1:{port}: the port is taken\n"
+    assert "starting the workers" not in proc.stdout
+    assert not (tmp_path / "celery").exists()  # no worker, beat or broker was started
+
+
+def test_example_app_stopped_by_sigterm_stops_its_monitor_cleanly(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("FLASK_APP", "CELERY_BROKER_URL")}
+    env["EXAMPLE_APP_INSTANCE"] = str(tmp_path)
+    log = tmp_path / "example.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "example_app", "--port", str(port)],
+            cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    tree: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 90
+        while "Running on" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM, log.read_text()
+        assert log.read_text().endswith("stopped\n"), log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for child in tree:
+            if child.is_running():
+                child.kill()
+    with sqlite3.connect(tmp_path / DB_FILENAME) as conn:
+        meta = dict(conn.execute("SELECT key, value FROM meta"))
+    assert meta.get("clean_stop") == "1", (meta, log.read_text())

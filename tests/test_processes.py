@@ -369,3 +369,42 @@ def test_no_child_outlives_the_parent(ending, tmp_path):
         parent.stdout.close()  # type: ignore[union-attr]
         for child in _alive(children):
             child.kill()
+
+
+def test_a_second_start_on_the_same_instance_finds_beat_running_and_starts_no_second_one(
+    own_redis, tmp_path
+):
+    from flask_celerymon.processes import beat_pidfile, running_pid
+
+    env = local.app_env(tmp_path, own_redis.url(231), {}, beat=True)
+    with local.environment(env):
+        first, second = local.create_app(), local.create_app()
+    one, two = (a.extensions["celerymon"].processes for a in (first, second))
+    pidfile = beat_pidfile(one.plan().beat_schedule_file)
+    try:
+        with local.environment(env):
+            one.start()
+            beat = one.processes["beat"]
+            deadline = time.monotonic() + 30
+            while running_pid(pidfile) is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert running_pid(pidfile) is not None, beat.log_path
+            two.start()
+            again = two.processes["beat"]
+            assert again.popen is None
+            assert (again.status, again.detail) == (
+                "external",
+                f"already running (pid {running_pid(pidfile)}); not started",
+            )
+            # `flask celery beat` on the same instance is refused too, in one line
+            result = second.test_cli_runner().invoke(args=["celery", "beat"])
+            assert result.exit_code == 1
+            assert result.output == (
+                f"Error: beat already runs on {one.plan().beat_schedule_file} (pid "
+                f"{running_pid(pidfile)}); a second one would send every periodic task twice\n"
+            )
+    finally:
+        two.stop(timeout=5)
+        one.stop(timeout=5)
+    assert beat.returncode is not None
+    assert running_pid(pidfile) is None  # gone with its beat: the next start starts one

@@ -268,11 +268,8 @@ class Control:
         """
         self.known_worker(name)
         before = _processes(self.pool(name))
-        if not grow and before is not None and n >= before:
-            raise ConflictError(
-                f"shrinking '{name}' worker's pool by {n} would leave it without a process "
-                f"(it has {before}); shrink by at most {before - 1}"
-            )
+        if not grow:
+            check_shrink(name, n, before)
         control = self.celery_app.control
         fn = control.pool_grow if grow else control.pool_shrink
         verb = "grow" if grow else "shrink"
@@ -296,8 +293,7 @@ class Control:
         :class:`RefusedError` (autoscale is not enabled on the worker), :class:`NoReplyError`.
         """
         self.known_worker(name)
-        if lo > hi:
-            raise InvalidInput(f"min must be <= max, not min={lo} max={hi}")
+        check_autoscale(lo, hi)
         self._broadcast(name, "autoscale", f"Failed to autoscale '{name}' worker", min=lo, max=hi)
         after = self._pool_after(
             name,
@@ -400,6 +396,35 @@ class Control:
             name, limit, destination=[worker], reply=True, timeout=self.reply_timeout(), limit=1
         )
         return self._reply(worker, replies, f"Failed to set rate limit of '{name}'")
+
+
+def check_shrink(name: str, n: int, processes: int | None) -> None:
+    """Refuse to shrink worker ``name``'s pool of ``processes`` processes (None: unknown, not
+    refused) by ``n``: raises :class:`ConflictError` when it would leave no process (the worker
+    would take tasks and never run them). Shared by :meth:`Control.pool_resize` and the CLI."""
+    if processes is not None and n >= processes:
+        raise ConflictError(
+            f"shrinking '{name}' worker's pool by {n} would leave it without a process "
+            f"(it has {processes}); shrink by at most {processes - 1}"
+        )
+
+
+def check_autoscale(lo: int, hi: int) -> None:
+    """Raises :class:`InvalidInput` when the autoscaler's ``lo`` (min) is above ``hi`` (max)."""
+    if lo > hi:
+        raise InvalidInput(f"min must be <= max, not min={lo} max={hi}")
+
+
+def pool_sizes(celery_app: Any, nodes: list[str] | None, timeout: float) -> dict[str, int | None]:
+    """``{node: number of pool processes}`` of the workers ``nodes`` (every worker when None)
+    that answer ``stats`` within ``timeout`` seconds; None for a pool that lists no processes
+    (solo, threads...). Raises the broker client's connection error."""
+    stats = celery_app.control.inspect(destination=nodes, timeout=timeout).stats() or {}
+    return {
+        node: _processes(dict(info.get("pool") or {}))
+        for node, info in stats.items()
+        if isinstance(info, dict)
+    }
 
 
 def _processes(pool: dict[str, Any] | None) -> int | None:
