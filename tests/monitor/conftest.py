@@ -85,6 +85,13 @@ def worker_app(module_broker: str) -> Celery:
     from tests.monitor.worker_app import app
 
     app.conf.broker_url = module_broker
+    # The app is one object for every module: drop what an earlier module made for its own
+    # broker, or control and inspect calls still go there: the connection pool, the producer
+    # pool (app.amqp) and the control mailbox that keeps it (app.amqp and app.control are
+    # cached properties; popping them makes the next access build new ones)
+    app.close()
+    app.__dict__.pop("control", None)
+    app.__dict__.pop("amqp", None)
     return app
 
 
