@@ -43,9 +43,10 @@ seconds and hands the same :class:`Batch` to every feed; each feed sends at most
 :data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
 1008 and the reason; a subscriber too slow for the event rate is closed with 1013 and the
 page reconnects (and reloads what it shows). Beyond ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` open
-feeds a new one is closed with code 4503 (:data:`~.hardening.BUSY_CLOSE_CODE`): the page then
-reloads what it shows every ``CELERY_MONITOR_POLL_INTERVAL`` seconds, trying the feed again
-each time.
+feeds a new one is closed with code 4503 (:data:`~.hardening.BUSY_CLOSE_CODE`), and the
+connection shut at once, without waiting for the client's answer (:func:`_end_of_stream`): the
+page then reloads what it shows every ``CELERY_MONITOR_POLL_INTERVAL`` seconds, trying the feed
+again each time.
 """
 
 from __future__ import annotations
