@@ -6,7 +6,8 @@
   thousands of requests ends. Values outside the range are left as generated.
 * A few rules of the API cannot be written in OpenAPI 3.0: the grammar of ``search``, the
   calendar behind the date parameters, "a bulk action needs at least one filter", ``min <=
-  max`` of autoscale and ``soft_time_limit <= time_limit``. A case generated as *valid* that
+  max`` of autoscale, ``soft_time_limit <= time_limit`` and ``soft <= hard`` of
+  ``task/timeout``. A case generated as *valid* that
   breaks one of them is dropped (the API answers it 400, as ``docs/api.rst`` says and
   ``tests/web/test_api*.py`` check); the rule itself is checked with the API's own parameter
   declarations (:mod:`flask_celerymon.web.params`).
@@ -63,6 +64,10 @@ def _breaks_an_unstated_rule(path: str, query: dict[str, Any], body: Any) -> boo
         if path.startswith("/api/worker/pool/autoscale/"):
             lo, hi = query.get("min"), query.get("max")
             if lo is not None and hi is not None and int(lo) > int(hi):
+                return True
+        if path.startswith("/api/task/timeout/"):
+            soft, hard = query.get("soft"), query.get("hard")
+            if soft and hard and 0 < float(hard) < float(soft):
                 return True
         if isinstance(body, dict):
             dates = {k: body[k] for k in ("eta", "expires") if isinstance(body.get(k), str)}

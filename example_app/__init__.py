@@ -35,6 +35,10 @@ class Config:
     # The monitor is the blueprint mounted in this app at /monitor: it starts with the workers,
     # inside this process (no separate monitor process).
     CELERY_TASK_DEFAULT_QUEUE = "celery"
+    # What ``submit`` and the monitor's apply routes may run: the tasks module only. The default
+    # (the whole ``example_app`` package) would let an operator run ``create_app`` or a view on a
+    # worker, and ``create_app("some.module")`` imports any module (see docs/security.rst).
+    CELERY_SUBMIT_ALLOWLIST = ["example_app.tasks"]
     # The monitor refuses everyone until authentication is configured (see docs/security.rst);
     # ``python -m example_app`` opens it when it serves on a loopback address only.
     CELERY_MONITOR_ALLOW_ANONYMOUS = False

@@ -179,3 +179,21 @@ def test_example_app_stopped_by_sigterm_stops_its_monitor_cleanly(tmp_path):
     with sqlite3.connect(tmp_path / DB_FILENAME) as conn:
         meta = dict(conn.execute("SELECT key, value FROM meta"))
     assert meta.get("clean_stop") == "1", (meta, log.read_text())
+
+
+def test_the_example_lets_the_monitor_run_only_its_tasks_module(tmp_path, monkeypatch):
+    """The example's allowlist is ``example_app.tasks``, not the whole package: an operator
+    cannot run its app factory (``create_app("this.s")`` would import any module on a worker)
+    nor its views through the monitor's apply routes."""
+    from example_app import create_app
+
+    monkeypatch.setenv("EXAMPLE_APP_INSTANCE", str(tmp_path))
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    app = create_app(open_monitor=True)
+    assert app.config["CELERY_SUBMIT_ALLOWLIST"] == ["example_app.tasks"]
+    client = app.test_client()
+    for name in ("example_app:create_app", "example_app.views:submit", "example_app:Config"):
+        for route in ("apply", "async-apply"):
+            resp = client.post(f"/monitor/api/task/{route}/{name}", json={"args": ["this.s"]})
+            assert resp.status_code == 404, (name, route, resp.json)
+            assert resp.json == {"error": f"Unknown task '{name}'"}

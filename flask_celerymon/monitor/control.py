@@ -37,6 +37,7 @@ from ..errors import (
     RefusedError,
     UnavailableError,
 )
+from .queues import check_queue_name
 
 log = logging.getLogger(__name__)
 
@@ -311,8 +312,11 @@ class Control:
     def add_consumer(self, name: str, queue: str) -> str:
         """Make worker ``name`` consume ``queue``; the worker's reply text.
 
-        Raises :class:`NotFoundError`, :class:`RefusedError`, :class:`NoReplyError`.
+        Raises :class:`InvalidInput` for a queue name with control characters
+        (:func:`~.queues.check_queue_name`), :class:`NotFoundError`, :class:`RefusedError`,
+        :class:`NoReplyError`.
         """
+        check_queue_name(queue)
         self.known_worker(name)
         return self._broadcast(
             name,
@@ -323,6 +327,7 @@ class Control:
 
     def cancel_consumer(self, name: str, queue: str) -> str:
         """Make worker ``name`` stop consuming ``queue``; as :meth:`add_consumer`."""
+        check_queue_name(queue)
         self.known_worker(name)
         return self._broadcast(
             name,
@@ -371,9 +376,15 @@ class Control:
     def time_limit(self, name: str, worker: str, soft: float | None, hard: float | None) -> str:
         """Set task ``name``'s time limits (seconds; None: unchanged) on ``worker``; its reply.
 
-        Raises :class:`NotFoundError` (task name or worker), :class:`RefusedError`,
-        :class:`NoReplyError`.
+        Raises :class:`InvalidInput` when ``hard`` is below ``soft``, both set and not 0 (Celery
+        would accept it, and the soft limit would never fire), :class:`NotFoundError` (task name or worker),
+        :class:`RefusedError`, :class:`NoReplyError`.
         """
+        if soft and hard and hard < soft:  # 0 is "no limit" to Celery
+            raise InvalidInput(
+                f"hard must be >= soft, not soft={soft:g} hard={hard:g} (seconds; the soft time "
+                "limit warns the task before the hard one kills it)"
+            )
         self.registered_name(name, worker)
         self.known_worker(worker)
         replies = self.celery_app.control.time_limit(

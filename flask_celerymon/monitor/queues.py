@@ -4,7 +4,9 @@
 :class:`~.service.MonitorService` and imports no Flask. Each call opens a broker connection
 from the app's pool in the caller's thread. The per-broker work is :mod:`.broker`'s.
 
-Errors: :class:`~flask_celerymon.errors.NotFoundError` for a queue the monitor does not know
+Errors: :class:`~flask_celerymon.errors.InvalidInput` for a queue name no broker can hold
+(:func:`check_queue_name`), :class:`~flask_celerymon.errors.NotFoundError` for a queue the
+monitor does not know
 (or a message not waiting), :class:`~flask_celerymon.errors.ConflictError` when the broker
 cannot do it (listing or deleting one message needs Redis); an unreachable broker raises the
 client's own connection error.
@@ -14,12 +16,30 @@ from __future__ import annotations
 
 import json
 import logging
+import unicodedata
 from typing import Any
 
-from ..errors import ConflictError, NotFoundError
+from ..errors import ConflictError, InvalidInput, NotFoundError
 from . import broker as _broker
 
 log = logging.getLogger(__name__)
+
+
+def check_queue_name(name: str, what: str = "queue") -> str:
+    """``name`` when it can name a queue (or an exchange, a routing key): returned unchanged.
+
+    Raises :class:`~flask_celerymon.errors.InvalidInput` naming ``what`` (the parameter) when
+    ``name`` is not a string or holds a control character (NUL, newline, tab, DEL, the C1
+    range: Unicode category ``Cc``). Such names end up in broker keys, log lines and the
+    monitor's pages, where they can cut or forge a line. Any other text is a valid name to
+    AMQP and Redis (``../x`` is a key, not a path), so it is allowed.
+    """
+    if not isinstance(name, str):
+        raise InvalidInput(f"{what} must be a string, not {name!r}")
+    for ch in name:
+        if unicodedata.category(ch) == "Cc":
+            raise InvalidInput(f"{what} must not contain control characters ({ch!r} in {name!r})")
+    return name
 
 
 def message_summary(raw: bytes | str) -> dict[str, Any] | None:
@@ -66,7 +86,10 @@ class Queues:
         return _broker.known_queue_names(self.celery_app, svc.inspector, svc.settings.queues)
 
     def known(self, queue: str) -> None:
-        """Raises :class:`NotFoundError` unless ``queue`` is one of :meth:`names`."""
+        """Raises :class:`InvalidInput` for a name with control characters
+        (:func:`check_queue_name`), :class:`NotFoundError` unless ``queue`` is one of
+        :meth:`names`."""
+        check_queue_name(queue)
         if queue not in self.names():
             raise NotFoundError(f"Unknown queue '{queue}'")
 

@@ -43,8 +43,16 @@ from ..errors import (
 )
 from ..network import is_connection_error
 from .control import FINISHED, Control, final_state, result_backend, state_store
+from .queues import check_queue_name
 
 log = logging.getLogger(__name__)
+
+
+def _check_names(options: Mapping[str, Any]) -> None:
+    """Raises :class:`InvalidInput` for a queue, exchange or routing key that cannot be one."""
+    for key in ("queue", "exchange", "routing_key"):
+        if options.get(key) is not None:
+            check_queue_name(options[key], key)
 
 
 def record_pending(
@@ -162,7 +170,9 @@ class Sender:
     ) -> Any:
         """Send the registered task or reference ``name`` with ``apply_async`` ``options``;
         its ``AsyncResult``. Raises as :meth:`sendable`, and :class:`InvalidInput` when
-        Celery refuses the message."""
+        Celery refuses the message or a ``queue``, ``exchange`` or ``routing_key`` option holds
+        control characters (:func:`~.queues.check_queue_name`)."""
+        _check_names(options)
         task, a, kw, extra = self.sendable(name, args, kwargs)
         with refused_as_invalid(name):
             return task.apply_async(a, kw, **options, **extra)
@@ -180,6 +190,7 @@ class Sender:
         capp = self.celery_app
         if name in capp.tasks or ":" in name:
             return self.apply(name, args, kwargs, options)
+        _check_names(options)
         task_id = options.pop("task_id", None) or new_uuid()
         try:
             record_pending(

@@ -43,9 +43,10 @@ seconds and hands the same :class:`Batch` to every feed; each feed sends at most
 :data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
 1008 and the reason; a subscriber too slow for the event rate is closed with 1013 and the
 page reconnects (and reloads what it shows). Beyond ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` open
-feeds a new one is closed with code 4503 (:data:`~.hardening.BUSY_CLOSE_CODE`): the page then
-reloads what it shows every ``CELERY_MONITOR_POLL_INTERVAL`` seconds, trying the feed again
-each time.
+feeds a new one is closed with code 4503 (:data:`~.hardening.BUSY_CLOSE_CODE`), and the
+connection shut at once, without waiting for the client's answer (:func:`_end_of_stream`): the
+page then reloads what it shows every ``CELERY_MONITOR_POLL_INTERVAL`` seconds, trying the feed
+again each time.
 """
 
 from __future__ import annotations
@@ -656,16 +657,20 @@ def feed(ws: Any) -> None:
 
     Each open feed holds one of the server's threads (a greenlet under gevent), so at most
     ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` run at once; the next is closed at once with
-    :data:`~.hardening.BUSY_CLOSE_CODE` and the page polls instead.
+    :data:`~.hardening.BUSY_CLOSE_CODE` and the page polls instead. A refused or finished
+    feed does not wait for the peer's answer to the close frame (:func:`_end_of_stream`).
     """
     state = get_state()
     sockets = state.limits.sockets
     if not sockets.enter():
         tcp = _own_tcp(ws)
-        ws.close(
-            reason=BUSY_CLOSE_CODE,
-            message=f"{sockets.size} live pages are open (CELERY_MONITOR_MAX_LIVE_SOCKETS)",
-        )
+        try:
+            ws.close(
+                reason=BUSY_CLOSE_CODE,
+                message=f"{sockets.size} live pages are open (CELERY_MONITOR_MAX_LIVE_SOCKETS)",
+            )
+        except Exception:  # noqa: BLE001 - the peer is gone already
+            pass
         _end_of_stream(ws, tcp)
         return
     try:
@@ -675,13 +680,14 @@ def feed(ws: Any) -> None:
 
 
 def _serve(ws: Any, service: Any) -> None:
+    tcp = _own_tcp(ws)
     try:
         f = Feed(request.args.get("view", ""), request.args)
     except BadInput as exc:
         ws.close(reason=1008, message=str(exc)[:120])
+        _end_of_stream(ws, tcp)
         return
     sub = f.subscribe(service, get_hub())
-    tcp = _own_tcp(ws)
     try:
         f.prime(service)
         ws.send(json.dumps({"type": "hello", "view": f.view}))
@@ -757,22 +763,34 @@ def _own_tcp(ws: Any) -> socket.socket | None:
 
 
 def _end_of_stream(ws: Any, tcp: socket.socket | None) -> None:
-    """Under werkzeug's server, end the TCP stream once the feed is over.
+    """End the TCP stream once the feed is over, without waiting for the peer.
 
-    flask-sock hands werkzeug an empty HTTP response after the handler returns, which
-    werkzeug writes onto the finished websocket; browsers report those bytes as an
-    "Invalid frame header". Shutting the sending side first makes that write fail quietly
-    (werkzeug treats it as a dropped connection). simple-websocket may already have closed
-    its socket object, hence the duplicate handle taken at the start. Other servers
-    (gunicorn) write nothing and need none of this.
+    The close frame sent, nothing more is read: a peer that never answers it (or never
+    closes its end) must not hold the server. Under gunicorn, ``gthread`` closes a finished
+    connection "gracefully" in its main loop, waiting up to 2 s per connection for the peer to
+    close its end, one connection after the other: 24 refused feeds from a silent client
+    stopped it from accepting anything for 48 s. Shutting both directions here makes that
+    wait end at once (and wakes simple-websocket's reader thread).
+
+    Under werkzeug's server, flask-sock then hands werkzeug an empty HTTP response, which
+    werkzeug writes onto the finished websocket; browsers report those bytes as an "Invalid
+    frame header". Shutting the sending side first makes that write fail quietly (werkzeug
+    treats it as a dropped connection). simple-websocket may already have closed its socket
+    object, hence the duplicate handle ``tcp`` taken at the start.
     """
-    if tcp is None:
-        return
     if ws.connected:
         try:
             ws.close()
         except Exception:  # noqa: BLE001 - the peer may already be gone
             pass
+    if tcp is None:
+        sock = getattr(ws, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed by the peer or by simple-websocket
+                pass
+        return
     try:
         tcp.shutdown(socket.SHUT_WR)
     except OSError:

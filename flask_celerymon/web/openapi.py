@@ -283,8 +283,9 @@ def _path_parameters(rule: str) -> list[dict[str, Any]]:
             text = _WORKER_NAME if rule.startswith("/api/worker/") else _TASK_NAME
         else:
             text = PATH_PARAMETERS[name]
+        schema = {**_STR, "pattern": _params.QUEUE_NAME_PATTERN} if name == "queue" else dict(_STR)
         out.append(
-            {"name": name, "in": "path", "required": True, "schema": dict(_STR), "description": text}
+            {"name": name, "in": "path", "required": True, "schema": schema, "description": text}
         )
     return out
 

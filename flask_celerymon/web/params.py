@@ -151,6 +151,9 @@ _STR: dict[str, Any] = {"type": "string"}
 #: A required text: at least one character that is not white space.
 _TEXT: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": "\\S"}
 _EMPTY: dict[str, Any] = {"type": "string", "maxLength": 0}
+#: A queue, exchange or routing key name: no control character (see
+#: :func:`~flask_celerymon.monitor.queues.check_queue_name`).
+QUEUE_NAME_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
 
 
 # -- the fields --------------------------------------------------------------------------------
@@ -237,6 +240,30 @@ class Pattern(Text):
 
     def openapi(self) -> dict[str, Any]:
         return {"type": "string", "pattern": self.pattern}
+
+
+class QueueName(Text):
+    """A required queue name: a non-blank text without control characters anywhere (checked
+    before the surrounding white space is stripped; see
+    :func:`~flask_celerymon.monitor.queues.check_queue_name`)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(required=True, **kw)
+
+    def parse(self, value: Any) -> str:
+        from ..monitor.queues import check_queue_name
+
+        if isinstance(value, str):
+            try:
+                check_queue_name(value, self.param)
+            except InvalidInput as exc:
+                raise BadParameter(str(exc)) from None
+        return super().parse(value)
+
+    def openapi(self) -> dict[str, Any]:
+        # a non-blank text (as Text requires) of the characters QUEUE_NAME_PATTERN allows
+        blank_free = r"^(?=[\s\S]*\S)" + QUEUE_NAME_PATTERN[1:]
+        return {"type": "string", "minLength": 1, "pattern": blank_free}
 
 
 class Choice(Param):
@@ -481,6 +508,23 @@ class JsonText(Param):
         if self.allow_empty:
             return {"type": "string", "nullable": True}
         return {"type": "string", "minLength": 1, "nullable": True}
+
+
+class JsonName(JsonText):
+    """A JSON string naming a queue, an exchange or a routing key: no control characters
+    (:func:`~flask_celerymon.monitor.queues.check_queue_name`); null means not given."""
+
+    def parse(self, value: Any) -> str:
+        from ..monitor.queues import check_queue_name
+
+        text = super().parse(value)
+        try:
+            return check_queue_name(text, self.param)
+        except InvalidInput as exc:
+            raise BadParameter(str(exc)) from None
+
+    def openapi(self) -> dict[str, Any]:
+        return {**super().openapi(), "pattern": QUEUE_NAME_PATTERN}
 
 
 class JsonBool(Param):
@@ -789,9 +833,9 @@ class ApplyBody(ma.Schema):
     args = JsonArray()
     kwargs = JsonObject()
     timeout = JsonNumber(WAIT)
-    queue = JsonText()
-    routing_key = JsonText()
-    exchange = JsonText(allow_empty=True)
+    queue = JsonName()
+    routing_key = JsonName()
+    exchange = JsonName(allow_empty=True)
     task_id = JsonText()
     priority = JsonNumber(PRIORITY)
     retries = JsonNumber(RETRIES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -395,3 +396,59 @@ def test_a_message_celery_refuses_to_send_is_400_with_celerys_reason(redis_serve
         assert not state.celery_app.backend.client.exists("celery-task-meta-refused-send-task")
     finally:
         state.shutdown()
+
+
+#: Queue names no broker should get: control characters (NUL, newline, DEL, C1), any position.
+BAD_QUEUE_NAMES = ["a\x00b", "celery\n", "\x1b[31mred", "x\x7f", "x\x85y", "\tq"]
+
+
+@pytest.mark.parametrize("route", ["apply", "async-apply", "send-task"])
+@pytest.mark.parametrize("option", ["queue", "routing_key", "exchange"])
+def test_apply_options_naming_a_queue_refuse_control_characters(api, route, option):
+    for name in BAD_QUEUE_NAMES:
+        resp = api.post(f"/api/task/{route}/{ADD}", json={"args": [1, 2], option: name})
+        assert resp.status_code == 400, (name, resp.json)
+        assert resp.json == {
+            "error": f"{option} must not contain control characters "
+            f"({next(c for c in name if ord(c) < 32 or 127 <= ord(c) < 160)!r} in {name!r})"
+        }
+
+
+def test_a_queue_name_like_a_path_is_only_a_name(api):
+    """``../../etc`` is a broker key, not a path: sent to that queue, which nobody consumes."""
+    resp = api.post(f"/api/task/async-apply/{ADD}", json={"args": [1, 2], "queue": "../../etc"})
+    assert resp.status_code == 200, resp.json
+
+
+def test_every_queue_name_parameter_refuses_control_characters(monitored, api):
+    worker = monitored.worker_name
+    # checked before a query parameter is stripped of surrounding white space
+    for name in [*BAD_QUEUE_NAMES, "que\nue"]:
+        pct = urllib.parse.quote(name, safe="")
+        first_bad = next(c for c in name if ord(c) < 32 or 127 <= ord(c) < 160)
+        message = f"queue must not contain control characters ({first_bad!r} in {name!r})"
+        for method, path in (
+            ("POST", f"/api/worker/queue/add-consumer/{worker}?queue={pct}"),
+            ("POST", f"/api/worker/queue/cancel-consumer/{worker}?queue={pct}"),
+            ("POST", f"/api/queues/purge/{pct}"),
+            ("GET", f"/api/queues/messages/{pct}"),
+            ("POST", f"/api/queues/remove/{pct}/{uuid.uuid4()}"),
+        ):
+            resp = api.call(method, path)
+            assert resp.status_code == 400, (method, path, resp.json)
+            assert resp.json == {"error": message}, (method, path)
+
+
+def test_a_hard_time_limit_below_the_soft_one_is_400_naming_both(monitored, api):
+    resp = api.post(
+        f"/api/task/timeout/{REGISTERED}?workername={monitored.worker_name}&soft=10&hard=1"
+    )
+    assert resp.status_code == 400, resp.json
+    assert resp.json == {
+        "error": "hard must be >= soft, not soft=10 hard=1 (seconds; the soft time limit "
+        "warns the task before the hard one kills it)"
+    }
+    ok = api.post(
+        f"/api/task/timeout/{REGISTERED}?workername={monitored.worker_name}&soft=1&hard=10"
+    )
+    assert ok.status_code == 200, ok.json

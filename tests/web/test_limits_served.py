@@ -349,3 +349,63 @@ def test_the_standalone_monitor_caps_from_its_threads_and_serves_only_loopback_n
             assert _get(base + "/monitor/", timeout=10, Host=f"localhost:{port}")[0] == 200
         finally:
             load.close()
+
+
+def _silent_handshakes(base: str, n: int) -> list[socket.socket]:
+    """``n`` websocket handshakes at once from a client that then never reads nor answers.
+
+    It never sends the close frame a refused feed waits for, nor closes its end: the server
+    must not hold a thread for it.
+    """
+    parts = urlsplit(base)
+    request = (
+        "GET /monitor/ws?view=workers HTTP/1.1\r\n"
+        f"Host: {parts.netloc}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+        "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    ).encode()
+    socks = [socket.create_connection((parts.hostname, parts.port), timeout=10) for _ in range(n)]
+    for s in socks:
+        s.sendall(request)
+    return socks
+
+
+def _first_frame(sock: socket.socket) -> tuple[int, int | None]:
+    """Read a handshake's answer (101) and the first frame: (opcode byte, close code)."""
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data or len(data.partition(b"\r\n\r\n")[2]) < 4:
+        chunk = sock.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, frame = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    if frame[0] == 0x88:  # close: the code is the payload's first two bytes
+        return 0x88, int.from_bytes(frame[2:4], "big")
+    return frame[0], None
+
+
+def test_refused_live_pages_hold_no_thread_so_an_eighth_always_answers(env, tmp_path):
+    """``flask celery monitor --worker-class gthread`` (32 threads: 16 live pages, 4 waits):
+    40 handshakes at once from a client that never answers the close frame must not stall
+    the other requests (each refusal used to hold a thread waiting for the peer)."""
+    port = free_port()
+    config = {**env(), "FLASK_APP": "tests.apps.served:create_app()"}
+    args = ["flask", "celery", "monitor", "--worker-class", "gthread", "--port", str(port)]
+    with served(args, config, port, tmp_path / "monitor.log") as base:
+        socks = _silent_handshakes(base, 40)
+        try:
+            time.sleep(1.0)  # the handshakes are all in
+            for path in ("/monitor/healthcheck", "/monitor/api/workers", "/monitor/"):
+                for _ in range(3):
+                    t0 = time.monotonic()
+                    status, body = _get(base + path, timeout=30)
+                    took = time.monotonic() - t0
+                    assert status == 200, (path, body)
+                    assert took < 2.0, (path, took)
+            # the refused ones got the 4503 close frame (the page polls), not a silent drop
+            firsts = [_first_frame(s) for s in socks]
+            assert firsts.count((0x88, 4503)) == 40 - 16, firsts
+            assert firsts.count((0x81, None)) == 16, firsts  # the hello of an open feed
+        finally:
+            for s in socks:
+                s.close()

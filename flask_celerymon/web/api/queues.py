@@ -28,8 +28,8 @@ def queue_lengths() -> Response:
 def queue_purge(queue: str) -> Response:
     """``POST /api/queues/purge/<queue>``: delete every message waiting in a queue.
 
-    Status codes: 200 (``{"message", "purged": n}``); 403 read-only/cross-site; 404 unknown
-    queue; 503 broker unavailable.
+    Status codes: 200 (``{"message", "purged": n}``); 400 a name with control characters;
+    403 read-only/cross-site; 404 unknown queue; 503 broker unavailable.
     """
     n = queues().purge(queue)
     return json_response({"message": f"Purged {n} messages from '{queue}'", "purged": n})
@@ -42,7 +42,8 @@ def queue_messages(queue: str, limit: int) -> Response:
     """``GET /api/queues/messages/<queue>?limit=100``: the messages waiting (Redis only).
 
     Items: ``task-id name args kwargs eta expires retries priority``, next to be taken first.
-    Status codes: 200; 400 bad ``limit``; 404 unknown queue; 409 the broker cannot list
+    Status codes: 200; 400 bad ``limit`` or a queue name with control characters; 404
+    unknown queue; 409 the broker cannot list
     messages; 503 broker unavailable.
     """
     return json_response({"queue": queue, "messages": queues().messages(queue, limit)})
@@ -53,7 +54,8 @@ def queue_messages(queue: str, limit: int) -> Response:
 def queue_remove_message(queue: str, task_id: str) -> Response:
     """``POST /api/queues/remove/<queue>/<id>``: delete one waiting message (Redis only).
 
-    Status codes: 200; 403 read-only/cross-site; 404 unknown queue, or no message of that
+    Status codes: 200; 400 a queue name with control characters; 403 read-only/cross-site;
+    404 unknown queue, or no message of that
     task waits in it; 409 the broker cannot delete one message; 503 broker unavailable.
     """
     queues().remove(queue, task_id)

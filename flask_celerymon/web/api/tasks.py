@@ -85,7 +85,8 @@ _WORKER = {"workername": Text(required=True, description="worker hostname")}
 def task_timeout(name: str, workername: str, soft: float | None, hard: float | None) -> Response:
     """``POST /api/task/timeout/<name>?workername=&soft=&hard=``: set time limits.
 
-    Status codes: 200; 400 missing ``workername`` or bad ``soft``/``hard``; 403 the worker
+    Status codes: 200; 400 missing ``workername``, bad ``soft``/``hard`` or ``hard`` below
+    ``soft``; 403 the worker
     refused, read-only or cross-site; 404 unknown task or worker; 503 no reply or broker
     unavailable.
     """

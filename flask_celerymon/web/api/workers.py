@@ -14,7 +14,7 @@ from flask import Response
 from ...errors import NotFoundError
 from ...monitor.control import PoolChange
 from ..auth import ADMIN, VIEWER, requires
-from ..params import Bool, Int, Text, doc, use_params
+from ..params import Bool, Int, QueueName, Text, doc, use_params
 from .common import (
     POOL_MAX,
     POOL_MIN,
@@ -146,7 +146,7 @@ def worker_pool_autoscale(name: str, min: int, max: int) -> Response:  # noqa: A
     return _pool_answer(control().autoscale(name, min, max), autoscaler=True)
 
 
-_QUEUE = {"queue": Text(required=True, description="queue name")}
+_QUEUE = {"queue": QueueName(description="queue name")}
 
 
 @requires(ADMIN)
@@ -155,7 +155,8 @@ _QUEUE = {"queue": Text(required=True, description="queue name")}
 def worker_add_consumer(name: str, queue: str) -> Response:
     """``POST /api/worker/queue/add-consumer/<name>?queue=``: start consuming a queue.
 
-    Status codes: 200; 400 missing ``queue``; 403 the worker refused, read-only or
+    Status codes: 200; 400 missing ``queue`` or one with control characters (NUL, newline...);
+    403 the worker refused, read-only or
     cross-site; 404 unknown worker; 503 no reply or broker unavailable.
     """
     return json_response({"message": control().add_consumer(name, queue)})
