@@ -32,6 +32,7 @@ from typing import Any
 
 import hiredis
 import kombu
+import orjson
 from celery import Celery
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,17 @@ MAX_BACKLOG = 256 << 20
 #: Events applied under one hold of the state lock (readers wait at most that long).
 BATCH = 500
 _json_decode = json.JSONDecoder().decode
+
+
+def _json_body(data: bytes) -> Any:
+    """A JSON event body: orjson (about 1.2 µs an event against 4 µs), and the standard
+    library for what orjson refuses (NaN, integers past 64 bits...), so the same bodies
+    decode as before. Raises ``ValueError`` (or ``UnicodeDecodeError``) for bad JSON."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _json_decode(data.decode())
+
 #: Once a backlog of more than this many bytes is drained, free memory goes back to the
 #: system (the read-ahead of a burst would otherwise stay in the process's RSS for good).
 TRIM_AFTER = 16 << 20
@@ -166,7 +178,7 @@ class EventConsumer:
         ):
             # kombu's Redis envelope: a base64 body (no quotes inside) holding JSON.
             j = envelope.index(b'"', i + 9)
-            body = _json_decode(binascii.a2b_base64(envelope[i + 9 : j]).decode())
+            body = _json_body(binascii.a2b_base64(envelope[i + 9 : j]))
         else:
             body = self._decode_slow(envelope)
         events = body if isinstance(body, list) else [body]

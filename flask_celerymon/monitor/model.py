@@ -94,7 +94,7 @@ _TEXT_INDEX = {"args": 0, "kwargs": 1, "result": 2}
 #: slot costs 8 bytes on every task.
 RARE_FIELDS = (
     "failed", "retried", "revoked", "rejected", "exception", "traceback", "eta", "expires",
-    "client", "parent_id", "children", "history",
+    "parent_id", "children", "history",
 )  # fmt: skip
 
 
@@ -128,7 +128,7 @@ class TaskRecord:
     __slots__ = (
         "uuid", "name", "state", "worker", "sent", "received", "started", "succeeded",
         "timestamp", "runtime", "text", "retries", "exchange", "routing_key", "clock",
-        "root_id", "extra",
+        "root_id", "client", "extra",
     )  # fmt: skip
 
     def __init__(self, uuid: str) -> None:
@@ -148,6 +148,8 @@ class TaskRecord:
         self.routing_key: str | None = None
         self.clock: int | None = None
         self.root_id: str | None = None
+        #: The sender of ``task-sent`` (nearly every task has one: a slot, not ``extra``).
+        self.client: str | None = None
         #: Rarely set fields (failures, retries, child tasks...), None until one is set.
         self.extra: dict[str, Any] | None = None
 
@@ -159,7 +161,6 @@ class TaskRecord:
     traceback = _rare("traceback")
     eta = _rare("eta")
     expires = _rare("expires")
-    client = _rare("client")
     parent_id = _rare("parent_id")
     children = _rare("children")
     history = _rare("history")

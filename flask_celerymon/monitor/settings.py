@@ -31,6 +31,9 @@ class MonitorSettings:
     max_tasks: int = 100_000
     max_workers: int = 5_000
     db: DbSetting = False
+    #: SQLite page cache per connection of the history store, KiB (``PRAGMA cache_size``):
+    #: the writer's and each reader's (see :class:`~.sqlite_store.SQLiteStore`).
+    db_cache_kb: int = 2_000
     retention_tasks: int = 1_000_000
     retention_days: float = 30
     inspect_timeout: float = 1.0
@@ -78,6 +81,7 @@ class MonitorSettings:
             max_tasks=get("CELERY_MONITOR_MAX_TASKS", d.max_tasks),
             max_workers=get("CELERY_MONITOR_MAX_WORKERS", d.max_workers),
             db=db,
+            db_cache_kb=get("CELERY_MONITOR_DB_CACHE_KB", d.db_cache_kb),
             retention_tasks=get("CELERY_MONITOR_RETENTION_TASKS", d.retention_tasks),
             retention_days=float(get("CELERY_MONITOR_RETENTION_DAYS", d.retention_days)),
             inspect_timeout=float(get("CELERY_MONITOR_INSPECT_TIMEOUT", d.inspect_timeout)),

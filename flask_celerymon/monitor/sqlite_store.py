@@ -12,8 +12,12 @@ Trigram indexing costs about four times the plain insert, so it is kept off the 
 (``fts_state.upto``); searches use the index below it and scan the few newer rows. Triggers
 keep indexed rows right when they are updated or deleted.
 
-One connection writes (the service's housekeeping thread); every reading thread gets its own
-connection, so readers never wait for a batch being written.
+One connection writes (the service's housekeeping thread); every reading thread (or greenlet,
+under gevent) holds a reader connection while it lives, so readers never wait for a batch
+being written. A reader connection goes back to a small idle pool when its thread or greenlet
+ends (at most :data:`IDLE_READERS` are kept; the rest are closed), so the connections, and
+their page caches of ``cache_kb`` each, are bounded by the threads or greenlets reading at
+once, never by the requests served.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 from .model import TASK_COLUMNS, TaskQuery, history_from_times
 from .query import TextMatch, _fts_phrase, instr_sql, kwarg_pattern
+from .settings import MonitorSettings
 from .sql_query import (
     MIN_MAX_ID,
     SQLITE,
@@ -128,6 +133,24 @@ COMMON_WALK_BUDGET = 1_000_000
 PROGRESS_STEPS = 2000
 
 
+#: Reader connections kept open for the next reading thread or greenlet.
+IDLE_READERS = 4
+
+
+class _Lease:
+    """A reader connection held in a thread's (a greenlet's) local storage: back to the idle
+    pool when the thread-local is dropped, i.e. when the thread or greenlet ends."""
+
+    __slots__ = ("conn", "store")
+
+    def __init__(self, store: SQLiteStore, conn: sqlite3.Connection) -> None:
+        self.store = store
+        self.conn = conn
+
+    def __del__(self) -> None:
+        self.store._give_back(self.conn)
+
+
 def _kwarg_match(kwargs: str | None, key: str, value: str) -> int:
     if not kwargs:
         return 0
@@ -140,11 +163,21 @@ def _kwarg_match(kwargs: str | None, key: str, value: str) -> int:
 
 
 class SQLiteStore(HistoryStore):
-    """History in a SQLite file (created with its directory when missing)."""
+    """History in a SQLite file (created with its directory when missing).
+
+    ``cache_kb``: the page cache of each connection (``PRAGMA cache_size``), in KiB; None
+    takes :attr:`.MonitorSettings.db_cache_kb` (``CELERY_MONITOR_DB_CACHE_KB``). Raises
+    ``ValueError`` for a value below 1.
+    """
 
     unavailable_errors = (sqlite3.OperationalError, OSError)
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, cache_kb: int | None = None) -> None:
+        if cache_kb is None:
+            cache_kb = MonitorSettings.db_cache_kb
+        if not isinstance(cache_kb, int) or isinstance(cache_kb, bool) or cache_kb < 1:
+            raise ValueError(f"cache_kb must be an integer >= 1, not {cache_kb!r}")
+        self.cache_kb = cache_kb
         self.path = path
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
@@ -154,7 +187,8 @@ class SQLiteStore(HistoryStore):
         self._write_lock = threading.Lock()
         self._closed = False
         self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._all_lock = threading.RLock()  # a lease may be given back under it (GC)
         try:
             self._writer = self._connect()
             self._writer.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -180,7 +214,7 @@ class SQLiteStore(HistoryStore):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA temp_store=MEMORY")
-        conn.execute("PRAGMA cache_size=-4000")
+        conn.execute(f"PRAGMA cache_size=-{self.cache_kb}")
         conn.create_function("kwarg_match", 3, _kwarg_match, deterministic=True)
         with self._all_lock:
             self._all.append(conn)
@@ -188,12 +222,36 @@ class SQLiteStore(HistoryStore):
 
     @property
     def _reader(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
+        lease = getattr(self._local, "lease", None)
+        if lease is None:
             if self._closed:
                 raise RuntimeError(f"the history store {self.path} is closed")
-            conn = self._local.conn = self._connect()
-        return conn
+            with self._all_lock:
+                conn = self._idle.pop() if self._idle else None
+            if conn is None:
+                conn = self._connect()
+            lease = self._local.lease = _Lease(self, conn)
+        return lease.conn
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        """A reader connection whose thread or greenlet ended: keep it idle or close it."""
+        with self._all_lock:
+            if not self._closed and len(self._idle) < IDLE_READERS and not conn.in_transaction:
+                self._idle.append(conn)
+                return
+            try:
+                self._all.remove(conn)
+            except ValueError:
+                return  # closed with the store already
+        try:
+            conn.close()
+        except sqlite3.Error:  # pragma: no cover
+            pass
+
+    def open_connections(self) -> int:
+        """Connections open now: the writer, the readers held, the idle readers."""
+        with self._all_lock:
+            return len(self._all)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -525,6 +583,7 @@ class SQLiteStore(HistoryStore):
                 except sqlite3.Error:  # pragma: no cover
                     pass
             self._all.clear()
+            self._idle.clear()
 
 
 def _filtered(q: TaskQuery) -> bool:
