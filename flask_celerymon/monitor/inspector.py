@@ -149,7 +149,15 @@ class Inspector:
             fut = self._inflight.get(key)
             if fut is not None and not fut.done():
                 return fut
-            fut = pool.submit(self._call, worker, method)
+            try:
+                fut = pool.submit(self._call, worker, method)
+            except RuntimeError as exc:
+                # the pool is shut down: by close() racing this call, or by the interpreter
+                # exiting under a daemon housekeeping thread. No call is made; the answer is
+                # the last one kept, and a waiting caller gets the error.
+                done: cf.Future[Exception | None] = cf.Future()
+                done.set_result(exc)
+                return done
             self._inflight[key] = fut
         return fut
 

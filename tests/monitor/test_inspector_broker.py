@@ -86,6 +86,16 @@ def test_a_caller_never_waits_longer_than_the_timeout(app_with):
     insp.close(timeout=1.0)
 
 
+def test_a_refresh_on_a_shut_down_pool_keeps_the_last_answer_instead_of_raising():
+    # what the housekeeping thread meets when the interpreter exits under it (the pool is shut
+    # down by concurrent.futures' atexit hook): no traceback, no call
+    insp = Inspector(Celery(broker="memory://"))
+    insp._pool().shutdown()
+    assert insp.refresh(wait=False) == {}
+    with pytest.raises(RuntimeError, match="cannot schedule new futures after shutdown"):
+        insp.refresh(wait=True)
+
+
 def test_unknown_inspect_method_is_refused():
     insp = Inspector(Celery(broker="memory://"))
     with pytest.raises(ValueError, match="unknown inspect method 'bogus'; use one of stats"):
