@@ -243,6 +243,24 @@ def parse_url(url: str) -> tuple[str, str]:
     return clean, schema
 
 
+def open_pool(url: str, search_path: str, name: str, max_size: int) -> Any:
+    """An opened psycopg pool of autocommit connections to ``url`` with ``search_path``
+    (at least one connection, at most ``max_size``); waits up to :data:`POOL_TIMEOUT` seconds
+    for the first. Raises psycopg_pool's ``PoolTimeout`` when the server cannot be reached."""
+    _psycopg, psycopg_pool = _driver()
+    pool = psycopg_pool.ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max_size,
+        timeout=POOL_TIMEOUT,
+        kwargs={"options": f"-c search_path={search_path}", "autocommit": True},
+        name=name,
+        open=False,
+    )
+    pool.open(wait=True, timeout=POOL_TIMEOUT)
+    return pool
+
+
 class PostgresStore(HistoryStore):
     """History in a PostgreSQL database, shared by every process that opens the same URL.
 
@@ -254,7 +272,7 @@ class PostgresStore(HistoryStore):
     """
 
     def __init__(self, url: str) -> None:
-        psycopg, psycopg_pool = _driver()
+        psycopg, _psycopg_pool = _driver()
         self._psycopg = psycopg
         #: The errors that mean the server is unreachable (retry later), not a refused row.
         self.unavailable_errors = (psycopg.OperationalError, OSError)
@@ -269,16 +287,7 @@ class PostgresStore(HistoryStore):
                 f"cannot reach the history database {redact(self.url)} ({exc}); check "
                 "CELERY_MONITOR_DB and that the server runs"
             ) from exc
-        self._pool = psycopg_pool.ConnectionPool(
-            self.url,
-            min_size=1,
-            max_size=POOL_MAX,
-            timeout=POOL_TIMEOUT,
-            kwargs={"options": f"-c search_path={search_path}", "autocommit": True},
-            name=f"celerymon-{self.schema}",
-            open=False,
-        )
-        self._pool.open(wait=True, timeout=POOL_TIMEOUT)
+        self._pool = open_pool(self.url, search_path, f"celerymon-{self.schema}", POOL_MAX)
 
     def __repr__(self) -> str:
         return f"PostgresStore({redact(self.url)!r}, schema={self.schema!r})"

@@ -24,7 +24,13 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..pg_store import POOL_TIMEOUT, StoreUnavailable, StoreVersionError, parse_url
+from ..pg_store import (
+    POOL_TIMEOUT,
+    StoreUnavailable,
+    StoreVersionError,
+    open_pool,
+    parse_url,
+)
 from ..store import redact
 from .store import (
     _LEVELS,
@@ -125,7 +131,7 @@ class PgInsightStore:
     def __init__(self, url: str) -> None:
         from ..pg_store import _driver
 
-        psycopg, psycopg_pool = _driver()
+        psycopg, _psycopg_pool = _driver()
         self._psycopg = psycopg
         self.url, self.schema = parse_url(url)
         self.path = redact(self.url)
@@ -136,16 +142,7 @@ class PgInsightStore:
                 f"cannot reach the insight database {redact(self.url)} ({exc}); check "
                 "CELERY_MONITOR_DB and that the server runs"
             ) from exc
-        self._pool = psycopg_pool.ConnectionPool(
-            self.url,
-            min_size=1,
-            max_size=POOL_MAX,
-            timeout=POOL_TIMEOUT,
-            kwargs={"options": f"-c search_path={search_path}", "autocommit": True},
-            name=f"celerymon-insight-{self.schema}",
-            open=False,
-        )
-        self._pool.open(wait=True, timeout=POOL_TIMEOUT)
+        self._pool = open_pool(self.url, search_path, f"celerymon-insight-{self.schema}", POOL_MAX)
 
     def __repr__(self) -> str:
         return f"PgInsightStore({redact(self.url)!r}, schema={self.schema!r})"
