@@ -26,9 +26,12 @@ def submit(monitored, fn, *args):
 
 
 def finished(monitored, future, state):
-    """Wait until the service has seen the task reach ``state``; return its dict."""
+    """Wait until the service has seen the task reach ``state`` and its name; return its dict.
+
+    The name comes with task-sent/received, which may be applied after the final state (events
+    of two connections, or a reconcile with the result backend)."""
     return monitored.wait_for(
-        lambda: (t := monitored.service.task(future.id)) and t["state"] == state and t
+        lambda: (t := monitored.service.task(future.id)) and t["state"] == state and t["name"] and t
     )
 
 
