@@ -89,7 +89,8 @@ def run_monitored(
     env = Monitored(app, broker, worker, name)
     try:
         worker.wait_ready(env.celery_app)
-        env.service.ensure_started()
+        # events published before the subscription are lost (Redis pub/sub): wait for it
+        assert env.service.wait_connected(30), "the monitor never subscribed to the event stream"
         yield env
     finally:
         env.state.shutdown()

@@ -107,6 +107,8 @@ def test_a_follower_answers_the_insight_of_the_ingester(two_apps, redis_url, tmp
         assert time.monotonic() < deadline, [s.role for s in services]
         time.sleep(0.05)
     follower, ingester = sorted(two_apps, key=lambda a: a.extensions["celerymon"].monitor.role)
+    # events published before the ingester subscribes are lost (Redis pub/sub)
+    assert ingester.extensions["celerymon"].monitor.wait_connected(30)
     for app in (follower, ingester):
         _get(app, "/api/errors")  # the first request starts the insight engine
     with follower.app_context():

@@ -72,6 +72,8 @@ def test_an_ingester_and_a_follower_scrape_the_same_task_counters(two_apps, redi
         assert time.monotonic() < deadline, [s.role for s in services]
         time.sleep(0.05)
     follower, ingester = sorted(two_apps, key=lambda a: a.extensions["celerymon"].monitor.role)
+    # events published before the ingester subscribes are lost (Redis pub/sub)
+    assert ingester.extensions["celerymon"].monitor.wait_connected(30)
 
     worker = WorkerProcess("tests.apps.basic:create_app", redis_url, "metrics@test",
                            str(tmp_path / "worker.log"), args=("-P", "solo", "-E"))  # fmt: skip
