@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, current_app, jsonify, redirect, render_template, url_for
+from flask import Blueprint, current_app, jsonify, redirect, render_template, request, url_for
 
 from flask_celerymon import FuturePool
+from flask_celerymon.web.common import cross_site_reason
 
 from . import celery, tasks
 
@@ -30,6 +31,16 @@ JOBS = {
 
 def _recent() -> Any:
     return current_app.extensions["example_recent"]
+
+
+@bp.before_request
+def refuse_cross_site_posts() -> Any:
+    """403 for a form posted from another site's page (a browser says where it was sent from in
+    ``Origin``/``Sec-Fetch-Site``); else any page the user visits could make this app submit work.
+    An app with logins would use its forms library's CSRF token (Flask-WTF) as well."""
+    if request.method == "POST" and (reason := cross_site_reason()) is not None:
+        return jsonify(error=f"cross-site request refused: {reason}"), 403
+    return None
 
 
 @bp.get("/")

@@ -197,3 +197,25 @@ def test_the_example_lets_the_monitor_run_only_its_tasks_module(tmp_path, monkey
             resp = client.post(f"/monitor/api/task/{route}/{name}", json={"args": ["this.s"]})
             assert resp.status_code == 404, (name, route, resp.json)
             assert resp.json == {"error": f"Unknown task '{name}'"}
+
+
+def test_the_example_page_refuses_a_form_posted_from_another_site(tmp_path, monkeypatch):
+    """Its own form (same origin, or a client with no browser headers) submits; another site's
+    page cannot make the app submit work (nothing is recorded)."""
+    from example_app import create_app
+
+    monkeypatch.setenv("EXAMPLE_APP_INSTANCE", str(tmp_path))
+    monkeypatch.delenv("CELERY_BROKER_URL", raising=False)
+    app = create_app(open_monitor=True)
+    client = app.test_client()
+    for headers in (
+        {"Origin": "http://evil.example"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Origin": "null"},
+    ):
+        resp = client.post("/submit/add", headers=headers)
+        assert resp.status_code == 403, (headers, resp.status_code)
+        assert resp.json["error"].startswith("cross-site request refused"), resp.json
+    assert list(app.extensions["example_recent"]) == []
+    resp = client.get("/", headers={"Origin": "http://evil.example"})
+    assert resp.status_code == 200  # reading the page is not a mutation
