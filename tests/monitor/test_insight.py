@@ -28,7 +28,7 @@ from flask_celerymon.monitor.insight.error_groups import (
     normalise_message,
     split_exception,
 )
-from flask_celerymon.monitor.insight.store import BUCKETS, bucket_of, percentile, spans
+from flask_celerymon.monitor.insight.rollups import BUCKETS, bucket_of, percentile, spans
 from flask_celerymon.monitor.service import MonitorService
 from flask_celerymon.monitor.settings import MonitorSettings
 
@@ -227,7 +227,7 @@ def test_a_success_after_the_last_failure_resolves_the_group(insight):
 def test_insight_tables_survive_a_restart(tmp_path):
     path = str(tmp_path / "m.db")
     store = InsightStore(path)
-    from flask_celerymon.monitor.insight.store import Rollup
+    from flask_celerymon.monitor.insight.rollups import Rollup
 
     r = Rollup()
     r.count("failed")
