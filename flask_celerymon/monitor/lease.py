@@ -50,6 +50,12 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+_SET_IF_HELD = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('set', KEYS[2], ARGV[2]) and 1
+end
+return 0
+"""
 _RELEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('del', KEYS[1])
@@ -91,6 +97,7 @@ class RedisLease:
         self.ident = ident or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._set_if_held = client.register_script(_SET_IF_HELD)
 
     def acquire(self) -> bool:
         """Take the lease if nobody holds it; True when we hold it now."""
@@ -103,6 +110,12 @@ class RedisLease:
     def release(self) -> None:
         """Give the lease up (only if it is still ours)."""
         self._release(keys=[self.key], args=[self.ident])
+
+    def set_if_held(self, key: str, value: bytes) -> bool:
+        """Set ``key`` to ``value`` (no expiry) only while we hold the lease, in one atomic
+        step; True when written. A holder that lost the lease (paused past its ``ttl``)
+        cannot overwrite what its successor wrote."""
+        return bool(self._set_if_held(keys=[self.key, key], args=[self.ident, value]))
 
     def holder(self) -> str | None:
         """The id of the current holder, or None."""
