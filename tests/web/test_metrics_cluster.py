@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 from flask_celerymon.monitor.metrics import cluster_metrics_key, decode_series, encode_series
 from tests.apps import basic
@@ -128,3 +129,85 @@ def test_published_series_round_trip_and_bad_data_is_refused():
         with pytest.raises(ValueError, match="not a published metrics snapshot"):
             decode_series(bad)
     assert cluster_metrics_key("shop") == "celerymon:shop:metrics"
+
+
+#: The counter-type series of the cluster (gauges may go down).
+COUNTER_SERIES = (
+    "flower_events_total",
+    "celerymon_tasks_total",
+    "flower_task_runtime_seconds_count",
+    "flower_task_runtime_seconds_bucket",
+    "flower_task_runtime_seconds_sum",
+)
+
+
+def _counters(samples: dict) -> dict:
+    return {k: v for k, v in samples.items() if k[0] in COUNTER_SERIES}
+
+
+def _wait_roles(services: list, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while sorted(s.role for s in services) != ["follower", "ingester"]:
+        assert time.monotonic() < deadline, [s.role for s in services]
+        time.sleep(0.05)
+
+
+def test_the_cluster_counters_continue_across_a_handover(two_apps, redis_url, tmp_path):
+    services = [app.extensions["celerymon"].monitor for app in two_apps]
+    for svc in services:
+        svc.ensure_started()
+    _wait_roles(services)
+    follower, ingester = sorted(two_apps, key=lambda a: a.extensions["celerymon"].monitor.role)
+    assert ingester.extensions["celerymon"].monitor.wait_connected(30)
+
+    worker = WorkerProcess("tests.apps.basic:create_app", redis_url, "handover@test",
+                           str(tmp_path / "worker.log"), args=("-P", "solo", "-E"))  # fmt: skip
+    try:
+        worker.wait_ready(basic.celery.get_app(ingester), timeout=120)
+        with ingester.app_context():
+            futures = [basic.celery.submit(basic.add, i, i) for i in range(8)]
+            assert [f.result(timeout=30) for f in futures] == [2 * i for i in range(8)]
+        deadline = time.monotonic() + 20
+        while True:  # the follower exports the ingester's 8 successes
+            before = _scrape(follower)
+            if _succeeded(before) == 8:
+                break
+            assert time.monotonic() < deadline, _cluster(before)
+            time.sleep(0.2)
+
+        # the ingester stops (giving the lease up); the follower takes it over
+        ingester.extensions["celerymon"].monitor.stop()
+        successor = follower.extensions["celerymon"].monitor
+        deadline = time.monotonic() + 10
+        while successor.role != "ingester":
+            assert time.monotonic() < deadline, successor.role
+            time.sleep(0.05)
+        assert successor.wait_connected(30)
+        with follower.app_context():
+            futures = [basic.celery.submit(basic.add, i, 1) for i in range(5)]
+            assert [f.result(timeout=30) for f in futures] == [i + 1 for i in range(5)]
+        deadline = time.monotonic() + 20
+        while True:  # the successor's own events are added to the last ingester's
+            after = _scrape(follower)
+            if _succeeded(after) == 8 + 5:
+                break
+            assert time.monotonic() < deadline, (_succeeded(after), _cluster(after))
+            time.sleep(0.2)
+    finally:
+        worker.stop()
+
+    assert after[("celerymon_ingester", ())] == 1
+    old, new = _counters(before), _counters(after)
+    assert old  # not two empty scrapes
+    went_down = {k: (v, new.get(k)) for k, v in old.items() if new.get(k, 0) < v}
+    assert not went_down
+    assert sum(v for k, v in new.items() if k[0] == "flower_task_runtime_seconds_count") == (
+        sum(v for k, v in old.items() if k[0] == "flower_task_runtime_seconds_count") + 5
+    )
+    # what the successor writes is what it exports (it continued from the written copy)
+    published = decode_series(
+        redis.Redis.from_url(redis_url).get(
+            cluster_metrics_key(basic.celery.get_app(follower).main or "celery")
+        )
+    )
+    assert sum(v for k, v in published["tasks"].items() if k[2] == "SUCCESS") == 13
