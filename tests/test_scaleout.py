@@ -12,8 +12,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -60,6 +62,26 @@ def _answers(port: int, n: int, ok: Any, timeout: float = 60) -> dict[int, dict]
     return seen
 
 
+def _gunicorn(env: dict[str, str], port: int, log_path: Any) -> subprocess.Popen:
+    """``tests.apps.scaled`` under ``gunicorn -w 4`` on ``port``, its output in ``log_path``
+    (stop it with :func:`_stop`)."""
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", "4", "--threads", "2", "-b",
+             f"127.0.0.1:{port}", "tests.apps.scaled:create_app()"],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
+def _stop(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def shared_db(request, tmp_path) -> str:
     if request.param == "postgresql":
@@ -78,12 +100,7 @@ def test_four_processes_share_one_ingester_and_hand_it_over(redis_url, shared_db
     worker = WorkerProcess("tests.apps.basic:create_app", redis_url, "scaled@test",
                            str(tmp_path / "worker.log"), args=("-P", "solo", "-E"))  # fmt: skip
     port = free_port()
-    log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-w", "4", "--threads", "2", "-b",
-         f"127.0.0.1:{port}", "tests.apps.scaled:create_app()"],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    server = _gunicorn(env, port, tmp_path / "gunicorn.log")
     lease = redis.Redis.from_url(redis_url)
     store = None
     try:
@@ -140,13 +157,7 @@ def test_four_processes_share_one_ingester_and_hand_it_over(redis_url, shared_db
     finally:
         if store is not None:
             store.close()
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        _stop(server)
         worker.stop()
         client_app.extensions["celerymon"].shutdown()
         lease.close()
@@ -156,3 +167,105 @@ def _all() -> Any:
     from flask_celerymon.monitor.store import TaskQuery
 
     return TaskQuery(limit=None)
+
+
+#: Fields of the insight answers that are the time of the request itself.
+NOW_FIELDS = ("since", "until")
+
+
+def _by_process(port: int, path: str, n: int, ok: Any, timeout: float = 60) -> dict[int, Any]:
+    """The JSON answer to ``path`` of ``n`` distinct processes (header ``X-Pid``), the last of
+    each, polled until every one satisfies ``ok(answers)``."""
+    seen: dict[int, Any] = {}
+
+    def poll() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+                data = json.load(resp)
+                pid = int(resp.headers["X-Pid"])
+        except OSError:
+            return False
+        for k in NOW_FIELDS:
+            data.pop(k, None)
+        seen[pid] = data
+        return len(seen) >= n and ok(seen)
+
+    _wait(poll, timeout, f"{n} processes answering {path} as expected (seen {seen})")
+    return seen
+
+
+def test_four_processes_answer_the_same_error_groups_and_alert_once(
+    redis_url, postgres_url, tmp_path
+):
+    """Insight under gunicorn -w 4 over PostgreSQL: the ingester records a real worker's
+    failures, every process answers the same error groups and alerts, and the alert rule
+    configured in all four notifies a real webhook receiver exactly once."""
+    from tests.web.test_insight_cluster import _Hook
+
+    class Hook(_Hook):
+        bodies: list[dict] = []
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    env = {**os.environ, "CELERYMON_TEST_BROKER": redis_url, "CELERYMON_TEST_DB": postgres_url,
+           "CELERYMON_TEST_LEASE_TTL": str(TTL),
+           "CELERYMON_TEST_ALERT_WEBHOOK": f"http://127.0.0.1:{hook.server_address[1]}/hook"}  # fmt: skip
+    os.environ["CELERYMON_TEST_BROKER"] = redis_url
+    try:
+        client_app = basic.create_app()
+    finally:
+        del os.environ["CELERYMON_TEST_BROKER"]
+    worker = WorkerProcess("tests.apps.basic:create_app", redis_url, "insight@scaled",
+                           str(tmp_path / "worker.log"), args=("-P", "solo", "-E"))  # fmt: skip
+    port = free_port()
+    server = _gunicorn(env, port, tmp_path / "gunicorn.log")
+    try:
+        worker.wait_ready(basic.celery.get_app(client_app))
+        # every process serves the monitor and its insight engine (started by a first request)
+        _by_process(port, "/monitor/api/errors", 4, lambda seen: True)
+        roles = _answers(port, 4, lambda a: a["role"] in ("ingester", "follower"))
+        assert sorted(a["role"] for a in roles.values()) == ["follower"] * 3 + ["ingester"]
+
+        with client_app.app_context():
+            ok = [basic.celery.submit(basic.add, i, i) for i in range(4)]
+            bad = [basic.celery.submit(basic.fail, f"order {i} failed") for i in range(6)]
+            assert [f.result(timeout=30) for f in ok] == [2 * i for i in range(4)]
+            for f in bad:
+                with pytest.raises(ValueError):
+                    f.result(timeout=30)
+
+        def same_groups(seen: dict[int, Any]) -> bool:
+            answers = list(seen.values())
+            groups = answers[0]["groups"]
+            return (
+                bool(groups)
+                and groups[0]["failures"] == 6
+                and all(a == answers[0] for a in answers)
+            )
+
+        errors = _by_process(port, "/monitor/api/errors", 4, same_groups)
+        (group,) = next(iter(errors.values()))["groups"]
+        assert (group["exception_type"], group["message"]) == ("ValueError", "order <n> failed")
+
+        def one_alert(seen: dict[int, Any]) -> bool:
+            answers = list(seen.values())
+            alerts = answers[0]["alerts"]
+            return (
+                len(alerts) == 1
+                and alerts[0]["notifications"] == 1
+                and all(a == answers[0] for a in answers)
+            )
+
+        _by_process(port, "/monitor/api/alerts", 4, one_alert)
+        time.sleep(2.0)  # several evaluations later: nothing sent again, nothing opened twice
+        alerts = _by_process(port, "/monitor/api/alerts", 4, one_alert)
+        (alert,) = next(iter(alerts.values()))["alerts"]
+        assert (alert["status"], alert["rule"]) == ("firing", "failing")
+        assert alert["subject"] == "tests.apps.basic:fail"
+        assert [b["status"] for b in Hook.bodies] == ["firing"]
+    finally:
+        _stop(server)
+        worker.stop()
+        client_app.extensions["celerymon"].shutdown()
+        hook.shutdown()
+        hook.server_close()
