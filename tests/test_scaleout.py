@@ -23,7 +23,7 @@ import redis
 
 from flask_celerymon.monitor.stores import open_store
 from tests.apps import basic
-from tests.conftest import WorkerProcess, free_port
+from tests.conftest import WorkerProcess, free_port, run_basic_tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TTL = 3.0
@@ -73,6 +73,23 @@ def _gunicorn(env: dict[str, str], port: int, log_path: Any) -> subprocess.Popen
         )  # fmt: skip
 
 
+def _cluster(
+    env: dict[str, str], tmp_path: Any, hostname: str
+) -> tuple[Any, WorkerProcess, int, subprocess.Popen]:
+    """A client app on the broker of ``env``, a real worker ``hostname`` (started, not yet
+    ready) and the four gunicorn processes: ``(client app, worker, port, server)``."""
+    os.environ["CELERYMON_TEST_BROKER"] = env["CELERYMON_TEST_BROKER"]
+    try:
+        client_app = basic.create_app()
+    finally:
+        del os.environ["CELERYMON_TEST_BROKER"]
+    worker = WorkerProcess("tests.apps.basic:create_app", env["CELERYMON_TEST_BROKER"],
+                           hostname, str(tmp_path / "worker.log"),
+                           args=("-P", "solo", "-E"))  # fmt: skip
+    port = free_port()
+    return client_app, worker, port, _gunicorn(env, port, tmp_path / "gunicorn.log")
+
+
 def _stop(server: subprocess.Popen) -> None:
     server.send_signal(signal.SIGTERM)
     try:
@@ -92,15 +109,7 @@ def shared_db(request, tmp_path) -> str:
 def test_four_processes_share_one_ingester_and_hand_it_over(redis_url, shared_db, tmp_path):
     env = {**os.environ, "CELERYMON_TEST_BROKER": redis_url, "CELERYMON_TEST_DB": shared_db,
            "CELERYMON_TEST_LEASE_TTL": str(TTL)}  # fmt: skip
-    os.environ["CELERYMON_TEST_BROKER"] = redis_url
-    try:
-        client_app = basic.create_app()
-    finally:
-        del os.environ["CELERYMON_TEST_BROKER"]
-    worker = WorkerProcess("tests.apps.basic:create_app", redis_url, "scaled@test",
-                           str(tmp_path / "worker.log"), args=("-P", "solo", "-E"))  # fmt: skip
-    port = free_port()
-    server = _gunicorn(env, port, tmp_path / "gunicorn.log")
+    client_app, worker, port, server = _cluster(env, tmp_path, "scaled@test")
     lease = redis.Redis.from_url(redis_url)
     store = None
     try:
@@ -210,15 +219,7 @@ def test_four_processes_answer_the_same_error_groups_and_alert_once(
     env = {**os.environ, "CELERYMON_TEST_BROKER": redis_url, "CELERYMON_TEST_DB": postgres_url,
            "CELERYMON_TEST_LEASE_TTL": str(TTL),
            "CELERYMON_TEST_ALERT_WEBHOOK": f"http://127.0.0.1:{hook.server_address[1]}/hook"}  # fmt: skip
-    os.environ["CELERYMON_TEST_BROKER"] = redis_url
-    try:
-        client_app = basic.create_app()
-    finally:
-        del os.environ["CELERYMON_TEST_BROKER"]
-    worker = WorkerProcess("tests.apps.basic:create_app", redis_url, "insight@scaled",
-                           str(tmp_path / "worker.log"), args=("-P", "solo", "-E"))  # fmt: skip
-    port = free_port()
-    server = _gunicorn(env, port, tmp_path / "gunicorn.log")
+    client_app, worker, port, server = _cluster(env, tmp_path, "insight@scaled")
     try:
         worker.wait_ready(basic.celery.get_app(client_app))
         # every process serves the monitor and its insight engine (started by a first request)
@@ -226,13 +227,7 @@ def test_four_processes_answer_the_same_error_groups_and_alert_once(
         roles = _answers(port, 4, lambda a: a["role"] in ("ingester", "follower"))
         assert sorted(a["role"] for a in roles.values()) == ["follower"] * 3 + ["ingester"]
 
-        with client_app.app_context():
-            ok = [basic.celery.submit(basic.add, i, i) for i in range(4)]
-            bad = [basic.celery.submit(basic.fail, f"order {i} failed") for i in range(6)]
-            assert [f.result(timeout=30) for f in ok] == [2 * i for i in range(4)]
-            for f in bad:
-                with pytest.raises(ValueError):
-                    f.result(timeout=30)
+        run_basic_tasks(client_app, ok=4, bad=6)
 
         def same_groups(seen: dict[int, Any]) -> bool:
             answers = list(seen.values())
