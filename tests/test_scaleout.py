@@ -2,7 +2,8 @@
 
 One process ingests (the others consume nothing), all four answer the same task count from
 the shared store (SQLite and PostgreSQL), the store holds each task once, and killing the
-ingester hands the lease over within the documented bound (``ttl * 4 / 3``).
+ingester hands the lease over within the documented bound (``ttl * 4 / 3``). The same with
+RabbitMQ as the broker, the lease and the fan-out then in PostgreSQL (``pg_lease.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
 from typing import Any
 
@@ -78,14 +80,16 @@ def _cluster(
 ) -> tuple[Any, WorkerProcess, int, subprocess.Popen]:
     """A client app on the broker of ``env``, a real worker ``hostname`` (started, not yet
     ready) and the four gunicorn processes: ``(client app, worker, port, server)``."""
-    os.environ["CELERYMON_TEST_BROKER"] = env["CELERYMON_TEST_BROKER"]
+    keys = [k for k in ("CELERYMON_TEST_BROKER", "CELERYMON_TEST_BACKEND") if k in env]
+    os.environ.update({k: env[k] for k in keys})
     try:
         client_app = basic.create_app()
     finally:
-        del os.environ["CELERYMON_TEST_BROKER"]
+        for k in keys:
+            del os.environ[k]
     worker = WorkerProcess("tests.apps.basic:create_app", env["CELERYMON_TEST_BROKER"],
-                           hostname, str(tmp_path / "worker.log"),
-                           args=("-P", "solo", "-E"))  # fmt: skip
+                           hostname, str(tmp_path / "worker.log"), args=("-P", "solo", "-E"),
+                           env={k: env[k] for k in keys})  # fmt: skip
     port = free_port()
     return client_app, worker, port, _gunicorn(env, port, tmp_path / "gunicorn.log")
 
@@ -99,24 +103,64 @@ def _stop(server: subprocess.Popen) -> None:
         server.wait()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def shared_db(request, tmp_path) -> str:
-    if request.param == "postgresql":
-        return request.getfixturevalue("postgres_server").create_database()
-    return str(tmp_path / "shared.sqlite3")
+class Setup:
+    """A cluster's broker, result backend and shared store, and where its lease is read."""
+
+    def __init__(self, broker: str, backend: str | None, db: str, lease_db: bool) -> None:
+        self.env = {**os.environ, "CELERYMON_TEST_BROKER": broker, "CELERYMON_TEST_DB": db,
+                    "CELERYMON_TEST_LEASE_TTL": str(TTL)}  # fmt: skip
+        if backend is not None:
+            self.env["CELERYMON_TEST_BACKEND"] = backend
+        self.db = db
+        self.lease_db = lease_db
+        self._redis = None if lease_db else redis.Redis.from_url(broker)
+
+    def holder(self) -> str | None:
+        """The id of the ingester lease's holder (``host:pid:random``), or None."""
+        if self._redis is not None:
+            h = self._redis.get("celerymon:tests.apps.basic:ingester")
+            return h.decode() if h else None
+        import psycopg
+
+        with psycopg.connect(self.db, autocommit=True) as c:
+            row = c.execute(
+                "SELECT holder FROM celerymon.celerymon_lease WHERE name = %s AND expires > now()",
+                ("tests.apps.basic",),
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
 
 
-def test_four_processes_share_one_ingester_and_hand_it_over(redis_url, shared_db, tmp_path):
-    env = {**os.environ, "CELERYMON_TEST_BROKER": redis_url, "CELERYMON_TEST_DB": shared_db,
-           "CELERYMON_TEST_LEASE_TTL": str(TTL)}  # fmt: skip
+@pytest.fixture(params=["redis-sqlite", "redis-postgresql", "rabbitmq-postgresql"])
+def setup(request, redis_url, tmp_path) -> Iterator[Setup]:
+    """Redis as the broker with a SQLite or a PostgreSQL store (the lease in Redis), or
+    RabbitMQ as the broker with Redis as the result backend and a PostgreSQL store (the lease
+    in PostgreSQL)."""
+    broker, _, store = request.param.partition("-")
+    if store == "postgresql":
+        db = request.getfixturevalue("postgres_server").create_database()
+    else:
+        db = str(tmp_path / "shared.sqlite3")
+    if broker == "rabbitmq":
+        rabbitmq = request.getfixturevalue("rabbitmq")
+        s = Setup(rabbitmq.url(request.getfixturevalue("amqp_vhost")), redis_url, db, True)
+    else:
+        s = Setup(redis_url, None, db, False)
+    yield s
+    s.close()
+
+
+def test_four_processes_share_one_ingester_and_hand_it_over(setup, tmp_path):
+    env, shared_db = setup.env, setup.db
     client_app, worker, port, server = _cluster(env, tmp_path, "scaled@test")
-    lease = redis.Redis.from_url(redis_url)
     store = None
     try:
         worker.wait_ready(basic.celery.get_app(client_app))
         first = _answers(port, 4, lambda a: a["role"] in ("ingester", "follower"))
-        _wait(lambda: lease.get("celerymon:tests.apps.basic:ingester"), 30, "a lease holder")
-        holder = lease.get("celerymon:tests.apps.basic:ingester").decode()
+        holder = _wait(setup.holder, 30, "a lease holder")
         ingester_pid = int(holder.split(":")[1])
         assert ingester_pid in first
 
@@ -144,8 +188,8 @@ def test_four_processes_share_one_ingester_and_hand_it_over(redis_url, shared_db
         killed = time.monotonic()
 
         def successor() -> str | None:
-            h = lease.get("celerymon:tests.apps.basic:ingester")
-            return h.decode() if h and h.decode() != holder else None
+            h = setup.holder()
+            return h if h and h != holder else None
 
         new_holder = _wait(successor, HANDOVER_BOUND + 5, "a new lease holder")
         handover = time.monotonic() - killed
@@ -169,7 +213,6 @@ def test_four_processes_share_one_ingester_and_hand_it_over(redis_url, shared_db
         _stop(server)
         worker.stop()
         client_app.extensions["celerymon"].shutdown()
-        lease.close()
 
 
 def _all() -> Any:

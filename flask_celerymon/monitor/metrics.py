@@ -287,9 +287,8 @@ class MonitorMetrics:
         self._names: set[str] = set()
         self._exceptions: set[str] = set()
         self._purged = 0
-        #: single ingester: the thread writing our series to Redis, and a Redis client
+        #: single ingester: the thread writing our series to Redis (or the store)
         self._publisher: threading.Thread | None = None
-        self._redis: Any = None
         service.add_listener(self._on_event)
         service.add_purge_listener(self._on_purge)
         if service.settings.single_ingester:
@@ -426,13 +425,6 @@ class MonitorMetrics:
     def _cluster_key(self) -> str:
         return cluster_metrics_key(self.service.celery_app.main or "celery")
 
-    def _client(self) -> Any:
-        if self._redis is None:
-            from .lease import redis_client
-
-            self._redis = redis_client(self.service.celery_app)
-        return self._redis
-
     def _start_publisher(self) -> None:
         with self._lock:
             if self._publisher is not None:
@@ -517,7 +509,7 @@ class MonitorMetrics:
     def _published(self) -> dict[str, Any] | None:
         """The ingester's last written series, or None (none written, or Redis is down)."""
         try:
-            data = self._client().get(self._cluster_key())
+            data = self.service.cluster_value(self._cluster_key())
         except Exception:  # noqa: BLE001 - a scrape never fails for Redis
             log.info("celerymon: reading the ingester's metrics failed", exc_info=True)
             return None

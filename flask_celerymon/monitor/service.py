@@ -221,12 +221,15 @@ class MonitorService(Housekeeping, Subscriptions):
     # -- one ingester per cluster (see lease.py) --------------------------------------------
 
     def _start_coordinated(self) -> None:
-        from .lease import Coordinator
+        from .lease import Coordinator, open_cluster
 
         self._following = True
+        cluster = self.celery_app.main or "celery"
+        lease = open_cluster(
+            self.celery_app, cluster, self.settings.lease_ttl, self.settings.db_path
+        )
         self._coordinator = Coordinator(
-            self.celery_app,
-            self.celery_app.main or "celery",
+            lease,
             self.settings.lease_ttl,
             on_lead=self._lead,
             on_follow=self._follow,
@@ -327,14 +330,26 @@ class MonitorService(Housekeeping, Subscriptions):
             self._lead_listeners = (*self._lead_listeners, fn)
 
     def write_as_ingester(self, key: str, value: bytes) -> bool:
-        """Set the Redis key ``key`` of the broker to ``value`` (no expiry) only while this
-        process holds the ingester lease, atomically with the check (see
-        :meth:`.lease.RedisLease.set_if_held`). False when it does not hold it or without
-        ``single_ingester``; raises redis-py's errors when Redis does not answer."""
+        """Set the cluster value ``key`` (a Redis key of the broker, or a row of the PostgreSQL
+        store when the lease lives there, see :func:`.lease.open_cluster`) to ``value`` (no
+        expiry) only while this process holds the ingester lease, atomically with the check
+        (see :meth:`.lease.RedisLease.set_if_held`). False when it does not hold it or
+        without ``single_ingester``; raises redis-py's (psycopg's) errors when Redis
+        (PostgreSQL) does not answer."""
         coordinator = self._coordinator
         if coordinator is None or not coordinator.leading:
             return False
         return bool(coordinator.lease.set_if_held(key, value))
+
+    def cluster_value(self, key: str) -> bytes | None:
+        """The cluster value ``key`` written by an ingester (:meth:`write_as_ingester`), or
+        None (none written, or not running with ``single_ingester``). Raises redis-py's
+        (psycopg's) errors when the lease's Redis (PostgreSQL) does not answer."""
+        coordinator = self._coordinator
+        if coordinator is None:
+            return None
+        value = coordinator.lease.get(key)
+        return None if value is None else bytes(value)
 
     def announce(self, topics: Iterable[str]) -> None:
         """Ingester: tell the followers' topic listeners that data of ``topics`` was written

@@ -124,6 +124,7 @@ def test_init_app_refuses_a_single_ingester_without_a_redis_broker(broker):
         FlaskCelery(app)
     scheme = broker.partition("://")[0]
     assert str(exc.value) == (
-        f"CELERY_MONITOR_SINGLE_INGESTER needs a Redis broker for its lease, not {scheme}://; "
-        "run one standalone monitor (flask celery monitor) instead"
+        "CELERY_MONITOR_SINGLE_INGESTER needs a Redis broker or a PostgreSQL CELERY_MONITOR_DB "
+        f"for its lease, not {scheme}:// with CELERY_MONITOR_DB = None; run one standalone "
+        "monitor (flask celery monitor) instead"
     )
