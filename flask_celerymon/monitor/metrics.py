@@ -24,7 +24,8 @@ Two kinds of series:
 events, so the event-driven series are the cluster's and live in it. Every
 :data:`PUBLISH_INTERVAL` seconds it writes them to the Redis key
 ``celerymon:<cluster>:metrics`` (:func:`cluster_metrics_key`; JSON, written only while it
-holds the lease, in one step with the check), and a follower's scrape exports that copy
+holds the lease, in one step with the check; with the lease in PostgreSQL, a row of that name
+in ``celerymon_cluster``, see :meth:`.service.MonitorService.write_as_ingester`), and a follower's scrape exports that copy
 instead of its own (empty) counters, unless the copy is more than :data:`PUBLISHED_TTL` s old
 (no ingester for that long: the follower exports empty series). A scrape of any process thus
 gives the cluster's figures once, at most :data:`PUBLISH_INTERVAL` s old
