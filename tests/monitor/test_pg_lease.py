@@ -12,7 +12,7 @@ from celery import Celery
 from flask_celerymon.monitor.lease import Coordinator, open_cluster
 from flask_celerymon.monitor.pg_lease import MAX_MESSAGE, PgCluster
 
-from .conftest import task_events, wait_for
+from .conftest import service_pair, task_events, wait_for
 
 
 def test_one_holder_renews_releases_and_writes_cluster_values(postgres_url):
@@ -100,22 +100,9 @@ def test_a_large_change_is_split_into_notifications_that_all_arrive(postgres_url
 def test_followers_over_rabbitmq_hear_each_change_through_postgresql(
     rabbitmq, amqp_vhost, postgres_url, make_service
 ):
-    broker = rabbitmq.url(amqp_vhost)
-    svcs = [
-        make_service(
-            Celery("pgpair", broker=broker),
-            db=postgres_url,
-            single_ingester=True,
-            lease_ttl=0.6,
-            enable_events=False,
-        )  # fmt: skip
-        for _ in range(2)
-    ]
-    for s in svcs:
-        s.start()
-    wait_for(lambda: sorted(s.role for s in svcs) == ["follower", "ingester"], timeout=10)
-    ingester = next(s for s in svcs if s.role == "ingester")
-    follower = next(s for s in svcs if s.role == "follower")
+    ingester, follower = service_pair(
+        make_service, rabbitmq.url(amqp_vhost), postgres_url, name="pgpair"
+    )
     with follower.subscribe(kinds=("task",)) as sub:
         time.sleep(0.5)  # the follower's fan-out thread listens
         ingester.apply_events(task_events(6))
