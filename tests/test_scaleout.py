@@ -246,12 +246,12 @@ def _by_process(port: int, path: str, n: int, ok: Any, timeout: float = 60) -> d
     return seen
 
 
-def test_four_processes_answer_the_same_error_groups_and_alert_once(
-    redis_url, postgres_url, tmp_path
-):
-    """Insight under gunicorn -w 4 over PostgreSQL: the ingester records a real worker's
-    failures, every process answers the same error groups and alerts, and the alert rule
-    configured in all four notifies a real webhook receiver exactly once."""
+@pytest.mark.parametrize("setup", ["redis-postgresql", "rabbitmq-postgresql"], indirect=True)
+def test_four_processes_answer_the_same_error_groups_and_alert_once(setup, tmp_path):
+    """Insight under gunicorn -w 4 over PostgreSQL (Redis or RabbitMQ as the broker): the
+    ingester records a real worker's failures, every process answers the same error groups
+    and alerts, and the alert rule configured in all four notifies a real webhook receiver
+    exactly once."""
     from tests.web.test_insight_cluster import _Hook
 
     class Hook(_Hook):
@@ -259,8 +259,7 @@ def test_four_processes_answer_the_same_error_groups_and_alert_once(
 
     hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
     threading.Thread(target=hook.serve_forever, daemon=True).start()
-    env = {**os.environ, "CELERYMON_TEST_BROKER": redis_url, "CELERYMON_TEST_DB": postgres_url,
-           "CELERYMON_TEST_LEASE_TTL": str(TTL),
+    env = {**setup.env,
            "CELERYMON_TEST_ALERT_WEBHOOK": f"http://127.0.0.1:{hook.server_address[1]}/hook"}  # fmt: skip
     client_app, worker, port, server = _cluster(env, tmp_path, "insight@scaled")
     try:
