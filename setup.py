@@ -49,7 +49,7 @@ setup(
     extras_require={
         "auth": ["flask-login>=0.6", "authlib>=1.2"],
         "solar": ["ephem>=4.1"],
-        "postgres": ["psycopg[binary,pool]>=3.1"],
+        "postgres": ["psycopg[binary,pool]>=3.2"],
         "docs": ["sphinx>=7"],
         "test": [
             "pytest>=7.4",
@@ -66,7 +66,7 @@ setup(
             "schemathesis>=4.0",
             "pyyaml>=6",
             "psutil>=5.9",
-            "psycopg[binary,pool]>=3.1",
+            "psycopg[binary,pool]>=3.2",
             # tests/web/test_flower_parity.py runs Flower beside the monitor
             "flower==2.2.0",
         ],

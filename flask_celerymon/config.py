@@ -562,12 +562,20 @@ def load(config: MutableMapping[str, Any], instance_path: str) -> Settings:
 
 
 def _check_single_ingester(own: Mapping[str, Any], conf: Mapping[str, Any]) -> None:
-    """The ingester lease lives in the broker's Redis (no broker URL: the embedded Redis)."""
+    """The ingester lease lives in the broker's Redis (no broker URL: the embedded Redis), or
+    in the PostgreSQL history when the broker is not Redis (see ``monitor/lease.py``)."""
     url = conf.get("broker_url")
     scheme = url.partition("://")[0] if isinstance(url, str) else "redis"
-    if own["CELERY_MONITOR_SINGLE_INGESTER"] and scheme not in ("redis", "rediss", "redis+socket"):
+    db = own["CELERY_MONITOR_DB"]
+    in_store = isinstance(db, str) and db.startswith(("postgresql://", "postgres://"))
+    if (
+        own["CELERY_MONITOR_SINGLE_INGESTER"]
+        and scheme not in ("redis", "rediss", "redis+socket")
+        and not in_store
+    ):
         raise ConfigurationError(
-            f"CELERY_MONITOR_SINGLE_INGESTER needs a Redis broker for its lease, not {scheme}://; "
+            f"CELERY_MONITOR_SINGLE_INGESTER needs a Redis broker or a PostgreSQL "
+            f"CELERY_MONITOR_DB for its lease, not {scheme}:// with CELERY_MONITOR_DB = {db!r}; "
             "run one standalone monitor (flask celery monitor) instead"
         )
 

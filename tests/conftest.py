@@ -7,6 +7,7 @@ tests never see each other's keys.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import os
@@ -16,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -203,6 +205,54 @@ class WorkerProcess:
 
 #: one Prometheus scrape: {(sample name, sorted labels): value}
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@contextlib.contextmanager
+def basic_worker(app: Any, broker_url: str, hostname: str, log_dir: Any) -> Iterator[Any]:
+    """A real solo worker of ``tests.apps.basic`` sending events, ready to take ``app``'s
+    tasks (waited for up to 120 s) and stopped when the block ends; its log in
+    ``log_dir/worker.log``."""
+    from tests.apps import basic
+
+    worker = WorkerProcess("tests.apps.basic:create_app", broker_url, hostname,
+                           str(log_dir / "worker.log"), args=("-P", "solo", "-E"))  # fmt: skip
+    try:
+        worker.wait_ready(basic.celery.get_app(app), timeout=120)
+        yield worker
+    finally:
+        worker.stop()
+
+
+def run_basic_tasks(app: Any, ok: int, bad: int = 0) -> tuple[list[Any], list[Any]]:
+    """Submit ``ok`` ``tests.apps.basic:add(i, i)`` and ``bad`` ``tests.apps.basic:fail`` tasks
+    from ``app`` (its context pushed here) and wait for them through a running worker: the
+    sums are asserted, every failure raises ``ValueError``. Returns both lists of futures."""
+    from tests.apps import basic
+
+    with app.app_context():
+        good = [basic.celery.submit(basic.add, i, i) for i in range(ok)]
+        failing = [basic.celery.submit(basic.fail, f"order {i} failed") for i in range(bad)]
+        assert [f.result(timeout=30) for f in good] == [2 * i for i in range(ok)]
+        for f in failing:
+            with pytest.raises(ValueError):
+                f.result(timeout=30)
+    return good, failing
+
+
+def started_pair(apps: list[Any], timeout: float = 30) -> tuple[Any, Any]:
+    """Start the monitors of two apps sharing a store with ``CELERY_MONITOR_SINGLE_INGESTER``;
+    ``(follower app, ingester app)`` once one holds the lease and consumes (events published
+    before it subscribes are lost: Redis pub/sub)."""
+    services = [app.extensions["celerymon"].monitor for app in apps]
+    for svc in services:
+        svc.ensure_started()
+    deadline = time.monotonic() + timeout
+    while sorted(s.role for s in services) != ["follower", "ingester"]:
+        assert time.monotonic() < deadline, [s.role for s in services]
+        time.sleep(0.05)
+    follower, ingester = sorted(apps, key=lambda a: a.extensions["celerymon"].monitor.role)
+    assert ingester.extensions["celerymon"].monitor.wait_connected(timeout)
+    return follower, ingester
 
 
 def parse_metrics(text: str) -> Samples:

@@ -23,6 +23,11 @@ hosts) runs a :class:`Coordinator` instead of consuming events itself:
   the connection. Events published during that gap are lost for the monitor (Redis' event
   fan-out does not keep them); the successor counts the gap in ``figures()["handovers"]``.
 
+Without a Redis broker (RabbitMQ) and with a PostgreSQL history, the lease, the channel and
+the metrics' copy live in that database instead (:mod:`.pg_lease`: a lease row, ``NOTIFY`` /
+``LISTEN``), with the same rules and bound; :func:`open_cluster` chooses. With neither there
+is no lease: run one standalone monitor.
+
 Threads: ``celerymon-lease`` (acquire / renew) and, in followers, ``celerymon-fanout``
 (listens on the channel). Neither starts before :meth:`Coordinator.start`.
 """
@@ -35,7 +40,7 @@ import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from celery import Celery
@@ -47,6 +52,12 @@ log = logging.getLogger(__name__)
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
   return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_SET_IF_HELD = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('set', KEYS[2], ARGV[2]) and 1
 end
 return 0
 """
@@ -91,6 +102,7 @@ class RedisLease:
         self.ident = ident or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._renew = client.register_script(_RENEW)
         self._release = client.register_script(_RELEASE)
+        self._set_if_held = client.register_script(_SET_IF_HELD)
 
     def acquire(self) -> bool:
         """Take the lease if nobody holds it; True when we hold it now."""
@@ -104,10 +116,111 @@ class RedisLease:
         """Give the lease up (only if it is still ours)."""
         self._release(keys=[self.key], args=[self.ident])
 
+    def set_if_held(self, key: str, value: bytes) -> bool:
+        """Set ``key`` to ``value`` (no expiry) only while we hold the lease, in one atomic
+        step; True when written. A holder that lost the lease (paused past its ``ttl``)
+        cannot overwrite what its successor wrote."""
+        return bool(self._set_if_held(keys=[self.key, key], args=[self.ident, value]))
+
     def holder(self) -> str | None:
         """The id of the current holder, or None."""
         v = self.client.get(self.key)
         return v.decode() if isinstance(v, bytes) else v
+
+
+class RedisCluster:
+    """The lease, fan-out channel and cluster values of ``cluster`` in ``app``'s Redis broker
+    (see the module). Raises :class:`CeleryMonError` for a broker that is not Redis; later
+    calls raise redis-py's errors when Redis does not answer."""
+
+    #: A message may be of any size.
+    max_message: int | None = None
+
+    def __init__(self, app: Celery, cluster: str, ttl: float) -> None:
+        self.client = redis_client(app)
+        self.lease = RedisLease(self.client, f"celerymon:{cluster}:ingester", ttl)
+        self.channel = f"celerymon:{cluster}:changes"
+        self.ident = self.lease.ident
+
+    def acquire(self) -> bool:
+        return self.lease.acquire()
+
+    def renew(self) -> bool:
+        return self.lease.renew()
+
+    def release(self) -> None:
+        self.lease.release()
+
+    def holder(self) -> str | None:
+        return self.lease.holder()
+
+    def set_if_held(self, key: str, value: bytes) -> bool:
+        return self.lease.set_if_held(key, value)
+
+    def get(self, key: str) -> bytes | None:
+        """The value of the Redis key ``key``, or None."""
+        value = self.client.get(key)
+        return None if value is None else bytes(value)
+
+    def publish(self, message: str) -> None:
+        self.client.publish(self.channel, message)
+
+    def messages(self, stop: threading.Event) -> Iterator[str | bytes]:
+        """The messages published on the channel from now on, until ``stop`` is set (checked
+        every second)."""
+        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self.channel)
+            while not stop.is_set():
+                msg = pubsub.get_message(timeout=1.0)
+                if msg is not None:
+                    yield msg["data"]
+        finally:
+            try:
+                pubsub.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def open_cluster(app: Celery, cluster: str, ttl: float, db: str | None) -> Any:
+    """Where the lease of ``cluster`` lives: the broker's Redis (:class:`RedisCluster`) when
+    the broker is Redis, else the PostgreSQL history ``db`` (:class:`.pg_lease.PgCluster`).
+    Raises :class:`CeleryMonError` with neither (the message says what to do), and what the
+    chosen one raises when it cannot connect."""
+    scheme = (app.conf.broker_url or "").partition("://")[0]
+    if scheme not in ("redis", "rediss", "redis+socket") and db is not None:
+        from .stores import POSTGRES_SCHEMES
+
+        if db.startswith(POSTGRES_SCHEMES):
+            from .pg_lease import PgCluster
+
+            return PgCluster(db, cluster, ttl)
+    return RedisCluster(app, cluster, ttl)
+
+
+def _messages(
+    tasks: list[str], workers: list[str], topics: Sequence[str], limit: int | None
+) -> Iterator[str]:
+    """The fan-out message(s) of these ids and topics: one, or (a ``limit`` in bytes) as many
+    as keep each under it, the ids split between them."""
+    msg: dict[str, list[str]] = {"tasks": tasks, "workers": workers}
+    if topics:
+        msg["topics"] = list(topics)
+    text = json.dumps(msg)
+    if limit is None or len(text.encode()) <= limit or len(tasks) + len(workers) <= 1:
+        yield text
+        return
+    if len(tasks) > 1 or not workers:
+        half = len(tasks) // 2
+        yield from _messages(tasks[:half], [], topics, limit)
+        yield from _messages(tasks[half:], workers, (), limit)
+    else:
+        half = len(workers) // 2
+        yield from _messages(tasks, workers[:half], topics, limit)
+        yield from _messages([], workers[half:], (), limit)
 
 
 class Coordinator:
@@ -121,16 +234,14 @@ class Coordinator:
 
     def __init__(
         self,
-        app: Celery,
-        cluster: str,
+        lease: Any,
         ttl: float,
         on_lead: Callable[[], None],
         on_follow: Callable[[], None],
         on_changes: Callable[[list[str], list[str], list[str]], None],
     ) -> None:
-        self.client = redis_client(app)
-        self.lease = RedisLease(self.client, f"celerymon:{cluster}:ingester", ttl)
-        self.channel = f"celerymon:{cluster}:changes"
+        #: :class:`RedisCluster` or :class:`.pg_lease.PgCluster` (see :func:`open_cluster`)
+        self.lease = lease
         self.ttl = ttl
         self._on_lead = on_lead
         self._on_follow = on_follow
@@ -160,16 +271,15 @@ class Coordinator:
                 self.lease.release()
             except Exception:  # noqa: BLE001 - it expires by itself
                 log.info("celerymon: could not release the ingester lease", exc_info=True)
-        self.client.close()
+        self.lease.close()
 
     def publish(self, tasks: list[str], workers: list[str], topics: Sequence[str] = ()) -> None:
         """Ingester: tell the followers which tasks and workers were just written, and which
-        insight ``topics`` changed. Raises redis-py's errors when Redis does not answer."""
+        insight ``topics`` changed. Raises redis-py's (psycopg's) errors when Redis (PostgreSQL)
+        does not answer."""
         if tasks or workers or topics:
-            msg: dict[str, list[str]] = {"tasks": tasks, "workers": workers}
-            if topics:
-                msg["topics"] = list(topics)
-            self.client.publish(self.channel, json.dumps(msg))
+            for message in _messages(tasks, workers, topics, self.lease.max_message):
+                self.lease.publish(message)
 
     def _run_lease(self) -> None:
         interval = self.ttl / 3
@@ -195,18 +305,15 @@ class Coordinator:
 
     def _run_fanout(self) -> None:
         while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.subscribe(self.channel)
-                while not self._stop.is_set():
-                    msg = pubsub.get_message(timeout=1.0)
-                    if msg is None or self.leading:
+                for data in self.lease.messages(self._stop):
+                    if self.leading:
                         continue
                     try:
-                        data = json.loads(msg["data"])
-                        tasks = [str(t) for t in data.get("tasks", ())]
-                        workers = [str(w) for w in data.get("workers", ())]
-                        topics = [str(t) for t in data.get("topics", ())]
+                        msg = json.loads(data)
+                        tasks = [str(t) for t in msg.get("tasks", ())]
+                        workers = [str(w) for w in msg.get("workers", ())]
+                        topics = [str(t) for t in msg.get("topics", ())]
                     except (ValueError, TypeError, AttributeError):
                         self.errors += 1
                         continue
@@ -215,8 +322,3 @@ class Coordinator:
                 self.errors += 1
                 log.warning("celerymon: fan-out channel failed", exc_info=True)
                 self._stop.wait(1.0)
-            finally:
-                try:
-                    pubsub.close()
-                except Exception:  # noqa: BLE001
-                    pass

@@ -23,13 +23,22 @@ Two kinds of series:
 **One ingester per cluster** (``CELERY_MONITOR_SINGLE_INGESTER``): only the ingester sees
 events, so the event-driven series are the cluster's and live in it. Every
 :data:`PUBLISH_INTERVAL` seconds it writes them to the Redis key
-``celerymon:<cluster>:metrics`` (:func:`cluster_metrics_key`; JSON, expiring after
-:data:`PUBLISHED_TTL` s), and a follower's scrape exports that copy instead of its own
-(empty) counters. A scrape of any process thus gives the cluster's figures once, at most
-:data:`PUBLISH_INTERVAL` s old (``celerymon_cluster_metrics_age_seconds``); the per-process
-series (the service's own figures, the requests) stay each process's own.
-``celerymon_ingester`` says which process is the ingester. After a handover the counters
-restart from what the new ingester counted: a counter reset, as after a restart.
+``celerymon:<cluster>:metrics`` (:func:`cluster_metrics_key`; JSON, written only while it
+holds the lease, in one step with the check; with the lease in PostgreSQL, a row of that name
+in ``celerymon_cluster``, see :meth:`.service.MonitorService.write_as_ingester`), and a follower's scrape exports that copy
+instead of its own (empty) counters, unless the copy is more than :data:`PUBLISHED_TTL` s old
+(no ingester for that long: the follower exports empty series). A scrape of any process thus
+gives the cluster's figures once, at most :data:`PUBLISH_INTERVAL` s old
+(``celerymon_cluster_metrics_age_seconds``); the per-process series (the service's own
+figures, the requests) stay each process's own. ``celerymon_ingester`` says which process is
+the ingester.
+
+**Handover**: a process taking the lease starts from the last written copy (the key does not
+expire) before it counts its first event (:meth:`MonitorMetrics.continue_cluster_series`), so
+the cluster's counters and histograms go on from where the last ingester wrote them and never
+go down, whichever process is scraped. What the last ingester counted after its last write
+(at most :data:`PUBLISH_INTERVAL` s) and the events sent while no process ingested are not
+counted. Without a copy (Redis emptied) the new ingester starts from zero: a counter reset.
 
 Label values are task names, worker hostnames, queue names, event types, states and exception
 class names: never task ids, and never a client's hostname (``task-sent`` events are labelled
@@ -81,7 +90,7 @@ OTHER = "__other__"
 MAX_PENDING = 100_000
 #: Seconds between two writes of the ingester's event-driven series to Redis.
 PUBLISH_INTERVAL = 1.0
-#: Seconds the written series live in Redis once the ingester stops writing them.
+#: A copy older than this (seconds) is not exported by followers (it is still continued from).
 PUBLISHED_TTL = 300
 #: Seconds a task sent just before an "empty queue" answer stays tracked (lengths are cached
 #: up to 1 s, and producers' clocks drift a little).
@@ -121,6 +130,8 @@ def cluster_metrics_key(cluster: str) -> str:
 
 
 _COUNTS = ("events", "prefetch_time", "prefetched", "tasks")
+#: The number of labels of each series' key.
+_ARITY = {"events": 3, "prefetch_time": 2, "prefetched": 2, "tasks": 4}
 _HISTOGRAMS = ("runtime", "queue_wait")
 
 
@@ -277,11 +288,12 @@ class MonitorMetrics:
         self._names: set[str] = set()
         self._exceptions: set[str] = set()
         self._purged = 0
-        #: single ingester: the thread writing our series to Redis, and a Redis client
+        #: single ingester: the thread writing our series to Redis (or the store)
         self._publisher: threading.Thread | None = None
-        self._redis: Any = None
         service.add_listener(self._on_event)
         service.add_purge_listener(self._on_purge)
+        if service.settings.single_ingester:
+            service.add_lead_listener(self.continue_cluster_series)
         self.registry.register(_Collector(self))
 
     # -- the ingest thread -----------------------------------------------------------------
@@ -414,13 +426,6 @@ class MonitorMetrics:
     def _cluster_key(self) -> str:
         return cluster_metrics_key(self.service.celery_app.main or "celery")
 
-    def _client(self) -> Any:
-        if self._redis is None:
-            from .lease import redis_client
-
-            self._redis = redis_client(self.service.celery_app)
-        return self._redis
-
     def _start_publisher(self) -> None:
         with self._lock:
             if self._publisher is not None:
@@ -447,18 +452,65 @@ class MonitorMetrics:
             with self._lock:
                 self._publisher = None
 
-    def publish(self) -> None:
-        """Write the event-driven series to Redis now (the ingester does it every second).
+    def publish(self) -> bool:
+        """Write the event-driven series to Redis now (the ingester does it every second);
+        False (nothing written) when this process does not hold the ingester lease.
 
         Raises redis-py's errors when Redis does not answer.
         """
         data = encode_series(self._snapshot(), time.time())
-        self._client().set(self._cluster_key(), data, ex=PUBLISHED_TTL)
+        return self.service.write_as_ingester(self._cluster_key(), data)
+
+    def continue_cluster_series(self) -> None:
+        """Take the last written cluster series as this process's own (the service calls it
+        when this process takes the ingester lease, before its first event): each counter,
+        and each histogram bucket, becomes the larger of ours and the written one, so no
+        counter goes down from the last ingester's value nor from ours; the gauges become
+        the written ones. Label sets of another shape (another release) and histograms with
+        other buckets are left out. Nothing happens without a written copy or when Redis
+        does not answer (logged); never raises."""
+        published = self._published()
+        if published is None:
+            return
+        with self._lock:
+            counters: tuple[tuple[str, dict[Any, int]], ...] = (
+                ("events", self._events), ("tasks", self._tasks))  # fmt: skip
+            for name, mine in counters:
+                arity = _ARITY[name]
+                for k, v in published[name].items():
+                    if len(k) == arity and isinstance(v, int) and v > mine.get(k, 0):
+                        mine[k] = v
+            histograms: tuple[tuple[str, dict[Any, _Histogram], tuple[float, ...]], ...] = (
+                ("runtime", self._runtime, self.runtime_buckets),
+                ("queue_wait", self._queue_wait, self.queue_wait_buckets))  # fmt: skip
+            for name, hists, bounds in histograms:
+                for k, h in published[name].items():
+                    if len(k) != 2 or len(h.counts) != len(bounds) + 1:
+                        continue
+                    old = hists.get(k)
+                    if old is None:
+                        hists[k] = h
+                    else:
+                        old.counts = [max(a, b) for a, b in zip(old.counts, h.counts)]
+                        old.total = max(old.total, h.total)
+            for name, gauge in (("prefetch_time", self._prefetch_time),
+                                ("prefetched", self._prefetched)):  # fmt: skip
+                gauge.update({k: v for k, v in published[name].items() if len(k) == 2})
+            # the label caps count the names continued
+            for _worker, _type, task in (k for k in self._events if len(k) == 3):
+                if task != OTHER:
+                    self._names.add(task)
+            for task, _worker, _state, exc in self._tasks:
+                if task != OTHER:
+                    self._names.add(task)
+                if exc and exc != OTHER:
+                    self._exceptions.add(exc)
+        log.info("celerymon: continuing the cluster's metrics written at %s", published["at"])
 
     def _published(self) -> dict[str, Any] | None:
         """The ingester's last written series, or None (none written, or Redis is down)."""
         try:
-            data = self._client().get(self._cluster_key())
+            data = self.service.cluster_value(self._cluster_key())
         except Exception:  # noqa: BLE001 - a scrape never fails for Redis
             log.info("celerymon: reading the ingester's metrics failed", exc_info=True)
             return None
@@ -537,6 +589,8 @@ class MonitorMetrics:
             )
             if not ingester:  # the cluster's series are the ingester's
                 published = self._published()
+                if published is not None and time.time() - published["at"] > PUBLISHED_TTL:
+                    published = None  # no ingester for that long
                 empty: dict[str, Any] = {name: {} for name in (*_COUNTS, *_HISTOGRAMS)}
                 snap = {**snap, **(published or empty)}
                 if published is not None:

@@ -138,6 +138,7 @@ class MonitorService(Housekeeping, Subscriptions):
         self._listeners: tuple[EventListener, ...] = ()
         self._purge_listeners: tuple[Callable[[str], None], ...] = ()
         self._topic_listeners: tuple[Callable[[list[str]], None], ...] = ()
+        self._lead_listeners: tuple[Callable[[], None], ...] = ()
         self._listener_errors = 0
         self._purged: list[tuple[float, str]] = []
         self._evicted_workers: list[str] = []
@@ -220,12 +221,15 @@ class MonitorService(Housekeeping, Subscriptions):
     # -- one ingester per cluster (see lease.py) --------------------------------------------
 
     def _start_coordinated(self) -> None:
-        from .lease import Coordinator
+        from .lease import Coordinator, open_cluster
 
         self._following = True
+        cluster = self.celery_app.main or "celery"
+        lease = open_cluster(
+            self.celery_app, cluster, self.settings.lease_ttl, self.settings.db_path
+        )
         self._coordinator = Coordinator(
-            self.celery_app,
-            self.celery_app.main or "celery",
+            lease,
             self.settings.lease_ttl,
             on_lead=self._lead,
             on_follow=self._follow,
@@ -247,6 +251,12 @@ class MonitorService(Housekeeping, Subscriptions):
                     self._open_restart_gap(self._store)
                 except Exception:  # noqa: BLE001 - ingest anyway; the gap goes unreported
                     log.exception("celerymon: reading the last ingester's meta failed")
+            for fn in self._lead_listeners:  # before the first event is counted
+                try:
+                    fn()
+                except Exception:  # noqa: BLE001
+                    self._listener_errors += 1
+                    log.exception("celerymon: lead listener %r failed", fn)
             self._following = False
             self._consumer = EventConsumer(
                 self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
@@ -310,6 +320,36 @@ class MonitorService(Housekeeping, Subscriptions):
     def remove_topic_listener(self, fn: Callable[[list[str]], None]) -> None:
         with self._subs_lock:
             self._topic_listeners = tuple(f for f in self._topic_listeners if f is not fn)
+
+    def add_lead_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` (lease thread) each time this process takes the ingester lease, before
+        it consumes its first event (with ``single_ingester`` only): the metrics continue the
+        cluster's counters from there. Exceptions are logged and counted in
+        ``listener_errors``; ingesting starts anyway."""
+        with self._subs_lock:
+            self._lead_listeners = (*self._lead_listeners, fn)
+
+    def write_as_ingester(self, key: str, value: bytes) -> bool:
+        """Set the cluster value ``key`` (a Redis key of the broker, or a row of the PostgreSQL
+        store when the lease lives there, see :func:`.lease.open_cluster`) to ``value`` (no
+        expiry) only while this process holds the ingester lease, atomically with the check
+        (see :meth:`.lease.RedisLease.set_if_held`). False when it does not hold it or
+        without ``single_ingester``; raises redis-py's (psycopg's) errors when Redis
+        (PostgreSQL) does not answer."""
+        coordinator = self._coordinator
+        if coordinator is None or not coordinator.leading:
+            return False
+        return bool(coordinator.lease.set_if_held(key, value))
+
+    def cluster_value(self, key: str) -> bytes | None:
+        """The cluster value ``key`` written by an ingester (:meth:`write_as_ingester`), or
+        None (none written, or not running with ``single_ingester``). Raises redis-py's
+        (psycopg's) errors when the lease's Redis (PostgreSQL) does not answer."""
+        coordinator = self._coordinator
+        if coordinator is None:
+            return None
+        value = coordinator.lease.get(key)
+        return None if value is None else bytes(value)
 
     def announce(self, topics: Iterable[str]) -> None:
         """Ingester: tell the followers' topic listeners that data of ``topics`` was written

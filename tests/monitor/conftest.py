@@ -63,6 +63,30 @@ def make_service(tmp_path: Any) -> Iterator[Callable[..., MonitorService]]:
         svc.stop()
 
 
+def service_pair(
+    make_service: Callable[..., MonitorService], broker: str, db: str, name: str = "pair"
+) -> tuple[MonitorService, MonitorService]:
+    """Two started services of Celery app ``name`` on ``broker`` sharing the history ``db``
+    with ``single_ingester`` (lease TTL 0.6 s, no ``enable_events``): ``(ingester,
+    follower)`` once one holds the lease."""
+    svcs = [
+        make_service(
+            Celery(name, broker=broker),
+            db=db,
+            single_ingester=True,
+            lease_ttl=0.6,
+            enable_events=False,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    for s in svcs:
+        s.start()
+    wait_for(lambda: sorted(s.role for s in svcs) == ["follower", "ingester"], timeout=10)
+    ingester = next(s for s in svcs if s.role == "ingester")
+    follower = next(s for s in svcs if s.role == "follower")
+    return ingester, follower
+
+
 def monitor_worker(broker_url: str, hostname: str, logfile: str, events: bool) -> WorkerProcess:
     """A real ``celery worker`` (solo pool) for tests.monitor.worker_app."""
     args = ("-P", "solo", "--heartbeat-interval", "1", *(("-E",) if events else ()))

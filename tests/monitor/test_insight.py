@@ -28,7 +28,7 @@ from flask_celerymon.monitor.insight.error_groups import (
     normalise_message,
     split_exception,
 )
-from flask_celerymon.monitor.insight.store import BUCKETS, bucket_of, percentile, spans
+from flask_celerymon.monitor.insight.rollups import BUCKETS, bucket_of, percentile, spans
 from flask_celerymon.monitor.service import MonitorService
 from flask_celerymon.monitor.settings import MonitorSettings
 
@@ -227,7 +227,7 @@ def test_a_success_after_the_last_failure_resolves_the_group(insight):
 def test_insight_tables_survive_a_restart(tmp_path):
     path = str(tmp_path / "m.db")
     store = InsightStore(path)
-    from flask_celerymon.monitor.insight.store import Rollup
+    from flask_celerymon.monitor.insight.rollups import Rollup
 
     r = Rollup()
     r.count("failed")
@@ -491,3 +491,44 @@ def test_the_history_from_before_the_upgrade_is_rolled_up_once(tmp_path):
     assert groups == {g["id"]: g["failures"] + g["retries"] for g in live.store.error_groups()}
     live.store.close()
     ins.store.close()
+
+
+def test_failures_written_together_give_the_groups_written_one_by_one():
+    """The store records a write's failures per group in a few statements: the groups
+    (counts, first/last seen, samples, workers, resolution) and their occurrences are those
+    of the same failures written one per write, in order."""
+    from flask_celerymon.monitor.insight.rollups import Failure
+
+    rnd = random.Random(11)
+    failures = [
+        Failure(
+            group=f"g{rnd.randrange(3)}",
+            name="app.job",
+            exc_type="ValueError",
+            message="bad <n>",
+            exception=f"ValueError('bad {i}')",
+            traceback=rnd.choice(["", f"Traceback {i}"]),
+            uuid=f"u{rnd.randrange(40)}",
+            worker=rnd.choice(["", "w1@h", "w2@h"]),
+            ts=1_700_000_000.0 + rnd.random() * 600,
+            kind=rnd.choice(["failure", "failure", "retry"]),
+        )  # fmt: skip
+        for i in range(120)
+    ]
+    together, one_by_one = InsightStore(None), InsightStore(None)
+    try:
+        for n in (0, 40, 80):  # groups exist already for the later writes
+            together.write({}, failures[n : n + 40], resolved={"app.job": failures[n].ts})
+            for f in failures[n : n + 40]:
+                one_by_one.write({}, [f])
+            one_by_one.write({}, [], resolved={"app.job": failures[n].ts})
+        assert together.error_groups() == one_by_one.error_groups()
+        for g in ("g0", "g1", "g2"):
+            assert together.error_tasks(g) == one_by_one.error_tasks(g)
+        ids = ["g0", "g1", "g2"]
+        assert together.error_counts(ids, 1_700_000_000.0, 1_700_000_600.0, 60) == (
+            one_by_one.error_counts(ids, 1_700_000_000.0, 1_700_000_600.0, 60)
+        )
+    finally:
+        together.close()
+        one_by_one.close()

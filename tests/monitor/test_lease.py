@@ -12,7 +12,7 @@ from flask_celerymon.errors import CeleryMonError
 from flask_celerymon.monitor.lease import RedisLease, redis_client
 from flask_celerymon.monitor.metrics import check_health
 
-from .conftest import task_events, wait_for
+from .conftest import service_pair, task_events, wait_for
 
 
 def test_only_one_holder_and_only_the_holder_renews_or_releases(redis_url):
@@ -52,23 +52,7 @@ def test_the_lease_needs_a_redis_broker():
 
 
 def _pair(redis_url, make_service, tmp_path):
-    db = str(tmp_path / "shared.sqlite3")
-    svcs = [
-        make_service(
-            Celery("pair", broker=redis_url),
-            db=db,
-            single_ingester=True,
-            lease_ttl=0.6,
-            enable_events=False,
-        )  # fmt: skip
-        for _ in range(2)
-    ]
-    for s in svcs:
-        s.start()
-    wait_for(lambda: sorted(s.role for s in svcs) == ["follower", "ingester"], timeout=10)
-    ingester = next(s for s in svcs if s.role == "ingester")
-    follower = next(s for s in svcs if s.role == "follower")
-    return ingester, follower
+    return service_pair(make_service, redis_url, str(tmp_path / "shared.sqlite3"))
 
 
 def test_followers_answer_from_the_store_and_hear_each_change(redis_url, make_service, tmp_path):
@@ -124,6 +108,7 @@ def test_init_app_refuses_a_single_ingester_without_a_redis_broker(broker):
         FlaskCelery(app)
     scheme = broker.partition("://")[0]
     assert str(exc.value) == (
-        f"CELERY_MONITOR_SINGLE_INGESTER needs a Redis broker for its lease, not {scheme}://; "
-        "run one standalone monitor (flask celery monitor) instead"
+        "CELERY_MONITOR_SINGLE_INGESTER needs a Redis broker or a PostgreSQL CELERY_MONITOR_DB "
+        f"for its lease, not {scheme}:// with CELERY_MONITOR_DB = None; run one standalone "
+        "monitor (flask celery monitor) instead"
     )

@@ -117,7 +117,7 @@ def test_insight_over_a_postgresql_history_keeps_its_tables_in_that_database(
     """Issue 15: with a PostgreSQL history the insight tables are shared by every process
     (they used to be in memory per process); no file is written."""
     from flask_celerymon.monitor.insight.pg_store import PgInsightStore
-    from flask_celerymon.monitor.insight.store import Failure
+    from flask_celerymon.monitor.insight.rollups import Failure
 
     monkeypatch.chdir(tmp_path)
     url = postgres_server.create_database()

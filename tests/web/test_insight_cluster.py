@@ -20,7 +20,7 @@ import pytest
 
 from flask_celerymon.web.insight import get_insight
 from tests.apps import basic
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, run_basic_tasks, started_pair
 
 #: Fields of the answers that are the time of the request itself.
 NOW_FIELDS = ("since", "until")
@@ -99,16 +99,7 @@ def _get(app: Any, path: str) -> Any:
 
 
 def test_a_follower_answers_the_insight_of_the_ingester(two_apps, redis_url, tmp_path, webhook):
-    services = [app.extensions["celerymon"].monitor for app in two_apps]
-    for svc in services:
-        svc.ensure_started()
-    deadline = time.monotonic() + 30
-    while sorted(s.role for s in services) != ["follower", "ingester"]:
-        assert time.monotonic() < deadline, [s.role for s in services]
-        time.sleep(0.05)
-    follower, ingester = sorted(two_apps, key=lambda a: a.extensions["celerymon"].monitor.role)
-    # events published before the ingester subscribes are lost (Redis pub/sub)
-    assert ingester.extensions["celerymon"].monitor.wait_connected(30)
+    follower, ingester = started_pair(two_apps)
     for app in (follower, ingester):
         _get(app, "/api/errors")  # the first request starts the insight engine
     with follower.app_context():
@@ -122,13 +113,7 @@ def test_a_follower_answers_the_insight_of_the_ingester(two_apps, redis_url, tmp
                            str(tmp_path / "worker.log"), args=("-P", "solo", "-E"))  # fmt: skip
     try:
         worker.wait_ready(basic.celery.get_app(ingester), timeout=120)
-        with ingester.app_context():
-            ok = [basic.celery.submit(basic.add, i, i) for i in range(6)]
-            bad = [basic.celery.submit(basic.fail, f"order {i} failed") for i in range(4)]
-            assert [f.result(timeout=30) for f in ok] == [2 * i for i in range(6)]
-            for f in bad:
-                with pytest.raises(ValueError):
-                    f.result(timeout=30)
+        _ok, bad = run_basic_tasks(ingester, ok=6, bad=4)
         bad_ids = {f.id for f in bad}
 
         # the failures recorded by the ingester are the follower's error groups

@@ -12,10 +12,11 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 from flask_celerymon.monitor.metrics import cluster_metrics_key, decode_series, encode_series
 from tests.apps import basic
-from tests.conftest import WorkerProcess, parse_metrics
+from tests.conftest import basic_worker, parse_metrics, run_basic_tasks, started_pair
 
 CLUSTER_SERIES = (
     "flower_events_total",
@@ -44,6 +45,17 @@ def _succeeded(samples: dict) -> float:
     )
 
 
+def _scrape_until(app: Any, ok: Any, timeout: float = 20) -> dict:
+    """A scrape of ``app`` for which ``ok(samples)`` holds, polled for up to ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        samples = _scrape(app)
+        if ok(samples):
+            return samples
+        assert time.monotonic() < deadline, _cluster(samples)
+        time.sleep(0.2)
+
+
 @pytest.fixture
 def two_apps(redis_url, tmp_path, monkeypatch):
     monkeypatch.setenv("CELERYMON_TEST_BROKER", redis_url)
@@ -64,24 +76,9 @@ def two_apps(redis_url, tmp_path, monkeypatch):
 
 
 def test_an_ingester_and_a_follower_scrape_the_same_task_counters(two_apps, redis_url, tmp_path):
-    services = [app.extensions["celerymon"].monitor for app in two_apps]
-    for svc in services:
-        svc.ensure_started()
-    deadline = time.monotonic() + 30
-    while sorted(s.role for s in services) != ["follower", "ingester"]:
-        assert time.monotonic() < deadline, [s.role for s in services]
-        time.sleep(0.05)
-    follower, ingester = sorted(two_apps, key=lambda a: a.extensions["celerymon"].monitor.role)
-    # events published before the ingester subscribes are lost (Redis pub/sub)
-    assert ingester.extensions["celerymon"].monitor.wait_connected(30)
-
-    worker = WorkerProcess("tests.apps.basic:create_app", redis_url, "metrics@test",
-                           str(tmp_path / "worker.log"), args=("-P", "solo", "-E"))  # fmt: skip
-    try:
-        worker.wait_ready(basic.celery.get_app(ingester), timeout=120)
-        with ingester.app_context():
-            futures = [basic.celery.submit(basic.add, i, i) for i in range(12)]
-            assert [f.result(timeout=30) for f in futures] == [2 * i for i in range(12)]
+    follower, ingester = started_pair(two_apps)
+    with basic_worker(ingester, redis_url, "metrics@test", tmp_path):
+        run_basic_tasks(ingester, ok=12)
 
         # the ingester counts the 12 successes; the follower exports the same series
         deadline = time.monotonic() + 20
@@ -91,8 +88,6 @@ def test_an_ingester_and_a_follower_scrape_the_same_task_counters(two_apps, redi
                 break
             assert time.monotonic() < deadline, (_cluster(mine), _cluster(theirs))
             time.sleep(0.2)
-    finally:
-        worker.stop()
 
     assert _cluster(mine)  # not two empty scrapes
     assert _succeeded(theirs) == 12
@@ -128,3 +123,53 @@ def test_published_series_round_trip_and_bad_data_is_refused():
         with pytest.raises(ValueError, match="not a published metrics snapshot"):
             decode_series(bad)
     assert cluster_metrics_key("shop") == "celerymon:shop:metrics"
+
+
+#: The counter-type series of the cluster (gauges may go down).
+COUNTER_SERIES = (
+    "flower_events_total",
+    "celerymon_tasks_total",
+    "flower_task_runtime_seconds_count",
+    "flower_task_runtime_seconds_bucket",
+    "flower_task_runtime_seconds_sum",
+)
+
+
+def _counters(samples: dict) -> dict:
+    return {k: v for k, v in samples.items() if k[0] in COUNTER_SERIES}
+
+
+def test_the_cluster_counters_continue_across_a_handover(two_apps, redis_url, tmp_path):
+    follower, ingester = started_pair(two_apps)
+    with basic_worker(ingester, redis_url, "handover@test", tmp_path):
+        run_basic_tasks(ingester, ok=8)
+        # the follower exports the ingester's 8 successes
+        before = _scrape_until(follower, lambda samples: _succeeded(samples) == 8)
+
+        # the ingester stops (giving the lease up); the follower takes it over
+        ingester.extensions["celerymon"].monitor.stop()
+        successor = follower.extensions["celerymon"].monitor
+        deadline = time.monotonic() + 10
+        while successor.role != "ingester":
+            assert time.monotonic() < deadline, successor.role
+            time.sleep(0.05)
+        assert successor.wait_connected(30)
+        run_basic_tasks(follower, ok=5)
+        # the successor's own events are added to the last ingester's
+        after = _scrape_until(follower, lambda samples: _succeeded(samples) == 8 + 5)
+
+    assert after[("celerymon_ingester", ())] == 1
+    old, new = _counters(before), _counters(after)
+    assert old  # not two empty scrapes
+    went_down = {k: (v, new.get(k)) for k, v in old.items() if new.get(k, 0) < v}
+    assert not went_down
+    assert sum(v for k, v in new.items() if k[0] == "flower_task_runtime_seconds_count") == (
+        sum(v for k, v in old.items() if k[0] == "flower_task_runtime_seconds_count") + 5
+    )
+    # what the successor writes is what it exports (it continued from the written copy)
+    published = decode_series(
+        redis.Redis.from_url(redis_url).get(
+            cluster_metrics_key(basic.celery.get_app(follower).main or "celery")
+        )
+    )
+    assert sum(v for k, v in published["tasks"].items() if k[2] == "SUCCESS") == 13

@@ -11,7 +11,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .store import BUCKETS, AnyInsightStore, percentile
+from .rollups import BUCKETS, percentile
+from .store import AnyInsightStore
 
 #: Windows the analytics answer: name -> seconds.
 WINDOWS: dict[str, int] = {

@@ -48,7 +48,8 @@ from typing import Any
 from ..stores import POSTGRES_SCHEMES
 from .alerts import AlertRule, conditions, describe, payload, post_json
 from .error_groups import fingerprint
-from .store import AnyInsightStore, Failure, InsightStore, Rollup, percentile
+from .rollups import Failure, Rollup, percentile
+from .store import AnyInsightStore, InsightStore
 
 log = logging.getLogger(__name__)
 
@@ -527,14 +528,14 @@ def _history_items(r: Mapping[str, Any]) -> list[tuple[Any, ...]]:
 
 def wait_hist(tot: Mapping[str, Any]) -> list[int]:
     """The queue-wait histogram of a :meth:`InsightStore.totals` item."""
-    from .store import BUCKETS
+    from .rollups import BUCKETS
 
     return [int(tot.get(f"w{i}") or 0) for i in range(BUCKETS)]
 
 
 def runtime_hist(tot: Mapping[str, Any]) -> list[int]:
     """The runtime histogram of a :meth:`InsightStore.totals` item."""
-    from .store import BUCKETS
+    from .rollups import BUCKETS
 
     return [int(tot.get(f"rt{i}") or 0) for i in range(BUCKETS)]
 
