@@ -178,6 +178,41 @@ class Batch(list):
         return b
 
 
+class Shared:
+    """What every page in the same state gets from one batch, computed and encoded once.
+
+    Pages of the same list (same view and arguments) that show the same rows receive the same
+    messages from a batch and end in the same state: the first page computes them
+    (:attr:`msgs`, the rows then shown), the others find them in the batch's cache, and the
+    ``batch`` frame is JSON-encoded once (:attr:`text`) and sent as is to each of them.
+    :attr:`msgs` is shared: it must not be changed.
+    """
+
+    __slots__ = ("msgs", "rows", "received", "text")
+
+    def __init__(
+        self,
+        msgs: list[dict[str, Any]],
+        rows: tuple[str, ...] = (),
+        received: dict[str, float] | None = None,
+    ) -> None:
+        self.msgs = msgs
+        self.rows = rows
+        self.received = received or {}
+        self.text: str | None = None
+
+    def encoded(self) -> str:
+        """The ``{"type": "batch", "items": msgs}`` frame as JSON text (encoded once)."""
+        if self.text is None:
+            self.text = encode_batch(self.msgs)
+        return self.text
+
+
+def encode_batch(msgs: list[dict[str, Any]]) -> str:
+    """The JSON text of a ``batch`` message carrying ``msgs``."""
+    return json.dumps({"type": "batch", "items": msgs})
+
+
 class FeedQueue:
     """One feed's end of the :class:`LiveHub`: :meth:`get` as a service subscription's.
 
@@ -391,6 +426,8 @@ class Feed:
         self.canvas_roots: set[str] = set()
         self.canvas_nodes: set[str] = set()
         self.canvas_dirty = False
+        #: the last :meth:`messages` when shared with other pages (see :meth:`encode`)
+        self._shared: Shared | None = None
         if view in PAGES:
             page_context(view, args)  # a bad parameter closes the socket before "hello"
         elif view == "tasks":
@@ -497,6 +534,25 @@ class Feed:
         flt = self.filter
         assert flt is not None
         batch = items if isinstance(items, Batch) else Batch(items)
+        # Pages of this list showing the same rows get the same messages and end in the
+        # same state: computed by the first of them (per batch), copied by the others.
+        # What the result depends on: the rows shown (``shown`` is ``set(rows)``) and the
+        # received time of the bottom one.
+        bottom = self.received.get(self.rows[-1], 0.0) if self.rows else None
+        state = ("rows", self.key, tuple(self.rows), bottom)
+        shared = batch.cache.get(state)
+        if shared is None:
+            out = self._compute_task_rows(batch, flt)
+            shared = batch.cache[state] = Shared(out, tuple(self.rows), dict(self.received))
+        else:
+            self.rows = deque(shared.rows)
+            self.shown = set(shared.rows)
+            self.received = dict(shared.received)
+        self._shared = shared
+        return shared.msgs
+
+    def _compute_task_rows(self, batch: Batch, flt: TaskFilter) -> list[dict[str, Any]]:
+        """:meth:`_task_rows` for the first page in its state; updates the rows shown."""
         index = batch.task_index()
         out: list[dict[str, Any]] = []
         # the rows shown that changed, in the batch's order
@@ -555,14 +611,16 @@ class Feed:
     def messages(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The messages for a batch of changes from the subscription."""
         out: list[dict[str, Any]] = []
+        self._shared = None
         if self.view == "tasks":
             out = self._task_rows(items)
         elif self.view == "workers" and isinstance(items, Batch):
-            # the same for every workers page: computed once per batch
+            # the same for every workers page: computed (and encoded) once per batch
             cached = items.cache.get("workers")
             if cached is None:
-                cached = items.cache["workers"] = self._workers(items)
-            out = list(cached)
+                cached = items.cache["workers"] = Shared(self._workers(items))
+            self._shared = cached
+            out = cached.msgs
         elif self.view == "task":
             for it in items:
                 data = it["data"]
@@ -581,6 +639,14 @@ class Feed:
         elif self.view == "workers":
             out = self._workers(items)
         return out
+
+    def encode(self, msgs: list[dict[str, Any]]) -> str:
+        """The JSON text of the ``batch`` message carrying ``msgs``; encoded once for every
+        page that got the same shared :meth:`messages` from a batch."""
+        shared = self._shared
+        if shared is not None and shared.msgs is msgs:
+            return shared.encoded()
+        return encode_batch(msgs)
 
     def _workers(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -730,11 +796,11 @@ def _serve(ws: Any, service: Any) -> None:
                 if items:
                     msgs = f.messages(items)
                 if f.canvas_dirty and time.monotonic() >= next_page:
-                    msgs.extend(f.canvas())
+                    msgs = [*msgs, *f.canvas()]  # a new list: messages() may be shared
                     next_page = time.monotonic() + PAGE_INTERVAL
             now = time.monotonic()
             if msgs:
-                ws.send(json.dumps({"type": "batch", "items": msgs}))
+                ws.send(f.encode(msgs))
                 last_send = now
                 time.sleep(MIN_INTERVAL)
             elif now - last_send >= PING_INTERVAL:
