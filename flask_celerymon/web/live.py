@@ -57,6 +57,7 @@ import os
 import socket
 import threading
 import time
+import zlib
 from collections import deque
 from typing import Any
 
@@ -208,6 +209,77 @@ class Shared:
         return self.text
 
 
+class DeflateCache:
+    """Compressed websocket payloads shared by the feeds of an app (permessage-deflate).
+
+    A browser offers permessage-deflate and simple-websocket accepts it: each feed then
+    compressed each frame with a compressor of its own, carrying its context from one message
+    to the next, so 500 pages showing the same list compressed the same frame 500 times (and
+    held 500 zlib states). :func:`share_deflate` makes a feed compress every message on its
+    own instead (a fresh compressor per message, which the extension allows any sender to
+    do; the browser's decompressor is unchanged), so the compressed payload depends on the
+    payload only, and this cache compresses it once: it keeps the last :attr:`size` payloads.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._done: dict[tuple[int, bytes], bytes] = {}
+        self.compressed = 0
+        self.hits = 0
+
+    def compress(self, data: bytes, bits: int) -> bytes:
+        """``data`` as a complete permessage-deflate payload (RFC 7692: raw deflate with a
+        window of ``bits`` bits, sync-flushed, without the final ``00 00 ff ff``)."""
+        key = (bits, data)
+        with self._lock:
+            out = self._done.get(key)
+            if out is not None:
+                self.hits += 1
+                return out
+        z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits)
+        out = (z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        with self._lock:
+            self.compressed += 1
+            self._done[key] = out
+            while len(self._done) > self.size:
+                del self._done[next(iter(self._done))]
+        return out
+
+
+def share_deflate(ws: Any, cache: DeflateCache) -> bool:
+    """Make the websocket ``ws`` (simple-websocket over wsproto) compress each message on its
+    own through ``cache``, when it negotiated permessage-deflate. True when it did.
+
+    Reaches into wsproto's connection (``ws.ws.connection._proto``); with another layout the
+    socket keeps wsproto's own compression (False). Call it before the first message is sent.
+    """
+    try:
+        from wsproto.extensions import PerMessageDeflate
+        from wsproto.frame_protocol import Opcode, RsvBits
+
+        extensions = ws.ws.connection._proto.extensions
+    except (AttributeError, ImportError):
+        return False
+    done = False
+    for ext in extensions:
+        if not isinstance(ext, PerMessageDeflate):
+            continue
+
+        def frame_outbound(
+            proto: Any, opcode: Any, rsv: Any, data: bytes, fin: bool, ext: Any = ext
+        ) -> tuple[Any, bytes]:
+            if opcode not in (Opcode.TEXT, Opcode.BINARY) or not fin:
+                # control frames are not compressed; simple-websocket sends no fragments
+                return PerMessageDeflate.frame_outbound(ext, proto, opcode, rsv, data, fin)
+            bits = ext.client_max_window_bits if proto.client else ext.server_max_window_bits
+            return RsvBits(True, rsv[1], rsv[2]), cache.compress(data, bits)
+
+        ext.frame_outbound = frame_outbound  # this socket's extension only
+        done = True
+    return done
+
+
 def encode_batch(msgs: list[dict[str, Any]]) -> str:
     """The JSON text of a ``batch`` message carrying ``msgs``."""
     return json.dumps({"type": "batch", "items": msgs})
@@ -312,6 +384,8 @@ class LiveHub:
         self._queues: tuple[FeedQueue, ...] = ()
         self._thread: threading.Thread | None = None
         self.batches = 0
+        #: the compressed frames the feeds share (see :class:`DeflateCache`)
+        self.deflate = DeflateCache()
 
     def join(
         self, service: Any, kinds: Any = ("task", "worker", "worker-purged"), task_ids: Any = None
@@ -753,7 +827,9 @@ def _serve(ws: Any, service: Any) -> None:
         ws.close(reason=1008, message=str(exc)[:120])
         _end_of_stream(ws, tcp)
         return
-    sub = f.subscribe(service, get_hub())
+    hub = get_hub()
+    share_deflate(ws, hub.deflate)
+    sub = f.subscribe(service, hub)
     try:
         f.prime(service)
         ws.send(json.dumps({"type": "hello", "view": f.view}))
