@@ -40,7 +40,9 @@ idle feed sends ``{"type": "ping"}`` every :data:`PING_INTERVAL` seconds so dead
 noticed. All feeds of an app share one service subscription through its :class:`LiveHub`
 (thread ``celerymon-live``), which reads the changes at most every :data:`MIN_INTERVAL`
 seconds and hands the same :class:`Batch` to every feed; each feed sends at most every
-:data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
+:data:`MIN_INTERVAL` seconds. Feeds of the same list in the same state share the messages
+computed from a batch and their JSON frame (:class:`Shared`), and a frame is compressed once
+for every feed that negotiated permessage-deflate (:class:`DeflateCache`). A bad parameter closes the socket with code
 1008 and the reason; a subscriber too slow for the event rate is closed with 1013 and the
 page reconnects (and reloads what it shows). Beyond ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` open
 feeds a new one is closed with code 4503 (:data:`~.hardening.BUSY_CLOSE_CODE`), and the
