@@ -17,7 +17,7 @@ Starts a private redis-server (free port) and ``flask celery monitor`` serving
    A page is sent at most the newest ``per_page`` (15) new tasks of a 100 ms batch, so about
    a third of the tasks reach any page; latency is measured on those. Every 5 s the RSS
    and thread count of the served process tree (the ``flask`` process and its gunicorn
-   worker) are sampled, and its CPU seconds over the phase give ``server_cpu_per_s`` (the
+   worker) are sampled (printed, and in the summary the first sample of each minute), and its CPU seconds over the phase give ``server_cpu_per_s`` (the
    share of one core the server needs: below 1 it keeps up on a core of its own, whatever
    else the machine runs; the latencies depend on what else runs).
 
@@ -48,6 +48,7 @@ import psutil
 import redis
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Request, TextMessage
+from wsproto.extensions import PerMessageDeflate
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -122,12 +123,13 @@ def tree_sample(pid: int) -> tuple[int, int]:
 class Pages:
     """``n`` websocket clients driven by one selector thread; records first arrivals."""
 
-    def __init__(self, base: str, n: int, sent: dict[str, float]) -> None:
+    def __init__(self, base: str, n: int, sent: dict[str, float], deflate: bool = False) -> None:
         host = base.split("://", 1)[1]
         self.addr = (host.split(":")[0], int(host.split(":")[1]))
         self.host = host
         self.n = n
         self.sent = sent
+        self.deflate = deflate
         self.sel = selectors.DefaultSelector()
         self.latencies: list[float] = []
         self.messages = 0
@@ -142,7 +144,9 @@ class Pages:
         for i in range(self.n):
             sock = socket.create_connection(self.addr, timeout=timeout)
             conn = WSConnection(ConnectionType.CLIENT)
-            sock.sendall(conn.send(Request(host=self.host, target="/monitor/ws?view=tasks")))
+            ext = [PerMessageDeflate()] if self.deflate else []
+            req = Request(host=self.host, target="/monitor/ws?view=tasks", extensions=ext)
+            sock.sendall(conn.send(req))
             sock.setblocking(False)
             self._seen.append(set())
             self.sel.register(sock, selectors.EVENT_READ, (i, conn))
@@ -196,6 +200,14 @@ class Pages:
         self._thread.join(5)
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
+
+
+def per_minute(samples: list[tuple[float, int, int]]) -> list[tuple[float, int, int]]:
+    """The first sample of each whole minute of ``(seconds, rss, threads)`` samples."""
+    out: dict[int, tuple[float, int, int]] = {}
+    for s in samples:
+        out.setdefault(int(s[0] // 60), s)
+    return [out[m] for m in sorted(out)]
 
 
 def publish(url: str, rate: float, seconds: float, sent: dict[str, float], stop: Any) -> int:
@@ -265,6 +277,9 @@ def main() -> None:
     p.add_argument("--ingest-tasks", type=int, default=20_000)
     p.add_argument("--no-ingest", action="store_true")
     p.add_argument("--no-pages", action="store_true", help="only the ingest phase")
+    p.add_argument("--deflate", action="store_true",
+                   help="the pages offer permessage-deflate, as browsers do (the server then "
+                        "compresses each frame for each page)")
     args = p.parse_args()
 
     work = tempfile.mkdtemp(prefix="cm-live-")
@@ -286,7 +301,8 @@ def main() -> None:
     server = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     out: dict[str, Any] = {"worker_class": args.worker_class, "pages": args.pages,
-                           "rate": args.rate, "minutes": args.minutes}  # fmt: skip
+                           "rate": args.rate, "minutes": args.minutes,
+                           "deflate": args.deflate}  # fmt: skip
     pages = None
     try:
         deadline = time.monotonic() + 60
@@ -305,7 +321,7 @@ def main() -> None:
         if args.no_pages:
             return
         sent: dict[str, float] = {}
-        pages = Pages(base, args.pages, sent)
+        pages = Pages(base, args.pages, sent, args.deflate)
         t0 = time.monotonic()
         pages.connect()
         out["open_pages"] = pages.open
@@ -353,6 +369,9 @@ def main() -> None:
             "rss_mb_mean_first_half": round(statistics.mean(rss[:half] or rss), 1),
             "rss_mb_mean_second_half": round(statistics.mean(rss[half:]), 1),
             "threads_min": min(thr), "threads_max": max(thr),
+            # the sample nearest each whole minute (0, 1, 2, ...) of the phase
+            "rss_mb_per_minute": [round(s[1] / 2**20, 1) for s in per_minute(samples)],
+            "threads_per_minute": [s[2] for s in per_minute(samples)],
             "server_cpu_per_s": round(cpu / wall, 3), "bench_cpu_per_s": round(own / wall, 3),
             "load_average": os.getloadavg()[0],
         })  # fmt: skip

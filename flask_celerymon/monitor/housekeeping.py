@@ -8,7 +8,9 @@ expired and purges workers offline for ``purge_offline_workers`` seconds; it sen
 ``enable_events`` every ``enable_events_interval`` seconds, schedules inspect refreshes every
 ``inspect_interval`` seconds, asks the result backend about unfinished tasks (see
 :mod:`.reconcile`) and prunes the store to its retention every :data:`PRUNE_INTERVAL` seconds.
-In a follower (see :mod:`.lease`) it only flushes, purges and refreshes.
+In a follower (see :mod:`.lease`) it only flushes, purges and refreshes; the search index is
+the ingester's to write (a follower indexing took the store's write lock every tick,
+contending with the ingester's writes).
 
 :class:`Housekeeping` is a part of :class:`~.service.MonitorService` (a base class of it); it
 uses the service's state, store and figures, declared below.
@@ -160,7 +162,9 @@ class Housekeeping:
             if now >= next_flush:
                 next_flush = now + s.flush_interval
                 try:
-                    self._index(self.flush())
+                    written = self.flush()
+                    if not self._following:  # the ingester is the store's only writer
+                        self._index(written)
                 except Exception:  # noqa: BLE001 - keep housekeeping alive
                     log.exception("celerymon: writing to the history store failed")
             if now >= next_purge:

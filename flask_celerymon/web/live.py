@@ -40,7 +40,9 @@ idle feed sends ``{"type": "ping"}`` every :data:`PING_INTERVAL` seconds so dead
 noticed. All feeds of an app share one service subscription through its :class:`LiveHub`
 (thread ``celerymon-live``), which reads the changes at most every :data:`MIN_INTERVAL`
 seconds and hands the same :class:`Batch` to every feed; each feed sends at most every
-:data:`MIN_INTERVAL` seconds. A bad parameter closes the socket with code
+:data:`MIN_INTERVAL` seconds. Feeds of the same list in the same state share the messages
+computed from a batch and their JSON frame (:class:`Shared`), and a frame is compressed once
+for every feed that negotiated permessage-deflate (:class:`DeflateCache`). A bad parameter closes the socket with code
 1008 and the reason; a subscriber too slow for the event rate is closed with 1013 and the
 page reconnects (and reloads what it shows). Beyond ``CELERY_MONITOR_MAX_LIVE_SOCKETS`` open
 feeds a new one is closed with code 4503 (:data:`~.hardening.BUSY_CLOSE_CODE`), and the
@@ -57,6 +59,7 @@ import os
 import socket
 import threading
 import time
+import zlib
 from collections import deque
 from typing import Any
 
@@ -178,6 +181,112 @@ class Batch(list):
         return b
 
 
+class Shared:
+    """What every page in the same state gets from one batch, computed and encoded once.
+
+    Pages of the same list (same view and arguments) that show the same rows receive the same
+    messages from a batch and end in the same state: the first page computes them
+    (:attr:`msgs`, the rows then shown), the others find them in the batch's cache, and the
+    ``batch`` frame is JSON-encoded once (:attr:`text`) and sent as is to each of them.
+    :attr:`msgs` is shared: it must not be changed.
+    """
+
+    __slots__ = ("msgs", "rows", "received", "text")
+
+    def __init__(
+        self,
+        msgs: list[dict[str, Any]],
+        rows: tuple[str, ...] = (),
+        received: dict[str, float] | None = None,
+    ) -> None:
+        self.msgs = msgs
+        self.rows = rows
+        self.received = received or {}
+        self.text: str | None = None
+
+    def encoded(self) -> str:
+        """The ``{"type": "batch", "items": msgs}`` frame as JSON text (encoded once)."""
+        if self.text is None:
+            self.text = encode_batch(self.msgs)
+        return self.text
+
+
+class DeflateCache:
+    """Compressed websocket payloads shared by the feeds of an app (permessage-deflate).
+
+    A browser offers permessage-deflate and simple-websocket accepts it: each feed then
+    compressed each frame with a compressor of its own, carrying its context from one message
+    to the next, so 500 pages showing the same list compressed the same frame 500 times (and
+    held 500 zlib states). :func:`share_deflate` makes a feed compress every message on its
+    own instead (a fresh compressor per message, which the extension allows any sender to
+    do; the browser's decompressor is unchanged), so the compressed payload depends on the
+    payload only, and this cache compresses it once: it keeps the last :attr:`size` payloads.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._lock = threading.Lock()
+        self._done: dict[tuple[int, bytes], bytes] = {}
+        self.compressed = 0
+        self.hits = 0
+
+    def compress(self, data: bytes, bits: int) -> bytes:
+        """``data`` as a complete permessage-deflate payload (RFC 7692: raw deflate with a
+        window of ``bits`` bits, sync-flushed, without the final ``00 00 ff ff``)."""
+        key = (bits, data)
+        with self._lock:
+            out = self._done.get(key)
+            if out is not None:
+                self.hits += 1
+                return out
+        z = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -bits)
+        out = (z.compress(data) + z.flush(zlib.Z_SYNC_FLUSH))[:-4]
+        with self._lock:
+            self.compressed += 1
+            self._done[key] = out
+            while len(self._done) > self.size:
+                del self._done[next(iter(self._done))]
+        return out
+
+
+def share_deflate(ws: Any, cache: DeflateCache) -> bool:
+    """Make the websocket ``ws`` (simple-websocket over wsproto) compress each message on its
+    own through ``cache``, when it negotiated permessage-deflate. True when it did.
+
+    Reaches into wsproto's connection (``ws.ws.connection._proto``); with another layout the
+    socket keeps wsproto's own compression (False). Call it before the first message is sent.
+    """
+    try:
+        from wsproto.extensions import PerMessageDeflate
+        from wsproto.frame_protocol import Opcode, RsvBits
+
+        extensions = ws.ws.connection._proto.extensions
+    except (AttributeError, ImportError):
+        return False
+    done = False
+    for ext in extensions:
+        if not isinstance(ext, PerMessageDeflate):
+            continue
+
+        def frame_outbound(
+            proto: Any, opcode: Any, rsv: Any, data: bytes, fin: bool, ext: Any = ext
+        ) -> tuple[Any, bytes]:
+            if opcode not in (Opcode.TEXT, Opcode.BINARY) or not fin:
+                # control frames are not compressed; simple-websocket sends no fragments
+                return PerMessageDeflate.frame_outbound(ext, proto, opcode, rsv, data, fin)
+            bits = ext.client_max_window_bits if proto.client else ext.server_max_window_bits
+            return RsvBits(True, rsv[1], rsv[2]), cache.compress(data, bits)
+
+        ext.frame_outbound = frame_outbound  # this socket's extension only
+        done = True
+    return done
+
+
+def encode_batch(msgs: list[dict[str, Any]]) -> str:
+    """The JSON text of a ``batch`` message carrying ``msgs``."""
+    return json.dumps({"type": "batch", "items": msgs})
+
+
 class FeedQueue:
     """One feed's end of the :class:`LiveHub`: :meth:`get` as a service subscription's.
 
@@ -277,6 +386,8 @@ class LiveHub:
         self._queues: tuple[FeedQueue, ...] = ()
         self._thread: threading.Thread | None = None
         self.batches = 0
+        #: the compressed frames the feeds share (see :class:`DeflateCache`)
+        self.deflate = DeflateCache()
 
     def join(
         self, service: Any, kinds: Any = ("task", "worker", "worker-purged"), task_ids: Any = None
@@ -391,6 +502,8 @@ class Feed:
         self.canvas_roots: set[str] = set()
         self.canvas_nodes: set[str] = set()
         self.canvas_dirty = False
+        #: the last :meth:`messages` when shared with other pages (see :meth:`encode`)
+        self._shared: Shared | None = None
         if view in PAGES:
             page_context(view, args)  # a bad parameter closes the socket before "hello"
         elif view == "tasks":
@@ -497,6 +610,25 @@ class Feed:
         flt = self.filter
         assert flt is not None
         batch = items if isinstance(items, Batch) else Batch(items)
+        # Pages of this list showing the same rows get the same messages and end in the
+        # same state: computed by the first of them (per batch), copied by the others.
+        # What the result depends on: the rows shown (``shown`` is ``set(rows)``) and the
+        # received time of the bottom one.
+        bottom = self.received.get(self.rows[-1], 0.0) if self.rows else None
+        state = ("rows", self.key, tuple(self.rows), bottom)
+        shared = batch.cache.get(state)
+        if shared is None:
+            out = self._compute_task_rows(batch, flt)
+            shared = batch.cache[state] = Shared(out, tuple(self.rows), dict(self.received))
+        else:
+            self.rows = deque(shared.rows)
+            self.shown = set(shared.rows)
+            self.received = dict(shared.received)
+        self._shared = shared
+        return shared.msgs
+
+    def _compute_task_rows(self, batch: Batch, flt: TaskFilter) -> list[dict[str, Any]]:
+        """:meth:`_task_rows` for the first page in its state; updates the rows shown."""
         index = batch.task_index()
         out: list[dict[str, Any]] = []
         # the rows shown that changed, in the batch's order
@@ -555,14 +687,16 @@ class Feed:
     def messages(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The messages for a batch of changes from the subscription."""
         out: list[dict[str, Any]] = []
+        self._shared = None
         if self.view == "tasks":
             out = self._task_rows(items)
         elif self.view == "workers" and isinstance(items, Batch):
-            # the same for every workers page: computed once per batch
+            # the same for every workers page: computed (and encoded) once per batch
             cached = items.cache.get("workers")
             if cached is None:
-                cached = items.cache["workers"] = self._workers(items)
-            out = list(cached)
+                cached = items.cache["workers"] = Shared(self._workers(items))
+            self._shared = cached
+            out = cached.msgs
         elif self.view == "task":
             for it in items:
                 data = it["data"]
@@ -581,6 +715,14 @@ class Feed:
         elif self.view == "workers":
             out = self._workers(items)
         return out
+
+    def encode(self, msgs: list[dict[str, Any]]) -> str:
+        """The JSON text of the ``batch`` message carrying ``msgs``; encoded once for every
+        page that got the same shared :meth:`messages` from a batch."""
+        shared = self._shared
+        if shared is not None and shared.msgs is msgs:
+            return shared.encoded()
+        return encode_batch(msgs)
 
     def _workers(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -687,7 +829,9 @@ def _serve(ws: Any, service: Any) -> None:
         ws.close(reason=1008, message=str(exc)[:120])
         _end_of_stream(ws, tcp)
         return
-    sub = f.subscribe(service, get_hub())
+    hub = get_hub()
+    share_deflate(ws, hub.deflate)
+    sub = f.subscribe(service, hub)
     try:
         f.prime(service)
         ws.send(json.dumps({"type": "hello", "view": f.view}))
@@ -730,11 +874,11 @@ def _serve(ws: Any, service: Any) -> None:
                 if items:
                     msgs = f.messages(items)
                 if f.canvas_dirty and time.monotonic() >= next_page:
-                    msgs.extend(f.canvas())
+                    msgs = [*msgs, *f.canvas()]  # a new list: messages() may be shared
                     next_page = time.monotonic() + PAGE_INTERVAL
             now = time.monotonic()
             if msgs:
-                ws.send(json.dumps({"type": "batch", "items": msgs}))
+                ws.send(f.encode(msgs))
                 last_send = now
                 time.sleep(MIN_INTERVAL)
             elif now - last_send >= PING_INTERVAL:

@@ -54,3 +54,52 @@ def test_a_feed_too_slow_for_the_changes_is_dropped_alone():
     assert [it["id"] for it in fast.get(timeout=5)] == ["last"]
     fast.close()
     slow.close()
+
+
+def _deflate_pair():
+    """A wsproto client and server that negotiated permessage-deflate, as a browser does."""
+    from types import SimpleNamespace
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request
+    from wsproto.extensions import PerMessageDeflate
+
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="h", target="/ws",
+                                            extensions=[PerMessageDeflate()])))  # fmt: skip
+    (req,) = server.events()
+    client.receive_data(server.send(AcceptConnection(extensions=[PerMessageDeflate()])))
+    assert isinstance(next(client.events()), AcceptConnection)
+    return client, SimpleNamespace(ws=server)
+
+
+def test_pages_that_negotiated_deflate_share_one_compression_per_frame():
+    from wsproto.events import TextMessage
+
+    from flask_celerymon.web.live import DeflateCache, share_deflate
+
+    cache = DeflateCache()
+    pages = [_deflate_pair() for _ in range(3)]
+    assert all(share_deflate(ws, cache) for _, ws in pages)
+    frames = ['{"type": "hello"}', '{"type": "batch", "items": [' + '"row", ' * 500 + '"x"]}',
+              '{"type": "ping"}', '{"type": "batch", "items": ["other"]}']  # fmt: skip
+    wire = []
+    for client, ws in pages:
+        for text in frames:
+            data = ws.ws.send(TextMessage(data=text))
+            assert data[0] & 0x40  # RSV1: the message is compressed
+            wire.append(data)
+            client.receive_data(data)
+        got = [ev.data for ev in client.events()]
+        assert got == frames  # a browser's decompressor (context taken over) reads them all
+    assert wire[:4] == wire[4:8] == wire[8:]  # the same bytes on every page
+    assert cache.compressed == 4 and cache.hits == 8
+    assert len(wire[1]) < 200  # and compressed
+
+
+def test_share_deflate_leaves_a_socket_without_it_alone():
+    from types import SimpleNamespace
+
+    from flask_celerymon.web.live import DeflateCache, share_deflate
+
+    assert not share_deflate(SimpleNamespace(ws=SimpleNamespace()), DeflateCache())

@@ -5,6 +5,7 @@ The browser tests (live updates, buttons) are in ``test_ui.py``.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -367,6 +368,46 @@ def test_live_task_feed_keeps_to_one_page_of_rows(monitored):
         later = Feed("tasks", MultiDict({"page": "2", "search": "name:x"}))
         later.prime(monitored.service)
         assert later.messages(batch[:4]) == [{"type": "new-tasks", "count": 4}]
+
+
+def test_live_task_feeds_in_the_same_state_share_one_result_and_one_encoding(monitored):
+    from flask_celerymon.web.live import Batch, Feed
+
+    def task(i: int) -> dict:
+        return {"uuid": f"share-{i}", "name": "y", "state": "RECEIVED", "received": 1.0 + i}
+
+    def item(i: int) -> dict:
+        return {"type": "task", "id": f"share-{i}", "data": task(i)}
+
+    args = MultiDict({"per_page": "3", "search": "name:y"})
+    with monitored.app.test_request_context("/monitor/tasks"):
+        a, b, behind, alone = (Feed("tasks", args) for _ in range(4))
+        for f in (a, b, behind, alone):
+            f.prime(monitored.service)
+        first = Batch(item(i) for i in range(5))
+        a.messages(first), b.messages(first)
+        alone.messages([item(i) for i in range(5)])  # a private batch: computed alone
+        second = Batch([item(3), item(6), item(7)])
+        out_a, out_b = a.messages(second), b.messages(second)
+        assert out_a is out_b  # computed once for both
+        assert a.encode(out_a) is b.encode(out_b)  # and encoded once
+        assert json.loads(a.encode(out_a)) == {"type": "batch", "items": out_a}
+        # a page in another state (it missed the first batch) gets its own messages
+        out_behind = behind.messages(second)
+        assert [(m["id"], m.get("insert")) for m in out_behind] == [
+            ("share-3", True), ("share-6", True), ("share-7", True)]  # fmt: skip
+        assert list(behind.rows) == ["share-7", "share-6", "share-3"]
+        # the shared result is what a page computing alone gets, and leaves the same state
+        out_alone = alone.messages([item(3), item(6), item(7)])
+        assert out_a == out_alone
+        assert [(m["id"], m.get("insert")) for m in out_a] == [
+            ("share-3", None), ("share-6", True), ("share-7", True)]  # fmt: skip
+        assert list(a.rows) == list(b.rows) == list(alone.rows) == ["share-7", "share-6", "share-4"]
+        assert a.shown == b.shown == {"share-7", "share-6", "share-4"}
+        assert a.received == alone.received
+        # state copied, not shared: one page moving on leaves the other as it was
+        a.messages([item(8)])
+        assert list(b.rows) == ["share-7", "share-6", "share-4"]
 
 
 def test_websocket_route_refuses_plain_http(monitored):
