@@ -505,11 +505,13 @@ def queries(mon: Served, repeat: int) -> dict[str, dict[str, float]]:
 
 
 def spy_on(mon: Served, out: str, settle: float = 2.0) -> subprocess.Popen:
-    """py-spy on core 0, sampling the whole tree of the monitor into ``out`` (raw, folded)."""
+    """py-spy on core 0, sampling the whole tree of the monitor into ``out`` (raw, folded).
+    ``BENCH_SPY_NATIVE=1``: with the C frames (SQLite's), pausing the process per sample."""
+    how = ["--native", "--rate", "200"] if os.environ.get("BENCH_SPY_NATIVE") else [
+        "--nonblocking", "--rate", "50"]  # fmt: skip
     spy = subprocess.Popen(
         ["taskset", "-c", "0", os.path.join(BIN, "py-spy"), "record", "--pid",
-         str(mon.proc.pid), "--subprocesses", "--nonblocking", "--format", "raw",
-         "--rate", "50", "-o", out],
+         str(mon.proc.pid), "--subprocesses", *how, "--format", "raw", "-o", out],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(settle)
