@@ -145,23 +145,6 @@ PROGRESS_STEPS = 2000
 #: Reader connections kept open for the next reading thread or greenlet.
 IDLE_READERS = 4
 
-#: Rows a batch write hands to SQLite at once (about 3 ms), and task ids the search index
-#: takes at once (about 3 ms); between two the writer pauses (:func:`_pause`).
-WRITE_CHUNK = 100
-INDEX_CHUNK = 500
-
-
-def _pause() -> None:
-    """Let other threads run between two parts of a long write (the transaction stays open).
-
-    Under gevent (``flask celery monitor`` serves with it by default, the standard library
-    patched) the housekeeping thread is a greenlet and a SQLite call blocks every other one:
-    a batch of 600 rows held the requests answered meanwhile for 20 ms. ``time.sleep(0)``
-    is then a switch to the waiting greenlets; with real threads it only offers the GIL.
-    Readers are not blocked by the open write transaction (WAL): they see the last commit.
-    """
-    time.sleep(0)
-
 
 class _Lease:
     """A reader connection held in a thread's (a greenlet's) local storage: back to the idle
@@ -339,9 +322,7 @@ class SQLiteStore(HistoryStore):
         )
 
     def index_pending(self, max_rows: int) -> int:
-        """Add up to ``max_rows`` rows past the watermark to the search index; returns how many.
-        One transaction, :data:`INDEX_CHUNK` ids at a time with a pause between (see
-        :func:`_pause`)."""
+        """Add up to ``max_rows`` rows past the watermark to the search index; returns how many."""
         with self._write_lock:
             c = self._writer
             c.execute("BEGIN IMMEDIATE")
@@ -354,15 +335,11 @@ class SQLiteStore(HistoryStore):
                 if last is None:
                     c.execute("COMMIT")
                     return 0
-                n = 0
-                for lo in range(upto, last, INDEX_CHUNK):
-                    if lo != upto:
-                        _pause()
-                    n += c.execute(
-                        "INSERT INTO tasks_fts (rowid, args, kwargs, result) "
-                        "SELECT id, args, kwargs, result FROM tasks WHERE id > ? AND id <= ?",
-                        (lo, min(last, lo + INDEX_CHUNK)),
-                    ).rowcount
+                n = c.execute(
+                    "INSERT INTO tasks_fts (rowid, args, kwargs, result) "
+                    "SELECT id, args, kwargs, result FROM tasks WHERE id > ? AND id <= ?",
+                    (upto, last),
+                ).rowcount
                 c.execute("UPDATE fts_state SET upto = ?", (last,))
                 c.execute("COMMIT")
             except BaseException:
@@ -379,18 +356,14 @@ class SQLiteStore(HistoryStore):
         )
 
     def _tx(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> int:
-        """Run ``(sql, rows)`` executemany statements in one write transaction,
-        :data:`WRITE_CHUNK` rows at a time with a pause between (see :func:`_pause`)."""
+        """Run ``(sql, rows)`` executemany statements in one write transaction."""
         n = 0
         with self._write_lock:
             c = self._writer
             c.execute("BEGIN IMMEDIATE")
             try:
                 for sql, rows in statements:
-                    for i in range(0, len(rows), WRITE_CHUNK):
-                        if i:
-                            _pause()
-                        n += c.executemany(sql, rows[i : i + WRITE_CHUNK]).rowcount
+                    n += c.executemany(sql, rows).rowcount
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")

@@ -250,35 +250,3 @@ def test_a_search_index_of_an_earlier_version_is_rebuilt_and_finds_the_same_rows
     assert (after.total, [t["uuid"] for t in after.tasks]) == (1, ["t3"])
     assert [t["uuid"] for t in after.tasks] == [t["uuid"] for t in before.tasks]
     svc.stop()
-
-
-def test_long_writes_pause_between_chunks_and_readers_see_the_last_commit(tmp_path, monkeypatch):
-    from flask_celerymon.monitor import sqlite_store
-
-    store = SQLiteStore(str(tmp_path / "m.sqlite3"))
-    seen = []  # (tasks, indexed) a reader sees at each pause
-    monkeypatch.setattr(
-        sqlite_store,
-        "_pause",
-        lambda: seen.append((store.count(), store._reader.execute(
-            "SELECT upto FROM fts_state").fetchone()[0])),
-    )  # fmt: skip
-    n = sqlite_store.WRITE_CHUNK * 2 + 7
-    rows = []
-    for i in range(n):
-        row = dict.fromkeys(TASK_COLUMNS)
-        row.update(uuid=f"t{i}", name="app.x", state="SUCCESS", timestamp=float(i),
-                   args=f"('needle-{i}',)")  # fmt: skip
-        rows.append(tuple(row[c] for c in TASK_COLUMNS))
-    store.write_tasks(rows)
-    assert seen == [(0, 0), (0, 0)]  # two pauses, inside one transaction
-    assert store.count() == n
-    seen.clear()
-    monkeypatch.setattr(sqlite_store, "INDEX_CHUNK", 50)
-    assert store.index_pending(n) == n
-    assert len(seen) == 4  # 207 ids, 50 at a time
-    assert all(upto == 0 for _, upto in seen)
-    assert store.unindexed() == 0
-    store.write_tasks(rows[:3])  # updates count as rows written, add no task
-    assert store.count() == n
-    store.close()
