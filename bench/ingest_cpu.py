@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 from bench.served_monitor import read_recording  # noqa: E402
 from flask_celerymon.monitor.events import BATCH, EventConsumer, Figures  # noqa: E402
-from flask_celerymon.monitor.housekeeping import INDEX_BUSY  # noqa: E402
+from flask_celerymon.monitor.housekeeping import INDEX_AHEAD  # noqa: E402
 from flask_celerymon.monitor.insight.engine import Insight  # noqa: E402
 from flask_celerymon.monitor.metrics import MonitorMetrics  # noqa: E402
 from flask_celerymon.monitor.service import MonitorService  # noqa: E402
@@ -75,8 +75,7 @@ def one_run(messages: list[bytes], flush_every: int, cache_kb: int | None) -> di
                     written = svc.flush()
                     t_flush += clock() - t0
                     t0 = clock()
-                    if written >= 100:
-                        svc._store.index_pending(INDEX_BUSY)  # noqa: SLF001
+                    svc._store.index_pending(written + INDEX_AHEAD)  # noqa: SLF001
                     t_index += clock() - t0
         if batch:
             svc._ingest(batch)  # noqa: SLF001

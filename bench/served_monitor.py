@@ -504,6 +504,26 @@ def queries(mon: Served, repeat: int) -> dict[str, dict[str, float]]:
     return out
 
 
+def spy_on(mon: Served, out: str, settle: float = 2.0) -> subprocess.Popen:
+    """py-spy on core 0, sampling the whole tree of the monitor into ``out`` (raw, folded).
+    ``BENCH_SPY_NATIVE=1``: with the C frames (SQLite's), pausing the process per sample."""
+    how = ["--native", "--rate", "200"] if os.environ.get("BENCH_SPY_NATIVE") else [
+        "--nonblocking", "--rate", "50"]  # fmt: skip
+    spy = subprocess.Popen(
+        ["taskset", "-c", "0", os.path.join(BIN, "py-spy"), "record", "--pid",
+         str(mon.proc.pid), "--subprocesses", *how, "--format", "raw", "-o", out],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(settle)
+    return spy
+
+
+def spy_stop(spy: subprocess.Popen | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+
+
 def run_one(
     mon: Served,
     url: str,
@@ -520,15 +540,7 @@ def run_one(
     stamped_at = time.time()
     stamped = [(c, restamp(d, stamped_at)) for c, d in flood]
     expected = sum(1 for c, _ in flood if is_task_event(c))
-    spy = None
-    if profile:  # py-spy on core 0, sampling the whole tree of the monitor
-        spy = subprocess.Popen(
-            ["taskset", "-c", "0", os.path.join(BIN, "py-spy"), "record", "--pid",
-             str(mon.proc.pid), "--subprocesses", "--nonblocking", "--format", "raw",
-             "--rate", "50", "-o", f"{profile}-{mon.name}.txt"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(2)
+    spy = spy_on(mon, f"{profile}-{mon.name}.txt") if profile else None
     cpu0 = tree_cpu(mon.proc.pid)
     boost(0, -10)
     start_at = time.time()
@@ -538,9 +550,7 @@ def run_one(
     counted, secs = wait_counted(mon, base + expected, t0)
     cpu = tree_cpu(mon.proc.pid) - cpu0
     got = counted - base
-    if spy is not None:
-        spy.send_signal(signal.SIGINT)
-        spy.wait(60)
+    spy_stop(spy)
     res["flood"] = {"published": expected, "counted": got, "lost": expected - got,
                     "publish_per_s": pub["per_s"], "seconds": round(secs, 2),
                     "rate": round(got / secs), "cpu_s": round(cpu, 2),
@@ -563,7 +573,9 @@ def run_one(
     th.start()
     while mon.counted() == base:  # stamping first, then publishing
         time.sleep(0.2)
+    spy = spy_on(mon, f"{profile}-live-{mon.name}.txt", settle=0) if profile else None
     res["live"] = queries(mon, repeat)
+    spy_stop(spy)
     while th.is_alive():
         lag = mon.lag()
         if lag is not None:
@@ -589,7 +601,8 @@ def main() -> None:
     p.add_argument(
         "--profile",
         metavar="PREFIX",
-        help="py-spy the flood phase into PREFIX-<monitor>.txt (raw, folded stacks)",
+        help="py-spy the flood phase into PREFIX-<monitor>.txt and the queries while 5k "
+        "events/s are applied into PREFIX-live-<monitor>.txt (raw, folded stacks)",
     )
     p.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "celerymon-served-bench"))
     a = p.parse_args()

@@ -216,3 +216,37 @@ def test_a_store_written_before_the_kept_count_counts_its_tasks_on_open(tmp_path
         assert again.count() == 8
     finally:
         again.close()
+
+
+def test_a_search_index_of_an_earlier_version_is_rebuilt_and_finds_the_same_rows(tmp_path):
+    db = str(tmp_path / "m.sqlite3")
+    svc = MonitorService(app(), MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
+    svc.start()
+    svc.apply_events([{"type": "task-received", "uuid": f"t{i}", "hostname": "w",
+                       "timestamp": float(i), "name": "app.x", "args": f"('zebra-{i}',)"}
+                      for i in range(1, 6)])  # fmt: skip
+    svc.flush()
+    svc._store.index_pending(100)
+    before = svc.query_tasks(search="zebra-3", source="store")
+    svc.stop()
+    # the index as an earlier version made it (positions kept, the default automerge)
+    c = sqlite3.connect(db, isolation_level=None)
+    c.execute("DROP TABLE tasks_fts")
+    c.execute("CREATE VIRTUAL TABLE tasks_fts USING fts5(args, kwargs, result, content='tasks', "
+              "content_rowid='id', tokenize='trigram case_sensitive 1')")  # fmt: skip
+    c.execute("INSERT INTO tasks_fts(tasks_fts) VALUES ('rebuild')")
+    c.close()
+    store = SQLiteStore(db)
+    sql = store._reader.execute("SELECT sql FROM sqlite_master WHERE name = 'tasks_fts'")
+    assert "detail=column" in sql.fetchone()[0]
+    automerge = "SELECT v FROM tasks_fts_config WHERE k = 'automerge'"
+    assert store._reader.execute(automerge).fetchone() == (8,)
+    assert store.unindexed() == 5  # indexed again in the background
+    assert store.index_pending(100) == 5
+    store.close()
+    svc = MonitorService(app(), MonitorSettings(db=db, enable_events=False, inspect_timeout=0.2))
+    svc.start()
+    after = svc.query_tasks(search="zebra-3", source="store")
+    assert (after.total, [t["uuid"] for t in after.tasks]) == (1, ["t3"])
+    assert [t["uuid"] for t in after.tasks] == [t["uuid"] for t in before.tasks]
+    svc.stop()
