@@ -605,7 +605,14 @@ class SQLiteStore(HistoryStore):
             # the page on ids alone (a sort carrying whole rows is several times slower),
             # then read the page's rows.
             use_index = not (exact and total <= SORT_MATCHES_MAX) and not fell_back
-            if ids is None and use_index and index and looked_up and not common and not _filtered(q):
+            if (
+                ids is None
+                and use_index
+                and index
+                and looked_up
+                and not common
+                and not _filtered(q)
+            ):
                 # Many candidates from the text index: walking the sort column's index
                 # (checking each entry against them) finds a page in a few ms, but SQLite's
                 # planner prefers to sort every candidate (17 ms for 11k). The walk is
