@@ -571,7 +571,7 @@ class PostgresStore(HistoryStore):
         q = p.q
         ip = indexed()
 
-        def walk(from_value: Any = None) -> list[int]:
+        def matches(from_value: Any = None) -> list[int]:
             sql = ip.walk(from_value=from_value)
             assert sql is not None  # the same query as p's, which has a walk
             return [r[0] for r in c.execute(*sql)]
@@ -584,10 +584,10 @@ class PostgresStore(HistoryStore):
             guesses = self._sample.sort_values(q.search, q.sort_key, n_tasks)
             for k in THRESHOLD_PICKS:
                 if k < len(guesses):
-                    ids = walk(guesses[k])
+                    ids = matches(guesses[k])
                     if len(ids) >= cap:
                         return ids
-        return walk()
+        return matches()
 
     def _sample_rows(self) -> list[tuple[Any, ...]]:
         with self._pool.connection() as c:
