@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import urllib.parse
@@ -152,10 +153,11 @@ BRIN_COLUMNS = ("received", "started", "timestamp")
 #: trigram index instead (about 3 ms; a common term spread over the history fills a page
 #: well within them).
 WALK_ROWS = 20_000
-#: Which sampled matches' sort values (:meth:`.SearchSample.sort_values`, best first) a
-#: common search tries as "at least this" before it sorts every candidate: the first holds
-#: about a thousand matches above it at a million tasks, the fourth about four thousand.
-THRESHOLD_PICKS = (0, 3)
+#: A common search tries the sort values of sampled matches (:meth:`.SearchSample.sort_values`)
+#: as "at least this" before it sorts every candidate: first the one expected to have this
+#: many times the matches it needs above it, then this many (each sampled row stands for
+#: ``tasks / sampled rows`` tasks).
+THRESHOLD_MARGINS = (2, 8)
 
 _COLS = ", ".join(TASK_COLUMNS)
 _ROW = "(" + ", ".join("%s" for _ in TASK_COLUMNS) + ")"
@@ -553,7 +555,7 @@ class PostgresStore(HistoryStore):
            spread over the history fills its page there; all of them when the store holds
            no more).
         2. For a descending sort by a column with a BRIN index, the matches whose value is
-           at least the value of one of the sampled matches (:data:`THRESHOLD_PICKS`): a
+           at least the value of one of the sampled matches (:data:`THRESHOLD_MARGINS`): a
            bitmap of the trigram index ANDed with the BRIN ranges, so a term whose matches
            lie half a million rows down the sort order reads a few hundred rows, not half a
            million. Exact whenever it yields the cap (see ``from_value``).
@@ -582,8 +584,12 @@ class PostgresStore(HistoryStore):
         c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
         if q.descending and q.sort_key in BRIN_COLUMNS and q.search is not None:
             guesses = self._sample.sort_values(q.search, q.sort_key, n_tasks)
-            for k in THRESHOLD_PICKS:
-                if k < len(guesses):
+            per_row = n_tasks / max(1, len(self._sample.rows(n_tasks)))
+            tried = -1
+            for margin in THRESHOLD_MARGINS:
+                k = min(len(guesses) - 1, max(0, math.ceil(margin * cap / per_row) - 1))
+                if k > tried:
+                    tried = k
                     ids = matches(guesses[k])
                     if len(ids) >= cap:
                         return ids
