@@ -43,6 +43,7 @@ from .sql_query import (
     SORT_COLUMNS,
     QueryPlan,
     SearchSample,
+    has_text,
     plan,
     sample_query,
 )
@@ -528,7 +529,11 @@ class PostgresStore(HistoryStore):
                 found = self._common_walk(
                     c, p, n, lambda: plan(q, POSTGRESQL, indexed, lambda: True, values)
                 )
-            if found is None:
+            if found is None and q.search is not None and has_text(q.search):
+                # the trigram index's candidates are read once for the total and the page
+                total, ids = c.execute(*p.counted_page()).fetchone()
+                rows = _rows_by_id(c, ids)
+            elif found is None:
                 total = c.execute(*p.count()).fetchone()[0]
                 rows = c.execute(*p.page(_COLS)).fetchall()
             else:

@@ -214,6 +214,22 @@ class QueryPlan:
         sql = f"SELECT id FROM {source} WHERE {cond} {order} LIMIT ?"
         return self.dialect.sql(sql), [*params, cap]
 
+    def counted_page(self) -> tuple[str, list[Any]]:
+        """``(sql, params)`` of one row: the total (as :meth:`count`) and an array of the
+        page's ids in order, from one read of the matches (PostgreSQL). For a search whose
+        matches come from a text index: :meth:`count` and :meth:`page` would each read the
+        candidates' rows (customer-12: 6.5 + 15 ms at a million tasks). Raises
+        ``ValueError`` for a query without a condition (its total is not counted)."""
+        if not self.cond:
+            raise ValueError("a query without a condition has no counted page")
+        col = self.q.sort_key
+        sql = (
+            f"WITH m AS MATERIALIZED (SELECT id, {col} FROM tasks WHERE {self.cond}) "
+            "SELECT (SELECT count(*) FROM (SELECT 1 FROM m LIMIT ?) c), "
+            f"ARRAY(SELECT id FROM m {order_by(self.q, self.dialect)} LIMIT ? OFFSET ?)"
+        )
+        return self.dialect.sql(sql), [*self.params, self.cap, self.q.limit, self.q.offset]
+
     def page(
         self, select: str = "id", *, use_index: bool = True, indexed_by: str | None = None
     ) -> tuple[str, list[Any]]:
@@ -377,6 +393,11 @@ class SearchSample:
         if node is None or not _has_text(node):
             return False
         return self.fraction(node, n_tasks) * n_tasks > INDEX_HITS_MAX
+
+
+def has_text(node: Node) -> bool:
+    """Whether ``node`` has a substring term (over args, kwargs, result, or any field)."""
+    return _has_text(node)
 
 
 def _has_text(node: Node) -> bool:
