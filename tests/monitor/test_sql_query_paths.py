@@ -119,14 +119,24 @@ PATHS = (
     ("common, walked", {(sql_query, "INDEX_HITS_MAX"): -1}),
     # ... the walk cut short: SQLite sorts the candidates, PostgreSQL tries the sampled
     # values with its BRIN ranges, then sorts the candidates
-    ("common, walk cut short", {(sql_query, "INDEX_HITS_MAX"): -1,
-                                (sqlite_store, "COMMON_WALK_BUDGET"): 4000,
-                                (pg_store, "WALK_ROWS"): 30}),  # fmt: skip
+    (
+        "common, walk cut short",
+        {
+            (sql_query, "INDEX_HITS_MAX"): -1,
+            (sqlite_store, "COMMON_WALK_BUDGET"): 4000,
+            (pg_store, "WALK_ROWS"): 30,
+        },
+    ),  # fmt: skip
     # ... and no sampled value is tried (the candidates sorted)
-    ("common, candidates sorted", {(sql_query, "INDEX_HITS_MAX"): -1,
-                                   (sqlite_store, "COMMON_WALK_BUDGET"): 1,
-                                   (pg_store, "WALK_ROWS"): 1,
-                                   (pg_store, "THRESHOLD_MARGINS"): ()}),  # fmt: skip
+    (
+        "common, candidates sorted",
+        {
+            (sql_query, "INDEX_HITS_MAX"): -1,
+            (sqlite_store, "COMMON_WALK_BUDGET"): 1,
+            (pg_store, "WALK_ROWS"): 1,
+            (pg_store, "THRESHOLD_MARGINS"): (),
+        },
+    ),  # fmt: skip
 )
 
 
