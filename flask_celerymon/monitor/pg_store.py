@@ -12,7 +12,9 @@ restarts, see :meth:`~flask_celerymon.monitor.store.HistoryStore.get_meta`) and
 ``schema_version``. Substring search uses
 ``pg_trgm`` GIN indexes over ``args``, ``kwargs`` and ``result``: a ``LIKE '%term%'`` is
 answered from the index and rechecked, so it matches exactly what the SQLite store and the
-in-memory window match (case-sensitive).
+in-memory window match (case-sensitive). BRIN indexes on ``received``, ``started`` and
+``timestamp`` let a common search find its page far down the sort order without walking to
+it (see :meth:`PostgresStore._common_walk`).
 
 The schema is versioned: :data:`MIGRATIONS` is applied in order, each in its own transaction,
 under an advisory lock, so processes starting together migrate once. A database created by a
