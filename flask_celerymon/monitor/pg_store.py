@@ -12,7 +12,9 @@ restarts, see :meth:`~flask_celerymon.monitor.store.HistoryStore.get_meta`) and
 ``schema_version``. Substring search uses
 ``pg_trgm`` GIN indexes over ``args``, ``kwargs`` and ``result``: a ``LIKE '%term%'`` is
 answered from the index and rechecked, so it matches exactly what the SQLite store and the
-in-memory window match (case-sensitive).
+in-memory window match (case-sensitive). BRIN indexes on ``received``, ``started`` and
+``timestamp`` let a common search find its page far down the sort order without walking to
+it (see :meth:`PostgresStore._common_walk`).
 
 The schema is versioned: :data:`MIGRATIONS` is applied in order, each in its own transaction,
 under an advisory lock, so processes starting together migrate once. A database created by a
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import urllib.parse
@@ -40,7 +43,9 @@ from .sql_query import (
     MIN_MAX_ID,
     POSTGRESQL,
     SORT_COLUMNS,
+    QueryPlan,
     SearchSample,
+    has_text,
     plan,
     sample_query,
 )
@@ -54,7 +59,7 @@ POOL_MAX = 8
 #: Seconds to wait for a connection from the pool before failing the call.
 POOL_TIMEOUT = 10.0
 #: The schema's version after :data:`MIGRATIONS`.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _REAL = {"sent", "received", "started", "succeeded", "failed", "retried", "revoked", "rejected",
          "timestamp", "runtime"}  # fmt: skip
@@ -133,7 +138,29 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # last consumed, whether the last run stopped cleanly).
         "CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL)",
     ),
+    (
+        # 4: BRIN summaries (min/max per 128 heap pages) of the time columns, which follow
+        # the heap's order: "received >= T" is then a bitmap of a few page ranges that a
+        # common search ANDs with its trigram index (PostgresStore._common_walk). A few
+        # pages each; autosummarize keeps new ranges summarised (an unsummarised range is
+        # read whole, never skipped).
+        *(
+            f"CREATE INDEX tasks_{c}_brin ON tasks USING brin ({c}) WITH (autosummarize = on)"
+            for c in ("received", "started", "timestamp")
+        ),
+    ),
 )
+#: The sort columns with a BRIN index (migration 4).
+BRIN_COLUMNS = ("received", "started", "timestamp")
+#: Tasks a common search reads in sort order before it looks its matches up through the
+#: trigram index instead (about 3 ms; a common term spread over the history fills a page
+#: well within them).
+WALK_ROWS = 20_000
+#: A common search tries the sort values of sampled matches (:meth:`.SearchSample.sort_values`)
+#: as "at least this" before it sorts every candidate: first the one expected to have this
+#: many times the matches it needs above it, then this many (each sampled row stands for
+#: ``tasks / sampled rows`` tasks).
+THRESHOLD_MARGINS = (2, 8)
 
 _COLS = ", ".join(TASK_COLUMNS)
 _ROW = "(" + ", ".join("%s" for _ in TASK_COLUMNS) + ")"
@@ -259,6 +286,15 @@ def open_pool(url: str, search_path: str, name: str, max_size: int) -> Any:
     )
     pool.open(wait=True, timeout=POOL_TIMEOUT)
     return pool
+
+
+def _rows_by_id(c: Any, ids: list[int]) -> list[tuple[Any, ...]]:
+    """The ``tasks`` rows (:data:`TASK_COLUMNS`) of ``ids``, in that order (missing ones
+    left out)."""
+    by_id = {
+        r[0]: r[1:] for r in c.execute(f"SELECT id, {_COLS} FROM tasks WHERE id = ANY(%s)", (ids,))
+    }
+    return [by_id[i] for i in ids if i in by_id]
 
 
 class PostgresStore(HistoryStore):
@@ -467,6 +503,7 @@ class PostgresStore(HistoryStore):
         with self._pool.connection() as c, c.transaction():
             c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             common = False
+            n = 0
             if q.search is not None:
                 n = c.execute("SELECT n FROM task_count").fetchone()[0]
                 common = self._sample.is_common(q.search, n)
@@ -480,17 +517,85 @@ class PostgresStore(HistoryStore):
                 sql = f"SELECT {field} FROM {table} WHERE strpos({field}, %s) > 0"
                 return [r[0] for r in c.execute(sql, (v,))]
 
+            def indexed(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
+                return _text_match(columns, phrases, ps, self._sample.occurrences)
+
             def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
                 if common:
                     return instr_sql(columns, phrases, ps)
-                return _text_match(columns, phrases, ps, self._sample.occurrences)
+                return indexed(columns, phrases, ps)
 
             p = plan(q, POSTGRESQL, text_match, lambda: common, values)
-            total = c.execute(*p.count()).fetchone()[0]
-            rows = c.execute(*p.page(_COLS)).fetchall()
+            found = None
+            if common:
+                found = self._common_walk(
+                    c, p, n, lambda: plan(q, POSTGRESQL, indexed, lambda: True, values)
+                )
+            if found is None and q.search is not None and has_text(q.search):
+                # the trigram index's candidates are read once for the total and the page
+                total, ids = c.execute(*p.counted_page()).fetchone()
+                rows = _rows_by_id(c, ids)
+            elif found is None:
+                total = c.execute(*p.count()).fetchone()[0]
+                rows = c.execute(*p.page(_COLS)).fetchall()
+            else:
+                total = len(found)
+                rows = _rows_by_id(c, found[q.offset : q.offset + (q.limit or 0)])
         cap = p.cap
         self._local.exact = cap is None or total < cap
         return total, [task_from_row(r) for r in rows]
+
+    def _common_walk(
+        self, c: Any, p: QueryPlan, n_tasks: int, indexed: Callable[[], QueryPlan]
+    ) -> list[int] | None:
+        """The ids of the first :attr:`~.QueryPlan.cap` matches of a common search in sort
+        order (see :meth:`.QueryPlan.walk`), read on connection ``c`` inside the query's
+        snapshot; None when the query's page is not read that way. ``p`` checks the term
+        row by row, ``indexed()`` is the same query written for the trigram index.
+
+        1. The first :data:`WALK_ROWS` tasks in sort order are read and checked (a term
+           spread over the history fills its page there; all of them when the store holds
+           no more).
+        2. For a descending sort by a column with a BRIN index, the matches whose value is
+           at least the value of one of the sampled matches (:data:`THRESHOLD_MARGINS`): a
+           bitmap of the trigram index ANDed with the BRIN ranges, so a term whose matches
+           lie half a million rows down the sort order reads a few hundred rows, not half a
+           million. Exact whenever it yields the cap (see ``from_value``).
+        3. Otherwise every candidate of the trigram index, sorted.
+
+        Steps 2 and 3 run with index scans and parallel workers off (``SET LOCAL``): the
+        planner's own choice for them is the walk of step 1 over every row."""
+        walk = p.walk(within=WALK_ROWS if n_tasks > WALK_ROWS else None)
+        if walk is None:
+            return None
+        cap = walk[1][-1]
+        ids = [r[0] for r in c.execute(*walk)]
+        if len(ids) >= cap or n_tasks <= WALK_ROWS:
+            return ids
+        q = p.q
+        ip = indexed()
+
+        def matches(from_value: Any = None) -> list[int]:
+            sql = ip.walk(from_value=from_value)
+            assert sql is not None  # the same query as p's, which has a walk
+            return [r[0] for r in c.execute(*sql)]
+
+        # until the end of the query's transaction (the page's rows are read by id after)
+        c.execute("SET LOCAL enable_indexscan = off")
+        c.execute("SET LOCAL enable_seqscan = off")
+        c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        if q.descending and q.sort_key in BRIN_COLUMNS and q.search is not None:
+            guesses = self._sample.sort_values(q.search, q.sort_key, n_tasks)
+            per_row = n_tasks / max(1, len(self._sample.rows(n_tasks)))
+            tried = -1
+            for margin in THRESHOLD_MARGINS:
+                k = min(len(guesses) - 1, max(0, math.ceil(margin * cap / per_row) - 1))
+                if k > tried:
+                    tried = k
+                    ids = matches(guesses[k])
+                    if len(ids) >= cap:
+                        return ids
+        return matches()
 
     def _sample_rows(self) -> list[tuple[Any, ...]]:
         with self._pool.connection() as c:

@@ -135,9 +135,10 @@ SORT_MATCHES_MAX = 5_000
 #: before it is sorted from the candidates instead (a walk costs 25 - 60 steps a row: this
 #: is 5,000 - 12,000 rows, a few ms).
 PAGE_WALK_BUDGET = 300_000
-#: Steps a common term's count may spend walking the sort column's index before its
-#: candidates are listed by the text index and sorted instead (about 20,000 - 40,000 rows).
-COMMON_WALK_BUDGET = 1_000_000
+#: Steps a common term's walk of the sort column's index may take before its candidates
+#: are listed by the text index and sorted instead: about 20,000 - 40,000 rows read and
+#: checked, or 200,000 rows outside the candidates' id range skipped per million steps.
+COMMON_WALK_BUDGET = 4_000_000
 #: SQLite virtual machine steps between two calls of the progress handler of a bounded walk.
 PROGRESS_STEPS = 2000
 
@@ -472,7 +473,7 @@ class SQLiteStore(HistoryStore):
 
         return text_match
 
-    def _trigram_counts(self, c: sqlite3.Connection) -> Counter[str]:
+    def _trigram_counts(self) -> Counter[str]:
         """In how many of the search sample's random rows (:class:`~.sql_query.SearchSample`)
         each trigram occurs; recomputed when the search sample is taken again. (The newest
         rows were sampled before: a burst of similar new tasks hid which trigrams are rare
@@ -497,6 +498,29 @@ class SQLiteStore(HistoryStore):
         lo, hi = c.execute(MIN_MAX_ID).fetchone()
         return c.execute(*sample_query(SQLITE, lo, hi)).fetchall()
 
+    def _candidate_match(
+        self, columns: tuple[str, ...], phrases: list[str], trigrams: int = 2
+    ) -> str | None:
+        """The FTS5 ``MATCH`` expression of the indexed rows that may hold one of
+        ``phrases`` in one of ``columns`` (rows holding its ``trigrams`` rarest trigrams);
+        None when a phrase has no trigram (the index cannot look it up).
+
+        A trigram phrase query walks the posting list of every trigram of the phrase, and
+        common trigrams ("cus", "er-") list nearly every row. So ask the index only for rows
+        holding the two trigrams of the phrase that are rarest in the search sample; the
+        ``instr`` check in the SQL condition then keeps the exact matches. The sample only
+        steers speed: any two trigrams of a phrase give a superset of its matches.
+        """
+        counts = self._trigram_counts()
+        parts = []
+        for phrase in phrases:
+            tris = sorted({phrase[i : i + 3] for i in range(len(phrase) - 2)},
+                          key=lambda t: (counts.get(t, 0), t))  # fmt: skip
+            if not tris:
+                return None
+            parts.append("(" + " AND ".join(_fts_phrase(t) for t in tris[:trigrams]) + ")")
+        return f"{{{' '.join(columns)}}} : ({' OR '.join(parts)})" if parts else None
+
     def _candidates(
         self,
         c: sqlite3.Connection,
@@ -505,28 +529,58 @@ class SQLiteStore(HistoryStore):
         limit: int | None = INDEX_HITS_MAX,
     ) -> tuple[str, list[Any]]:
         """``(sql, params)`` selecting the indexed rows (at most ``limit``; None: all) that
-        may hold one of ``phrases``.
-
-        A trigram phrase query walks the posting list of every trigram of the phrase, and
-        common trigrams ("cus", "er-") list nearly every row. So ask the index only for rows
-        holding the two trigrams of the phrase that are rarest in the search sample; the
-        ``instr`` check in the SQL condition then keeps the exact matches. The sample only
-        steers speed: any two trigrams of a phrase give a superset of its matches.
-        """
-        counts = self._trigram_counts(c)
-        parts = []
-        for phrase in phrases:
-            tris = sorted({phrase[i : i + 3] for i in range(len(phrase) - 2)},
-                          key=lambda t: (counts.get(t, 0), t))  # fmt: skip
-            if not tris:
-                continue
-            parts.append("(" + " AND ".join(_fts_phrase(t) for t in tris[:2]) + ")")
-        if not parts:
+        may hold one of ``phrases`` (see :meth:`_candidate_match`)."""
+        match = self._candidate_match(columns, phrases)
+        if match is None:
             return "SELECT NULL WHERE 0", []
         return (
             "SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ? LIMIT ?",
-            [f"{{{' '.join(columns)}}} : ({' OR '.join(parts)})", -1 if limit is None else limit],
+            [match, -1 if limit is None else limit],
         )
+
+    def _ranged_scan(
+        self, c: sqlite3.Connection, upto: int, top: int, descending: bool
+    ) -> TextMatch:
+        """Substring conditions of a common term for :func:`.sql_query.plan` on connection
+        ``c``: the exact ``instr`` check, behind the range of ids the FTS index names as
+        candidates (the smallest and largest id holding the phrase's rarest trigram, two
+        probes of its posting list) and the rows past the index watermark ``upto`` (when
+        ``top``, the largest id, is past it).
+
+        SQLite checks the range on the entry of the sort column's index (which holds the
+        rowid), so a walk skips the rows outside it without reading them: a common term
+        whose matches lie half a million rows down the sort order (the tasks of one week)
+        is found after about 4 VM steps per skipped entry (22 ms at a million tasks), not
+        25-60 steps and a read of each row. ``descending``: the walk's direction; the bound
+        the skipped rows most likely fail (newer ids when walking down) is checked first.
+        The range holds every match, so it changes nothing in the answer."""
+
+        def text_match(columns: tuple[str, ...], phrases: list[str], ps: list[Any]) -> str:
+            match = self._candidate_match(columns, phrases, trigrams=1)
+            if match is None:
+                return instr_sql(columns, phrases, ps)
+            lo, hi = c.execute(
+                "SELECT (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?1 ORDER BY rowid "
+                "LIMIT 1), (SELECT rowid FROM tasks_fts WHERE tasks_fts MATCH ?1 ORDER BY "
+                "rowid DESC LIMIT 1)",
+                (match,),
+            ).fetchone()
+            ranges = []
+            if lo is not None:
+                if descending:
+                    ranges.append("(id <= ? AND id >= ?)")
+                    ps.extend([hi, lo])
+                else:
+                    ranges.append("(id >= ? AND id <= ?)")
+                    ps.extend([lo, hi])
+            if top > upto:
+                ranges.append("id > ?")
+                ps.append(upto)
+            if not ranges:
+                return "1 = 0"
+            return f"(({' OR '.join(ranges)}) AND {instr_sql(columns, phrases, ps)})"
+
+        return text_match
 
     def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:
         """See :meth:`HistoryStore.query`. The SQL comes from :func:`.sql_query.plan`: a
@@ -537,11 +591,9 @@ class SQLiteStore(HistoryStore):
         c = self._reader
         c.execute("BEGIN")  # one snapshot for the count and the page
         try:
-            common = q.search is not None and self._sample.is_common(
-                # max(id) (one index probe) bounds the number of tasks: close enough to steer
-                q.search,
-                c.execute("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0],
-            )
+            # max(id) (one index probe) bounds the number of tasks: close enough to steer
+            top = c.execute("SELECT coalesce(max(id), 0) FROM tasks").fetchone()[0]
+            common = q.search is not None and self._sample.is_common(q.search, top)
 
             # A common term is checked row by row while walking the sort index (it matches
             # many rows, so a page comes quickly); a rare one is looked up in the index.
@@ -554,29 +606,51 @@ class SQLiteStore(HistoryStore):
                 return [r[0] for r in c.execute(sql, (v,))]
 
             looked_up: list[int] = []  # candidates listed by the text index, per term
-            match = instr_sql if common else self._text_match(c, looked_up=looked_up)
+            if common:
+                upto = c.execute("SELECT upto FROM fts_state").fetchone()[0]
+                match = self._ranged_scan(c, upto, top, q.descending)
+            else:
+                match = self._text_match(c, looked_up=looked_up)
             p = plan(q, SQLITE, match, lambda: common, values)
-            counted = None
+            index = SQLITE_SORT_INDEX.get(q.sort_key)
+            total: int | None = None
+            ids: list[int] | None = None
             fell_back = False
             if common:
-                # A common term's matches may all lie far down the sort order (a term of
-                # the tasks of one week, half a million rows down): the walk is bounded in
-                # time, then the text index lists every candidate and they are sorted.
-                counted = _bounded(c, COMMON_WALK_BUDGET, *p.count())
-                if counted is None:
+                # One bounded walk of the sort column's index gives the page and the count
+                # (the first matches in sort order). A common term's matches may all lie far
+                # down the sort order where its candidates' id range does not prune the
+                # walk: past the budget the text index lists every candidate and they are
+                # sorted.
+                walk = p.walk(None if _filtered(q) else index)
+                if walk is not None:
+                    found = _bounded(c, COMMON_WALK_BUDGET, *walk)
+                    if found is not None:
+                        total = len(found)
+                        ids = found[q.offset : q.offset + (q.limit or 0)]
+                else:
+                    counted = _bounded(c, COMMON_WALK_BUDGET, *p.count())
+                    total = None if counted is None else counted[0]
+                if total is None:
                     fell_back = True
                     p = plan(q, SQLITE, self._text_match(c, None), lambda: True, values)
                     p = dataclasses.replace(p, count_in_order=False)
-            total = counted[0] if counted is not None else c.execute(*p.count()).fetchone()[0]
+            if total is None:
+                total = c.execute(*p.count()).fetchone()[0]
             cap = p.cap
             exact = cap is None or total < cap
             # Few matches: sorting them beats walking the sort column's index. Order and cut
             # the page on ids alone (a sort carrying whole rows is several times slower),
             # then read the page's rows.
             use_index = not (exact and total <= SORT_MATCHES_MAX) and not fell_back
-            ids = None
-            index = SQLITE_SORT_INDEX.get(q.sort_key)
-            if use_index and index and looked_up and not common and not _filtered(q):
+            if (
+                ids is None
+                and use_index
+                and index
+                and looked_up
+                and not common
+                and not _filtered(q)
+            ):
                 # Many candidates from the text index: walking the sort column's index
                 # (checking each entry against them) finds a page in a few ms, but SQLite's
                 # planner prefers to sort every candidate (17 ms for 11k). The walk is

@@ -1,0 +1,174 @@
+"""Differential test of the task query's fast paths: on generated histories, every page and
+total a store answers through its shortcuts for common searches (one walk of the sort
+column's index; SQLite's id-range prefilter and its fallback to sorting the candidates;
+PostgreSQL's bounded walk, its "at least this value" bitmap over BRIN ranges and its sorted
+candidates) equals the plain answer: every stored task checked by the in-memory matcher
+(:func:`~flask_celerymon.monitor.query.compile_python`) and sorted, on a real SQLite file and
+a real PostgreSQL server.
+
+The sort values are distinct (SQLite orders equal values by its index, PostgreSQL by id) and
+follow the ids only loosely: some tasks were received long before or after their
+neighbours, as tasks held by a broker are, so no path may take id order for sort order.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from flask_celerymon.monitor import pg_store, sql_query, sqlite_store
+from flask_celerymon.monitor.model import TASK_COLUMNS, TaskQuery
+from flask_celerymon.monitor.query import compile_python, parse
+from flask_celerymon.monitor.sql_query import SAMPLE_COLUMNS, _Sampled
+from flask_celerymon.monitor.stores import open_store
+
+from .conftest import STORE_KINDS, store_target
+
+N = 3000
+START = 1_700_000_000.0
+
+SEARCHES = (
+    "result:\"'order': 1\"",  # tasks 1, 10-19, 100-199, 1000-1999: clustered
+    "batch-4",  # tasks 2000-2499 in args: clustered, late
+    "batch-0",  # tasks 0-499: clustered at the far end of a descending sort
+    "customer-7",  # every 97th task and its tens: spread
+    "kwargs:priority=2",  # a third of the tasks
+    "kwargs:\"'priority': 1\"",
+    "fresh",  # only the tasks written after the search index was built (SQLite)
+    "state:failure result:declined",
+    "batch-1 OR batch-5",
+    "name:payments customer-3",
+    "no-such-text",
+)
+SORTS = ("-received", "received", "-timestamp", "-runtime", "-started")
+
+
+def _rows() -> list[tuple[Any, ...]]:
+    rnd = random.Random(5)
+    slots = list(range(N))
+    for i in range(0, N - 7, 7):  # local disorder
+        j = i + rnd.randrange(7)
+        slots[i], slots[j] = slots[j], slots[i]
+    out = []
+    for i in range(N):
+        received = START + slots[i] + (rnd.choice((-1, 1)) * 50_000 if i % 37 == 0 else 0)
+        failed = i % 11 == 0
+        values = {
+            "uuid": f"task-{i:05d}",
+            "name": ("shop.payments.capture", "shop.mail.send", "shop.stock.count")[i % 3],
+            "state": "FAILURE" if failed else "SUCCESS",
+            "worker": f"celery@w{i % 4}",
+            "received": received,
+            "started": received + 0.5 + i / 1e6,
+            "timestamp": received + 1 + (i % 13) / 100 + i / 1e7,
+            "runtime": round(rnd.uniform(0.001, 2.0), 6) + i / 1e9,
+            "args": f"(batch-{i // 500}, 'customer-{i % 97}', {i})",
+            "kwargs": f"{{'priority': {i % 3}, 'user_id': {i % 50}}}",
+            "result": "declined" if failed else f"{{'order': {i}, 'status': 'ok'}}",
+        }
+        out.append(tuple(values.get(c) for c in TASK_COLUMNS))
+    return out
+
+
+def _fresh_rows() -> list[tuple[Any, ...]]:
+    """Written after the search index was built: SQLite scans them."""
+    out = []
+    for k in range(40):
+        values = {"uuid": f"fresh-{k:03d}", "name": "shop.mail.send", "state": "SUCCESS",
+                  "worker": "celery@w9", "received": START + N + 100 + k,
+                  "started": START + N + 100.5 + k, "timestamp": START + N + 101 + k,
+                  "runtime": 3.0 + k / 100, "args": f"('fresh', 'customer-7{k}')",
+                  "kwargs": "{'priority': 2}", "result": f"{{'order': 1{k}}}"}  # fmt: skip
+        out.append(tuple(values.get(c) for c in TASK_COLUMNS))
+    return out
+
+
+def _expected(rows: list[tuple[Any, ...]], search: str, sort: str) -> list[str]:
+    """The uuids of the matching tasks in sort order: every task checked in memory."""
+    idx = {c: TASK_COLUMNS.index(c) for c in SAMPLE_COLUMNS}
+    records = [_Sampled(tuple(r[idx[c]] for c in SAMPLE_COLUMNS)) for r in rows]
+    key = sort.lstrip("-")
+    by_uuid = {r[0]: r[TASK_COLUMNS.index(key)] for r in rows}
+    hits = [t.uuid for t in compile_python(parse(search))(records)]
+    return sorted(hits, key=lambda u: by_uuid[u], reverse=sort.startswith("-"))
+
+
+@pytest.fixture(scope="module", params=STORE_KINDS)
+def history(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Any:
+    """A store of each kind holding the generated history (the newest 40 tasks past
+    SQLite's search index), and its rows."""
+    db = store_target(request, tmp_path_factory.mktemp("paths"))
+    store = open_store(db)
+    rows = _rows()
+    for i in range(0, N, 500):
+        store.write_tasks(rows[i : i + 500])
+    while store.index_pending(1000):
+        pass
+    fresh = _fresh_rows()
+    store.write_tasks(fresh)
+    yield store, rows + fresh
+    store.close()
+
+
+#: How a store is pushed onto each of its paths: (label, module attributes to set).
+PATHS = (
+    ("as configured", {}),
+    # every text term is common: one walk of the sort column's index
+    ("common, walked", {(sql_query, "INDEX_HITS_MAX"): -1}),
+    # ... the walk cut short: SQLite sorts the candidates, PostgreSQL tries the sampled
+    # values with its BRIN ranges, then sorts the candidates
+    (
+        "common, walk cut short",
+        {
+            (sql_query, "INDEX_HITS_MAX"): -1,
+            (sqlite_store, "COMMON_WALK_BUDGET"): 4000,
+            (pg_store, "WALK_ROWS"): 30,
+        },
+    ),  # fmt: skip
+    # ... and no sampled value is tried (the candidates sorted)
+    (
+        "common, candidates sorted",
+        {
+            (sql_query, "INDEX_HITS_MAX"): -1,
+            (sqlite_store, "COMMON_WALK_BUDGET"): 1,
+            (pg_store, "WALK_ROWS"): 1,
+            (pg_store, "THRESHOLD_MARGINS"): (),
+        },
+    ),  # fmt: skip
+)
+
+
+@pytest.mark.parametrize("path", [p[1] for p in PATHS], ids=[p[0] for p in PATHS])
+@pytest.mark.parametrize("sort", SORTS)
+def test_every_path_answers_what_checking_every_task_answers(
+    history: Any, path: dict[Any, Any], sort: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, rows = history
+    for (module, name), value in path.items():
+        monkeypatch.setattr(module, name, value)
+    key, descending = sort.lstrip("-"), sort.startswith("-")
+    for search in SEARCHES:
+        expected = _expected(rows, search, sort)
+        for offset, limit in ((0, 20), (40, 20), (0, 100)):
+            q = TaskQuery(search=parse(search), sort_key=key, descending=descending,
+                          offset=offset, limit=limit)  # fmt: skip
+            total, page = store.query(q)
+            where = f"{search!r} sorted by {sort}, offset {offset}"
+            assert [t["uuid"] for t in page] == expected[offset : offset + limit], where
+            # the total: every match, or at least a page past the one shown
+            assert total <= len(expected), where
+            if store.last_count_exact:
+                assert total == len(expected), where
+            else:  # a cap reached: "at least", possibly all of them
+                assert total == len(expected) or total > offset + limit, where
+            assert total >= min(len(expected), offset + 2 * limit + 1), where
+
+
+def test_the_generated_history_has_clustered_spread_and_unindexed_matches(history: Any) -> None:
+    _store, rows = history
+    assert len(_expected(rows, "batch-0", "-received")) == 500
+    assert len(_expected(rows, "fresh", "-received")) == 40
+    spread = _expected(rows, "customer-7", "-received")
+    assert 200 < len(spread) < 400
