@@ -277,7 +277,7 @@ def share_deflate(ws: Any, cache: DeflateCache) -> bool:
             bits = ext.client_max_window_bits if proto.client else ext.server_max_window_bits
             return RsvBits(True, rsv[1], rsv[2]), cache.compress(data, bits)
 
-        ext.frame_outbound = frame_outbound  # this socket's extension only
+        ext.frame_outbound = frame_outbound  # type: ignore[method-assign]  # this socket's only
         done = True
     return done
 
