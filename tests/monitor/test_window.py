@@ -147,6 +147,19 @@ def test_task_records_stay_bounded_with_unfinished_tasks_and_repeated_events():
     assert svc.query_tasks(limit=None).total == max_tasks
 
 
+def test_newest_first_listing_after_evictions_and_a_late_old_task():
+    """The received-time index clears evicted entries at its front; a task received before
+    them that arrives late is inserted there and still listed, last."""
+    svc = service(max_tasks=3)
+    for i, u in enumerate("abcd"):
+        svc.apply_events(lifecycle(u, float(i + 1)))  # d evicts a
+    svc.apply_events([ev("task-received", "late", 0.5, name="app.add")])  # evicts b
+    page = svc.query_tasks(limit=3)
+    assert [t["uuid"] for t in page.tasks] == ["d", "c", "late"]
+    svc.apply_events(lifecycle("e", 5.0))  # evicts c (finished before the unfinished late)
+    assert [t["uuid"] for t in svc.query_tasks(limit=3).tasks] == ["e", "d", "late"]
+
+
 def test_malformed_and_unknown_events_are_counted_and_skipped():
     svc = service()
     svc.apply_events([
