@@ -280,7 +280,13 @@ def main() -> None:
     p.add_argument("--deflate", action="store_true",
                    help="the pages offer permessage-deflate, as browsers do (the server then "
                         "compresses each frame for each page)")
+    p.add_argument("--config", default="{}",
+                   help="more Flask config for the served app, a JSON object (e.g. "
+                        "'{\"CELERY_MONITOR_MAX_TASKS\": 20000}' to fill the window sooner)")
     args = p.parse_args()
+    extra = json.loads(args.config)
+    if not isinstance(extra, dict):
+        raise SystemExit("--config: a JSON object, e.g. '{\"CELERY_MONITOR_MAX_TASKS\": 20000}'")
 
     work = tempfile.mkdtemp(prefix="cm-live-")
     rport, port = free_port(), free_port()
@@ -291,7 +297,7 @@ def main() -> None:
     )  # fmt: skip
     url = f"redis://127.0.0.1:{rport}/0"
     config = {"CELERY_MONITOR_DB": os.path.join(work, "m.sqlite3"),
-              "CELERY_MONITOR_MAX_LIVE_SOCKETS": args.pages + 10}  # fmt: skip
+              "CELERY_MONITOR_MAX_LIVE_SOCKETS": args.pages + 10, **extra}  # fmt: skip
     env = {**os.environ, "CELERYMON_TEST_INSTANCE": work, "CELERYMON_TEST_BROKER": url,
            "CELERYMON_TEST_CONFIG": json.dumps(config), "PYTHONUNBUFFERED": "1"}  # fmt: skip
     cmd = [sys.executable, "-m", "flask", "--app", "tests.apps.served:create_app", "celery",

@@ -5,6 +5,10 @@ One thread (the service's ingest thread) calls :meth:`State.apply`; readers take
 fields are ``""`` and whose repeated strings (task names, hostnames, routing keys...) are shared,
 so a task costs well under 1 KB. The window is bounded by ``max_tasks``: finished tasks are
 evicted first (oldest finished first), unfinished ones only when nothing finished is left.
+An evicted record is dropped from the window's indexes (insertion order, finished order,
+received time) lazily: they are compacted together once :func:`index_slack` records were
+evicted, so the window never keeps more than ``max_tasks + index_slack(max_tasks)`` task
+records alive.
 """
 
 from __future__ import annotations
@@ -205,6 +209,18 @@ def coerce_field(key: str, v: Any) -> Any:
 _PRECEDENCE: dict[str | None, int] = PRECEDENCE_LOOKUP
 
 
+def index_slack(max_tasks: int) -> int:
+    """How many entries beyond ``max_tasks`` each index of :class:`State` may hold before it
+    is compacted: an eighth of ``max_tasks``, at least 1,000 (a count of task records).
+
+    The entries beyond the window are records already evicted (or a received time that
+    changed); they keep the records alive until the compaction, so this bounds the memory
+    the window holds above ``max_tasks`` records. Compacting an index costs one pass over
+    it, once per ``index_slack`` evictions at most.
+    """
+    return max(1000, max_tasks // 8)
+
+
 def _precedence(state: str) -> int:
     return _PRECEDENCE.get(state or None, _NONE_PRECEDENCE)
 
@@ -260,8 +276,11 @@ class State:
         self.workers: dict[str, WorkerRecord] = {}
         self._order: deque[TaskRecord] = deque()
         self._recv_times = array("d")
-        self._recv_recs: list[TaskRecord] = []
+        self._recv_recs: list[TaskRecord | None] = []
+        self._recv_head = 0
         self._finished: deque[TaskRecord] = deque()
+        #: records evicted since the indexes were last compacted (see :func:`index_slack`)
+        self._stale = 0
         self._strings: dict[str, str] = {}
         #: task name -> {event type: count}, since start.
         self.task_counters: dict[str, dict[str, int]] = {}
@@ -406,10 +425,12 @@ class State:
             t.history = (*t.full_history(), etype, ts)
         else:
             state, attr = known
-            if t.history is not None or getattr(t, attr) is not None:
+            prev = getattr(t, attr)
+            if t.history is not None or prev is not None:
                 t.history = (*t.full_history(), state, ts)
             setattr(t, attr, ts)
-            if attr == "received":
+            if attr == "received" and prev != ts:
+                # (a repeated task-received of the same time is indexed already)
                 self._index_received(t, ts)
             cur = t.state
             early = (
@@ -485,6 +506,7 @@ class State:
     def _evict(self) -> None:
         tasks = self.tasks
         victim = None
+        in_order = True
         fin = self._finished
         while fin:
             r = fin.popleft()
@@ -497,6 +519,7 @@ class State:
                 r = order.popleft()
                 if tasks.get(r.uuid) is r:
                     victim = r
+                    in_order = False
                     break
         if victim is None:  # pragma: no cover - the new task itself is always in order
             return
@@ -505,12 +528,57 @@ class State:
         self.complete = False
         if self.on_evict is not None:
             self.on_evict(victim)
-        if len(self._order) > 2 * self.max_tasks + 1000:
-            self._order = deque(r for r in self._order if tasks.get(r.uuid) is r)
-        if len(self._finished) > 2 * self.max_tasks + 1000:
-            self._finished = deque(r for r in self._finished if tasks.get(r.uuid) is r)
-        if len(self._recv_recs) > 2 * self.max_tasks + 1000:
-            self._compact_received()
+        # Drop the entries of evicted records at the front of the insertion order and of the
+        # received-time order at once: usually the victim's (the oldest finished task came in
+        # and was received early), at O(1) a task. A victim still named further in (behind a
+        # long-running task, or by a second entry of a task whose events repeated) is counted,
+        # and once index_slack of them are held every index is compacted.
+        order = self._order
+        while order and tasks.get(order[0].uuid) is not order[0]:
+            if order.popleft() is victim:
+                in_order = False
+        in_received = victim.received is not None and self._trim_received(victim)
+        if in_order or in_received or victim.history is not None:
+            self._stale += 1
+            if self._stale > index_slack(self.max_tasks):
+                self._compact()
+
+    def _trim_received(self, victim: TaskRecord) -> bool:
+        """Clear the leading dead entries of the received-time index; False if the victim's
+        entry was among them."""
+        times = self._recv_times
+        recs = self._recv_recs
+        tasks = self.tasks
+        head = self._recv_head
+        n = len(recs)
+        held = True
+        while head < n:
+            r = recs[head]
+            if r is not None:
+                if r.received == times[head] and tasks.get(r.uuid) is r:
+                    break
+                if r is victim:
+                    held = False
+                recs[head] = None
+            head += 1
+        if head >= 1024 or 2 * head > n:  # cleared entries go in bulk: O(1) a task
+            del recs[:head]
+            del times[:head]
+            head = 0
+        self._recv_head = head
+        return held
+
+    def _compact(self) -> None:
+        """Drop the entries of evicted records from every index (one pass over each)."""
+        tasks = self.tasks
+        self._order = deque(r for r in self._order if tasks.get(r.uuid) is r)
+        self._finished = deque(r for r in self._finished if tasks.get(r.uuid) is r)
+        self._compact_received()
+        self._stale = 0
+
+    def _index_cap(self) -> int:
+        """The most entries an index holds before it is compacted (see :func:`index_slack`)."""
+        return self.max_tasks + index_slack(self.max_tasks)
 
     # -- the received-time index ------------------------------------------------------------
 
@@ -519,7 +587,9 @@ class State:
 
         Events arrive nearly in time order, so this is an append, or an insert a few places
         before the end. Entries of evicted tasks or of a received time that changed are left
-        in place (stale) and skipped by readers until the next compaction.
+        in place (stale) and skipped by readers until they are cleared (``None``) from the
+        front by :meth:`_trim_received` or dropped by a compaction. Every entry before
+        ``_recv_head`` is ``None``.
         """
         times = self._recv_times
         if not times or ts >= times[-1]:
@@ -529,7 +599,9 @@ class State:
             i = bisect.bisect_right(times, ts)
             times.insert(i, ts)
             self._recv_recs.insert(i, t)
-        if len(self._recv_recs) > 2 * self.max_tasks + 1000:
+            if i < self._recv_head:
+                self._recv_head = i
+        if len(self._recv_recs) - self._recv_head > self._index_cap():
             self._compact_received()
 
     def _compact_received(self) -> None:
@@ -537,10 +609,11 @@ class State:
         pairs = [
             (ts, r)
             for ts, r in zip(self._recv_times, self._recv_recs)
-            if r.received == ts and tasks.get(r.uuid) is r
+            if r is not None and r.received == ts and tasks.get(r.uuid) is r
         ]
         self._recv_times = array("d", (ts for ts, _ in pairs))
         self._recv_recs = [r for _, r in pairs]
+        self._recv_head = 0
 
     def _newest_received(self, end: int) -> list[TaskRecord] | None:
         """The ``end`` tasks received last, newest first, or None if fewer are indexed."""
@@ -549,9 +622,10 @@ class State:
         recs = self._recv_recs
         out: list[TaskRecord] = []
         i = len(recs) - 1
-        while i >= 0 and len(out) < end:
+        stop = self._recv_head
+        while i >= stop and len(out) < end:
             r = recs[i]
-            if r.received == times[i] and tasks.get(r.uuid) is r:
+            if r is not None and r.received == times[i] and tasks.get(r.uuid) is r:
                 out.append(r)
             i -= 1
         return out if len(out) == end else None

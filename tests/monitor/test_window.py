@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import pytest
@@ -10,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings, SearchError
+from flask_celerymon.monitor.model import TaskRecord
+from flask_celerymon.monitor.state import index_slack
 
 from .conftest import task_events
 
@@ -83,6 +86,78 @@ def test_window_stays_bounded_when_nothing_is_finished():
     page = svc.query_tasks(limit=None)
     assert page.total == 10
     assert {t["uuid"] for t in page.tasks} == {f"t{i}" for i in range(90, 100)}
+
+
+def task_records_alive() -> int:
+    """TaskRecord objects alive in this process (after a full collection)."""
+    gc.collect()
+    return sum(1 for o in gc.get_objects() if type(o) is TaskRecord)
+
+
+def lifecycle(uuid: str, ts: float) -> list[dict]:
+    return [
+        ev("task-received", uuid, ts, name="app.add", args=f"('{uuid}',)", kwargs="{}"),
+        ev("task-started", uuid, ts + 0.1),
+        ev("task-succeeded", uuid, ts + 0.2, result="None", runtime=0.1),
+    ]
+
+
+@pytest.mark.parametrize("long_running_first", [False, True])
+def test_evicted_task_records_are_released_within_the_index_slack(long_running_first):
+    """Issue 15: evicted records stayed referenced by the window's indexes until they held
+    2 x max_tasks + 1000 entries, so RSS rose for as long again after the window was full.
+    Now at most max_tasks + index_slack(max_tasks) records are alive at any time, also with
+    an unfinished task at the front of the insertion order (no cheap trimming there)."""
+    max_tasks = 2000
+    cap = max_tasks + index_slack(max_tasks)
+    base = task_records_alive()
+    svc = service(max_tasks=max_tasks)
+    if long_running_first:
+        svc.apply_events([ev("task-received", "long", 1.0, name="app.slow"),
+                          ev("task-started", "long", 1.1)])  # fmt: skip
+    peak = 0
+    for chunk in range(14):  # 14,000 tasks: the window fills 7 times over
+        events = []
+        for i in range(chunk * 1000, (chunk + 1) * 1000):
+            events += lifecycle(f"t{i}", 10.0 + i)
+        svc.apply_events(events)
+        peak = max(peak, task_records_alive() - base)
+    assert svc.figures()["evicted"] == 14_000 + long_running_first - max_tasks
+    assert peak <= cap, (peak, cap)
+    page = svc.query_tasks(limit=5)
+    assert page.total == max_tasks
+    assert [t["uuid"] for t in page.tasks] == [f"t{i}" for i in range(13_999, 13_994, -1)]
+    if long_running_first:
+        assert svc.task("long")["state"] == "STARTED"  # unfinished: never the victim here
+
+
+def test_task_records_stay_bounded_with_unfinished_tasks_and_repeated_events():
+    """Unfinished tasks (a fifth of task_events' tasks) end up filling the window and are
+    then evicted in arrival order; a duplicated task-received adds no index entry."""
+    max_tasks = 1500
+    base = task_records_alive()
+    svc = service(max_tasks=max_tasks)
+    events = task_events(12_000)
+    peak = 0
+    for start in range(0, len(events), 3000):
+        chunk = events[start : start + 3000]
+        svc.apply_events(chunk + [e for e in chunk if e["type"] == "task-received"])
+        peak = max(peak, task_records_alive() - base)
+    assert peak <= max_tasks + index_slack(max_tasks), peak
+    assert svc.query_tasks(limit=None).total == max_tasks
+
+
+def test_newest_first_listing_after_evictions_and_a_late_old_task():
+    """The received-time index clears evicted entries at its front; a task received before
+    them that arrives late is inserted there and still listed, last."""
+    svc = service(max_tasks=3)
+    for i, u in enumerate("abcd"):
+        svc.apply_events(lifecycle(u, float(i + 1)))  # d evicts a
+    svc.apply_events([ev("task-received", "late", 0.5, name="app.add")])  # evicts b
+    page = svc.query_tasks(limit=3)
+    assert [t["uuid"] for t in page.tasks] == ["d", "c", "late"]
+    svc.apply_events(lifecycle("e", 5.0))  # evicts c (finished before the unfinished late)
+    assert [t["uuid"] for t in svc.query_tasks(limit=3).tasks] == ["e", "d", "late"]
 
 
 def test_malformed_and_unknown_events_are_counted_and_skipped():
