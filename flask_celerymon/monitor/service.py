@@ -41,7 +41,15 @@ from .model import task_dict as _task_dict
 from .query import SearchError, parse, parse_sort
 from .settings import MonitorSettings
 from .sqlite_store import aggregate_stats
-from .state import TASK_EVENTS, WORKER_EVENTS, MalformedEvent, State, StateObserver, WorkerRecord
+from .state import (
+    OTHER_NAMES,
+    TASK_EVENTS,
+    WORKER_EVENTS,
+    MalformedEvent,
+    State,
+    StateObserver,
+    WorkerRecord,
+)
 from .store import HistoryStore
 from .store import redact as _redact
 from .stores import open_store
@@ -748,6 +756,7 @@ class MonitorService(Housekeeping, Subscriptions):
         """Every task name seen (window and history), sorted (``/api/task/types``)."""
         with self._state.lock:
             names = set(self._state.task_counters)
+            names.discard(OTHER_NAMES)
             names.update(t.name for t in self._state.tasks.values() if t.name)
         if self._store is not None:
             names.update(self._store.task_names())

@@ -72,6 +72,13 @@ _INTERNED = ("name", "exchange", "routing_key", "client")
 #: Celery's heartbeat expiry: last heartbeat + freq * 2 (HEARTBEAT_EXPIRE_WINDOW = 200 %).
 HEARTBEAT_EXPIRE_FACTOR = 2.0
 
+#: Distinct task names counted one by one in :attr:`State.task_counters`; the events of later
+#: names are counted under :data:`OTHER_NAMES`. Names come off the wire, so the table has a
+#: bound, as the metrics' ``task`` label has (``max_task_names`` there).
+MAX_TASK_NAMES = 10_000
+#: The ``task_counters`` key of the names past :data:`MAX_TASK_NAMES` (never a listed name).
+OTHER_NAMES = "__other__"
+
 WORKER_FIELDS = ("pid", "freq", "clock", "active", "processed", "loadavg", "sw_ident", "sw_ver",
                  "sw_sys")  # fmt: skip
 
@@ -267,8 +274,10 @@ class State:
         max_workers: int = 5_000,
         worker_offline_after: float | None = None,
         observer: StateObserver | None = None,
+        max_task_names: int = MAX_TASK_NAMES,
     ) -> None:
         self.max_tasks = max_tasks
+        self.max_task_names = max_task_names
         self.max_workers = max_workers
         self.worker_offline_after = worker_offline_after
         self.lock = threading.RLock()
@@ -282,7 +291,8 @@ class State:
         #: records evicted since the indexes were last compacted (see :func:`index_slack`)
         self._stale = 0
         self._strings: dict[str, str] = {}
-        #: task name -> {event type: count}, since start.
+        #: task name -> {event type: count}, since start; at most ``max_task_names`` names,
+        #: the events of later names under :data:`OTHER_NAMES`.
         self.task_counters: dict[str, dict[str, int]] = {}
         #: hostnames that ran a task in the window (kept when a worker is purged)
         self.task_workers: set[str] = set()
@@ -482,7 +492,12 @@ class State:
             if t.name:
                 c = self.task_counters.get(t.name)
                 if c is None:
-                    c = self.task_counters[t.name] = {}
+                    key = t.name
+                    if len(self.task_counters) >= self.max_task_names:
+                        key = OTHER_NAMES
+                    c = self.task_counters.get(key)
+                    if c is None:
+                        c = self.task_counters[key] = {}
                 c[etype] = c.get(etype, 0) + 1
         if self.on_task is not None:
             self.on_task(t)
@@ -705,6 +720,8 @@ class State:
 
     def _distinct(self, field: str) -> Iterable[str]:
         if field == "name":
+            if OTHER_NAMES in self.task_counters:  # past the bound: the window's own names
+                return {t.name for t in self.tasks.values() if t.name}
             return self.task_counters.keys()
         if field == "worker":
             return self.task_workers

@@ -430,3 +430,23 @@ def test_reads_on_a_stopped_service_start_no_thread(tmp_path):
     assert set(threading.enumerate()) == before
     assert not svc.running and svc.role == "stopped"
     assert not (tmp_path / "m.sqlite3").exists()  # no store opened either
+
+
+def test_task_names_off_the_wire_are_counted_one_by_one_up_to_a_bound():
+    """Names come from events, so their counters are bounded as the metrics' labels are: past
+    ``max_task_names`` the events are counted together, and that key is never listed."""
+    svc = service()
+    st = svc._state
+    st.max_task_names = 5
+    now = time.time()
+    svc.apply_events(
+        [ev("task-received", f"t{i}", now + i, name=f"app.task{i}") for i in range(40)]
+    )
+    counters = svc.counters()["tasks"]
+    assert len(counters) == 6, sorted(counters)
+    assert sum(c["task-received"] for c in counters.values()) == 40
+    assert counters["__other__"] == {"task-received": 35}
+    assert "__other__" not in svc.task_types()
+    assert len(svc.task_types()) == 40  # every name of the window is still listed
+    page = svc.query_tasks(search="name:task3")
+    assert {t["name"] for t in page.tasks} == {"app.task3"} | {f"app.task3{i}" for i in range(10)}
