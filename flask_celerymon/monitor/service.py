@@ -209,7 +209,8 @@ class MonitorService(Housekeeping, Subscriptions):
                 self._start_coordinated()
             else:
                 self._consumer = EventConsumer(
-                    self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
+                    self.celery_app, self._ingest, self._figures, on_connect=self._on_connect,
+                    max_backlog=self.settings.event_backlog_mb << 20,
                 )
                 self._consumer.start()
             self._house = threading.Thread(
@@ -259,7 +260,8 @@ class MonitorService(Housekeeping, Subscriptions):
                     log.exception("celerymon: lead listener %r failed", fn)
             self._following = False
             self._consumer = EventConsumer(
-                self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
+                self.celery_app, self._ingest, self._figures, on_connect=self._on_connect,
+                max_backlog=self.settings.event_backlog_mb << 20,
             )
             self._consumer.start()
         finally:
