@@ -2,7 +2,7 @@
 
 Everything on, as a user runs it: the SQLite history store (with its search index), metrics,
 the live feed. Settings travel in environment variables: ``BENCH_BROKER_URL``, ``BENCH_DB``
-(the store's file) and ``BENCH_MAX_TASKS``.
+(the store's file), ``BENCH_MAX_TASKS`` and ``BENCH_EVENT_BACKLOG_MB`` (optional).
 """
 
 from __future__ import annotations
@@ -27,5 +27,7 @@ def create_app() -> Flask:
         CELERY_MONITOR_DB=env["BENCH_DB"],
         CELERY_MONITOR_MAX_TASKS=int(env.get("BENCH_MAX_TASKS", "100000")),
     )
+    if env.get("BENCH_EVENT_BACKLOG_MB"):  # the read-ahead bound, when a run tries another
+        app.config["CELERY_MONITOR_EVENT_BACKLOG_MB"] = int(env["BENCH_EVENT_BACKLOG_MB"])
     celery.init_app(app)
     return app

@@ -8,6 +8,7 @@ method, bad option, unreachable broker) ends in a one-line click error, never a 
 from __future__ import annotations
 
 import contextvars
+import gc
 import json
 import os
 import re
@@ -389,6 +390,7 @@ def serve(
         state = find_state(app)
         if state is not None and state.settings.monitor_blueprint:
             state.monitor.ensure_started()
+        _freeze_startup_heap()
 
     def stop_monitor(server: Any, worker: Any) -> None:
         # in the serving process as it exits (SIGTERM, SIGINT, a restart): the service writes
@@ -424,6 +426,26 @@ def serve(
             return app
 
     MonitorServer().run()
+
+
+#: Allocations (less deallocations) between two young collections of the serving process
+#: (CPython's default: 700). The window's records are long-lived: at 700, a full pass over
+#: every tracked object (56 – 65 ms with 100,000 tasks held) came every ~11 middle passes,
+#: about every 3 s while events arrived.
+GC_THRESHOLD0 = 10_000
+
+
+def _freeze_startup_heap() -> None:
+    """The cyclic garbage collector of the serving process, tuned for the window: the
+    objects made so far (imported modules, the app, the service) are kept out of its passes
+    (``gc.freeze()`` after one collection), and young passes come every
+    :data:`GC_THRESHOLD0` allocations, so full passes (each pauses every request for its
+    length) come about 14 times less often. Only here, in the process ``flask celery
+    monitor`` owns: the library never touches the GC of a host app."""
+    gc.collect()
+    gc.freeze()
+    _, t1, t2 = gc.get_threshold()
+    gc.set_threshold(GC_THRESHOLD0, t1, t2)
 
 
 @celery_group.command("cluster")

@@ -207,6 +207,11 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
         "a SQLite path, a postgresql:// URL, False to disable, or None",
     ),
     "CELERY_MONITOR_DB_CACHE_KB": (_MONITOR.db_cache_kb, _is_pos_int, "a number of KiB > 0"),
+    "CELERY_MONITOR_EVENT_BACKLOG_MB": (
+        _MONITOR.event_backlog_mb,
+        _is_pos_int,
+        "a number of MiB > 0",
+    ),
     "CELERY_MONITOR_SINGLE_INGESTER": (_MONITOR.single_ingester, _is_bool, "True or False"),
     "CELERY_MONITOR_LEASE_TTL": (_MONITOR.lease_ttl, _is_pos_number, "a number of seconds > 0"),
     "CELERY_MONITOR_RETENTION_TASKS": (_MONITOR.retention_tasks, _is_pos_int, "an integer > 0"),
@@ -389,6 +394,7 @@ class Settings:
     monitor_max_workers: int
     monitor_db: str | bool | None
     monitor_db_cache_kb: int
+    monitor_event_backlog_mb: int
     monitor_single_ingester: bool
     monitor_lease_ttl: float
     monitor_retention_tasks: int

@@ -102,3 +102,18 @@ def test_the_monitor_stopped_by_sigterm_writes_its_clean_stop(own_redis, tmp_pat
     with sqlite3.connect(db) as conn:
         meta = dict(conn.execute("SELECT key, value FROM meta"))
     assert meta.get("clean_stop") == "1", (meta, log.read_text())
+
+
+def test_serving_process_freezes_its_startup_heap_and_spaces_young_collections():
+    import gc
+
+    from flask_celerymon.cli import GC_THRESHOLD0, _freeze_startup_heap
+
+    before = gc.get_threshold()
+    try:
+        _freeze_startup_heap()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_THRESHOLD0, before[1], before[2])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

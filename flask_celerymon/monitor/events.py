@@ -43,7 +43,9 @@ Sink = Callable[[list[dict[str, Any]]], None]
 READ_CHUNK = 1 << 20
 #: Bytes handed to the RESP parser at a time (see ``_consume_chunks``).
 FEED_BYTES = 16 << 10
-#: Bytes the reader may queue ahead of the decoder before it stops reading.
+#: Bytes the reader may queue ahead of the decoder before it stops reading (the default of
+#: ``CELERY_MONITOR_EVENT_BACKLOG_MB``): past it the reader waits and Redis buffers the
+#: stream, up to its pub/sub output limit (32 MB by default; past that Redis drops us).
 MAX_BACKLOG = 256 << 20
 #: Events applied under one hold of the state lock (readers wait at most that long).
 BATCH = 500
@@ -122,7 +124,13 @@ class EventConsumer:
         sink: Sink,
         figures: Figures,
         on_connect: Callable[[], None] | None = None,
+        max_backlog: int = MAX_BACKLOG,
     ) -> None:
+        """``max_backlog``: bytes read off a Redis socket and not decoded yet, at most (> 0);
+        past it the reader stops reading until the decoder catches up."""
+        if max_backlog <= 0:
+            raise ValueError(f"max_backlog must be > 0 bytes, not {max_backlog!r}")
+        self.max_backlog = max_backlog
         self.app = app
         self.sink = sink
         self.figures = figures
@@ -290,9 +298,10 @@ class EventConsumer:
         """Drain the socket into ``chunks`` as fast as it fills (cheap: no parsing here)."""
         fig = self.figures
         recv = sock.recv
+        limit = self.max_backlog
         try:
             while not self._stop.is_set():
-                if fig.backlog_bytes > MAX_BACKLOG:
+                if fig.backlog_bytes > limit:
                     time.sleep(0.01)
                     continue
                 data = recv(READ_CHUNK)

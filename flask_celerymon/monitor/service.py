@@ -217,7 +217,8 @@ class MonitorService(Housekeeping, Subscriptions):
                 self._start_coordinated()
             else:
                 self._consumer = EventConsumer(
-                    self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
+                    self.celery_app, self._ingest, self._figures, on_connect=self._on_connect,
+                    max_backlog=self.settings.event_backlog_mb << 20,
                 )
                 self._consumer.start()
             self._house = threading.Thread(
@@ -267,7 +268,8 @@ class MonitorService(Housekeeping, Subscriptions):
                     log.exception("celerymon: lead listener %r failed", fn)
             self._following = False
             self._consumer = EventConsumer(
-                self.celery_app, self._ingest, self._figures, on_connect=self._on_connect
+                self.celery_app, self._ingest, self._figures, on_connect=self._on_connect,
+                max_backlog=self.settings.event_backlog_mb << 20,
             )
             self._consumer.start()
         finally:

@@ -34,6 +34,9 @@ class MonitorSettings:
     #: SQLite page cache per connection of the history store, KiB (``PRAGMA cache_size``):
     #: the writer's and each reader's (see :class:`~.sqlite_store.SQLiteStore`).
     db_cache_kb: int = 2_000
+    #: MiB of the Redis event stream read ahead of the decoder, at most; past it the reader
+    #: stops reading and Redis buffers (up to its pub/sub output limit).
+    event_backlog_mb: int = 256
     retention_tasks: int = 1_000_000
     retention_days: float = 30
     inspect_timeout: float = 1.0
@@ -82,6 +85,7 @@ class MonitorSettings:
             max_workers=get("CELERY_MONITOR_MAX_WORKERS", d.max_workers),
             db=db,
             db_cache_kb=get("CELERY_MONITOR_DB_CACHE_KB", d.db_cache_kb),
+            event_backlog_mb=get("CELERY_MONITOR_EVENT_BACKLOG_MB", d.event_backlog_mb),
             retention_tasks=get("CELERY_MONITOR_RETENTION_TASKS", d.retention_tasks),
             retention_days=float(get("CELERY_MONITOR_RETENTION_DAYS", d.retention_days)),
             inspect_timeout=float(get("CELERY_MONITOR_INSPECT_TIMEOUT", d.inspect_timeout)),

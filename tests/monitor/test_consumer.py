@@ -251,3 +251,64 @@ def test_consumer_decodes_a_stream_cut_at_every_byte(monkeypatch):
                 deque([stream[:a], stream[a:b], stream[b:]]), done, threading.Event()
             )
             assert [e["uuid"] for e in got] == ["u0", "u1", "u2"], (a, b)
+
+
+def test_reader_stops_reading_past_the_backlog_bound_and_loses_nothing(celery_app):
+    """Back-pressure: with the decoder stuck, the reader queues at most ``max_backlog`` (plus
+    one read) and Redis buffers the rest of the stream; released, every event arrives."""
+    import threading
+
+    from flask_celerymon.monitor.events import READ_CHUNK, EventConsumer, Figures
+
+    release = threading.Event()
+    got: list[dict] = []
+
+    def sink(events):
+        release.wait(30)
+        got.extend(events)
+
+    fig = Figures()
+    limit = 64 << 10
+    consumer = EventConsumer(celery_app, sink, fig, max_backlog=limit)
+    consumer.start()
+    try:
+        assert consumer.wait_connected(5)
+        n = 400  # 400 x 10 KB: 4 MB, far past the bound
+        with celery_app.connection_for_write() as conn:
+            d = celery_app.events.Dispatcher(conn, hostname="bp@h", enabled=True)
+            for i in range(n):
+                d.send("task-received", uuid=f"bp{i}", name="app.big", args="x" * 10_000)
+        r = redis.Redis.from_url(celery_app.conf.broker_url)
+
+        def redis_holds_the_rest():
+            clients = [c for c in r.client_list() if int(c.get("psub", 0)) > 0]
+            return any(int(c.get("omem", 0)) > 0 for c in clients)
+
+        wait_for(redis_holds_the_rest)
+        time.sleep(0.3)
+        assert fig.backlog_bytes <= limit + READ_CHUNK
+        release.set()
+        wait_for(lambda: sum(1 for e in got if e.get("name") == "app.big") == n, timeout=30)
+        assert fig.backlog_bytes == 0
+    finally:
+        release.set()
+        consumer.stop()
+
+
+def test_backlog_bound_must_be_positive():
+    from celery import Celery
+
+    from flask_celerymon.monitor.events import EventConsumer, Figures
+
+    with pytest.raises(ValueError, match="max_backlog must be > 0 bytes, not 0"):
+        EventConsumer(Celery(broker="memory://"), lambda evs: None, Figures(), max_backlog=0)
+
+
+def test_backlog_setting_reaches_the_consumer(celery_app, make_service):
+    from flask_celerymon.monitor.settings import MonitorSettings
+
+    s = MonitorSettings.from_config({"CELERY_MONITOR_EVENT_BACKLOG_MB": 8}, "/tmp")
+    assert s.event_backlog_mb == 8
+    svc = make_service(celery_app, event_backlog_mb=3)
+    assert svc.wait_connected(5)
+    assert svc._consumer.max_backlog == 3 << 20

@@ -17,6 +17,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from celery import states
 from celery.exceptions import TimeoutError as CeleryTimeout
 from flask import Response, current_app
@@ -90,16 +91,60 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def json_response(data: Any, status: int = 200) -> Response:
-    """JSON keeping the order of ``data`` (Flask's provider would sort the task map).
+#: orjson takes the exact builtin types (str, int within 64 bits, float, bool, None, dict with
+#: str keys, list, tuple) and hands everything else to :func:`_orjson_default` (subclasses,
+#: datetimes and dataclasses included, by these options).
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_DATETIME
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_SUBCLASS
+)
 
-    NaN and infinities (which JSON has not) become null.
+
+def _orjson_default(obj: Any) -> Any:
+    """:func:`_default` for the types whose stdlib result is plain; anything else raises
+    ``TypeError``, so the whole payload goes the standard library's way."""
+    t = type(obj)
+    if t is dt.datetime or t is dt.date:
+        return obj.isoformat()
+    if t is set or t is frozenset:
+        return list(obj)
+    if t is bytes:
+        return obj.decode("utf-8", "replace")
+    raise TypeError(t.__name__)
+
+
+def encode_json(data: Any) -> bytes:
+    """``data`` as JSON (UTF-8 bytes), keys in ``data``'s order; NaN and infinities are null.
+
+    The encoding of :func:`json_response`: orjson for what it takes as the standard library
+    would (exact builtin types with str keys, datetimes and dates as ISO 8601, sets as
+    lists, bytes as UTF-8 text); anything else (non-str keys, integers beyond 64 bits,
+    subclasses of builtins, other objects: their ``repr``) goes through :mod:`json` with
+    :func:`_default`, so the JSON value is the same either way. One exception, as orjson
+    encodes them natively: a ``uuid.UUID`` is its text and a plain ``enum.Enum`` member its
+    value (the standard library would give their ``repr``); the API's payloads hold neither.
+
+    Raises ``TypeError`` for what :mod:`json` refuses (e.g. a tuple as a key).
     """
+    try:
+        return orjson.dumps(data, default=_orjson_default, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError included
+        pass
     try:
         body = json.dumps(data, default=_default, allow_nan=False)
     except ValueError:
         body = json.dumps(_finite(data), default=_default, allow_nan=False)
-    return current_app.response_class(body, status=status, mimetype="application/json")
+    return body.encode()
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    """JSON keeping the order of ``data`` (Flask's provider would sort the task map); see
+    :func:`encode_json`. NaN and infinities (which JSON has not) become null.
+    """
+    return current_app.response_class(
+        encode_json(data), status=status, mimetype="application/json"
+    )
 
 
 def _safe_result(value: Any) -> Any:
