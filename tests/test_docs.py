@@ -70,8 +70,6 @@ NOT_MEASURED = [
     ("metrics.rst", "50 ms", "(histogram, 50 ms to 30 min)"),
     ("monitor-service.rst", "2 ×", "heartbeat expiry (2 × freq)"),
     ("monitor-service.rst", "256 MB", "256 MB"),
-    ("configuration.rst", "32 MB", "32 MB hard / 8 MB for 60 s by default"),
-    ("configuration.rst", "8 MB", "32 MB hard / 8 MB for 60 s by default"),
     ("ui.rst", "2 ×", "2 × the worker's heartbeat interval"),
 ]
 

@@ -101,3 +101,33 @@ def run_monitored(
 def monitored(redis_server, tmp_path_factory):
     with run_monitored(redis_server, tmp_path_factory, "web") as env:
         yield env
+
+
+def feed_close(url: str, timeout: float = 10.0) -> tuple[int, str]:
+    """Open the websocket ``url`` (``ws://``), read until the server ends it, and return the
+    ``(code, reason)`` of its close frame; AssertionError when it ends without one.
+
+    simple-websocket's client parses only the first event of its handshake read: a close frame
+    sent right after the handshake, arriving in the same read, is dropped and the close reads
+    as 1005 (about one refusal in 300 here). This reads every frame with wsproto.
+    """
+    from urllib.parse import urlsplit
+
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import CloseConnection, RejectConnection, Request
+
+    parts = urlsplit(url)
+    conn = WSConnection(ConnectionType.CLIENT)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    with socket.create_connection((parts.hostname, parts.port), timeout=timeout) as sock:
+        sock.sendall(conn.send(Request(host=parts.netloc, target=target)))
+        while True:
+            data = sock.recv(65536)
+            conn.receive_data(data or None)
+            for event in conn.events():
+                if isinstance(event, CloseConnection):
+                    return event.code, event.reason
+                if isinstance(event, RejectConnection):
+                    raise AssertionError(f"handshake refused: HTTP {event.status_code}")
+            if not data:
+                raise AssertionError("the connection ended without a close frame")
