@@ -210,8 +210,15 @@ def _messages(
     if topics:
         msg["topics"] = list(topics)
     text = json.dumps(msg)
-    if limit is None or len(text.encode()) <= limit or len(tasks) + len(workers) <= 1:
+    if limit is None or len(text.encode()) <= limit:
         yield text
+        return
+    if len(tasks) + len(workers) <= 1:
+        # one id too long for a notification (a uuid is any string a client sent; PostgreSQL
+        # refused the payload and the rest of the flush went unsent): it is not sent, the
+        # followers read it from the store
+        if tasks or workers:
+            yield from _messages([], [], topics, limit)
         return
     if len(tasks) > 1 or not workers:
         half = len(tasks) // 2

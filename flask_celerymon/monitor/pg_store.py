@@ -177,6 +177,22 @@ def _upsert(n: int) -> str:
 
 _HISTORY = TASK_COLUMNS.index("history")
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+#: Words PostgreSQL (15) does not take as a schema name unquoted (``pg_get_keywords()``,
+#: categories R and T): ``?schema=user`` failed with psycopg's SyntaxError at the first start.
+_RESERVED = frozenset((
+    "all", "analyse", "analyze", "and", "any", "array", "as", "asc", "asymmetric",
+    "authorization", "binary", "both", "case", "cast", "check", "collate", "collation",
+    "column", "concurrently", "constraint", "create", "cross", "current_catalog",
+    "current_date", "current_role", "current_schema", "current_time", "current_timestamp",
+    "current_user", "default", "deferrable", "desc", "distinct", "do", "else", "end", "except",
+    "false", "fetch", "for", "foreign", "freeze", "from", "full", "grant", "group", "having",
+    "ilike", "in", "initially", "inner", "intersect", "into", "is", "isnull", "join", "lateral",
+    "leading", "left", "like", "limit", "localtime", "localtimestamp", "natural", "not",
+    "notnull", "null", "offset", "on", "only", "or", "order", "outer", "overlaps", "placing",
+    "primary", "references", "returning", "right", "select", "session_user", "similar", "some",
+    "symmetric", "table", "tablesample", "then", "to", "trailing", "true", "union", "unique",
+    "user", "using", "variadic", "verbose", "when", "where", "window", "with",
+))  # fmt: skip
 
 
 class StoreVersionError(CeleryMonError, RuntimeError):
@@ -265,6 +281,11 @@ def parse_url(url: str) -> tuple[str, str]:
         raise CeleryMonError(
             f"CELERY_MONITOR_DB: schema {schema!r} is not valid; use lower-case letters, "
             "digits and _ (e.g. ?schema=celerymon)"
+        )
+    if schema in _RESERVED or schema.startswith("pg_"):
+        raise CeleryMonError(
+            f"CELERY_MONITOR_DB: schema {schema!r} is not valid; PostgreSQL reserves the name "
+            "(an SQL keyword or the pg_ prefix); choose another (e.g. ?schema=celerymon)"
         )
     clean = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, doseq=True)))
     return clean, schema

@@ -101,6 +101,8 @@ STATUS_INTERVAL = 2.0
 QUEUES_INTERVAL = 2.0
 #: Seconds between two sends of an insight page or of the canvas graph to one page.
 PAGE_INTERVAL = 1.0
+#: the largest message a client may send (the pages send none; any message ends the feed, 1003)
+MAX_CLIENT_MESSAGE = 4096
 
 
 def _arg_items(args: Any) -> tuple[tuple[str, str], ...]:
@@ -136,8 +138,6 @@ def page_context(view: str, args: Any) -> dict[str, Any]:
     except OperationError as exc:  # a bad parameter, an unknown error group
         raise BadInput(str(exc)) from None
     raise BadInput(f"view {view!r} is not an insight page")
-
-
 
 
 class Batch(list):
@@ -794,6 +794,59 @@ class Feed:
 
 
 @requires(VIEWER)
+class _NoInput(list):
+    """A feed socket's input buffer: the pages send nothing, so a client's message is not kept
+    (simple-websocket kept every one, unread, for the life of the socket: 512 MB sent as 0.5 MB
+    of deflated frames stayed in the server) but marks the feed to be closed."""
+
+    refused = False
+
+    def append(self, item: Any) -> None:
+        self.refused = True
+
+
+def refuse_input(ws: Any) -> None:
+    """Make ``ws`` keep no message its client sends, and close (1009) on one above
+    :data:`MAX_CLIENT_MESSAGE` (counted after decompression) while it is still arriving."""
+    ws.max_message_size = MAX_CLIENT_MESSAGE
+    ws.input_buffer = _NoInput()
+
+
+def _client_sent(ws: Any) -> bool:
+    return bool(getattr(ws.input_buffer, "refused", False))
+
+
+def clean_extension_offers(value: str) -> str:
+    """A ``Sec-WebSocket-Extensions`` offer as wsproto can parse it: quoted values unquoted
+    (RFC 7692 allows ``server_max_window_bits="10"``) and an offer whose window bits are not
+    digits dropped (wsproto's ``int()`` raised ValueError while accepting it: a 500)."""
+    kept = []
+    for offer in value.split(","):
+        parts = [p.strip() for p in offer.split(";")]
+        params = [parts[0]]
+        ok = bool(parts[0])
+        for part in parts[1:]:
+            if not part:
+                continue
+            name, eq, val = (x.strip() for x in part.partition("="))
+            if len(val) >= 2 and val[0] == val[-1] == '"':
+                val = val[1:-1].strip()
+            if eq and name.startswith(("client_max_window_bits", "server_max_window_bits")):
+                ok = ok and val.isascii() and val.isdigit() and len(val) <= 2
+            params.append(f"{name}={val}" if eq else name)
+        if ok:
+            kept.append("; ".join(params))
+    return ", ".join(kept)
+
+
+def _clean_handshake() -> None:
+    """Before flask-sock accepts the live socket: offers it would fail on are cleaned."""
+    if request.endpoint and request.endpoint.endswith(".live"):
+        offers = request.environ.get("HTTP_SEC_WEBSOCKET_EXTENSIONS")
+        if offers is not None:
+            request.environ["HTTP_SEC_WEBSOCKET_EXTENSIONS"] = clean_extension_offers(offers)
+
+
 def feed(ws: Any) -> None:
     """Serve one page's websocket until the page goes away (see the module docstring).
 
@@ -802,6 +855,7 @@ def feed(ws: Any) -> None:
     :data:`~.hardening.BUSY_CLOSE_CODE` and the page polls instead. A refused or finished
     feed does not wait for the peer's answer to the close frame (:func:`_end_of_stream`).
     """
+    refuse_input(ws)
     state = get_state()
     sockets = state.limits.sockets
     if not sockets.enter():
@@ -844,6 +898,9 @@ def _serve(ws: Any, service: Any) -> None:
         next_page = time.monotonic() + PAGE_INTERVAL
         ins = _insight() if f.topics else None
         while ws.connected:
+            if _client_sent(ws):
+                ws.close(reason=1003, message="the live feed takes no messages")
+                return
             now = time.monotonic()
             msgs: list[dict[str, Any]] = []
             if ins is not None:
@@ -945,4 +1002,5 @@ def _end_of_stream(ws: Any, tcp: socket.socket | None) -> None:
 
 def register(bp: Blueprint) -> None:
     """Add the ``/ws`` websocket route to the monitor blueprint, and the app's hub."""
+    bp.before_request(_clean_handshake)
     Sock().route("/ws", bp=bp, endpoint="live")(feed)

@@ -97,6 +97,35 @@ def test_a_large_change_is_split_into_notifications_that_all_arrive(postgres_url
         leader.close()
 
 
+def test_an_id_too_long_for_a_notification_does_not_stop_the_others(postgres_url):
+    """A task id is whatever a client sent: one longer than a notification (or escaped to
+    6 bytes a character) is left to the store; the other ids, NUL bytes and quotes included,
+    arrive."""
+    leader = PgCluster(postgres_url, "longid", ttl=5.0)
+    heard: list[tuple[list[str], list[str], list[str]]] = []
+    follower = Coordinator(
+        PgCluster(postgres_url, "longid", ttl=5.0), 5.0, on_lead=lambda: None,
+        on_follow=lambda: None, on_changes=lambda *msg: heard.append(msg),
+    )  # fmt: skip
+    ingester = Coordinator(leader, 5.0, lambda: None, lambda: None, lambda *a: None)
+    try:
+        assert leader.acquire()
+        ingester.leading = True
+        t = threading.Thread(target=follower._run_fanout, daemon=True)
+        t.start()
+        time.sleep(0.5)  # the follower listens
+        odd = ["a\x00b'; NOTIFY x; --", 'q"uote\\', "\u65e5" * 10]
+        tasks = ["x" * 9000, *odd, "\u65e5" * 1400, "last"]
+        ingester.publish(tasks, ["w" * 8000, "w-1@host"], ["errors"])
+        wait_for(lambda: "w-1@host" in [w for m in heard for w in m[1]], timeout=10)
+        assert [t for m in heard for t in m[0]] == [*odd, "last"]
+        assert [x for m in heard for x in m[2]] == ["errors"]
+    finally:
+        follower._stop.set()
+        follower.lease.close()
+        leader.close()
+
+
 def test_followers_over_rabbitmq_hear_each_change_through_postgresql(
     rabbitmq, amqp_vhost, postgres_url, make_service
 ):

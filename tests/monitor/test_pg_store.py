@@ -121,6 +121,17 @@ def test_a_schema_name_that_is_not_an_identifier_is_refused(postgres_url, schema
     )
 
 
+@pytest.mark.parametrize("schema", ["user", "select", "pg_monitor", "pg_x"])
+def test_a_schema_name_postgresql_reserves_is_refused_before_connecting(postgres_url, schema):
+    """It had failed with psycopg's SyntaxError (``CREATE SCHEMA IF NOT EXISTS user``) or
+    ReservedName, in the store and in the PostgreSQL lease alike."""
+    from flask_celerymon.monitor.pg_lease import PgCluster
+
+    for make in (PostgresStore, lambda url: PgCluster(url, "t", 1.0)):
+        with pytest.raises(CeleryMonError, match=f"schema '{schema}' is not valid; PostgreSQL"):
+            make(f"{postgres_url}?schema={schema}")
+
+
 def test_substring_search_is_answered_from_the_trigram_index(postgres_url):
     store = PostgresStore(postgres_url)
     try:
