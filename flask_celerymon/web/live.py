@@ -793,13 +793,18 @@ class Feed:
         }
 
 
-@requires(VIEWER)
 class _NoInput(list):
     """A feed socket's input buffer: the pages send nothing, so a client's message is not kept
     (simple-websocket kept every one, unread, for the life of the socket: 512 MB sent as 0.5 MB
     of deflated frames stayed in the server) but marks the feed to be closed."""
 
     refused = False
+
+    def __init__(self, previous: list[Any]) -> None:
+        super().__init__()
+        #: the buffer it replaced: simple-websocket's reader runs from the handshake on, so a
+        #: message sent at once may land there (kept only to be seen, then dropped)
+        self.previous = previous
 
     def append(self, item: Any) -> None:
         self.refused = True
@@ -809,11 +814,15 @@ def refuse_input(ws: Any) -> None:
     """Make ``ws`` keep no message its client sends, and close (1009) on one above
     :data:`MAX_CLIENT_MESSAGE` (counted after decompression) while it is still arriving."""
     ws.max_message_size = MAX_CLIENT_MESSAGE
-    ws.input_buffer = _NoInput()
+    ws.input_buffer = _NoInput(ws.input_buffer)
 
 
 def _client_sent(ws: Any) -> bool:
-    return bool(getattr(ws.input_buffer, "refused", False))
+    buf = ws.input_buffer
+    if getattr(buf, "previous", None):  # a message that came before refuse_input
+        buf.previous = []
+        buf.refused = True
+    return bool(getattr(buf, "refused", False))
 
 
 def clean_extension_offers(value: str) -> str:
@@ -847,6 +856,7 @@ def _clean_handshake() -> None:
             request.environ["HTTP_SEC_WEBSOCKET_EXTENSIONS"] = clean_extension_offers(offers)
 
 
+@requires(VIEWER)
 def feed(ws: Any) -> None:
     """Serve one page's websocket until the page goes away (see the module docstring).
 
