@@ -197,9 +197,10 @@ def coerce_field(key: str, v: Any) -> Any:
         if isinstance(v, int) and not isinstance(v, bool) and -_INT64 <= v <= _INT64:
             return v
         f = _number(v)
-        if f != int(f):
+        i = int(f)
+        if f != i or not -_INT64 <= i <= _INT64:  # a whole float past int64 (9.3e18) too
             raise _Drop
-        return int(f)
+        return i
     if key in _FLOAT_FIELDS:
         return v if type(v) is float and math.isfinite(v) else _number(v)
     if key == "loadavg":

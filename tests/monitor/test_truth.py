@@ -16,10 +16,13 @@ import psutil
 import pytest
 from celery import Celery
 from celery.utils.nodenames import anon_nodename
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kombu.exceptions import OperationalError
 from prometheus_client import generate_latest
 
 from flask_celerymon.monitor.metrics import MonitorMetrics
+from flask_celerymon.monitor.state import _INT_FIELDS, _Drop, coerce_field
 from tests.conftest import WorkerProcess, free_port, metric_value, parse_metrics
 
 from .conftest import wait_for
@@ -366,3 +369,24 @@ def test_a_queue_whose_consumers_left_is_still_measured(busy_worker, app, make_s
         10,
     )
     assert lengths["busy"] == 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(_INT_FIELDS)),
+    st.one_of(
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from([2**63 - 1, 2**63, -(2**63), 9.3e18, -9.3e18, 9.223372036854775e18]),
+    ),
+)
+def test_an_int_field_is_an_int64_or_left_out(key, value):
+    """Any number off the wire becomes an integer SQLite and PostgreSQL can store (a whole
+    float past int64, 9.3e18, was refused by the store: the task's row was dropped) or the
+    field is left out."""
+    try:
+        out = coerce_field(key, value)
+    except _Drop:
+        return
+    assert type(out) is int and -(2**63) < out < 2**63, (value, out)
+    assert out == value
