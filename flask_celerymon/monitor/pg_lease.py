@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from .pg_store import POOL_TIMEOUT, StoreUnavailable, _driver, parse_url
+from .pg_store import POOL_TIMEOUT, _driver, parse_url, reaching
 from .store import redact
 
 #: The largest notification payload sent, in bytes (PostgreSQL's limit is 8000).
@@ -67,18 +67,13 @@ class PgCluster:
         digest = hashlib.sha1(f"{self.schema}:{cluster}".encode()).hexdigest()[:20]
         self.channel = f"celerymon_{digest}"
         self._lock = threading.Lock()
-        try:
+        with reaching(self.url, "lease"):
             self._conn = self._connect()
             with self._conn.transaction():
                 self._conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                                    (f"celerymon-cluster:{self.schema}",))  # fmt: skip
                 for stmt in _SCHEMA:
                     self._conn.execute(stmt)
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(
-                f"cannot reach the lease database {redact(self.url)} ({exc}); check "
-                "CELERY_MONITOR_DB and that the server runs"
-            ) from exc
 
     def __repr__(self) -> str:
         return f"PgCluster({redact(self.url)!r}, {self.name!r})"

@@ -33,7 +33,8 @@ import math
 import re
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import CeleryMonError
@@ -291,6 +292,20 @@ def parse_url(url: str) -> tuple[str, str]:
     return clean, schema
 
 
+@contextmanager
+def reaching(url: str, what: str) -> Iterator[None]:
+    """Run the block; psycopg's ``OperationalError`` in it becomes :class:`StoreUnavailable`
+    naming ``what`` (``"history"``, ``"insight"``, ``"lease"``) and the redacted ``url``."""
+    psycopg, _pool = _driver()
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        raise StoreUnavailable(
+            f"cannot reach the {what} database {redact(url)} ({exc}); check "
+            "CELERY_MONITOR_DB and that the server runs"
+        ) from exc
+
+
 def open_pool(url: str, search_path: str, name: str, max_size: int) -> Any:
     """An opened psycopg pool of autocommit connections to ``url`` with ``search_path``
     (at least one connection, at most ``max_size``); waits up to :data:`POOL_TIMEOUT` seconds
@@ -337,13 +352,8 @@ class PostgresStore(HistoryStore):
         self._local = threading.local()
         self._sample = SearchSample(self._sample_rows)
         self._write_lock = threading.Lock()
-        try:
+        with reaching(self.url, "history"):
             search_path = self._migrate()
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(
-                f"cannot reach the history database {redact(self.url)} ({exc}); check "
-                "CELERY_MONITOR_DB and that the server runs"
-            ) from exc
         self._pool = open_pool(self.url, search_path, f"celerymon-{self.schema}", POOL_MAX)
 
     def __repr__(self) -> str:

@@ -26,10 +26,10 @@ from typing import Any
 
 from ..pg_store import (
     POOL_TIMEOUT,
-    StoreUnavailable,
     StoreVersionError,
     open_pool,
     parse_url,
+    reaching,
 )
 from ..store import redact
 from .sql import POSTGRESQL, SCHEMA_VERSION, SqlInsightStore, schema
@@ -60,13 +60,8 @@ class PgInsightStore(SqlInsightStore):
         self._missing_table = psycopg.errors.UndefinedTable
         self.url, self.schema = parse_url(url)
         self.path = redact(self.url)
-        try:
+        with reaching(self.url, "insight"):
             search_path = self._create()
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(
-                f"cannot reach the insight database {redact(self.url)} ({exc}); check "
-                "CELERY_MONITOR_DB and that the server runs"
-            ) from exc
         self._pool = open_pool(self.url, search_path, f"celerymon-insight-{self.schema}", POOL_MAX)
 
     def __repr__(self) -> str:
