@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 
+import pytest
 from celery import Celery
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings
@@ -206,7 +207,8 @@ def test_a_store_written_before_the_kept_count_counts_its_tasks_on_open(tmp_path
     store.write_tasks([row(f"t{i}", received=float(i)) for i in range(7)])
     with store._write_lock:  # as a release without the counter left it
         store._writer.executescript(
-            "DROP TRIGGER tasks_counted_in; DROP TRIGGER tasks_counted_out; DROP TABLE task_count;"
+            "DROP TRIGGER IF EXISTS tasks_counted_in; DROP TRIGGER IF EXISTS tasks_counted_out;"
+            "DROP TABLE task_count;"
         )
     store.close()
     again = SQLiteStore(path)
@@ -216,6 +218,107 @@ def test_a_store_written_before_the_kept_count_counts_its_tasks_on_open(tmp_path
         assert again.count() == 8
     finally:
         again.close()
+
+
+def _counted(store: SQLiteStore) -> int:
+    return store._reader.execute("SELECT count(*) FROM tasks").fetchone()[0]
+
+
+def test_the_kept_count_is_exact_for_repeated_uuids_in_a_batch_and_reused_ids(tmp_path):
+    store = SQLiteStore(str(tmp_path / "count.sqlite3"))
+    try:
+        # one uuid three times in a batch: one insert, two upserts that update
+        store.write_tasks([row("a", timestamp=1.0), row("a", timestamp=2.0),
+                           row("b", timestamp=3.0), row("a", timestamp=4.0)])  # fmt: skip
+        assert store.count() == 2 == _counted(store)
+        store.write_tasks([row("a", timestamp=6.0), row("b", timestamp=5.0)])  # updates only
+        assert store.count() == 2 == _counted(store)
+        # prune the newest row (the largest id): the next insert takes its id again
+        assert store.prune(10, older_than=5.5) == 1
+        top = store._reader.execute("SELECT max(id) FROM tasks").fetchone()[0]
+        store.write_tasks([row("c", timestamp=7.0), row("a", timestamp=8.0)])
+        assert top == 1
+        new_id = store._reader.execute("SELECT id FROM tasks WHERE uuid = 'c'").fetchone()[0]
+        assert new_id == 2  # b's id, taken again
+        assert store.count() == 2 == _counted(store)
+        # everything pruned, then written again from id 1
+        assert store.prune(10, older_than=100.0) == 2
+        assert store.count() == 0 == _counted(store)
+        store.write_tasks([row(f"n{i}", timestamp=200.0 + i) for i in range(5)])
+        assert store.count() == 5 == _counted(store)
+    finally:
+        store.close()
+
+
+def test_the_kept_count_matches_count_star_over_random_batches_and_prunes(tmp_path):
+    import random
+
+    rnd = random.Random(14)
+    store = SQLiteStore(str(tmp_path / "count.sqlite3"))
+    try:
+        clock = 0.0
+        for _ in range(60):
+            batch = []
+            for _ in range(rnd.randrange(1, 40)):
+                clock += 1.0
+                batch.append(row(f"t{rnd.randrange(300)}", timestamp=clock))
+            store.write_tasks(batch)
+            if rnd.random() < 0.3:
+                store.prune(rnd.randrange(20, 200), older_than=clock - rnd.randrange(50, 400))
+            assert store.count() == _counted(store)
+    finally:
+        store.close()
+
+
+def test_a_rolled_back_write_leaves_the_kept_count_unchanged(tmp_path):
+    store = SQLiteStore(str(tmp_path / "count.sqlite3"))
+    try:
+        store.write_tasks([row("a")])
+        with pytest.raises(sqlite3.Error):
+            store.write_tasks([row("b"), row(None)])  # uuid NOT NULL: the batch fails whole
+        assert store.count() == 1 == _counted(store)
+        store.write_tasks([row("b")])
+        assert store.count() == 2 == _counted(store)
+    finally:
+        store.close()
+
+
+#: The counting triggers of the stores written before the count was kept by the writers.
+_OLD_COUNT_TRIGGERS = """
+CREATE TRIGGER tasks_counted_in AFTER INSERT ON tasks BEGIN
+    UPDATE task_count SET n = n + 1;
+END;
+CREATE TRIGGER tasks_counted_out AFTER DELETE ON tasks BEGIN
+    UPDATE task_count SET n = n - 1;
+END;
+"""
+
+
+def test_a_store_with_the_old_counting_triggers_loses_them_on_open_and_keeps_its_count(tmp_path):
+    path = str(tmp_path / "old.sqlite3")
+    SQLiteStore(path).close()
+    old = sqlite3.connect(path, isolation_level=None)  # the file as the earlier release left it
+    old.executescript(_OLD_COUNT_TRIGGERS)
+    cols = ", ".join(TASK_COLUMNS)
+    marks = ", ".join("?" for _ in TASK_COLUMNS)
+    old.executemany(f"INSERT INTO tasks ({cols}) VALUES ({marks})",
+                    [row(f"t{i}", timestamp=float(i)) for i in range(9)])  # fmt: skip
+    old.execute("DELETE FROM tasks WHERE uuid = 't0'")
+    assert old.execute("SELECT n FROM task_count").fetchone()[0] == 8
+    old.close()
+    store = SQLiteStore(path)
+    try:
+        triggers = store._reader.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'tasks_counted%'"
+        ).fetchall()
+        assert triggers == []
+        assert store.count() == 8
+        store.write_tasks([row("t1", timestamp=1.5), row("t99", timestamp=99.0)])
+        assert store.count() == 9 == _counted(store)
+        assert store.prune(9, older_than=3.0) == 2
+        assert store.count() == 7 == _counted(store)
+    finally:
+        store.close()
 
 
 def test_a_search_index_of_an_earlier_version_is_rebuilt_and_finds_the_same_rows(tmp_path):
