@@ -283,6 +283,28 @@ def test_a_rolled_back_write_leaves_the_kept_count_unchanged(tmp_path):
         store.close()
 
 
+def test_a_written_row_replaces_every_column_also_with_nulls(tmp_path):
+    store = SQLiteStore(str(tmp_path / "nulls.sqlite3"))
+    try:
+        full = row("a", name="n", state="FAILURE", result="boom", exception="E()", retries=2,
+                   received=1.0, history=(("received", 1.0),))  # fmt: skip
+        store.write_tasks([full, row("b", state="PENDING")])
+        assert store.get_task("a")["exception"] == "E()"
+        # rows with NULLs in other columns, in one batch: each written as it is, in order
+        store.write_tasks([row("b", name="m", retries=0), row("a", state="SUCCESS"),
+                           row("c", result="r"), row("b", state="STARTED")])  # fmt: skip
+        a, b, c = (store.get_task(u) for u in "abc")
+        assert (a["state"], a["name"], a["result"], a["exception"], a["retries"]) == (
+            "SUCCESS", None, None, None, None)  # fmt: skip
+        assert (b["state"], b["name"], b["retries"]) == ("STARTED", None, None)
+        assert c["result"] == "r"
+        ids = dict(store._reader.execute("SELECT uuid, id FROM tasks").fetchall())
+        assert ids["a"] < ids["b"] < ids["c"]
+        assert store.count() == 3 == _counted(store)
+    finally:
+        store.close()
+
+
 #: The counting triggers of the stores written before the count was kept by the writers.
 _OLD_COUNT_TRIGGERS = """
 CREATE TRIGGER tasks_counted_in AFTER INSERT ON tasks BEGIN
