@@ -8,12 +8,12 @@ at a million tasks, for the unfiltered list's total), ``task_names`` and ``task_
 (distinct values, for search),
 ``workers`` (JSON snapshots) and ``meta``.
 
-The count is kept by the two writers of ``tasks`` in their own transaction, once per batch
-(a row trigger cost about 11 µs a written row, a quarter of the write):
-:meth:`SQLiteStore.write_tasks` adds the rows it inserted, ``max(id)`` after minus ``max(id)`` before (an ``INTEGER PRIMARY
-KEY`` without ``AUTOINCREMENT`` gives each new row ``max(id) + 1``, and an upsert that updates
-takes none), :meth:`SQLiteStore.prune` subtracts the rows it deleted. A file of an earlier
-version loses its counting triggers when opened (its count was already kept).
+The count is kept by the two writers of ``tasks`` in their own transaction, once per batch,
+not by a trigger per row: :meth:`SQLiteStore.write_tasks` adds the rows it inserted,
+``max(id)`` after minus ``max(id)`` before (an ``INTEGER PRIMARY KEY`` without
+``AUTOINCREMENT`` gives each new row ``max(id) + 1``, and an upsert that updates takes none),
+:meth:`SQLiteStore.prune` subtracts the rows it deleted. A file of an earlier version loses
+its counting triggers when opened (its count was already kept).
 
 Trigram indexing is kept off the write path (it costs about 6 µs a row, a third of the row's
 own write): :meth:`SQLiteStore.index_pending` indexes rows in batches up to a watermark
