@@ -464,6 +464,12 @@ class SQLiteStore(HistoryStore):
                     ).rowcount
                 if deleted:
                     c.execute("UPDATE task_count SET n = n - ?", (deleted,))
+                    # The next rows take the ids past max(id) again (no AUTOINCREMENT): the
+                    # search index's watermark comes down to it, or they would count as
+                    # indexed (never indexed, not found by search, and a later update would
+                    # delete index entries they do not have). The deleted rows left the
+                    # index with them (trigger tasks_ad), so every id below stays indexed.
+                    c.execute(f"UPDATE fts_state SET upto = min(upto, ({_MAX_ID}))")
                 c.execute("COMMIT")
             except BaseException:
                 c.execute("ROLLBACK")

@@ -9,6 +9,7 @@ import pytest
 from celery import Celery
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings
+from flask_celerymon.monitor.query import parse
 from flask_celerymon.monitor.settings import MonitorSettings as Settings
 from flask_celerymon.monitor.sqlite_store import SQLiteStore
 from flask_celerymon.monitor.store import TASK_COLUMNS, TaskQuery
@@ -375,3 +376,27 @@ def test_a_search_index_of_an_earlier_version_is_rebuilt_and_finds_the_same_rows
     assert (after.total, [t["uuid"] for t in after.tasks]) == (1, ["t3"])
     assert [t["uuid"] for t in after.tasks] == [t["uuid"] for t in before.tasks]
     svc.stop()
+
+
+def test_rows_written_after_the_newest_were_pruned_are_found_by_search(tmp_path):
+    # the new rows take the pruned rows' ids again: they must not count as indexed
+    store = SQLiteStore(str(tmp_path / "reuse.sqlite3"))
+    try:
+        store.write_tasks(
+            [row(f"old{i}", args="['old-args']", timestamp=float(i)) for i in range(5)]
+        )
+        assert store.index_pending(100) == 5
+        assert store.prune(100, older_than=10.0) == 5
+        store.write_tasks(
+            [row(f"new{i}", args="['fresh-args']", timestamp=20.0 + i) for i in range(3)]
+        )
+        assert store.query(TaskQuery(search=parse("fresh-args")))[0] == 3
+        assert store.index_pending(100) == 3
+        assert store.query(TaskQuery(search=parse("fresh-args")))[0] == 3
+        assert store.query(TaskQuery(search=parse("old-args")))[0] == 0
+        fts = store._reader.execute(
+            "SELECT count(*) FROM tasks_fts WHERE tasks_fts MATCH '\"fre\"'"
+        ).fetchone()[0]
+        assert fts == 3
+    finally:
+        store.close()
