@@ -85,6 +85,7 @@ def _json_body(data: bytes) -> Any:
     except orjson.JSONDecodeError:
         return _json_decode(data.decode())
 
+
 #: Once a backlog of more than this many bytes is drained, free memory goes back to the
 #: system (the read-ahead of a burst would otherwise stay in the process's RSS for good).
 TRIM_AFTER = 16 << 20
