@@ -410,12 +410,16 @@ class MonitorMetrics:
         sent = _number(event.get("timestamp"))
         if not isinstance(queue, str) or not queue or sent is None:
             return
-        queue = clean_text(queue)
+        if not queue.isascii():
+            queue = clean_text(queue)
         old = self._pending_queue.get(task.uuid)
         if old is not None and old != queue:
             self._pending.get(old, {}).pop(task.uuid, None)
         self._pending_queue[task.uuid] = queue
-        self._pending.setdefault(queue, {})[task.uuid] = sent
+        waiting = self._pending.get(queue)
+        if waiting is None:
+            waiting = self._pending[queue] = {}
+        waiting[task.uuid] = sent
 
     def _observe_queue_wait(self, task: Any, name: str, worker: str) -> None:
         sent = task.sent
