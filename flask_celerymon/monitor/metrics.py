@@ -290,6 +290,8 @@ class MonitorMetrics:
         self._purged = 0
         #: single ingester: the thread writing our series to Redis (or the store)
         self._publisher: threading.Thread | None = None
+        #: read once: the listener runs for every event
+        self._single_ingester = service.settings.single_ingester
         service.add_listener(self._on_event)
         service.add_purge_listener(self._on_purge)
         if service.settings.single_ingester:
@@ -309,22 +311,30 @@ class MonitorMetrics:
 
     def _on_event(self, event: dict[str, Any], task: Any) -> None:
         """The service's event listener: update the event-driven series (ingest thread)."""
-        if self._publisher is None and self.service.settings.single_ingester:
+        if self._publisher is None and self._single_ingester:
             self._start_publisher()
-        etype = event.get("type")
-        if task is None or not isinstance(etype, str) or not etype.startswith("task-"):
+        if task is None:
             return
-        etype = clean_text(etype)
+        etype = event.get("type")
+        if not isinstance(etype, str) or not etype.startswith("task-"):
+            return
+        if not etype.isascii():
+            etype = clean_text(etype)
         # task-sent comes from a client (gen<pid>@host, a new name per process): not a label.
         # The task's worker is the event's hostname, already checked by the state.
         worker = task.worker if etype != "task-sent" else ""
+        name = task.name or ""
         with self._lock:
-            name = self._bounded(task.name or "", self._names, self.max_task_names)
+            if name not in self._names:
+                name = self._bounded(name, self._names, self.max_task_names)
             key = (worker, name)
             ek = (worker, etype, name)
-            self._events[ek] = self._events.get(ek, 0) + 1
+            events = self._events
+            events[ek] = events.get(ek, 0) + 1
 
-            runtime = _number(event.get("runtime"))
+            runtime = event.get("runtime")
+            if runtime is not None:
+                runtime = _number(runtime)
             if runtime:
                 h = self._runtime.get(key)
                 if h is None:
@@ -342,7 +352,8 @@ class MonitorMetrics:
                         self.max_exceptions,
                     )
                 tk = (name, worker, state, exc)
-                self._tasks[tk] = self._tasks.get(tk, 0) + 1
+                tasks = self._tasks
+                tasks[tk] = tasks.get(tk, 0) + 1
 
             if etype == "task-sent":
                 self._track_sent(event, task)
@@ -399,12 +410,16 @@ class MonitorMetrics:
         sent = _number(event.get("timestamp"))
         if not isinstance(queue, str) or not queue or sent is None:
             return
-        queue = clean_text(queue)
+        if not queue.isascii():
+            queue = clean_text(queue)
         old = self._pending_queue.get(task.uuid)
         if old is not None and old != queue:
             self._pending.get(old, {}).pop(task.uuid, None)
         self._pending_queue[task.uuid] = queue
-        self._pending.setdefault(queue, {})[task.uuid] = sent
+        waiting = self._pending.get(queue)
+        if waiting is None:
+            waiting = self._pending[queue] = {}
+        waiting[task.uuid] = sent
 
     def _observe_queue_wait(self, task: Any, name: str, worker: str) -> None:
         sent = task.sent

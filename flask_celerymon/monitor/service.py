@@ -58,6 +58,8 @@ from .subscriptions import EventListener, Subscription, Subscriptions
 log = logging.getLogger(__name__)
 
 
+#: The event types the window knows (any other is counted in ``events_unknown``).
+_KNOWN_TYPES = frozenset(TASK_EVENTS) | WORKER_EVENTS
 #: Gaps in the event stream remembered for figures() and the pages.
 GAPS_KEPT = 20
 #: Unfinished tasks of the history read back after a restart, to reconcile.
@@ -85,13 +87,19 @@ def _tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
 class _WindowObserver(StateObserver):
     """The service's view of the window's changes (ingest thread, state lock held)."""
 
-    __slots__ = ("_service",)
+    __slots__ = ("_service", "_stored")
 
     def __init__(self, service: MonitorService) -> None:
         self._service = service
+        #: whether changed tasks are queued for the history store (read once: called per event)
+        self._stored = service.settings.db_path is not None
 
     def task_changed(self, task: TaskRecord) -> None:
-        self._service._task_changed(task)
+        service = self._service
+        if self._stored:
+            service._dirty[task.uuid] = task
+        for sub in service._subs:
+            sub._offer("task", task.uuid)
 
     def worker_changed(self, worker: WorkerRecord) -> None:
         self._service._worker_changed(worker)
@@ -506,8 +514,7 @@ class MonitorService(Housekeeping, Subscriptions):
                     log.exception("celerymon: could not apply event %r", ev.get("type"))
                     continue
                 applied += 1
-                etype = ev["type"]
-                if etype not in TASK_EVENTS and etype not in WORKER_EVENTS:
+                if ev["type"] not in _KNOWN_TYPES:
                     unknown += 1
                 if listeners:
                     for fn in listeners:
@@ -533,12 +540,6 @@ class MonitorService(Housekeeping, Subscriptions):
         if evs:
             self._figures.events_received += len(evs)
             self._ingest(evs)
-
-    def _task_changed(self, t: TaskRecord) -> None:
-        if self.settings.db_path is not None:
-            self._dirty[t.uuid] = t
-        for sub in self._subs:
-            sub._offer("task", t.uuid)
 
     def _worker_changed(self, w: WorkerRecord) -> None:
         if self.settings.db_path is not None:

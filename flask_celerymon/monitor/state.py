@@ -216,6 +216,20 @@ def coerce_field(key: str, v: Any) -> Any:
 
 _PRECEDENCE: dict[str | None, int] = PRECEDENCE_LOOKUP
 
+# What _apply_task does with each task field: (action, the type it has on the wire).
+_INTERN, _PLAIN, _TEXT, _OTHER = "intern", "plain", "text", "other"
+_FIELD_HOW: dict[str, tuple[str, type]] = {
+    k: (
+        _INTERN if k in _INTERNED
+        else _TEXT if k in _TEXT_INDEX
+        else _PLAIN if k in _PLAIN_FIELDS
+        else _OTHER,
+        int if k in _INT_FIELDS else float if k in _FLOAT_FIELDS else str,
+    )
+    for k in _TASK_FIELDS
+}  # fmt: skip
+_INF = math.inf
+
 
 def index_slack(max_tasks: int) -> int:
     """How many entries beyond ``max_tasks`` each index of :class:`State` may hold before it
@@ -329,13 +343,15 @@ class State:
         etype = event.get("type")
         if not isinstance(etype, str) or not etype:
             raise MalformedEvent("event has no 'type'")
-        etype = clean_text(etype)
+        if not etype.isascii():
+            etype = clean_text(etype)
         if now is None:
             now = time.time()
         hostname = event.get("hostname")
         if hostname is not None:
             if isinstance(hostname, str):
-                hostname = clean_text(hostname)
+                if not hostname.isascii():
+                    hostname = clean_text(hostname)
             else:
                 self.coerced += 1  # dropped: an event from nobody we can name
                 hostname = None
@@ -415,13 +431,16 @@ class State:
         uuid = event.get("uuid")
         if not isinstance(uuid, str) or not uuid:
             raise MalformedEvent(f"{etype}: 'uuid' is missing or not a string")
-        uuid = clean_text(uuid)
-        try:
-            ts = _number(event.get("timestamp"))
-        except _Drop:
-            raise MalformedEvent(
-                f"{etype}: 'timestamp' is missing or not a finite number"
-            ) from None
+        if not uuid.isascii():
+            uuid = clean_text(uuid)
+        ts = event.get("timestamp")
+        if type(ts) is not float or not -_INF < ts < _INF:
+            try:
+                ts = _number(ts)
+            except _Drop:
+                raise MalformedEvent(
+                    f"{etype}: 'timestamp' is missing or not a finite number"
+                ) from None
         known = TASK_EVENTS.get(etype)
         t = self.tasks.get(uuid)
         if t is None:
@@ -452,27 +471,39 @@ class State:
                 and _precedence(state) > _precedence(cur)
             )
             text = None
+            strings = self._strings
             for k, v in event.items():
-                if v is None or k not in _TASK_FIELDS or (early and k not in _EARLY_FIELDS):
+                how = _FIELD_HOW.get(k)
+                if how is None or v is None:
                     continue
-                if early and k == "name" and t.name:
-                    # a late task-sent names the task the client sent (for submit(): the
-                    # dispatch task); the worker's name (its shadow, the function) stays
+                if early and (k not in _EARLY_FIELDS or (k == "name" and t.name)):
+                    # (a late task-sent names the task the client sent, for submit(): the
+                    # dispatch task; the worker's name, its shadow, the function, stays)
                     continue
-                try:
-                    c = coerce_field(k, v)
-                except _Drop:
-                    self.coerced += 1
-                    continue
-                if c is not v:
-                    self.coerced += 1
-                    v = c
-                if k in _TEXT_INDEX:
+                action, kind = how
+                # The types fields have on the wire pass as they are (what coerce_field
+                # returns for them); anything else is coerced, or dropped, and counted.
+                if not (
+                    (kind is str and type(v) is str and v.isascii())
+                    or (kind is int and type(v) is int and -_INT64 <= v <= _INT64)
+                ):
+                    try:
+                        c = coerce_field(k, v)
+                    except _Drop:
+                        self.coerced += 1
+                        continue
+                    if c is not v:
+                        self.coerced += 1
+                        v = c
+                if action is _INTERN:
+                    shared = strings.get(v)
+                    setattr(t, k, shared if shared is not None else self._intern(v))
+                elif action is _PLAIN:
+                    setattr(t, k, v)
+                elif action is _TEXT:
                     if text is None:
                         text = t.text.split(_SEP, 2)
                     text[_TEXT_INDEX[k]] = v.replace(_SEP, "\\x00")
-                elif k in _PLAIN_FIELDS:
-                    setattr(t, k, v)
                 else:
                     self._set(t, k, v)
             if text is not None:

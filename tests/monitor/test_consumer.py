@@ -216,6 +216,78 @@ def test_decode_handles_kombu_envelopes_and_refuses_unaccepted_content():
         consumer.decode(json.dumps(pickled).encode())
 
 
+def _decode_as_before(consumer, envelope: bytes):
+    """The fast path as it was before the markers were looked for after the body and base64
+    was decoded strictly first (the reference of the property test below)."""
+    import binascii
+
+    from flask_celerymon.monitor.events import _json_body
+
+    i = envelope.find(b'"body": "')
+    if (
+        i != -1
+        and b'"content-type": "application/json"' in envelope
+        and b'"body_encoding": "base64"' in envelope
+    ):
+        j = envelope.index(b'"', i + 9)
+        body = _json_body(binascii.a2b_base64(envelope[i + 9 : j]))
+    else:
+        body = consumer._decode_slow(envelope)
+    events = body if isinstance(body, list) else [body]
+    for ev in events:
+        if not isinstance(ev, dict):
+            raise ValueError("event body is not an object")
+    return events
+
+
+_EVENT_BODIES = st.one_of(
+    st.dictionaries(st.sampled_from(["type", "uuid", "timestamp", "x"]),
+                    st.one_of(st.text(max_size=5), st.integers(), st.floats(allow_nan=False))),
+    st.lists(st.dictionaries(st.sampled_from(["type", "uuid"]), st.text(max_size=5)), max_size=3),
+    st.integers(), st.text(max_size=5),
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    body=_EVENT_BODIES,
+    order=st.permutations(["body", "content-type", "content-encoding", "properties"]),
+    content_type=st.sampled_from(["application/json", "application/data"]),
+    encoding=st.sampled_from(["base64", "none"]),
+    damage=st.sampled_from(["", "strip-padding", "newline", "junk", "cut"]),
+)
+def test_decode_gives_what_the_plain_fast_path_gave(body, order, content_type, encoding, damage):
+    """Markers anywhere in the envelope, base64 well formed or not: the same events, or an
+    error of the same kind, as the fast path that searched the whole envelope."""
+    import base64
+    import json
+
+    from celery import Celery
+
+    from flask_celerymon.monitor.events import EventConsumer, Figures
+
+    consumer = EventConsumer(Celery(broker="memory://"), lambda evs: None, Figures())
+    b64 = base64.b64encode(json.dumps(body).encode()).decode()
+    if damage == "strip-padding":
+        b64 = b64.rstrip("=")
+    elif damage == "newline":
+        b64 = b64[:4] + "\n" + b64[4:]
+    elif damage == "junk":
+        b64 = b64[:4] + "!*" + b64[4:]
+    elif damage == "cut":
+        b64 = b64[:-3]
+    parts = {"body": b64, "content-type": content_type, "content-encoding": "utf-8",
+             "properties": {"body_encoding": encoding}}  # fmt: skip
+    envelope = json.dumps({k: parts[k] for k in order}).encode()
+    try:
+        expected = _decode_as_before(consumer, envelope)
+    except Exception as exc:  # noqa: BLE001 - compared below
+        with pytest.raises(type(exc)):
+            consumer.decode(envelope)
+    else:
+        assert consumer.decode(envelope) == expected
+
+
 def test_consumer_decodes_a_stream_cut_at_every_byte(monkeypatch):
     import base64
     import json
