@@ -38,6 +38,7 @@ from .model import (  # noqa: F401 - LOST, FINISHED_STATES, task_dict: re-export
     task_dict,
 )
 from .query import STATES, compile_python
+from .searchcache import SearchCache
 
 _NONE_PRECEDENCE: int = PRECEDENCE_LOOKUP[None]
 
@@ -311,6 +312,10 @@ class State:
         self.task_counters: dict[str, dict[str, int]] = {}
         #: hostnames that ran a task in the window (kept when a worker is purged)
         self.task_workers: set[str] = set()
+        #: bumped when :attr:`task_workers` is rebuilt (a search's bare terms test its names)
+        self._workers_version = 0
+        #: kept answers of repeated searches and the log of changed tasks behind them
+        self._searches = SearchCache()
         self.evicted = 0
         #: Event fields coerced to their type or dropped (see :func:`coerce_field`).
         self.coerced = 0
@@ -447,6 +452,8 @@ class State:
             t = TaskRecord(uuid)
             self.tasks[uuid] = t
             self._order.append(t)
+            if self._searches.log is not None:
+                self._searches.created.append(t)
             if len(self.tasks) > self.max_tasks:
                 self._evict()
         if known is None:
@@ -519,6 +526,7 @@ class State:
                 if len(self.task_workers) > 2 * self.max_workers + 100:
                     # Worker churn: keep only hostnames that tasks in the window still name.
                     self.task_workers = {r.worker for r in self.tasks.values() if r.worker}
+                    self._workers_version += 1
             if t.state in FINISHED_STATES and cur not in FINISHED_STATES:
                 self._finished.append(t)
             if t.name:
@@ -531,6 +539,9 @@ class State:
                     if c is None:
                         c = self.task_counters[key] = {}
                 c[etype] = c.get(etype, 0) + 1
+        log = self._searches.log
+        if log is not None:
+            log.append(t)
         if self.on_task is not None:
             self.on_task(t)
         return t
@@ -685,6 +696,8 @@ class State:
             return cur
         self.tasks[t.uuid] = t
         self._order.append(t)
+        if self._searches.log is not None:
+            self._searches.created.append(t)
         if t.received is not None:
             self._index_received(t, t.received)
         if t.state in FINISHED_STATES:
@@ -701,6 +714,8 @@ class State:
         if t is None or t.finished:
             return False
         t.history = (*t.full_history(), what, now)
+        if self._searches.log is not None:
+            self._searches.log.append(t)
         if self.on_task is not None:
             self.on_task(t)
         return True
@@ -720,6 +735,8 @@ class State:
             t.state = LOST
             t.timestamp = now
             self._finished.append(t)
+            if self._searches.log is not None:
+                self._searches.log.append(t)
             if self.on_task is not None:
                 self.on_task(t)
         return lost
@@ -759,23 +776,8 @@ class State:
             return self.task_workers
         return STATES
 
-    def query(self, q: TaskQuery) -> tuple[int, list[TaskRecord]]:
-        """(total matching, page) over the window."""
-        if (
-            q.sort_key == "received"
-            and q.descending
-            and q.limit is not None
-            and not (q.state or q.worker or q.name or q.search is not None)
-            and q.received_start is None
-            and q.received_end is None
-            and q.started_start is None
-            and q.started_end is None
-        ):
-            # The default listing: read the newest off the received-time index.
-            newest = self._newest_received(q.offset + q.limit)
-            if newest is not None:
-                return len(self.tasks), newest[q.offset :]
-        seq: Iterable[TaskRecord] = self.tasks.values()
+    def _filter(self, q: TaskQuery, seq: Iterable[TaskRecord]) -> list[TaskRecord]:
+        """The records of ``seq`` that pass the filters of ``q`` (not its search), in order."""
         if q.state:
             states = frozenset(q.state)
             seq = [t for t in seq if t.state in states]
@@ -793,10 +795,37 @@ class State:
                 lo_ = float("-inf") if lo is None else lo
                 hi_ = float("inf") if hi is None else hi
                 seq = [t for t in seq if (v := getattr(t, attr)) is not None and lo_ <= v <= hi_]
-        if q.search is not None:
-            seq = compile_python(q.search, self._distinct)(seq)
-        if not isinstance(seq, list):
-            seq = list(seq)
+        return seq if isinstance(seq, list) else list(seq)
+
+    def query(self, q: TaskQuery) -> tuple[int, list[TaskRecord]]:
+        """(total matching, page) over the window."""
+        if (
+            q.sort_key == "received"
+            and q.descending
+            and q.limit is not None
+            and not (q.state or q.worker or q.name or q.search is not None)
+            and q.received_start is None
+            and q.received_end is None
+            and q.started_start is None
+            and q.started_end is None
+        ):
+            # The default listing: read the newest off the received-time index.
+            newest = self._newest_received(q.offset + q.limit)
+            if newest is not None:
+                return len(self.tasks), newest[q.offset :]
+        if q.search is None:
+            seq = self._filter(q, self.tasks.values())
+        else:
+            # A repeated search is answered from its kept answer and the tasks changed since
+            # (see .searchcache). The key holds the filters and what the compiled search
+            # depends on besides the records: the distinct names and workers it tests.
+            key = (
+                q.state, q.worker, q.name, q.received_start, q.received_end,
+                q.started_start, q.started_end, q.search,
+                len(self.task_counters), len(self.task_workers), self._workers_version,
+            )  # fmt: skip
+            matcher = compile_python(q.search, self._distinct)
+            seq = self._searches.answer(key, self.tasks, lambda s: matcher(self._filter(q, s)))
         total = len(seq)
         end = None if q.limit is None else q.offset + q.limit
         return total, _page(seq, q.sort_key, q.descending, q.offset, end)
