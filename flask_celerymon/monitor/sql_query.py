@@ -191,8 +191,9 @@ class QueryPlan:
         :attr:`cap` ids or the store has at most ``within`` tasks). ``from_value``: only
         the tasks whose sort value is at least this (descending sorts only): when that
         yields :attr:`cap` ids they are the query's first ones, since every task left out
-        sorts after all of them (``NULL`` sorts last). None when the query is not common,
-        has no limit, or its page ends past the cap (then :meth:`count` and :meth:`page`).
+        sorts after all of them (``NULL`` sorts last); a search that is not common is walked
+        only with ``from_value``. None when the query is not common (and has no
+        ``from_value``), has no limit, or its page ends past the cap (then :meth:`count` and :meth:`page`).
         ``to_value``: only the tasks whose sort value is at most this (descending sorts
         only), for a bound known to hold every match's value (SQLite's ``task_blocks``): the
         walk then starts there instead of stepping over the newer tasks; when it yields
@@ -200,7 +201,7 @@ class QueryPlan:
         or sort after all of them: ``NULL`` sorts last). Raises ``ValueError`` for
         ``from_value`` or ``to_value`` on an ascending sort."""
         cap = self.cap
-        if not self.common or cap is None or self.q.limit is None:
+        if (not self.common and from_value is None) or cap is None or self.q.limit is None:
             return None
         if self.q.offset + self.q.limit > cap:
             return None

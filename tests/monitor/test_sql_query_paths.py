@@ -1,10 +1,11 @@
 """Differential test of the task query's fast paths: on generated histories, every page and
 total a store answers through its shortcuts for common searches (one walk of the sort
 column's index; SQLite's id-range prefilter and its fallback to sorting the candidates;
-PostgreSQL's bounded walk, its "at least this value" bitmap over BRIN ranges and its sorted
-candidates; SQLite's walk entered at the bound its ``task_blocks`` give) equals the plain answer: every stored task checked by the in-memory matcher
-(:func:`~flask_celerymon.monitor.query.compile_python`) and sorted, on a real SQLite file and
-a real PostgreSQL server.
+PostgreSQL's bounded walk, its "at least this value" bitmap over BRIN ranges, also for a
+search that is not common, and its sorted candidates; SQLite's walk entered at the bound its
+``task_blocks`` give) equals the plain answer: every stored task checked by the in-memory
+matcher (:func:`~flask_celerymon.monitor.query.compile_python`) and sorted, on a real SQLite
+file and a real PostgreSQL server.
 
 The sort values are distinct (SQLite orders equal values by its index, PostgreSQL by id) and
 follow the ids only loosely: some tasks were received long before or after their
@@ -132,6 +133,12 @@ PATHS = (
             (pg_store, "WALK_ROWS"): 30,
         },
     ),  # fmt: skip
+    # a search that is not common, read from a sampled value through PostgreSQL's BRIN
+    # ranges (or its counted page when the guess falls short)
+    (
+        "rare, from a sampled value",
+        {(pg_store, "RARE_MARGIN"): 0, (sql_query, "SEARCH_COUNT_CAP"): 60},
+    ),
     # ... and no sampled value is tried (the candidates sorted)
     (
         "common, candidates sorted",
@@ -215,7 +222,7 @@ def test_sqlite_block_bounds_hold_after_values_move_nulls_and_pruning(
             moved.append(tuple(r))
             rows[i] = tuple(r)
         store.write_tasks(moved)
-        oldest = sorted(range(N), key=lambda i: (rows[i][col["timestamp"]] or 0))[:200]
+        oldest = sorted(range(N), key=lambda i: rows[i][col["timestamp"]] or 0)[:200]
         store.prune(N - 200, START - 10**6)
         kept = [r for i, r in enumerate(rows) if i not in set(oldest)]
         assert store.count() == len(kept)
