@@ -163,8 +163,9 @@ WALK_ROWS = 20_000
 #: ``tasks / sampled rows`` tasks).
 THRESHOLD_MARGINS = (2, 8)
 #: A search that is not common is read through the BRIN ranges (:meth:`PostgresStore.
-#: _rare_from_value`) only when the search sample expects this many times the count's cap.
-RARE_MARGIN = 4
+#: _rare_from_value`) above a value expected to have this many times the count's cap of
+#: matches above it, when the search sample expects at least that many in the store.
+RARE_MARGIN = 3
 
 _COLS = ", ".join(TASK_COLUMNS)
 _ROW = "(" + ", ".join("%s" for _ in TASK_COLUMNS) + ")"
@@ -638,11 +639,11 @@ class PostgresStore(HistoryStore):
         common but has many candidates (``customer-12``: 11,000 of a million), read on
         connection ``c`` as step 2 of :meth:`_common_walk` reads a common one: the trigram
         index's bitmap ANDed with the BRIN ranges of the sort values at least that of a
-        sampled match, chosen to have about the first of :data:`THRESHOLD_MARGINS` times the cap
-        above it. The page's first ``cap`` matches then cost a few hundred to a few thousand
+        sampled task, chosen to have about :data:`RARE_MARGIN` times the cap's matches above
+        it (by the share of sampled tasks the search matches). The page's first ``cap`` matches then cost a few hundred to a few thousand
         row reads instead of every candidate's (the counted page). None when the sort is not
-        descending by a BRIN column, the sample holds too few matches to expect the cap
-        (:data:`RARE_MARGIN` times it), or the guess yields fewer than the cap (the caller
+        descending by a BRIN column, the sample's matches are too few to expect
+        :data:`RARE_MARGIN` times the cap in the store, or the guess yields fewer than the cap (the caller
         then reads the counted page)."""
         q = p.q
         cap = p.cap
@@ -655,12 +656,21 @@ class PostgresStore(HistoryStore):
             or q.offset + q.limit > cap
         ):
             return None
-        guesses = self._sample.sort_values(q.search, q.sort_key, n_tasks)
-        per_row = n_tasks / max(1, len(self._sample.rows(n_tasks)))
-        if not guesses or len(guesses) * per_row < RARE_MARGIN * cap:
+        rows = self._sample.rows(n_tasks)
+        hits = len(self._sample.sort_values(q.search, q.sort_key, n_tasks))
+        per_row = n_tasks / max(1, len(rows))
+        if not hits or hits * per_row < RARE_MARGIN * cap:
             return None
-        k = min(len(guesses) - 1, max(0, math.ceil(THRESHOLD_MARGINS[0] * cap / per_row) - 1))
-        sql = p.walk(from_value=guesses[k])
+        # The value with about RARE_MARGIN times the cap's matches above it, from every
+        # sampled task's value (the sampled matches come in runs of neighbours: a term
+        # such as customer-12 matches ten consecutive tasks of each 977, too few places
+        # to place a value by)
+        values = sorted((v for r in rows if (v := getattr(r, q.sort_key)) is not None),
+                        reverse=True)  # fmt: skip
+        k = math.ceil(RARE_MARGIN * cap / (hits * per_row / len(rows))) - 1  # rows above
+        if k >= len(values):
+            return None
+        sql = p.walk(from_value=values[max(0, k)])
         if sql is None:
             return None
         # until the end of the query's transaction, as in _common_walk

@@ -137,7 +137,7 @@ PATHS = (
     # ranges (or its counted page when the guess falls short)
     (
         "rare, from a sampled value",
-        {(pg_store, "RARE_MARGIN"): 0, (sql_query, "SEARCH_COUNT_CAP"): 60},
+        {(pg_store, "RARE_MARGIN"): 1, (sql_query, "SEARCH_COUNT_CAP"): 60},
     ),
     # ... and no sampled value is tried (the candidates sorted)
     (
