@@ -16,6 +16,17 @@ with the store idle, then while an ingester process writes ``--ingest-rate`` tas
 the service's flusher does (a batch every 0.5 s; each task written twice, received then
 finished, so the rows change under the reader) and, for SQLite, indexes them for search in
 between. The ingester's achieved rate is printed at the end.
+
+``--http`` measures the same queries over HTTP instead (phase ``http``, store idle): a private
+redis-server (broker and ingester lease) and two ``gunicorn -w 1`` servers of
+``bench/store_scale_app.py`` on the store, the first started holding the lease (the ingester),
+the second a follower (it consumes no events; as one worker of ``gunicorn -w 4``). Each query
+is sent ``--repeat`` times to the follower as ``GET /monitor/api/tasks`` (a new connection
+each, as gunicorn's sync workers close it), and p50/p95 are of the whole request: parsing,
+the store's query, and the JSON answer of ``limit`` tasks.
+
+The store is cached: ``--db`` defaults to ``$TMPDIR/celerymon-store-scale/tasks-<N>.sqlite3``
+(filled on the first run, about a minute for a million tasks, reused after).
 """
 
 from __future__ import annotations
@@ -27,9 +38,15 @@ import multiprocessing
 import os
 import queue
 import random
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.parse
+import urllib.request
 import uuid as uuidlib
 from typing import Any
 
@@ -180,6 +197,94 @@ def read(db: str, repeat: int, range_start: float, out: Any) -> None:
     out.put(None)
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: query_tasks keyword -> GET /api/tasks parameter (Flower's names)
+API_PARAMS = {"state": "state", "name": "taskname", "worker": "workername"}
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(port: int, path: str, timeout: float = 60) -> Any:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return json.load(r)
+
+
+def _wait_role(port: int, proc: subprocess.Popen, seconds: float = 180) -> dict:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"the server on port {port} exited ({proc.returncode})")
+        try:
+            return _get(port, "/whoami", timeout=120)
+        except OSError:
+            time.sleep(0.2)
+    sys.exit(f"the server on port {port} did not answer in {seconds:.0f} s")
+
+
+def read_http(db: str, repeat: int, range_start: float) -> list[dict[str, Any]]:
+    """Run :data:`QUERIES` over HTTP against a follower (see the module docstring); one dict
+    per query (as :func:`read`'s, ``total`` being the number of tasks answered)."""
+    work = tempfile.mkdtemp(prefix="cm-store-scale-")
+    rport = _port()
+    redis_proc = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(rport), "--save", "",
+         "--appendonly", "no", "--dir", work],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    env = {**os.environ, "CELERYMON_TEST_BROKER": f"redis://127.0.0.1:{rport}/0",
+           "CELERYMON_TEST_DB": db, "PYTHONPATH": REPO}  # fmt: skip
+    servers: list[subprocess.Popen] = []
+    out: list[dict[str, Any]] = []
+    try:
+        ports = []
+        for expected in ("ingester", "follower"):
+            port = _port()
+            servers.append(subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}",
+                 "--timeout", "300", "bench.store_scale_app:create_app()"],
+                cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))  # fmt: skip
+            who = _wait_role(port, servers[-1])
+            deadline = time.monotonic() + 30
+            while who["role"] != expected and time.monotonic() < deadline:
+                time.sleep(0.2)  # the lease is taken by the first one's service
+                who = _get(port, "/whoami")
+            if who["role"] != expected:
+                sys.exit(f"the server on port {port} is {who['role']}, not {expected}")
+            ports.append(port)
+        port = ports[1]
+        for label, kw in QUERIES:
+            params = {API_PARAMS.get(k, k): (range_start if v == "RANGE_START" else v)
+                      for k, v in kw.items()}  # fmt: skip
+            path = "/monitor/api/tasks?" + urllib.parse.urlencode(params)
+            ts = []
+            answer: Any = None
+            for _ in range(repeat):
+                t = time.perf_counter()
+                answer = _get(port, path)
+                ts.append((time.perf_counter() - t) * 1000)
+            first = ts[0]
+            ts.sort()
+            out.append({"query": label, "answered": len(answer), "first_ms": round(first, 1),
+                        "p50_ms": round(statistics.median(ts), 1),
+                        "p95_ms": round(ts[int(0.95 * (len(ts) - 1))], 1)})  # fmt: skip
+        who = _get(port, "/whoami")
+        if who["role"] != "follower":
+            sys.exit("the measured server became the ingester during the run")
+    finally:
+        for proc in reversed(servers):
+            proc.terminate()
+            proc.wait(30)
+        redis_proc.terminate()
+        redis_proc.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def _is_empty(db: str, refill: bool) -> bool:
     store = open_store(db)
     empty = store.is_empty()
@@ -200,19 +305,29 @@ def _is_empty(db: str, refill: bool) -> bool:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--db", required=True)
+    p.add_argument("--db", default=None, help="default: a SQLite file cached under $TMPDIR")
     p.add_argument("--tasks", type=int, default=1_000_000)
+    p.add_argument("--http", action="store_true", help="over HTTP from a follower (store idle)")
     p.add_argument("--refill", action="store_true")
     p.add_argument("--repeat", type=int, default=40)
     p.add_argument("--ingest-rate", type=float, default=2000, help="tasks/s while reading")
     p.add_argument("--only", choices=("idle", "ingest"), default=None)
     a = p.parse_args()
+    if a.db is None:
+        cache = os.path.join(tempfile.gettempdir(), "celerymon-store-scale")
+        os.makedirs(cache, exist_ok=True)
+        a.db = os.path.join(cache, f"tasks-{a.tasks}.sqlite3")
     kind = "postgresql" if a.db.startswith(POSTGRES_SCHEMES) else "sqlite"
     if _is_empty(a.db, a.refill):
         secs = fill(a.db, a.tasks)
         print(json.dumps({"store": kind, "filled": a.tasks, "seconds": round(secs, 1),
                           "rows_per_s": round(a.tasks / secs)}), flush=True)  # fmt: skip
     range_start = time.time() - a.tasks * 0.01 / 2
+    if a.http:
+        for r in read_http(a.db, a.repeat, range_start):
+            print(json.dumps({"store": kind, "phase": "http", **r}), flush=True)
+        print(json.dumps({"load_average": [round(x, 2) for x in os.getloadavg()]}), flush=True)
+        return
     ctx = multiprocessing.get_context("spawn")
     for phase in ("idle", "ingest"):
         if a.only and phase != a.only:

@@ -53,7 +53,6 @@ BATCH = 500
 _json_decode = json.JSONDecoder().decode
 
 
-_STRICT_BASE64 = sys.version_info >= (3, 11)
 _JSON_TYPE = b'"content-type": "application/json"'
 _BASE64 = b'"body_encoding": "base64"'
 
@@ -68,7 +67,7 @@ def _base64(data: bytes) -> bytes:
     """``binascii.a2b_base64(data)``: strict mode first (a third cheaper, and the same bytes
     for well-formed base64), the lenient decoder for the rest (and before Python 3.11, which
     has no strict mode). Raises ``binascii.Error``."""
-    if _STRICT_BASE64:
+    if sys.version_info >= (3, 11):
         try:
             return binascii.a2b_base64(data, strict_mode=True)
         except binascii.Error:

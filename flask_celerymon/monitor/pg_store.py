@@ -162,6 +162,10 @@ WALK_ROWS = 20_000
 #: many times the matches it needs above it, then this many (each sampled row stands for
 #: ``tasks / sampled rows`` tasks).
 THRESHOLD_MARGINS = (2, 8)
+#: A search that is not common is read through the BRIN ranges (:meth:`PostgresStore.
+#: _rare_from_value`) above a value expected to have this many times the count's cap of
+#: matches above it, when the search sample expects at least that many in the store.
+RARE_MARGIN = 3
 
 _COLS = ", ".join(TASK_COLUMNS)
 _ROW = "(" + ", ".join("%s" for _ in TASK_COLUMNS) + ")"
@@ -562,6 +566,8 @@ class PostgresStore(HistoryStore):
                 found = self._common_walk(
                     c, p, n, lambda: plan(q, POSTGRESQL, indexed, lambda: True, values)
                 )
+            if found is None and not common and q.search is not None and has_text(q.search):
+                found = self._rare_from_value(c, p, n)
             if found is None and q.search is not None and has_text(q.search):
                 # the trigram index's candidates are read once for the total and the page
                 total, ids = c.execute(*p.counted_page()).fetchone()
@@ -627,6 +633,52 @@ class PostgresStore(HistoryStore):
                     if len(ids) >= cap:
                         return ids
         return matches()
+
+    def _rare_from_value(self, c: Any, p: QueryPlan, n_tasks: int) -> list[int] | None:
+        """The ids of the first :attr:`~.QueryPlan.cap` matches of a search that is not
+        common but has many candidates (``customer-12``: 11,000 of a million), read on
+        connection ``c`` as step 2 of :meth:`_common_walk` reads a common one: the trigram
+        index's bitmap ANDed with the BRIN ranges of the sort values at least that of a
+        sampled task, chosen to have about :data:`RARE_MARGIN` times the cap's matches above
+        it (by the share of sampled tasks the search matches). The page's first ``cap`` matches then cost a few hundred to a few thousand
+        row reads instead of every candidate's (the counted page). None when the sort is not
+        descending by a BRIN column, the sample's matches are too few to expect
+        :data:`RARE_MARGIN` times the cap in the store, or the guess yields fewer than the cap (the caller
+        then reads the counted page)."""
+        q = p.q
+        cap = p.cap
+        if (
+            cap is None
+            or q.search is None
+            or not q.descending
+            or q.sort_key not in BRIN_COLUMNS
+            or q.limit is None
+            or q.offset + q.limit > cap
+        ):
+            return None
+        rows = self._sample.rows(n_tasks)
+        hits = len(self._sample.sort_values(q.search, q.sort_key, n_tasks))
+        per_row = n_tasks / max(1, len(rows))
+        if not hits or hits * per_row < RARE_MARGIN * cap:
+            return None
+        # The value with about RARE_MARGIN times the cap's matches above it, from every
+        # sampled task's value (the sampled matches come in runs of neighbours: a term
+        # such as customer-12 matches ten consecutive tasks of each 977, too few places
+        # to place a value by)
+        values = sorted((v for r in rows if (v := getattr(r, q.sort_key)) is not None),
+                        reverse=True)  # fmt: skip
+        k = math.ceil(RARE_MARGIN * cap / (hits * per_row / len(rows))) - 1  # rows above
+        if k >= len(values):
+            return None
+        sql = p.walk(from_value=values[max(0, k)])
+        if sql is None:
+            return None
+        # until the end of the query's transaction, as in _common_walk
+        c.execute("SET LOCAL enable_indexscan = off")
+        c.execute("SET LOCAL enable_seqscan = off")
+        c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        ids = [r[0] for r in c.execute(*sql)]
+        return ids if len(ids) >= cap else None
 
     def _sample_rows(self) -> list[tuple[Any, ...]]:
         with self._pool.connection() as c:

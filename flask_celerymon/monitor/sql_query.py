@@ -179,6 +179,7 @@ class QueryPlan:
         *,
         within: int | None = None,
         from_value: Any = None,
+        to_value: Any = None,
     ) -> tuple[str, list[Any]] | None:
         """``(sql, params)`` of the ids of the first :attr:`cap` matches in sort order, for a
         common search: one walk gives both the page (``ids[offset:offset + limit]``) and the
@@ -190,11 +191,17 @@ class QueryPlan:
         :attr:`cap` ids or the store has at most ``within`` tasks). ``from_value``: only
         the tasks whose sort value is at least this (descending sorts only): when that
         yields :attr:`cap` ids they are the query's first ones, since every task left out
-        sorts after all of them (``NULL`` sorts last). None when the query is not common,
-        has no limit, or its page ends past the cap (then :meth:`count` and :meth:`page`).
-        Raises ``ValueError`` for ``from_value`` on an ascending sort."""
+        sorts after all of them (``NULL`` sorts last); a search that is not common is walked
+        only with ``from_value``. None when the query is not common (and has no
+        ``from_value``), has no limit, or its page ends past the cap (then :meth:`count` and :meth:`page`).
+        ``to_value``: only the tasks whose sort value is at most this (descending sorts
+        only), for a bound known to hold every match's value (SQLite's ``task_blocks``): the
+        walk then starts there instead of stepping over the newer tasks; when it yields
+        :attr:`cap` ids they are the query's first ones (the tasks left out are no matches
+        or sort after all of them: ``NULL`` sorts last). Raises ``ValueError`` for
+        ``from_value`` or ``to_value`` on an ascending sort."""
         cap = self.cap
-        if not self.common or cap is None or self.q.limit is None:
+        if (not self.common and from_value is None) or cap is None or self.q.limit is None:
             return None
         if self.q.offset + self.q.limit > cap:
             return None
@@ -205,6 +212,11 @@ class QueryPlan:
                 raise ValueError("from_value needs a descending sort")
             cond = f"{cond} AND {self.q.sort_key} >= ?"
             params.append(from_value)
+        if to_value is not None:
+            if not self.q.descending:
+                raise ValueError("to_value needs a descending sort")
+            cond = f"{cond} AND {self.q.sort_key} <= ?"
+            params.append(to_value)
         source = "tasks"
         if within is not None:
             source = f"(SELECT * FROM tasks {order} LIMIT ?) tasks"

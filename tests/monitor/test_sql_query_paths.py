@@ -1,10 +1,11 @@
 """Differential test of the task query's fast paths: on generated histories, every page and
 total a store answers through its shortcuts for common searches (one walk of the sort
 column's index; SQLite's id-range prefilter and its fallback to sorting the candidates;
-PostgreSQL's bounded walk, its "at least this value" bitmap over BRIN ranges and its sorted
-candidates) equals the plain answer: every stored task checked by the in-memory matcher
-(:func:`~flask_celerymon.monitor.query.compile_python`) and sorted, on a real SQLite file and
-a real PostgreSQL server.
+PostgreSQL's bounded walk, its "at least this value" bitmap over BRIN ranges, also for a
+search that is not common, and its sorted candidates; SQLite's walk entered at the bound its
+``task_blocks`` give) equals the plain answer: every stored task checked by the in-memory
+matcher (:func:`~flask_celerymon.monitor.query.compile_python`) and sorted, on a real SQLite
+file and a real PostgreSQL server.
 
 The sort values are distinct (SQLite orders equal values by its index, PostgreSQL by id) and
 follow the ids only loosely: some tasks were received long before or after their
@@ -100,7 +101,12 @@ def history(request: pytest.FixtureRequest, tmp_path_factory: Any) -> Any:
     """A store of each kind holding the generated history (the newest 40 tasks past
     SQLite's search index), and its rows."""
     db = store_target(request, tmp_path_factory.mktemp("paths"))
-    store = open_store(db)
+    # blocks of 8 ids in SQLite's task_blocks: the bounds of its walks prune something here
+    shift, sqlite_store.BLOCK_SHIFT = sqlite_store.BLOCK_SHIFT, 3
+    try:
+        store = open_store(db)
+    finally:
+        sqlite_store.BLOCK_SHIFT = shift
     rows = _rows()
     for i in range(0, N, 500):
         store.write_tasks(rows[i : i + 500])
@@ -127,6 +133,12 @@ PATHS = (
             (pg_store, "WALK_ROWS"): 30,
         },
     ),  # fmt: skip
+    # a search that is not common, read from a sampled value through PostgreSQL's BRIN
+    # ranges (or its counted page when the guess falls short)
+    (
+        "rare, from a sampled value",
+        {(pg_store, "RARE_MARGIN"): 1, (sql_query, "SEARCH_COUNT_CAP"): 60},
+    ),
     # ... and no sampled value is tried (the candidates sorted)
     (
         "common, candidates sorted",
@@ -172,3 +184,65 @@ def test_the_generated_history_has_clustered_spread_and_unindexed_matches(histor
     assert len(_expected(rows, "fresh", "-received")) == 40
     spread = _expected(rows, "customer-7", "-received")
     assert 200 < len(spread) < 400
+
+
+def test_sqlite_block_bounds_hold_after_values_move_nulls_and_pruning(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's walk entered at the ``task_blocks`` bound answers exactly what checking every
+    task answers after tasks were written again with later or NULL sort values (the bound
+    only grows) and the oldest tasks were pruned; a store made before ``task_blocks`` existed
+    gets it filled from its rows."""
+    monkeypatch.setattr(sqlite_store, "BLOCK_SHIFT", 3)
+    db = str(tmp_path / "blocks.sqlite3")
+    rows = _rows()
+    store = open_store(db)
+    store.write_tasks(rows[:1500])
+    store.close()
+    # an earlier version's file: no task_blocks, no triggers, no shift
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("DROP TRIGGER tasks_blocks_in")
+        conn.execute("DROP TRIGGER tasks_blocks_up")
+        conn.execute("DROP TABLE task_blocks")
+        conn.execute("DELETE FROM meta WHERE key = 'block_shift'")
+    store = open_store(db)
+    try:
+        store.write_tasks(rows[1500:])
+        while store.index_pending(1000):
+            pass
+        rnd = random.Random(9)
+        col = {c: TASK_COLUMNS.index(c) for c in ("received", "started", "timestamp")}
+        moved = []
+        for i in rnd.sample(range(N), 300):
+            r = list(rows[i])
+            for k in col.values():
+                r[k] = None if i % 3 == 0 else r[k] + 90_000  # NULL, or after every other
+            moved.append(tuple(r))
+            rows[i] = tuple(r)
+        store.write_tasks(moved)
+        oldest = sorted(range(N), key=lambda i: rows[i][col["timestamp"]] or 0)[:200]
+        store.prune(N - 200, START - 10**6)
+        kept = [r for i, r in enumerate(rows) if i not in set(oldest)]
+        assert store.count() == len(kept)
+        monkeypatch.setattr(sql_query, "INDEX_HITS_MAX", -1)  # every search common: walked
+        ids = {r[0]: n for n, r in enumerate(_rows())}  # uuid -> insertion order (the id)
+        for sort in ("-received", "-started", "-timestamp"):
+            key = sort[1:]
+            by_uuid = {r[0]: r[TASK_COLUMNS.index(key)] for r in kept}
+            for search in SEARCHES:
+                hits = _expected(kept, search, "-runtime")
+                # NULL last; equal values (NULLs) newest id first, as SQLite's index walk
+                expected = sorted(hits, key=lambda u: (by_uuid[u] is not None,
+                                                       by_uuid[u] or 0, ids[u]), reverse=True)  # fmt: skip
+                for offset, limit in ((0, 20), (40, 20), (0, 100)):
+                    q = TaskQuery(search=parse(search), sort_key=key, descending=True,
+                                  offset=offset, limit=limit)  # fmt: skip
+                    total, page = store.query(q)
+                    where = f"{search!r} sorted by {sort}, offset {offset}"
+                    assert [t["uuid"] for t in page] == expected[offset : offset + limit], where
+                    assert total <= len(expected), where
+                    assert total >= min(len(expected), offset + 2 * limit + 1), where
+    finally:
+        store.close()
