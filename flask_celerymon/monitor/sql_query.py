@@ -26,6 +26,7 @@ always exact.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -47,6 +48,8 @@ INDEX_HITS_MAX = 20_000
 SAMPLE_ROWS = 1_000
 SAMPLE_RUNS = 200
 SAMPLE_TTL = 600.0
+#: Consecutive tasks per run of the sample (see :func:`sample_query`).
+SAMPLE_RUN = SAMPLE_ROWS // SAMPLE_RUNS
 #: ... and the sample is taken again when the number of tasks moved by more than this share.
 SAMPLE_DRIFT = 0.25
 
@@ -322,7 +325,7 @@ def sample_query(dialect: Dialect, lo: int | None, hi: int | None) -> tuple[str,
     elif hi - lo < SAMPLE_ROWS:
         ids = list(range(lo, hi + 1))
     else:
-        run = SAMPLE_ROWS // SAMPLE_RUNS
+        run = SAMPLE_RUN
         slots = (hi - lo + 1) // run  # the id range cut into runs; SAMPLE_RUNS of them drawn
         ids = [lo + k * run + i for k in random.sample(range(slots), min(slots, SAMPLE_RUNS))
                for i in range(run)]  # fmt: skip
@@ -392,6 +395,24 @@ class SearchSample:
             raise ValueError(f"the sample holds no {column!r} values")
         found = (getattr(r, column) for r in compile_python(node)(self.rows(n_tasks)))
         return sorted((v for v in found if v is not None), reverse=True)
+
+    def matches_on_top(self, node: Node, column: str, n_tasks: int, within: int) -> float:
+        """How many of the first ``within`` tasks of a descending sort by ``column``
+        (``received``, ``started`` or ``timestamp``; ``NULL`` last) ``node`` is expected to
+        match: its matches among the sampled tasks that sort first, as many as stand for
+        ``within`` tasks, times the tasks each sampled task stands for (``n_tasks``: see
+        :meth:`rows`). A guess that steers speed only. Raises ``ValueError`` for another
+        column."""
+        if column not in SAMPLE_COLUMNS[7:]:
+            raise ValueError(f"the sample holds no {column!r} values")
+        rows = self.rows(n_tasks)
+        if not rows:
+            return 0.0
+        per_row = n_tasks / len(rows)
+        first = sorted(rows, key=lambda r: (getattr(r, column) is not None,
+                                            getattr(r, column) or 0), reverse=True)  # fmt: skip
+        top = first[: max(1, math.ceil(within / per_row))]
+        return len(compile_python(node)(top)) * per_row
 
     def occurrences(self, columns: tuple[str, ...], text: str) -> int:
         """In how many sampled tasks one of ``columns`` (args, kwargs, result) contains

@@ -115,6 +115,22 @@ def test_the_sample_is_taken_again_when_the_store_grew_not_per_request():
     assert (len(fetched), sample.generation) == (3, 3)
 
 
+def test_the_sample_expects_the_matches_among_the_tasks_that_sort_first():
+    # 100 sampled tasks, received 0..99; the term matches the 10 received first (oldest)
+    rows = [(f"u{i}", "app.add", "SUCCESS", "w1", "('old',)" if i < 10 else "('new',)", "{}",
+             "'ok'", float(i), None, float(i)) for i in range(100)]  # fmt: skip
+    rows.append(("u-null", "app.add", "SUCCESS", "w1", "('old',)", "{}", "'ok'", None, None, None))
+    sample = SearchSample(lambda: rows)
+    # 10,100 tasks: each sampled task stands for 100; the first 2,000 are 20 sampled ones
+    assert sample.matches_on_top(parse("old"), "received", 10_100, 2_000) == 0
+    assert sample.matches_on_top(parse("new"), "received", 10_100, 2_000) == 2_000
+    # NULL sorts last in a descending sort: the whole sample reaches the NULL match
+    assert sample.matches_on_top(parse("old"), "received", 10_100, 10_100) == 1_100
+    assert SearchSample(list).matches_on_top(parse("old"), "received", 0, 10) == 0
+    with pytest.raises(ValueError, match="no 'runtime' values"):
+        sample.matches_on_top(parse("old"), "runtime", 10_100, 10)
+
+
 def test_the_sample_reads_runs_of_consecutive_ids_across_the_table():
     _, ids = sql_query.sample_query(SQLITE, 1, 1_000_000)
     assert len(set(ids)) == len(ids) == sql_query.SAMPLE_ROWS

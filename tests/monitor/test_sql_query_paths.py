@@ -1,9 +1,9 @@
 """Differential test of the task query's fast paths: on generated histories, every page and
 total a store answers through its shortcuts for common searches (one walk of the sort
 column's index; SQLite's id-range prefilter and its fallback to sorting the candidates;
-PostgreSQL's bounded walk, its "at least this value" bitmap over BRIN ranges, also for a
-search that is not common, and its sorted candidates; SQLite's walk entered at the bound its
-``task_blocks`` give) equals the plain answer: every stored task checked by the in-memory
+PostgreSQL's bounded walk, or its skip when the sample puts every match deeper, its "at
+least this value" bitmap over BRIN ranges, also for a search that is not common, and its
+sorted candidates; SQLite's walk entered at the bound its ``task_blocks`` give) equals the plain answer: every stored task checked by the in-memory
 matcher (:func:`~flask_celerymon.monitor.query.compile_python`) and sorted, on a real SQLite
 file and a real PostgreSQL server.
 
@@ -131,6 +131,15 @@ PATHS = (
             (sql_query, "INDEX_HITS_MAX"): -1,
             (sqlite_store, "COMMON_WALK_BUDGET"): 4000,
             (pg_store, "WALK_ROWS"): 30,
+        },
+    ),  # fmt: skip
+    # ... PostgreSQL skips the walk when no sampled match sorts near the top
+    (
+        "common, walk skipped",
+        {
+            (sql_query, "INDEX_HITS_MAX"): -1,
+            (pg_store, "WALK_ROWS"): 30,
+            (pg_store, "SKIP_WALK_DEPTH"): 1,
         },
     ),  # fmt: skip
     # a search that is not common, read from a sampled value through PostgreSQL's BRIN
