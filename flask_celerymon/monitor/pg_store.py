@@ -691,8 +691,7 @@ class PostgresStore(HistoryStore):
         # sampled task's value (the sampled matches come in runs of neighbours: a term
         # such as customer-12 matches ten consecutive tasks of each 977, too few places
         # to place a value by)
-        values = sorted((v for r in rows if (v := getattr(r, q.sort_key)) is not None),
-                        reverse=True)  # fmt: skip
+        values = self._sample.values(q.sort_key, n_tasks)
         k = math.ceil(RARE_MARGIN * cap / (hits * per_row / len(rows))) - 1  # rows above
         if k >= len(values):
             return None
