@@ -232,6 +232,26 @@ def _driver() -> Any:
     return psycopg, psycopg_pool
 
 
+def cooperate_with_gevent() -> bool:
+    """Make psycopg wait for the server through the ``select`` module when it chose its C
+    wait function at import, before gevent's monkey-patching (a host app that imports
+    psycopg itself, e.g. for its own SQLAlchemy engine, before ``flask celery monitor``
+    patches): that function polls in C, so every history query would stop the gevent hub,
+    every live page and request of the process with it, for the query's whole duration.
+    Imported after the patching, psycopg picks a cooperative function itself (as it does
+    when this package imports it). Call it after ``gevent.monkey.patch_all()``; returns
+    whether the wait function was replaced. Raises nothing."""
+    import select
+    import sys
+
+    waiting: Any = sys.modules.get("psycopg.waiting")
+    if waiting is None or getattr(waiting, "wait", None) is not getattr(waiting, "wait_c", 0):
+        return False
+    # the choice psycopg makes itself when it finds select patched (waiting.py, 3.1-3.3)
+    waiting.wait = waiting.wait_poll if hasattr(select, "poll") else waiting.wait_select
+    return True
+
+
 def _like(phrase: str) -> str:
     return "%" + phrase.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
