@@ -148,6 +148,15 @@ PATHS = (
         "rare, from a sampled value",
         {(pg_store, "RARE_MARGIN"): 1, (sql_query, "SEARCH_COUNT_CAP"): 60},
     ),
+    # ... its first, shallow guess falling short: the second one read, or the counted page
+    (
+        "rare, second sampled value",
+        {
+            (pg_store, "RARE_FIRST_MARGIN"): 0.05,
+            (pg_store, "RARE_MARGIN"): 1,
+            (sql_query, "SEARCH_COUNT_CAP"): 60,
+        },
+    ),  # fmt: skip
     # ... and no sampled value is tried (the candidates sorted)
     (
         "common, candidates sorted",
