@@ -257,6 +257,9 @@ def _patch_gevent() -> None:
         # ssl was imported by the app's packages already; gevent patches it in place
         warnings.simplefilter("ignore")
         monkey.patch_all()
+    from .monitor.pg_store import cooperate_with_gevent
+
+    cooperate_with_gevent()  # when the host app imported psycopg before the patching
 
 
 def _check_exposure(settings: Settings, address: str) -> bool:

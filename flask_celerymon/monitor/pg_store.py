@@ -43,6 +43,7 @@ from .query import instr_sql
 from .sql_query import (
     MIN_MAX_ID,
     POSTGRESQL,
+    SAMPLE_RUN,
     SORT_COLUMNS,
     QueryPlan,
     SearchSample,
@@ -157,15 +158,30 @@ BRIN_COLUMNS = ("received", "started", "timestamp")
 #: trigram index instead (about 3 ms; a common term spread over the history fills a page
 #: well within them).
 WALK_ROWS = 20_000
+#: A common search whose sampled matches all sort below the first this many times
+#: :data:`WALK_ROWS` tasks skips the bounded walk (4-5 ms at a million tasks, of a 20 ms
+#: answer) and goes to the sampled values; 0: never. A term spread over the history has a
+#: sampled match there (a common term matches at least 2 % of the tasks, and these are
+#: about 40 runs of the sample at 10), so a wrong skip is rare, and still exact.
+SKIP_WALK_DEPTH = 10
 #: A common search tries the sort values of sampled matches (:meth:`.SearchSample.sort_values`)
 #: as "at least this" before it sorts every candidate: first the one expected to have this
 #: many times the matches it needs above it, then this many (each sampled row stands for
-#: ``tasks / sampled rows`` tasks).
+#: ``tasks / sampled rows`` tasks). The sample is read in runs of :data:`~.sql_query.
+#: SAMPLE_RUN` neighbouring tasks, whose matches sit together, so the n-th try (from 0) is
+#: at least n runs' worth of sampled matches down: when the sampled run lay at the top of a
+#: term's matches (``result:"'order': 5"``, half a million tasks down), both tries fell in
+#: that run, found too few above, and every one of 100,000 candidates was sorted (78 ms
+#: against 16 ms, by which sample the process drew).
 THRESHOLD_MARGINS = (2, 8)
 #: A search that is not common is read through the BRIN ranges (:meth:`PostgresStore.
 #: _rare_from_value`) above a value expected to have this many times the count's cap of
 #: matches above it, when the search sample expects at least that many in the store.
 RARE_MARGIN = 3
+#: ... first tried at this margin (half the rows read when the sample's share is right;
+#: a share estimated from few sampled runs placed the value twice as deep as needed, and
+#: ``customer-12`` took 19-26 ms instead of 11-15 in those processes), then at RARE_MARGIN.
+RARE_FIRST_MARGIN = 1.5
 
 _COLS = ", ".join(TASK_COLUMNS)
 _ROW = "(" + ", ".join("%s" for _ in TASK_COLUMNS) + ")"
@@ -218,6 +234,26 @@ def _driver() -> Any:
             "pip install 'flask-celerymon[postgres]'"
         ) from exc
     return psycopg, psycopg_pool
+
+
+def cooperate_with_gevent() -> bool:
+    """Make psycopg wait for the server through the ``select`` module when it chose its C
+    wait function at import, before gevent's monkey-patching (a host app that imports
+    psycopg itself, e.g. for its own SQLAlchemy engine, before ``flask celery monitor``
+    patches): that function polls in C, so every history query would stop the gevent hub,
+    every live page and request of the process with it, for the query's whole duration.
+    Imported after the patching, psycopg picks a cooperative function itself (as it does
+    when this package imports it). Call it after ``gevent.monkey.patch_all()``; returns
+    whether the wait function was replaced. Raises nothing."""
+    import select
+    import sys
+
+    waiting: Any = sys.modules.get("psycopg.waiting")
+    if waiting is None or getattr(waiting, "wait", None) is not getattr(waiting, "wait_c", 0):
+        return False
+    # the choice psycopg makes itself when it finds select patched (waiting.py, 3.1-3.3)
+    waiting.wait = waiting.wait_poll if hasattr(select, "poll") else waiting.wait_select
+    return True
 
 
 def _like(phrase: str) -> str:
@@ -592,7 +628,9 @@ class PostgresStore(HistoryStore):
 
         1. The first :data:`WALK_ROWS` tasks in sort order are read and checked (a term
            spread over the history fills its page there; all of them when the store holds
-           no more).
+           no more). Skipped when step 2 applies and no sampled task among those that
+           sort within the first :data:`SKIP_WALK_DEPTH` times :data:`WALK_ROWS` matches
+           (the term's matches lie deeper; the walk would find none).
         2. For a descending sort by a column with a BRIN index, the matches whose value is
            at least the value of one of the sampled matches (:data:`THRESHOLD_MARGINS`): a
            bitmap of the trigram index ANDed with the BRIN ranges, so a term whose matches
@@ -606,10 +644,20 @@ class PostgresStore(HistoryStore):
         if walk is None:
             return None
         cap = walk[1][-1]
-        ids = [r[0] for r in c.execute(*walk)]
-        if len(ids) >= cap or n_tasks <= WALK_ROWS:
-            return ids
         q = p.q
+        by_value = q.descending and q.sort_key in BRIN_COLUMNS and q.search is not None
+        deep = (
+            by_value
+            and q.search is not None
+            and n_tasks > SKIP_WALK_DEPTH * WALK_ROWS > 0
+            and not self._sample.matches_on_top(
+                q.search, q.sort_key, n_tasks, SKIP_WALK_DEPTH * WALK_ROWS
+            )
+        )
+        if not deep:
+            ids = [r[0] for r in c.execute(*walk)]
+            if len(ids) >= cap or n_tasks <= WALK_ROWS:
+                return ids
         ip = indexed()
 
         def matches(from_value: Any = None) -> list[int]:
@@ -621,12 +669,14 @@ class PostgresStore(HistoryStore):
         c.execute("SET LOCAL enable_indexscan = off")
         c.execute("SET LOCAL enable_seqscan = off")
         c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-        if q.descending and q.sort_key in BRIN_COLUMNS and q.search is not None:
+        if by_value and q.search is not None:
             guesses = self._sample.sort_values(q.search, q.sort_key, n_tasks)
             per_row = n_tasks / max(1, len(self._sample.rows(n_tasks)))
             tried = -1
-            for margin in THRESHOLD_MARGINS:
-                k = min(len(guesses) - 1, max(0, math.ceil(margin * cap / per_row) - 1))
+            for step, margin in enumerate(THRESHOLD_MARGINS):
+                # the n-th try at least n runs of sampled neighbours down (THRESHOLD_MARGINS)
+                k = max(math.ceil(margin * cap / per_row) - 1, step * SAMPLE_RUN)
+                k = min(len(guesses) - 1, k)
                 if k > tried:
                     tried = k
                     ids = matches(guesses[k])
@@ -639,12 +689,13 @@ class PostgresStore(HistoryStore):
         common but has many candidates (``customer-12``: 11,000 of a million), read on
         connection ``c`` as step 2 of :meth:`_common_walk` reads a common one: the trigram
         index's bitmap ANDed with the BRIN ranges of the sort values at least that of a
-        sampled task, chosen to have about :data:`RARE_MARGIN` times the cap's matches above
-        it (by the share of sampled tasks the search matches). The page's first ``cap`` matches then cost a few hundred to a few thousand
-        row reads instead of every candidate's (the counted page). None when the sort is not
-        descending by a BRIN column, the sample's matches are too few to expect
-        :data:`RARE_MARGIN` times the cap in the store, or the guess yields fewer than the cap (the caller
-        then reads the counted page)."""
+        sampled task, chosen to have about :data:`RARE_FIRST_MARGIN`, then
+        :data:`RARE_MARGIN` times the cap's matches above it (by the share of sampled tasks
+        the search matches). The page's first ``cap`` matches then cost a few hundred to a
+        few thousand row reads instead of every candidate's (the counted page). None when the
+        sort is not descending by a BRIN column, the sample's matches are too few to expect
+        :data:`RARE_MARGIN` times the cap in the store, or both guesses yield fewer than the
+        cap (the caller then reads the counted page)."""
         q = p.q
         cap = p.cap
         if (
@@ -665,20 +716,27 @@ class PostgresStore(HistoryStore):
         # sampled task's value (the sampled matches come in runs of neighbours: a term
         # such as customer-12 matches ten consecutive tasks of each 977, too few places
         # to place a value by)
-        values = sorted((v for r in rows if (v := getattr(r, q.sort_key)) is not None),
-                        reverse=True)  # fmt: skip
-        k = math.ceil(RARE_MARGIN * cap / (hits * per_row / len(rows))) - 1  # rows above
-        if k >= len(values):
-            return None
-        sql = p.walk(from_value=values[max(0, k)])
-        if sql is None:
-            return None
-        # until the end of the query's transaction, as in _common_walk
-        c.execute("SET LOCAL enable_indexscan = off")
-        c.execute("SET LOCAL enable_seqscan = off")
-        c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-        ids = [r[0] for r in c.execute(*sql)]
-        return ids if len(ids) >= cap else None
+        values = self._sample.values(q.sort_key, n_tasks)
+        tried = -1
+        planned = False
+        for margin in sorted({min(RARE_FIRST_MARGIN, RARE_MARGIN), RARE_MARGIN}):
+            k = math.ceil(margin * cap / (hits * per_row / len(rows))) - 1  # rows above
+            if k >= len(values) or k <= tried:
+                continue
+            tried = k
+            sql = p.walk(from_value=values[max(0, k)])
+            if sql is None:
+                return None
+            if not planned:
+                # until the end of the query's transaction, as in _common_walk
+                c.execute("SET LOCAL enable_indexscan = off")
+                c.execute("SET LOCAL enable_seqscan = off")
+                c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+                planned = True
+            ids = [r[0] for r in c.execute(*sql)]
+            if len(ids) >= cap:
+                return ids
+        return None
 
     def _sample_rows(self) -> list[tuple[Any, ...]]:
         with self._pool.connection() as c:

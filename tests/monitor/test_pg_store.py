@@ -240,3 +240,39 @@ def test_an_unreachable_server_is_named_without_its_password():
     assert message.startswith(f"cannot reach the history database {redact(url)} (")
     assert message.endswith("); check CELERY_MONITOR_DB and that the server runs")
     assert "s3cret" not in message
+
+
+_GEVENT_PROBE = """
+import sys, time
+import psycopg  # the host app's import, before the monkey-patching
+from flask_celerymon.cli import _patch_gevent
+_patch_gevent()
+import gevent
+ticks = []
+def tick():
+    while True:
+        gevent.sleep(0.005)
+        ticks.append(time.monotonic())
+def query():
+    with psycopg.connect(sys.argv[1]) as c:
+        c.execute("SELECT pg_sleep(0.3)")
+ticker = gevent.spawn(tick)
+gevent.spawn(query).join()
+ticker.kill()
+print(psycopg.waiting.wait.__name__, len(ticks))
+"""
+
+
+def test_the_gevent_monitor_keeps_serving_while_psycopg_waits_for_a_query(postgres_url):
+    """psycopg imported before ``flask celery monitor`` monkey-patches (by the host app)
+    chose its C wait, which stops the gevent hub for a whole query; the patching makes it
+    wait through gevent: a 5 ms ticker keeps ticking during a 300 ms query."""
+    pytest.importorskip("gevent")
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-c", _GEVENT_PROBE, postgres_url],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()  # fmt: skip
+    assert out[0] != "wait_c"
+    assert int(out[1]) >= 20  # about 60 at 5 ms; none when the hub is blocked

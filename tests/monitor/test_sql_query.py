@@ -115,6 +115,44 @@ def test_the_sample_is_taken_again_when_the_store_grew_not_per_request():
     assert (len(fetched), sample.generation) == (3, 3)
 
 
+def test_figures_of_a_sample_are_kept_until_the_sample_is_taken_again(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    ok = [("u1", "app.add", "SUCCESS", "w1", "(1,)", "{}", "'ok'", 5.0, None, 5.0)]
+    fetched = [ok]
+    sample = SearchSample(lambda: fetched[-1])
+    assert sample.fraction(parse("'ok'"), 10) == 1.0
+    assert sample.occurrences(("result",), "ok") == 1
+    assert sample.sort_values(parse("'ok'"), "received") == [5.0]
+    fetched.append([("u2", "app.add", "SUCCESS", "w1", "(1,)", "{}", "'no'", 7.0, None, 7.0)])
+    assert sample.occurrences(("result",), "ok") == 1  # the same sample: kept
+    sample.rows(50_000)  # the store grew: taken again, its figures with it
+    assert sample.fraction(parse("'ok'"), 50_000) == 0.0
+    assert sample.occurrences(("result",), "ok") == 0
+    assert sample.sort_values(parse("'no'"), "received") == [7.0]
+    assert sample.values("received") == [7.0]
+    # at most SAMPLE_MEMO figures are kept: the oldest are dropped, never a wrong one read
+    monkeypatch.setattr(sql_query, "SAMPLE_MEMO", 2)
+    for text in ("a", "b", "c", "no"):
+        assert sample.occurrences(("result",), text) == (1 if text == "no" else 0)
+
+
+def test_the_sample_expects_the_matches_among_the_tasks_that_sort_first():
+    # 100 sampled tasks, received 0..99; the term matches the 10 received first (oldest)
+    rows = [(f"u{i}", "app.add", "SUCCESS", "w1", "('old',)" if i < 10 else "('new',)", "{}",
+             "'ok'", float(i), None, float(i)) for i in range(100)]  # fmt: skip
+    rows.append(("u-null", "app.add", "SUCCESS", "w1", "('old',)", "{}", "'ok'", None, None, None))
+    sample = SearchSample(lambda: rows)
+    # 10,100 tasks: each sampled task stands for 100; the first 2,000 are 20 sampled ones
+    assert sample.matches_on_top(parse("old"), "received", 10_100, 2_000) == 0
+    assert sample.matches_on_top(parse("new"), "received", 10_100, 2_000) == 2_000
+    # NULL sorts last in a descending sort: the whole sample reaches the NULL match
+    assert sample.matches_on_top(parse("old"), "received", 10_100, 10_100) == 1_100
+    assert SearchSample(list).matches_on_top(parse("old"), "received", 0, 10) == 0
+    with pytest.raises(ValueError, match="no 'runtime' values"):
+        sample.matches_on_top(parse("old"), "runtime", 10_100, 10)
+
+
 def test_the_sample_reads_runs_of_consecutive_ids_across_the_table():
     _, ids = sql_query.sample_query(SQLITE, 1, 1_000_000)
     assert len(set(ids)) == len(ids) == sql_query.SAMPLE_ROWS

@@ -1,9 +1,9 @@
 """Differential test of the task query's fast paths: on generated histories, every page and
 total a store answers through its shortcuts for common searches (one walk of the sort
 column's index; SQLite's id-range prefilter and its fallback to sorting the candidates;
-PostgreSQL's bounded walk, its "at least this value" bitmap over BRIN ranges, also for a
-search that is not common, and its sorted candidates; SQLite's walk entered at the bound its
-``task_blocks`` give) equals the plain answer: every stored task checked by the in-memory
+PostgreSQL's bounded walk, or its skip when the sample puts every match deeper, its "at
+least this value" bitmap over BRIN ranges, also for a search that is not common, and its
+sorted candidates; SQLite's walk entered at the bound its ``task_blocks`` give) equals the plain answer: every stored task checked by the in-memory
 matcher (:func:`~flask_celerymon.monitor.query.compile_python`) and sorted, on a real SQLite
 file and a real PostgreSQL server.
 
@@ -133,12 +133,30 @@ PATHS = (
             (pg_store, "WALK_ROWS"): 30,
         },
     ),  # fmt: skip
+    # ... PostgreSQL skips the walk when no sampled match sorts near the top
+    (
+        "common, walk skipped",
+        {
+            (sql_query, "INDEX_HITS_MAX"): -1,
+            (pg_store, "WALK_ROWS"): 30,
+            (pg_store, "SKIP_WALK_DEPTH"): 1,
+        },
+    ),  # fmt: skip
     # a search that is not common, read from a sampled value through PostgreSQL's BRIN
     # ranges (or its counted page when the guess falls short)
     (
         "rare, from a sampled value",
         {(pg_store, "RARE_MARGIN"): 1, (sql_query, "SEARCH_COUNT_CAP"): 60},
     ),
+    # ... its first, shallow guess falling short: the second one read, or the counted page
+    (
+        "rare, second sampled value",
+        {
+            (pg_store, "RARE_FIRST_MARGIN"): 0.05,
+            (pg_store, "RARE_MARGIN"): 1,
+            (sql_query, "SEARCH_COUNT_CAP"): 60,
+        },
+    ),  # fmt: skip
     # ... and no sampled value is tried (the candidates sorted)
     (
         "common, candidates sorted",
