@@ -453,7 +453,7 @@ class State:
             self.tasks[uuid] = t
             self._order.append(t)
             if self._searches.log is not None:
-                self._searches.created.append(t)
+                self._searches.made(t)
             if len(self.tasks) > self.max_tasks:
                 self._evict()
         if known is None:
@@ -539,9 +539,12 @@ class State:
                     if c is None:
                         c = self.task_counters[key] = {}
                 c[etype] = c.get(etype, 0) + 1
-        log = self._searches.log
+        searches = self._searches
+        log = searches.log
         if log is not None:
             log.append(t)
+            if len(log) + len(searches.created) > searches.max_log:
+                searches.clear()  # nobody searched again for a while: stop logging
         if self.on_task is not None:
             self.on_task(t)
         return t
@@ -697,7 +700,7 @@ class State:
         self.tasks[t.uuid] = t
         self._order.append(t)
         if self._searches.log is not None:
-            self._searches.created.append(t)
+            self._searches.made(t)
         if t.received is not None:
             self._index_received(t, t.received)
         if t.state in FINISHED_STATES:
@@ -714,8 +717,7 @@ class State:
         if t is None or t.finished:
             return False
         t.history = (*t.full_history(), what, now)
-        if self._searches.log is not None:
-            self._searches.log.append(t)
+        self._searches.changed(t)
         if self.on_task is not None:
             self.on_task(t)
         return True
@@ -735,8 +737,7 @@ class State:
             t.state = LOST
             t.timestamp = now
             self._finished.append(t)
-            if self._searches.log is not None:
-                self._searches.log.append(t)
+            self._searches.changed(t)
             if self.on_task is not None:
                 self.on_task(t)
         return lost
