@@ -20,8 +20,10 @@ So the answer is the full scan's, in the same order (ties of the sort keep windo
 
 Memory is bounded whatever the window holds: at most :data:`MAX_ENTRIES` answers of at most
 :data:`MAX_MATCHES` records each, and a log of at most :data:`MAX_LOG` entries (past it every
-answer is dropped and logging stops until the next search), 8 bytes a pointer: under 1.5 MB
-in all, none of it per task of the window. While nothing is kept nothing is logged. Not
+answer is dropped and logging stops until the next search; the writer checks the bound at
+each append, so a search asked once does not make the log grow for ever), 8 bytes a pointer:
+under 1.5 MB in all, none of it per task of the window (the records a kept answer or the log
+still names after their eviction stay alive until the answer or the log entry goes). While nothing is kept nothing is logged. Not
 thread-safe: used under :attr:`State.lock`, like the rest of the window.
 """
 
@@ -65,7 +67,25 @@ class SearchCache:
     def __init__(self) -> None:
         self.log: list[TaskRecord] | None = None
         self.created: list[TaskRecord] = []
+        #: :data:`MAX_LOG` when made: the writer checks ``len(log) > max_log`` after each
+        #: append and calls :meth:`clear` past it (the log must not grow while nobody asks)
+        self.max_log = MAX_LOG
         self._entries: dict[Hashable, _Entry] = {}
+
+    def changed(self, t: TaskRecord) -> None:
+        """Log a changed record (for the rarer writers; :meth:`State._apply_task` inlines it)."""
+        log = self.log
+        if log is not None:
+            log.append(t)
+            if len(log) + len(self.created) > self.max_log:
+                self.clear()
+
+    def made(self, t: TaskRecord) -> None:
+        """Log a record put in the window (it is also logged as changed when it changes)."""
+        if self.log is not None:
+            self.created.append(t)
+            if len(self.log) + len(self.created) > self.max_log:
+                self.clear()
 
     def clear(self) -> None:
         """Drop every kept answer and stop logging."""
@@ -86,7 +106,7 @@ class SearchCache:
         otherwise. The list returned is the caller's.
         """
         log = self.log
-        if log is not None and len(log) + len(self.created) > MAX_LOG:
+        if log is not None and len(log) + len(self.created) > self.max_log:
             self.clear()
             log = None
         entry = self._entries.pop(key, None)

@@ -49,6 +49,7 @@ from .state import (
     State,
     StateObserver,
     WorkerRecord,
+    clean_text,
 )
 from .store import HistoryStore
 from .store import redact as _redact
@@ -77,11 +78,13 @@ def _ts(value: float | datetime | None, what: str) -> float | None:
 
 
 def _tuple(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """A filter's values, as the window and the store hold text (:func:`.state.clean_text`:
+    a lone surrogate, which JSON can carry, as its escape; the stores cannot take one)."""
     if value is None or value == "" or value == "All":
         return ()
     if isinstance(value, str):
-        return (value,)
-    return tuple(v for v in value if v and v != "All")
+        return (clean_text(value),)
+    return tuple(clean_text(v) if isinstance(v, str) else v for v in value if v and v != "All")
 
 
 class _WindowObserver(StateObserver):
@@ -725,7 +728,7 @@ class MonitorService(Housekeeping, Subscriptions):
             received_end=_ts(received_end, "received_end"),
             started_start=_ts(started_start, "started_start"),
             started_end=_ts(started_end, "started_end"),
-            search=parse(search),
+            search=parse(clean_text(search) if isinstance(search, str) else search),
             sort_key=key,
             descending=desc,
             offset=offset,

@@ -69,8 +69,8 @@ class Dialect:
     """What differs between the stores' SQL. ``placeholder``: ``?`` or ``%s``;
     ``nulls``: write ``NULLS LAST``/``NULLS FIRST`` (SQLite sorts NULL lowest by itself);
     ``all_count``: the SQL of the number of all tasks; ``tiebreak``: order equal sort values
-    by ``id`` (SQLite leaves them in the order of the sort column's index, which ends in the
-    rowid, so a sort needs no second pass)."""
+    by ``id`` (SQLite: by the rest of the sort column's index, which ends in the rowid, so
+    the index walk needs no second pass; see :func:`order_by`)."""
 
     name: str
     placeholder: str
@@ -126,9 +126,16 @@ def where(
     return " AND ".join(conds), params
 
 
+#: SQLite: the columns its index of a sort key holds after it (``tasks_name``,
+#: ``tasks_state``); every index ends in the rowid.
+_SQLITE_INDEX_TAIL = {"name": ("received",), "state": ("received", "name")}
+
+
 def order_by(q: TaskQuery, dialect: Dialect, *, use_index: bool = True) -> str:
     """``ORDER BY`` of ``q``: its sort column (``NULL`` last when descending, first when
-    ascending), then (``dialect.tiebreak``) ``id`` in the same direction. ``use_index`` False keeps SQLite from
+    ascending), then ``id`` in the same direction (``dialect.tiebreak``; SQLite: the rest of
+    the sort column's index, then ``id``), so equal values keep one order on every page and
+    plan. ``use_index`` False keeps SQLite from
     walking the sort column's index (better when few rows match). Raises ``ValueError`` for a
     sort key that is not a column (:func:`~.query.parse_sort` guards this)."""
     if q.sort_key not in SORT_COLUMNS:
@@ -136,7 +143,14 @@ def order_by(q: TaskQuery, dialect: Dialect, *, use_index: bool = True) -> str:
     d = "DESC" if q.descending else "ASC"
     col = q.sort_key if use_index or dialect.nulls else "+" + q.sort_key
     nulls = (" NULLS LAST" if q.descending else " NULLS FIRST") if dialect.nulls else ""
-    tie = f", id {d}" if dialect.tiebreak else ""
+    if dialect.tiebreak:
+        tie = f", id {d}"
+    else:
+        # The order of the sort column's index, written out to the rowid: a total order (so
+        # the pages of one query neither repeat nor skip a task whatever plan each takes; a
+        # sort of candidates left equal values in any order) that the index walk still
+        # gives without a second pass.
+        tie = "".join(f", {c} {d}" for c in _SQLITE_INDEX_TAIL.get(q.sort_key, ())) + f", id {d}"
     return f"ORDER BY {col} {d}{nulls}{tie}"
 
 

@@ -453,7 +453,7 @@ class State:
             self.tasks[uuid] = t
             self._order.append(t)
             if self._searches.log is not None:
-                self._searches.created.append(t)
+                self._searches.made(t)
             if len(self.tasks) > self.max_tasks:
                 self._evict()
         if known is None:
@@ -539,9 +539,12 @@ class State:
                     if c is None:
                         c = self.task_counters[key] = {}
                 c[etype] = c.get(etype, 0) + 1
-        log = self._searches.log
+        searches = self._searches
+        log = searches.log
         if log is not None:
             log.append(t)
+            if len(log) + len(searches.created) > searches.max_log:
+                searches.clear()  # nobody searched again for a while: stop logging
         if self.on_task is not None:
             self.on_task(t)
         return t
@@ -673,20 +676,21 @@ class State:
         self._recv_recs = [r for _, r in pairs]
         self._recv_head = 0
 
-    def _newest_received(self, end: int) -> list[TaskRecord] | None:
-        """The ``end`` tasks received last, newest first, or None if fewer are indexed."""
+    def _newest_received(self, end: int | None) -> list[TaskRecord] | None:
+        """The ``end`` tasks received last, newest first, or None if fewer are indexed
+        (``end`` None: every indexed task)."""
         tasks = self.tasks
         times = self._recv_times
         recs = self._recv_recs
         out: list[TaskRecord] = []
         i = len(recs) - 1
         stop = self._recv_head
-        while i >= stop and len(out) < end:
+        while i >= stop and (end is None or len(out) < end):
             r = recs[i]
             if r is not None and r.received == times[i] and tasks.get(r.uuid) is r:
                 out.append(r)
             i -= 1
-        return out if len(out) == end else None
+        return out if end is None or len(out) == end else None
 
     def adopt(self, t: TaskRecord) -> TaskRecord:
         """Put ``t`` (e.g. from :meth:`TaskRecord.from_row`) in the window unless a task with
@@ -697,7 +701,7 @@ class State:
         self.tasks[t.uuid] = t
         self._order.append(t)
         if self._searches.log is not None:
-            self._searches.created.append(t)
+            self._searches.made(t)
         if t.received is not None:
             self._index_received(t, t.received)
         if t.state in FINISHED_STATES:
@@ -714,8 +718,7 @@ class State:
         if t is None or t.finished:
             return False
         t.history = (*t.full_history(), what, now)
-        if self._searches.log is not None:
-            self._searches.log.append(t)
+        self._searches.changed(t)
         if self.on_task is not None:
             self.on_task(t)
         return True
@@ -735,8 +738,7 @@ class State:
             t.state = LOST
             t.timestamp = now
             self._finished.append(t)
-            if self._searches.log is not None:
-                self._searches.log.append(t)
+            self._searches.changed(t)
             if self.on_task is not None:
                 self.on_task(t)
         return lost
@@ -802,17 +804,26 @@ class State:
         if (
             q.sort_key == "received"
             and q.descending
-            and q.limit is not None
             and not (q.state or q.worker or q.name or q.search is not None)
             and q.received_start is None
             and q.received_end is None
             and q.started_start is None
             and q.started_end is None
         ):
-            # The default listing: read the newest off the received-time index.
-            newest = self._newest_received(q.offset + q.limit)
+            # The default listing: read the newest off the received-time index, then the
+            # tasks without a received time (last, as the sort puts them) when the page
+            # reaches them. Every page takes this path, so equal received times keep the
+            # index's order on every page (the sort below would order them otherwise: the
+            # last page repeated and skipped tasks).
+            end = None if q.limit is None else q.offset + q.limit
+            newest = None if end is None else self._newest_received(end)
             if newest is not None:
                 return len(self.tasks), newest[q.offset :]
+            indexed = self._newest_received(None)
+            assert indexed is not None
+            unreceived = [t for t in self.tasks.values() if t.received is None]
+            if len(indexed) + len(unreceived) == len(self.tasks):  # (each task once)
+                return len(self.tasks), (indexed + unreceived)[q.offset : end]
         if q.search is None:
             seq = self._filter(q, self.tasks.values())
         else:

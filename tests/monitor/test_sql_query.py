@@ -14,7 +14,7 @@ def test_the_dialects_differ_only_in_placeholders_nulls_and_the_tie_break():
     q = TaskQuery(state=("FAILURE",), sort_key="runtime", descending=True, limit=10, offset=20)
     lite, pg = plan(q, SQLITE), plan(q, POSTGRESQL)
     assert lite.page() == (
-        "SELECT id FROM tasks WHERE state IN (?) ORDER BY runtime DESC LIMIT ? OFFSET ?",
+        "SELECT id FROM tasks WHERE state IN (?) ORDER BY runtime DESC, id DESC LIMIT ? OFFSET ?",
         ["FAILURE", 10, 20],
     )
     assert pg.page() == (
@@ -25,7 +25,17 @@ def test_the_dialects_differ_only_in_placeholders_nulls_and_the_tie_break():
     asc = TaskQuery(sort_key="name", descending=False, limit=None)
     assert plan(asc, POSTGRESQL).page()[0].endswith("ORDER BY name ASC NULLS FIRST, id ASC "
                                                     "LIMIT %s OFFSET %s")  # fmt: skip
-    assert plan(asc, SQLITE).page()[1] == [-1, 0]  # SQLite's "no limit"
+    assert plan(asc, SQLITE).page() == (
+        # SQLite: the rest of its index of the sort column, then the id (a total order)
+        "SELECT id FROM tasks ORDER BY name ASC, received ASC, id ASC LIMIT ? OFFSET ?",
+        [-1, 0],  # SQLite's "no limit"
+    )
+    by_state = TaskQuery(sort_key="state", limit=5)
+    assert (
+        plan(by_state, SQLITE)
+        .page()[0]
+        .endswith("ORDER BY state DESC, received DESC, name DESC, id DESC LIMIT ? OFFSET ?")
+    )
 
 
 def test_the_unfiltered_total_is_exact_and_filters_count_up_to_the_cap():
@@ -47,7 +57,7 @@ def test_a_search_counts_a_page_ahead_or_search_count_cap_whichever_is_more():
     common = plan(q, SQLITE, common=lambda: True)
     assert common.cap == 300 + 200 + 1
     # a common search counts the first matches in sort order: the walk the page takes
-    assert "ORDER BY received DESC LIMIT ?) m" in common.count()[0]
+    assert "ORDER BY received DESC, id DESC LIMIT ?) m" in common.count()[0]
     unpaged = TaskQuery(search=parse("state:failure"), limit=None)
     assert plan(unpaged, SQLITE).cap == sql_query.COUNT_CAP
 

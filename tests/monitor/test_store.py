@@ -400,3 +400,29 @@ def test_rows_written_after_the_newest_were_pruned_are_found_by_search(tmp_path)
         assert fts == 3
     finally:
         store.close()
+
+
+def test_filters_and_searches_with_lone_surrogates_answer_as_the_window_does(store_db):
+    # A JSON body carries a lone surrogate ("\ud800"): the stores cannot take one (the bulk
+    # actions answered 500: UnicodeEncodeError). Filters and searches are compared with the
+    # text the window and the store hold, where a surrogate is kept as its escape.
+    svc = MonitorService(app(), Settings(db=store_db, enable_events=False, inspect_timeout=0.2))
+    svc.start()
+    try:
+        now = time.time()
+        svc.apply_events([
+            {"type": "task-received", "uuid": "sur-1", "name": "job.\ud800x", "hostname": "w\udfff@h",
+             "timestamp": now, "args": "('\ud800abc',)"},
+            {"type": "task-received", "uuid": "plain-2", "name": "job.plain", "hostname": "w@h",
+             "timestamp": now},
+        ])  # fmt: skip
+        svc.flush()
+        for kw in ({"search": "\ud800abc"}, {"search": "\ud800x"}, {"name": "job.\ud800x"},
+                   {"worker": ["w\udfff@h"]}, {"search": "name:\ud800 worker:\udfff"}):  # fmt: skip
+            answers = {
+                source: [t["uuid"] for t in svc.query_tasks(source=source, **kw).tasks]
+                for source in ("window", "store")
+            }
+            assert answers == {"window": ["sur-1"], "store": ["sur-1"]}, kw
+    finally:
+        svc.stop()

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings, SearchError
-from flask_celerymon.monitor.model import TaskRecord
-from flask_celerymon.monitor.state import index_slack
+from flask_celerymon.monitor.model import TaskQuery, TaskRecord
+from flask_celerymon.monitor.state import State, index_slack
 
 from .conftest import task_events
 
@@ -450,3 +450,26 @@ def test_task_names_off_the_wire_are_counted_one_by_one_up_to_a_bound():
     assert len(svc.task_types()) == 40  # every name of the window is still listed
     page = svc.query_tasks(search="name:task3")
     assert {t["name"] for t in page.tasks} == {"app.task3"} | {f"app.task3{i}" for i in range(10)}
+
+
+def test_the_default_listing_pages_equal_received_times_in_one_order():
+    # Ten tasks a received time, and tasks only sent (no received time: last). Every page,
+    # the last ones too (fewer indexed tasks than offset + limit), and the unpaged listing
+    # give one order: the pages put together are the listing, each task once. The last
+    # page was sorted instead of read off the index, and repeated and skipped tasks.
+    state = State(max_tasks=1000)
+    for i in range(95):
+        state.apply({"type": "task-received", "uuid": f"u{i:03d}", "timestamp": 1e9 + i // 10,
+                     "hostname": "w"}, now=1e9)  # fmt: skip
+    for i in range(7):
+        state.apply({"type": "task-sent", "uuid": f"s{i}", "timestamp": 1e9}, now=1e9)
+    full = [t.uuid for t in state.query(TaskQuery(limit=None))[1]]
+    assert len(full) == len(set(full)) == 102
+    assert full[-7:] == [f"s{i}" for i in range(7)]
+    for limit in (20, 30, 7):
+        seen: list[str] = []
+        for offset in range(0, 110, limit):
+            total, page = state.query(TaskQuery(offset=offset, limit=limit))
+            assert total == 102
+            seen += [t.uuid for t in page]
+        assert seen == full, limit

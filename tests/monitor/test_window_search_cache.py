@@ -193,3 +193,25 @@ def test_the_log_is_dropped_past_its_bound(monkeypatch):
                      "hostname": "w1@h", "args": "('alpha',)"})  # fmt: skip
     assert state.query(q)[0] == 60
     assert len(state._searches.log) == 0  # dropped, then kept anew from a full scan
+
+
+def test_the_log_stays_bounded_when_the_search_is_not_asked_again(monkeypatch):
+    # One search starts the log; events keep coming and nobody searches again (a page was
+    # closed, an API client asked once). The log must not grow past its bound meanwhile: it
+    # holds every changed record, evicted ones too, so unbounded it keeps them all alive.
+    monkeypatch.setattr(searchcache, "MAX_LOG", 50)
+    state = State(max_tasks=20)
+    state.query(TaskQuery(search=parse("alpha")))
+    assert state._searches.log == []
+    for i in range(500):
+        state.apply({"type": "task-received", "uuid": f"u{i}", "timestamp": NOW + i,
+                     "hostname": "w1@h", "args": "('alpha',)"})  # fmt: skip
+        state.note(f"u{i}", "revoke-requested", NOW + i)
+        log = state._searches.log
+        assert log is None or len(log) + len(state._searches.created) <= 50
+    for i in range(500):
+        state.adopt(_record(f"a{i}"))
+        log = state._searches.log
+        assert log is None or len(log) + len(state._searches.created) <= 50
+    q = TaskQuery(search=parse("alpha"), limit=None)
+    assert state.query(q)[0] == full_scan(state, q)[0]
