@@ -292,7 +292,7 @@ class MonitorMetrics:
         self._publisher: threading.Thread | None = None
         #: read once: the listener runs for every event
         self._single_ingester = service.settings.single_ingester
-        service.add_listener(self._on_event)
+        service.add_listener(self._count_event, batch=self._batch)
         service.add_purge_listener(self._on_purge)
         if service.settings.single_ingester:
             service.add_lead_listener(self.continue_cluster_series)
@@ -309,10 +309,22 @@ class MonitorMetrics:
             seen.add(value)
         return value
 
-    def _on_event(self, event: dict[str, Any], task: Any) -> None:
-        """The service's event listener: update the event-driven series (ingest thread)."""
+    def _batch(self) -> threading.Lock:
+        """The service's batch hook (ingest thread): the lock, held around a batch of
+        :meth:`_count_event` calls instead of taken per event."""
         if self._publisher is None and self._single_ingester:
-            self._start_publisher()
+            self._start_publisher()  # takes the lock itself: before it is held
+        return self._lock
+
+    def _on_event(self, event: dict[str, Any], task: Any) -> None:
+        """Update the event-driven series for one event, taking the lock (the listener
+        without its batch hook: what the service does per batch, for one event)."""
+        with self._batch():
+            self._count_event(event, task)
+
+    def _count_event(self, event: dict[str, Any], task: Any) -> None:
+        """The service's event listener (ingest thread, the lock held by :meth:`_batch`):
+        update the event-driven series."""
         if task is None:
             return
         etype = event.get("type")
@@ -324,78 +336,77 @@ class MonitorMetrics:
         # The task's worker is the event's hostname, already checked by the state.
         worker = task.worker if etype != "task-sent" else ""
         name = task.name or ""
-        with self._lock:
-            if name not in self._names:
-                name = self._bounded(name, self._names, self.max_task_names)
-            key = (worker, name)
-            ek = (worker, etype, name)
-            events = self._events
-            events[ek] = events.get(ek, 0) + 1
+        if name not in self._names:
+            name = self._bounded(name, self._names, self.max_task_names)
+        key = (worker, name)
+        ek = (worker, etype, name)
+        events = self._events
+        events[ek] = events.get(ek, 0) + 1
 
-            runtime = event.get("runtime")
-            if runtime is not None:
-                runtime = _number(runtime)
-            if runtime:
-                h = self._runtime.get(key)
-                if h is None:
-                    h = self._runtime[key] = _Histogram(len(self.runtime_buckets))
-                h.observe(self.runtime_buckets, runtime)
+        runtime = event.get("runtime")
+        if runtime is not None:
+            runtime = _number(runtime)
+        if runtime:
+            h = self._runtime.get(key)
+            if h is None:
+                h = self._runtime[key] = _Histogram(len(self.runtime_buckets))
+            h.observe(self.runtime_buckets, runtime)
 
-            known = TASK_EVENTS.get(etype)
-            if known is not None:
-                state = known[0]
-                exc = ""
-                if etype == "task-failed":
-                    exc = self._bounded(
-                        exception_class(event.get("exception")),
-                        self._exceptions,
-                        self.max_exceptions,
-                    )
-                tk = (name, worker, state, exc)
-                tasks = self._tasks
-                tasks[tk] = tasks.get(tk, 0) + 1
+        known = TASK_EVENTS.get(etype)
+        if known is not None:
+            state = known[0]
+            exc = ""
+            if etype == "task-failed":
+                exc = self._bounded(
+                    exception_class(event.get("exception")),
+                    self._exceptions,
+                    self.max_exceptions,
+                )
+            tk = (name, worker, state, exc)
+            tasks = self._tasks
+            tasks[tk] = tasks.get(tk, 0) + 1
 
-            if etype == "task-sent":
-                self._track_sent(event, task)
-                # The client's sent event may arrive after the worker's started event (two
-                # connections), and even read later than it (the client stamps it after the
-                # message left): measure the wait now (0 then). A retry's re-send comes after
-                # the previous run started and a task-retried, and is not measured here.
-                sent = _number(event.get("timestamp"))
-                if (
-                    sent is not None
-                    and task.started is not None
-                    and (task.started >= sent or task.retried is None)
-                ):
-                    self._observe_queue_wait(task, name, task.worker or "")
-                return
-            queue = self._pending_queue.pop(task.uuid, None)
-            if queue is not None:
-                waiting = self._pending.get(queue)
-                if waiting is not None:
-                    waiting.pop(task.uuid, None)
-
-            eta = task.eta
-            received = task.received
-            started = task.started
-            if etype == "task-received":
-                if not eta and received is not None:
-                    self._prefetched[key] = self._prefetched.get(key, 0) + 1
-            elif etype == "task-started":
-                if not eta and started is not None and received is not None:
-                    self._prefetch_time[key] = max(0.0, started - received)
-                    self._dec_prefetched(key)
-                self._observe_queue_wait(task, name, worker)
-            elif etype in ("task-succeeded", "task-failed"):
-                if not eta and started is not None and received is not None:
-                    self._prefetch_time[key] = 0.0
-            elif (
-                etype in ("task-revoked", "task-rejected")
-                and not eta
-                and received is not None
-                and started is None
+        if etype == "task-sent":
+            self._track_sent(event, task)
+            # The client's sent event may arrive after the worker's started event (two
+            # connections), and even read later than it (the client stamps it after the
+            # message left): measure the wait now (0 then). A retry's re-send comes after
+            # the previous run started and a task-retried, and is not measured here.
+            sent = _number(event.get("timestamp"))
+            if (
+                sent is not None
+                and task.started is not None
+                and (task.started >= sent or task.retried is None)
             ):
+                self._observe_queue_wait(task, name, task.worker or "")
+            return
+        queue = self._pending_queue.pop(task.uuid, None)
+        if queue is not None:
+            waiting = self._pending.get(queue)
+            if waiting is not None:
+                waiting.pop(task.uuid, None)
+
+        eta = task.eta
+        received = task.received
+        started = task.started
+        if etype == "task-received":
+            if not eta and received is not None:
+                self._prefetched[key] = self._prefetched.get(key, 0) + 1
+        elif etype == "task-started":
+            if not eta and started is not None and received is not None:
+                self._prefetch_time[key] = max(0.0, started - received)
                 self._dec_prefetched(key)
+            self._observe_queue_wait(task, name, worker)
+        elif etype in ("task-succeeded", "task-failed"):
+            if not eta and started is not None and received is not None:
+                self._prefetch_time[key] = 0.0
+        elif (
+            etype in ("task-revoked", "task-rejected")
+            and not eta
+            and received is not None
+            and started is None
+        ):
+            self._dec_prefetched(key)
 
     def _dec_prefetched(self, key: tuple[str, str]) -> None:
         n = self._prefetched.get(key)
