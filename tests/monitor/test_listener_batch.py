@@ -200,8 +200,6 @@ def _ref_observe_queue_wait(m: MonitorMetrics, task: Any, name: str, worker: str
         h = m._queue_wait[key] = _Histogram(len(m.queue_wait_buckets))
     h.observe(m.queue_wait_buckets, max(0.0, started - base))
 
-# -- one ingester per cluster ------------------------------------------------------------
-
 
 def _run(batches: list[list[dict[str, Any]]], per_event: bool) -> dict[str, Any]:
     svc = MonitorService(Celery("diff", broker="memory://"), MonitorSettings(enable_events=False))
