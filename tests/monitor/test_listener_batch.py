@@ -303,3 +303,16 @@ def test_remove_listener_removes_the_same_bound_method_obtained_again():
     svc.remove_listener(insight._on_event)
     svc.apply_events(_events(1))
     assert svc._listeners == ()
+
+
+def test_insight_started_again_after_stop_listens_once():
+    svc = _service()
+    insight = Insight(svc)
+    insight.ensure_started()
+    insight.stop()
+    insight.ensure_started()
+    try:
+        assert [fn for fn, _batch in svc._listeners] == [insight._on_event]
+    finally:
+        insight.close()
+    assert svc._listeners == ()
