@@ -1,6 +1,6 @@
 """CPU per event of the monitor's ingest path, in process, stage by stage (for A/B of one change).
 
-    python bench/ingest_cpu.py [--recording PATH] [--runs 3] [--cache-kb N]
+    python bench/ingest_cpu.py [--recording PATH] [--runs 3] [--cache-kb N] [--gevent]
 
 Replays a recording made by ``bench/served_monitor.py`` (its cache:
 ``$TMPDIR/celerymon-served-bench/flood-<tasks>.bin``) through the same code the served monitor
@@ -11,16 +11,24 @@ events (the housekeeping thread's 0.5 s at ~30,000 events/s) with the search ind
 follows it. Prints one JSON line per run: CPU µs per event (thread CPU time) of each stage
 and in all, and the process's RSS growth per task. The served figures remain the reference
 (``bench/served_monitor.py``): this one only isolates the stages for A/B runs.
+``--gevent`` monkey-patches the process first, as ``flask celery monitor`` does by default
+(its locks are then gevent's).
 """
 
 from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__" and "--gevent" in sys.argv:  # before anything imports threading
+    from gevent import monkey
+
+    monkey.patch_all()
 
 import argparse
 import gc
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 
@@ -104,6 +112,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--flush-every", type=int, default=15_000, help="events between flushes")
     p.add_argument("--cache-kb", type=int, help="SQLite page cache per connection (KiB)")
+    p.add_argument("--gevent", action="store_true", help="monkey-patch with gevent first")
     a = p.parse_args()
     messages = [data for _channel, data in read_recording(a.recording)]
     for _ in range(a.runs):

@@ -292,7 +292,7 @@ class MonitorMetrics:
         self._publisher: threading.Thread | None = None
         #: read once: the listener runs for every event
         self._single_ingester = service.settings.single_ingester
-        service.add_listener(self._on_event)
+        service.add_listener(self._count_event, batch=self._batch)
         service.add_purge_listener(self._on_purge)
         if service.settings.single_ingester:
             service.add_lead_listener(self.continue_cluster_series)
@@ -309,105 +309,125 @@ class MonitorMetrics:
             seen.add(value)
         return value
 
-    def _on_event(self, event: dict[str, Any], task: Any) -> None:
-        """The service's event listener: update the event-driven series (ingest thread)."""
+    def _batch(self) -> threading.Lock:
+        """The service's batch hook (ingest thread): the lock, held around a batch of
+        :meth:`_count_event` calls instead of taken per event."""
         if self._publisher is None and self._single_ingester:
-            self._start_publisher()
+            self._start_publisher()  # takes the lock itself: before it is held
+        return self._lock
+
+    def _on_event(self, event: dict[str, Any], task: Any) -> None:
+        """Update the event-driven series for one event, taking the lock (the listener
+        without its batch hook: what the service does per batch, for one event)."""
+        with self._batch():
+            self._count_event(event, task)
+
+    def _count_event(self, event: dict[str, Any], task: Any) -> None:
+        """The service's event listener (ingest thread, the lock held by :meth:`_batch`):
+        update the event-driven series."""
         if task is None:
             return
         etype = event.get("type")
-        if not isinstance(etype, str) or not etype.startswith("task-"):
+        if not isinstance(etype, str):
             return
-        if not etype.isascii():
-            etype = clean_text(etype)
+        known = TASK_EVENTS.get(etype)
+        if known is None:  # a custom task event type (counted in events only), or none
+            if not etype.startswith("task-"):
+                return
+            if not etype.isascii():
+                etype = clean_text(etype)
+                known = TASK_EVENTS.get(etype)
         # task-sent comes from a client (gen<pid>@host, a new name per process): not a label.
         # The task's worker is the event's hostname, already checked by the state.
-        worker = task.worker if etype != "task-sent" else ""
+        sent_event = etype == "task-sent"
+        worker = "" if sent_event else task.worker
         name = task.name or ""
-        with self._lock:
-            if name not in self._names:
-                name = self._bounded(name, self._names, self.max_task_names)
-            key = (worker, name)
-            ek = (worker, etype, name)
-            events = self._events
-            events[ek] = events.get(ek, 0) + 1
+        if name not in self._names:
+            name = self._bounded(name, self._names, self.max_task_names)
+        key = (worker, name)
+        ek = (worker, etype, name)
+        events = self._events
+        events[ek] = events.get(ek, 0) + 1
 
-            runtime = event.get("runtime")
-            if runtime is not None:
-                runtime = _number(runtime)
+        runtime = event.get("runtime")
+        if runtime is not None:
+            runtime = _number(runtime)
             if runtime:
                 h = self._runtime.get(key)
                 if h is None:
                     h = self._runtime[key] = _Histogram(len(self.runtime_buckets))
                 h.observe(self.runtime_buckets, runtime)
 
-            known = TASK_EVENTS.get(etype)
-            if known is not None:
-                state = known[0]
-                exc = ""
-                if etype == "task-failed":
-                    exc = self._bounded(
-                        exception_class(event.get("exception")),
-                        self._exceptions,
-                        self.max_exceptions,
-                    )
-                tk = (name, worker, state, exc)
-                tasks = self._tasks
-                tasks[tk] = tasks.get(tk, 0) + 1
+        if known is not None:
+            exc = ""
+            if etype == "task-failed":
+                exc = self._bounded(
+                    exception_class(event.get("exception")),
+                    self._exceptions,
+                    self.max_exceptions,
+                )
+            tk = (name, worker, known[0], exc)
+            tasks = self._tasks
+            tasks[tk] = tasks.get(tk, 0) + 1
 
-            if etype == "task-sent":
-                self._track_sent(event, task)
-                # The client's sent event may arrive after the worker's started event (two
-                # connections), and even read later than it (the client stamps it after the
-                # message left): measure the wait now (0 then). A retry's re-send comes after
-                # the previous run started and a task-retried, and is not measured here.
-                sent = _number(event.get("timestamp"))
-                if (
-                    sent is not None
-                    and task.started is not None
-                    and (task.started >= sent or task.retried is None)
-                ):
-                    self._observe_queue_wait(task, name, task.worker or "")
-                return
+        extra = task.extra  # the record's rare fields (eta, retried...), None when none set
+        if sent_event:
+            sent = _number(event.get("timestamp"))
+            self._track_sent(event, task, sent)
+            # The client's sent event may arrive after the worker's started event (two
+            # connections), and even read later than it (the client stamps it after the
+            # message left): measure the wait now (0 then). A retry's re-send comes after
+            # the previous run started and a task-retried, and is not measured here.
+            started = task.started
+            if (
+                sent is not None
+                and started is not None
+                and (started >= sent or extra is None or extra.get("retried") is None)
+            ):
+                self._observe_queue_wait(task, name, task.worker or "", extra)
+            return
+        if self._pending_queue:
             queue = self._pending_queue.pop(task.uuid, None)
             if queue is not None:
                 waiting = self._pending.get(queue)
                 if waiting is not None:
                     waiting.pop(task.uuid, None)
 
-            eta = task.eta
-            received = task.received
+        eta = None if extra is None else extra.get("eta")
+        if etype == "task-received":
+            if not eta and task.received is not None:
+                prefetched = self._prefetched
+                prefetched[key] = prefetched.get(key, 0) + 1
+        elif etype == "task-started":
             started = task.started
-            if etype == "task-received":
-                if not eta and received is not None:
-                    self._prefetched[key] = self._prefetched.get(key, 0) + 1
-            elif etype == "task-started":
-                if not eta and started is not None and received is not None:
-                    self._prefetch_time[key] = max(0.0, started - received)
-                    self._dec_prefetched(key)
-                self._observe_queue_wait(task, name, worker)
-            elif etype in ("task-succeeded", "task-failed"):
-                if not eta and started is not None and received is not None:
-                    self._prefetch_time[key] = 0.0
-            elif (
-                etype in ("task-revoked", "task-rejected")
-                and not eta
-                and received is not None
-                and started is None
-            ):
+            received = task.received
+            if not eta and started is not None and received is not None:
+                self._prefetch_time[key] = max(0.0, started - received)
                 self._dec_prefetched(key)
+            self._observe_queue_wait(task, name, worker, extra)
+        elif etype == "task-succeeded" or etype == "task-failed":
+            if not eta and task.started is not None and task.received is not None:
+                self._prefetch_time[key] = 0.0
+        elif (
+            (etype == "task-revoked" or etype == "task-rejected")
+            and not eta
+            and task.received is not None
+            and task.started is None
+        ):
+            self._dec_prefetched(key)
 
     def _dec_prefetched(self, key: tuple[str, str]) -> None:
         n = self._prefetched.get(key)
         if n is not None:
             self._prefetched[key] = max(0, n - 1)
 
-    def _track_sent(self, event: dict[str, Any], task: Any) -> None:
+    def _track_sent(self, event: dict[str, Any], task: Any, sent: float | None) -> None:
+        """Keep a sent task pending in its queue (``sent``: the event's timestamp as a
+        float, or None when it is not a number)."""
         # A task-received applied before its task-sent leaves the state at RECEIVED: skip it.
         if task.state != "PENDING" or len(self._pending_queue) >= MAX_PENDING:
             return
         queue = event.get("queue") or event.get("routing_key")
-        sent = _number(event.get("timestamp"))
         if not isinstance(queue, str) or not queue or sent is None:
             return
         if not queue.isascii():
@@ -421,15 +441,19 @@ class MonitorMetrics:
             waiting = self._pending[queue] = {}
         waiting[task.uuid] = sent
 
-    def _observe_queue_wait(self, task: Any, name: str, worker: str) -> None:
+    def _observe_queue_wait(
+        self, task: Any, name: str, worker: str, extra: dict[str, Any] | None
+    ) -> None:
+        """Observe ``started - max(sent, eta)`` (``extra``: the record's rare fields)."""
         sent = task.sent
         started = task.started
         if sent is None or started is None:
             return
         base = sent
-        eta = _eta_timestamp(task.eta)
-        if eta is not None and eta > base:
-            base = eta
+        if extra is not None:
+            eta = _eta_timestamp(extra.get("eta"))
+            if eta is not None and eta > base:
+                base = eta
         key = (name, worker)
         h = self._queue_wait.get(key)
         if h is None:

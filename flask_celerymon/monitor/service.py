@@ -26,6 +26,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, ExitStack
 from datetime import datetime
 from typing import Any
 
@@ -54,7 +55,7 @@ from .state import (
 from .store import HistoryStore
 from .store import redact as _redact
 from .stores import open_store
-from .subscriptions import EventListener, Subscription, Subscriptions
+from .subscriptions import BatchHook, EventListener, Subscription, Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ class MonitorService(Housekeeping, Subscriptions):
         self._subs: tuple[Subscription, ...] = ()
         self._subs_lock = threading.Lock()
         self._subs_dropped = 0
-        self._listeners: tuple[EventListener, ...] = ()
+        self._listeners: tuple[tuple[EventListener, BatchHook | None], ...] = ()
         self._purge_listeners: tuple[Callable[[str], None], ...] = ()
         self._topic_listeners: tuple[Callable[[list[str]], None], ...] = ()
         self._lead_listeners: tuple[Callable[[], None], ...] = ()
@@ -340,7 +341,7 @@ class MonitorService(Housekeeping, Subscriptions):
 
     def remove_topic_listener(self, fn: Callable[[list[str]], None]) -> None:
         with self._subs_lock:
-            self._topic_listeners = tuple(f for f in self._topic_listeners if f is not fn)
+            self._topic_listeners = tuple(f for f in self._topic_listeners if f != fn)
 
     def add_lead_listener(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` (lease thread) each time this process takes the ingester lease, before
@@ -496,13 +497,37 @@ class MonitorService(Housekeeping, Subscriptions):
 
     # -- ingest (the consumer thread) ------------------------------------------------------
 
+    def _enter_batch(self, stack: ExitStack) -> tuple[EventListener, ...]:
+        """The listeners to call for one batch, their batch hooks entered on ``stack`` (a
+        hook that fails leaves its listener out of this batch)."""
+        listeners = []
+        for fn, batch in self._listeners:
+            if batch is not None:
+                try:
+                    cm = batch()
+                    cm.__enter__()
+                except Exception:  # noqa: BLE001
+                    self._listener_errors += 1
+                    log.exception("celerymon: batch hook of event listener %r failed", fn)
+                    continue
+                stack.callback(self._leave_batch, fn, cm)
+            listeners.append(fn)
+        return tuple(listeners)
+
+    def _leave_batch(self, fn: EventListener, cm: AbstractContextManager[Any]) -> None:
+        try:
+            cm.__exit__(None, None, None)
+        except Exception:  # noqa: BLE001 - never into ingest
+            self._listener_errors += 1
+            log.exception("celerymon: batch hook of event listener %r failed", fn)
+
     def _ingest(self, events: list[dict[str, Any]]) -> None:
         st = self._state
         fig = self._figures
-        listeners = self._listeners
         now = time.time()
         applied = malformed = unknown = 0
-        with st.lock:
+        with st.lock, ExitStack() as stack:
+            listeners = self._enter_batch(stack) if self._listeners else ()
             apply = st.apply
             for ev in events:
                 try:

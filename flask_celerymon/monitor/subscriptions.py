@@ -3,8 +3,11 @@
 A :class:`Subscription` is offered each changed task and worker by the ingest thread (O(1),
 never blocking: a subscriber too slow is dropped) and read by its own thread with
 :meth:`Subscription.get`. An event listener (``add_listener``) is called in the ingest thread
-after each applied event; a purge listener when a worker is purged. The listener tuples are
-replaced, never changed in place, so the ingest thread reads them without a lock.
+after each applied event; a listener given a ``batch`` hook has the hook's context entered
+once around each batch of events (up to ``events.BATCH``, applied under the state lock), so
+it takes its own lock once a batch instead of once an event. A purge listener is called when
+a worker is purged. The listener tuples are replaced, never changed in place, so the ingest
+thread reads them without a lock.
 
 :class:`Subscriptions` is a part of :class:`~.service.MonitorService` (a base class of it).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
@@ -22,6 +26,9 @@ if TYPE_CHECKING:
 #: listener(event, task): ``event`` is the decoded event dict, ``task`` the record it changed
 #: (read its attributes, don't keep or change it) or None for worker events.
 EventListener = Callable[[dict[str, Any], Any], None]
+#: batch(): a context manager entered before the first event of a batch is passed to its
+#: listener and exited after the last (e.g. the listener's lock: ``lambda: self._lock``).
+BatchHook = Callable[[], AbstractContextManager[Any]]
 
 
 class Subscription:
@@ -121,26 +128,35 @@ class Subscriptions:
     _subs: tuple[Subscription, ...]
     _subs_lock: threading.Lock
     _subs_dropped: int
-    _listeners: tuple[EventListener, ...]
+    _listeners: tuple[tuple[EventListener, BatchHook | None], ...]
     _purge_listeners: tuple[Callable[[str], None], ...]
     _purged: list[tuple[float, str]]
 
     # -- listeners and subscriptions -------------------------------------------------------
 
-    def add_listener(self, fn: EventListener) -> None:
+    def add_listener(self, fn: EventListener, *, batch: BatchHook | None = None) -> None:
         """Call ``fn(event, task)`` in the ingest thread after each applied event.
 
         For metrics: ``event`` has ``type``, ``hostname``, ``timestamp`` and the event's
         fields; ``task`` is the changed task record (``name``, ``state``, ``received``,
         ``started``, ``runtime``, ``worker``...) or None. Keep it fast; exceptions are logged
         and counted, never raised into ingest.
+
+        ``batch``, optional: called once per batch of events (up to ``events.BATCH`` of them,
+        applied under the state lock) before ``fn`` sees the first of them; the context
+        manager it returns is entered then and exited after ``fn`` saw the last one (in the
+        ingest thread, the state lock held throughout). ``fn`` is still called per event, in
+        order, with the task as that event left it. A hook that raises on entry is logged and
+        counted in ``listener_errors``, and ``fn`` misses that batch.
         """
         with self._subs_lock:
-            self._listeners = (*self._listeners, fn)
+            self._listeners = (*self._listeners, (fn, batch))
 
     def remove_listener(self, fn: EventListener) -> None:
+        """Stop calling ``fn`` (compared by ``==``, so the same bound method obtained again
+        is removed); nothing happens when it was not added."""
         with self._subs_lock:
-            self._listeners = tuple(f for f in self._listeners if f is not fn)
+            self._listeners = tuple(e for e in self._listeners if e[0] != fn)
 
     def add_purge_listener(self, fn: Callable[[str], None]) -> None:
         """Call ``fn(hostname)`` when an offline worker is purged (drop its metric series)."""
