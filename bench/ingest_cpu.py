@@ -105,13 +105,18 @@ def one_run(messages: list[bytes], flush_every: int, cache_kb: int | None) -> di
         shutil.rmtree(work, ignore_errors=True)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def replay_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of a replay of the served bench's recording (shared by bench/store_write.py)."""
     p.add_argument("--recording", default=os.path.join(
         tempfile.gettempdir(), "celerymon-served-bench", "flood-100000.bin"))  # fmt: skip
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--flush-every", type=int, default=15_000, help="events between flushes")
     p.add_argument("--cache-kb", type=int, help="SQLite page cache per connection (KiB)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    replay_arguments(p)
     p.add_argument("--gevent", action="store_true", help="monkey-patch with gevent first")
     a = p.parse_args()
     messages = [data for _channel, data in read_recording(a.recording)]

@@ -6,7 +6,7 @@ The rows are the served monitor's own: the recording of ``bench/served_monitor.p
 (``$TMPDIR/celerymon-served-bench/flood-<tasks>.bin``) is replayed through
 :class:`.MonitorService` as ``bench/ingest_cpu.py`` does (decode, ingest, a flush every
 ``--flush-every`` events), and the batches the flush hands to ``SQLiteStore.write_tasks`` are
-kept (cached beside the recording as ``rows-<tasks>-<flush-every>.pickle``). Each run writes
+kept (cached beside the recording as ``rows-<tasks>-<flush-every>.json``). Each run writes
 those batches, in order, into a fresh store in a temporary directory and prints one JSON line:
 thread CPU µs per written row of ``write_tasks`` (``write_us``), of the search indexing that
 follows each flush when ``--index`` (``index_us``), rows, batches, and the file's size.
@@ -21,7 +21,6 @@ import argparse
 import gc
 import json
 import os
-import pickle
 import shutil
 import sys
 import tempfile
@@ -30,6 +29,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from bench.ingest_cpu import replay_arguments  # noqa: E402
 from bench.served_monitor import read_recording  # noqa: E402
 from flask_celerymon.monitor.events import BATCH, EventConsumer, Figures  # noqa: E402
 from flask_celerymon.monitor.housekeeping import INDEX_AHEAD  # noqa: E402
@@ -114,11 +114,7 @@ def one_run(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--recording", default=os.path.join(
-        tempfile.gettempdir(), "celerymon-served-bench", "flood-100000.bin"))  # fmt: skip
-    p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--flush-every", type=int, default=15_000, help="events between flushes")
-    p.add_argument("--cache-kb", type=int, help="SQLite page cache per connection (KiB)")
+    replay_arguments(p)
     p.add_argument("--index", action="store_true", help="also index each batch for search")
     p.add_argument("--pragma", action="append", default=[],
                    help="a PRAGMA for the writer connection, e.g. wal_autocheckpoint=4000")  # fmt: skip
@@ -126,14 +122,14 @@ def main() -> None:
                    "/dev/shm takes the disk's noise out of an A/B of CPU costs")  # fmt: skip
     a = p.parse_args()
     base = os.path.splitext(os.path.basename(a.recording))[0].replace("flood-", "rows-")
-    cache = os.path.join(os.path.dirname(a.recording), f"{base}-{a.flush_every}.pickle")
-    if os.path.exists(cache):
-        with open(cache, "rb") as f:
-            batches = pickle.load(f)
+    cache = os.path.join(os.path.dirname(a.recording), f"{base}-{a.flush_every}.json")
+    if os.path.exists(cache):  # rows as JSON lists (the store takes any sequence)
+        with open(cache) as f:
+            batches = json.load(f)
     else:
         batches = capture(a.recording, a.flush_every)
-        with open(cache + ".tmp", "wb") as f:
-            pickle.dump(batches, f, protocol=pickle.HIGHEST_PROTOCOL)
+        with open(cache + ".tmp", "w") as f:
+            json.dump(batches, f)
         os.replace(cache + ".tmp", cache)
     for _ in range(a.runs):
         print(json.dumps(one_run(batches, a.cache_kb, a.index, a.pragma, a.dir)), flush=True)

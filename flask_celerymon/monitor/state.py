@@ -172,6 +172,10 @@ class _Drop(Exception):
     """The field's value cannot be coerced: leave the field out."""
 
 
+#: What :meth:`State._coerce` returns for a value left out.
+_DROPPED = object()
+
+
 def clean_text(s: str) -> str:
     """``s`` with lone surrogates (not encodable in UTF-8) written as ``\\udXXX`` escapes."""
     if s.isascii():
@@ -399,18 +403,25 @@ class State:
         if self.on_worker_evicted is not None:
             self.on_worker_evicted(victim.hostname)
 
+    def _coerce(self, field: str, value: Any) -> Any:
+        """``coerce_field(field, value)``, or :data:`_DROPPED` when the value is dropped;
+        a dropped or changed value is counted in ``coerced``."""
+        try:
+            c = coerce_field(field, value)
+        except _Drop:
+            self.coerced += 1
+            return _DROPPED
+        if c is not value:
+            self.coerced += 1
+        return c
+
     def _apply_worker(self, etype: str, event: dict[str, Any], w: WorkerRecord, now: float) -> None:
         for f in WORKER_FIELDS:
             v = event.get(f)
             if v is not None:
-                try:
-                    c = coerce_field(f, v)
-                except _Drop:
-                    self.coerced += 1
-                    continue
-                if c is not v:
-                    self.coerced += 1
-                setattr(w, f, c)
+                c = self._coerce(f, v)
+                if c is not _DROPPED:
+                    setattr(w, f, c)
         if w.freq <= 0:
             w.freq = 60.0
         ts = event.get("timestamp")
@@ -494,14 +505,9 @@ class State:
                     (kind is str and type(v) is str and v.isascii())
                     or (kind is int and type(v) is int and -_INT64 <= v <= _INT64)
                 ):
-                    try:
-                        c = coerce_field(k, v)
-                    except _Drop:
-                        self.coerced += 1
+                    v = self._coerce(k, v)
+                    if v is _DROPPED:
                         continue
-                    if c is not v:
-                        self.coerced += 1
-                        v = c
                 if action is _INTERN:
                     shared = strings.get(v)
                     setattr(t, k, shared if shared is not None else self._intern(v))
