@@ -130,4 +130,10 @@ def test_odd_event_values_never_stop_ingest_or_history_nor_make_a_500(app, batch
     client = app.test_client()
     for url in _urls(app, shown, clean_text(host)):
         resp = client.get(url)
+        if url == "/monitor/healthcheck" and resp.status_code == 503:
+            # The health answer, not a crash: a check failed. Here it can be the broker's,
+            # kombu's memory:// transport being iterated by this test's ingest thread while
+            # the check opens a channel ("dictionary changed size during iteration").
+            assert set(resp.get_json()["checks"]) == {"service", "events", "broker"}
+            continue
         assert resp.status_code < 500, (url, resp.get_data(as_text=True)[-2000:])
