@@ -316,12 +316,6 @@ class MonitorMetrics:
             self._start_publisher()  # takes the lock itself: before it is held
         return self._lock
 
-    def _on_event(self, event: dict[str, Any], task: Any) -> None:
-        """Update the event-driven series for one event, taking the lock (the listener
-        without its batch hook: what the service does per batch, for one event)."""
-        with self._batch():
-            self._count_event(event, task)
-
     def _count_event(self, event: dict[str, Any], task: Any) -> None:
         """The service's event listener (ingest thread, the lock held by :meth:`_batch`):
         update the event-driven series."""

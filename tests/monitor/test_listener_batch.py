@@ -3,7 +3,7 @@ entered once around each batch the service applies, the listener still runs per 
 
 The differential test feeds generated event streams, cut into batches of any size, to two
 services: one with :class:`MonitorMetrics` as a plain listener taking its lock per event
-(``_on_event``, the path before the batch hook), one with the metrics as built (the lock
+(the path before the batch hook), one with the metrics as built (the lock
 taken per batch); both with the Insight listener. Every series, the pending sent tasks and
 the Insight queue must come out identical. The per-event side runs the listener's code as
 it was before it was reworked (``_ref_count_event``, copied from integ at 8fa8d40), so the
