@@ -222,18 +222,23 @@ def coerce_field(key: str, v: Any) -> Any:
 _PRECEDENCE: dict[str | None, int] = PRECEDENCE_LOOKUP
 
 # What _apply_task does with each task field: (action, the type it has on the wire).
-_INTERN, _PLAIN, _TEXT, _OTHER = "intern", "plain", "text", "other"
+_INTERN, _PLAIN, _TEXT, _ROOT, _OTHER = "intern", "plain", "text", "root", "other"
 _FIELD_HOW: dict[str, tuple[str, type]] = {
     k: (
         _INTERN if k in _INTERNED
         else _TEXT if k in _TEXT_INDEX
         else _PLAIN if k in _PLAIN_FIELDS
+        else _ROOT if k == "root_id"
         else _OTHER,
         int if k in _INT_FIELDS else float if k in _FLOAT_FIELDS else str,
     )
     for k in _TASK_FIELDS
 }  # fmt: skip
 _INF = math.inf
+#: The precedence of each task event's state (Celery's ``precedence``), looked up once.
+_STATE_PRECEDENCE: dict[str, int] = {
+    state: _PRECEDENCE.get(state, _NONE_PRECEDENCE) for state, _attr in TASK_EVENTS.values()
+}
 
 
 def index_slack(max_tasks: int) -> int:
@@ -246,10 +251,6 @@ def index_slack(max_tasks: int) -> int:
     it, once per ``index_slack`` evictions at most.
     """
     return max(1000, max_tasks // 8)
-
-
-def _precedence(state: str) -> int:
-    return _PRECEDENCE.get(state or None, _NONE_PRECEDENCE)
 
 
 class StateObserver:
@@ -310,6 +311,8 @@ class State:
         self._finished: deque[TaskRecord] = deque()
         #: records evicted since the indexes were last compacted (see :func:`index_slack`)
         self._stale = 0
+        #: (max_tasks, the index cap for it), see :meth:`_index_cap`
+        self._cap = (-1, 0)
         self._strings: dict[str, str] = {}
         #: task name -> {event type: count}, since start; at most ``max_task_names`` names,
         #: the events of later names under :data:`OTHER_NAMES`.
@@ -370,9 +373,18 @@ class State:
             return self._apply_task(etype, event, None, client=hostname)
         if etype == "worker-offline" and hostname not in self.workers:
             return None  # the farewell of a worker never seen (as Celery's state)
-        worker = self._worker(hostname, now) if hostname else None
-        if worker is not None:
-            worker.counters[etype] = worker.counters.get(etype, 0) + 1
+        if hostname:
+            worker = self.workers.get(hostname)
+            if worker is None:
+                worker = self._worker(hostname, now)
+            else:  # (what _worker does for a known worker, without the call)
+                worker.last_seen = now
+                worker.offline_event = False
+                worker.lost_marked = False
+            counters = worker.counters
+            counters[etype] = counters.get(etype, 0) + 1
+        else:
+            worker = None
         if etype.startswith("task-"):
             return self._apply_task(etype, event, worker)
         if etype in WORKER_EVENTS and worker is not None:
@@ -486,7 +498,7 @@ class State:
                 and cur != LOST
                 and state != RETRY
                 and cur != RETRY
-                and _precedence(state) > _precedence(cur)
+                and _STATE_PRECEDENCE[state] > _PRECEDENCE.get(cur, _NONE_PRECEDENCE)
             )
             text = None
             strings = self._strings
@@ -517,6 +529,8 @@ class State:
                     if text is None:
                         text = t.text.split(_SEP, 2)
                     text[_TEXT_INDEX[k]] = v.replace(_SEP, "\\x00")
+                elif action is _ROOT:
+                    t.root_id = t.uuid if v == t.uuid else v  # (as _set does)
                 else:
                     self._set(t, k, v)
             if text is not None:
@@ -644,8 +658,12 @@ class State:
         self._stale = 0
 
     def _index_cap(self) -> int:
-        """The most entries an index holds before it is compacted (see :func:`index_slack`)."""
-        return self.max_tasks + index_slack(self.max_tasks)
+        """The most entries an index holds before it is compacted (see :func:`index_slack`);
+        computed again only when ``max_tasks`` changed (this runs for every received task)."""
+        cached = self._cap
+        if cached[0] != self.max_tasks:
+            cached = self._cap = (self.max_tasks, self.max_tasks + index_slack(self.max_tasks))
+        return cached[1]
 
     # -- the received-time index ------------------------------------------------------------
 
@@ -668,7 +686,11 @@ class State:
             self._recv_recs.insert(i, t)
             if i < self._recv_head:
                 self._recv_head = i
-        if len(self._recv_recs) - self._recv_head > self._index_cap():
+        cap = self._cap
+        if cap[0] != self.max_tasks:
+            self._index_cap()
+            cap = self._cap
+        if len(self._recv_recs) - self._recv_head > cap[1]:
             self._compact_received()
 
     def _compact_received(self) -> None:

@@ -44,6 +44,10 @@ def events(draw: Any) -> list[dict[str, Any]]:
             ev["uuid"] = draw(st.sampled_from(UUIDS))
             if kind in ("task-sent", "task-received"):
                 ev["name"] = draw(st.sampled_from(["app.a", "app.b"]))
+                # (the task's own id or another: State's root_id action takes both)
+                root = draw(st.sampled_from([None, *UUIDS]))
+                if root is not None:
+                    ev["root_id"] = root
         else:
             ev["freq"] = draw(st.sampled_from([1.0, 2.0, 60.0]))
             if kind == "worker-heartbeat":
@@ -89,6 +93,7 @@ def test_tasks_agree_with_celerys_state(stream):
             assert getattr(t, attr) == getattr(c, attr), f"{uuid} {attr} {stream}"
         assert (t.worker or None) == (c.worker.hostname if c.worker else None), f"{uuid} {stream}"
         assert t.client == c.client, f"{uuid} {stream}"
+        assert t.root_id == c.root_id, f"{uuid} {stream}"
 
 
 @settings(max_examples=300, deadline=None)
