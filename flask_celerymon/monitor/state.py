@@ -376,11 +376,10 @@ class State:
         if hostname:
             worker = self.workers.get(hostname)
             if worker is None:
-                worker = self._worker(hostname, now)
-            else:  # (what _worker does for a known worker, without the call)
-                worker.last_seen = now
-                worker.offline_event = False
-                worker.lost_marked = False
+                worker = self._add_worker(hostname, now)
+            worker.last_seen = now
+            worker.offline_event = False
+            worker.lost_marked = False
             counters = worker.counters
             counters[etype] = counters.get(etype, 0) + 1
         else:
@@ -393,17 +392,13 @@ class State:
             self.on_worker(worker)
         return None
 
-    def _worker(self, hostname: str, now: float) -> WorkerRecord:
-        w = self.workers.get(hostname)
-        if w is None:
-            hostname = self._intern(hostname)
-            w = WorkerRecord(hostname)
-            if len(self.workers) >= self.max_workers:
-                self._evict_worker(now)  # before adding: the newcomer is never the victim
-            self.workers[hostname] = w
-        w.last_seen = now
-        w.offline_event = False
-        w.lost_marked = False
+    def _add_worker(self, hostname: str, now: float) -> WorkerRecord:
+        """A record for a worker not known yet (evicting one when ``max_workers`` are held)."""
+        hostname = self._intern(hostname)
+        w = WorkerRecord(hostname)
+        if len(self.workers) >= self.max_workers:
+            self._evict_worker(now)  # before adding: the newcomer is never the victim
+        self.workers[hostname] = w
         return w
 
     def _evict_worker(self, now: float) -> None:
@@ -686,11 +681,7 @@ class State:
             self._recv_recs.insert(i, t)
             if i < self._recv_head:
                 self._recv_head = i
-        cap = self._cap
-        if cap[0] != self.max_tasks:
-            self._index_cap()
-            cap = self._cap
-        if len(self._recv_recs) - self._recv_head > cap[1]:
+        if len(self._recv_recs) - self._recv_head > self._index_cap():
             self._compact_received()
 
     def _compact_received(self) -> None:
