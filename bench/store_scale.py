@@ -25,6 +25,11 @@ is sent ``--repeat`` times to the follower as ``GET /monitor/api/tasks`` (a new 
 each, as gunicorn's sync workers close it), and p50/p95 are of the whole request: parsing,
 the store's query, and the JSON answer of ``limit`` tasks.
 
+``--plans`` (with ``--http``, SQLite) then prints ``EXPLAIN QUERY PLAN`` of each statement
+the store runs for ``customer-12`` and ``kwargs:user_id=42`` from a fresh reader (phase
+``plan``): the same list in every run means their figures moved with the machine, not with a
+plan flip.
+
 The store is cached: ``--db`` defaults to ``$TMPDIR/celerymon-store-scale/tasks-<N>.sqlite3``
 (filled on the first run, about a minute for a million tasks, reused after).
 """
@@ -285,6 +290,41 @@ def read_http(db: str, repeat: int, range_start: float) -> list[dict[str, Any]]:
     return out
 
 
+def sqlite_plans(db: str, labels: tuple[str, ...]) -> list[dict[str, Any]]:
+    """SQLite's ``EXPLAIN QUERY PLAN`` of every statement the store runs for the queries of
+    :data:`QUERIES` labelled ``labels``, as a fresh reader (its own search sample, as a new
+    process has) runs them: one dict per query, ``plan`` a list of ``statement head ::
+    plan rows`` strings, to compare between runs (a plan flip shows as a different list)."""
+    from flask_celerymon.monitor.model import TaskQuery
+    from flask_celerymon.monitor.query import parse
+
+    store = open_store(db)
+    out = []
+    try:
+        for label, kw in QUERIES:
+            if label not in labels:
+                continue
+            q = TaskQuery(search=parse(kw["search"]), limit=kw.get("limit", 100))
+            store.query(q)  # the sample taken
+            c = store._reader  # type: ignore[attr-defined]
+            stmts: list[str] = []
+            c.set_trace_callback(stmts.append)
+            try:
+                store.query(q)
+            finally:
+                c.set_trace_callback(None)
+            plan = [
+                st.split(" WHERE")[0][:60] + " :: "
+                + " / ".join(r[3] for r in c.execute("EXPLAIN QUERY PLAN " + st))
+                for st in stmts
+                if st.startswith(("SELECT count", "SELECT id FROM", "INSERT INTO temp"))
+            ]  # fmt: skip
+            out.append({"query": label, "plan": plan})
+    finally:
+        store.close()
+    return out
+
+
 def _is_empty(db: str, refill: bool) -> bool:
     store = open_store(db)
     empty = store.is_empty()
@@ -312,6 +352,8 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=40)
     p.add_argument("--ingest-rate", type=float, default=2000, help="tasks/s while reading")
     p.add_argument("--only", choices=("idle", "ingest"), default=None)
+    p.add_argument("--plans", action="store_true",
+                   help="with --http on SQLite: print EXPLAIN QUERY PLAN of the text searches")  # fmt: skip
     a = p.parse_args()
     if a.db is None:
         cache = os.path.join(tempfile.gettempdir(), "celerymon-store-scale")
@@ -326,6 +368,9 @@ def main() -> None:
     if a.http:
         for r in read_http(a.db, a.repeat, range_start):
             print(json.dumps({"store": kind, "phase": "http", **r}), flush=True)
+        if kind == "sqlite" and a.plans:
+            for r in sqlite_plans(a.db, ("search customer-12", "search kwargs:user_id=42")):
+                print(json.dumps({"store": kind, "phase": "plan", **r}), flush=True)
         print(json.dumps({"load_average": [round(x, 2) for x in os.getloadavg()]}), flush=True)
         return
     ctx = multiprocessing.get_context("spawn")

@@ -182,6 +182,13 @@ RARE_MARGIN = 3
 #: a share estimated from few sampled runs placed the value twice as deep as needed, and
 #: ``customer-12`` took 19-26 ms instead of 11-15 in those processes), then at RARE_MARGIN.
 RARE_FIRST_MARGIN = 1.5
+#: A search whose share the sample cannot tell (:meth:`PostgresStore._rare_probe`) is first
+#: probed over this share of the tasks in sort order (an eighth: ``customer-12``'s first
+#: 1,000 of 11,000 matches lie within the first 90,000 of a million tasks; 4-6 ms against
+#: 15-40 for every candidate), ...
+PROBE_SHARE = 0.125
+#: ... then at most over this share (deeper, reading every candidate costs about as much).
+PROBE_MAX_SHARE = 0.5
 
 _COLS = ", ".join(TASK_COLUMNS)
 _ROW = "(" + ", ".join("%s" for _ in TASK_COLUMNS) + ")"
@@ -711,7 +718,7 @@ class PostgresStore(HistoryStore):
         hits = len(self._sample.sort_values(q.search, q.sort_key, n_tasks))
         per_row = n_tasks / max(1, len(rows))
         if not hits or hits * per_row < RARE_MARGIN * cap:
-            return None
+            return self._rare_probe(c, p, n_tasks)
         # The value with about RARE_MARGIN times the cap's matches above it, from every
         # sampled task's value (the sampled matches come in runs of neighbours: a term
         # such as customer-12 matches ten consecutive tasks of each 977, too few places
@@ -737,6 +744,67 @@ class PostgresStore(HistoryStore):
             if len(ids) >= cap:
                 return ids
         return None
+
+    def _rare_probe(self, c: Any, p: QueryPlan, n_tasks: int) -> list[int] | None:
+        """The ids of the first :attr:`~.QueryPlan.cap` matches of a search whose share the
+        search sample cannot tell (it caught too few matches: ``customer-12``, 1 % of the
+        tasks in runs of ten, is caught 0-2 times by 1,000 sampled tasks in one process of
+        eleven), or None (the caller then reads every candidate: the counted page). Called
+        by :meth:`_rare_from_value` once its guards passed.
+
+        A bounded probe: the matches among the first :data:`PROBE_SHARE` of the tasks in
+        sort order (the trigram bitmap ANDed with the BRIN ranges from the sampled sort
+        value that deep); the first ``cap`` matches are the query's when it finds them.
+        When it finds ``m`` (0 < m < cap), the share it measured places one more probe
+        where about :data:`RARE_FIRST_MARGIN` times the cap's matches are expected, if
+        that is within :data:`PROBE_MAX_SHARE` of the tasks.
+
+        What a probe learns is kept with the sample (:meth:`.SearchSample.remember`, per
+        search and sort column, until the sample is retaken): the depth that yielded the
+        cap (the next request probes there once), or that the term is too rare to fill it
+        within :data:`PROBE_MAX_SHARE` (the next request reads the counted page at once).
+        So a rare term with many candidates (``kwargs:user_id=42``: 200 matches) pays the
+        one wasted probe (a trigram scan, 3-4 ms at a million tasks) once a sample, not
+        per request."""
+        cap = p.cap
+        q = p.q
+        values = self._sample.values(q.sort_key, n_tasks)
+        if cap is None or q.search is None or n_tasks <= 0 or len(values) < 2:
+            return None
+        key = ("rare_probe", q.search, q.sort_key, cap)
+        learned = self._sample.recall(key, n_tasks)
+        if learned == "rare":
+            return None
+        per_row = n_tasks / len(values)
+        depth = float(learned) if learned is not None else PROBE_SHARE * n_tasks
+        planned = False
+        while True:
+            k = math.ceil(depth / per_row) - 1
+            if k >= len(values) - 1:
+                self._sample.remember(key, "rare")
+                return None
+            sql = p.walk(from_value=values[max(0, k)])
+            if sql is None:
+                return None
+            if not planned:
+                # until the end of the query's transaction, as in _common_walk
+                c.execute("SET LOCAL enable_indexscan = off")
+                c.execute("SET LOCAL enable_seqscan = off")
+                c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+                planned = True
+            ids = [r[0] for r in c.execute(*sql)]
+            if len(ids) >= cap:
+                self._sample.remember(key, depth)
+                return ids
+            # the probe read about (k + 1) * per_row tasks and found len(ids) matches: the
+            # depth expected to hold RARE_FIRST_MARGIN times the cap's (a share measured over
+            # an eighth of the store, not guessed from a few sampled runs; a term expected to
+            # have fewer matches in the whole store reads every candidate for its total)
+            deeper = RARE_FIRST_MARGIN * cap * (k + 1) * per_row / max(1, len(ids))
+            if not ids or deeper <= depth or deeper > PROBE_MAX_SHARE * n_tasks:
+                self._sample.remember(key, "rare")
+                return None
+            depth = deeper
 
     def _sample_rows(self) -> list[tuple[Any, ...]]:
         with self._pool.connection() as c:

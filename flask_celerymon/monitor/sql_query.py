@@ -386,6 +386,23 @@ class SearchSample:
         value = memo[key] = compute()
         return value
 
+    def recall(self, key: Any, n_tasks: int | None = None) -> Any:
+        """What :meth:`remember` kept under ``key`` (hashable) while the sample is the same,
+        or None (``n_tasks``: see :meth:`rows`; a new sample forgets everything). For what
+        a store learns from its own reads (e.g. how deep a search's first matches lie),
+        which, like the sample, steers speed only."""
+        rows = self.rows(n_tasks)
+        held, memo = self._derived
+        return memo.get(("learned", key)) if held is rows else None
+
+    def remember(self, key: Any, value: Any) -> None:
+        """Keep ``value`` under ``key`` until the sample is taken again (or
+        :data:`SAMPLE_MEMO` figures are kept; see :meth:`recall`)."""
+        rows = self._rows
+        if rows is not None:
+            self._memo(rows, ("learned", key), lambda: value)
+            self._derived[1][("learned", key)] = value
+
     def rows(self, n_tasks: int | None = None) -> list[_Sampled]:
         """The sampled tasks (attributes ``uuid name state worker args kwargs result text``).
 

@@ -2,7 +2,8 @@
 total a store answers through its shortcuts for common searches (one walk of the sort
 column's index; SQLite's id-range prefilter and its fallback to sorting the candidates;
 PostgreSQL's bounded walk, or its skip when the sample puts every match deeper, its "at
-least this value" bitmap over BRIN ranges, also for a search that is not common, and its
+least this value" bitmap over BRIN ranges, also for a search that is not common (from the
+sample, or from a bounded probe when the sample caught too few matches), and its
 sorted candidates; SQLite's walk entered at the bound its ``task_blocks`` give) equals the plain answer: every stored task checked by the in-memory
 matcher (:func:`~flask_celerymon.monitor.query.compile_python`) and sorted, on a real SQLite
 file and a real PostgreSQL server.
@@ -157,6 +158,22 @@ PATHS = (
             (sql_query, "SEARCH_COUNT_CAP"): 60,
         },
     ),  # fmt: skip
+    # ... the sample telling nothing (too few sampled matches, as customer-12 at a million
+    # tasks in one process of eleven): PostgreSQL's bounded probe over the first eighth
+    (
+        "rare, probed",
+        {(pg_store, "RARE_MARGIN"): 10**9, (sql_query, "SEARCH_COUNT_CAP"): 60},
+    ),
+    # ... its first probe too shallow: a second one placed by the share it measured, or the
+    # counted page; the next request starts where the last one filled the cap
+    (
+        "rare, probed twice",
+        {
+            (pg_store, "RARE_MARGIN"): 10**9,
+            (pg_store, "PROBE_SHARE"): 0.01,
+            (sql_query, "SEARCH_COUNT_CAP"): 60,
+        },
+    ),  # fmt: skip
     # ... and no sampled value is tried (the candidates sorted)
     (
         "common, candidates sorted",
@@ -178,10 +195,15 @@ def test_every_path_answers_what_checking_every_task_answers(
     store, rows = history
     for (module, name), value in path.items():
         monkeypatch.setattr(module, name, value)
+    # what the store learned on another path's queries (SearchSample.remember) is forgotten
+    sample = getattr(store, "_sample", None)
+    if sample is not None:
+        monkeypatch.setattr(sample, "_derived", (None, {}))
     key, descending = sort.lstrip("-"), sort.startswith("-")
     for search in SEARCHES:
         expected = _expected(rows, search, sort)
-        for offset, limit in ((0, 20), (40, 20), (0, 100)):
+        # each page twice: the second one asked after the first one's lessons
+        for offset, limit in ((0, 20), (40, 20), (0, 100), (0, 20), (40, 20), (0, 100)):
             q = TaskQuery(search=parse(search), sort_key=key, descending=descending,
                           offset=offset, limit=limit)  # fmt: skip
             total, page = store.query(q)
