@@ -385,7 +385,22 @@ class MonitorMetrics:
             sent = event.get("timestamp")
             if type(sent) is not float:
                 sent = _number(sent)
-            self._track_sent(event, task, sent)
+            # as _track_sent(event, task, sent), inlined (a quarter of the events)
+            pending_queue = self._pending_queue
+            if task.state == "PENDING" and len(pending_queue) < MAX_PENDING:
+                queue = event.get("queue") or event.get("routing_key")
+                if isinstance(queue, str) and queue and sent is not None:
+                    if not queue.isascii():
+                        queue = clean_text(queue)
+                    uuid = task.uuid
+                    old = pending_queue.get(uuid)
+                    if old is not None and old != queue:
+                        self._pending.get(old, {}).pop(uuid, None)
+                    pending_queue[uuid] = queue
+                    waiting = self._pending.get(queue)
+                    if waiting is None:
+                        waiting = self._pending[queue] = {}
+                    waiting[uuid] = sent
             # The client's sent event may arrive after the worker's started event (two
             # connections), and even read later than it (the client stamps it after the
             # message left): measure the wait now (0 then). A retry's re-send comes after
