@@ -9,7 +9,7 @@ one, so two apps (two services) in one process never collide::
 
 Two kinds of series:
 
-* **Event-driven** (updated in the ingest thread by a listener, one short lock per event):
+* **Event-driven** (updated in the ingest thread by a listener, the lock held per batch):
   Flower's ``flower_events_total``, ``flower_task_runtime_seconds``,
   ``flower_task_prefetch_time_seconds`` and ``flower_worker_prefetched_tasks`` with Flower's
   names, types, labels and update rules, plus ``celerymon_tasks_total`` (by state, with the
