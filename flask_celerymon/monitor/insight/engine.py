@@ -185,32 +185,39 @@ class Insight:
         etype = event.get("type")
         if etype not in _WATCHED or task is None:
             return
-        if len(self._pending) >= MAX_PENDING:
+        pending = self._pending
+        if len(pending) >= MAX_PENDING:
             self.dropped += 1
             return
         ts = event.get("timestamp")  # off the wire: any type or value (NaN, inf, 1e300...)
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 <= ts < 1e11:
+        if type(ts) is float:  # the usual case: one range check (False for NaN)
+            if not 0 <= ts < 1e11:
+                ts = time.time()
+        elif isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 <= ts < 1e11:
             ts = time.time()
-        if etype in ("task-received", "task-sent"):
+        if etype == "task-received" or etype == "task-sent":
             root = task.root_id
             if root and root != task.uuid:  # a member of a chain, group or chord
-                self._pending.append((etype, task.name, ts, root, task.uuid))
+                pending.append((etype, task.name, ts, root, task.uuid))
             return
         if etype == "task-started":
             start = task.sent or task.received
-            eta = _eta(task.eta)
-            if start is not None and eta is not None:
-                start = max(start, eta)
+            extra = task.extra  # the record's rare fields (task.eta), None when none set
+            eta = None if extra is None else extra.get("eta")
+            if eta is not None:
+                eta = _eta(eta)
+                if start is not None and eta is not None:
+                    start = max(start, eta)
             wait = None if start is None else ts - start
-            self._pending.append((etype, task.name, ts, wait, task.routing_key or ""))
+            pending.append((etype, task.name, ts, wait, task.routing_key or ""))
         elif etype == "task-succeeded":
-            self._pending.append((etype, task.name, ts, task.runtime))
-        elif etype in ("task-failed", "task-retried"):
+            pending.append((etype, task.name, ts, task.runtime))
+        elif etype == "task-failed" or etype == "task-retried":
             # the record's fields, coerced by the state (the event's own may be of any type)
-            self._pending.append((etype, task.name, ts, task.uuid, task.worker,
-                                  _text(task.exception), _text(task.traceback)))  # fmt: skip
+            pending.append((etype, task.name, ts, task.uuid, task.worker,
+                            _text(task.exception), _text(task.traceback)))  # fmt: skip
         else:
-            self._pending.append((etype, task.name, ts))
+            pending.append((etype, task.name, ts))
 
     def flush(self) -> int:
         """Write the queued events to the store now; returns how many were written."""
