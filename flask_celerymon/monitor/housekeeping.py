@@ -296,7 +296,8 @@ class Housekeeping:
         self._flushes += 1
         self._flush_seconds += time.perf_counter() - t0 - slept
         self._publish(uuids, [*wsnap, *gone])
-        self._checkpoint(store, off_hub=cooperate)
+        if cooperate:  # (a backlog's were after each slice)
+            self._checkpoint(store, off_hub=True)
         return len(uuids)
 
     def _checkpoint(self, store: HistoryStore, off_hub: bool) -> None:
