@@ -337,7 +337,7 @@ class MonitorMetrics:
         """
         if task is None:
             return
-        etype = event.get("type")  # applied by the state: a non-empty str
+        etype: Any = event.get("type")  # applied by the state: a non-empty str
         kind = _KINDS.get(etype) if type(etype) is str else None
         if kind is None:  # a custom task event type (counted in events only), or none
             if not isinstance(etype, str) or not etype.startswith("task-"):

@@ -489,7 +489,7 @@ class SQLiteStore(HistoryStore):
                     return 0
                 c = self._checkpointer = self._connect()
             _busy, log_frames, copied = c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return max(0, log_frames - copied)
+        return max(0, int(log_frames) - int(copied))
 
     def unindexed(self) -> int:
         """Rows not yet in the search index."""
