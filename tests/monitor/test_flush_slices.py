@@ -240,32 +240,3 @@ def test_under_gevent_a_light_flush_lets_the_others_run_and_a_backlog_does_not(t
     assert backlog["wakes"] == 0
     assert backlog["checkpoints"] == 3 and backlog["checkpoints_off_hub"] == 0  # per slice
     assert got["stored"] == 3_000  # task_events numbers uuids from 0: the first 1,000 again
-
-
-def test_the_insight_tables_leave_the_log_to_the_checkpoint_too(tmp_path):
-    """The insight tables live in the history's file: their COMMIT must not copy the log into
-    the file either (it did at 1,000 pages, on the gevent hub, in the insight's writes)."""
-    from flask_celerymon.monitor.insight.store import InsightStore
-    from flask_celerymon.monitor.store import TASK_COLUMNS
-
-    path = str(tmp_path / "h.sqlite3")
-    store = SQLiteStore(path)
-    insight = None
-    try:
-        rows = [
-            tuple(
-                {"uuid": f"t{i}", "name": "app.x", "args": "x" * 3000}.get(c) for c in TASK_COLUMNS
-            )
-            for i in range(2_500)
-        ]
-        for i in range(0, len(rows), 500):
-            store.write_tasks(rows[i : i + 500])
-        before = os.path.getsize(path)
-        insight = InsightStore(path)  # creates its tables: a write transaction of its own
-        assert os.path.getsize(path) == before  # nothing copied from the log by its COMMIT
-        assert store.checkpoint() == 0
-        assert os.path.getsize(path) > 4096 * 2_000  # the checkpoint did copy it
-    finally:
-        if insight is not None:
-            insight.close()
-        store.close()

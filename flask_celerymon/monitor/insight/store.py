@@ -47,10 +47,6 @@ class InsightStore(SqlInsightStore):
         if self.path != ":memory:":
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
-            # The file is the history store's: its housekeeping copies the log into the file
-            # after every flush, off the gevent hub (SQLiteStore.checkpoint). A COMMIT here
-            # would otherwise do it whenever the log passed 1,000 pages, holding the hub.
-            self._conn.execute("PRAGMA wal_autocheckpoint=0")
         with self._transaction() as c:
             for stmt in schema(SQLITE):
                 c.execute(stmt)
