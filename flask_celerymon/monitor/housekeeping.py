@@ -2,11 +2,8 @@
 
 One thread per running service (started by :meth:`.service.MonitorService.start`). Every
 ``flush_interval`` seconds it writes the tasks and workers changed since the last flush to the
-history store (rows in :data:`.model.TASK_COLUMNS` order, :data:`FLUSH_SLICE` rows per
-transaction, letting the other threads or greenlets run between two slices unless the flush
-is a backlog) and lets the store index as many rows for search, plus :data:`INDEX_AHEAD` of a
-backlog, in slices likewise (after each flush the store copies its log into its file,
-:meth:`.HistoryStore.checkpoint`, under gevent in a native thread); every second it marks LOST the
+history store (one batch, rows in :data:`.model.TASK_COLUMNS` order) and lets the store index
+as many rows for search, plus :data:`INDEX_AHEAD` of a backlog; every second it marks LOST the
 tasks of workers whose heartbeats expired and purges workers offline for ``purge_offline_workers`` seconds; it sends
 ``enable_events`` every ``enable_events_interval`` seconds, schedules inspect refreshes every
 ``inspect_interval`` seconds, asks the result backend about unfinished tasks (see
@@ -22,7 +19,6 @@ uses the service's state, store and figures, declared below.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -49,36 +45,6 @@ PURGE_CHECK_INTERVAL = 1.0
 #: while 5,000 events/s were applied when it was held to 500 rows a tick) and catches up
 #: with a backlog (a restart, a flood) at this many rows a tick.
 INDEX_AHEAD = 2_000
-#: Task rows a flush writes per transaction (``write_tasks`` call). Under gevent the writer
-#: holds the hub while it writes (the sqlite3 module's C calls do not yield); a slice of this
-#: many rows held it 2.3 ms (p50; p95 4 ms) at 50,000 - 100,000 tasks without the log's
-#: checkpoint (100 rows: 3.5 - 4.3 / 7 - 8 ms), where one flush of the 600 - 1,000 rows a
-#: tick at 5,000 events/s held it 50 - 260 ms.
-FLUSH_SLICE = 50
-#: Task rows per transaction of a backlog flush (more than :data:`COOPERATE_ROWS`): the rows
-#: a slice builds at a time stay bounded, and the log is checkpointed after each.
-BACKLOG_SLICE = 1_000
-#: Rows the store indexes for search per transaction (``index_pending`` call).
-INDEX_SLICE = 150
-#: A flush of at most this many task rows lets the other threads (greenlets) run between
-#: its slices; a larger one is a backlog (a flood, a restart) and keeps running, so the event
-#: consumer cannot run ahead of the store (measured: yielding in a flood doubled the RSS per
-#: task with the dirty sets held).
-COOPERATE_ROWS = 2_500
-#: The pause between two slices: a real (tiny) sleep, which gevent patches into a switch to
-#: its hub that polls for I/O (``sleep(0)`` may run the writer again in the same pass).
-YIELD_SECONDS = 0.0001
-
-
-def _off_hub(fn: Callable[[], int]) -> int:
-    """``fn()``, in a native thread of gevent's hub pool when gevent patched ``threading``
-    (the calling greenlet waits, the others run), else in the calling thread."""
-    monkey = sys.modules.get("gevent.monkey")
-    if monkey is not None and monkey.is_module_patched("threading"):
-        import gevent
-
-        return int(gevent.get_hub().threadpool.apply(fn))
-    return fn()
 
 
 class Housekeeping:
@@ -253,73 +219,37 @@ class Housekeeping:
             dirty, self._dirty = self._dirty, {}
             wdirty, self._dirty_workers = self._dirty_workers, {}
             gone, self._evicted_workers = self._evicted_workers, []
+            rows = [t.row() for t in dirty.values()]
             wsnap = {h: w.as_dict(now, st.worker_offline_after) for h, w in wdirty.items()}
-        uuids = list(dirty)
-        # A backlog (a flood, a restart) keeps the thread: yielding there let the event
-        # consumer run ahead of the store, and the dirty sets (and RSS) piled up.
-        cooperate = len(uuids) <= COOPERATE_ROWS
-        size = FLUSH_SLICE if cooperate else BACKLOG_SLICE
         t0 = time.perf_counter()
-        slept = 0.0
-        done = 0  # tasks (in ``uuids`` order) written so far
         try:
-            for i in range(0, len(uuids), size):
-                if i and cooperate:
-                    s0 = time.perf_counter()
-                    time.sleep(YIELD_SECONDS)  # gevent's sleep when patched: the hub polls
-                    slept += time.perf_counter() - s0
-                part = uuids[i : i + size]
-                with st.lock:  # a slice's rows at a time: memory bounded by the slice
-                    rows = [dirty[u].row() for u in part]
-                try:
-                    store.write_tasks(rows)
-                except store.unavailable_errors:
-                    raise  # the store is unavailable (disk full, locked...): retry them later
-                except Exception:  # noqa: BLE001 - a row the store refuses
-                    self._write_one_by_one(store, rows)
-                done = i + len(part)
-                if not cooperate:  # keeps the log bounded in a backlog, on this thread
-                    self._checkpoint(store, off_hub=False)
+            try:
+                store.write_tasks(rows)
+            except store.unavailable_errors:
+                raise  # the store is unavailable (disk full, locked...): retry them later
+            except Exception:  # noqa: BLE001 - a row the store refuses
+                self._write_one_by_one(store, rows)
             store.write_workers(wsnap)
             store.delete_workers(gone)
         except Exception:
-            # Keep the unwritten changes for the next attempt (newer changes win).
+            # Keep the changes for the next attempt (newer changes win).
             with st.lock:
-                self._dirty = {**{u: dirty[u] for u in uuids[done:]}, **self._dirty}
+                self._dirty = {**dirty, **self._dirty}
                 self._dirty_workers = {**wdirty, **self._dirty_workers}
                 self._evicted_workers = gone + self._evicted_workers
-            self._publish(uuids[:done], [])
             raise
         until = self._consuming_until()
         if until is not None:
             store.set_meta({"consuming_until": until})
         self._flushes += 1
-        self._flush_seconds += time.perf_counter() - t0 - slept
-        self._publish(uuids, [*wsnap, *gone])
-        if cooperate:  # (a backlog's were after each slice)
-            self._checkpoint(store, off_hub=True)
-        return len(uuids)
-
-    def _checkpoint(self, store: HistoryStore, off_hub: bool) -> None:
-        """Let the store copy its log into its file (:meth:`.HistoryStore.checkpoint`); with
-        ``off_hub``, under gevent, in a native thread of the hub's pool (the hub serves the
-        others meanwhile; SQLite releases the GIL). A failure is logged: the next one retries."""
-        try:
-            if off_hub:
-                _off_hub(store.checkpoint)
-            else:
-                store.checkpoint()
-        except store.unavailable_errors as exc:
-            log.warning("celerymon: checkpointing the history store failed: %s", exc)
-
-    def _publish(self, uuids: list[str], hostnames: list[str]) -> None:
-        """Tell the followers (see :mod:`.lease`) which tasks and workers were written."""
+        self._flush_seconds += time.perf_counter() - t0
         coordinator = self._coordinator
-        if coordinator is not None and (uuids or hostnames):
+        if coordinator is not None:
             try:
-                coordinator.publish(uuids, hostnames)
+                coordinator.publish(list(dirty), [*wsnap, *gone])
             except Exception:  # noqa: BLE001 - followers still read the store
                 log.warning("celerymon: could not publish changes to followers", exc_info=True)
+        return len(rows)
 
     def _write_one_by_one(self, store: HistoryStore, rows: list[tuple[Any, ...]]) -> None:
         """Write ``rows`` singly, dropping (logging, counting) each row the store refuses, so
@@ -335,29 +265,12 @@ class Housekeeping:
 
     def _index(self, written: int) -> None:
         """Let the store index for search as many rows as the tick wrote (``written``), plus
-        :data:`INDEX_AHEAD` of any backlog, :data:`INDEX_SLICE` rows per transaction (other
-        greenlets run between them unless the tick wrote a backlog, see :data:`COOPERATE_ROWS`)."""
+        :data:`INDEX_AHEAD` of any backlog."""
         store = self._store
-        if store is None:
-            return
-        cooperate = written <= COOPERATE_ROWS
-        budget = written + INDEX_AHEAD
-        t0 = time.perf_counter()
-        slept = 0.0
-        try:
-            while budget > 0:
-                want = min(INDEX_SLICE, budget)
-                n = store.index_pending(want)
-                self._indexed += n
-                budget -= n
-                if n < want or budget <= 0:
-                    break
-                if cooperate:
-                    s0 = time.perf_counter()
-                    time.sleep(YIELD_SECONDS)
-                    slept += time.perf_counter() - s0
-        finally:
-            self._index_seconds += time.perf_counter() - t0 - slept
+        if store is not None:
+            t0 = time.perf_counter()
+            self._indexed += store.index_pending(written + INDEX_AHEAD)
+            self._index_seconds += time.perf_counter() - t0
 
     def prune(self) -> int:
         """Apply the retention settings to the store now; returns the tasks deleted."""

@@ -197,10 +197,6 @@ def _blocks_schema(shift: int) -> list[str]:
     ]
 
 
-#: Bytes the write-ahead log file is cut to when a write starts it again after a whole
-#: checkpoint (``PRAGMA journal_size_limit``): the log file never stays larger than the
-#: largest write between two checkpoints, nor than this once one completed.
-WAL_LIMIT = 8 << 20
 #: Reader connections kept open for the next reading thread or greenlet.
 IDLE_READERS = 4
 
@@ -271,12 +267,6 @@ class SQLiteStore(HistoryStore):
                 if os.path.exists(path + suffix):
                     os.replace(path + suffix, bad + suffix)
             self._writer = self._connect()
-        # The writer's COMMIT never copies the log into the file (12 of a 46 ms write of 635
-        # rows at 100,000 tasks): :meth:`checkpoint` does, on its own connection, which the
-        # housekeeping runs off the gevent hub (a native thread; SQLite releases the GIL).
-        self._writer.execute("PRAGMA wal_autocheckpoint=0")
-        self._checkpointer: sqlite3.Connection | None = None
-        self._checkpoint_lock = threading.Lock()
         with self._write_lock:
             # one transaction: the count table and the old counting triggers change together
             try:
@@ -352,7 +342,6 @@ class SQLiteStore(HistoryStore):
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA temp_store=MEMORY")
         conn.execute(f"PRAGMA cache_size=-{self.cache_kb}")
-        conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
         conn.create_function("kwarg_match", 3, _kwarg_match, deterministic=True)
         with self._all_lock:
             self._all.append(conn)
@@ -473,23 +462,6 @@ class SQLiteStore(HistoryStore):
                 c.execute("ROLLBACK")
                 raise
         return n
-
-    def checkpoint(self) -> int:
-        """Copy the write-ahead log into the file (``PRAGMA wal_checkpoint(PASSIVE)``: never
-        waits for a reader or the writer; a write may run beside it), on a connection of its
-        own; returns the log's frames (pages) not copied yet. The writer's COMMIT does not
-        (``wal_autocheckpoint=0``): whoever writes calls this (the housekeeping, after each
-        flush, off the gevent hub). When the log was copied whole, the next write starts it
-        again from its beginning (the file is cut to ``journal_size_limit``, :data:`WAL_LIMIT`).
-        Raises ``sqlite3.OperationalError`` when the file is unavailable."""
-        with self._checkpoint_lock:
-            c = self._checkpointer
-            if c is None:
-                if self._closed:
-                    return 0
-                c = self._checkpointer = self._connect()
-            _busy, log_frames, copied = c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-        return max(0, int(log_frames) - int(copied))
 
     def unindexed(self) -> int:
         """Rows not yet in the search index."""

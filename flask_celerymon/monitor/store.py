@@ -101,13 +101,6 @@ class HistoryStore(abc.ABC):
         """
         return 0
 
-    def checkpoint(self) -> int:
-        """Background upkeep of the store's log (SQLite: copy its write-ahead log into the
-        file); returns the log's size left to copy, in pages (0: none). It may run in another
-        thread than the writer's, beside a write. Default: nothing to do, 0.
-        """
-        return 0
-
     @abc.abstractmethod
     def close(self) -> None:
         """Flush and release the store; later calls may fail."""
