@@ -30,4 +30,9 @@ def create_app() -> Flask:
     if env.get("BENCH_EVENT_BACKLOG_MB"):  # the read-ahead bound, when a run tries another
         app.config["CELERY_MONITOR_EVENT_BACKLOG_MB"] = int(env["BENCH_EVENT_BACKLOG_MB"])
     celery.init_app(app)
+    if env.get("BENCH_HUB_TRACE"):  # diagnosis: who holds the gevent hub (bench/hub_trace.py)
+        from bench.hub_trace import install, time_housekeeping
+
+        install(env["BENCH_HUB_TRACE"])
+        time_housekeeping(env["BENCH_HUB_TRACE"] + ".steps")
     return app
