@@ -282,6 +282,23 @@ def test_service_figures_are_exported(service, metrics):
     assert value(s, "celerymon_ingest_lag_seconds") > 0
 
 
+def test_a_batch_ending_in_an_event_of_no_finite_timestamp_leaves_the_lag_alone(service, metrics):
+    # The last event of a batch stamps the ingest lag; off the wire its timestamp may be an
+    # int past a float's range (time.time() - it raised OverflowError after the batch was
+    # applied: the consumer then counted the applied batch as dropped) or infinite (-inf made
+    # the largest lag infinite for good).
+    service.apply_events(run(1, "app.add", T0))
+    lag_max = service.figures()["lag_max"]
+    for ts in (10**400, -(10**400), float("-inf"), float("inf"), float("nan")):
+        service.apply_events([{"type": "worker-heartbeat", "hostname": W1, "timestamp": ts}])
+    fig = service.figures()
+    assert fig["events_applied"] == 4 + 5
+    assert fig["events_dropped"] == 0
+    assert fig["lag"] <= lag_max == fig["lag_max"] < float("inf")
+    s = scrape(metrics)
+    assert value(s, "celerymon_ingest_lag_max_seconds") == lag_max
+
+
 def test_two_services_keep_separate_registries_off_the_global_one(redis_url):
     a = MonitorService(Celery("a", broker=redis_url), MonitorSettings(), autostart=False)
     b = MonitorService(Celery("b", broker=redis_url), MonitorSettings(), autostart=False)
