@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -105,6 +106,8 @@ _KINDS: dict[str, tuple[str | None, int]] = {
     etype: (state, _CODES.get(etype, _OTHER)) for etype, (state, _attr) in TASK_EVENTS.items()
 }
 _CUSTOM: tuple[str | None, int] = (None, _OTHER)
+
+_INF = math.inf
 
 _EXC_CLASS = re.compile(r"\s*([A-Za-z_][\w.]*)\s*(?:\(|:|$)")
 
@@ -176,8 +179,13 @@ def decode_series(data: bytes) -> dict[str, Any]:
 
 
 def _number(v: Any) -> float | None:
+    """``v`` as a float when it is a number (not a bool), else None; an int past a float's
+    range (off the wire: JSON ints have no bound) is None too, never an OverflowError."""
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return float(v)
+        try:
+            return float(v)
+        except OverflowError:
+            return None
     return None
 
 
@@ -360,7 +368,8 @@ class MonitorMetrics:
         if runtime is not None:
             if type(runtime) is not float:
                 runtime = _number(runtime)
-            if runtime:
+            # a finite one only (as the state's record): a NaN would make the sum NaN for good
+            if runtime and -_INF < runtime < _INF:
                 key = (worker, name)
                 h = self._runtime.get(key)
                 if h is None:

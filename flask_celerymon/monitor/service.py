@@ -21,6 +21,7 @@ Everything returned is plain JSON-ready dicts and lists, with Flower's field nam
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -557,9 +558,13 @@ class MonitorService(Housekeeping, Subscriptions):
         fig.events_unknown += unknown
         last = events[-1].get("timestamp")
         if isinstance(last, (int, float)):
-            lag = max(0.0, time.time() - last)
-            fig.lag = lag
-            fig.lag_max = max(fig.lag_max, lag)
+            try:
+                lag = max(0.0, time.time() - last)
+            except OverflowError:  # an int past a float's range (off the wire)
+                lag = math.inf
+            if lag != math.inf:  # (-inf or such an int: no lag measured, lag_max kept finite)
+                fig.lag = lag
+                fig.lag_max = max(fig.lag_max, lag)
         fig.last_event_at = now
 
     def apply_events(self, events: Iterable[dict[str, Any]]) -> None:

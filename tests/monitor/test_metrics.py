@@ -125,6 +125,23 @@ def test_task_counter_by_state_names_the_exception_class_of_failures(service, me
     assert value(s, total, task="app.fail", worker=W2, state="RECEIVED", exception="") == 1
 
 
+def test_a_runtime_that_is_no_finite_number_stays_out_of_the_runtime_series(service, metrics):
+    # Off the wire a runtime may be an int past a float's range (float() raises), NaN or
+    # infinite: the state keeps no runtime for them, and neither does the histogram (a NaN
+    # would make its sum NaN for good); the task is still counted, no listener fails.
+    hostile = [10**400, float("nan"), float("inf"), -float("inf")]
+    evs = [ev("task-succeeded", i, T0, runtime=r) for i, r in enumerate([*hostile, 0.5, 2])]
+    service.apply_events(evs)
+    s = scrape(metrics)
+    assert value(s, "celerymon_listener_errors_total") == 0
+    assert value(s, "flower_events_total", worker=W1, type="task-succeeded", task="") == 6
+    assert value(s, "celerymon_tasks_total", worker=W1, task="", state="SUCCESS", exception="") == 6
+    assert value(s, "flower_task_runtime_seconds_count", worker=W1, task="") == 2
+    assert value(s, "flower_task_runtime_seconds_sum", worker=W1, task="") == 2.5
+    assert value(s, "flower_task_runtime_seconds_bucket", worker=W1, task="", le="+Inf") == 2
+    assert [service.task(uid(i))["runtime"] for i in range(len(hostile))] == [None] * 4
+
+
 def test_exception_class_is_read_from_the_event_text():
     assert exception_class("ValueError('boom')") == "ValueError"
     assert exception_class("myapp.errors.Conflict: id 4") == "Conflict"
@@ -263,6 +280,23 @@ def test_service_figures_are_exported(service, metrics):
     assert value(s, "celerymon_event_stream_connected") == 0
     assert value(s, "celerymon_window_tasks") == 1
     assert value(s, "celerymon_ingest_lag_seconds") > 0
+
+
+def test_a_batch_ending_in_an_event_of_no_finite_timestamp_leaves_the_lag_alone(service, metrics):
+    # The last event of a batch stamps the ingest lag; off the wire its timestamp may be an
+    # int past a float's range (time.time() - it raised OverflowError after the batch was
+    # applied: the consumer then counted the applied batch as dropped) or infinite (-inf made
+    # the largest lag infinite for good).
+    service.apply_events(run(1, "app.add", T0))
+    lag_max = service.figures()["lag_max"]
+    for ts in (10**400, -(10**400), float("-inf"), float("inf"), float("nan")):
+        service.apply_events([{"type": "worker-heartbeat", "hostname": W1, "timestamp": ts}])
+    fig = service.figures()
+    assert fig["events_applied"] == 4 + 5
+    assert fig["events_dropped"] == 0
+    assert fig["lag"] <= lag_max == fig["lag_max"] < float("inf")
+    s = scrape(metrics)
+    assert value(s, "celerymon_ingest_lag_max_seconds") == lag_max
 
 
 def test_two_services_keep_separate_registries_off_the_global_one(redis_url):

@@ -336,3 +336,70 @@ def test_pages_of_equal_sort_values_neither_repeat_nor_skip_a_task(store_db: str
                 assert seen == expected, f"{search!r} sorted by {sort}"
     finally:
         store.close()
+
+
+def test_what_the_rare_probe_learned_never_makes_a_page_wrong_after_the_history_changed(
+    postgres_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PostgreSQL's bounded probe keeps what it learned (the depth that filled the cap, or
+    # that the term is too rare) with the sample; the history changes under it (new matches
+    # on top, tasks moved, the oldest pruned) while the sample is kept: every page and total
+    # must still be what checking every task answers.
+    monkeypatch.setattr(pg_store, "RARE_MARGIN", 10**9)
+    monkeypatch.setattr(pg_store, "PROBE_SHARE", 0.01)
+    monkeypatch.setattr(sql_query, "SEARCH_COUNT_CAP", 60)
+    store = open_store(postgres_server.create_database())
+    try:
+        rows = _rows()
+        for i in range(0, N, 500):
+            store.write_tasks(rows[i : i + 500])
+        searches = ("customer-7", "batch-4", "batch-0", "kwargs:\"'user_id': 42\"", "no-such-text")
+
+        def check(rows: list[tuple[Any, ...]]) -> None:
+            for search in searches:
+                for sort in ("-received", "-timestamp", "-started"):
+                    expected = _expected(rows, search, sort)
+                    for offset, limit in PAGES:
+                        q = TaskQuery(search=parse(search), sort_key=sort[1:], descending=True,
+                                      offset=offset, limit=limit)  # fmt: skip
+                        total, page = store.query(q)
+                        where = f"{search!r} sorted by {sort}, offset {offset}"
+                        assert [t["uuid"] for t in page] == expected[offset:offset + limit], where
+                        assert total <= len(expected), where
+                        if store.last_count_exact:
+                            assert total == len(expected), where
+                        assert total >= min(len(expected), offset + 2 * limit + 1), where
+
+        check(rows)
+        sample = store._sample
+        learned = sample._derived
+        assert any(k[0] == "learned" for k in learned[1] if isinstance(k, tuple)), "no probe ran"
+        # the rare become common on top, a common one moved to the bottom, the oldest pruned
+        u = TASK_COLUMNS.index("uuid")
+        cols = {c: TASK_COLUMNS.index(c) for c in ("received", "started", "timestamp", "args")}
+        top = START + 10 * N
+        changed = []
+        for k, r in enumerate(rows):
+            v = list(r)
+            if k % 50 == 0:  # user_id 0 tasks: now customer-7 and batch-0, on top
+                v[cols["args"]] = f"(batch-0, 'customer-7', {k})"
+                for c in ("received", "started", "timestamp"):
+                    v[cols[c]] = top + k
+            elif r[cols["args"]].startswith("(batch-4"):  # batch-4 at the bottom
+                for c in ("received", "started", "timestamp"):
+                    v[cols[c]] = START - N - k
+            changed.append(tuple(v))
+        store.write_tasks([r for r in changed if r not in rows])
+        assert store.prune(N - 200, 0.0) > 0
+        kept = {t["uuid"] for t in store.query(TaskQuery(limit=None))[1]}
+        rows = [r for r in changed if r[u] in kept]
+        assert store._sample._derived is learned, "the sample was taken again"
+        check(rows)
+        # what is learned stays bounded however many distinct searches arrive
+        monkeypatch.setattr(sql_query, "SAMPLE_MEMO", 16)
+        for k in range(60):
+            store.query(TaskQuery(search=parse(f"customer-{k}"), sort_key="received",
+                                  descending=True, limit=20))  # fmt: skip
+        assert len(store._sample._derived[1]) <= 16
+    finally:
+        store.close()
