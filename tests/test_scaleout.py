@@ -205,6 +205,16 @@ def test_four_processes_share_one_ingester_and_hand_it_over(setup, tmp_path):
             return any((t := store.get_task(f.id)) and t["state"] == "SUCCESS" for f in late)
 
         _wait(applied_by_successor, 30, f"the successor {new_holder} writing a new task")
+        # once the tasks sent after that are stored (so are the events before them), all
+        # four processes (the successor and gunicorn's replacement of the killed one
+        # included) answer the store's count
+        with client_app.app_context():
+            final = [basic.celery.submit(basic.add, 200, i) for i in range(5)]
+            assert [f.result(timeout=30) for f in final] == [200 + i for i in range(5)]
+        _wait(lambda: all((t := store.get_task(f.id)) and t["state"] == "SUCCESS"
+                          for f in final), 30, "the final tasks stored")  # fmt: skip
+        stored = store.count()
+        _answers(port, 4, lambda a: a["tasks"] == stored)
         print(f"lease handover {handover:.2f} s; first event stored by the successor "
               f"{time.monotonic() - killed:.2f} s after the kill")  # fmt: skip
     finally:

@@ -27,6 +27,7 @@ The count and the page of a query are read in one ``REPEATABLE READ`` snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -549,11 +550,15 @@ class PostgresStore(HistoryStore):
         return {h: json.loads(d) for h, d in rows}
 
     def get_task(self, uuid: str) -> dict[str, Any] | None:
+        if "\x00" in uuid:  # PostgreSQL text holds no NUL: no stored task has one
+            return None
         with self._pool.connection() as c:
             r = c.execute(f"SELECT {_COLS} FROM tasks WHERE uuid = %s", (uuid,)).fetchone()
         return None if r is None else task_from_row(r)
 
     def children(self, uuid: str) -> list[str]:
+        if "\x00" in uuid:  # as in get_task
+            return []
         with self._pool.connection() as c:
             rows = c.execute(
                 "SELECT uuid FROM tasks WHERE parent_id = %s ORDER BY id", (uuid,)
@@ -577,7 +582,13 @@ class PostgresStore(HistoryStore):
         query with a filter or search counts at most :data:`~.sql_query.COUNT_CAP` matches,
         a search on a common term (:class:`~.sql_query.SearchSample`) a page past the one
         asked for (check :attr:`last_count_exact`); the count and the page are read in one
-        snapshot."""
+        snapshot. A filter value with a NUL matches nothing (PostgreSQL text holds none)."""
+        kept = {f: tuple(v for v in getattr(q, f) if "\x00" not in v)
+                for f in ("state", "worker", "name")}  # fmt: skip
+        if any(getattr(q, f) and not vs for f, vs in kept.items()):
+            self._local.exact = True
+            return 0, []
+        q = dataclasses.replace(q, state=kept["state"], worker=kept["worker"], name=kept["name"])
         with self._pool.connection() as c, c.transaction():
             c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             common = False

@@ -273,6 +273,17 @@ class MonitorService(Housekeeping, Subscriptions):
                     self._open_restart_gap(self._store)
                 except Exception:  # noqa: BLE001 - ingest anyway; the gap goes unreported
                     log.exception("celerymon: reading the last ingester's meta failed")
+                # The window holds only what this process consumes from now on: it answers
+                # alone (query_tasks) only if no ingester ever wrote the store before.
+                try:
+                    written = (
+                        not self._store.is_empty()
+                        or self._store.get_meta("consuming_until") is not None
+                    )
+                except Exception:  # noqa: BLE001 - answer from the store, to be safe
+                    written = True
+                if written:
+                    self._store_empty_at_start = False
             for fn in self._lead_listeners:  # before the first event is counted
                 try:
                     fn()

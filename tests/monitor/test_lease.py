@@ -98,6 +98,24 @@ def test_an_ingester_that_loses_its_lease_stops_ingesting(redis_url, make_servic
     client.close()
 
 
+def test_a_follower_that_takes_over_answers_what_the_previous_ingester_wrote(
+    redis_url, make_service, tmp_path
+):
+    # Both started on an empty store. The follower's window then holds only what it
+    # consumes itself once it leads: it must answer from the store, not from that window
+    # (before, the promoted process answered only the tasks it had consumed, for good).
+    ingester, follower = _pair(redis_url, make_service, tmp_path)
+    ingester.apply_events(task_events(6))
+    ingester.stop()  # writes its changes, then gives the lease up
+    wait_for(lambda: follower.role == "ingester", timeout=5)
+    later = [dict(e, uuid=e["uuid"].replace("-0000-", "-1111-"))
+             for e in task_events(2, start=1_700_001_000.0)]  # fmt: skip
+    follower.apply_events(later)
+    # its own new tasks show once written (as for every process answering from the store)
+    wait_for(lambda: follower.query_tasks(limit=None).total == 8, timeout=5)
+    assert follower.query_tasks(limit=None, source="store").total == 8
+
+
 @pytest.mark.parametrize("broker", ["amqp://guest@localhost//", "memory://"])
 def test_init_app_refuses_a_single_ingester_without_a_redis_broker(broker):
     from flask import Flask

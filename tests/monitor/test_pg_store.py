@@ -96,6 +96,23 @@ def test_every_process_sees_the_history_another_wrote(postgres_url):
         reader.close()
 
 
+def test_an_id_with_a_nul_is_no_task_rather_than_an_error(postgres_url):
+    # PostgreSQL text cannot hold NUL, so no stored task has one; GET /api/task/info/%00
+    # (and canvas, retry, abort) answered 500 from psycopg's DataError before
+    store = PostgresStore(postgres_url)
+    try:
+        store.write_tasks([row("a", name="app.add", received=1.0)])
+        assert store.get_task("a\x00") is None
+        assert store.children("a\x00") == []
+        assert store.get_task("a")["name"] == "app.add"
+        for field in ("state", "worker", "name"):  # /api/tasks?taskname=%00 ...
+            assert store.query(TaskQuery(**{field: ("x\x00",)})) == (0, [])
+            assert store.last_count_exact
+        assert store.query(TaskQuery(name=("x\x00", "app.add")))[0] == 1
+    finally:
+        store.close()
+
+
 def test_clusters_in_one_database_keep_to_their_own_schema(postgres_url):
     one = PostgresStore(postgres_url + "?schema=cluster_one")
     two = PostgresStore(postgres_url + "?schema=cluster_two")
