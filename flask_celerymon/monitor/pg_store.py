@@ -200,6 +200,14 @@ _ON_CONFLICT = " ON CONFLICT (uuid) DO UPDATE SET " + ", ".join(
 UPSERT_ROWS = 1000
 
 
+def _plan_bitmaps(c: Any) -> None:
+    """Make the rest of ``c``'s transaction read by bitmap scans only (the walks over the
+    trigram and BRIN indexes): no index or sequential scan, no parallel workers."""
+    c.execute("SET LOCAL enable_indexscan = off")
+    c.execute("SET LOCAL enable_seqscan = off")
+    c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+
+
 def _upsert(n: int) -> str:
     return f"INSERT INTO tasks ({_COLS}) VALUES " + ", ".join([_ROW] * n) + _ON_CONFLICT
 
@@ -683,10 +691,7 @@ class PostgresStore(HistoryStore):
             assert sql is not None  # the same query as p's, which has a walk
             return [r[0] for r in c.execute(*sql)]
 
-        # until the end of the query's transaction (the page's rows are read by id after)
-        c.execute("SET LOCAL enable_indexscan = off")
-        c.execute("SET LOCAL enable_seqscan = off")
-        c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+        _plan_bitmaps(c)  # (the page's rows are read by id after)
         if by_value and q.search is not None:
             guesses = self._sample.sort_values(q.search, q.sort_key, n_tasks)
             per_row = n_tasks / max(1, len(self._sample.rows(n_tasks)))
@@ -746,10 +751,7 @@ class PostgresStore(HistoryStore):
             if sql is None:
                 return None
             if not planned:
-                # until the end of the query's transaction, as in _common_walk
-                c.execute("SET LOCAL enable_indexscan = off")
-                c.execute("SET LOCAL enable_seqscan = off")
-                c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+                _plan_bitmaps(c)
                 planned = True
             ids = [r[0] for r in c.execute(*sql)]
             if len(ids) >= cap:
@@ -798,10 +800,7 @@ class PostgresStore(HistoryStore):
             if sql is None:
                 return None
             if not planned:
-                # until the end of the query's transaction, as in _common_walk
-                c.execute("SET LOCAL enable_indexscan = off")
-                c.execute("SET LOCAL enable_seqscan = off")
-                c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+                _plan_bitmaps(c)
                 planned = True
             ids = [r[0] for r in c.execute(*sql)]
             if len(ids) >= cap:
