@@ -340,8 +340,7 @@ class MonitorMetrics:
 
         Runs for every event applied (a few µs a batch of 100 matters): attributes are read
         once into locals, the common float fields take a ``type() is float`` fast path, and
-        the helpers of the common event types are inlined; the rules are those of
-        :meth:`_track_sent` and :meth:`_observe_queue_wait`.
+        the per-type work is inline but for the queue wait (:meth:`_observe_queue_wait`).
         """
         if task is None:
             return
@@ -394,7 +393,8 @@ class MonitorMetrics:
             sent = event.get("timestamp")
             if type(sent) is not float:
                 sent = _number(sent)
-            # as _track_sent(event, task, sent), inlined (a quarter of the events)
+            # Keep the sent task pending in its queue (a task-received applied before its
+            # task-sent leaves the state at RECEIVED: skipped).
             pending_queue = self._pending_queue
             if task.state == "PENDING" and len(pending_queue) < MAX_PENDING:
                 queue = event.get("queue") or event.get("routing_key")
@@ -445,23 +445,7 @@ class MonitorMetrics:
                     n = self._prefetched.get(key)
                     if n is not None:
                         self._prefetched[key] = max(0, n - 1)
-            # as _observe_queue_wait(task, name, worker, extra)
-            base = task.sent
-            if base is None:
-                return
-            if eta:
-                eta_ts = _eta_timestamp(eta)
-                if eta_ts is not None and eta_ts > base:
-                    base = eta_ts
-            qk = (name, worker)
-            h = self._queue_wait.get(qk)
-            if h is None:
-                h = self._queue_wait[qk] = _Histogram(len(self.queue_wait_buckets))
-            wait = started - base
-            if not wait > 0.0:  # max(0.0, wait), NaN included
-                wait = 0.0
-            h.counts[bisect_left(self.queue_wait_buckets, wait)] += 1
-            h.total += wait
+            self._observe_queue_wait(task, name, worker, extra)
         elif eta or task.received is None:
             return
         elif code == _RECEIVED:
@@ -478,26 +462,6 @@ class MonitorMetrics:
         n = self._prefetched.get(key)
         if n is not None:
             self._prefetched[key] = max(0, n - 1)
-
-    def _track_sent(self, event: dict[str, Any], task: Any, sent: float | None) -> None:
-        """Keep a sent task pending in its queue (``sent``: the event's timestamp as a
-        float, or None when it is not a number)."""
-        # A task-received applied before its task-sent leaves the state at RECEIVED: skip it.
-        if task.state != "PENDING" or len(self._pending_queue) >= MAX_PENDING:
-            return
-        queue = event.get("queue") or event.get("routing_key")
-        if not isinstance(queue, str) or not queue or sent is None:
-            return
-        if not queue.isascii():
-            queue = clean_text(queue)
-        old = self._pending_queue.get(task.uuid)
-        if old is not None and old != queue:
-            self._pending.get(old, {}).pop(task.uuid, None)
-        self._pending_queue[task.uuid] = queue
-        waiting = self._pending.get(queue)
-        if waiting is None:
-            waiting = self._pending[queue] = {}
-        waiting[task.uuid] = sent
 
     def _observe_queue_wait(
         self, task: Any, name: str, worker: str, extra: dict[str, Any] | None
