@@ -482,7 +482,13 @@ class State:
             state, attr = known
             prev = getattr(t, attr)
             if t.history is not None or prev is not None:
-                t.history = (*t.full_history(), state, ts)
+                if attr == "sent" and prev is None:
+                    # The client's first task-sent, come after the worker's events or the
+                    # monitor's notes (another publisher): the task was sent before all of
+                    # them, so it goes first, as in history_from_times.
+                    t.history = (state, ts, *t.full_history())
+                else:
+                    t.history = (*t.full_history(), state, ts)
             setattr(t, attr, ts)
             if attr == "received" and prev != ts:
                 # (a repeated task-received of the same time is indexed already)
