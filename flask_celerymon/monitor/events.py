@@ -162,6 +162,9 @@ class EventConsumer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._connected = threading.Event()
+        #: Set once subscribed *and* ``on_connect`` has returned (what :meth:`wait_connected`
+        #: waits for: a caller then sees what the hook did, e.g. the gap it recorded).
+        self._ready = threading.Event()
         self._sock: socket.socket | None = None
         self._kombu_conn: Any = None
 
@@ -171,8 +174,9 @@ class EventConsumer:
         return self._connected.is_set()
 
     def wait_connected(self, timeout: float) -> bool:
-        """Wait until subscribed; True if it happened within ``timeout`` seconds."""
-        return self._connected.wait(timeout)
+        """Wait until subscribed and ``on_connect`` has run; True if that happened within
+        ``timeout`` seconds."""
+        return self._ready.wait(timeout)
 
     def start(self) -> None:
         target = self._run_redis if _is_redis(self.app) else self._run_kombu
@@ -269,6 +273,7 @@ class EventConsumer:
                 log.warning("celerymon: event stream error: %s", self.figures.last_error)
         finally:
             was = self._connected.is_set()
+            self._ready.clear()
             self._connected.clear()
             self._sock = None
             if rconn is not None:
@@ -401,6 +406,7 @@ class EventConsumer:
                         self._connected.set()
                         if self.on_connect is not None:
                             self._safe(self.on_connect)
+                        self._ready.set()
 
     def _deliver(self, events: list[dict[str, Any]]) -> None:
         try:
@@ -444,6 +450,7 @@ class EventConsumer:
                     subscribed = True
                     if self.on_connect is not None:
                         self._safe(self.on_connect)
+                    self._ready.set()
                     while not self._stop.is_set():
                         try:
                             conn.drain_events(timeout=1.0)
@@ -459,6 +466,7 @@ class EventConsumer:
             if self._connected.is_set() and not self._stop.is_set():
                 self.figures.disconnects += 1
                 self.figures.disconnected_at = time.time()
+            self._ready.clear()
             self._connected.clear()
         return subscribed
 

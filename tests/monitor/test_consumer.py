@@ -384,3 +384,31 @@ def test_backlog_setting_reaches_the_consumer(celery_app, make_service):
     svc = make_service(celery_app, event_backlog_mb=3)
     assert svc.wait_connected(5)
     assert svc._consumer.max_backlog == 3 << 20
+
+
+@pytest.mark.parametrize("broker", ["redis", "memory"])
+def test_wait_connected_returns_once_the_connect_hook_has_run(broker, celery_app):
+    """``wait_connected`` is what callers use before reading what the hook does (the gap it
+    records, events enabled): it must not return while the hook still runs (CI met a gap not
+    yet recorded after ``wait_connected``). A slow hook, on both consumer paths."""
+    import threading
+
+    from celery import Celery
+
+    from flask_celerymon.monitor.events import EventConsumer, Figures
+
+    app = celery_app if broker == "redis" else Celery("mem", broker="memory://")
+    hooked = threading.Event()
+
+    def slow_hook():
+        time.sleep(0.5)
+        hooked.set()
+
+    consumer = EventConsumer(app, lambda evs: None, Figures(), on_connect=slow_hook)
+    consumer.start()
+    try:
+        assert consumer.wait_connected(10)
+        assert hooked.is_set()
+        assert consumer.connected
+    finally:
+        consumer.stop()
