@@ -3,7 +3,7 @@
 * ``_trigram_count`` (how many sampled rows hold a trigram, counted only for the trigrams a
   search asks about) equals counting every trigram of every sampled row, as the store did
   before, on generated rows (texts that are short, empty, missing or hold the separator);
-* ``prepare_search`` takes the search sample when it is missing or stale, so the first
+* ``prepare_search`` (SQLite and PostgreSQL) takes the search sample when it is missing or stale, so the first
   search after a flood or a restart does not; fresh, it does not take it again;
 * the service's housekeeping calls it: a store that was never searched has its sample.
 """
@@ -22,6 +22,7 @@ from flask_celerymon.monitor.model import TASK_COLUMNS, TaskQuery
 from flask_celerymon.monitor.query import parse
 from flask_celerymon.monitor.sql_query import SAMPLE_COLUMNS, SearchSample
 from flask_celerymon.monitor.sqlite_store import SQLiteStore
+from flask_celerymon.monitor.stores import open_store
 
 _ALPHABET = "ab-1\x00'"
 _text = st.one_of(st.none(), st.just(""), st.text(_ALPHABET, max_size=12))
@@ -74,8 +75,8 @@ def test_trigram_counts_on_demand_equal_counting_every_trigram(
         store.close()
 
 
-def test_prepare_search_takes_the_sample_so_a_search_does_not(tmp_path: Any) -> None:
-    store = SQLiteStore(str(tmp_path / "p.sqlite3"))
+def test_prepare_search_takes_the_sample_so_a_search_does_not(store_db: str) -> None:
+    store = open_store(store_db)
     try:
         store.prepare_search()  # empty: nothing to sample, and no error
         assert store._sample._rows is None
