@@ -35,4 +35,8 @@ def create_app() -> Flask:
 
         install(env["BENCH_HUB_TRACE"])
         time_housekeeping(env["BENCH_HUB_TRACE"] + ".steps")
+    if env.get("BENCH_REQ_TRACE"):  # diagnosis: per-request figures (bench/req_trace.py)
+        from bench.req_trace import install as trace_requests
+
+        trace_requests(env["BENCH_REQ_TRACE"], app)
     return app

@@ -493,12 +493,18 @@ def _minus(a: float | None, b: float) -> float | None:
 
 def queries(mon: Served, repeat: int) -> dict[str, dict[str, float]]:
     out = {}
+    trace = os.environ.get("BENCH_REQ_TRACE")
     for label, qs in QUERIES:
         times = []
         for _ in range(repeat):
+            t0_wall = time.time()
             t = time.perf_counter()
             mon.get(f"/api/tasks?{qs}")
             times.append(time.perf_counter() - t)
+            if trace:  # BENCH_REQ_TRACE: each request's client-side time, for bench/req_trace.py
+                with open(trace + ".client", "a") as fh:
+                    fh.write(json.dumps({"t": round(t0_wall, 4), "qs": qs,
+                                         "ms": round(times[-1] * 1000, 2)}) + "\n")
         out[label] = {"p50_ms": round(statistics.median(times) * 1000, 1),
                       "p95_ms": round(pct(times, 0.95) * 1000, 1)}  # fmt: skip
     return out

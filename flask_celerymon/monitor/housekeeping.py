@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 
 PRUNE_INTERVAL = 60.0
 PURGE_CHECK_INTERVAL = 1.0
+#: Seconds between two calls of the store's ``prepare_search`` (it takes the search sample
+#: again when that is stale, so the first search after a flood or a restart does not wait
+#: 20 - 30 ms for it; fresh, a call costs one index probe).
+PREPARE_INTERVAL = 2.0
 #: Rows the store indexes for search per housekeeping tick beyond the rows the tick wrote: the
 #: index keeps pace with the writes (a search scans the rows past it, 100+ ms for 25,000 rows
 #: while 5,000 events/s were applied when it was held to 500 rows a tick) and catches up
@@ -158,6 +162,7 @@ class Housekeeping:
         next_purge = time.monotonic() + PURGE_CHECK_INTERVAL
         next_flush = time.monotonic() + s.flush_interval
         next_reconcile = time.monotonic() + 1.0
+        next_prepare = time.monotonic()
         tick = min(s.flush_interval, PURGE_CHECK_INTERVAL, 0.5)
         while not self._stop_event.wait(tick):
             now = time.monotonic()
@@ -169,6 +174,12 @@ class Housekeeping:
                         self._index(written)
                 except Exception:  # noqa: BLE001 - keep housekeeping alive
                     log.exception("celerymon: writing to the history store failed")
+                if now >= next_prepare and self._store is not None:
+                    next_prepare = now + PREPARE_INTERVAL
+                    try:
+                        self._store.prepare_search()
+                    except Exception:  # noqa: BLE001 - a request would take it itself
+                        log.exception("celerymon: preparing the store's search failed")
             if now >= next_purge:
                 try:
                     if not self._following:  # the ingester marks them in the shared store

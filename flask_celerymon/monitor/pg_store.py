@@ -816,6 +816,15 @@ class PostgresStore(HistoryStore):
                 return None
             depth = deeper
 
+    def prepare_search(self) -> None:
+        """See :meth:`HistoryStore.prepare_search`: the search sample is taken again here when
+        it is older than :data:`~.sql_query.SAMPLE_TTL` or the store grew or shrank by
+        :data:`~.sql_query.SAMPLE_DRIFT`; otherwise one read of the task count."""
+        with self._pool.connection() as c:
+            n = c.execute("SELECT n FROM task_count").fetchone()[0]
+        if n:
+            self._sample.rows(n)
+
     def _sample_rows(self) -> list[tuple[Any, ...]]:
         with self._pool.connection() as c:
             lo, hi = c.execute(MIN_MAX_ID).fetchone()

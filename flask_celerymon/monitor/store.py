@@ -101,6 +101,16 @@ class HistoryStore(abc.ABC):
         """
         return 0
 
+    def prepare_search(self) -> None:
+        """Background upkeep: take the figures a search is steered by (a sample of the
+        stored tasks) when they are missing or stale, so that no request waits for them.
+
+        Called by the service's housekeeping thread (at most every
+        ``housekeeping.PREPARE_INTERVAL`` seconds); cheap when they are fresh. Default:
+        nothing to do.
+        """
+        return None
+
     @abc.abstractmethod
     def close(self) -> None:
         """Flush and release the store; later calls may fail."""
