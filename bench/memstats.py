@@ -51,12 +51,25 @@ def _malloc_info(libc: Any) -> dict[str, Any]:
     heaps = []
     for m in re.finditer(r'<heap nr="(\d+)">(.*?)</heap>', xml, re.S):
         body = m.group(2)
-        free = sum(int(x) for x in re.findall(r'<total type="(?:fast|rest)" count="\d+" size="(\d+)"', body))
+        free = sum(
+            int(x)
+            for x in re.findall(r'<total type="(?:fast|rest)" count="\d+" size="(\d+)"', body)
+        )
         cur = re.search(r'<system type="current" size="(\d+)"', body)
-        heaps.append({"nr": int(m.group(1)), "system_mb": round(int(cur.group(1)) / 2**20, 1) if cur else None,
-                      "free_mb": round(free / 2**20, 1)})
+        heaps.append(
+            {
+                "nr": int(m.group(1)),
+                "system_mb": round(int(cur.group(1)) / 2**20, 1) if cur else None,
+                "free_mb": round(free / 2**20, 1),
+            }
+        )
     tail = xml.rsplit("</heap>", 1)[-1]
-    totals = {k: round(int(v) / 2**20, 1) for k, v in re.findall(r'<(?:total|system) type="([a-z]+)"(?: count="\d+")? size="(\d+)"', tail)}
+    totals = {
+        k: round(int(v) / 2**20, 1)
+        for k, v in re.findall(
+            r'<(?:total|system) type="([a-z]+)"(?: count="\d+")? size="(\d+)"', tail
+        )
+    }
     return {"heaps": heaps, "totals_mb": totals}
 
 
@@ -74,12 +87,22 @@ def _pymalloc() -> dict[str, Any]:
         text = fh.read()
     os.unlink(path)
     out: dict[str, Any] = {}
-    for key in ("arenas allocated current", "arenas allocated total", "arenas reclaimed",
-                "arenas highwater mark", "bytes in allocated blocks", "bytes in available blocks",
-                "unused pools", "bytes lost to pool headers", "bytes lost to quantization",
-                "bytes lost to arena alignment", "Total"):
+    for key in (
+        "arenas allocated current",
+        "arenas allocated total",
+        "arenas reclaimed",
+        "arenas highwater mark",
+        "bytes in allocated blocks",
+        "bytes in available blocks",
+        "unused pools",
+        "bytes lost to pool headers",
+        "bytes lost to quantization",
+        "bytes lost to arena alignment",
+        "Total",
+    ):
         m = re.search(r"# " + re.escape(key) + r"\s*=\s*([\d,]+)", text) or re.search(
-            re.escape(key) + r"\s*=\s*([\d,]+)", text)
+            re.escape(key) + r"\s*=\s*([\d,]+)", text
+        )
         if m:
             out[key] = int(m.group(1).replace(",", ""))
     return out
@@ -129,7 +152,12 @@ def _serve(base: str) -> None:
             with open(req) as fh:
                 args = json.load(fh)
             os.unlink(req)
-            out = report(args)
+            try:
+                out = report(args)
+            except Exception as exc:  # noqa: BLE001 - diagnosis: say why
+                import traceback
+
+                out = {"error": f"{type(exc).__name__}: {exc}", "tb": traceback.format_exc()}
             with open(base + ".tmp", "w") as fh:
                 json.dump(out, fh)
             os.replace(base + ".tmp", base + ".json")

@@ -46,7 +46,9 @@ def smaps(pid: int) -> dict[str, int]:
     return total
 
 
-def sample(mon: sm.Served, base: int, n: int, extra: dict[str, str] | None = None) -> dict[str, Any]:
+def sample(
+    mon: sm.Served, base: int, n: int, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
     rss = mon.rss()
     sm_ = smaps(mon.proc.pid)
     base_path = os.environ["BENCH_MEMSTATS"]
@@ -92,13 +94,19 @@ def one(
         if os.environ.get("PROBE_DURING"):  # sample while the flood is applied (perturbs it)
             while mon.counted() < base + expected:
                 st = sample(mon, base_rss, n)["stats"]
-                during.append({"t": round(time.perf_counter() - t0, 1),
-                               "rss_mb": round(st["rss_kb"]["VmRSS"] / 1024),
-                               "glibc_mb": st["malloc"]["totals_mb"].get("current"),
-                               "pym_arenas": st["pymalloc"].get("arenas allocated current"),
-                               "insight_pending": st.get("insight_pending"),
-                               **{k: st.get("figures", {}).get(k) for k in (
-                                   "backlog_bytes", "store_pending", "indexed", "events_applied")}})
+                during.append(
+                    {
+                        "t": round(time.perf_counter() - t0, 1),
+                        "rss_mb": round(st["rss_kb"]["VmRSS"] / 1024),
+                        "glibc_mb": st["malloc"]["totals_mb"].get("current"),
+                        "pym_arenas": st["pymalloc"].get("arenas allocated current"),
+                        "insight_pending": st.get("insight_pending"),
+                        **{
+                            k: st.get("figures", {}).get(k)
+                            for k in ("backlog_bytes", "store_pending", "indexed", "events_applied")
+                        },
+                    }
+                )
                 time.sleep(0.5)
         counted, secs = sm.wait_counted(mon, base + expected, t0)
         done = time.perf_counter()
@@ -114,6 +122,9 @@ def one(
         return res
     finally:
         mon.stop()
+        shutil.copy(
+            os.path.join(d, "ours.log"), os.path.join(tempfile.gettempdir(), "rss_probe-last.log")
+        )
         shutil.rmtree(d, ignore_errors=True)
 
 
