@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import events as _events
 from . import reconcile as _reconcile
 from .model import TaskRecord
 from .store import HistoryStore
@@ -31,6 +32,7 @@ from .store import HistoryStore
 if TYPE_CHECKING:
     from celery import Celery
 
+    from .events import Figures
     from .inspector import Inspector
     from .settings import MonitorSettings
     from .state import State, WorkerRecord
@@ -65,6 +67,8 @@ class Housekeeping:
     _dirty: dict[str, TaskRecord]
     _dirty_workers: dict[str, WorkerRecord]
     _evicted_workers: list[str]
+    _figures: Figures
+    _trims_seen: int
     _flush_lock: threading.Lock
     _flushes: int
     _flush_seconds: float
@@ -170,6 +174,7 @@ class Housekeeping:
                     written = self.flush()
                     if not self._following:  # the ingester is the store's only writer
                         self._index(written)
+                    self.trim_after_burst(written)
                 except Exception:  # noqa: BLE001 - keep housekeeping alive
                     log.exception("celerymon: writing to the history store failed")
             if now >= next_purge:
@@ -261,6 +266,22 @@ class Housekeeping:
             except Exception:  # noqa: BLE001 - followers still read the store
                 log.warning("celerymon: could not publish changes to followers", exc_info=True)
         return len(tasks)
+
+    def trim_after_burst(self, written: int) -> bool:
+        """Give free heap memory back to the system (``malloc_trim``) once after a burst:
+        when the event consumer drained a read-ahead of over :data:`.events.TRIM_AFTER` bytes
+        since the last such trim here (``Figures.memory_trims`` moved), nothing is read ahead
+        now and the last flush wrote ``written`` < :data:`FLUSH_SLICE` rows (the burst's rows
+        are in the store). The consumer trims as its backlog drains, but writing and indexing
+        the burst's rows frees more after that, which stayed in the RSS. Returns True if it
+        trimmed. Cheap when it does nothing; a trim costs a few ms."""
+        fig = self._figures
+        trims = fig.memory_trims
+        if trims == self._trims_seen or written >= FLUSH_SLICE or fig.backlog_bytes:
+            return False
+        self._trims_seen = trims
+        _events._release_memory()
+        return True
 
     def _write_one_by_one(self, store: HistoryStore, rows: list[tuple[Any, ...]]) -> None:
         """Write ``rows`` singly, dropping (logging, counting) each row the store refuses, so

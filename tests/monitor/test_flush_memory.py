@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from flask_celerymon.monitor import housekeeping
+from flask_celerymon.monitor import events, housekeeping
 
 from .test_store_cadence import _contents, _histories, _service
 
@@ -74,3 +74,31 @@ def test_a_sliced_flush_stores_what_one_batch_does(
         assert svc._store is not None  # noqa: SLF001
         svc._store.close()  # noqa: SLF001
     assert _contents(str(tmp_path / "a.sqlite3")) == _contents(str(tmp_path / "b.sqlite3"))
+
+
+def test_a_trim_follows_a_burst_once_its_rows_are_written(tmp_path: Any, monkeypatch: Any) -> None:
+    """Once the consumer drained a read-ahead burst (``memory_trims`` moved), the housekeeping
+    gives memory back once, after a flush that wrote less than a slice, with nothing read
+    ahead; never while nothing burst."""
+    trims: list[int] = []
+    real = events._release_memory
+
+    def counting() -> None:
+        trims.append(1)
+        real()  # the real malloc_trim: harmless
+
+    monkeypatch.setattr(events, "_release_memory", counting)
+    svc = _service(str(tmp_path / "t.sqlite3"))
+    fig = svc._figures  # noqa: SLF001
+    assert not svc.trim_after_burst(0) and not trims  # nothing burst
+    fig.memory_trims += 1
+    fig.backlog_bytes = 1 << 20
+    assert not svc.trim_after_burst(0)  # still reading ahead
+    fig.backlog_bytes = 0
+    assert not svc.trim_after_burst(housekeeping.FLUSH_SLICE)  # the burst's rows being written
+    assert svc.trim_after_burst(housekeeping.FLUSH_SLICE - 1) and trims == [1]
+    assert not svc.trim_after_burst(0) and trims == [1]  # once a burst
+    fig.memory_trims += 2
+    assert svc.trim_after_burst(0) and trims == [1, 1]
+    assert svc._store is not None  # noqa: SLF001
+    svc._store.close()  # noqa: SLF001
