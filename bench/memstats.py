@@ -166,7 +166,7 @@ def _serve(base: str) -> None:
 
 def install(app: Flask, base: str) -> None:
     """Record the monitor services made from now on, and answer requests at ``base`` in the
-    serving process (gunicorn forks it from the process that built the app)."""
+    serving process (started with the first service started there)."""
     import weakref
 
     from flask_celerymon.monitor.service import MonitorService
@@ -196,6 +196,13 @@ def install(app: Flask, base: str) -> None:
         release()
 
     events._release_memory = counted_release
-    os.register_at_fork(
-        after_in_child=lambda: threading.Thread(target=_serve, args=(base,), daemon=True).start()
-    )
+    start = MonitorService.start
+    started: set[int] = set()
+
+    def start_and_serve(self: Any, *a: Any, **kw: Any) -> Any:
+        if os.getpid() not in started:  # once in the serving process
+            started.add(os.getpid())
+            threading.Thread(target=_serve, args=(base,), daemon=True).start()
+        return start(self, *a, **kw)
+
+    MonitorService.start = start_and_serve  # type: ignore[method-assign]
