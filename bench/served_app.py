@@ -2,7 +2,8 @@
 
 Everything on, as a user runs it: the SQLite history store (with its search index), metrics,
 the live feed. Settings travel in environment variables: ``BENCH_BROKER_URL``, ``BENCH_DB``
-(the store's file), ``BENCH_MAX_TASKS`` and ``BENCH_EVENT_BACKLOG_MB`` (optional).
+(the store's file), ``BENCH_MAX_TASKS`` and ``BENCH_EVENT_BACKLOG_MB`` (optional);
+``BENCH_MEMSTATS=path`` adds the diagnosis of :mod:`bench.memstats`.
 """
 
 from __future__ import annotations
@@ -39,4 +40,8 @@ def create_app() -> Flask:
         from bench.req_trace import install as trace_requests
 
         trace_requests(env["BENCH_REQ_TRACE"], app)
+    if env.get("BENCH_MEMSTATS"):  # diagnosis: where the process's memory is (bench/rss_probe.py)
+        from bench.memstats import install as install_memstats
+
+        install_memstats(app, env["BENCH_MEMSTATS"])
     return app

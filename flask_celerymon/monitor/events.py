@@ -110,6 +110,10 @@ class Figures:
         self.lag_max: float = 0.0
         self.backlog_bytes = 0
         self.sink_errors = 0
+        #: Times a read-ahead of over :data:`TRIM_AFTER` bytes drained and free heap memory
+        #: went back to the system (the housekeeping trims once more after the burst's rows
+        #: are written: see :meth:`.housekeeping.Housekeeping.trim_after_burst`).
+        self.memory_trims = 0
         #: When the stream was last lost (cleared by the service once subscribed again).
         self.disconnected_at: float | None = None
 
@@ -369,6 +373,7 @@ class EventConsumer:
                     return
                 if peak > TRIM_AFTER:
                     _release_memory()
+                    fig.memory_trims += 1
                     peak = 0
                 wake.wait(0.5)
                 wake.clear()

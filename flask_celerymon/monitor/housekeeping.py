@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import events as _events
 from . import reconcile as _reconcile
 from .model import TaskRecord
 from .store import HistoryStore
@@ -31,6 +32,7 @@ from .store import HistoryStore
 if TYPE_CHECKING:
     from celery import Celery
 
+    from .events import Figures
     from .inspector import Inspector
     from .settings import MonitorSettings
     from .state import State, WorkerRecord
@@ -49,6 +51,9 @@ PREPARE_INTERVAL = 2.0
 #: while 5,000 events/s were applied when it was held to 500 rows a tick) and catches up
 #: with a backlog (a restart, a flood) at this many rows a tick.
 INDEX_AHEAD = 2_000
+#: A flush that wrote fewer task rows than this is caught up: a burst's rows are in the store
+#: (see :meth:`Housekeeping.trim_after_burst`).
+TRIM_ROWS = 2_000
 
 
 class Housekeeping:
@@ -66,6 +71,8 @@ class Housekeeping:
     _dirty: dict[str, TaskRecord]
     _dirty_workers: dict[str, WorkerRecord]
     _evicted_workers: list[str]
+    _figures: Figures
+    _trims_seen: int
     _flush_lock: threading.Lock
     _flushes: int
     _flush_seconds: float
@@ -172,6 +179,7 @@ class Housekeeping:
                     written = self.flush()
                     if not self._following:  # the ingester is the store's only writer
                         self._index(written)
+                    self.trim_after_burst(written)
                 except Exception:  # noqa: BLE001 - keep housekeeping alive
                     log.exception("celerymon: writing to the history store failed")
                 if now >= next_prepare and self._store is not None:
@@ -261,6 +269,22 @@ class Housekeeping:
             except Exception:  # noqa: BLE001 - followers still read the store
                 log.warning("celerymon: could not publish changes to followers", exc_info=True)
         return len(rows)
+
+    def trim_after_burst(self, written: int) -> bool:
+        """Give free heap memory back to the system (``malloc_trim``) once after a burst:
+        when the event consumer drained a read-ahead of over :data:`.events.TRIM_AFTER` bytes
+        since the last such trim here (``Figures.memory_trims`` moved), nothing is read ahead
+        now and the last flush wrote ``written`` < :data:`TRIM_ROWS` rows (the burst's rows
+        are in the store). The consumer trims as its backlog drains, but writing and indexing
+        the burst's rows frees more after that, which stayed in the RSS. Returns True if it
+        trimmed. Cheap when it does nothing; a trim costs a few ms."""
+        fig = self._figures
+        trims = fig.memory_trims
+        if trims == self._trims_seen or written >= TRIM_ROWS or fig.backlog_bytes:
+            return False
+        self._trims_seen = trims
+        _events._release_memory()
+        return True
 
     def _write_one_by_one(self, store: HistoryStore, rows: list[tuple[Any, ...]]) -> None:
         """Write ``rows`` singly, dropping (logging, counting) each row the store refuses, so

@@ -168,6 +168,7 @@ class MonitorService(Housekeeping, Subscriptions):
         self._flush_seconds = 0.0
         self._rows_dropped = 0
         self._flush_lock = threading.Lock()
+        self._trims_seen = 0
         # Gaps in the event stream and reconciliation with the result backend.
         self._gaps: deque[dict[str, Any]] = deque(maxlen=GAPS_KEPT)
         self._gaps_total = 0
@@ -889,7 +890,8 @@ class MonitorService(Housekeeping, Subscriptions):
         ``connects``, ``disconnects`` (each one may have lost events published meanwhile:
         ``events_maybe_lost`` is True once that happened), ``last_error``, ``lag`` and
         ``lag_max`` (seconds from an event's timestamp to its application), ``backlog_bytes``
-        (read but not decoded), ``tasks``/``workers`` in the window, ``evicted``,
+        (read but not decoded), ``memory_trims`` (read-aheads of over 16 MB drained, each
+        followed by giving free memory back to the system), ``tasks``/``workers`` in the window, ``evicted``,
         ``store_pending``, ``flushes``, ``flush_seconds``, ``indexed`` and ``index_seconds`` (search
         indexing in the store), ``subscribers``,
         ``subscribers_dropped``, ``listener_errors``, ``connected``, ``running``, ``store``

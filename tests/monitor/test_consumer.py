@@ -367,6 +367,43 @@ def test_reader_stops_reading_past_the_backlog_bound_and_loses_nothing(celery_ap
         consumer.stop()
 
 
+def test_a_drained_burst_is_counted_as_a_memory_trim(celery_app, monkeypatch):
+    """A read-ahead of over ``TRIM_AFTER`` bytes, once drained, gives memory back and counts
+    it in ``memory_trims`` (the housekeeping trims again once the burst's rows are written)."""
+    import threading
+
+    from flask_celerymon.monitor import events as events_module
+    from flask_celerymon.monitor.events import EventConsumer, Figures
+
+    monkeypatch.setattr(events_module, "TRIM_AFTER", 256 << 10)
+    release = threading.Event()
+    got: list[dict] = []
+
+    def sink(events):
+        release.wait(30)
+        got.extend(events)
+
+    fig = Figures()
+    consumer = EventConsumer(celery_app, sink, fig)
+    consumer.start()
+    try:
+        assert consumer.wait_connected(5)
+        n = 200  # 200 x 10 KB: 2 MB read ahead while the sink is stuck
+        with celery_app.connection_for_write() as conn:
+            d = celery_app.events.Dispatcher(conn, hostname="tr@h", enabled=True)
+            for i in range(n):
+                d.send("task-received", uuid=f"tr{i}", name="app.big", args="x" * 10_000)
+        wait_for(lambda: fig.backlog_bytes > 256 << 10)
+        assert fig.memory_trims == 0
+        release.set()
+        wait_for(lambda: sum(1 for e in got if e.get("name") == "app.big") == n, timeout=30)
+        wait_for(lambda: fig.memory_trims >= 1)
+        assert fig.backlog_bytes == 0
+    finally:
+        release.set()
+        consumer.stop()
+
+
 def test_backlog_bound_must_be_positive():
     from celery import Celery
 

@@ -1,0 +1,39 @@
+"""After a burst (a read-ahead of over ``TRIM_AFTER`` drained), the housekeeping gives free
+heap back to the system once the burst's rows are written: writing and indexing them frees
+memory after the consumer's own trim, which otherwise stayed in the RSS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask_celerymon.monitor import events, housekeeping
+
+from .test_store_cadence import _service
+
+
+def test_a_trim_follows_a_burst_once_its_rows_are_written(tmp_path: Any, monkeypatch: Any) -> None:
+    """Once the consumer drained a read-ahead burst (``memory_trims`` moved), the housekeeping
+    gives memory back once, after a flush that wrote less than a slice, with nothing read
+    ahead; never while nothing burst."""
+    trims: list[int] = []
+    real = events._release_memory
+
+    def counting() -> None:
+        trims.append(1)
+        real()  # the real malloc_trim: harmless
+
+    monkeypatch.setattr(events, "_release_memory", counting)
+    svc = _service(str(tmp_path / "t.sqlite3"))
+    fig = svc._figures  # noqa: SLF001
+    assert not svc.trim_after_burst(0) and not trims  # nothing burst
+    fig.memory_trims += 1
+    fig.backlog_bytes = 1 << 20
+    assert not svc.trim_after_burst(0)  # still reading ahead
+    fig.backlog_bytes = 0
+    assert not svc.trim_after_burst(housekeeping.TRIM_ROWS)  # the burst's rows being written
+    assert svc.trim_after_burst(housekeeping.TRIM_ROWS - 1) and trims == [1]
+    assert not svc.trim_after_burst(0) and trims == [1]  # once a burst
+    fig.memory_trims += 2
+    assert svc.trim_after_burst(0) and trims == [1, 1]
+    assert svc._store is not None  # noqa: SLF001
+    svc._store.close()  # noqa: SLF001
