@@ -104,18 +104,23 @@ def pct(values: list[float], p: float) -> float:
 
 def tree_rss(pid: int) -> int:
     """RSS in bytes of ``pid`` and all its children (recursive)."""
+    return sum(rss for _, _, rss in tree_rss_by_process(pid))
+
+
+def tree_rss_by_process(pid: int) -> list[tuple[int, str, int]]:
+    """``(pid, command line, RSS in bytes)`` of ``pid`` and each of its children (recursive)."""
     try:
         proc = psutil.Process(pid)
         procs = [proc, *proc.children(recursive=True)]
     except psutil.NoSuchProcess:
-        return 0
-    total = 0
+        return []
+    out = []
     for p in procs:
         try:
-            total += p.memory_info().rss
+            out.append((p.pid, " ".join(p.cmdline())[:80], p.memory_info().rss))
         except psutil.NoSuchProcess:
             pass
-    return total
+    return out
 
 
 def tree_cpu(pid: int) -> float:
@@ -503,8 +508,12 @@ def queries(mon: Served, repeat: int) -> dict[str, dict[str, float]]:
             times.append(time.perf_counter() - t)
             if trace:  # BENCH_REQ_TRACE: each request's client-side time, for bench/req_trace.py
                 with open(trace + ".client", "a") as fh:
-                    fh.write(json.dumps({"t": round(t0_wall, 4), "qs": qs,
-                                         "ms": round(times[-1] * 1000, 2)}) + "\n")
+                    fh.write(
+                        json.dumps(
+                            {"t": round(t0_wall, 4), "qs": qs, "ms": round(times[-1] * 1000, 2)}
+                        )
+                        + "\n"
+                    )
         out[label] = {"p50_ms": round(statistics.median(times) * 1000, 1),
                       "p95_ms": round(pct(times, 0.95) * 1000, 1)}  # fmt: skip
     return out
@@ -542,6 +551,7 @@ def run_one(
     res: dict[str, Any] = {}
     time.sleep(2)  # settle after start-up
     base_rss = mon.rss()
+    base_procs = tree_rss_by_process(mon.proc.pid)
     base = mon.counted()
     stamped_at = time.time()
     stamped = [(c, restamp(d, stamped_at)) for c, d in flood]
@@ -567,6 +577,18 @@ def run_one(
     grown = mon.rss() - base_rss
     res["rss"] = {"base_mb": round(base_rss / 2**20, 1), "grown_mb": round(grown / 2**20, 1),
                   "per_task": round(grown / n_tasks)}  # fmt: skip
+    # each process of the tree, 1 and 3 s after the flood was applied (which one holds what)
+    res["rss"]["by_process_mb"] = {
+        "before": [(p, cmd, round(rss / 2**20, 1)) for p, cmd, rss in base_procs],
+    }
+    res["rss"]["by_process_mb"]["1s"] = [
+        (p, cmd, round(rss / 2**20, 1)) for p, cmd, rss in tree_rss_by_process(mon.proc.pid)
+    ]
+    time.sleep(2)
+    res["rss"]["by_process_mb"]["3s"] = [
+        (p, cmd, round(rss / 2**20, 1)) for p, cmd, rss in tree_rss_by_process(mon.proc.pid)
+    ]
+    res["rss"]["per_task_3s"] = round((mon.rss() - base_rss) / n_tasks)
     res["idle"] = queries(mon, repeat)
     # live: replay at 5k events/s in the background while querying
     base = mon.counted()
