@@ -811,8 +811,12 @@ class MonitorMetrics:
                 "Unfinished tasks brought to the finished state the result backend holds",
             ),
             ("evicted", "celerymon_window_evicted_tasks", "Tasks evicted from the memory window"),
+            ("flushes", "celerymon_store_flushes", "Writes of the changed tasks to the history "
+             "store"),
+            ("flush_seconds", "celerymon_store_flush_seconds", "Seconds spent writing changed "
+             "tasks to the history store"),
             ("listener_errors", "celerymon_listener_errors", "Errors raised by event listeners"),
-        ):
+        ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=_number(fig.get(key)) or 0.0)
         yield CounterMetricFamily(
             "celerymon_workers_purged",

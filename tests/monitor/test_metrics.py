@@ -388,3 +388,28 @@ def test_health_names_a_broker_that_does_not_answer():
         "the monitor service is not running; the broker does not answer: OperationalError: "
         "Error 111 connecting to 127.0.0.1:1. Connection refused."
     )
+
+
+def test_store_flushes_are_exported(celery_app, tmp_path):
+    """``celerymon_store_flushes_total`` and ``..._flush_seconds_total`` count the history
+    store's writes (a scraper, or the bench, tells from them that a burst is written)."""
+    svc = MonitorService(
+        celery_app,
+        MonitorSettings(db=str(tmp_path / "m.sqlite3"), enable_events=False),
+        autostart=False,
+    )
+    metrics = MonitorMetrics(svc)
+    s = scrape(metrics)
+    assert value(s, "celerymon_store_flushes_total") == 0
+    assert value(s, "celerymon_store_flush_seconds_total") == 0
+    svc.start()
+    try:
+        svc.apply_events(run(1, "app.add", T0))
+        assert svc.flush() in (0, 1)  # (the housekeeping thread may have written it first)
+        flushes = svc.figures()["flushes"]
+        s = scrape(metrics)
+        assert value(s, "celerymon_store_flushes_total") >= flushes >= 1
+        assert value(s, "celerymon_store_flush_seconds_total") > 0
+        assert value(s, "celerymon_store_pending_tasks") == 0
+    finally:
+        svc.stop()
