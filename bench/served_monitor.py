@@ -717,7 +717,9 @@ def report(runs: list[dict[str, Any]]) -> None:
     rows = [("task events applied/s (flood)", ("flood", "rate"), True, TARGETS["rate"]),
             ("events lost, flood", ("flood", "lost"), None, TARGETS["lost"]),
             ("events lost, 5k/s live", ("live_ingest", "lost"), None, TARGETS["lost"]),
-            ("RSS growth B/task", ("rss", "per_task"), False, TARGETS["rss"])]  # fmt: skip
+            ("RSS growth B/task", ("rss", "per_task"), False, TARGETS["rss"]),
+            ("RSS growth B/task, 1 s after count", ("rss", "per_task_1s"), False, ""),
+            ("RSS settled after s", ("rss", "settled_after_s"), None, "")]  # fmt: skip
     for label, _ in QUERIES:
         rows.append((f"p95 ms {label}, idle", ("idle", label, "p95_ms"), False, TARGETS["p95"]))
     for label, _ in QUERIES:
