@@ -56,7 +56,9 @@ import psutil
 import redis
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+#: The checkout whose package and ``bench/served_app.py`` the monitor runs: this one, or
+#: ``BENCH_ROOT`` (an A/B of another worktree's code with this bench's measurements).
+ROOT = os.environ.get("BENCH_ROOT") or os.path.dirname(HERE)
 BIN = os.path.dirname(sys.executable)
 
 TASK_NAMES = [
@@ -125,6 +127,29 @@ def tree_rss_by_process(pid: int) -> list[tuple[int, str, int]]:
         except psutil.NoSuchProcess:
             pass
     return out
+
+
+def tree_rss_kinds(pid: int) -> dict[str, float]:
+    """MiB of ``pid``'s tree: RSS, and its anonymous and file-backed parts (``RssAnon``,
+    ``RssFile`` of /proc/<pid>/status: pages of a mapped file, e.g. SQLite's mmap, count
+    in RssFile)."""
+    try:
+        proc = psutil.Process(pid)
+        pids = [pid] + [c.pid for c in proc.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    kb = {"RssAnon": 0, "RssFile": 0, "VmRSS": 0}
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    k, _, v = line.partition(":")
+                    if k in kb:
+                        kb[k] += int(v.split()[0])
+        except OSError:
+            pass
+    return {"rss_mb": round(kb["VmRSS"] / 1024, 1), "anon_mb": round(kb["RssAnon"] / 1024, 1),
+            "file_mb": round(kb["RssFile"] / 1024, 1)}  # fmt: skip
 
 
 def tree_cpu(pid: int) -> float:
@@ -573,6 +598,7 @@ def run_one(
     res: dict[str, Any] = {}
     time.sleep(2)  # settle after start-up
     base_rss = mon.rss()
+    res["rss_kinds_before"] = tree_rss_kinds(mon.proc.pid)
     base_procs = tree_rss_by_process(mon.proc.pid)
     base = mon.counted()
     stamped_at = time.time()
@@ -612,6 +638,7 @@ def run_one(
                   "settled_after_s": settle,
                   "by_process_mb": {k: [(p, cmd, round(r / 2**20, 1)) for p, cmd, r in v]
                                     for k, v in procs.items()}}  # fmt: skip
+    res["rss_kinds_held"] = tree_rss_kinds(mon.proc.pid)
     res["idle"] = queries(mon, repeat)
     # live: replay at 5k events/s in the background while querying
     base = mon.counted()
@@ -638,6 +665,14 @@ def run_one(
     res["live_ingest"] = {"published": expected, "counted": got, "lost": expected - got,
                           "publish_per_s": result.get("per_s"),
                           "lag_max_s": max(lags) if lags else None}  # fmt: skip
+    # after the live phase: what a user sees later (its queries, the store's readers' pages)
+    res["rss_kinds_after_live"] = kinds = tree_rss_kinds(mon.proc.pid)
+    if kinds:
+        res["rss_after_live"] = {
+            "per_task": round((kinds["rss_mb"] * 2**20 - base_rss) / n_tasks),
+            "anon_mb": kinds["anon_mb"], "file_mb": kinds["file_mb"],
+            "file_growth_mb": round(kinds["file_mb"] - res["rss_kinds_before"]["file_mb"], 1),
+        }  # fmt: skip
     return res
 
 
@@ -719,7 +754,9 @@ def report(runs: list[dict[str, Any]]) -> None:
             ("events lost, 5k/s live", ("live_ingest", "lost"), None, TARGETS["lost"]),
             ("RSS growth B/task", ("rss", "per_task"), False, TARGETS["rss"]),
             ("RSS growth B/task, 1 s after count", ("rss", "per_task_1s"), False, ""),
-            ("RSS settled after s", ("rss", "settled_after_s"), None, "")]  # fmt: skip
+            ("RSS settled after s", ("rss", "settled_after_s"), None, ""),
+            ("RSS growth B/task, after live", ("rss_after_live", "per_task"), False, ""),
+            ("RssFile growth MB, after live", ("rss_after_live", "file_growth_mb"), None, "")]  # fmt: skip
     for label, _ in QUERIES:
         rows.append((f"p95 ms {label}, idle", ("idle", label, "p95_ms"), False, TARGETS["p95"]))
     for label, _ in QUERIES:
