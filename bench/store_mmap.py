@@ -6,16 +6,17 @@ A store of ``--tasks`` synthetic finished tasks (``store_queries.rows``, filled 
 ``--db`` and copied for each variant, so every variant starts from the same file) is read by
 one reader connection, the way a request reads it: ``search=customer-12`` (about 1,100
 matches, limit 100) and the unfiltered list (limit 100). Each variant sets ``PRAGMA
-mmap_size`` (MiB, 0 = off) on every connection of the store (``64r``: the readers
-only, not the writer). Three phases per variant, each
-query timed ``--rounds`` times (ms, p50/p95):
+mmap_size`` (MiB, 0 = off) on the store's reader connections and on its writer
+(``64r``: the readers only). Phases per variant, each on a
+fresh copy of the filled store, each query timed ``--rounds`` times (ms, p50/p95):
 
 * ``quiet``: nothing written between two queries (the reader's page cache stays valid);
-* ``tiny commit``: one row of ``meta`` committed before each query: a commit that adds no
+* ``tiny commit``: one row of ``meta`` committed before each search and list pair: a commit that adds no
   pages to read, so any slowdown is the reader's page cache discarded because the file
   changed (SQLite resets a connection's cache when the database changed since its last
   read transaction);
-* ``flush``: ``--flush-rows`` new tasks written and indexed before each query (what a
+* ``flush``: ``--flush-rows`` new tasks written and indexed before each search and list
+  pair (what a
   housekeeping flush does at 5,000 events/s every 0.5 s: about 600 rows);
 * ``flush + checkpoint``: the same, then ``wal_checkpoint(TRUNCATE)``: no page read from
   the WAL.
@@ -92,48 +93,54 @@ def checkpointed(store: SQLiteStore, feeder: Feeder, n: int) -> None:
 def variant(base: str, tasks: int, spec: str, a: argparse.Namespace) -> dict[str, Any]:
     readers_only = spec.endswith("r")
     mmap_mb = int(spec.rstrip("r"))
+    out: dict[str, Any] = {"mmap_mb": mmap_mb, "readers_only": readers_only}
     d = tempfile.mkdtemp(prefix="celerymon-mmap-")
     path = os.path.join(d, "store.sqlite3")
-    shutil.copy(base, path)
-    store = SQLiteStore(path)
-    # what the setting would do: every connection of the store (writer and readers)
-    orig = store._connect
 
-    def connect() -> Any:
-        conn = orig()
-        conn.execute(f"PRAGMA mmap_size={mmap_mb * 1024 * 1024}")
-        return conn
+    def fresh() -> SQLiteStore:
+        """A copy of the filled store (each phase starts from the same file)."""
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(path + suffix):
+                os.remove(path + suffix)
+        shutil.copy(base, path)
+        store = SQLiteStore(path)
+        orig = store._connect  # the writer is open: only readers connect from here on
 
-    store._connect = connect  # type: ignore[method-assign]
-    if not readers_only:
-        store._writer.execute(f"PRAGMA mmap_size={mmap_mb * 1024 * 1024}")
-    got = store._reader.execute("PRAGMA mmap_size").fetchone()[0]
-    store.prepare_search()
+        def connect() -> Any:
+            conn = orig()
+            conn.execute(f"PRAGMA mmap_size={mmap_mb * 2**20}")
+            return conn
+
+        store._connect = connect  # type: ignore[method-assign]
+        if not readers_only:
+            store._writer.execute(f"PRAGMA mmap_size={mmap_mb * 2**20}")
+        out["reader_mmap_size"] = store._reader.execute("PRAGMA mmap_size").fetchone()[0]
+        store.prepare_search()
+        for q in (SEARCH, LIST):  # warm the reader
+            store.query(q)
+        return store
+
     feeder = Feeder(tasks)
     rss0 = rss()
-    out: dict[str, Any] = {
-        "mmap_mb": mmap_mb,
-        "readers_only": readers_only,
-        "reader_mmap_size": got,
-    }
-    for q in (SEARCH, LIST):  # warm the reader
-        store.query(q)
-    phases: list[tuple[str, Callable[[], None] | None]] = [
+    phases: list[tuple[str, Callable[[SQLiteStore], None] | None]] = [
         ("quiet", None),
-        ("tiny commit", lambda: store.set_meta({"bench": str(time.time())})),
-        ("flush", lambda: feeder.flush(store, a.flush_rows)),
-        ("flush + checkpoint", lambda: checkpointed(store, feeder, a.flush_rows)),
+        ("tiny commit", lambda store: store.set_meta({"bench": str(time.time())})),
+        ("flush", lambda store: feeder.flush(store, a.flush_rows)),
+        ("flush + checkpoint", lambda store: checkpointed(store, feeder, a.flush_rows)),
     ]
     for name, before in phases:
+        store = fresh()
         ts: dict[str, list[float]] = {"search": [], "list": []}
         for _ in range(a.rounds):
+            if before is not None:
+                before(store)
             for label, q in (("search", SEARCH), ("list", LIST)):
-                if before is not None:
-                    before()
                 t = time.perf_counter()
                 store.query(q)
                 ts[label].append(time.perf_counter() - t)
         out[name] = {k: pct(v) for k, v in ts.items()}
+        store.close()
+    store = fresh()
     stop = threading.Event()
 
     def writer() -> None:
