@@ -63,6 +63,19 @@ def test_the_first_task_sent_is_first_and_the_rest_keep_their_order(seq):
     rest = [TASK_EVENTS[k][0] if k != "note" else "revoke-requested" for k, _ in seq
             if k != "task-sent"]  # fmt: skip
     assert states[1:] == [s for s in rest if s in states[1:]]
+    # ... and none is lost: only a note made before the task was known or once it finished
+    made: list[str] = []
+    known = finished = False
+    for kind, _ in seq:
+        if kind == "note":
+            if known and not finished:
+                made.append("revoke-requested")
+            continue
+        known = True
+        if kind != "task-sent":
+            made.append(TASK_EVENTS[kind][0])
+            finished = finished or kind == "task-succeeded"
+    assert states[1:] == made
     kinds = [k for k, _ in seq]
     if "note" not in kinds and len(set(kinds)) == len(kinds):
         # each state once, no note: the history follows from the times
