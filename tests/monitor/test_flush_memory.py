@@ -13,8 +13,8 @@ from .test_store_cadence import _service
 
 def test_a_trim_follows_a_burst_once_its_rows_are_written(tmp_path: Any, monkeypatch: Any) -> None:
     """Once the consumer drained a read-ahead burst (``memory_trims`` moved), the housekeeping
-    gives memory back once, after a flush that wrote less than a slice, with nothing read
-    ahead; never while nothing burst."""
+    gives memory back once, after a flush that wrote fewer than ``TRIM_ROWS`` rows, with
+    nothing read ahead; never while nothing burst."""
     trims: list[int] = []
     real = events._release_memory
 
