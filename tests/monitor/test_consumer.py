@@ -452,3 +452,55 @@ def test_wait_connected_returns_once_the_connect_hook_has_run(broker, celery_app
         assert consumer.connected
     finally:
         consumer.stop()
+
+
+def test_read_ahead_count_survives_the_reader_preempted_inside_its_update(celery_app, monkeypatch):
+    """``backlog_bytes`` is added to by the reader thread and taken from by the consumer
+    thread. CPython may switch threads between the reader's read of the count and its write
+    (after the ``len`` call): a chunk the consumer took meanwhile must still be taken off, or
+    the count stays above zero for the connection's life (the read-ahead bound trips early and
+    the housekeeping's trim after a burst, which waits for nothing read ahead, never runs).
+    The switch is forced at that point: ``len`` in the reader pauses while the consumer runs."""
+    import builtins
+    import threading
+
+    from flask_celerymon.monitor import events as events_module
+    from flask_celerymon.monitor.events import EventConsumer, Figures
+
+    release = threading.Event()
+    blocked = threading.Event()
+    armed = threading.Event()
+    got: list[dict] = []
+
+    def sink(events):
+        if not release.is_set():
+            blocked.set()
+            release.wait(30)
+        got.extend(events)
+
+    def switching_len(obj):
+        if armed.is_set() and threading.current_thread().name == "celerymon-events-reader":
+            armed.clear()
+            release.set()  # the consumer goes on: takes the queued chunk off the count
+            time.sleep(0.5)
+        return builtins.len(obj)
+
+    monkeypatch.setattr(events_module, "len", switching_len, raising=False)
+    fig = Figures()
+    consumer = EventConsumer(celery_app, sink, fig)
+    consumer.start()
+    try:
+        assert consumer.wait_connected(5)
+        with celery_app.connection_for_write() as conn:
+            d = celery_app.events.Dispatcher(conn, hostname="rc@h", enabled=True)
+            d.send("task-received", uuid="rc0", name="app.x")
+            wait_for(blocked.is_set)  # the consumer is in the sink
+            d.send("task-received", uuid="rc1", name="app.x")
+            wait_for(lambda: fig.backlog_bytes > 0)  # queued, not taken
+            armed.set()
+            d.send("task-received", uuid="rc2", name="app.x")
+            wait_for(lambda: len(got) == 3)
+        wait_for(lambda: fig.backlog_bytes == 0, timeout=2)
+    finally:
+        release.set()
+        consumer.stop()
