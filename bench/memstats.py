@@ -3,9 +3,9 @@
 Write a JSON object of args to ``path.req``; the serving process answers in ``path.json``: the glibc heap per arena (``malloc_info``: bytes the arena holds from the
 system, bytes free in it), CPython's small-object allocator (``sys._debugmallocstats``:
 arenas, bytes in used and free blocks), the object counts of the largest types, the
-service's self-figures, and the RSS (``/proc/self/status``). ``?trim=1`` first calls
+service's self-figures, and the RSS (``/proc/self/status``). ``{"trim": "1"}`` calls
 ``malloc_trim(0)`` and reports the RSS before and after it (how much the heap could give back
-at that moment); ``?gc=1`` runs a full collection first. Never part of the product.
+at that moment); ``{"gc": "1"}`` runs a full collection first. Never part of the product.
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def report(args: dict[str, str]) -> dict[str, Any]:
 
 _SERVICES: list[Any] = []
 _INSIGHTS: list[Any] = []
-#: monotonic times of the event consumer's malloc_trim calls
+#: monotonic times of the malloc_trim calls (the event consumer's and the housekeeping's)
 _TRIMS: list[float] = []
 
 

@@ -19,7 +19,7 @@
      the counter reached the published count. Lost = published - counted.
    * **RSS**: the whole process tree (psutil, children recursive) before the flood and once
      it is applied and settled; growth / tasks held. Ours is settled when its self-figures
-     show no changed task awaiting the history store and two more store flushes ran
+     show no changed task awaiting the history store and three more store flushes ran
      (``celerymon_store_pending_tasks``, ``celerymon_store_flushes_total``; the growth 1 s
      after the count, when the flood's last flush may still be running, is printed beside
      it); Flower, which writes nothing after applying, is read 1 s after.
@@ -479,15 +479,17 @@ class Ours(Served):
         return self.metric("celerymon_ingest_lag_seconds")
 
     def settle(self, deadline: float) -> float | None:
-        """Wait until no changed task awaits the history store and two more flushes ran
-        (the one running when the flood was counted finished, and the next one: the trim
-        after a burst runs in it); seconds waited, None if ``deadline`` passed first."""
+        """Wait until no changed task awaits the history store and three more flushes ran
+        (the one running when the flood was counted, the next one, whose tick then indexes
+        and trims after the burst, and one more: the counter moves when a flush's rows are
+        written, before the same tick's indexing and trim, so only the tick after it shows
+        the trim done); seconds waited, None if ``deadline`` passed first."""
         t0 = time.monotonic()
         first = self.metric("celerymon_store_flushes_total") or 0.0
         while time.monotonic() < deadline:
             if (self.metric("celerymon_store_pending_tasks") or 0.0) == 0.0 and (
                 self.metric("celerymon_store_flushes_total") or 0.0
-            ) >= first + 2:
+            ) >= first + 3:
                 return round(time.monotonic() - t0 + 1, 1)  # (+ the 1 s slept before)
             time.sleep(0.2)
         return None
@@ -624,7 +626,7 @@ def run_one(
     # The RSS held: once what the flood left to do is done. Ours writes the burst's changed
     # tasks to its history store after applying them (a flood's last flush holds the rows of up
     # to ~50,000 tasks, 1-2 s), then gives freed heap back: wait until nothing is pending and
-    # two more flushes ran (at most 30 s). Flower has no such figures: read 1 s after, as both
+    # three more flushes ran (at most 30 s). Flower has no such figures: read 1 s after, as both
     # were read before; ours is also read at that moment (``per_task_1s``, not hidden).
     procs = {"before": base_procs}
     time.sleep(1)

@@ -166,6 +166,10 @@ class EventConsumer:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._connected = threading.Event()
+        #: Guards ``figures.backlog_bytes``, added to by the Redis reader thread and taken
+        #: from by the consumer thread (``+=`` is a read and a write: a thread switch between
+        #: them lost the other thread's change, and the count never came back to zero).
+        self._backlog_lock = threading.Lock()
         #: Set once subscribed *and* ``on_connect`` has returned (what :meth:`wait_connected`
         #: waits for: a caller then sees what the hook did, e.g. the gap it recorded).
         self._ready = threading.Event()
@@ -339,7 +343,8 @@ class EventConsumer:
                 if not data:
                     fig.last_error = "broker closed the event connection"
                     break
-                fig.backlog_bytes += len(data)
+                with self._backlog_lock:
+                    fig.backlog_bytes += len(data)
                 chunks.append(data)
                 wake.set()
         except OSError as exc:
@@ -380,8 +385,9 @@ class EventConsumer:
                 continue
             c = chunks.popleft()
             size = len(c)
-            peak = max(peak, fig.backlog_bytes)
-            fig.backlog_bytes -= size
+            with self._backlog_lock:
+                peak = max(peak, fig.backlog_bytes)
+                fig.backlog_bytes -= size
             # Fed in small slices, each drained before the next: hiredis moves its unread
             # bytes to the front of its buffer as it goes, which costs O(buffer) per reply.
             for off in range(0, size, FEED_BYTES):

@@ -8,9 +8,13 @@ tasks of workers whose heartbeats expired and purges workers offline for ``purge
 ``enable_events`` every ``enable_events_interval`` seconds, schedules inspect refreshes every
 ``inspect_interval`` seconds, asks the result backend about unfinished tasks (see
 :mod:`.reconcile`) and prunes the store to its retention every :data:`PRUNE_INTERVAL` seconds.
-In a follower (see :mod:`.lease`) it only flushes, purges and refreshes; the search index is
-the ingester's to write (a follower indexing took the store's write lock every tick,
-contending with the ingester's writes).
+After a flush, at most every :data:`PREPARE_INTERVAL` seconds, it has the store take its
+search sample again when stale (:meth:`.store.HistoryStore.prepare_search`, so no request
+waits for it), and once after a burst it gives free heap back to the system
+(:meth:`Housekeeping.trim_after_burst`).
+In a follower (see :mod:`.lease`) it only flushes, prepares the search, purges and refreshes;
+the search index is the ingester's to write (a follower indexing took the store's write lock
+every tick, contending with the ingester's writes).
 
 :class:`Housekeeping` is a part of :class:`~.service.MonitorService` (a base class of it); it
 uses the service's state, store and figures, declared below.

@@ -812,7 +812,7 @@ class MonitorMetrics:
             ),
             ("evicted", "celerymon_window_evicted_tasks", "Tasks evicted from the memory window"),
             ("flushes", "celerymon_store_flushes", "Writes of the changed tasks to the history "
-             "store"),
+             "store (one per flush interval, also when nothing changed)"),
             ("flush_seconds", "celerymon_store_flush_seconds", "Seconds spent writing changed "
              "tasks to the history store"),
             ("listener_errors", "celerymon_listener_errors", "Errors raised by event listeners"),

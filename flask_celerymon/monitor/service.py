@@ -503,7 +503,9 @@ class MonitorService(Housekeeping, Subscriptions):
             self._pid = None
 
     def wait_connected(self, timeout: float = 10.0) -> bool:
-        """Wait until the event stream is subscribed (tests, the CLI). Starts the service."""
+        """Wait until the event stream is subscribed and its connect hook ran (a gap recorded,
+        events enabled); True if within ``timeout`` seconds (tests, the CLI). Starts the
+        service."""
         self.ensure_started()
         c = self._consumer
         return c is not None and c.wait_connected(timeout)

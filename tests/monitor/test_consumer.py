@@ -325,12 +325,10 @@ def test_consumer_decodes_a_stream_cut_at_every_byte(monkeypatch):
             assert [e["uuid"] for e in got] == ["u0", "u1", "u2"], (a, b)
 
 
-def test_reader_stops_reading_past_the_backlog_bound_and_loses_nothing(celery_app):
-    """Back-pressure: with the decoder stuck, the reader queues at most ``max_backlog`` (plus
-    one read) and Redis buffers the rest of the stream; released, every event arrives."""
+def _stuck_sink():
+    """``(release, got, sink)``: ``sink`` waits for ``release`` (at most 30 s), then keeps
+    the events in ``got``."""
     import threading
-
-    from flask_celerymon.monitor.events import READ_CHUNK, EventConsumer, Figures
 
     release = threading.Event()
     got: list[dict] = []
@@ -339,6 +337,24 @@ def test_reader_stops_reading_past_the_backlog_bound_and_loses_nothing(celery_ap
         release.wait(30)
         got.extend(events)
 
+    return release, got, sink
+
+
+def _send_big(app, host: str, n: int) -> None:
+    """``n`` task-received events of about 10 KB each from worker ``<host>@h``."""
+    with app.connection_for_write() as conn:
+        d = app.events.Dispatcher(conn, hostname=f"{host}@h", enabled=True)
+        for i in range(n):
+            d.send("task-received", uuid=f"{host}{i}", name="app.big", args="x" * 10_000)
+
+
+def test_reader_stops_reading_past_the_backlog_bound_and_loses_nothing(celery_app):
+    """Back-pressure: with the decoder stuck, the reader queues at most ``max_backlog`` (plus
+    one read) and Redis buffers the rest of the stream; released, every event arrives."""
+
+    from flask_celerymon.monitor.events import READ_CHUNK, EventConsumer, Figures
+
+    release, got, sink = _stuck_sink()
     fig = Figures()
     limit = 64 << 10
     consumer = EventConsumer(celery_app, sink, fig, max_backlog=limit)
@@ -346,10 +362,7 @@ def test_reader_stops_reading_past_the_backlog_bound_and_loses_nothing(celery_ap
     try:
         assert consumer.wait_connected(5)
         n = 400  # 400 x 10 KB: 4 MB, far past the bound
-        with celery_app.connection_for_write() as conn:
-            d = celery_app.events.Dispatcher(conn, hostname="bp@h", enabled=True)
-            for i in range(n):
-                d.send("task-received", uuid=f"bp{i}", name="app.big", args="x" * 10_000)
+        _send_big(celery_app, "bp", n)
         r = redis.Redis.from_url(celery_app.conf.broker_url)
 
         def redis_holds_the_rest():
@@ -370,29 +383,19 @@ def test_reader_stops_reading_past_the_backlog_bound_and_loses_nothing(celery_ap
 def test_a_drained_burst_is_counted_as_a_memory_trim(celery_app, monkeypatch):
     """A read-ahead of over ``TRIM_AFTER`` bytes, once drained, gives memory back and counts
     it in ``memory_trims`` (the housekeeping trims again once the burst's rows are written)."""
-    import threading
 
     from flask_celerymon.monitor import events as events_module
     from flask_celerymon.monitor.events import EventConsumer, Figures
 
     monkeypatch.setattr(events_module, "TRIM_AFTER", 256 << 10)
-    release = threading.Event()
-    got: list[dict] = []
-
-    def sink(events):
-        release.wait(30)
-        got.extend(events)
-
+    release, got, sink = _stuck_sink()
     fig = Figures()
     consumer = EventConsumer(celery_app, sink, fig)
     consumer.start()
     try:
         assert consumer.wait_connected(5)
         n = 200  # 200 x 10 KB: 2 MB read ahead while the sink is stuck
-        with celery_app.connection_for_write() as conn:
-            d = celery_app.events.Dispatcher(conn, hostname="tr@h", enabled=True)
-            for i in range(n):
-                d.send("task-received", uuid=f"tr{i}", name="app.big", args="x" * 10_000)
+        _send_big(celery_app, "tr", n)
         wait_for(lambda: fig.backlog_bytes > 256 << 10)
         assert fig.memory_trims == 0
         release.set()
@@ -448,4 +451,56 @@ def test_wait_connected_returns_once_the_connect_hook_has_run(broker, celery_app
         assert hooked.is_set()
         assert consumer.connected
     finally:
+        consumer.stop()
+
+
+def test_read_ahead_count_survives_the_reader_preempted_inside_its_update(celery_app, monkeypatch):
+    """``backlog_bytes`` is added to by the reader thread and taken from by the consumer
+    thread. CPython may switch threads between the reader's read of the count and its write
+    (after the ``len`` call): a chunk the consumer took meanwhile must still be taken off, or
+    the count stays above zero for the connection's life (the read-ahead bound trips early and
+    the housekeeping's trim after a burst, which waits for nothing read ahead, never runs).
+    The switch is forced at that point: ``len`` in the reader pauses while the consumer runs."""
+    import builtins
+    import threading
+
+    from flask_celerymon.monitor import events as events_module
+    from flask_celerymon.monitor.events import EventConsumer, Figures
+
+    release = threading.Event()
+    blocked = threading.Event()
+    armed = threading.Event()
+    got: list[dict] = []
+
+    def sink(events):
+        if not release.is_set():
+            blocked.set()
+            release.wait(30)
+        got.extend(events)
+
+    def switching_len(obj):
+        if armed.is_set() and threading.current_thread().name == "celerymon-events-reader":
+            armed.clear()
+            release.set()  # the consumer goes on: takes the queued chunk off the count
+            time.sleep(0.5)
+        return builtins.len(obj)
+
+    monkeypatch.setattr(events_module, "len", switching_len, raising=False)
+    fig = Figures()
+    consumer = EventConsumer(celery_app, sink, fig)
+    consumer.start()
+    try:
+        assert consumer.wait_connected(5)
+        with celery_app.connection_for_write() as conn:
+            d = celery_app.events.Dispatcher(conn, hostname="rc@h", enabled=True)
+            d.send("task-received", uuid="rc0", name="app.x")
+            wait_for(blocked.is_set)  # the consumer is in the sink
+            d.send("task-received", uuid="rc1", name="app.x")
+            wait_for(lambda: fig.backlog_bytes > 0)  # queued, not taken
+            armed.set()
+            d.send("task-received", uuid="rc2", name="app.x")
+            wait_for(lambda: len(got) == 3)
+        wait_for(lambda: fig.backlog_bytes == 0, timeout=2)
+    finally:
+        release.set()
         consumer.stop()

@@ -13,8 +13,8 @@ from .test_store_cadence import _service
 
 def test_a_trim_follows_a_burst_once_its_rows_are_written(tmp_path: Any, monkeypatch: Any) -> None:
     """Once the consumer drained a read-ahead burst (``memory_trims`` moved), the housekeeping
-    gives memory back once, after a flush that wrote less than a slice, with nothing read
-    ahead; never while nothing burst."""
+    gives memory back once, after a flush that wrote fewer than ``TRIM_ROWS`` rows, with
+    nothing read ahead; never while nothing burst."""
     trims: list[int] = []
     real = events._release_memory
 
@@ -37,3 +37,27 @@ def test_a_trim_follows_a_burst_once_its_rows_are_written(tmp_path: Any, monkeyp
     assert svc.trim_after_burst(0) and trims == [1, 1]
     assert svc._store is not None  # noqa: SLF001
     svc._store.close()  # noqa: SLF001
+
+
+def test_the_housekeeping_thread_trims_once_after_a_burst(
+    make_service: Any, monkeypatch: Any
+) -> None:
+    """The loop calls it: a burst the consumer counted is followed by one trim of the
+    housekeeping thread, and no more while nothing else bursts."""
+    import time
+
+    from celery import Celery
+
+    trims: list[float] = []
+    monkeypatch.setattr(events, "_release_memory", lambda: trims.append(time.monotonic()))
+    svc = make_service(Celery("trim", broker="memory://"), enable_events=False)
+    svc.start()
+    time.sleep(0.3)
+    assert trims == []  # nothing burst
+    svc._figures.memory_trims += 1  # noqa: SLF001 - as the consumer does after a burst
+    deadline = time.monotonic() + 10
+    while not trims and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(trims) == 1
+    time.sleep(0.3)  # several more ticks
+    assert len(trims) == 1

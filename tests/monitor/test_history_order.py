@@ -47,12 +47,16 @@ def arrivals(draw: Any) -> list[tuple[str, float]]:
 @given(arrivals())
 def test_the_first_task_sent_is_first_and_the_rest_keep_their_order(seq):
     state = State()
+    made: list[str] = []  # every worker state, and each note the state accepted
     for kind, ts in seq:
         if kind == "note":
             with state.lock:
-                state.note("t1", "revoke-requested", ts)
+                if state.note("t1", "revoke-requested", ts):
+                    made.append("revoke-requested")
         else:
             state.apply(_event(kind, ts), now=NOW + 20)
+            if kind != "task-sent":
+                made.append(TASK_EVENTS[kind][0])
     t = state.tasks["t1"]
     h = t.full_history()
     states = list(h[0::2])
@@ -63,6 +67,8 @@ def test_the_first_task_sent_is_first_and_the_rest_keep_their_order(seq):
     rest = [TASK_EVENTS[k][0] if k != "note" else "revoke-requested" for k, _ in seq
             if k != "task-sent"]  # fmt: skip
     assert states[1:] == [s for s in rest if s in states[1:]]
+    # ... and none is lost (a note is refused on a finished task or before it was known)
+    assert states[1:] == made
     kinds = [k for k, _ in seq]
     if "note" not in kinds and len(set(kinds)) == len(kinds):
         # each state once, no note: the history follows from the times

@@ -131,3 +131,23 @@ def test_housekeeping_prepares_the_search_of_a_store_never_searched(
         time.sleep(0.1)
     assert store._sample._rows is not None
     assert len(store._sample._rows) == 50
+
+
+def test_trigram_counts_kept_stay_bounded_and_right(tmp_path: Any, monkeypatch: Any) -> None:
+    """At most ``TRIGRAM_MEMO`` counts are kept per sample (searches of ever new phrases
+    must not grow it), and a count asked again after they were dropped is still right."""
+    from flask_celerymon.monitor import sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "TRIGRAM_MEMO", 8)
+    store = SQLiteStore(str(tmp_path / "m.sqlite3"))
+    try:
+        rows = [_sample_row(f"({i:03d}, 'ab')", None, "ok") for i in range(200)]
+        store._sample = SearchSample(lambda: rows)
+        expected = _all_counts(rows)
+        asked = sorted(expected)
+        for tri in asked * 2:
+            assert store._trigram_count(tri) == expected[tri], tri
+            held = store._trigram_sample
+            assert held is not None and len(held[3]) <= 8
+    finally:
+        store.close()
