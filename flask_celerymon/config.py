@@ -207,7 +207,6 @@ OWN_KEYS: dict[str, tuple[Any, Callable[[Any], bool], str]] = {
         "a SQLite path, a postgresql:// URL, False to disable, or None",
     ),
     "CELERY_MONITOR_DB_CACHE_KB": (_MONITOR.db_cache_kb, _is_pos_int, "a number of KiB > 0"),
-    "CELERY_MONITOR_DB_MMAP_MB": (_MONITOR.db_mmap_mb, _is_nonneg_int, "a number of MiB >= 0"),
     "CELERY_MONITOR_EVENT_BACKLOG_MB": (
         _MONITOR.event_backlog_mb,
         _is_pos_int,
@@ -395,7 +394,6 @@ class Settings:
     monitor_max_workers: int
     monitor_db: str | bool | None
     monitor_db_cache_kb: int
-    monitor_db_mmap_mb: int
     monitor_event_backlog_mb: int
     monitor_single_ingester: bool
     monitor_lease_ttl: float

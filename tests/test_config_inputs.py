@@ -163,19 +163,3 @@ def test_every_known_key_suggests_itself_and_one_typo_of_it_suggests_it_back():
             if typo not in keys and suggest_key(typo) is None:
                 wrong.append(typo)
     assert wrong == []
-
-
-@pytest.mark.parametrize("value", [-1, 1.5, "64", True])
-def test_the_sqlite_memory_map_setting_is_validated(value):
-    app = make_app(CELERY_MONITOR_DB_MMAP_MB=value)
-    with pytest.raises(ConfigurationError, match="CELERY_MONITOR_DB_MMAP_MB") as info:
-        Celery(app)
-    assert "a number of MiB >= 0" in str(info.value)
-
-
-def test_the_sqlite_memory_map_setting_reaches_the_monitor_settings():
-    from flask_celerymon.appstate import get_state
-
-    app = make_app(CELERY_MONITOR_DB_MMAP_MB=32)
-    Celery(app)
-    assert get_state(app).monitor.settings.db_mmap_mb == 32

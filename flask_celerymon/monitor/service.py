@@ -220,7 +220,7 @@ class MonitorService(Housekeeping, Subscriptions):
             self._stop_event.clear()
             path = self.settings.db_path
             if path is not None and self._store is None:
-                store = open_store(path, self.settings.db_cache_kb, self.settings.db_mmap_mb)
+                store = open_store(path, self.settings.db_cache_kb)
                 self._store_empty_at_start = store.is_empty()
                 with self._state.lock:
                     self._state.restore_workers(store.load_workers().values())

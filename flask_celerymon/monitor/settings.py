@@ -34,9 +34,6 @@ class MonitorSettings:
     #: SQLite page cache per connection of the history store, KiB (``PRAGMA cache_size``):
     #: the writer's and each reader's (see :class:`~.sqlite_store.SQLiteStore`).
     db_cache_kb: int = 2_000
-    #: Memory map per reader connection of the SQLite history store, MiB (``PRAGMA
-    #: mmap_size``; 0: off, reads copy pages with ``pread``). Not the writer's.
-    db_mmap_mb: int = 0
     #: MiB of the Redis event stream read ahead of the decoder, at most; past it the reader
     #: stops reading and Redis buffers (up to its pub/sub output limit).
     event_backlog_mb: int = 256
@@ -88,7 +85,6 @@ class MonitorSettings:
             max_workers=get("CELERY_MONITOR_MAX_WORKERS", d.max_workers),
             db=db,
             db_cache_kb=get("CELERY_MONITOR_DB_CACHE_KB", d.db_cache_kb),
-            db_mmap_mb=get("CELERY_MONITOR_DB_MMAP_MB", d.db_mmap_mb),
             event_backlog_mb=get("CELERY_MONITOR_EVENT_BACKLOG_MB", d.event_backlog_mb),
             retention_tasks=get("CELERY_MONITOR_RETENTION_TASKS", d.retention_tasks),
             retention_days=float(get("CELERY_MONITOR_RETENTION_DAYS", d.retention_days)),

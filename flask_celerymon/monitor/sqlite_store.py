@@ -234,27 +234,16 @@ class SQLiteStore(HistoryStore):
     ``cache_kb``: the page cache of each connection (``PRAGMA cache_size``), in KiB; None
     takes :attr:`.MonitorSettings.db_cache_kb` (``CELERY_MONITOR_DB_CACHE_KB``). Raises
     ``ValueError`` for a value below 1.
-
-    ``mmap_mb``: the memory map of each reader connection (``PRAGMA mmap_size``), in MiB, 0
-    for none; None takes :attr:`.MonitorSettings.db_mmap_mb` (``CELERY_MONITOR_DB_MMAP_MB``).
-    The file pages a reader touches through it count in the process's RSS (``RssFile``), up
-    to ``mmap_mb`` per reader connection. The writer maps nothing (its reads of every index
-    it inserts into would stay mapped). Raises ``ValueError`` for a value below 0.
     """
 
     unavailable_errors = (sqlite3.OperationalError, OSError)
 
-    def __init__(self, path: str, cache_kb: int | None = None, mmap_mb: int | None = None) -> None:
+    def __init__(self, path: str, cache_kb: int | None = None) -> None:
         if cache_kb is None:
             cache_kb = MonitorSettings.db_cache_kb
         if not isinstance(cache_kb, int) or isinstance(cache_kb, bool) or cache_kb < 1:
             raise ValueError(f"cache_kb must be an integer >= 1, not {cache_kb!r}")
-        if mmap_mb is None:
-            mmap_mb = MonitorSettings.db_mmap_mb
-        if not isinstance(mmap_mb, int) or isinstance(mmap_mb, bool) or mmap_mb < 0:
-            raise ValueError(f"mmap_mb must be an integer >= 0, not {mmap_mb!r}")
         self.cache_kb = cache_kb
-        self.mmap_mb = mmap_mb
         self.path = path
         d = os.path.dirname(os.path.abspath(path))
         os.makedirs(d, exist_ok=True)
@@ -374,8 +363,6 @@ class SQLiteStore(HistoryStore):
                 conn = self._idle.pop() if self._idle else None
             if conn is None:
                 conn = self._connect()
-                if self.mmap_mb:
-                    conn.execute(f"PRAGMA mmap_size={self.mmap_mb * 2**20}")
             lease = self._local.lease = _Lease(self, conn)
         return lease.conn
 

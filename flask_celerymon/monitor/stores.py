@@ -12,17 +12,12 @@ from .store import HistoryStore
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-def open_store(
-    target: str, cache_kb: int | None = None, mmap_mb: int | None = None
-) -> HistoryStore:
+def open_store(target: str, cache_kb: int | None = None) -> HistoryStore:
     """The store for a ``CELERY_MONITOR_DB`` value: a ``postgresql://`` URL opens
     :class:`~.pg_store.PostgresStore`, anything else is a SQLite file path.
 
     ``cache_kb`` is the SQLite page cache per connection in KiB (``CELERY_MONITOR_DB_CACHE_KB``;
     None: its default); PostgreSQL's cache is the server's, so it is ignored there.
-
-    ``mmap_mb`` is the SQLite memory map per reader connection in MiB
-    (``CELERY_MONITOR_DB_MMAP_MB``; None: its default), also ignored by PostgreSQL.
 
     Raises :class:`~flask_celerymon.errors.CeleryMonError` when the PostgreSQL driver is missing
     (the message says what to install) and the driver's errors when the server cannot be
@@ -34,4 +29,4 @@ def open_store(
         return PostgresStore(target)
     from .sqlite_store import SQLiteStore
 
-    return SQLiteStore(target, cache_kb, mmap_mb)
+    return SQLiteStore(target, cache_kb)

@@ -2,8 +2,7 @@
 
 A reader connection belongs to a thread (a greenlet under gevent) while it lives, and goes
 back to a small idle pool when it ends: the connections open never grow with the requests
-served. The page cache per connection is ``CELERY_MONITOR_DB_CACHE_KB``, the memory map
-per reader connection ``CELERY_MONITOR_DB_MMAP_MB``.
+served. The page cache per connection is ``CELERY_MONITOR_DB_CACHE_KB``.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import threading
 
 import pytest
 
-from flask_celerymon.monitor.model import TASK_COLUMNS
 from flask_celerymon.monitor.settings import MonitorSettings
 from flask_celerymon.monitor.sqlite_store import IDLE_READERS, SQLiteStore
 from flask_celerymon.monitor.stores import open_store
@@ -94,53 +92,6 @@ def test_setting_from_config_reaches_the_store(tmp_path):
     store = open_store(s.db_path, s.db_cache_kb)
     try:
         assert _page_cache_kib(store) == 700
-    finally:
-        store.close()
-
-
-def _mmap_mib(conn) -> float:
-    return int(conn.execute("PRAGMA mmap_size").fetchone()[0]) / 2**20
-
-
-def test_memory_map_per_reader_is_the_setting_and_the_writer_maps_nothing(tmp_path):
-    default = SQLiteStore(str(tmp_path / "a.sqlite3"))
-    mapped = open_store(str(tmp_path / "b.sqlite3"), None, 8)
-    try:
-        assert _mmap_mib(default._reader) == MonitorSettings.db_mmap_mb
-        assert _mmap_mib(mapped._reader) == 8
-        assert _page_cache_kib(mapped) == MonitorSettings.db_cache_kb
-        assert _mmap_mib(mapped._writer) == 0
-        # a connection given back to the idle pool and taken by another thread keeps it
-        got: list[float] = []
-        for _ in range(IDLE_READERS + 2):
-            t = threading.Thread(target=lambda: got.append(_mmap_mib(mapped._reader)))
-            t.start()
-            t.join()
-        assert got == [8] * (IDLE_READERS + 2)
-        # and reads through the map answer like the store does without it
-        row = {"uuid": "u1", "name": "t.x", "state": "SUCCESS", "received": 1.0}
-        mapped.write_tasks([tuple(row.get(c) for c in TASK_COLUMNS)])
-        assert mapped.count() == 1 and mapped.get_task("u1")["name"] == "t.x"
-    finally:
-        default.close()
-        mapped.close()
-
-
-@pytest.mark.parametrize("bad", [-1, 1.5, True, "64"])
-def test_memory_map_setting_must_be_a_non_negative_int(tmp_path, bad):
-    with pytest.raises(ValueError, match="mmap_mb must be an integer >= 0"):
-        SQLiteStore(str(tmp_path / "c.sqlite3"), None, bad)
-
-
-def test_memory_map_from_config_reaches_the_readers(tmp_path):
-    s = MonitorSettings.from_config(
-        {"CELERY_MONITOR_DB": str(tmp_path / "d.sqlite3"), "CELERY_MONITOR_DB_MMAP_MB": 16},
-        str(tmp_path),
-    )
-    assert s.db_mmap_mb == 16
-    store = open_store(s.db_path, s.db_cache_kb, s.db_mmap_mb)
-    try:
-        assert _mmap_mib(store._reader) == 16
     finally:
         store.close()
 
