@@ -28,8 +28,6 @@ def create_app() -> Flask:
         CELERY_MONITOR_DB=env["BENCH_DB"],
         CELERY_MONITOR_MAX_TASKS=int(env.get("BENCH_MAX_TASKS", "100000")),
     )
-    if env.get("BENCH_DB_MMAP_MB"):  # the store readers' memory map, when a run tries one
-        app.config["CELERY_MONITOR_DB_MMAP_MB"] = int(env["BENCH_DB_MMAP_MB"])
     if env.get("BENCH_EVENT_BACKLOG_MB"):  # the read-ahead bound, when a run tries another
         app.config["CELERY_MONITOR_EVENT_BACKLOG_MB"] = int(env["BENCH_EVENT_BACKLOG_MB"])
     celery.init_app(app)
