@@ -208,6 +208,18 @@ def _plan_bitmaps(c: Any) -> None:
     c.execute("SET LOCAL max_parallel_workers_per_gather = 0")
 
 
+def _walk_ids(c: Any, p: QueryPlan, from_value: Any, plan: bool) -> list[int] | None:
+    """The ids of the matches ``p``'s walk from the sort value ``from_value`` reads (at most
+    its cap), or None when ``p`` has no such walk; with ``plan``, the transaction's
+    bitmap-only plan is set first (:func:`_plan_bitmaps`, once per transaction)."""
+    sql = p.walk(from_value=from_value)
+    if sql is None:
+        return None
+    if plan:
+        _plan_bitmaps(c)
+    return [r[0] for r in c.execute(*sql)]
+
+
 def _upsert(n: int) -> str:
     return f"INSERT INTO tasks ({_COLS}) VALUES " + ", ".join([_ROW] * n) + _ON_CONFLICT
 
@@ -747,13 +759,10 @@ class PostgresStore(HistoryStore):
             if k >= len(values) or k <= tried:
                 continue
             tried = k
-            sql = p.walk(from_value=values[max(0, k)])
-            if sql is None:
+            ids = _walk_ids(c, p, values[max(0, k)], plan=not planned)
+            if ids is None:
                 return None
-            if not planned:
-                _plan_bitmaps(c)
-                planned = True
-            ids = [r[0] for r in c.execute(*sql)]
+            planned = True
             if len(ids) >= cap:
                 return ids
         return None
@@ -796,13 +805,10 @@ class PostgresStore(HistoryStore):
             if k >= len(values) - 1:
                 self._sample.remember(key, "rare")
                 return None
-            sql = p.walk(from_value=values[max(0, k)])
-            if sql is None:
+            ids = _walk_ids(c, p, values[max(0, k)], plan=not planned)
+            if ids is None:
                 return None
-            if not planned:
-                _plan_bitmaps(c)
-                planned = True
-            ids = [r[0] for r in c.execute(*sql)]
+            planned = True
             if len(ids) >= cap:
                 self._sample.remember(key, depth)
                 return ids
