@@ -108,6 +108,20 @@ def _pymalloc() -> dict[str, Any]:
     return out
 
 
+def _sqlite_mem() -> dict[str, Any]:
+    """SQLite's own heap (the library Python's ``sqlite3`` is linked to): bytes in use now and
+    at the high-water mark, the page caches' share (``sqlite3_status64``: MEMORY_USED 0,
+    PAGECACHE_OVERFLOW 2, the page caches' memory when no PAGECACHE buffer is set)."""
+    lib = ctypes.CDLL("libsqlite3.so.0")
+    out: dict[str, Any] = {}
+    cur, hi = ctypes.c_int64(), ctypes.c_int64()
+    for name, op in (("memory_used", 0), ("pagecache_overflow", 2), ("malloc_count", 9)):
+        if lib.sqlite3_status64(op, ctypes.byref(cur), ctypes.byref(hi), 0) == 0:
+            div = 1 if name == "malloc_count" else 2**20
+            out[name] = (round(cur.value / div, 2), round(hi.value / div, 2))
+    return out
+
+
 def report(args: dict[str, str]) -> dict[str, Any]:
     """The figures described in the module docstring; ``args``: ``trim``, ``gc``, ``types``."""
     libc = ctypes.CDLL("libc.so.6")
@@ -120,6 +134,7 @@ def report(args: dict[str, str]) -> dict[str, Any]:
         res["rss_after_trim_kb"] = _rss_kb()
     res["malloc"] = _malloc_info(libc)
     res["pymalloc"] = _pymalloc()
+    res["sqlite_mb"] = _sqlite_mem()
     if args.get("types"):
         c = Counter(type(o).__name__ for o in gc.get_objects())
         res["types"] = c.most_common(15)
@@ -127,6 +142,9 @@ def report(args: dict[str, str]) -> dict[str, Any]:
         svc = ref()
         if svc is not None and svc.running:
             f = svc.figures()
+            store = getattr(svc, "_store", None)
+            if store is not None and hasattr(store, "_all"):
+                res["store_conns"] = {"all": len(store._all), "idle": len(store._idle)}
             res["figures"] = {k: f.get(k) for k in (
                 "events_received", "events_applied", "backlog_bytes", "store_pending", "flushes",
                 "indexed", "tasks", "evicted")}  # fmt: skip
@@ -135,6 +153,7 @@ def report(args: dict[str, str]) -> dict[str, Any]:
         if ins is not None:
             res["insight_pending"] = ins.figures()["pending"]
     res["trims"] = list(_TRIMS)
+    res["insight_flushes"] = [f for f in _INSIGHT_FLUSHES if f[1]]
     return res
 
 
@@ -142,6 +161,8 @@ _SERVICES: list[Any] = []
 _INSIGHTS: list[Any] = []
 #: monotonic times of the malloc_trim calls (the event consumer's and the housekeeping's)
 _TRIMS: list[float] = []
+#: (monotonic time, events pending) at each call of Insight.flush
+_INSIGHT_FLUSHES: list[tuple[float, int]] = []
 
 
 def _serve(base: str) -> None:
@@ -189,6 +210,14 @@ def install(app: Flask, base: str) -> None:
         _INSIGHTS.append(weakref.ref(self))
 
     Insight.__init__ = recording_iinit  # type: ignore[method-assign]
+    iflush = Insight.flush
+
+    def recording_iflush(self: Any) -> int:
+        _INSIGHT_FLUSHES.append((round(time.monotonic(), 2), len(self._pending)))
+        del _INSIGHT_FLUSHES[:-400]
+        return int(iflush(self))
+
+    Insight.flush = recording_iflush  # type: ignore[method-assign]
     release = events._release_memory
 
     def counted_release() -> None:

@@ -588,6 +588,23 @@ def spy_stop(spy: subprocess.Popen | None) -> None:
         spy.wait(60)
 
 
+def memstats(args: dict[str, str], timeout: float = 30) -> dict[str, Any]:
+    """Diagnosis: the serving process's memory figures from :mod:`bench.memstats` (asked
+    through the files at ``BENCH_MEMSTATS``; ``args`` as its ``report`` takes them)."""
+    base = os.environ["BENCH_MEMSTATS"]
+    if os.path.exists(base + ".json"):
+        os.unlink(base + ".json")
+    with open(base + ".req", "w") as fh:
+        json.dump(args, fh)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(base + ".json"):
+            with open(base + ".json") as fh:
+                return dict(json.load(fh))
+        time.sleep(0.05)
+    return {"error": f"no answer from the memstats hook in {timeout:g} s"}
+
+
 def run_one(
     mon: Served,
     url: str,
@@ -601,6 +618,8 @@ def run_one(
     time.sleep(2)  # settle after start-up
     base_rss = mon.rss()
     res["rss_kinds_before"] = tree_rss_kinds(mon.proc.pid)
+    if os.environ.get("BENCH_MEMSTATS") and mon.name == "ours":  # diagnosis: bench/memstats.py
+        res["memstats_before"] = memstats({})
     base_procs = tree_rss_by_process(mon.proc.pid)
     base = mon.counted()
     stamped_at = time.time()
@@ -641,6 +660,8 @@ def run_one(
                   "by_process_mb": {k: [(p, cmd, round(r / 2**20, 1)) for p, cmd, r in v]
                                     for k, v in procs.items()}}  # fmt: skip
     res["rss_kinds_held"] = tree_rss_kinds(mon.proc.pid)
+    if os.environ.get("BENCH_MEMSTATS") and mon.name == "ours":  # diagnosis: bench/memstats.py
+        res["memstats_held"] = memstats({"types": "1"})
     res["idle"] = queries(mon, repeat)
     # live: replay at 5k events/s in the background while querying
     base = mon.counted()
