@@ -2,8 +2,11 @@
 
 Write a JSON object of args to ``path.req``; the serving process answers in ``path.json``: the glibc heap per arena (``malloc_info``: bytes the arena holds from the
 system, bytes free in it), CPython's small-object allocator (``sys._debugmallocstats``:
-arenas, bytes in used and free blocks), the object counts of the largest types, the
-service's self-figures, and the RSS (``/proc/self/status``). ``{"trim": "1"}`` calls
+arenas, bytes in used and free blocks), SQLite's own heap (``sqlite_mb``: MB in use and
+high-water), the history store's connections (``store_conns``: all, idle), the insight
+queue's length at each of its flushes (``insight_flushes``: monotonic time, items), the
+object counts of the largest types, the service's self-figures, and the RSS
+(``/proc/self/status``). ``{"trim": "1"}`` calls
 ``malloc_trim(0)`` and reports the RSS before and after it (how much the heap could give back
 at that moment); ``{"gc": "1"}`` runs a full collection first. Never part of the product.
 """
