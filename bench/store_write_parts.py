@@ -6,7 +6,8 @@ Replays the flush batches cached by ``bench/store_write.py`` (run it once first)
 stores, each variant made from the normal schema by dropping one part (a trigger pair, one
 secondary index, everything) before the first write. The variants run interleaved, round after
 round, so the machine's drift spreads over all of them; one JSON line a run: the variant, thread
-CPU µs per written row. ``rows`` also counts the rows written per task. ``pyrows`` times the
+CPU µs per written row. ``trigin`` grows the blocks of inserted rows with a trigger
+per row (as before ``write10``) instead of once per write. ``rows`` also counts the rows written per task. ``pyrows`` times the
 Python row building of ``write_tasks`` alone (no SQLite).
 """
 
@@ -32,8 +33,18 @@ INDEXES = ("tasks_received", "tasks_started", "tasks_runtime", "tasks_timestamp"
            "tasks_state", "tasks_name", "tasks_worker", "tasks_parent")  # fmt: skip
 
 
+_TRIGGER_IN = (
+    "CREATE TRIGGER tasks_blocks_in AFTER INSERT ON tasks BEGIN "
+    "INSERT INTO task_blocks (block, received, started, timestamp) VALUES "
+    "(new.id >> {shift}, new.received, new.started, new.timestamp) ON CONFLICT (block) DO UPDATE "
+    "SET received = max(coalesce(received, excluded.received), coalesce(excluded.received, received)), "
+    "started = max(coalesce(started, excluded.started), coalesce(excluded.started, started)), "
+    "timestamp = max(coalesce(timestamp, excluded.timestamp), coalesce(excluded.timestamp, timestamp)); END"
+)
+
+
 def drops(variant: str) -> list[str]:
-    if variant in ("base", "insert"):
+    if variant in ("base", "insert", "trigin"):
         return []
     if variant == "notrig":
         return ["DROP TRIGGER IF EXISTS tasks_blocks_in", "DROP TRIGGER IF EXISTS tasks_blocks_up"]
@@ -89,6 +100,9 @@ def one_run(batches: list[list], variant: str, where: str | None) -> dict:
         store = SQLiteStore(os.path.join(work, "h.sqlite3"))
         for sql in drops(variant):
             store._writer.execute(sql)  # noqa: SLF001 - an experiment
+        if variant == "trigin":  # the blocks of inserts grown by a trigger per row (before)
+            store._blocks_grow = "SELECT ?"  # noqa: SLF001
+            store._writer.execute(_TRIGGER_IN.format(shift=store._block_shift))  # noqa: SLF001
         gc.collect()
         t = 0.0
         rows = 0

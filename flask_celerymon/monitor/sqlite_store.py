@@ -7,7 +7,8 @@ without a scan), ``task_count`` (the number of tasks: ``count(*)`` reads every r
 at a million tasks, for the unfiltered list's total), ``task_names`` and ``task_workers``
 (distinct values, for search), ``workers`` (JSON snapshots), ``meta``, and ``task_blocks``
 (per block of ``2 ** block_shift`` consecutive ids, the largest ``received``, ``started`` and
-``timestamp`` ever written there, kept by the writer and a trigger; see :meth:`SQLiteStore._block_bound`).
+``timestamp`` ever written there, kept by the writer for the rows it inserts and by a trigger
+for the rows updated; see :meth:`SQLiteStore._block_bound`).
 
 The count is kept by the two writers of ``tasks`` in their own transaction, once per batch,
 not by a trigger per row: :meth:`SQLiteStore.write_tasks` adds the rows it inserted,
