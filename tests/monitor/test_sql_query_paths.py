@@ -246,10 +246,10 @@ def test_sqlite_block_bounds_hold_after_values_move_nulls_and_pruning(
     import sqlite3
 
     with sqlite3.connect(db) as conn:
-        conn.execute("DROP TRIGGER tasks_blocks_in")
+        conn.execute("DROP TRIGGER IF EXISTS tasks_blocks_in")  # (this version has none)
         conn.execute("DROP TRIGGER tasks_blocks_up")
         conn.execute("DROP TABLE task_blocks")
-        conn.execute("DELETE FROM meta WHERE key = 'block_shift'")
+        conn.execute("DELETE FROM meta WHERE key IN ('block_shift', ?)", (sqlite_store.SHIFT_KEY,))
     store = open_store(db)
     try:
         store.write_tasks(rows[1500:])

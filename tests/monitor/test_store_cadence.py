@@ -13,7 +13,7 @@ from celery import Celery
 
 from flask_celerymon.monitor import MonitorService, MonitorSettings
 from flask_celerymon.monitor.model import TASK_COLUMNS
-from flask_celerymon.monitor.sqlite_store import BLOCK_COLUMNS, SQLiteStore
+from flask_celerymon.monitor.sqlite_store import BLOCK_COLUMNS, SHIFT_KEY, SQLiteStore
 
 _TERMINAL = ("task-succeeded", "task-failed", "task-revoked", "task-rejected")
 
@@ -79,7 +79,7 @@ def _contents(path: str) -> dict[str, Any]:
             (r[0], r[1:])
             for r in c.execute(f"SELECT block, {', '.join(BLOCK_COLUMNS)} FROM task_blocks")
         )
-        shift = int(c.execute("SELECT value FROM meta WHERE key = 'block_shift'").fetchone()[0])
+        shift = int(c.execute("SELECT value FROM meta WHERE key = ?", (SHIFT_KEY,)).fetchone()[0])
         return {
             "rows": rows,
             "count": c.execute("SELECT n FROM task_count").fetchone()[0],
