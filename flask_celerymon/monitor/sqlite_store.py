@@ -156,6 +156,51 @@ def _insert(nulls: tuple[bool, ...]) -> str:
     )
 
 
+def _bind_rows(
+    rows: Sequence[tuple[Any, ...]],
+) -> tuple[
+    list[tuple[tuple[bool, ...], list[list[Any]]]],
+    list[tuple[tuple[bool, ...], list[Any]]],
+    set[Any],
+    set[Any],
+]:
+    """The values :meth:`SQLiteStore.write_tasks` binds for ``rows`` (in
+    :data:`.model.TASK_COLUMNS` order): ``(runs, built, names, workers)``. Consecutive rows
+    with NULLs in the same columns make one run ``(nulls, [values, ...])``, written by one
+    statement that names only their other columns (an omitted column is NULL, and so is its
+    ``excluded.col``): binding a None costs about 0.35 µs (the sqlite3 module looks for an
+    adapter of every value but int, float, str), and a task row has 10 of them. ``built``
+    is each row's ``(nulls, values)`` in order; ``names`` and ``workers`` the non-empty task
+    names and worker hostnames. A history is bound as its JSON text."""
+    runs: list[tuple[tuple[bool, ...], list[list[Any]]]] = []
+    built: list[tuple[tuple[bool, ...], list[Any]]] = []
+    key: tuple[bool, ...] | None = None
+    run: list[list[Any]] = []
+    names = set()
+    workers = set()
+    for row in rows:
+        hist = row[_HISTORY]
+        if hist is not None:
+            r = list(row)
+            r[_HISTORY] = json.dumps(list(hist))
+            row = tuple(r)
+        k = tuple([v is None for v in row])
+        if k != key:
+            run = []
+            runs.append((k, run))
+            key = k
+        values = [v for v in row if v is not None]
+        run.append(values)
+        built.append((k, values))
+        names.add(row[1])
+        workers.add(row[3])
+    names.discard("")
+    names.discard(None)
+    workers.discard("")
+    workers.discard(None)
+    return runs, built, names, workers
+
+
 _MAX_ID = "SELECT coalesce(max(id), 0) FROM tasks"
 _UUID = TASK_COLUMNS.index("uuid")
 _NEW_UUIDS = "SELECT uuid FROM tasks WHERE id > ?"
@@ -436,36 +481,7 @@ class SQLiteStore(HistoryStore):
     def write_tasks(self, rows: Sequence[tuple[Any, ...]]) -> None:
         if not rows:
             return
-        # Consecutive rows with NULLs in the same columns make one run, written by one
-        # statement that names only their other columns (an omitted column is NULL, and so is
-        # its excluded.col): binding a None costs about 0.35 µs (the sqlite3 module looks for
-        # an adapter of every value but int, float, str), and a task row has 10 of them.
-        runs: list[tuple[tuple[bool, ...], list[list[Any]]]] = []
-        built: list[tuple[tuple[bool, ...], list[Any]]] = []  # each row's, in order
-        key: tuple[bool, ...] | None = None
-        run: list[list[Any]] = []
-        names = set()
-        workers = set()
-        for row in rows:
-            hist = row[_HISTORY]
-            if hist is not None:
-                r = list(row)
-                r[_HISTORY] = json.dumps(list(hist))
-                row = tuple(r)
-            k = tuple([v is None for v in row])
-            if k != key:
-                run = []
-                runs.append((k, run))
-                key = k
-            values = [v for v in row if v is not None]
-            run.append(values)
-            built.append((k, values))
-            names.add(row[1])
-            workers.add(row[3])
-        names.discard("")
-        names.discard(None)
-        workers.discard("")
-        workers.discard(None)
+        runs, built, names, workers = _bind_rows(rows)
         with self._write_lock:
             c = self._writer
             c.execute("BEGIN IMMEDIATE")
