@@ -8,7 +8,8 @@ at a million tasks, for the unfiltered list's total), ``task_names`` and ``task_
 (distinct values, for search), ``workers`` (JSON snapshots), ``meta``, and ``task_blocks``
 (per block of ``2 ** block_shift`` consecutive ids, the largest ``received``, ``started`` and
 ``timestamp`` ever written there, kept by the writer for the rows it inserts and by a trigger
-for the rows updated; see :meth:`SQLiteStore._block_bound`).
+for the rows updated; ``blocks_state.upto``: the id up to which every row inserted is in its
+block, the rows past it are read instead; see :meth:`SQLiteStore._block_bound`).
 
 The count is kept by the two writers of ``tasks`` in their own transaction, once per batch,
 not by a trigger per row: :meth:`SQLiteStore.write_tasks` adds the rows it inserted,
@@ -202,6 +203,8 @@ def _bind_rows(
 
 
 _MAX_ID = "SELECT coalesce(max(id), 0) FROM tasks"
+#: ``max(id)`` and the id up to which ``task_blocks`` bounds every row inserted.
+_MAX_ID_BLOCKS = "SELECT coalesce(max(id), 0), (SELECT upto FROM blocks_state) FROM tasks"
 _UUID = TASK_COLUMNS.index("uuid")
 _NEW_UUIDS = "SELECT uuid FROM tasks WHERE id > ?"
 
@@ -375,15 +378,20 @@ class SQLiteStore(HistoryStore):
         whose blocks an earlier version kept with a trigger per inserted row (``meta`` key
         ``block_shift``) loses that trigger (its blocks are bounds already) and the key for
         :data:`SHIFT_KEY`, so that an earlier version opening the file again makes its
-        triggers and blocks afresh. Returns the store's block shift."""
+        triggers and blocks afresh. The rows past ``blocks_state.upto`` (inserted by another
+        process without the trigger: an earlier version still writing in a rolling upgrade,
+        or one that knew no blocks) have their blocks grown. Returns the store's block
+        shift."""
         c = self._writer
         c.execute("BEGIN IMMEDIATE")
         try:
+            covered = False  # every row is bounded already (by a trigger, or by the fill)
             row = c.execute("SELECT value FROM meta WHERE key = 'block_shift'").fetchone()
             if row is not None:  # an earlier version's blocks (kept by triggers)
                 c.execute("DROP TRIGGER IF EXISTS tasks_blocks_in")
                 c.execute("DELETE FROM meta WHERE key IN ('block_shift', ?)", (SHIFT_KEY,))
                 c.execute("INSERT INTO meta (key, value) VALUES (?, ?)", (SHIFT_KEY, row[0]))
+                covered = True
             row = c.execute("SELECT value FROM meta WHERE key = ?", (SHIFT_KEY,)).fetchone()
             if row is None:
                 c.execute("DROP TRIGGER IF EXISTS tasks_blocks_in")
@@ -395,8 +403,20 @@ class SQLiteStore(HistoryStore):
                     "INSERT INTO meta (key, value) VALUES (?, ?)", (SHIFT_KEY, str(BLOCK_SHIFT))
                 )
                 shift = BLOCK_SHIFT
+                covered = True
             else:
                 shift = int(row[0])
+            c.execute("CREATE TABLE IF NOT EXISTS blocks_state (upto INTEGER NOT NULL)")
+            top = c.execute(_MAX_ID).fetchone()[0]
+            state = c.execute("SELECT upto FROM blocks_state").fetchone()
+            if state is None:
+                c.execute("INSERT INTO blocks_state (upto) VALUES (?)", (top if covered else 0,))
+            elif covered:
+                c.execute("UPDATE blocks_state SET upto = ?", (top,))
+            upto = c.execute("SELECT upto FROM blocks_state").fetchone()[0]
+            if upto != top:
+                c.execute(_blocks_grow(shift), (min(upto, top),))
+                c.execute("UPDATE blocks_state SET upto = ?", (top,))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -489,7 +509,7 @@ class SQLiteStore(HistoryStore):
                 # Rows inserted = growth of max(id): each new row takes max(id) + 1 (no
                 # AUTOINCREMENT), an upsert that updates takes none, and nothing else writes
                 # tasks inside this transaction.
-                before = c.execute(_MAX_ID).fetchone()[0]
+                before, covered = c.execute(_MAX_ID_BLOCKS).fetchone()
                 for k, values_ in runs:
                     c.executemany(_insert(k), values_)
                 added = c.execute(_MAX_ID).fetchone()[0] - before
@@ -506,7 +526,13 @@ class SQLiteStore(HistoryStore):
                             c.execute(_upsert(k), values_)
                 if added:
                     c.execute("UPDATE task_count SET n = n + ?", (added,))
-                    c.execute(self._blocks_grow, (before,))
+                # The blocks of the rows inserted here, and of any another process inserted
+                # without the trigger since the last write (an earlier version still
+                # writing in a rolling upgrade): those past ``blocks_state.upto``.
+                start = min(covered, before)
+                if added or start < before:
+                    c.execute(self._blocks_grow, (start,))
+                    c.execute("UPDATE blocks_state SET upto = ?", (before + added,))
                 c.executemany(
                     "INSERT OR IGNORE INTO task_names (name) VALUES (?)", [(n,) for n in names]
                 )
@@ -614,6 +640,8 @@ class SQLiteStore(HistoryStore):
                     # delete index entries they do not have). The deleted rows left the
                     # index with them (trigger tasks_ad), so every id below stays indexed.
                     c.execute(f"UPDATE fts_state SET upto = min(upto, ({_MAX_ID}))")
+                    # and the blocks' (the ids past max(id) are taken again by the next rows)
+                    c.execute(f"UPDATE blocks_state SET upto = min(upto, ({_MAX_ID}))")
                     # blocks wholly below the smallest id bound nothing any more
                     c.execute(
                         "DELETE FROM task_blocks WHERE block < (SELECT min(id) FROM tasks) >> "
@@ -850,8 +878,16 @@ class SQLiteStore(HistoryStore):
         spans = [r for r in ranges if r is not None]
         where_ = " OR ".join("block BETWEEN ? AND ?" for _ in spans)
         params = [b for lo, hi in spans for b in (lo >> shift, hi >> shift)]
+        # (and the rows past blocks_state.upto, not in any block yet: inserted by another
+        # process without the trigger since this version's last write; usually none)
+        # (``+id``: the rowid range is ``id > upto``, the spans only filter it)
+        ids = " OR ".join("+id BETWEEN ? AND ?" for _ in spans)
+        params += [i for span in spans for i in span]
         return c.execute(
-            f"SELECT max({column}) FROM task_blocks WHERE {where_}", params
+            f"SELECT max(m) FROM (SELECT max({column}) AS m FROM task_blocks WHERE {where_} "
+            f"UNION ALL SELECT max({column}) FROM tasks "
+            f"WHERE id > (SELECT upto FROM blocks_state) AND ({ids}))",
+            params,
         ).fetchone()[0]
 
     def query(self, q: TaskQuery) -> tuple[int, list[dict[str, Any]]]:

@@ -172,3 +172,58 @@ def test_a_file_with_the_insert_trigger_loses_it_and_keeps_its_bounds(
                     assert value is None or bound >= value
     finally:
         store.close()
+
+
+def _unbounded(path: str, shift: int) -> list[tuple[int, str]]:
+    """The (id, column) of each stored value above its block's bound in ``task_blocks``."""
+    cols = ", ".join(BLOCK_COLUMNS)
+    with sqlite3.connect(path) as c:
+        blocks = {r[0]: r[1:] for r in c.execute(f"SELECT block, {cols} FROM task_blocks")}
+        return [
+            (id_, col)
+            for id_, *values in c.execute(f"SELECT id, {cols} FROM tasks")
+            for col, value, bound in zip(
+                BLOCK_COLUMNS, values, blocks.get(id_ >> shift, (None,) * len(BLOCK_COLUMNS))
+            )
+            if value is not None and (bound is None or bound < value)
+        ]
+
+
+def test_rows_another_writer_inserts_without_the_trigger_stay_bounded(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rolling upgrade: an older process (still the ingester of a SQLite file shared by a
+    host's processes) inserts rows with its plain upsert after this version dropped the insert
+    trigger it relied on. Searches bound by ``task_blocks`` still see those rows at once, and
+    the next write (or the next open) grows their blocks."""
+    monkeypatch.setattr(sqlite_store, "BLOCK_SHIFT", 3)
+    path = str(tmp_path / "rolling.sqlite3")
+    rnd = random.Random(3)
+    store = SQLiteStore(path)
+    try:
+        store.write_tasks([_row(rnd, f"t{i}", 100.0 + i) for i in range(20)])
+        old = [_row(rnd, f"o{i}", 10_000.0 + i) for i in range(20)]
+        with sqlite3.connect(path) as c:  # the older process's write: no trigger fires
+            for row in old:
+                c.execute(sqlite_store._UPSERT, _stored(row))  # noqa: SLF001
+        assert _unbounded(path, 3)  # (what this test is about)
+        reader = store._reader  # noqa: SLF001
+        top = max(
+            r[TASK_COLUMNS.index("received")]
+            for r in old
+            if r[TASK_COLUMNS.index("received")] is not None
+        )
+        bound = store._block_bound(reader, "received", [(1, 10**6)])  # noqa: SLF001
+        assert bound is not None and bound >= top
+        store.write_tasks([_row(rnd, "n1", 20_000.0)])
+        assert _unbounded(path, 3) == []
+        with sqlite3.connect(path) as c:
+            for row in [_row(rnd, f"p{i}", 30_000.0 + i) for i in range(20)]:
+                c.execute(sqlite_store._UPSERT, _stored(row))  # noqa: SLF001
+    finally:
+        store.close()
+    store = SQLiteStore(path)  # opened again: the rows written meanwhile are bounded
+    try:
+        assert _unbounded(path, 3) == []
+    finally:
+        store.close()
