@@ -7,7 +7,7 @@
    failed, with a traceback) events and worker heartbeats through kombu to a private
    redis-server; a ``PSUBSCRIBE`` client records every message (channel, kombu envelope).
    ``--tasks`` tasks for the flood, plus ``--live-seconds`` x 5,000 events for the live phase.
-2. Per run and per monitor (``flask celery monitor`` on gunicorn gthread, then
+2. Per run and per monitor (``flask celery monitor`` on gunicorn with gevent (its default), then
    ``celery flower``), each started with ``taskset -c 1`` so the whole process tree shares
    core 1; this script, redis-server and the replayer run on core 0. Redis runs with
    ``client-output-buffer-limit pubsub 0 0 0`` so nothing is cut.
