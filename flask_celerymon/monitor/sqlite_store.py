@@ -413,16 +413,23 @@ class SQLiteStore(HistoryStore):
                 c.execute("INSERT INTO blocks_state (upto) VALUES (?)", (top if covered else 0,))
             elif covered:
                 c.execute("UPDATE blocks_state SET upto = ?", (top,))
-            upto = c.execute("SELECT upto FROM blocks_state").fetchone()[0]
-            if upto != top:
-                c.execute(_blocks_grow(shift), (min(upto, top),))
-                c.execute("UPDATE blocks_state SET upto = ?", (top,))
+            self._blocks_grow = _blocks_grow(shift)
+            self._cover_blocks(c, c.execute("SELECT upto FROM blocks_state").fetchone()[0], top)
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
             raise
-        self._blocks_grow = _blocks_grow(shift)
         return shift
+
+    def _cover_blocks(self, c: sqlite3.Connection, upto: int, top: int) -> None:
+        """Inside a write transaction on ``c``: grow the blocks of the rows past ``upto``
+        (``blocks_state.upto``) up to ``top`` (``max(id)`` now), which no trigger put in a
+        block, and move ``blocks_state.upto`` to ``top``."""
+        start = min(upto, top)
+        if start < top:
+            c.execute(self._blocks_grow, (start,))
+        if upto != top:
+            c.execute("UPDATE blocks_state SET upto = ?", (top,))
 
     def _migrate_fts(self) -> None:
         """Rebuild a search index made with other options than :data:`_FTS_ARGS` (a store of
@@ -529,10 +536,8 @@ class SQLiteStore(HistoryStore):
                 # The blocks of the rows inserted here, and of any another process inserted
                 # without the trigger since the last write (an earlier version still
                 # writing in a rolling upgrade): those past ``blocks_state.upto``.
-                start = min(covered, before)
-                if added or start < before:
-                    c.execute(self._blocks_grow, (start,))
-                    c.execute("UPDATE blocks_state SET upto = ?", (before + added,))
+                # (from ``before`` at most: ids an older process freed are taken again)
+                self._cover_blocks(c, min(covered, before), before + added)
                 c.executemany(
                     "INSERT OR IGNORE INTO task_names (name) VALUES (?)", [(n,) for n in names]
                 )
